@@ -1,0 +1,5 @@
+import sys
+
+from recsync.daemon import main
+
+sys.exit(main())

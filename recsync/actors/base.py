@@ -1,0 +1,74 @@
+"""Base of every pipeline actor: failure reporting to the supervisor, message dispatch."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+
+from recsync.actors.protocol import Call, ChildFailed, Crash, Ping
+from recsync.errors import ConnectorConfigError
+
+log = logging.getLogger(__name__)
+
+FailureSink = Callable[[ChildFailed], None]
+
+
+class PipelineActor(pykka.ThreadingActor):
+    """An actor of one pipeline incarnation.
+
+    pykka calls ``on_failure`` when a ``tell`` handler raises, but an exception in
+    ``on_start`` stops the actor silently, so ``on_start`` is wrapped here: either way the
+    supervisor hears about it through ``report`` and decides what to restart.
+    """
+
+    use_daemon_thread = True
+    role = "actor"
+
+    def __init__(self, pipeline: str, incarnation: int, report: FailureSink) -> None:
+        super().__init__()
+        self.pipeline = pipeline
+        self.incarnation = incarnation
+        self._report = report
+        self._handlers: dict[type, Callable[[Any], Any]] = {}
+
+    def handles(self, message_type: type, handler: Callable[[Any], Any]) -> None:
+        self._handlers[message_type] = handler
+
+    def setup(self) -> None:
+        """Start-up work of the actor, on its own thread (override)."""
+
+    def on_start(self) -> None:
+        try:
+            self.setup()
+        except Exception as exc:
+            self._report_failure(exc, fatal=isinstance(exc, ConnectorConfigError))
+            raise
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        self._report_failure(exception_value)
+
+    def _report_failure(self, exc: BaseException | None, fatal: bool = False) -> None:
+        error = str(exc) or type(exc).__name__
+        log.error(
+            "actor failed",
+            extra={"pipeline": self.pipeline, "actor": self.role, "error": error},
+            exc_info=not fatal,
+        )
+        self._report(ChildFailed(self.pipeline, self.incarnation, self.role, error, fatal))
+
+    def on_receive(self, message: Any) -> Any:
+        handler = self._handlers.get(type(message))
+        if handler is not None:
+            return handler(message)
+        if isinstance(message, Ping):
+            return True
+        if isinstance(message, Call):
+            return getattr(self, message.name)(*message.args)
+        if isinstance(message, Crash):
+            raise RuntimeError(f"{self.role}: {message.reason}")
+        log.warning("unexpected message %r", type(message).__name__,
+                    extra={"pipeline": self.pipeline, "actor": self.role})
+        return None

@@ -1,0 +1,199 @@
+"""Pipeline: the actors of one customer pipeline, started in order and stopped in reverse."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import pykka
+
+from recsync.actors.base import FailureSink
+from recsync.actors.connector import ConnectorActor
+from recsync.actors.poller import PollerActor
+from recsync.actors.protocol import Call, ChildFailed, Flush, Ping, Poll
+from recsync.actors.queue import QueueActor
+from recsync.actors.ratelimit import RateLimiterActor
+from recsync.actors.rules import RulesActor
+from recsync.actors.scheduler import Scheduler, TimerHandle
+from recsync.actors.systems import Systems
+from recsync.clock import Clock
+from recsync.config import PipelineConfig
+from recsync.connectors import get_connector_class
+from recsync.errors import RecsyncError
+from recsync.messages import Side
+from recsync.rules import RuleSet
+
+log = logging.getLogger(__name__)
+START_ORDER = ("rate_limiter", "connector_a", "connector_b", "queue", "rules", "poller_a",
+               "poller_b")
+ASK_TIMEOUT = 10.0
+
+
+class PipelineStartError(RecsyncError):
+    """A pipeline's actors could not all start; ``fatal`` when a restart cannot help."""
+
+    def __init__(self, message: str, fatal: bool = False) -> None:
+        super().__init__(message)
+        self.fatal = fatal
+
+
+class Peers:
+    """The current ActorRefs of one pipeline incarnation, looked up by role."""
+
+    def __init__(self) -> None:
+        self.refs: dict[str, pykka.ActorRef[Any]] = {}
+
+    def ref(self, role: str) -> pykka.ActorRef[Any]:
+        return self.refs[role]
+
+
+def state_file(state_dir: Path, pipeline_id: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", pipeline_id.replace("/", "__"))
+    return state_dir / f"{safe}.sqlite"
+
+
+class Pipeline:
+    """Owns the actors of one pipeline; used only from the supervisor's thread."""
+
+    def __init__(
+        self, config: PipelineConfig, ruleset: RuleSet, *, state_dir: Path, systems: Systems,
+        scheduler: Scheduler, clock: Clock, report: FailureSink,
+    ) -> None:
+        self.config = config
+        self.ruleset = ruleset
+        self.state_path = state_file(state_dir, config.id)
+        self.systems = systems
+        self.scheduler = scheduler
+        self.clock = clock
+        self._supervisor_report = report
+        self.start_failure: ChildFailed | None = None
+        self.incarnation = 0
+        self.peers = Peers()
+        self.timers: list[TimerHandle] = []
+        self.state = "stopped"
+        self.error: str | None = None
+        self.restarts = 0
+        self.paused = False
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    def report(self, failure: ChildFailed) -> None:
+        """Failure sink of the actors: remembers why a start failed, tells the supervisor."""
+        if self.state == "starting" and failure.incarnation == self.incarnation:
+            self.start_failure = self.start_failure or failure
+        self._supervisor_report(failure)
+
+    def _system(self, side: Side) -> tuple[Any, Any]:
+        side_cfg = self.config.a if side == "a" else self.config.b
+        cls = get_connector_class(side_cfg.connector)
+        system_id = cls(side_cfg.options, Path(self.config.base_dir)).system_id
+        return self.systems.get(system_id, self.config.settings)
+
+    def start(self) -> None:
+        """Start every actor in order and ping it; on failure stop what started and raise."""
+        self.incarnation += 1
+        self.state = "starting"
+        self.start_failure = None
+        self.peers = peers = Peers()
+        cfg, s, inc = self.config, self.config.settings, self.incarnation
+        common = (cfg.id, inc, self.report)
+        limits = {side: self._system(side) for side in ("a", "b")}
+        try:
+            peers.refs["rate_limiter"] = RateLimiterActor.start(
+                *common, {side: lim for side, (lim, _b) in limits.items()})
+            for side in ("a", "b"):
+                peers.refs[f"connector_{side}"] = ConnectorActor.start(
+                    *common, side=side, side_config=cfg.a if side == "a" else cfg.b,
+                    base_dir=Path(cfg.base_dir), peers=peers, breaker=limits[side][1],
+                    clock=self.clock)
+            peers.refs["queue"] = QueueActor.start(
+                *common, state_path=self.state_path, settings=s, ruleset=self.ruleset,
+                peers=peers, clock=self.clock)
+            for role in ("rate_limiter", "connector_a", "connector_b", "queue"):
+                peers.refs[role].ask(Ping(), timeout=ASK_TIMEOUT)
+            cursors = peers.refs["queue"].ask(Call("cursors"), timeout=ASK_TIMEOUT)
+            peers.refs["rules"] = RulesActor.start(*common, ruleset=self.ruleset, peers=peers)
+            for side in ("a", "b"):
+                peers.refs[f"poller_{side}"] = PollerActor.start(
+                    *common, side=side, cursor=cursors[side], page_size=s.page_size,
+                    peers=peers, clock=self.clock)
+            for role in ("rules", "poller_a", "poller_b"):
+                peers.refs[role].ask(Ping(), timeout=ASK_TIMEOUT)
+        except Exception as exc:
+            self.stop_actors()
+            failure = self.start_failure
+            if failure is not None:
+                raise PipelineStartError(f"{failure.actor}: {failure.error}",
+                                         fatal=failure.fatal) from exc
+            raise PipelineStartError(str(exc) or type(exc).__name__) from exc
+        self._start_timers()
+        if self.paused:
+            self.set_paused(True)
+        self.state = "paused" if self.paused else "running"
+        self.error = None
+
+    def _start_timers(self) -> None:
+        s = self.config.settings
+        poll_a, poll_b = self.peers.ref("poller_a"), self.peers.ref("poller_b")
+        queue = self.peers.ref("queue")
+        self.timers = [
+            self.scheduler.call_every(s.poll_interval, lambda: _tell(poll_a, Poll()),
+                                      first_delay=0.0),
+            self.scheduler.call_every(s.poll_interval, lambda: _tell(poll_b, Poll()),
+                                      first_delay=0.0),
+            self.scheduler.call_every(s.flush_interval, lambda: _tell(queue, Flush())),
+        ]
+
+    def stop_actors(self, timeout: float = 30.0) -> None:
+        """Cancel timers, then stop the actors in reverse start order."""
+        for timer in self.timers:
+            timer.cancel()
+        self.timers = []
+        for role in reversed(START_ORDER):
+            ref = self.peers.refs.get(role)
+            if ref is not None and ref.is_alive():
+                try:
+                    ref.stop(timeout=timeout)
+                except pykka.Timeout:
+                    log.error("actor did not stop in time",
+                              extra={"pipeline": self.id, "actor": role})
+
+    def stop(self) -> None:
+        self.stop_actors()
+        self.state = "stopped"
+
+    def ask(self, role: str, name: str, *args: Any, timeout: float = ASK_TIMEOUT) -> Any:
+        return self.peers.ref(role).ask(Call(name, args), timeout=timeout)
+
+    def tell(self, role: str, message: Any) -> None:
+        ref = self.peers.refs.get(role)
+        if ref is not None:
+            _tell(ref, message)
+
+    def poll_now(self, full: bool = False) -> None:
+        for side in ("a", "b"):
+            self.tell(f"poller_{side}", Poll(full))
+
+    def set_paused(self, paused: bool) -> None:
+        self.paused = paused
+        if self.state in ("running", "paused"):
+            for side in ("a", "b"):
+                self.ask(f"poller_{side}", "set_paused", paused)
+            self.state = "paused" if paused else "running"
+
+    def progress(self) -> dict[str, Any]:
+        """Live figures from the actors (asks; only while running)."""
+        queue = self.ask("queue", "progress")
+        pollers = {side: self.ask(f"poller_{side}", "progress") for side in ("a", "b")}
+        return {"queue": queue, "pollers": pollers}
+
+
+def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:
+        pass  # the supervisor is restarting it

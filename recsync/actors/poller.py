@@ -1,0 +1,99 @@
+"""PollerActor: reads one side's changes page by page and hands them to the rules.
+
+It never writes. A page is read only after the queue durably took the previous one, so
+the cursor a connector is given is always a committed one.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from recsync.actors.base import FailureSink, PipelineActor
+from recsync.actors.protocol import Committed, PageRead, Poll, Prepare, ReadPage
+from recsync.clock import Clock
+from recsync.messages import Side
+
+log = logging.getLogger(__name__)
+
+
+class PollerActor(PipelineActor):
+    def __init__(
+        self, pipeline: str, incarnation: int, report: FailureSink, *,
+        side: Side, cursor: str | None, page_size: int, peers: Any, clock: Clock,
+    ) -> None:
+        super().__init__(pipeline, incarnation, report)
+        self.role = f"poller_{side}"
+        self.side = side
+        self.cursor = cursor
+        self.page_size = page_size
+        self.peers = peers  # the pipeline's current refs: connector_<side>, rules
+        self.clock = clock
+        self.busy = False
+        self.paused = False
+        self.cycle_started: float | None = None
+        self.last_cycle_started: float | None = None  # of the last completed cycle
+        self.last_error: str | None = None
+        self.retry_at = 0.0
+        self.pages = 0
+        self.handles(Poll, self._poll)
+        self.handles(PageRead, self._page_read)
+        self.handles(Committed, self._committed)
+
+    def _poll(self, msg: Poll) -> None:
+        if self.busy or self.paused or self.clock.time() < self.retry_at:
+            return
+        if msg.full:
+            self.cursor = None
+        self.busy = True
+        self.cycle_started = self.clock.monotonic()
+        self._read_next()
+
+    def _read_next(self) -> None:
+        request = ReadPage(self.cursor, self.page_size, self.clock.time())
+        self.peers.ref(f"connector_{self.side}").tell((request, self.actor_ref))
+
+    def _page_read(self, msg: PageRead) -> None:
+        page = msg.page
+        if page is None:
+            self.last_error = msg.error
+            if msg.retry_at is not None:
+                self.retry_at = msg.retry_at
+            elif msg.error:
+                log.warning("poll failed", extra={"pipeline": self.pipeline, "side": self.side,
+                                                  "error": msg.error})
+            self.busy = False  # the next tick tries again
+            return
+        self.last_error = None
+        if not page.changes and not page.listing and page.cursor == self.cursor:
+            self._cycle_done()
+            return
+        self.pages += 1
+        self.peers.ref("rules").tell(Prepare(self.side, page, msg.observed))
+
+    def _committed(self, msg: Committed) -> None:
+        if msg.error is not None:
+            self.last_error = msg.error
+            self.busy = False
+            self.paused = self.paused or msg.hold
+            return
+        self.cursor = msg.cursor
+        if msg.more:
+            self._read_next()
+        else:
+            self._cycle_done()
+
+    def _cycle_done(self) -> None:
+        self.busy = False
+        self.last_cycle_started = self.cycle_started
+
+    # asked by the pipeline
+    def progress(self) -> dict[str, Any]:
+        return {"busy": self.busy, "last_cycle_started": self.last_cycle_started,
+                "error": self.last_error, "paused": self.paused, "cursor": self.cursor}
+
+    def set_paused(self, paused: bool) -> None:
+        self.paused = paused
+
+    def set_page_size(self, page_size: int) -> None:
+        self.page_size = page_size

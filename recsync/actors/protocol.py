@@ -1,0 +1,102 @@
+"""Messages between the actors of a pipeline (in-process; never on the wire)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from recsync.messages import ChangePage, Direction, ItemOutcome, Prepared, Side, WorkItem
+from recsync.rules import RuleSet
+
+
+class Poll(msgspec.Struct, frozen=True):
+    """Tick or `sync now`: start a poll cycle if none is running. ``full`` re-reads all."""
+
+    full: bool = False
+
+
+class ReadPage(msgspec.Struct, frozen=True):
+    cursor: str | None
+    limit: int
+    observed: float
+
+
+class PageRead(msgspec.Struct, frozen=True):
+    """A connector's answer to ReadPage: a page, or an error, or a wait (``retry_at``)."""
+
+    page: ChangePage | None
+    observed: float
+    error: str | None = None
+    retry_at: float | None = None
+
+
+class Prepare(msgspec.Struct, frozen=True):
+    side: Side
+    page: ChangePage
+    observed: float
+
+
+class Enqueue(msgspec.Struct, frozen=True):
+    side: Side
+    changes: list[Prepared]
+    cursor: str | None
+    observed: float
+    ruleset: RuleSet
+    listing_start: bool
+    listing_done: bool
+    more: bool
+
+
+class Committed(msgspec.Struct, frozen=True):
+    """The queue durably took a page: the poller may read the next one."""
+
+    cursor: str | None
+    more: bool
+    error: str | None = None
+    hold: bool = False  # stop polling this side until an operator acts (mass-delete guard)
+
+
+class Flush(msgspec.Struct, frozen=True):
+    pass
+
+
+class WriteBatch(msgspec.Struct, frozen=True):
+    direction: Direction
+    items: list[WorkItem]
+    ruleset: RuleSet
+
+
+class BatchDone(msgspec.Struct, frozen=True):
+    direction: Direction
+    outcomes: list[ItemOutcome]
+    written_at: float
+
+
+class Crash(msgspec.Struct, frozen=True):
+    """Fault injection: the receiving actor raises, as a bug would."""
+
+    reason: str = "injected crash"
+
+
+class Ping(msgspec.Struct, frozen=True):
+    pass
+
+
+class ChildFailed(msgspec.Struct, frozen=True):
+    pipeline: str
+    incarnation: int
+    actor: str
+    error: str
+    fatal: bool = False  # a configuration problem: restarting cannot help
+
+
+class RestartPipeline(msgspec.Struct, frozen=True):
+    pipeline: str
+
+
+class Call(msgspec.Struct, frozen=True):
+    """Run ``name`` with ``args`` on the actor (asks from outside the pipeline)."""
+
+    name: str
+    args: tuple[Any, ...] = ()

@@ -1,0 +1,148 @@
+"""QueueActor: owns the pipeline's store; queues work durably, leases batches, applies results."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from recsync.actors.base import FailureSink, PipelineActor
+from recsync.actors.protocol import BatchDone, Committed, Enqueue, Flush, WriteBatch
+from recsync.clock import Clock
+from recsync.config import Settings
+from recsync.messages import Direction
+from recsync.rules import RuleSet
+from recsync.state.store import MassDeleteBlocked, RetryPolicy, Store
+
+log = logging.getLogger(__name__)
+DIRECTIONS: tuple[Direction, Direction] = ("a_to_b", "b_to_a")
+
+
+class QueueActor(PipelineActor):
+    role = "queue"
+
+    def __init__(
+        self, pipeline: str, incarnation: int, report: FailureSink, *,
+        state_path: Path, settings: Settings, ruleset: RuleSet, peers: Any, clock: Clock,
+    ) -> None:
+        super().__init__(pipeline, incarnation, report)
+        self.state_path = state_path
+        self.settings = settings
+        self.ruleset = ruleset
+        self.peers = peers
+        self.clock = clock
+        self.store: Store | None = None
+        self.in_flight: dict[Direction, frozenset[str] | None] = dict.fromkeys(DIRECTIONS)
+        self.added: dict[Direction, int] = dict.fromkeys(DIRECTIONS, 0)
+        self.last_activity = clock.monotonic()
+        self.held: dict[str, str] = {}
+        self.handles(Enqueue, self._enqueue)
+        self.handles(Flush, lambda _m: self._flush_all())
+        self.handles(BatchDone, self._batch_done)
+
+    def setup(self) -> None:
+        self.store = Store(self.state_path, self.clock)
+        self.store.reset_in_flight()
+
+    def on_stop(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    @property
+    def policy(self) -> RetryPolicy:
+        s = self.settings
+        return RetryPolicy(s.max_attempts, s.retry_base_delay, s.retry_max_delay)
+
+    def _enqueue(self, msg: Enqueue) -> None:
+        assert self.store is not None
+        poller = self.peers.ref(f"poller_{msg.side}")
+        s = self.settings
+        try:
+            stats = self.store.enqueue(
+                msg.side, msg.changes, msg.cursor, msg.observed, msg.ruleset,
+                listing_start=msg.listing_start, listing_done=msg.listing_done,
+                mass_delete_share=s.mass_delete_threshold, mass_delete_min=s.mass_delete_min,
+            )
+        except MassDeleteBlocked as exc:
+            text = (f"side {exc.side} would delete {exc.count} of {exc.total} linked records in "
+                    f"one pass (over mass_delete_threshold {s.mass_delete_threshold:g}); "
+                    f"polling of side {exc.side} is held until an operator confirms the deletes")
+            self.held[exc.side] = text
+            log.error("mass delete held", extra={"pipeline": self.pipeline, "error": text})
+            poller.tell(Committed(None, False, text, hold=True))
+            return
+        poller.tell(Committed(msg.cursor, msg.more))
+        if stats.queued:
+            self.last_activity = self.clock.monotonic()
+            direction: Direction = "a_to_b" if msg.side == "a" else "b_to_a"
+            self.added[direction] += stats.queued
+            if self.added[direction] >= s.batch_size:
+                self._flush(direction)
+        if stats.conflicts:
+            log.info("conflicts resolved", extra={"pipeline": self.pipeline,
+                                                   "count": stats.conflicts})
+
+    def _flush_all(self) -> None:
+        for direction in DIRECTIONS:
+            self._flush(direction)
+
+    def _flush(self, direction: Direction) -> None:
+        assert self.store is not None
+        if self.in_flight[direction] is not None:
+            return
+        opposite = self.in_flight["b_to_a" if direction == "a_to_b" else "a_to_b"]
+        items = self.store.lease(direction, self.settings.batch_size, opposite or frozenset())
+        self.added[direction] = 0
+        if not items:
+            return
+        self.in_flight[direction] = frozenset(i.key for i in items)
+        target = "connector_b" if direction == "a_to_b" else "connector_a"
+        self.peers.ref(target).tell((WriteBatch(direction, items, self.ruleset), self.actor_ref))
+
+    def _batch_done(self, msg: BatchDone) -> None:
+        assert self.store is not None
+        stats = self.store.apply(msg.direction, msg.outcomes, self.policy, msg.written_at)
+        full = len(msg.outcomes) >= self.settings.batch_size
+        self.in_flight[msg.direction] = None
+        self.last_activity = self.clock.monotonic()
+        for key, error in stats.failed_keys:
+            log.error("record failed", extra={"pipeline": self.pipeline, "record": key,
+                                              "direction": msg.direction, "error": error})
+        if full and stats.deferred == 0:
+            self._flush(msg.direction)
+
+    # asked from outside the pipeline -------------------------------------------------------
+    def set_ruleset(self, ruleset: RuleSet) -> None:
+        self.ruleset = ruleset
+
+    def set_settings(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def progress(self) -> dict[str, Any]:
+        assert self.store is not None
+        return {
+            "pending": self.store.pending(),
+            "in_flight": sum(len(v) for v in self.in_flight.values() if v),
+            "last_activity": self.last_activity,
+            "held": dict(self.held),
+        }
+
+    def counts(self) -> dict[str, int]:
+        assert self.store is not None
+        return self.store.counts()
+
+    def cursors(self) -> dict[str, str | None]:
+        assert self.store is not None
+        return {"a": self.store.cursor("a"), "b": self.store.cursor("b")}
+
+    def retry_failed(self, keys: list[str] | None) -> int:
+        assert self.store is not None
+        n = self.store.retry_failed(keys)
+        self.last_activity = self.clock.monotonic()
+        self._flush_all()
+        return n
+
+    def allow_deletes(self, side: str) -> None:
+        assert self.store is not None
+        self.store.allow_mass_delete(side)  # type: ignore[arg-type]
+        self.held.pop(side, None)

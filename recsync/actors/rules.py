@@ -1,0 +1,44 @@
+"""RulesActor: turns raw changes into mapped, filtered, hashed work for the queue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from recsync import rules as rules_mod
+from recsync.actors.base import FailureSink, PipelineActor
+from recsync.actors.protocol import Enqueue, Prepare
+from recsync.messages import Prepared
+from recsync.rules import RuleSet
+
+
+class RulesActor(PipelineActor):
+    role = "rules"
+
+    def __init__(
+        self, pipeline: str, incarnation: int, report: FailureSink, *,
+        ruleset: RuleSet, peers: Any,
+    ) -> None:
+        super().__init__(pipeline, incarnation, report)
+        self.ruleset = ruleset
+        self.peers = peers
+        self.handles(Prepare, self._prepare)
+
+    def set_ruleset(self, ruleset: RuleSet) -> None:
+        """Swap the rule set; pages already prepared keep the one they were prepared with."""
+        self.ruleset = ruleset
+
+    def _prepare(self, msg: Prepare) -> None:
+        rs, side = self.ruleset, msg.side
+        to_a, matches, digest = rules_mod.to_a_space, rules_mod.matches, rules_mod.content_hash
+        out: list[Prepared] = []
+        for c in msg.page.changes:
+            if c.fields is None or c.op == "delete":
+                out.append(Prepared(c.key, "delete", None, None, True, c.modified_at))
+                continue
+            content = to_a(rs, side, c.fields)
+            out.append(Prepared(c.key, "upsert", content, digest(content), matches(rs, content),
+                                c.modified_at))
+        page = msg.page
+        self.peers.ref("queue").tell(Enqueue(
+            side, out, page.cursor, msg.observed, rs, page.listing_start, page.listing_done,
+            page.more))

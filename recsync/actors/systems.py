@@ -1,0 +1,36 @@
+"""Budgets and breakers shared by every pipeline that talks to the same external system."""
+
+from __future__ import annotations
+
+import threading
+
+from recsync.clock import Clock
+from recsync.config import Settings
+from recsync.resilience import CircuitBreaker, RateLimiter
+
+
+class Systems:
+    """One RateLimiter and one CircuitBreaker per system id, created on first use."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        self.limiters: dict[str, RateLimiter] = {}
+        self.breakers: dict[str, CircuitBreaker] = {}
+
+    def get(self, system_id: str, settings: Settings) -> tuple[RateLimiter, CircuitBreaker]:
+        rl, cb = settings.rate_limit, settings.circuit_breaker
+        with self._lock:
+            limiter = self.limiters.get(system_id)
+            if limiter is None:
+                limiter = RateLimiter(rl.max_requests, rl.window_seconds, self.clock)
+                self.limiters[system_id] = limiter
+            else:  # the most recent configuration of the system's budget applies
+                limiter.reconfigure(rl.max_requests, rl.window_seconds)
+            breaker = self.breakers.get(system_id)
+            if breaker is None:
+                breaker = CircuitBreaker(cb.failure_threshold, cb.reset_timeout, self.clock)
+                self.breakers[system_id] = breaker
+            else:
+                breaker.reconfigure(cb.failure_threshold, cb.reset_timeout)
+            return limiter, breaker

@@ -1,0 +1,84 @@
+"""The Connector ABC: what every system adapter (sqlite, file, salesforce, ...) provides."""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import Any, ClassVar
+
+import msgspec
+
+from recsync.messages import ChangePage, Record, WriteOp, WriteResult
+
+
+class ConnectorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base of every connector's config Struct (its JSON Schema is the connector's schema).
+
+    ``key`` names the field that identifies a record on that system.
+    """
+
+    key: str
+
+
+class Connector(abc.ABC):
+    """Adapter for one system on one side of a pipeline.
+
+    A connector instance is used by a single thread (its connector actor). It is created
+    with its validated config and the folder relative paths resolve against, then
+    ``open()``-ed before any other call and ``close()``-d at the end.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type[ConnectorConfig]]
+
+    def __init__(self, config: Any, base_dir: Path) -> None:
+        self.config = config
+        self.base_dir = base_dir
+
+    @property
+    @abc.abstractmethod
+    def system_id(self) -> str:
+        """Identifies the external system; pipelines on one system share its rate limit."""
+
+    @abc.abstractmethod
+    def open(self) -> None:
+        """Connect and check the target is usable.
+
+        Raises:
+            ConnectorConfigError: the table, key column or file is missing or unusable.
+            ConnectorError: the system cannot be reached right now.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and files."""
+
+    @abc.abstractmethod
+    def read_changes(self, cursor: str | None, limit: int) -> ChangePage:
+        """Return up to ``limit`` changes after ``cursor`` (None: from the beginning).
+
+        ``cursor`` is the last cursor the caller has durably committed.
+
+        Raises:
+            ConnectorError: transient failure; the same call may be retried.
+            RateLimited: the system asked to slow down.
+        """
+
+    @abc.abstractmethod
+    def fetch(self, keys: list[str]) -> dict[str, Record]:
+        """Current records for ``keys`` (missing keys are absent from the result).
+
+        Raises:
+            ConnectorError: transient failure.
+        """
+
+    @abc.abstractmethod
+    def write(self, ops: list[WriteOp]) -> list[WriteResult]:
+        """Apply a batch of upserts and deletes; one result per op, in order.
+
+        Deleting a record that does not exist succeeds. A record the system refuses gets a
+        result with ``retryable=False`` and the rest of the batch still goes through.
+
+        Raises:
+            ConnectorError: the whole batch failed transiently (nothing or all may be applied;
+                writes are idempotent so a retry is safe).
+        """

@@ -1,0 +1,124 @@
+"""msgspec Structs exchanged between actors and returned by connectors.
+
+Records are plain ``dict[str, Any]`` of one system's field names. Keys are compared by
+their text form across systems (SQLite's integer 303 and a CSV's "303" are one record).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+Side = Literal["a", "b"]
+Direction = Literal["a_to_b", "b_to_a"]
+ChangeOp = Literal["upsert", "delete"]
+WriteKind = Literal["upsert", "delete"]
+Record = dict[str, Any]
+
+
+def key_text(value: Any) -> str:
+    """The text form of a record key, the same for 303, "303" and 303.0."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, bytes):
+        return value.decode()
+    return str(value)
+
+
+class Change(msgspec.Struct, frozen=True, array_like=True):
+    """One record as seen on one side: its current fields, or ``None`` when deleted.
+
+    ``modified_at`` is the record's own timestamp (epoch seconds) when the system has one,
+    else when the change was observed; last-writer-wins compares it.
+    """
+
+    key: str
+    op: ChangeOp
+    fields: Record | None
+    modified_at: float
+
+
+class ChangePage(msgspec.Struct, frozen=True):
+    """A page of changes read from one side, and the cursor that is safe after it.
+
+    When ``listing`` is set the page is part of a full listing of the side; on the page
+    with ``listing_done`` every linked record not listed is taken as deleted.
+    """
+
+    changes: list[Change]
+    cursor: str | None
+    more: bool = False
+    listing: bool = False
+    listing_start: bool = False
+    listing_done: bool = False
+
+
+class WriteOp(msgspec.Struct, frozen=True, array_like=True):
+    """One write to a target: upsert ``fields`` (target field names) or delete ``key``."""
+
+    key: str
+    kind: WriteKind
+    fields: Record | None
+
+
+class WriteResult(msgspec.Struct, frozen=True, array_like=True):
+    """Outcome of one WriteOp. ``error`` is None on success.
+
+    ``retryable`` tells a transient failure (retry with backoff) from a rejection (failed).
+    """
+
+    key: str
+    error: str | None = None
+    retryable: bool = False
+
+
+class Prepared(msgspec.Struct, frozen=True, array_like=True):
+    """A change after the rules: content in side-A field names, its hash, filter verdict."""
+
+    key: str
+    op: ChangeOp
+    content: Record | None
+    hash: str | None
+    passes: bool
+    modified: float
+
+
+class WorkItem(msgspec.Struct, frozen=True, array_like=True):
+    """A leased queue item: write ``content`` (side-A names) or delete ``key`` on the target.
+
+    ``expected_hash`` is the target's content hash as last known (None: not on the target),
+    so the writer can see a change on the target that no poll has reported yet (a conflict).
+    """
+
+    key: str
+    op: ChangeOp
+    content: Record | None
+    hash: str | None
+    modified: float
+    gen: int
+    attempts: int
+    expected_hash: str | None
+
+
+ItemStatus = Literal["synced", "retry", "rejected", "deferred", "superseded"]
+
+
+class ItemOutcome(msgspec.Struct, frozen=True, array_like=True):
+    """What became of one WorkItem.
+
+    - synced: written (``hash`` is what the target now holds);
+    - retry: transient failure, counts an attempt; rejected: the target refused it for good;
+    - deferred: not attempted (circuit open, rate limited), retry at ``retry_at``;
+    - superseded: a conflict found at write time; ``content``/``hash`` is what must end up on
+      the source side (the target's content, or a merge), ``winner`` says who won.
+    """
+
+    key: str
+    gen: int
+    status: ItemStatus
+    error: str | None = None
+    retry_at: float | None = None
+    content: Record | None = None
+    hash: str | None = None
+    winner: str | None = None

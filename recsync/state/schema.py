@@ -1,0 +1,83 @@
+"""The pipeline state file: one SQLite database (WAL) per customer pipeline.
+
+Tables:
+- ``cursors``: per side, the last read position that is durably queued.
+- ``links``: per record key, the content hash last written or seen on each side (NULL when
+  the record is absent there), the record timestamps, and when we last wrote each side.
+- ``queue``: pending work, one row per (direction, key) (a newer change replaces a pending
+  one); ``state`` is ready, in_flight or failed (the dead letter, kept with its error).
+- ``history``: notable events of a record (failures, conflicts, retries, deletes).
+- ``listing_seen``: keys seen by a full listing in progress, to find deletes at its end.
+- ``meta``: counters and flags (synced totals, mass-delete guard).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cursors (side TEXT PRIMARY KEY, cursor TEXT) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS links (
+    key TEXT PRIMARY KEY,
+    a_hash TEXT, b_hash TEXT,
+    a_modified REAL, b_modified REAL,
+    a_written REAL, b_written REAL,
+    synced_at REAL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS queue (
+    direction TEXT NOT NULL,
+    key TEXT NOT NULL,
+    op TEXT NOT NULL,
+    content BLOB,
+    hash TEXT,
+    modified REAL,
+    observed REAL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    last_error TEXT,
+    enqueued_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    gen INTEGER NOT NULL,
+    PRIMARY KEY (direction, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS queue_ready ON queue (direction, next_at) WHERE state = 'ready';
+CREATE INDEX IF NOT EXISTS queue_failed ON queue (state) WHERE state = 'failed';
+CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL,
+    at REAL NOT NULL,
+    event TEXT NOT NULL,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS history_key ON history (key, id);
+CREATE TABLE IF NOT EXISTS listing_seen (
+    side TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (side, key)
+) WITHOUT ROWID;
+"""
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open a state file; the writer creates the schema, readers only read (WAL)."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0,
+                               check_same_thread=False)
+        conn.execute("PRAGMA query_only = 1")
+        return conn
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    # NORMAL keeps every committed transaction across a process crash (kill -9); only an
+    # OS crash or power cut can lose the last transactions.
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA temp_store = MEMORY")
+    conn.execute("PRAGMA cache_size = -16000")
+    conn.executescript(SCHEMA)
+    conn.execute(
+        "INSERT OR IGNORE INTO meta (name, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+    )
+    return conn

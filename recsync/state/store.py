@@ -1,0 +1,507 @@
+"""The durable store of one pipeline: queue, links, cursors, history (see ``schema``).
+
+Only the pipeline's queue actor writes it, from one thread. Every method that changes
+state runs in one transaction, so ``kill -9`` at any point leaves a consistent file.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from recsync import rules as rules_mod
+from recsync.clock import Clock, SystemClock
+from recsync.messages import Direction, ItemOutcome, Prepared, Side, WorkItem
+from recsync.resilience import backoff_delay
+from recsync.rules import RuleSet
+from recsync.state.schema import connect
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(dict[str, Any]).decode
+CHUNK = 900  # keys per IN (...) query
+
+
+def other(side: Side) -> Side:
+    return "b" if side == "a" else "a"
+
+
+def direction_from(side: Side) -> Direction:
+    return "a_to_b" if side == "a" else "b_to_a"
+
+
+def _chunks(seq: Sequence[str]) -> Iterator[Sequence[str]]:
+    for i in range(0, len(seq), CHUNK):
+        yield seq[i : i + CHUNK]
+
+
+@dataclass
+class EnqueueStats:
+    queued: int = 0
+    unchanged: int = 0
+    filtered: int = 0
+    stale: int = 0
+    conflicts: int = 0
+    deletes: int = 0
+    guarded: int = 0  # deletes held back by the mass-delete guard
+
+
+@dataclass
+class ApplyStats:
+    synced: int = 0
+    retried: int = 0
+    failed: int = 0
+    deferred: int = 0
+    conflicts: int = 0
+    failed_keys: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 8
+    base_delay: float = 1.0
+    max_delay: float = 300.0
+
+
+class MassDeleteBlocked(Exception):
+    """Raised inside ``enqueue`` when a pass would delete too much; nothing is committed."""
+
+    def __init__(self, side: Side, count: int, total: int) -> None:
+        super().__init__(side, count, total)
+        self.side, self.count, self.total = side, count, total
+
+
+class Store:
+    def __init__(self, path: Path, clock: Clock | None = None) -> None:
+        self.path = path
+        self.clock = clock or SystemClock()
+        self.db = connect(path)
+        row = self.db.execute("SELECT COALESCE(MAX(gen), 0) FROM queue").fetchone()
+        self._gen = int(row[0])
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ---- small helpers -------------------------------------------------------------------
+    def _next_gen(self) -> int:
+        self._gen += 1
+        return self._gen
+
+    def meta(self, name: str, default: Any = None) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return default if row is None else row[0]
+
+    def _set_meta(self, name: str, value: Any) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
+
+    def _bump(self, name: str, by: int) -> None:
+        if by:
+            self.db.execute(
+                "INSERT INTO meta (name, value) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                (name, by),
+            )
+
+    def _history(self, rows: Iterable[tuple[str, str, str | None]]) -> None:
+        now = self.clock.time()
+        self.db.executemany(
+            "INSERT INTO history (key, at, event, detail) VALUES (?, ?, ?, ?)",
+            [(k, now, e, d) for k, e, d in rows],
+        )
+
+    def cursor(self, side: Side) -> str | None:
+        row = self.db.execute("SELECT cursor FROM cursors WHERE side = ?", (side,)).fetchone()
+        return None if row is None else row[0]
+
+    def _links(self, keys: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+        found: dict[str, tuple[Any, ...]] = {}
+        for part in _chunks(keys):
+            marks = ",".join("?" * len(part))
+            for row in self.db.execute(
+                "SELECT key, a_hash, b_hash, a_modified, b_modified, a_written, b_written "
+                f"FROM links WHERE key IN ({marks})",
+                part,
+            ):
+                found[row[0]] = row
+        return found
+
+    def _pending(self, direction: Direction, keys: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+        found: dict[str, tuple[Any, ...]] = {}
+        for part in _chunks(keys):
+            marks = ",".join("?" * len(part))
+            for row in self.db.execute(
+                "SELECT key, op, content, hash, modified, state FROM queue "
+                f"WHERE direction = ? AND key IN ({marks})",
+                (direction, *part),
+            ):
+                found[row[0]] = row
+        return found
+
+    # ---- enqueue ------------------------------------------------------------------------
+    def enqueue(
+        self,
+        side: Side,
+        changes: Sequence[Prepared],
+        cursor: str | None,
+        observed: float,
+        ruleset: RuleSet,
+        *,
+        listing_start: bool = False,
+        listing_done: bool = False,
+        in_flight_opposite: frozenset[str] = frozenset(),
+        mass_delete_share: float = 0.0,
+        mass_delete_min: int = 10,
+    ) -> EnqueueStats:
+        """Record a page of changes from ``side`` and the cursor after it, atomically.
+
+        Raises:
+            MassDeleteBlocked: the page (or the end of a listing) would delete more than
+                ``mass_delete_share`` of the records linked on the other side.
+        """
+        stats = EnqueueStats()
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if listing_start:
+                db.execute("DELETE FROM listing_seen WHERE side = ?", (side,))
+            seen = [(side, c.key) for c in changes]
+            if listing_start or listing_done or self._listing_active(side):
+                db.executemany("INSERT OR IGNORE INTO listing_seen VALUES (?, ?)", seen)
+            work = list(changes)
+            if listing_done:
+                work.extend(self._unlisted_deletes(side, observed))
+                db.execute("DELETE FROM listing_seen WHERE side = ?", (side,))
+            self._enqueue_changes(side, work, observed, ruleset, stats, in_flight_opposite)
+            if mass_delete_share > 0 and stats.deletes >= mass_delete_min:
+                total = self._linked_count(other(side))
+                allowed = int(self.meta(f"allow_deletes_{side}", 0) or 0)
+                if stats.deletes > mass_delete_share * total and not allowed:
+                    raise MassDeleteBlocked(side, stats.deletes, total)
+                if allowed:
+                    self._set_meta(f"allow_deletes_{side}", 0)
+            db.execute(
+                "INSERT OR REPLACE INTO cursors (side, cursor) VALUES (?, ?)", (side, cursor)
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return stats
+
+    def _listing_active(self, side: Side) -> bool:
+        row = self.db.execute("SELECT 1 FROM listing_seen WHERE side = ? LIMIT 1", (side,))
+        return row.fetchone() is not None
+
+    def _linked_count(self, side: Side) -> int:
+        row = self.db.execute(f"SELECT COUNT(*) FROM links WHERE {side}_hash IS NOT NULL")
+        return int(row.fetchone()[0])
+
+    def _unlisted_deletes(self, side: Side, observed: float) -> list[Prepared]:
+        rows = self.db.execute(
+            f"SELECT key FROM links WHERE {side}_hash IS NOT NULL AND key NOT IN "
+            "(SELECT key FROM listing_seen WHERE side = ?)",
+            (side,),
+        )
+        return [Prepared(r[0], "delete", None, None, True, observed) for r in rows]
+
+    def _enqueue_changes(
+        self,
+        side: Side,
+        changes: Sequence[Prepared],
+        observed: float,
+        ruleset: RuleSet,
+        stats: EnqueueStats,
+        in_flight_opposite: frozenset[str],
+    ) -> None:
+        if not changes:
+            return
+        o = other(side)
+        direction, back = direction_from(side), direction_from(o)
+        keys = [c.key for c in changes]
+        links = self._links(keys)
+        opposite = self._pending(back, keys)
+        now = self.clock.time()
+        si, oi = (1, 2) if side == "a" else (2, 1)  # hash columns in a links row
+        written_i = 5 if side == "a" else 6
+        link_rows: list[tuple[Any, ...]] = []
+        queue_rows: list[tuple[Any, ...]] = []
+        drop_back: list[tuple[str, str]] = []
+        history: list[tuple[str, str, str | None]] = []
+        for c in changes:
+            link = links.get(c.key)
+            own_hash = link[si] if link else None
+            other_hash = link[oi] if link else None
+            if link and link[written_i] is not None and observed < link[written_i]:
+                stats.stale += 1  # seen before our last write to this side: superseded
+                continue
+            if c.op == "upsert":
+                if link and c.hash == own_hash:
+                    stats.unchanged += 1
+                    continue
+                if not c.passes:
+                    stats.filtered += 1
+                    continue
+                link_rows.append((c.key, side, c.hash, c.modified))
+                if link and c.hash == other_hash:
+                    stats.unchanged += 1
+                    continue
+                op = "update" if other_hash is not None else "create"
+            else:
+                if link is None or own_hash is None:
+                    continue  # never linked here, or already known to be gone
+                link_rows.append((c.key, side, None, c.modified))
+                if other_hash is None:
+                    continue
+                op = "delete"
+            if not rules_mod.op_allowed(ruleset, direction, op):  # type: ignore[arg-type]
+                stats.filtered += 1
+                continue
+            content, chash = c.content, c.hash
+            pend = opposite.get(c.key)
+            if pend is not None and pend[5] == "ready" and c.key not in in_flight_opposite:
+                stats.conflicts += 1
+                their = _decode(pend[2]) if pend[2] is not None else None
+                mine = (side, content, c.modified), (o, their, pend[4])
+                (_, a_rec, a_mod), (_, b_rec, b_mod) = sorted(mine, key=lambda t: t[0])
+                winner, result = rules_mod.resolve_conflict(ruleset, a_rec, a_mod, b_rec, b_mod)
+                history.append((c.key, "conflict", f"{side} and {o} both changed; {winner} wins"))
+                if winner == o:
+                    continue  # their pending item will overwrite this side
+                drop_back.append((back, c.key))
+                if winner != side:  # merged: both sides get the merge
+                    content = result
+                    chash = rules_mod.content_hash(result) if result is not None else None
+                    queue_rows.append(self._row(back, c.key, content, chash, now, now))
+            if c.op == "delete" or content is None:
+                stats.deletes += 1
+            stats.queued += 1
+            queue_rows.append(self._row(direction, c.key, content, chash, c.modified, observed))
+        self._save_links(link_rows, now)
+        self.db.executemany("DELETE FROM queue WHERE direction = ? AND key = ?", drop_back)
+        self._put_queue(queue_rows, now)
+        if history:
+            self._history(history)
+
+    def _row(
+        self, direction: str, key: str, content: Any, chash: str | None, mod: float, obs: float
+    ) -> tuple[Any, ...]:
+        op = "delete" if content is None else "upsert"
+        blob = None if content is None else _encode(content)
+        return (direction, key, op, blob, chash, mod, obs, self._next_gen())
+
+    def _put_queue(self, rows: list[tuple[Any, ...]], now: float) -> None:
+        self.db.executemany(
+            "INSERT INTO queue (direction, key, op, content, hash, modified, observed, gen, "
+            "state, attempts, next_at, enqueued_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'ready', 0, ?, ?, ?) "
+            "ON CONFLICT (direction, key) DO UPDATE SET op = excluded.op, "
+            "content = excluded.content, hash = excluded.hash, modified = excluded.modified, "
+            "observed = excluded.observed, gen = excluded.gen, state = 'ready', attempts = 0, "
+            "next_at = excluded.next_at, last_error = NULL, updated_at = excluded.updated_at",
+            [(*r, now, now, now) for r in rows],
+        )
+
+    def _save_links(self, rows: list[tuple[str, Side, str | None, float]], now: float) -> None:
+        for side in ("a", "b"):
+            part = [(k, h, m) for k, s, h, m in rows if s == side]
+            if part:
+                self.db.executemany(
+                    f"INSERT INTO links (key, {side}_hash, {side}_modified) VALUES (?, ?, ?) "
+                    f"ON CONFLICT (key) DO UPDATE SET {side}_hash = excluded.{side}_hash, "
+                    f"{side}_modified = excluded.{side}_modified",
+                    part,
+                )
+
+    # ---- lease and results --------------------------------------------------------------
+    def lease(self, direction: Direction, limit: int, exclude: frozenset[str]) -> list[WorkItem]:
+        """Mark up to ``limit`` due items in_flight and return them (oldest due first)."""
+        now = self.clock.time()
+        target = "b" if direction == "a_to_b" else "a"
+        rows = self.db.execute(
+            f"SELECT q.key, q.op, q.content, q.hash, q.modified, q.gen, q.attempts, l.{target}_hash "
+            "FROM queue q LEFT JOIN links l ON l.key = q.key "
+            "WHERE q.direction = ? AND q.state = 'ready' AND q.next_at <= ? "
+            "ORDER BY q.next_at LIMIT ?",
+            (direction, now, limit + len(exclude)),
+        ).fetchall()
+        items = [
+            WorkItem(r[0], r[1], None if r[2] is None else _decode(r[2]), r[3], r[4], r[5], r[6],
+                     r[7])
+            for r in rows
+            if r[0] not in exclude
+        ][:limit]
+        if items:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany(
+                "UPDATE queue SET state = 'in_flight' WHERE direction = ? AND key = ?",
+                [(direction, i.key) for i in items],
+            )
+            self.db.execute("COMMIT")
+        return items
+
+    def apply(
+        self,
+        direction: Direction,
+        outcomes: Sequence[ItemOutcome],
+        policy: RetryPolicy,
+        written_at: float,
+    ) -> ApplyStats:
+        """Record what became of a leased batch, atomically.
+
+        ``written_at`` is when the write call returned: changes observed on the target
+        before it may predate the write and lose to it (the writer checked for conflicts).
+        """
+        stats = ApplyStats()
+        now = self.clock.time()
+        target: Side = "b" if direction == "a_to_b" else "a"
+        back = direction_from(target)
+        db = self.db
+        attempts = {
+            r[0]: r[1]
+            for part in _chunks([o.key for o in outcomes])
+            for r in db.execute(
+                f"SELECT key, attempts FROM queue WHERE direction = ? AND key IN "
+                f"({','.join('?' * len(part))})",
+                (direction, *part),
+            )
+        }
+        done: list[tuple[str, str, int]] = []
+        written: list[tuple[str | None, float, float, str]] = []
+        requeue: list[tuple[Any, ...]] = []
+        history: list[tuple[str, str, str | None]] = []
+        retry_rows: list[tuple[Any, ...]] = []
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for o in outcomes:
+                if o.status == "synced":
+                    stats.synced += 1
+                    done.append((direction, o.key, o.gen))
+                    written.append((o.hash, written_at, now, o.key))
+                    if o.winner is not None:
+                        stats.conflicts += 1
+                        history.append((o.key, "conflict", f"found at write; {o.winner} wins"))
+                        if o.winner == "merged":
+                            requeue.append(self._row(back, o.key, o.content, o.hash, now, now))
+                elif o.status == "superseded":
+                    stats.conflicts += 1
+                    done.append((direction, o.key, o.gen))
+                    history.append((o.key, "conflict", f"found at write; {o.winner} wins"))
+                    db.execute(
+                        f"UPDATE links SET {target}_hash = ? WHERE key = ?", (o.hash, o.key)
+                    )
+                    requeue.append(self._row(back, o.key, o.content, o.hash, now, now))
+                elif o.status == "deferred":
+                    stats.deferred += 1
+                    retry_rows.append((0, o.retry_at or now, o.error, now, direction, o.key))
+                else:
+                    tries = attempts.get(o.key, 0) + 1
+                    final = o.status == "rejected" or tries >= policy.max_attempts
+                    if final:
+                        stats.failed += 1
+                        stats.failed_keys.append((o.key, o.error or "unknown error"))
+                        history.append((o.key, "failed", o.error))
+                        db.execute(
+                            "UPDATE queue SET state = 'failed', attempts = ?, last_error = ?, "
+                            "updated_at = ? WHERE direction = ? AND key = ? AND gen = ?",
+                            (tries, o.error, now, direction, o.key, o.gen),
+                        )
+                    else:
+                        stats.retried += 1
+                        history.append((o.key, "retry", o.error))
+                        delay = backoff_delay(tries, policy.base_delay, policy.max_delay)
+                        retry_rows.append((1, now + delay, o.error, now, direction, o.key))
+            db.executemany(
+                "UPDATE queue SET state = 'ready', attempts = attempts + ?, next_at = ?, "
+                "last_error = ?, updated_at = ? WHERE direction = ? AND key = ?",
+                retry_rows,
+            )
+            db.executemany(
+                f"UPDATE links SET {target}_hash = ?, {target}_written = ?, synced_at = ? "
+                "WHERE key = ?",
+                written,
+            )
+            # A newer change that arrived while the item was in flight stays queued.
+            db.executemany(
+                "DELETE FROM queue WHERE direction = ? AND key = ? AND gen = ?", done
+            )
+            # Changes seen on the target before this write landed lost to it (the write
+            # checked the target first), so they must not be written back.
+            db.executemany(
+                "DELETE FROM queue WHERE direction = ? AND key = ? AND observed < ? "
+                "AND state = 'ready'",
+                [(back, k, written_at) for _, _, _, k in written],
+            )
+            gone = [k for h, _, _, k in written if h is None]
+            if gone:
+                db.execute(
+                    "DELETE FROM links WHERE a_hash IS NULL AND b_hash IS NULL AND key IN "
+                    "(SELECT value FROM json_each(?))",
+                    (json.dumps(gone),),
+                )
+            self._put_queue(requeue, now)
+            self._history(history)
+            self._bump(f"synced_{direction}", stats.synced)
+            self._bump(f"failed_{direction}", stats.failed)
+            self._bump("conflicts", stats.conflicts)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return stats
+
+    def reset_in_flight(self) -> int:
+        """After a restart nothing is in flight: make such items ready again."""
+        cur = self.db.execute("UPDATE queue SET state = 'ready' WHERE state = 'in_flight'")
+        return cur.rowcount
+
+    # ---- queries ------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        """Queue depth by state and direction, plus totals kept in meta."""
+        out: dict[str, int] = {}
+        for direction, state, n in self.db.execute(
+            "SELECT direction, state, COUNT(*) FROM queue GROUP BY direction, state"
+        ):
+            out[f"{state}_{direction}"] = n
+        for name, value in self.db.execute(
+            "SELECT name, value FROM meta WHERE name LIKE 'synced_%' OR name LIKE 'failed_%' "
+            "OR name = 'conflicts'"
+        ):
+            out[f"total_{name}"] = int(value)
+        return out
+
+    def next_due(self) -> float | None:
+        row = self.db.execute(
+            "SELECT MIN(next_at) FROM queue WHERE state = 'ready'"
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def pending(self) -> int:
+        """Items not yet synced and not failed (ready, waiting for a retry, or in flight)."""
+        row = self.db.execute("SELECT COUNT(*) FROM queue WHERE state != 'failed'").fetchone()
+        return int(row[0])
+
+    def retry_failed(self, keys: Sequence[str] | None = None) -> int:
+        """Make failed items ready again with fresh attempts (all when ``keys`` is None)."""
+        now = self.clock.time()
+        self.db.execute("BEGIN IMMEDIATE")
+        if keys is None:
+            keys = [r[0] for r in self.db.execute("SELECT key FROM queue WHERE state='failed'")]
+        n = 0
+        for part in _chunks(list(keys)):
+            marks = ",".join("?" * len(part))
+            n += self.db.execute(
+                "UPDATE queue SET state = 'ready', attempts = 0, next_at = ?, updated_at = ? "
+                f"WHERE state = 'failed' AND key IN ({marks})",
+                (now, now, *part),
+            ).rowcount
+        self._history((k, "manual_retry", None) for k in keys)
+        self.db.execute("COMMIT")
+        return n
+
+    def allow_mass_delete(self, side: Side) -> None:
+        self._set_meta(f"allow_deletes_{side}", 1)

@@ -1,0 +1,182 @@
+"""The pipeline store: queueing rules, echo suppression, conflicts, results, deletes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recsync.clock import FakeClock
+from recsync.messages import ItemOutcome, Prepared
+from recsync.rules import RuleSet, content_hash
+from recsync.state.store import MassDeleteBlocked, RetryPolicy, Store
+
+RULES = RuleSet(
+    name="t",
+    a_to_b=["create", "update", "delete"],
+    b_to_a=["create", "update"],
+    mappings={"id": "id", "name": "name"},
+)
+
+
+def change(key: str, name: str | None, modified: float = 1.0, passes: bool = True) -> Prepared:
+    if name is None:
+        return Prepared(key, "delete", None, None, True, modified)
+    content = {"id": key, "name": name}
+    return Prepared(key, "upsert", content, content_hash(content), passes, modified)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(time=1000.0)
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: FakeClock) -> Store:
+    s = Store(tmp_path / "state.sqlite", clock)
+    yield s
+    s.close()
+
+
+def sync_all(store: Store, direction: str, clock: FakeClock) -> list[str]:
+    items = store.lease(direction, 100, frozenset())  # type: ignore[arg-type]
+    outcomes = [ItemOutcome(i.key, i.gen, "synced", hash=i.hash) for i in items]
+    clock.advance(0.01)
+    store.apply(direction, outcomes, RetryPolicy(), clock.time())  # type: ignore[arg-type]
+    return [i.key for i in items]
+
+
+def test_new_records_are_queued_with_the_cursor_in_one_step(store: Store) -> None:
+    stats = store.enqueue("a", [change("1", "Ada"), change("2", "Bob")], "c1", 999.0, RULES)
+    assert stats.queued == 2
+    assert store.cursor("a") == "c1"
+    assert store.pending() == 2
+
+
+def test_our_own_write_coming_back_is_dropped(store: Store, clock: FakeClock) -> None:
+    store.enqueue("a", [change("1", "Ada")], "c1", clock.time(), RULES)
+    assert sync_all(store, "a_to_b", clock) == ["1"]
+    clock.advance(1)
+    echo = store.enqueue("b", [change("1", "Ada")], "b1", clock.time(), RULES)
+    assert echo.queued == 0 and echo.unchanged == 1
+    again = store.enqueue("a", [change("1", "Ada")], "c2", clock.time(), RULES)
+    assert again.queued == 0
+
+
+def test_a_newer_change_replaces_a_pending_one(store: Store) -> None:
+    store.enqueue("a", [change("1", "Ada")], "c1", 999.0, RULES)
+    store.enqueue("a", [change("1", "Ada L")], "c2", 999.0, RULES)
+    items = store.lease("a_to_b", 10, frozenset())
+    assert [(i.key, i.content) for i in items] == [("1", {"id": "1", "name": "Ada L"})]
+
+
+def test_change_arriving_while_in_flight_survives_the_old_result(
+    store: Store, clock: FakeClock
+) -> None:
+    store.enqueue("a", [change("1", "Ada")], "c1", clock.time(), RULES)
+    (item,) = store.lease("a_to_b", 10, frozenset())
+    store.enqueue("a", [change("1", "Ada v2")], "c2", clock.time(), RULES)
+    store.apply("a_to_b", [ItemOutcome("1", item.gen, "synced", hash=item.hash)], RetryPolicy(),
+                clock.time())
+    (newer,) = store.lease("a_to_b", 10, frozenset())
+    assert newer.content == {"id": "1", "name": "Ada v2"}
+
+
+def test_operations_not_in_the_rules_are_not_queued(store: Store, clock: FakeClock) -> None:
+    store.enqueue("a", [change("1", "Ada")], "c1", clock.time(), RULES)
+    sync_all(store, "a_to_b", clock)
+    clock.advance(1)
+    stats = store.enqueue("b", [change("1", None)], "b1", clock.time(), RULES)
+    assert stats.queued == 0  # b_to_a has no "delete"
+    assert store.pending() == 0
+
+
+def test_filtered_records_are_not_queued(store: Store) -> None:
+    stats = store.enqueue("a", [change("1", "Ada", passes=False)], "c1", 999.0, RULES)
+    assert stats.filtered == 1 and store.pending() == 0
+
+
+def test_conflict_with_pending_change_last_writer_wins(store: Store, clock: FakeClock) -> None:
+    store.enqueue("a", [change("1", "Ada")], "c1", clock.time(), RULES)
+    sync_all(store, "a_to_b", clock)
+    clock.advance(1)
+    store.enqueue("a", [change("1", "From A", modified=2000.0)], "c2", clock.time(), RULES)
+    stats = store.enqueue("b", [change("1", "From B", modified=3000.0)], "b1", clock.time(),
+                          RULES)
+    assert stats.conflicts == 1
+    assert store.lease("a_to_b", 10, frozenset()) == []
+    (item,) = store.lease("b_to_a", 10, frozenset())
+    assert item.content == {"id": "1", "name": "From B"}
+    history = store.db.execute("SELECT event, detail FROM history WHERE key='1'").fetchall()
+    assert ("conflict", "b and a both changed; b wins") in history
+
+
+def test_transient_failures_back_off_then_fail_after_max_attempts(
+    store: Store, clock: FakeClock
+) -> None:
+    policy = RetryPolicy(max_attempts=3, base_delay=1.0, max_delay=10.0)
+    store.enqueue("a", [change("1", "Ada")], "c1", clock.time(), RULES)
+    for attempt in range(1, 4):
+        (item,) = store.lease("a_to_b", 10, frozenset())
+        out = ItemOutcome("1", item.gen, "retry", error="timeout")
+        stats = store.apply("a_to_b", [out], policy, clock.time())
+        if attempt < 3:
+            assert stats.retried == 1
+            assert store.lease("a_to_b", 10, frozenset()) == []  # backing off
+            clock.advance(2 ** attempt)
+    assert stats.failed == 1
+    row = store.db.execute("SELECT state, attempts, last_error FROM queue").fetchone()
+    assert row == ("failed", 3, "timeout")
+    assert store.pending() == 0
+    assert store.retry_failed(["1"]) == 1
+    assert [i.key for i in store.lease("a_to_b", 10, frozenset())] == ["1"]
+
+
+def test_a_rejected_record_fails_at_once_and_others_sync(store: Store, clock: FakeClock) -> None:
+    store.enqueue("a", [change("1", "Ada"), change("2", "Bad")], "c1", clock.time(), RULES)
+    items = store.lease("a_to_b", 10, frozenset())
+    outcomes = [
+        ItemOutcome(i.key, i.gen, "rejected", error="CHECK constraint failed")
+        if i.key == "2" else ItemOutcome(i.key, i.gen, "synced", hash=i.hash)
+        for i in items
+    ]
+    stats = store.apply("a_to_b", outcomes, RetryPolicy(), clock.time())
+    assert (stats.synced, stats.failed) == (1, 1)
+    assert store.counts()["failed_a_to_b"] == 1
+
+
+def test_observation_older_than_our_write_is_stale(store: Store, clock: FakeClock) -> None:
+    store.enqueue("a", [change("1", "Ada")], "c1", clock.time(), RULES)
+    observed_before_write = clock.time()
+    sync_all(store, "a_to_b", clock)
+    stats = store.enqueue("b", [change("1", "old B content")], "b1", observed_before_write,
+                          RULES)
+    assert stats.stale == 1 and store.pending() == 0
+
+
+def test_listing_finds_deletes_of_unlisted_records(store: Store, clock: FakeClock) -> None:
+    store.enqueue("a", [change(str(k), f"n{k}") for k in range(1, 5)], "c1", clock.time(),
+                  RULES)
+    sync_all(store, "a_to_b", clock)
+    clock.advance(1)
+    store.enqueue("a", [change("1", "n1"), change("2", "n2")], "c2", clock.time(), RULES,
+                  listing_start=True)
+    stats = store.enqueue("a", [change("3", "n3")], "c3", clock.time(), RULES, listing_done=True)
+    assert stats.deletes == 1
+    (item,) = store.lease("a_to_b", 10, frozenset())
+    assert (item.key, item.op) == ("4", "delete")
+
+
+def test_mass_delete_guard_holds_back_the_pass(store: Store, clock: FakeClock) -> None:
+    store.enqueue("a", [change(str(k), f"n{k}") for k in range(20)], "c1", clock.time(), RULES)
+    sync_all(store, "a_to_b", clock)
+    clock.advance(1)
+    with pytest.raises(MassDeleteBlocked) as err:
+        store.enqueue("a", [], "c2", clock.time(), RULES, listing_start=True, listing_done=True,
+                      mass_delete_share=0.5, mass_delete_min=5)
+    assert (err.value.count, err.value.total) == (20, 20)
+    assert store.cursor("a") == "c1" and store.pending() == 0
+    store.allow_mass_delete("a")
+    stats = store.enqueue("a", [], "c2", clock.time(), RULES, listing_start=True,
+                          listing_done=True, mass_delete_share=0.5, mass_delete_min=5)
+    assert stats.deletes == 20
