@@ -1,0 +1,464 @@
+"""Sync rules: filters, field mappings, named transforms, content hash, conflict policy.
+
+Pure functions, no I/O. They run per record on large batches, so everything that can be
+prepared once per rule set (compiled regexes, field lists, predicates) lives in a
+:class:`CompiledRules`, built once per :class:`RuleSet` and cached. The module-level
+functions accept either a ``RuleSet`` (its compiled form is looked up in a small cache) or
+a ``CompiledRules``; hot loops should hold the ``CompiledRules``.
+
+Records are compared by their *text form* across systems: SQLite's ``{"id": 303, "n": None}``
+and a CSV's ``{"id": "303", "n": ""}`` are the same content and hash equal.
+
+"A space" is the rule set's common vocabulary: the mapped content keyed by side-A field
+names. Every record is turned into A space on entry (``to_a_space``) and renamed to the
+target's field names on exit (``to_side``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import threading
+from collections.abc import Callable, Iterable
+from hashlib import blake2b
+from typing import Any, Literal
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from recsync.messages import Direction, Record, Side
+
+__all__ = [
+    "CompiledRules",
+    "ConflictPolicy",
+    "Filter",
+    "Op",
+    "RuleError",
+    "RuleSet",
+    "Transform",
+    "Winner",
+    "compile_rules",
+    "content_hash",
+    "explain",
+    "matches",
+    "op_allowed",
+    "resolve_conflict",
+    "text_form",
+    "to_a_space",
+    "to_side",
+]
+
+Op = Literal["create", "update", "delete"]
+ConflictPolicy = Literal["last_writer_wins", "a_wins", "b_wins", "field_owner"]
+Transform = Literal["lower", "upper", "strip", "title", "digits"]
+Winner = Literal["a", "b", "merged"]
+
+Scalar = str | int | float | bool
+
+
+class RuleError(ValueError):
+    """A rule set is inconsistent. ``path`` is the key path inside the failing Struct."""
+
+    def __init__(self, path: tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class Filter(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Conditions on one side-A field; every operator given must pass.
+
+    Comparisons use the text form of values (``303 == "303"``, ``None`` only equals ``None``).
+    """
+
+    eq: Scalar | UnsetType | None = UNSET
+    ne: Scalar | UnsetType | None = UNSET
+    in_: list[Scalar] | UnsetType = msgspec.field(default=UNSET, name="in")
+    not_in: list[Scalar] | UnsetType = UNSET
+    exists: bool | UnsetType = UNSET
+    regex: str | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        if all(
+            v is UNSET for v in (self.eq, self.ne, self.in_, self.not_in, self.exists, self.regex)
+        ):
+            raise RuleError((), "a filter needs at least one of eq, ne, in, not_in, exists, regex")
+        if isinstance(self.regex, str):
+            try:
+                _regex(self.regex)
+            except re.error as err:
+                raise RuleError(("regex",), f"invalid regular expression: {err}") from None
+
+
+class RuleSet(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One rule set of rules.toml: what syncs in which direction, and how."""
+
+    name: str = ""
+    a_to_b: list[Op] = []
+    b_to_a: list[Op] = []
+    conflict: ConflictPolicy = "last_writer_wins"
+    mappings: dict[str, str]
+    filters: dict[str, Filter] = {}
+    transforms: dict[str, Transform] = {}
+    field_owner: dict[str, Side] = {}
+
+    def __post_init__(self) -> None:
+        if not self.mappings:
+            raise RuleError(("mappings",), "must map at least one field")
+        seen: dict[str, str] = {}
+        for a_field, b_field in self.mappings.items():
+            if not a_field or not b_field:
+                raise RuleError(("mappings",), "field names must not be empty")
+            if b_field in seen:
+                raise RuleError(
+                    ("mappings", a_field),
+                    f"maps to side-B field '{b_field}', which '{seen[b_field]}' already maps to",
+                )
+            seen[b_field] = a_field
+        for table in ("filters", "transforms", "field_owner"):
+            for a_field in getattr(self, table):
+                if a_field not in self.mappings:
+                    raise RuleError((table, a_field), _not_mapped(a_field, self.mappings))
+
+
+def _not_mapped(field: str, mappings: dict[str, str]) -> str:
+    msg = f"'{field}' is not a mapped side-A field"
+    owners = [a for a, b in mappings.items() if b == field]
+    if owners:
+        return f"{msg} (it is the side-B name of '{owners[0]}'; use side-A names)"
+    close = difflib.get_close_matches(field, list(mappings), n=1)
+    return f"{msg}; did you mean '{close[0]}'?" if close else msg
+
+
+# --------------------------------------------------------------------------- text forms
+
+
+def text_form(value: Any) -> str | None:
+    """The text a value is compared by: ``None`` stays ``None``; 303, 303.0, "303" -> "303"."""
+    t = type(value)
+    if t is str:
+        return value  # type: ignore[no-any-return]
+    if value is None:
+        return None
+    if t is bool:
+        return "true" if value else "false"
+    if t is float and value.is_integer():
+        return str(int(value))
+    if t is bytes:
+        return value.decode("utf-8", "backslashreplace")  # type: ignore[no-any-return]
+    return str(value)
+
+
+def _canon(value: Any) -> str:
+    """Canonical text for hashing: like :func:`text_form`, but ``None`` and "" are equal."""
+    t = type(value)
+    if t is str:
+        return value  # type: ignore[no-any-return]
+    if value is None:
+        return ""
+    if t is int:
+        return str(value)
+    if t is bool:
+        return "true" if value else "false"
+    if t is float and value.is_integer():
+        return str(int(value))
+    if t is bytes:
+        return value.decode("utf-8", "backslashreplace")  # type: ignore[no-any-return]
+    return str(value)
+
+
+_encode = msgspec.msgpack.Encoder().encode
+
+
+def content_hash(a_record: Record) -> str:
+    """Stable hash of a record's content, independent of key order and of int/str/None/"".
+
+    The format is part of the durable state (links store it): do not change it.
+    """
+    parts: list[str] = []
+    for key in sorted(a_record):
+        parts.append(key)
+        parts.append(_canon(a_record[key]))
+    return blake2b(_encode(parts), digest_size=16).hexdigest()
+
+
+# --------------------------------------------------------------------------- compiled form
+
+_regex_cache: dict[str, re.Pattern[str]] = {}
+
+
+def _regex(pattern: str) -> re.Pattern[str]:
+    compiled = _regex_cache.get(pattern)
+    if compiled is None:
+        compiled = re.compile(pattern)
+        if len(_regex_cache) > 512:
+            _regex_cache.clear()
+        _regex_cache[pattern] = compiled
+    return compiled
+
+
+_NON_DIGITS = re.compile(r"[^0-9]")
+
+_TRANSFORMS: dict[str, Callable[[str], str]] = {
+    "lower": str.lower,
+    "upper": str.upper,
+    "strip": str.strip,
+    "title": str.title,
+    "digits": lambda s: _NON_DIGITS.sub("", s),
+}
+
+Predicate = Callable[[Any], bool]
+
+
+def _predicates(flt: Filter) -> list[tuple[str, Any, Predicate]]:
+    """(operator, expected, predicate) for each operator set on ``flt``."""
+    checks: list[tuple[str, Any, Predicate]] = []
+    if flt.eq is not UNSET:
+        want = text_form(flt.eq)
+        checks.append(("eq", flt.eq, lambda v: text_form(v) == want))
+    if flt.ne is not UNSET:
+        avoid = text_form(flt.ne)
+        checks.append(("ne", flt.ne, lambda v: text_form(v) != avoid))
+    if isinstance(flt.in_, list):
+        allowed = frozenset(text_form(x) for x in flt.in_)
+        checks.append(("in", flt.in_, lambda v: text_form(v) in allowed))
+    if isinstance(flt.not_in, list):
+        banned = frozenset(text_form(x) for x in flt.not_in)
+        checks.append(("not_in", flt.not_in, lambda v: text_form(v) not in banned))
+    if isinstance(flt.exists, bool):
+        if flt.exists:
+            checks.append(("exists", True, lambda v: v is not None and v != ""))
+        else:
+            checks.append(("exists", False, lambda v: v is None or v == ""))
+    if isinstance(flt.regex, str):
+        search = _regex(flt.regex).search
+
+        def regex_check(v: Any) -> bool:
+            text = text_form(v)
+            return text is not None and search(text) is not None
+
+        checks.append(("regex", flt.regex, regex_check))
+    return checks
+
+
+class CompiledRules:
+    """A rule set prepared for per-record use. Build once per rule set; immutable."""
+
+    __slots__ = (
+        "_a_fields",
+        "_checks",
+        "_ops",
+        "_pairs",
+        "_transforms",
+        "rules",
+    )
+
+    def __init__(self, rules: RuleSet) -> None:
+        self.rules = rules
+        self._a_fields: tuple[str, ...] = tuple(rules.mappings)
+        self._pairs: tuple[tuple[str, str], ...] = tuple(rules.mappings.items())
+        self._transforms: tuple[tuple[str, Callable[[str], str]], ...] = tuple(
+            (field, _TRANSFORMS[name]) for field, name in rules.transforms.items()
+        )
+        self._checks: tuple[tuple[str, str, Any, Predicate], ...] = tuple(
+            (field, op, expected, pred)
+            for field, flt in rules.filters.items()
+            for op, expected, pred in _predicates(flt)
+        )
+        self._ops: dict[str, frozenset[str]] = {
+            "a_to_b": frozenset(rules.a_to_b),
+            "b_to_a": frozenset(rules.b_to_a),
+        }
+
+    @property
+    def a_fields(self) -> tuple[str, ...]:
+        """The mapped side-A field names, in mapping order."""
+        return self._a_fields
+
+    def side_fields(self, side: Side) -> tuple[str, ...]:
+        """The mapped field names of ``side``, in mapping order."""
+        if side == "a":
+            return self._a_fields
+        if side == "b":
+            return tuple(b for _, b in self._pairs)
+        raise ValueError(f"side must be 'a' or 'b', not {side!r}")
+
+    def to_a_space(self, side: Side, record: Record) -> Record:
+        """The mapped content of ``record`` (``side``'s field names) in side-A names."""
+        get = record.get
+        if side == "a":
+            out = {f: get(f) for f in self._a_fields}
+        elif side == "b":
+            out = {a: get(b) for a, b in self._pairs}
+        else:
+            raise ValueError(f"side must be 'a' or 'b', not {side!r}")
+        for field, fn in self._transforms:
+            value = out[field]
+            if isinstance(value, str):
+                out[field] = fn(value)
+        return out
+
+    def to_side(self, side: Side, a_record: Record) -> Record:
+        """A-space content renamed to ``side``'s field names (missing fields become None)."""
+        get = a_record.get
+        if side == "a":
+            return {f: get(f) for f in self._a_fields}
+        if side == "b":
+            return {b: get(a) for a, b in self._pairs}
+        raise ValueError(f"side must be 'a' or 'b', not {side!r}")
+
+    def matches(self, a_record: Record) -> bool:
+        """True when every filter passes on the A-space content."""
+        get = a_record.get
+        for field, _op, _expected, pred in self._checks:  # noqa: SIM110 - faster than all()
+            if not pred(get(field)):
+                return False
+        return True
+
+    def failed_filters(self, a_record: Record) -> list[dict[str, Any]]:
+        """Every filter check that fails: field, operator, expected and actual value."""
+        get = a_record.get
+        return [
+            {"field": field, "operator": op, "expected": expected, "value": get(field)}
+            for field, op, expected, pred in self._checks
+            if not pred(get(field))
+        ]
+
+    def op_allowed(self, direction: Direction, op: Op) -> bool:
+        """True when ``op`` on the source side triggers a sync in ``direction``."""
+        try:
+            return op in self._ops[direction]
+        except KeyError:
+            raise ValueError(f"direction must be 'a_to_b' or 'b_to_a', not {direction!r}") from None
+
+    def resolve_conflict(
+        self,
+        a_record: Record | None,
+        a_modified: float,
+        b_record: Record | None,
+        b_modified: float,
+    ) -> tuple[Winner, Record | None]:
+        """Decide a conflict between A-space contents changed on both sides.
+
+        Returns the winner ("a", "b" or "merged") and the A-space content both sides must end
+        up with (``None``: the record is deleted). A deleted side is passed as ``None``.
+        Ties of last-writer-wins go to side A. With ``field_owner``, each listed field comes
+        from its owner side and the others from the last writer; a delete is a whole-record
+        change, so when either side is deleted ``field_owner`` falls back to last-writer-wins.
+        """
+        policy = self.rules.conflict
+        if policy == "a_wins":
+            return "a", a_record
+        if policy == "b_wins":
+            return "b", b_record
+        lww: Side = "a" if a_modified >= b_modified else "b"
+        if policy == "last_writer_wins" or a_record is None or b_record is None:
+            return (lww, a_record) if lww == "a" else (lww, b_record)
+        owners = self.rules.field_owner
+        merged: Record = {}
+        for field in _union_keys(self._a_fields, a_record, b_record):
+            source = a_record if owners.get(field, lww) == "a" else b_record
+            merged[field] = source.get(field)
+        merged_hash = content_hash(merged)
+        a_same = merged_hash == content_hash(a_record)
+        b_same = merged_hash == content_hash(b_record)
+        if a_same and b_same:
+            return lww, merged
+        if a_same:
+            return "a", merged
+        if b_same:
+            return "b", merged
+        return "merged", merged
+
+    def explain(self, side: Side, record: Record) -> dict[str, Any]:
+        """Dry run of the rules on one record of ``side`` (for ``recsync rules test``)."""
+        if side not in ("a", "b"):
+            raise ValueError(f"side must be 'a' or 'b', not {side!r}")
+        other: Side = "b" if side == "a" else "a"
+        a_content = self.to_a_space(side, record)
+        failed = self.failed_filters(a_content)
+        direction = "a_to_b" if side == "a" else "b_to_a"
+        return {
+            "rule_set": self.rules.name,
+            "side": side,
+            "a_content": a_content,
+            "content_hash": content_hash(a_content),
+            "matches": not failed,
+            "failed_filters": failed,
+            "direction": direction,
+            "ops": [op for op in ("create", "update", "delete") if op in self._ops[direction]],
+            "other_side": other,
+            "other_content": self.to_side(other, a_content),
+            "unmapped_fields": sorted(set(record) - set(self.side_fields(side))),
+        }
+
+
+def _union_keys(order: Iterable[str], *records: Record) -> list[str]:
+    keys = list(order)
+    known = set(keys)
+    for record in records:
+        for key in record:
+            if key not in known:
+                known.add(key)
+                keys.append(key)
+    return keys
+
+
+# --------------------------------------------------------------------------- module API
+
+_compiled: dict[int, tuple[RuleSet, CompiledRules]] = {}
+_compiled_lock = threading.Lock()
+
+
+def compile_rules(rules: RuleSet | CompiledRules) -> CompiledRules:
+    """The (cached) compiled form of ``rules``."""
+    if isinstance(rules, CompiledRules):
+        return rules
+    entry = _compiled.get(id(rules))
+    if entry is not None and entry[0] is rules:
+        return entry[1]
+    compiled = CompiledRules(rules)
+    with _compiled_lock:
+        if len(_compiled) >= 64:
+            _compiled.clear()
+        # the entry keeps ``rules`` alive, so its id cannot be reused while cached
+        _compiled[id(rules)] = (rules, compiled)
+    return compiled
+
+
+AnyRules = RuleSet | CompiledRules
+
+
+def to_a_space(rules: AnyRules, side: Side, record: Record) -> Record:
+    """The record's mapped content in side-A field names, transforms applied."""
+    return compile_rules(rules).to_a_space(side, record)
+
+
+def to_side(rules: AnyRules, side: Side, a_record: Record) -> Record:
+    """A-space content renamed to ``side``'s field names."""
+    return compile_rules(rules).to_side(side, a_record)
+
+
+def matches(rules: AnyRules, a_record: Record) -> bool:
+    """True when every filter of ``rules`` passes on the A-space content."""
+    return compile_rules(rules).matches(a_record)
+
+
+def op_allowed(rules: AnyRules, direction: Direction, op: Op) -> bool:
+    """True when ``op`` on the source side triggers a sync in ``direction``."""
+    return compile_rules(rules).op_allowed(direction, op)
+
+
+def resolve_conflict(
+    rules: AnyRules,
+    a_record: Record | None,
+    a_modified: float,
+    b_record: Record | None,
+    b_modified: float,
+) -> tuple[Winner, Record | None]:
+    """Winner and resulting A-space content of a conflict; see CompiledRules.resolve_conflict."""
+    return compile_rules(rules).resolve_conflict(a_record, a_modified, b_record, b_modified)
+
+
+def explain(rules: AnyRules, side: Side, record: Record) -> dict[str, Any]:
+    """Dry run of the rules on one record of ``side``; see CompiledRules.explain."""
+    return compile_rules(rules).explain(side, record)
