@@ -12,7 +12,7 @@ from recsync.actors.protocol import BatchDone, Call, PageRead, ReadPage, WriteBa
 from recsync.clock import Clock
 from recsync.config import SideConfig
 from recsync.connectors import Connector, get_connector_class
-from recsync.errors import ConnectorError, RateLimited
+from recsync.errors import ConnectorConfigError, ConnectorError, RateLimited
 from recsync.messages import ItemOutcome, Side, WorkItem, WriteOp
 from recsync.resilience import CircuitBreaker
 
@@ -42,18 +42,33 @@ class ConnectorActor(PipelineActor):
         self.breaker = breaker
         self.clock = clock
         self.connector: Connector | None = None
+        self.opened = False
         self.requests = 0
         self.handles(ReadPage, self._read)
         self.handles(tuple, self._dispatch)
 
     def setup(self) -> None:
         cls = get_connector_class(self.side_config.connector)
-        connector = cls(self.side_config.options, self.base_dir)
-        connector.open()
-        self.connector = connector
+        self.connector = cls(self.side_config.options, self.base_dir)
+        self.opened = False
+        try:
+            self._ensure_open()
+        except ConnectorConfigError:
+            raise
+        except ConnectorError as exc:
+            # The system is down right now: start anyway and open on the next call, so an
+            # outage at start-up is retried like any other instead of failing the pipeline.
+            log.warning("connector not reachable yet", extra={
+                "pipeline": self.pipeline, "side": self.side, "error": str(exc)})
+
+    def _ensure_open(self) -> None:
+        assert self.connector is not None
+        if not self.opened:
+            self.connector.open()
+            self.opened = True
 
     def on_stop(self) -> None:
-        if self.connector is not None:
+        if self.connector is not None and self.opened:
             self.connector.close()
 
     def _dispatch(self, message: tuple[Any, ...]) -> None:
@@ -82,6 +97,7 @@ class ConnectorActor(PipelineActor):
             return PageRead(None, request.observed, "waiting for rate limit or circuit",
                             retry_at)
         try:
+            self._ensure_open()
             page = self.connector.read_changes(request.cursor, request.limit)
         except RateLimited as exc:
             self._limited(exc)
@@ -102,6 +118,7 @@ class ConnectorActor(PipelineActor):
         if retry_at is not None:
             return self._all(batch, "deferred", None, retry_at)
         try:
+            self._ensure_open()
             outcomes = self._write_checked(batch)
         except RateLimited as exc:
             self._limited(exc)

@@ -286,6 +286,7 @@ class Store:
         self._put_queue(queue_rows, now)
         if history:
             self._history(history)
+        self._bump("conflicts", stats.conflicts)
 
     def _row(
         self, direction: str, key: str, content: Any, chash: str | None, mod: float, obs: float
