@@ -37,6 +37,13 @@ class PipelineActor(pykka.ThreadingActor):
     def handles(self, message_type: type, handler: Callable[[Any], Any]) -> None:
         self._handlers[message_type] = handler
 
+    def send(self, target: pykka.ActorRef[Any], message: Any) -> None:
+        """Tell ``target``; a peer that is gone (its pipeline is restarting) is skipped."""
+        try:
+            target.tell(message)
+        except pykka.ActorDeadError:
+            log.debug("peer gone", extra={"pipeline": self.pipeline, "actor": self.role})
+
     def setup(self) -> None:
         """Start-up work of the actor, on its own thread (override)."""
 
@@ -68,7 +75,7 @@ class PipelineActor(pykka.ThreadingActor):
         if isinstance(message, Call):
             return getattr(self, message.name)(*message.args)
         if isinstance(message, Crash):
-            raise RuntimeError(f"{self.role}: {message.reason}")
+            raise RuntimeError(message.reason)
         log.warning("unexpected message %r", type(message).__name__,
                     extra={"pipeline": self.pipeline, "actor": self.role})
         return None

@@ -74,9 +74,9 @@ class ConnectorActor(PipelineActor):
     def _dispatch(self, message: tuple[Any, ...]) -> None:
         request, reply_to = message
         if isinstance(request, ReadPage):
-            reply_to.tell(self._read(request))
+            self.send(reply_to, self._read(request))
         elif isinstance(request, WriteBatch):
-            reply_to.tell(self._write(request))
+            self.send(reply_to, self._write(request))
 
     def _gate(self) -> float | None:
         """None when a call may go out now, else the wall time to try again."""

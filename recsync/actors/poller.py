@@ -51,7 +51,7 @@ class PollerActor(PipelineActor):
 
     def _read_next(self) -> None:
         request = ReadPage(self.cursor, self.page_size, self.clock.time())
-        self.peers.ref(f"connector_{self.side}").tell((request, self.actor_ref))
+        self.send(self.peers.ref(f"connector_{self.side}"), (request, self.actor_ref))
 
     def _page_read(self, msg: PageRead) -> None:
         page = msg.page
@@ -69,7 +69,7 @@ class PollerActor(PipelineActor):
             self._cycle_done()
             return
         self.pages += 1
-        self.peers.ref("rules").tell(Prepare(self.side, page, msg.observed))
+        self.send(self.peers.ref("rules"), Prepare(self.side, page, msg.observed))
 
     def _committed(self, msg: Committed) -> None:
         if msg.error is not None:

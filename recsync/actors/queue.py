@@ -69,9 +69,9 @@ class QueueActor(PipelineActor):
                     f"polling of side {exc.side} is held until an operator confirms the deletes")
             self.held[exc.side] = text
             log.error("mass delete held", extra={"pipeline": self.pipeline, "error": text})
-            poller.tell(Committed(None, False, text, hold=True))
+            self.send(poller, Committed(None, False, text, hold=True))
             return
-        poller.tell(Committed(msg.cursor, msg.more))
+        self.send(poller, Committed(msg.cursor, msg.more))
         if stats.queued:
             self.last_activity = self.clock.monotonic()
             direction: Direction = "a_to_b" if msg.side == "a" else "b_to_a"
@@ -97,7 +97,7 @@ class QueueActor(PipelineActor):
             return
         self.in_flight[direction] = frozenset(i.key for i in items)
         target = "connector_b" if direction == "a_to_b" else "connector_a"
-        self.peers.ref(target).tell((WriteBatch(direction, items, self.ruleset), self.actor_ref))
+        self.send(self.peers.ref(target), (WriteBatch(direction, items, self.ruleset), self.actor_ref))
 
     def _batch_done(self, msg: BatchDone) -> None:
         assert self.store is not None

@@ -39,6 +39,6 @@ class RulesActor(PipelineActor):
             out.append(Prepared(c.key, "upsert", content, digest(content), matches(rs, content),
                                 c.modified_at))
         page = msg.page
-        self.peers.ref("queue").tell(Enqueue(
+        self.send(self.peers.ref("queue"), Enqueue(
             side, out, page.cursor, msg.observed, rs, page.listing_start, page.listing_done,
             page.more))

@@ -19,7 +19,7 @@ from typing import Any
 import pykka
 
 from recsync.actors.pipeline import Pipeline, PipelineStartError
-from recsync.actors.protocol import ChildFailed, RestartPipeline
+from recsync.actors.protocol import ChildFailed, Crash, RestartPipeline
 from recsync.actors.scheduler import Scheduler
 from recsync.actors.systems import Systems
 from recsync.clock import Clock, SystemClock
@@ -55,6 +55,7 @@ class Supervisor(pykka.ThreadingActor):
         self.pipelines: dict[str, Pipeline] = {}
         self.restart_times: dict[str, deque[float]] = {}
         self.backoffs: dict[str, int] = {}
+        self.last_failure: dict[str, float] = {}
         self.on_event = on_event or (lambda kind, data: None)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -140,6 +141,9 @@ class Supervisor(pykka.ThreadingActor):
         times = self.restart_times[pipeline.id]
         while times and now - times[0] > self.policy.within:
             times.popleft()
+        if now - self.last_failure.get(pipeline.id, now) > self.policy.within:
+            self.backoffs[pipeline.id] = 0  # stable for a whole period: forgive old rounds
+        self.last_failure[pipeline.id] = now
         if len(times) >= self.policy.max_restarts:
             self._escalate(pipeline)
             return
@@ -148,8 +152,7 @@ class Supervisor(pykka.ThreadingActor):
         pipeline.state = "restarting"
         log.warning("restarting pipeline", extra={"pipeline": pipeline.id,
                                                   "restarts": pipeline.restarts})
-        if self._try_start(pipeline):
-            self.backoffs[pipeline.id] = 0 if not times else self.backoffs[pipeline.id]
+        self._try_start(pipeline)
 
     def _escalate(self, pipeline: Pipeline) -> None:
         """Too many restarts: wait in backoff, or give up (fatal) after enough rounds."""
@@ -183,6 +186,10 @@ class Supervisor(pykka.ThreadingActor):
 
     def pipeline(self, pipeline_id: str) -> Pipeline:
         return self.pipelines[pipeline_id]
+
+    def inject_crash(self, pipeline_id: str, role: str) -> None:
+        """Fault injection: make one actor of a pipeline fail as a bug would."""
+        self.pipelines[pipeline_id].tell(role, Crash("injected crash"))
 
     def call_all(self, role: str, name: str, *args: Any) -> dict[str, Any]:
         """Ask every live pipeline's ``role`` actor to run ``name``; dead ones are left out."""
