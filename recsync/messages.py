@@ -99,6 +99,7 @@ class WorkItem(msgspec.Struct, frozen=True, array_like=True):
     gen: int
     attempts: int
     expected_hash: str | None
+    src_hash: str | None = None
 
 
 ItemStatus = Literal["synced", "retry", "rejected", "deferred", "superseded"]
@@ -122,3 +123,4 @@ class ItemOutcome(msgspec.Struct, frozen=True, array_like=True):
     content: Record | None = None
     hash: str | None = None
     winner: str | None = None
+    src_hash: str | None = None  # the source's content hash, when the source holds it

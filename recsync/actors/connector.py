@@ -184,7 +184,8 @@ class ConnectorActor(PipelineActor):
                 chash = rules_mod.content_hash(content) if content is not None else None
                 outcomes[item.key] = ItemOutcome(
                     item.key, item.gen, "synced", None, None,
-                    content if winner == "merged" else None, chash, winner)
+                    content if winner == "merged" else None, chash, winner,
+                    item.src_hash if winner != "merged" else None)
             else:
                 status = "retry" if res.retryable else "rejected"
                 outcomes[item.key] = ItemOutcome(item.key, item.gen, status, res.error)

@@ -61,6 +61,7 @@ class QueueActor(PipelineActor):
             stats = self.store.enqueue(
                 msg.side, msg.changes, msg.cursor, msg.observed, msg.ruleset,
                 listing_start=msg.listing_start, listing_done=msg.listing_done,
+                in_flight={d: v for d, v in self.in_flight.items() if v},
                 mass_delete_share=s.mass_delete_threshold, mass_delete_min=s.mass_delete_min,
             )
         except MassDeleteBlocked as exc:
@@ -121,7 +122,7 @@ class QueueActor(PipelineActor):
     def progress(self) -> dict[str, Any]:
         assert self.store is not None
         return {
-            "pending": self.store.pending(),
+            "pending": int(self.store.has_pending()),
             "in_flight": sum(len(v) for v in self.in_flight.values() if v),
             "last_activity": self.last_activity,
             "held": dict(self.held),

@@ -101,14 +101,15 @@ class Daemon:
             if all(r.done for r in reports):
                 return reports
             if deadline is not None and time.monotonic() > deadline:
-                return reports
+                return self.reports(final=True)
             self.stopping.wait(0.05)
-        return self.reports()
+        return self.reports(final=True)
 
-    def reports(self) -> list[PipelineReport]:
+    def reports(self, final: bool = False) -> list[PipelineReport]:
         out = []
         progress: dict[str, dict[str, Any]] = self.proxy.progress_all().get()
-        counts = self._counts()
+        done = all(_caught_up(prog) for prog in progress.values())
+        counts = self._counts() if done or final else {}
         for pid, prog in progress.items():
             rep = PipelineReport(pid, prog["state"], error=prog.get("error"))
             now, base = counts.get(pid, {}), self.baseline.get(pid, {})
@@ -122,11 +123,11 @@ class Daemon:
             rep.failed = now.get("failed_a_to_b", 0) + now.get("failed_b_to_a", 0)
             rep.done = _caught_up(prog)
             queue = prog.get("queue") or {}
-            rep.pending = int(queue.get("pending", 0))
+            rep.pending = sum(v for k, v in now.items() if k.startswith(("ready_", "in_flight_")))
             if queue.get("held"):
                 rep.state = "held"
                 rep.error = "; ".join(queue["held"].values())
-            if not rep.done and prog["state"] == "running" and not rep.pending:
+            if not rep.done and prog["state"] == "running" and not queue.get("pending"):
                 self.proxy.poll_idle(pid)
             out.append(rep)
         return out

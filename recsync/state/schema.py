@@ -5,7 +5,9 @@ Tables:
 - ``links``: per record key, the content hash last written or seen on each side (NULL when
   the record is absent there), the record timestamps, and when we last wrote each side.
 - ``queue``: pending work, one row per (direction, key) (a newer change replaces a pending
-  one); ``state`` is ready, in_flight or failed (the dead letter, kept with its error).
+  one); ``state`` is ready or failed (the dead letter, kept with its error). Which items
+  are in flight only the running queue actor knows: after a restart none is.
+  ``src_hash`` is the source's content hash when the item was observed there.
 - ``history``: notable events of a record (failures, conflicts, retries, deletes).
 - ``listing_seen``: keys seen by a full listing in progress, to find deletes at its end.
 - ``meta``: counters and flags (synced totals, mass-delete guard).
@@ -34,6 +36,7 @@ CREATE TABLE IF NOT EXISTS queue (
     op TEXT NOT NULL,
     content BLOB,
     hash TEXT,
+    src_hash TEXT,
     modified REAL,
     observed REAL,
     state TEXT NOT NULL,

@@ -130,16 +130,17 @@ class Store:
                 found[row[0]] = row
         return found
 
-    def _pending(self, direction: Direction, keys: Sequence[str]) -> dict[str, tuple[Any, ...]]:
-        found: dict[str, tuple[Any, ...]] = {}
+    def _pending(self, keys: Sequence[str]) -> dict[tuple[str, str], tuple[Any, ...]]:
+        """Queued items of both directions for ``keys``, by (direction, key)."""
+        found: dict[tuple[str, str], tuple[Any, ...]] = {}
         for part in _chunks(keys):
             marks = ",".join("?" * len(part))
             for row in self.db.execute(
-                "SELECT key, op, content, hash, modified, state FROM queue "
-                f"WHERE direction = ? AND key IN ({marks})",
-                (direction, *part),
+                "SELECT key, op, content, hash, modified, state, src_hash, direction FROM queue "
+                f"WHERE direction IN ('a_to_b', 'b_to_a') AND key IN ({marks})",
+                part,
             ):
-                found[row[0]] = row
+                found[(row[7], row[0])] = row
         return found
 
     # ---- enqueue ------------------------------------------------------------------------
@@ -153,7 +154,7 @@ class Store:
         *,
         listing_start: bool = False,
         listing_done: bool = False,
-        in_flight_opposite: frozenset[str] = frozenset(),
+        in_flight: dict[str, frozenset[str]] | None = None,
         mass_delete_share: float = 0.0,
         mass_delete_min: int = 10,
     ) -> EnqueueStats:
@@ -169,14 +170,24 @@ class Store:
         try:
             if listing_start:
                 db.execute("DELETE FROM listing_seen WHERE side = ?", (side,))
-            seen = [(side, c.key) for c in changes]
-            if listing_start or listing_done or self._listing_active(side):
-                db.executemany("INSERT OR IGNORE INTO listing_seen VALUES (?, ?)", seen)
+                # With nothing linked on this side yet, the listing cannot find deletes:
+                # skip tracking its keys (the initial load of a big table).
+                self._set_meta(f"listing_{side}", observed if self._linked_count(side) else 0)
+            listing_since = float(self.meta(f"listing_{side}", 0) or 0)
+            if listing_since:
+                db.executemany("INSERT OR IGNORE INTO listing_seen VALUES (?, ?)",
+                               [(side, c.key) for c in changes])
             work = list(changes)
             if listing_done:
-                work.extend(self._unlisted_deletes(side, observed))
+                if listing_since:
+                    work.extend(self._unlisted_deletes(side, observed, listing_since))
                 db.execute("DELETE FROM listing_seen WHERE side = ?", (side,))
-            self._enqueue_changes(side, work, observed, ruleset, stats, in_flight_opposite)
+                self._set_meta(f"listing_{side}", 0)
+            flying = in_flight or {}
+            self._enqueue_changes(
+                side, work, observed, ruleset, stats,
+                flying.get(direction_from(side), frozenset()),
+                flying.get(direction_from(other(side)), frozenset()))
             if mass_delete_share > 0 and stats.deletes >= mass_delete_min:
                 total = self._linked_count(other(side))
                 allowed = int(self.meta(f"allow_deletes_{side}", 0) or 0)
@@ -193,19 +204,18 @@ class Store:
             raise
         return stats
 
-    def _listing_active(self, side: Side) -> bool:
-        row = self.db.execute("SELECT 1 FROM listing_seen WHERE side = ? LIMIT 1", (side,))
-        return row.fetchone() is not None
-
     def _linked_count(self, side: Side) -> int:
         row = self.db.execute(f"SELECT COUNT(*) FROM links WHERE {side}_hash IS NOT NULL")
         return int(row.fetchone()[0])
 
-    def _unlisted_deletes(self, side: Side, observed: float) -> list[Prepared]:
+    def _unlisted_deletes(self, side: Side, observed: float, since: float) -> list[Prepared]:
+        """Linked records the listing did not see: deleted, unless we wrote them after
+        the listing began (the listing may have passed their place before they existed)."""
         rows = self.db.execute(
-            f"SELECT key FROM links WHERE {side}_hash IS NOT NULL AND key NOT IN "
+            f"SELECT key FROM links WHERE {side}_hash IS NOT NULL "
+            f"AND ({side}_written IS NULL OR {side}_written < ?) AND key NOT IN "
             "(SELECT key FROM listing_seen WHERE side = ?)",
-            (side,),
+            (since, side),
         )
         return [Prepared(r[0], "delete", None, None, True, observed) for r in rows]
 
@@ -216,6 +226,7 @@ class Store:
         observed: float,
         ruleset: RuleSet,
         stats: EnqueueStats,
+        in_flight_same: frozenset[str],
         in_flight_opposite: frozenset[str],
     ) -> None:
         if not changes:
@@ -224,45 +235,50 @@ class Store:
         direction, back = direction_from(side), direction_from(o)
         keys = [c.key for c in changes]
         links = self._links(keys)
-        opposite = self._pending(back, keys)
+        pending = self._pending(keys) if self._has_queued() else {}
         now = self.clock.time()
         si, oi = (1, 2) if side == "a" else (2, 1)  # hash columns in a links row
         written_i = 5 if side == "a" else 6
-        link_rows: list[tuple[Any, ...]] = []
+        link_rows: list[tuple[str, Side, str | None, float]] = []
         queue_rows: list[tuple[Any, ...]] = []
-        drop_back: list[tuple[str, str]] = []
+        drop: list[tuple[str, str]] = []
         history: list[tuple[str, str, str | None]] = []
+        allowed = rules_mod.compile_rules(ruleset).op_allowed
         for c in changes:
             link = links.get(c.key)
             own_hash = link[si] if link else None
             other_hash = link[oi] if link else None
+            same = pending.get((direction, c.key))
             if link and link[written_i] is not None and observed < link[written_i]:
                 stats.stale += 1  # seen before our last write to this side: superseded
                 continue
             if c.op == "upsert":
-                if link and c.hash == own_hash:
-                    stats.unchanged += 1
+                if (link and c.hash == own_hash) or (same and same[6] == c.hash):
+                    stats.unchanged += 1  # already synced, or already queued
                     continue
                 if not c.passes:
                     stats.filtered += 1
                     continue
-                link_rows.append((c.key, side, c.hash, c.modified))
                 if link and c.hash == other_hash:
+                    link_rows.append((c.key, side, c.hash, c.modified))
                     stats.unchanged += 1
                     continue
                 op = "update" if other_hash is not None else "create"
             else:
-                if link is None or own_hash is None:
-                    continue  # never linked here, or already known to be gone
-                link_rows.append((c.key, side, None, c.modified))
-                if other_hash is None:
-                    continue
+                if link is not None and own_hash is not None:
+                    link_rows.append((c.key, side, None, c.modified))
+                if other_hash is None:  # the other side never got it
+                    if same is not None and c.key not in in_flight_same:
+                        drop.append((direction, c.key))
+                        stats.deletes += 1
+                    if same is None or c.key not in in_flight_same:
+                        continue
                 op = "delete"
-            if not rules_mod.op_allowed(ruleset, direction, op):  # type: ignore[arg-type]
+            if not allowed(direction, op):  # type: ignore[arg-type]
                 stats.filtered += 1
                 continue
-            content, chash = c.content, c.hash
-            pend = opposite.get(c.key)
+            content, chash, src_hash = c.content, c.hash, c.hash
+            pend = pending.get((back, c.key))
             if pend is not None and pend[5] == "ready" and c.key not in in_flight_opposite:
                 stats.conflicts += 1
                 their = _decode(pend[2]) if pend[2] is not None else None
@@ -270,44 +286,55 @@ class Store:
                 (_, a_rec, a_mod), (_, b_rec, b_mod) = sorted(mine, key=lambda t: t[0])
                 winner, result = rules_mod.resolve_conflict(ruleset, a_rec, a_mod, b_rec, b_mod)
                 history.append((c.key, "conflict", f"{side} and {o} both changed; {winner} wins"))
+                # both sides' current contents are known now: the loser will be overwritten
+                link_rows.append((c.key, side, c.hash, c.modified))
+                if pend[6] is not None:
+                    link_rows.append((c.key, o, pend[6], pend[4]))
                 if winner == o:
                     continue  # their pending item will overwrite this side
-                drop_back.append((back, c.key))
+                drop.append((back, c.key))
                 if winner != side:  # merged: both sides get the merge
                     content = result
                     chash = rules_mod.content_hash(result) if result is not None else None
-                    queue_rows.append(self._row(back, c.key, content, chash, now, now))
+                    queue_rows.append(self._row(back, c.key, content, chash, None, now, now))
+                    src_hash = None
             if c.op == "delete" or content is None:
                 stats.deletes += 1
             stats.queued += 1
-            queue_rows.append(self._row(direction, c.key, content, chash, c.modified, observed))
-        self._save_links(link_rows, now)
-        self.db.executemany("DELETE FROM queue WHERE direction = ? AND key = ?", drop_back)
+            queue_rows.append(
+                self._row(direction, c.key, content, chash, src_hash, c.modified, observed))
+        self._save_links(link_rows)
+        self.db.executemany("DELETE FROM queue WHERE direction = ? AND key = ?", drop)
         self._put_queue(queue_rows, now)
         if history:
             self._history(history)
         self._bump("conflicts", stats.conflicts)
 
+    def _has_queued(self) -> bool:
+        return self.db.execute("SELECT EXISTS (SELECT 1 FROM queue)").fetchone()[0] == 1
+
     def _row(
-        self, direction: str, key: str, content: Any, chash: str | None, mod: float, obs: float
+        self, direction: str, key: str, content: Any, chash: str | None, src_hash: str | None,
+        mod: float, obs: float,
     ) -> tuple[Any, ...]:
         op = "delete" if content is None else "upsert"
         blob = None if content is None else _encode(content)
-        return (direction, key, op, blob, chash, mod, obs, self._next_gen())
+        return (direction, key, op, blob, chash, src_hash, mod, obs, self._next_gen())
 
     def _put_queue(self, rows: list[tuple[Any, ...]], now: float) -> None:
         self.db.executemany(
-            "INSERT INTO queue (direction, key, op, content, hash, modified, observed, gen, "
-            "state, attempts, next_at, enqueued_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'ready', 0, ?, ?, ?) "
+            "INSERT INTO queue (direction, key, op, content, hash, src_hash, modified, observed, "
+            "gen, state, attempts, next_at, enqueued_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'ready', 0, ?, ?, ?) "
             "ON CONFLICT (direction, key) DO UPDATE SET op = excluded.op, "
-            "content = excluded.content, hash = excluded.hash, modified = excluded.modified, "
+            "content = excluded.content, hash = excluded.hash, src_hash = excluded.src_hash, "
+            "modified = excluded.modified, "
             "observed = excluded.observed, gen = excluded.gen, state = 'ready', attempts = 0, "
             "next_at = excluded.next_at, last_error = NULL, updated_at = excluded.updated_at",
             [(*r, now, now, now) for r in rows],
         )
 
-    def _save_links(self, rows: list[tuple[str, Side, str | None, float]], now: float) -> None:
+    def _save_links(self, rows: list[tuple[str, Side, str | None, float]]) -> None:
         for side in ("a", "b"):
             part = [(k, h, m) for k, s, h, m in rows if s == side]
             if part:
@@ -320,30 +347,27 @@ class Store:
 
     # ---- lease and results --------------------------------------------------------------
     def lease(self, direction: Direction, limit: int, exclude: frozenset[str]) -> list[WorkItem]:
-        """Mark up to ``limit`` due items in_flight and return them (oldest due first)."""
+        """Up to ``limit`` due items (oldest due first), skipping keys in ``exclude``.
+
+        Nothing is written: which items are in flight is the caller's to remember (after a
+        crash none is), so leasing costs one read.
+        """
         now = self.clock.time()
         target = "b" if direction == "a_to_b" else "a"
         rows = self.db.execute(
-            f"SELECT q.key, q.op, q.content, q.hash, q.modified, q.gen, q.attempts, l.{target}_hash "
+            "SELECT q.key, q.op, q.content, q.hash, q.modified, q.gen, q.attempts, "
+            f"l.{target}_hash, q.src_hash "
             "FROM queue q LEFT JOIN links l ON l.key = q.key "
             "WHERE q.direction = ? AND q.state = 'ready' AND q.next_at <= ? "
             "ORDER BY q.next_at LIMIT ?",
             (direction, now, limit + len(exclude)),
         ).fetchall()
-        items = [
+        return [
             WorkItem(r[0], r[1], None if r[2] is None else _decode(r[2]), r[3], r[4], r[5], r[6],
-                     r[7])
+                     r[7], r[8])
             for r in rows
             if r[0] not in exclude
         ][:limit]
-        if items:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany(
-                "UPDATE queue SET state = 'in_flight' WHERE direction = ? AND key = ?",
-                [(direction, i.key) for i in items],
-            )
-            self.db.execute("COMMIT")
-        return items
 
     def apply(
         self,
@@ -362,9 +386,10 @@ class Store:
         target: Side = "b" if direction == "a_to_b" else "a"
         back = direction_from(target)
         db = self.db
+        failing = [o.key for o in outcomes if o.status in ("retry", "rejected")]
         attempts = {
             r[0]: r[1]
-            for part in _chunks([o.key for o in outcomes])
+            for part in _chunks(failing)
             for r in db.execute(
                 f"SELECT key, attempts FROM queue WHERE direction = ? AND key IN "
                 f"({','.join('?' * len(part))})",
@@ -372,7 +397,7 @@ class Store:
             )
         }
         done: list[tuple[str, str, int]] = []
-        written: list[tuple[str | None, float, float, str]] = []
+        written: list[tuple[str, str | None, float, float, str | None]] = []
         requeue: list[tuple[Any, ...]] = []
         history: list[tuple[str, str, str | None]] = []
         retry_rows: list[tuple[Any, ...]] = []
@@ -382,12 +407,13 @@ class Store:
                 if o.status == "synced":
                     stats.synced += 1
                     done.append((direction, o.key, o.gen))
-                    written.append((o.hash, written_at, now, o.key))
+                    written.append((o.key, o.hash, written_at, now, o.src_hash))
                     if o.winner is not None:
                         stats.conflicts += 1
                         history.append((o.key, "conflict", f"found at write; {o.winner} wins"))
                         if o.winner == "merged":
-                            requeue.append(self._row(back, o.key, o.content, o.hash, now, now))
+                            requeue.append(
+                                self._row(back, o.key, o.content, o.hash, o.hash, now, now))
                 elif o.status == "superseded":
                     stats.conflicts += 1
                     done.append((direction, o.key, o.gen))
@@ -395,7 +421,7 @@ class Store:
                     db.execute(
                         f"UPDATE links SET {target}_hash = ? WHERE key = ?", (o.hash, o.key)
                     )
-                    requeue.append(self._row(back, o.key, o.content, o.hash, now, now))
+                    requeue.append(self._row(back, o.key, o.content, o.hash, o.hash, now, now))
                 elif o.status == "deferred":
                     stats.deferred += 1
                     retry_rows.append((0, o.retry_at or now, o.error, now, direction, o.key))
@@ -421,9 +447,13 @@ class Store:
                 "last_error = ?, updated_at = ? WHERE direction = ? AND key = ?",
                 retry_rows,
             )
+            source = other(target)
             db.executemany(
-                f"UPDATE links SET {target}_hash = ?, {target}_written = ?, synced_at = ? "
-                "WHERE key = ?",
+                f"INSERT INTO links (key, {target}_hash, {target}_written, synced_at, "
+                f"{source}_hash) VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+                f"{target}_hash = excluded.{target}_hash, "
+                f"{target}_written = excluded.{target}_written, synced_at = excluded.synced_at, "
+                f"{source}_hash = COALESCE(excluded.{source}_hash, {source}_hash)",
                 written,
             )
             # A newer change that arrived while the item was in flight stays queued.
@@ -432,12 +462,13 @@ class Store:
             )
             # Changes seen on the target before this write landed lost to it (the write
             # checked the target first), so they must not be written back.
-            db.executemany(
-                "DELETE FROM queue WHERE direction = ? AND key = ? AND observed < ? "
-                "AND state = 'ready'",
-                [(back, k, written_at) for _, _, _, k in written],
-            )
-            gone = [k for h, _, _, k in written if h is None]
+            if self._has_ready(back):
+                db.executemany(
+                    "DELETE FROM queue WHERE direction = ? AND key = ? AND observed < ? "
+                    "AND state = 'ready'",
+                    [(back, w[0], written_at) for w in written],
+                )
+            gone = [w[0] for w in written if w[1] is None]
             if gone:
                 db.execute(
                     "DELETE FROM links WHERE a_hash IS NULL AND b_hash IS NULL AND key IN "
@@ -454,6 +485,13 @@ class Store:
             db.execute("ROLLBACK")
             raise
         return stats
+
+    def _has_ready(self, direction: Direction) -> bool:
+        row = self.db.execute(
+            "SELECT EXISTS (SELECT 1 FROM queue WHERE direction = ? AND state = 'ready')",
+            (direction,),
+        )
+        return bool(row.fetchone()[0])
 
     def reset_in_flight(self) -> int:
         """After a restart nothing is in flight: make such items ready again."""
@@ -480,6 +518,10 @@ class Store:
             "SELECT MIN(next_at) FROM queue WHERE state = 'ready'"
         ).fetchone()
         return None if row[0] is None else float(row[0])
+
+    def has_pending(self) -> bool:
+        row = self.db.execute("SELECT EXISTS (SELECT 1 FROM queue WHERE state != 'failed')")
+        return bool(row.fetchone()[0])
 
     def pending(self) -> int:
         """Items not yet synced and not failed (ready, waiting for a retry, or in flight)."""

@@ -40,7 +40,8 @@ def store(tmp_path: Path, clock: FakeClock) -> Store:
 
 def sync_all(store: Store, direction: str, clock: FakeClock) -> list[str]:
     items = store.lease(direction, 100, frozenset())  # type: ignore[arg-type]
-    outcomes = [ItemOutcome(i.key, i.gen, "synced", hash=i.hash) for i in items]
+    outcomes = [ItemOutcome(i.key, i.gen, "synced", hash=i.hash, src_hash=i.src_hash)
+                for i in items]
     clock.advance(0.01)
     store.apply(direction, outcomes, RetryPolicy(), clock.time())  # type: ignore[arg-type]
     return [i.key for i in items]

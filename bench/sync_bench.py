@@ -1,0 +1,146 @@
+"""`make bench`: end-to-end sync throughput and peak memory of recsyncd.
+
+Every figure is measured in this one run, next to the raw-copy limit of the same machine
+(read all rows + executemany into another SQLite file), so ratios survive noisy machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+USERS = """CREATE TABLE users (record_id INTEGER PRIMARY KEY, full_name TEXT NOT NULL,
+    email_address TEXT, status TEXT NOT NULL, updated_at REAL NOT NULL DEFAULT 0)"""
+RULES = """
+[contacts]
+a_to_b = ["create", "update", "delete"]
+b_to_a = ["create", "update", "delete"]
+[contacts.mappings]
+record_id = "record_id"
+full_name = "full_name"
+email_address = "email_address"
+status = "status"
+"""
+
+
+def make_source(path: Path, rows: int) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute(USERS)
+        now = time.time()
+        db.executemany(
+            "INSERT INTO users VALUES (?, ?, ?, ?, ?)",
+            ((i, f"User Number {i}", f"user{i}@example.com", "active", now)
+             for i in range(1, rows + 1)))
+    db.close()
+
+
+def raw_copy(source: Path, target: Path) -> float:
+    """Rows per second of the plainest possible copy between two SQLite files."""
+    with sqlite3.connect(target) as out:
+        out.execute("PRAGMA journal_mode = WAL")
+        out.execute(USERS)
+    start = time.perf_counter()
+    src = sqlite3.connect(source)
+    out = sqlite3.connect(target)
+    rows = src.execute("SELECT * FROM users").fetchall()
+    out.executemany("INSERT INTO users VALUES (?, ?, ?, ?, ?)", rows)
+    out.commit()
+    elapsed = time.perf_counter() - start
+    src.close()
+    out.close()
+    return len(rows) / elapsed
+
+
+def run_pipeline(folder: Path, target: str, rows: int, batch: int) -> tuple[float, float, float]:
+    """Sync ``rows`` through recsyncd --once; (records/s by the daemon's clock, records/s
+    wall clock including process start, peak RSS in MiB)."""
+    sides = {
+        "sqlite": '{ connector = "sqlite", path = "b.sqlite", table = "users", '
+                  'key = "record_id" }',
+        "csv": '{ connector = "file", path = "b.csv", key = "record_id" }',
+    }
+    if target == "sqlite":
+        with sqlite3.connect(folder / "b.sqlite") as db:
+            db.execute(USERS)
+        db.close()
+    (folder / "rules.toml").write_text(RULES)
+    (folder / "customer_settings.toml").write_text(textwrap.dedent(f"""
+        [defaults]
+        batch_size = {batch}
+        page_size = {batch}
+        flush_interval = 0.05
+        poll_interval = 0.2
+        [defaults.rate_limit]
+        max_requests = 1000000
+        window_seconds = 1
+        [customers.bench.pipelines.p]
+        rules = "contacts"
+        a = {{ connector = "sqlite", path = "a.sqlite", table = "users", key = "record_id" }}
+        b = {sides[target]}
+        """))
+    cmd = [sys.executable, "-m", "recsync", "--config-dir", str(folder), "--state-dir",
+           str(folder / "state"), "--once"]
+    start = time.perf_counter()
+    with (folder / "out.txt").open("w") as out_f, (folder / "err.txt").open("w") as err_f:
+        proc = subprocess.Popen(cmd, stdout=out_f, stderr=err_f)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    out, err = (folder / "out.txt").read_text(), (folder / "err.txt").read_text()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"recsyncd failed:\n{out}\n{err[-3000:]}")
+    match = re.search(r"a->b (\d+) synced.* in ([\d.]+) s", out)
+    if not match or int(match.group(1)) != rows:
+        raise SystemExit(f"unexpected summary: {out}")
+    seconds = float(match.group(2))
+    return rows / seconds, rows / wall, usage.ru_maxrss / 1024
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--small", type=int, default=20_000,
+                        help="a smaller table, to show memory does not grow with size")
+    parser.add_argument("--batch", type=int, default=2000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="recsync-bench-") as tmp:
+        base = Path(tmp)
+        source = base / "source.sqlite"
+        make_source(source, args.rows)
+        raw = raw_copy(source, base / "raw.sqlite")
+        print(f"raw copy (read + executemany), {args.rows} rows: {raw:,.0f} rows/s")
+        results = {}
+        for target, rows in (("sqlite", args.rows), ("csv", args.rows), ("sqlite", args.small)):
+            folder = base / f"{target}-{rows}"
+            folder.mkdir()
+            if rows == args.rows:
+                os.link(source, folder / "a.sqlite")
+            else:
+                make_source(folder / "a.sqlite", rows)
+            rate, wall_rate, rss = run_pipeline(folder, target, rows, args.batch)
+            results[(target, rows)] = (rate, rss)
+            print(f"recsyncd sqlite -> {target}, {rows} rows: {rate:,.0f} records/s "
+                  f"({rate / raw:.2f} of raw copy; {wall_rate:,.0f}/s counting process "
+                  f"start-up), peak RSS {rss:.0f} MiB")
+        big = results[("sqlite", args.rows)][1]
+        small = results[("sqlite", args.small)][1]
+        print(f"peak RSS {args.small} rows -> {args.rows} rows: {small:.0f} -> {big:.0f} MiB "
+              f"(x{big / small:.2f} for x{args.rows / args.small:.0f} rows)")
+        worst = min(r for r, _ in results.values() if r) / raw
+        print(f"targets: pipeline >= 1/6 of raw copy: {'met' if worst >= 1 / 6 else 'MISSED'} "
+              f"(worst {worst:.3f}); peak RSS < 200 MiB: "
+              f"{'met' if max(m for _, m in results.values()) < 200 else 'MISSED'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,780 @@
+"""File connector: one CSV or JSON Lines file, one record per row/line, keyed by ``key``.
+
+Reading. The cursor is the file's signature ``"<st_ino>:<st_mtime_ns>:<st_size>"`` (or
+``"absent"`` when there is no file, an empty side). An unchanged signature means no
+changes; otherwise the file is listed in pages (``listing`` pages, every record an
+upsert; the engine finds deletes from the listing). The open handle is kept between
+pages, so a listing reads the one version it opened even if the file is replaced.
+Intermediate listing pages carry ``"<old cursor>|<listing id>.<page>"``: the old
+signature (so a restart lists again from scratch) plus a tag that lets a later call be
+matched to the page it follows. The last page carries the listed version's signature.
+
+Own writes. ``write`` rewrites the file into a temp file in the same folder and
+``os.replace``-s it into place, remembering which version it replaced with which. A
+cursor from which a chain of only our own rewrites leads to the current file means no
+changes. A rewrite made while a listing is open does not count as "own" for the listed
+version (the listing cannot contain its records), so the file is listed again after.
+
+Limits: an in-place edit that keeps the inode, size and mtime (within the filesystem's
+timestamp granularity) is not seen; the check that nobody replaced the file right before
+our ``os.replace`` leaves a tiny window; the encoding must be ASCII-compatible (utf-8,
+latin-1, cp1252, ...; a leading BOM is kept). A crash mid-write can leave a
+``.<name>.*.tmp`` file behind.
+"""
+
+from __future__ import annotations
+
+import codecs
+import collections
+import contextlib
+import csv
+import io
+import itertools
+import json
+import logging
+import operator
+import os
+import re
+import stat
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, ClassVar, Literal
+
+import msgspec
+
+from recsync.connectors.base import Connector, ConnectorConfig
+from recsync.errors import ConnectorConfigError, ConnectorError
+from recsync.messages import Change, ChangePage, Record, WriteOp, WriteResult, key_text
+
+log = logging.getLogger(__name__)
+
+ABSENT = "absent"
+_BOM = "\ufeff"
+_BOM_UTF8 = _BOM.encode()
+_BLOCK = 1 << 20
+_LINE = re.compile(rb"[^\n]*\n|[^\n]+$")
+_MAX_WARNINGS = 20
+_MAX_ATTEMPTS = 5
+_OWN_WRITES_KEPT = 1024
+_listing_ids = itertools.count(1)
+
+
+class FileConfig(ConnectorConfig, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A CSV or JSON Lines file (``path`` is relative to the config folder)."""
+
+    path: str
+    format: Literal["auto", "csv", "jsonl"] = "auto"
+    encoding: str = "utf-8"
+    fields: list[str] = []
+
+
+def _sig(st: os.stat_result) -> str:
+    return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return str(value)
+
+
+class _Out:
+    """The temp file being written; knows whether it ends with a complete line."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self.fh = fh
+        self.eol = b"\n"
+        self.at_line_start = True
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self.fh.write(data)
+            self.at_line_start = data.endswith(b"\n")
+            if self.at_line_start:
+                self.eol = b"\r\n" if data.endswith(b"\r\n") else b"\n"
+
+    def line(self, data: bytes) -> None:
+        """Write one whole new line (``data`` ends with its line break)."""
+        if not self.at_line_start:
+            self.fh.write(self.eol)
+        self.write(data)
+
+
+class _Blocks:
+    """A binary file read as blocks of whole lines, with a queue of lines for csv.reader."""
+
+    def __init__(self, fh: IO[bytes], encoding: str) -> None:
+        self.fh = fh
+        self.encoding = encoding
+        self.rest = b""
+        self.first = True
+        self.bom = False
+        self.bad = False
+        self.lineno = 0
+        self.queue: collections.deque[bytes] = collections.deque()
+        self.raw: list[bytes] = []
+
+    def block(self) -> bytes:
+        """The next whole lines (the last one may lack its line break at EOF); b"" at EOF."""
+        if self.queue:
+            data = b"".join(self.queue)
+            self.queue.clear()
+            return data
+        while True:
+            data = self.fh.read(_BLOCK)
+            if self.first:
+                self.first = False
+                if self.encoding == "utf-8" and data.startswith(_BOM_UTF8):
+                    self.bom = True
+                    data = data[len(_BOM_UTF8) :]
+            if not data:
+                data, self.rest = self.rest, b""
+                return data
+            data = self.rest + data
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                self.rest = data[cut:]
+                return data[:cut]
+            self.rest = data
+
+    def raw_lines(self) -> Iterator[bytes]:
+        """Lines from the queue, refilled block by block; counts ``lineno``."""
+        while True:
+            if not self.queue:
+                data = self.block()
+                if not data:
+                    return
+                self.queue.extend(_LINE.findall(data))
+            self.lineno += 1
+            yield self.queue.popleft()
+
+    def lines(self) -> Iterator[str]:
+        """Decoded lines (for csv.reader); keeps their bytes in ``raw``, flags bad bytes."""
+        for raw in self.raw_lines():
+            self.raw.append(raw)
+            try:
+                yield raw.decode(self.encoding)
+            except UnicodeDecodeError:
+                self.bad = True
+                yield raw.decode(self.encoding, "surrogateescape")
+
+
+@dataclass
+class _Bad:
+    """A JSON line that could not be decoded (``why`` is empty for a blank line)."""
+
+    why: str
+
+
+@dataclass
+class _Listing:
+    fh: IO[bytes]
+    records: Iterator[tuple[str, Record]]
+    sig: str
+    mtime: float
+    base: str
+    tag: int
+    page: int = 0
+    last_cursor: str | None = None
+    pending: tuple[str, Record] | None = None
+    seen: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Action:
+    fields: Record | None  # None: delete
+    replace: bool = False  # upsert after delete in one batch: drop the old columns
+
+
+class FileConnector(Connector):
+    """Reads and writes one CSV or JSON Lines file."""
+
+    name: ClassVar[str] = "file"
+    Config: ClassVar[type[ConnectorConfig]] = FileConfig
+
+    def __init__(self, config: Any, base_dir: Path) -> None:
+        if not isinstance(config, FileConfig):
+            try:
+                config = msgspec.convert(config, FileConfig)
+            except msgspec.ValidationError as exc:
+                raise ConnectorConfigError(f"Invalid file connector config: {exc}.") from exc
+        super().__init__(config, base_dir)
+        self.cfg: FileConfig = config
+        self.path = Path(os.path.abspath(Path(base_dir) / config.path))
+        self.key = config.key
+        self.format = self._detect_format()
+        self.encoding = config.encoding
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._listing: _Listing | None = None
+        self._own: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._warned = 0
+        self._new_bom = False
+        key_only = msgspec.defstruct(
+            "_KeyOnly", [("k", int | float | str | bool | None, None)], rename={"k": config.key}
+        )
+        self._key_decoder = msgspec.json.Decoder(key_only)
+        self._keys_decoder = msgspec.json.Decoder(list[key_only])  # type: ignore[valid-type]
+
+    def _detect_format(self) -> Literal["csv", "jsonl"]:
+        if self.cfg.format != "auto":
+            return self.cfg.format
+        suffix = self.path.suffix.lower()
+        if suffix == ".csv":
+            return "csv"
+        if suffix in (".jsonl", ".ndjson"):
+            return "jsonl"
+        raise ConnectorConfigError(
+            f"Cannot tell the format of {self.path} from its suffix; name it .csv, .jsonl or "
+            'ndjson, or set format = "csv" or "jsonl".'
+        )
+
+    @property
+    def system_id(self) -> str:
+        return f"file:{self.path}"
+
+    # ------------------------------------------------------------------ open / close
+
+    def open(self) -> None:
+        try:
+            codec = codecs.lookup(self.cfg.encoding)
+        except LookupError as exc:
+            raise ConnectorConfigError(
+                f"Unknown encoding {self.cfg.encoding!r} for {self.path}."
+            ) from exc
+        self.encoding = "utf-8" if codec.name == "utf-8-sig" else codec.name
+        self._new_bom = codec.name == "utf-8-sig"
+        if '\n,a{}"'.encode(self.encoding, "replace") != b'\n,a{}"':
+            raise ConnectorConfigError(
+                f"Encoding {self.cfg.encoding!r} for {self.path} is not supported; use an "
+                "ASCII-compatible encoding such as utf-8, latin-1 or cp1252."
+            )
+        folder = self.path.parent
+        if not folder.is_dir():
+            raise ConnectorConfigError(
+                f"Folder {folder} of file {self.path.name!r} does not exist; create it or fix "
+                "'path' of the file connector."
+            )
+        if self.path.is_dir():
+            raise ConnectorConfigError(f"{self.path} is a folder, not a file; fix 'path'.")
+        if self.format == "csv":
+            header = self._csv_header()
+            if header is not None and self.key not in header:
+                raise ConnectorConfigError(self._no_key_column(header))
+
+    def _csv_header(self) -> list[str] | None:
+        try:
+            with open(self.path, "rb") as fh:
+                return next(csv.reader(_Blocks(fh, self.encoding).lines()), None)
+        except FileNotFoundError:
+            return None
+        except (OSError, csv.Error) as exc:
+            raise ConnectorError(f"Cannot read {self.path}: {exc}.") from exc
+
+    def _no_key_column(self, header: list[str]) -> str:
+        return (
+            f"CSV file {self.path} has no key column {self.key!r} in its header "
+            f"(columns: {', '.join(header)}); fix the file or 'key'."
+        )
+
+    def close(self) -> None:
+        self._end_listing()
+
+    # ------------------------------------------------------------------ reading
+
+    @staticmethod
+    def relist_cursor(cursor: str | None) -> str:
+        """A cursor that makes the next ``read_changes`` list the whole file."""
+        return "relist"
+
+    def _current_sig(self) -> str:
+        try:
+            return _sig(os.stat(self.path))
+        except FileNotFoundError:
+            return ABSENT
+        except OSError as exc:
+            raise ConnectorError(f"Cannot stat {self.path}: {exc}.") from exc
+
+    def read_changes(self, cursor: str | None, limit: int) -> ChangePage:
+        limit = max(1, limit)
+        lst = self._listing
+        if lst is not None and cursor is not None and cursor == lst.last_cursor:
+            return self._next_page(lst, limit)
+        self._end_listing()
+        base, mid_listing, _ = (cursor or "").partition("|")
+        current = self._current_sig()
+        if cursor is not None and not mid_listing:
+            seen = base
+            for _ in range(len(self._own) + 1):
+                if seen == current:
+                    return ChangePage([], current)
+                nxt = self._own.get(seen)
+                if nxt is None:
+                    break
+                seen = nxt
+        return self._start_listing(base, limit)
+
+    def _start_listing(self, base: str, limit: int) -> ChangePage:
+        try:
+            fh = open(self.path, "rb")  # noqa: SIM115 - kept open across pages
+        except FileNotFoundError:
+            return ChangePage([], ABSENT, listing=True, listing_start=True, listing_done=True)
+        except OSError as exc:
+            raise ConnectorError(f"Cannot open {self.path}: {exc}.") from exc
+        st = os.fstat(fh.fileno())
+        self._warned = 0
+        lst = _Listing(
+            fh, self._records(fh), _sig(st), st.st_mtime_ns / 1e9, base, next(_listing_ids)
+        )
+        self._listing = lst
+        return self._next_page(lst, limit)
+
+    def _end_listing(self) -> None:
+        if self._listing is not None:
+            with contextlib.suppress(OSError):
+                self._listing.fh.close()
+            self._listing = None
+
+    def _next_page(self, lst: _Listing, limit: int) -> ChangePage:
+        page: dict[str, Change] = {}
+        done = False
+        try:
+            for _ in range(limit):
+                item = lst.pending or next(lst.records, None)
+                lst.pending = None
+                if item is None:
+                    done = True
+                    break
+                k, rec = item
+                if k in lst.seen:
+                    self._duplicate(k)
+                    page.pop(k, None)
+                else:
+                    lst.seen.add(k)
+                page[k] = Change(k, "upsert", rec, lst.mtime)
+            if not done:
+                lst.pending = next(lst.records, None)
+                done = lst.pending is None
+        except OSError as exc:
+            self._end_listing()
+            raise ConnectorError(f"Cannot read {self.path}: {exc}.") from exc
+        except BaseException:
+            self._end_listing()
+            raise
+        start = lst.page == 0
+        lst.page += 1
+        if done:
+            self._end_listing()
+            if self._warned > _MAX_WARNINGS:
+                log.warning(
+                    "%d lines of %s were skipped or duplicates (only %d logged)",
+                    self._warned,
+                    self.path,
+                    _MAX_WARNINGS,
+                )
+            cursor = lst.sig
+        else:
+            cursor = f"{lst.base}|{lst.tag}.{lst.page}"
+            lst.last_cursor = cursor
+        return ChangePage(
+            list(page.values()),
+            cursor,
+            more=not done,
+            listing=True,
+            listing_start=start,
+            listing_done=done,
+        )
+
+    def _malformed(self, lineno: int, why: str, report: bool) -> None:
+        if not report:
+            return
+        self.counts["malformed_lines"] += 1
+        self._warned += 1
+        if self._warned <= _MAX_WARNINGS:
+            log.warning("Skipping line %d of %s: %s", lineno, self.path, why)
+
+    def _duplicate(self, key: str) -> None:
+        self.counts["duplicate_keys"] += 1
+        self._warned += 1
+        if self._warned <= _MAX_WARNINGS:
+            log.warning("Key %r appears more than once in %s; the later line wins", key, self.path)
+
+    def _records(self, fh: IO[bytes], report: bool = True) -> Iterator[tuple[str, Record]]:
+        """(key, record) of every usable line; ``report``: count and log the others."""
+        if self.format == "csv":
+            return self._csv_records(fh, report)
+        return self._jsonl_records(fh, report)
+
+    def _csv_records(self, fh: IO[bytes], report: bool) -> Iterator[tuple[str, Record]]:
+        blocks = _Blocks(fh, self.encoding)
+        reader = csv.reader(blocks.lines())
+        try:
+            header = next(reader, None)
+        except csv.Error as exc:
+            raise ConnectorError(f"Cannot read the header of {self.path}: {exc}.") from exc
+        if header is None:
+            return
+        if self.key not in header:
+            raise ConnectorError(self._no_key_column(header))
+        kidx, width = header.index(self.key), len(header)
+        while True:
+            start = blocks.lineno + 1
+            blocks.bad = False
+            blocks.raw.clear()
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                self._malformed(start, f"CSV error: {exc}", report)
+                continue
+            if not row:
+                continue
+            if blocks.bad:
+                self._malformed(start, f"bytes that are not valid {self.encoding}", report)
+                continue
+            if len(row) < width:
+                row += [""] * (width - len(row))
+            k = row[kidx]
+            if not k:
+                self._malformed(start, f"no value in key column {self.key!r}", report)
+                continue
+            yield k, dict(zip(header, row, strict=False))
+
+    def _jsonl_records(self, fh: IO[bytes], report: bool) -> Iterator[tuple[str, Record]]:
+        blocks = _Blocks(fh, self.encoding)
+        utf8 = self.encoding == "utf-8"
+        decode = msgspec.json.decode
+        key = self.key
+        lineno = 0
+        while True:
+            block = blocks.block()
+            if not block:
+                return
+            lines = _LINE.findall(block)
+            objs: list[Any] | None = None
+            if utf8:  # fast path: the whole block in one call
+                with contextlib.suppress(msgspec.DecodeError):
+                    objs = decode(b"[" + b",".join(lines) + b"]")
+            if objs is None or len(objs) != len(lines):
+                objs = []
+                for raw in lines:
+                    try:
+                        objs.append(decode(raw if utf8 else raw.decode(self.encoding)))
+                    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                        objs.append(_Bad(f"not valid JSON ({exc})" if raw.strip() else ""))
+            for obj in objs:
+                lineno += 1
+                if type(obj) is not dict:
+                    if type(obj) is not _Bad:
+                        self._malformed(lineno, "not a JSON object", report)
+                    elif obj.why:
+                        self._malformed(lineno, obj.why, report)
+                    continue
+                kv = obj.get(key)
+                if kv is None or kv == "" or isinstance(kv, dict | list):
+                    self._malformed(lineno, f"no usable value for key {key!r}", report)
+                    continue
+                yield key_text(kv), obj
+
+    def fetch(self, keys: list[str]) -> dict[str, Record]:
+        wanted = set(keys)
+        out: dict[str, Record] = {}
+        try:
+            with open(self.path, "rb") as fh:
+                for k, rec in self._records(fh, report=False):
+                    if k in wanted:
+                        out[k] = rec
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise ConnectorError(f"Cannot read {self.path}: {exc}.") from exc
+        return out
+
+    # ------------------------------------------------------------------ writing
+
+    def write(self, ops: list[WriteOp]) -> list[WriteResult]:
+        results: list[WriteResult] = []
+        plan: dict[str, _Action] = {}
+        for op in ops:
+            if op.kind == "delete":
+                plan[op.key] = _Action(None)
+                results.append(WriteResult(op.key))
+                continue
+            fields = op.fields or {}
+            error = self._check(op.key, fields)
+            if error is not None:
+                results.append(WriteResult(op.key, error, retryable=False))
+                continue
+            prev = plan.get(op.key)
+            if prev is None or prev.fields is None:
+                plan[op.key] = _Action(dict(fields), replace=prev is not None)
+            else:
+                prev.fields.update(fields)
+            results.append(WriteResult(op.key))
+        if plan:
+            self._write_plan(plan)
+        return results
+
+    def _check(self, key: str, fields: Record) -> str | None:
+        kv = fields.get(self.key)
+        if kv is None or kv == "":
+            return f"Record {key!r} has no value for key field {self.key!r} of {self.path}."
+        try:
+            if self.format == "jsonl":
+                msgspec.json.encode(fields)
+            else:
+                for name, value in fields.items():
+                    name.encode(self.encoding)
+                    _cell(value).encode(self.encoding)
+        except UnicodeEncodeError as exc:
+            return (
+                f"Record {key!r} has text that {self.encoding} cannot store in {self.path}: {exc}."
+            )
+        except (TypeError, msgspec.EncodeError) as exc:
+            return f"Record {key!r} cannot be written as JSON to {self.path}: {exc}."
+        return None
+
+    def _write_plan(self, plan: dict[str, _Action]) -> None:
+        for _ in range(_MAX_ATTEMPTS):
+            try:
+                outcome = self._rewrite_once(plan)
+            except OSError as exc:
+                raise ConnectorError(f"Cannot write {self.path}: {exc}.") from exc
+            if outcome is not None:
+                before, after = outcome
+                lst = self._listing
+                if lst is None or lst.sig != before:
+                    self._own[before] = after
+                    while len(self._own) > _OWN_WRITES_KEPT:
+                        self._own.popitem(last=False)
+                return
+            log.info("%s changed while recsync rewrote it; rewriting again", self.path)
+        raise ConnectorError(
+            f"{self.path} kept changing while recsync rewrote it ({_MAX_ATTEMPTS} attempts); "
+            "will retry."
+        )
+
+    def _rewrite_once(self, plan: dict[str, _Action]) -> tuple[str, str] | None:
+        """Rewrite the file with ``plan`` applied; None if it changed meanwhile."""
+        try:
+            src: IO[bytes] | None = open(self.path, "rb")  # noqa: SIM115
+        except FileNotFoundError:
+            src = None
+        try:
+            st = os.fstat(src.fileno()) if src else None
+            before = _sig(st) if st else ABSENT
+            fd, tmp = tempfile.mkstemp(
+                prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+            )
+            try:
+                with open(fd, "wb", buffering=1 << 20) as out:
+                    if self.format == "csv":
+                        self._rewrite_csv(src, out, plan)
+                    else:
+                        self._rewrite_jsonl(src, out, plan)
+                    out.flush()
+                    os.fchmod(fd, stat.S_IMODE(st.st_mode) if st else 0o644)
+                    os.fsync(fd)
+                    after = _sig(os.fstat(fd))
+                if self._current_sig() != before:
+                    os.unlink(tmp)
+                    return None
+                os.replace(tmp, self.path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        finally:
+            if src is not None:
+                src.close()
+        with contextlib.suppress(OSError):
+            dfd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        return before, after
+
+    def _rewrite_csv(self, src: IO[bytes] | None, fh: IO[bytes], plan: dict[str, _Action]) -> None:
+        """Stream the CSV with ``plan`` applied; untouched lines are copied byte for byte."""
+        enc, out = self.encoding, _Out(fh)
+        blocks = _Blocks(src, enc) if src else None
+        reader = csv.reader(blocks.lines()) if blocks else None
+        try:
+            old_header = next(reader, None) if reader else None
+        except csv.Error as exc:
+            raise ConnectorError(f"Cannot read the header of {self.path}: {exc}.") from exc
+        if old_header is not None and self.key not in old_header:
+            raise ConnectorConfigError(self._no_key_column(old_header))
+        header = list(old_header) if old_header is not None else list(self.cfg.fields)
+        known = set(header)
+        for act in plan.values():
+            for f in act.fields or ():
+                if f not in known:
+                    known.add(f)
+                    header.append(f)
+        rewrite_all = old_header is None or len(header) != len(old_header)
+        width, kidx = len(header), header.index(self.key)
+        col: dict[str, int] = {}
+        for i, c in enumerate(header):
+            col.setdefault(c, i)
+        crlf = blocks is not None and bool(blocks.raw) and blocks.raw[0].endswith(b"\r\n")
+        eol = "\r\n" if crlf else "\n"
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator=eol)
+
+        def row_bytes(cells: list[str]) -> bytes:
+            buf.seek(0)
+            buf.truncate()
+            writer.writerow(cells)
+            return buf.getvalue().encode(enc, "surrogateescape")
+
+        def apply(row: list[str], act: _Action) -> bytes:
+            cells = [""] * width if act.replace else row + [""] * (width - len(row))
+            for f, v in (act.fields or {}).items():
+                cells[col[f]] = _cell(v)
+            return row_bytes(cells)
+
+        if blocks.bom if blocks is not None else self._new_bom:
+            out.fh.write(_BOM.encode(enc))
+        if rewrite_all or blocks is None:
+            out.line(row_bytes(header))
+        else:
+            out.write(b"".join(blocks.raw))
+        done: set[str] = set()
+        by_bytes: dict[bytes, str] = {}
+        for k in plan:
+            with contextlib.suppress(UnicodeEncodeError):  # such a key cannot be in the file
+                by_bytes[k.encode(enc, "surrogateescape")] = k
+        key_re = re.compile(rb"^(?:(?:[^,\n]*,){%d}([^,\r\n]*))?" % kidx, re.MULTILINE)
+        while blocks is not None and reader is not None:
+            block = blocks.block()
+            if not block:
+                break
+            if not rewrite_all and b'"' not in block:
+                # fast path: no quoting, so every line is one row and the key cell is found
+                # by a regex; only lines with a key of the batch are touched in Python
+                keys = key_re.findall(block)
+                hits = by_bytes.keys() & keys
+                if not hits:
+                    out.write(block)
+                    continue
+                lines = _LINE.findall(block)
+                for i in [i for i, k in enumerate(keys[: len(lines)]) if k in hits]:
+                    k = by_bytes[keys[i]]
+                    done.add(k)
+                    act = plan[k]
+                    row = lines[i].rstrip(b"\r\n").decode(enc, "surrogateescape").split(",")
+                    lines[i] = b"" if act.fields is None else apply(row, act)
+                out.write(b"".join(lines))
+                continue
+            blocks.queue.extend(_LINE.findall(block))
+            while blocks.queue:  # quoted cells may span lines: let the csv module parse
+                blocks.raw.clear()
+                blocks.bad = False
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error:
+                    row = []
+                k = row[kidx] if kidx < len(row) and not blocks.bad else ""
+                found = plan.get(k) if k else None
+                if found is None:
+                    if rewrite_all and row and not blocks.bad:
+                        out.line(row_bytes(row + [""] * (width - len(row))))
+                    else:
+                        out.write(b"".join(blocks.raw))
+                    continue
+                done.add(k)
+                if found.fields is not None:
+                    out.line(apply(row, found))
+        for k, act in plan.items():
+            if k not in done and act.fields is not None:
+                out.line(apply([], act))
+
+    def _rewrite_jsonl(
+        self, src: IO[bytes] | None, fh: IO[bytes], plan: dict[str, _Action]
+    ) -> None:
+        """Stream the JSON Lines with ``plan`` applied; untouched lines are copied as they are."""
+        enc, out = self.encoding, _Out(fh)
+        utf8 = enc == "utf-8"
+        done: set[str] = set()
+        lookup: set[Any] = set()
+        for k in plan:
+            lookup.add(k)
+            for conv in (int, float):
+                with contextlib.suppress(ValueError):
+                    v = conv(k)
+                    if key_text(v) == k:
+                        lookup.add(v)
+        get_k = operator.attrgetter("k")
+
+        def encode(obj: Record) -> bytes:
+            data = msgspec.json.encode(obj)
+            if not utf8:  # \u-escape what the encoding lacks
+                data = json.dumps(json.loads(data), separators=(",", ":")).encode(enc)
+            return data + b"\n"
+
+        def apply(raw: bytes, k: str) -> bytes:
+            act = plan[k]
+            done.add(k)
+            if act.fields is None:
+                return b""
+            if act.replace:
+                return encode(act.fields)
+            obj = msgspec.json.decode(raw if utf8 else raw.decode(enc))
+            obj.update(act.fields)
+            return encode(obj)
+
+        def key_of(raw: bytes) -> str | None:
+            try:
+                kv = get_k(self._key_decoder.decode(raw if utf8 else raw.decode(enc)))
+            except (msgspec.DecodeError, UnicodeDecodeError):
+                return None
+            return None if kv is None else key_text(kv)
+
+        blocks = _Blocks(src, enc) if src else None
+        if blocks is None and self._new_bom:
+            out.fh.write(_BOM.encode(enc))
+        first = True
+        while blocks is not None:
+            block = blocks.block()
+            if not block:
+                break
+            if first and blocks.bom:
+                out.fh.write(_BOM.encode(enc))
+            first = False
+            lines = _LINE.findall(block)
+            objs = None
+            if utf8:
+                with contextlib.suppress(msgspec.DecodeError):
+                    objs = self._keys_decoder.decode(b"[" + b",".join(lines) + b"]")
+            if objs is not None and len(objs) == len(lines):
+                # fast path: the keys of a whole block decoded at once
+                idx = [i for i, o in enumerate(objs) if get_k(o) in lookup]
+                if not idx:
+                    out.write(block)
+                    continue
+            else:
+                idx = [i for i, raw in enumerate(lines) if raw.strip()]
+            for i in idx:
+                rk = key_of(lines[i])  # each candidate line checked on its own
+                if rk is not None and rk in plan:
+                    lines[i] = apply(lines[i], rk)
+            out.write(b"".join(lines))
+        for k, act in plan.items():
+            if k not in done and act.fields is not None:
+                out.line(encode(act.fields))

@@ -1,0 +1,723 @@
+"""SQLite connector: one table of a user's SQLite database, keyed by one column.
+
+Change tracking (``tracking``)
+------------------------------
+``"triggers"`` (default): exact inserts, updates and deletes from a change log. The only
+objects recsync ever adds to a user database are, for a synced table ``<t>``:
+
+* the table ``recsync_changelog_<t>`` (seq INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT,
+  key, changed_at REAL) -- because of AUTOINCREMENT, SQLite itself also creates its
+  internal ``sqlite_sequence`` table if the database has none yet;
+* the triggers ``recsync_<t>_ai``, ``recsync_<t>_au`` and ``recsync_<t>_ad`` (AFTER INSERT,
+  UPDATE, DELETE), which append (op, key, time) to that log. An update that changes the
+  key logs a delete of the old key and an upsert of the new one.
+
+They are created once with IF NOT EXISTS. recsync never creates or alters user tables
+and never changes the journal mode (it only sets busy_timeout on its own connection).
+Uninstall: ``DROP TRIGGER recsync_<t>_ai`` (and _au, _ad), ``DROP TABLE
+recsync_changelog_<t>``. Log rows are pruned at the start of each ``read_changes`` once
+they are behind the committed cursor AND older than ``changelog_retention`` (a day by
+default), so several pipelines can read one table: each has a day to catch up, and one
+that was away longer finds the gap and re-lists the table. Limits of triggers: rows removed by ``INSERT OR
+REPLACE`` conflicts on a *different* unique column are not logged (SQLite fires no delete
+trigger for them unless ``recursive_triggers`` is on).
+
+Log rows that our own write transactions produced are remembered (by sequence range) and
+skipped when the log is read back: they are echoes, which the engine would drop anyway.
+
+``"column"``: no objects are added; rows whose ``updated_at`` column is greater than the
+cursor are read in (updated_at, key) order. Deletes cannot be seen this way, and rows
+with a NULL updated_at only appear in listings, so the engine should ask for a full
+listing now and then: ``read_changes(SqliteConnector.relist_cursor(cursor), limit)``.
+
+Cursors are compact JSON text:
+
+* ``{"scan_after": <rowid>, "seq": S}`` / ``{"scan_after": <rowid>, "ts": T, "key": K}``:
+  a listing (full scan by rowid, or by key for WITHOUT ROWID tables) is in progress;
+* ``{"seq": S}``: trigger mode, log rows after S are next;
+* ``{"ts": T, "key": K}``: column mode, rows after (T, K) are next;
+* ``{"relist": true, ...}``: start a new full listing (``relist_cursor``).
+
+No cursor (or one that cannot be used) starts a listing. ``modified_at`` is the
+``updated_at`` column when the table has it (epoch seconds, epoch milliseconds, or
+ISO-8601 text, naive = UTC), else the log time (trigger mode) or the time read (listings).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import msgspec
+
+from recsync.connectors.base import Connector, ConnectorConfig
+from recsync.errors import ConnectorConfigError, ConnectorError
+from recsync.messages import Change, ChangePage, Record, WriteOp, WriteResult, key_text
+
+log = logging.getLogger(__name__)
+
+_NOW = "(julianday('now') - 2440587.5) * 86400.0"
+_ROWID_ALIASES = ("rowid", "_rowid_", "oid")
+
+
+class SqliteConfig(ConnectorConfig, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One table of a SQLite database file (``path`` is relative to the config folder)."""
+
+    path: str
+    table: str
+    tracking: Literal["triggers", "column"] = "triggers"
+    updated_at: str = "updated_at"
+    busy_timeout: float = 5.0
+    changelog_retention: float = 86400.0
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _dump(state: dict[str, Any]) -> str:
+    return json.dumps(state, separators=(",", ":"))
+
+
+def _affinity(decl: str) -> str:
+    d = decl.upper()
+    if "INT" in d:
+        return "INTEGER"
+    if "CHAR" in d or "CLOB" in d or "TEXT" in d:
+        return "TEXT"
+    if not d or "BLOB" in d:
+        return "BLOB"
+    return "REAL" if ("REAL" in d or "FLOA" in d or "DOUB" in d) else "NUMERIC"
+
+
+def _epoch(value: Any) -> float | None:
+    """An updated_at value as epoch seconds, or None when it is not a usable timestamp."""
+    if value is None or isinstance(value, bool | bytes):
+        return None
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value.strip())
+        except ValueError:
+            try:
+                value = float(value)
+            except ValueError:
+                return None
+        else:
+            return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+    f = float(value)
+    if not math.isfinite(f):
+        return None
+    return f / 1000.0 if abs(f) > 1e11 else f
+
+
+def _is_record_error(exc: BaseException) -> bool:
+    """True when ``exc`` is about one record's values, not about the database."""
+    if isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError | OverflowError):
+        return True
+    if isinstance(exc, sqlite3.InterfaceError | sqlite3.ProgrammingError):
+        return "binding parameter" in str(exc)
+    return False
+
+
+class SqliteConnector(Connector):
+    """Reads and writes one table of a SQLite database file."""
+
+    name: ClassVar[str] = "sqlite"
+    Config: ClassVar[type[ConnectorConfig]] = SqliteConfig
+
+    def __init__(self, config: Any, base_dir: Path) -> None:
+        if not isinstance(config, SqliteConfig):
+            try:
+                config = msgspec.convert(config, SqliteConfig)
+            except msgspec.ValidationError as exc:
+                raise ConnectorConfigError(f"Invalid sqlite connector config: {exc}.") from exc
+        super().__init__(config, base_dir)
+        self.cfg: SqliteConfig = config
+        self.path = (Path(base_dir) / config.path).resolve()
+        self.table = config.table
+        self.log_table = f"recsync_changelog_{config.table}"
+        self._db: sqlite3.Connection | None = None
+        self._columns: list[str] = []
+        self._colmap: dict[str, str] = {}
+        self._key = config.key
+        self._key_affinity = "NUMERIC"
+        self._unique = False
+        self._order = "rowid"
+        self._updated: str | None = None
+        self._chunk = 999
+        self._sql_cache: dict[tuple[Any, ...], str] = {}
+        # (after, upto] ranges of change-log seqs written by our own transactions
+        self._own_writes: list[tuple[int, int]] = []
+
+    @property
+    def system_id(self) -> str:
+        return f"sqlite:{self.path}"
+
+    # ------------------------------------------------------------------ open / close
+
+    def open(self) -> None:
+        if not self.path.is_file():
+            raise ConnectorConfigError(
+                f"SQLite database {self.path} does not exist; check 'path' of the sqlite "
+                "connector (recsync does not create databases)."
+            )
+        try:
+            db = sqlite3.connect(
+                self.path.as_uri() + "?mode=rw",
+                uri=True,
+                timeout=self.cfg.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise ConnectorConfigError(f"Cannot open SQLite database {self.path}: {exc}.") from exc
+        self._db = db
+        try:
+            self._inspect(db)
+            if self.cfg.tracking == "triggers":
+                self._install_triggers(db)
+        except sqlite3.OperationalError as exc:
+            self.close()
+            raise self._op_error(exc, "opening the table") from exc
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise ConnectorConfigError(f"Cannot use SQLite database {self.path}: {exc}.") from exc
+        except BaseException:
+            self.close()
+            raise
+
+    def _inspect(self, db: sqlite3.Connection) -> None:
+        db.execute(f"PRAGMA busy_timeout = {int(self.cfg.busy_timeout * 1000)}")
+        kinds = db.execute(
+            "SELECT type FROM sqlite_master WHERE lower(name) = lower(?)", (self.table,)
+        ).fetchall()
+        if ("table",) not in kinds:
+            what = "is a view, not a table" if ("view",) in kinds else "does not exist"
+            raise ConnectorConfigError(
+                f"Table {self.table!r} {what} in SQLite database {self.path}; "
+                "check 'table' of the sqlite connector."
+            )
+        info = db.execute(f"PRAGMA table_info({_q(self.table)})").fetchall()
+        self._columns = [row[1] for row in info]
+        self._colmap = {c.lower(): c for c in self._columns}
+        key = self._colmap.get(self.cfg.key.lower())
+        if key is None:
+            raise ConnectorConfigError(
+                f"Table {self.table!r} in SQLite database {self.path} has no key column "
+                f"{self.cfg.key!r} (columns: {', '.join(self._columns)})."
+            )
+        self._key = key
+        self._key_affinity = _affinity(next(r[2] for r in info if r[1] == key) or "")
+        self._updated = self._colmap.get(self.cfg.updated_at.lower())
+        if self.cfg.tracking == "column" and self._updated is None:
+            raise ConnectorConfigError(
+                f"Table {self.table!r} in SQLite database {self.path} has no column "
+                f"{self.cfg.updated_at!r}, which tracking = \"column\" needs (set 'updated_at')."
+            )
+        pks = [r[1] for r in info if r[5]]
+        self._unique = pks == [key] or self._has_unique_index(db, key)
+        if self._unique:  # e.g. a unique index with another collation: no ON CONFLICT(key)
+            try:
+                db.execute("EXPLAIN " + self._sql("upsert", (key,)), (None,))
+            except sqlite3.OperationalError:
+                self._unique = False
+        self._order = self._pick_order(db)
+        self._chunk = max(1, min(db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 2, 10000))
+
+    def _has_unique_index(self, db: sqlite3.Connection, key: str) -> bool:
+        for _seq, name, unique, _origin, partial in db.execute(
+            f"PRAGMA index_list({_q(self.table)})"
+        ).fetchall():
+            if unique and not partial:
+                cols = [r[2] for r in db.execute(f"PRAGMA index_info({_q(name)})").fetchall()]
+                if cols == [key]:
+                    return True
+        return False
+
+    def _pick_order(self, db: sqlite3.Connection) -> str:
+        lowered = {c.lower() for c in self._columns}
+        for alias in _ROWID_ALIASES:
+            if alias not in lowered:
+                try:
+                    db.execute(f"SELECT {alias} FROM {_q(self.table)} LIMIT 0")
+                except sqlite3.OperationalError:
+                    break  # WITHOUT ROWID table
+                return alias
+        if not self._unique:
+            raise ConnectorConfigError(
+                f"Table {self.table!r} in SQLite database {self.path} has no rowid and its key "
+                f"column {self._key!r} is not unique, so it cannot be listed in pages."
+            )
+        return _q(self._key)
+
+    def _install_triggers(self, db: sqlite3.Connection) -> None:
+        t = self.table
+        names = {self.log_table, f"recsync_{t}_ai", f"recsync_{t}_au", f"recsync_{t}_ad"}
+        present = {r[0] for r in db.execute("SELECT name FROM sqlite_master").fetchall()}
+        if names <= present:
+            return
+        lt, k, qt = _q(self.log_table), _q(self._key), _q(t)
+        ins = f'INSERT INTO {lt} (op, "key", changed_at)'
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(
+                f"CREATE TABLE IF NOT EXISTS {lt} (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+                'op TEXT NOT NULL, "key", changed_at REAL NOT NULL)'
+            )
+            db.execute(
+                f"CREATE TRIGGER IF NOT EXISTS {_q(f'recsync_{t}_ai')} AFTER INSERT ON {qt} "
+                f"BEGIN {ins} VALUES ('upsert', NEW.{k}, {_NOW}); END"
+            )
+            db.execute(
+                f"CREATE TRIGGER IF NOT EXISTS {_q(f'recsync_{t}_au')} AFTER UPDATE ON {qt} "
+                f"BEGIN {ins} SELECT 'delete', OLD.{k}, {_NOW} WHERE OLD.{k} IS NOT NEW.{k}; "
+                f"{ins} VALUES ('upsert', NEW.{k}, {_NOW}); END"
+            )
+            db.execute(
+                f"CREATE TRIGGER IF NOT EXISTS {_q(f'recsync_{t}_ad')} AFTER DELETE ON {qt} "
+                f"BEGIN {ins} VALUES ('delete', OLD.{k}, {_NOW}); END"
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        log.info("Installed recsync change-log triggers on %s in %s", t, self.path)
+
+    def close(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise ConnectorError(f"The sqlite connector for {self.path} is not open.")
+        return self._db
+
+    def _rollback(self) -> None:
+        if self._db is not None and self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+
+    def _op_error(self, exc: sqlite3.Error, doing: str) -> ConnectorError:
+        msg = str(exc)
+        if "locked" in msg or "busy" in msg:
+            return ConnectorError(
+                f"SQLite database {self.path} is locked by another connection "
+                f"(waited {self.cfg.busy_timeout}s) while {doing}; will retry."
+            )
+        if "no such table" in msg or "no such column" in msg:
+            return ConnectorError(
+                f"Table {self.table!r} in SQLite database {self.path} was dropped or altered "
+                f"({msg}) while {doing}; restore it or fix the sqlite connector config."
+            )
+        return ConnectorError(f"SQLite error on {self.path} while {doing}: {msg}.")
+
+    # ------------------------------------------------------------------ reading
+
+    @staticmethod
+    def relist_cursor(cursor: str | None) -> str:
+        """A cursor that makes the next ``read_changes`` start a full listing.
+
+        In column mode this is how deletes are found; the old cursor's log position is
+        kept so the change log can still be pruned.
+        """
+        state: dict[str, Any] = {}
+        if cursor:
+            with contextlib.suppress(ValueError):
+                loaded = json.loads(cursor)
+                if isinstance(loaded, dict):
+                    state = {k: v for k, v in loaded.items() if k != "scan_after"}
+        state["relist"] = True
+        return _dump(state)
+
+    def _parse_cursor(self, cursor: str | None) -> dict[str, Any]:
+        if cursor is None:
+            return {}
+        try:
+            state = json.loads(cursor)
+        except ValueError:
+            state = None
+        need = "seq" if self.cfg.tracking == "triggers" else "ts"
+        if not isinstance(state, dict) or (need not in state and not state.get("relist")):
+            log.warning(
+                "Ignoring unusable cursor %r for %s; starting a full listing",
+                cursor,
+                self.system_id,
+            )
+            return {}
+        return state
+
+    def read_changes(self, cursor: str | None, limit: int) -> ChangePage:
+        state = self._parse_cursor(cursor)
+        limit = max(1, limit)
+        try:
+            if self.cfg.tracking == "triggers":
+                if isinstance(state.get("seq"), int):
+                    self._prune(state["seq"])
+                if "scan_after" in state:
+                    return self._scan_page(state, limit, start=False)
+                if "seq" not in state or state.get("relist"):
+                    return self._start_listing(limit)
+                return self._log_page(state["seq"], limit)
+            if "scan_after" in state:
+                return self._scan_page(state, limit, start=False)
+            if "ts" not in state or state.get("relist"):
+                return self._start_listing(limit)
+            return self._column_page(state["ts"], state.get("key"), limit)
+        except sqlite3.OperationalError as exc:
+            raise self._op_error(exc, "reading changes") from exc
+        except sqlite3.DatabaseError as exc:
+            raise ConnectorError(f"SQLite error reading {self.path}: {exc}.") from exc
+
+    def _prune(self, seq: int) -> None:
+        lt = _q(self.log_table)
+        try:
+            low = self.db.execute(f"SELECT min(seq) FROM {lt}").fetchone()[0]
+            cutoff = time.time() - self.cfg.changelog_retention
+            if low is not None and low <= seq:
+                self.db.execute(f"DELETE FROM {lt} WHERE seq <= ? AND changed_at < ?",
+                                (seq, cutoff))
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            log.debug("Change log of %s not pruned this time: %s", self.table, exc)
+
+    def _start_listing(self, limit: int) -> ChangePage:
+        state: dict[str, Any]
+        if self.cfg.tracking == "triggers":
+            top = self.db.execute(f"SELECT max(seq) FROM {_q(self.log_table)}").fetchone()[0]
+            state = {"seq": top or 0}
+        else:
+            u, k = _q(self._updated or ""), _q(self._key)
+            row = self.db.execute(
+                f"SELECT {u}, {k} FROM {_q(self.table)} WHERE {u} IS NOT NULL AND {k} IS NOT "
+                f"NULL ORDER BY {u} DESC, {k} DESC LIMIT 1"
+            ).fetchone()
+            state = {"ts": row[0] if row else None, "key": row[1] if row else None}
+        return self._scan_page(state, limit, start=True)
+
+    def _select(self, where: str, order: str, extra: str = "") -> str:
+        key = ("select", where, order, extra)
+        sql = self._sql_cache.get(key)
+        if sql is None:
+            sql = f"SELECT {extra}* FROM {_q(self.table)} {where} {order}".strip()
+            self._sql_cache[key] = sql
+        return sql
+
+    def _scan_page(self, state: dict[str, Any], limit: int, start: bool) -> ChangePage:
+        after = state.get("scan_after")
+        o = self._order
+        where = f"WHERE {o} > ?" if after is not None else ""
+        params: tuple[Any, ...] = (after, limit + 1) if after is not None else (limit + 1,)
+        cur = self.db.execute(self._select(where, f"ORDER BY {o} LIMIT ?", f"{o}, "), params)
+        rows = cur.fetchall()
+        cols = [d[0] for d in cur.description][1:]
+        done = len(rows) <= limit
+        rows = rows[:limit]
+        changes = self._to_changes((r[1:] for r in rows), cols, time.time())
+        rest = {k: v for k, v in state.items() if k not in ("scan_after", "relist")}
+        more = not done
+        if done and self.cfg.tracking == "triggers":
+            top = self.db.execute(f"SELECT max(seq) FROM {_q(self.log_table)}").fetchone()[0]
+            more = top is not None and top > rest.get("seq", 0)
+        if not done:
+            rest["scan_after"] = rows[-1][0]
+        return ChangePage(
+            changes,
+            _dump(rest),
+            more=more,
+            listing=True,
+            listing_start=start,
+            listing_done=done,
+        )
+
+    def _to_changes(
+        self, rows: Iterator[Sequence[Any]], cols: list[str], default_ts: float
+    ) -> list[Change]:
+        kidx = cols.index(self._key)
+        uidx = cols.index(self._updated) if self._updated in cols else None
+        out: list[Change] = []
+        append = out.append
+        for r in rows:
+            k = r[kidx]
+            if k is None:
+                continue
+            ts = _epoch(r[uidx]) if uidx is not None else None
+            append(
+                Change(
+                    key_text(k),
+                    "upsert",
+                    dict(zip(cols, r, strict=True)),
+                    default_ts if ts is None else ts,
+                )
+            )
+        return out
+
+    def _log_gap(self, seq: int) -> bool:
+        """True when log rows after ``seq`` were pruned before we read them."""
+        lt = _q(self.log_table)
+        low = self.db.execute(f"SELECT min(seq) FROM {lt}").fetchone()[0]
+        if low is None:
+            row = self.db.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = ?", (self.log_table,)
+            ).fetchone()
+            return row is not None and row[0] > seq
+        return bool(low > seq + 1)
+
+    def _log_page(self, seq: int, limit: int) -> ChangePage:
+        if self._log_gap(seq):
+            log.warning("Change log of %s was pruned past this pipeline's position; "
+                        "listing the whole table again", self.system_id)
+            return self._start_listing(limit)
+        rows = self.db.execute(
+            f'SELECT seq, "key", changed_at FROM {_q(self.log_table)} '
+            "WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, limit + 1),
+        ).fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        if not rows:
+            return ChangePage([], _dump({"seq": seq}))
+        last = rows[-1][0]
+        own = self._own_writes = [r for r in self._own_writes if r[1] > seq]
+        if own:
+            rows = [r for r in rows if not any(lo < r[0] <= hi for lo, hi in own)]
+            if not rows:
+                return ChangePage([], _dump({"seq": last}), more=more)
+        latest: dict[Any, float] = {}
+        for _seq, k, at in rows:
+            if k is not None:
+                latest.pop(k, None)
+                latest[k] = at
+        current = self._rows_by_values(list(latest))
+        changes: list[Change] = []
+        upd = self._updated
+        for k, at in latest.items():
+            kt = key_text(k)
+            row = current.get(kt)
+            if row is None:
+                changes.append(Change(kt, "delete", None, at))
+            else:
+                ts = _epoch(row.get(upd)) if upd is not None else None
+                changes.append(Change(kt, "upsert", row, at if ts is None else ts))
+        return ChangePage(changes, _dump({"seq": last}), more=more)
+
+    def _column_page(self, ts: Any, key: Any, limit: int) -> ChangePage:
+        u, k = _q(self._updated or ""), _q(self._key)
+        params: tuple[Any, ...]
+        if ts is None:
+            where, params = f"WHERE {u} IS NOT NULL AND {k} IS NOT NULL", ()
+        else:
+            where = f"WHERE {u} >= ? AND ({u} > ? OR {k} > ?) AND {k} IS NOT NULL"
+            params = (ts, ts, key)
+        cur = self.db.execute(
+            self._select(where, f"ORDER BY {u}, {k} LIMIT ?"), (*params, limit + 1)
+        )
+        rows = cur.fetchall()
+        cols = [d[0] for d in cur.description]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        if not rows:
+            return ChangePage([], _dump({"ts": ts, "key": key}))
+        last = rows[-1]
+        ui, ki = cols.index(self._updated or ""), cols.index(self._key)
+        changes = self._to_changes(iter(rows), cols, time.time())
+        return ChangePage(changes, _dump({"ts": last[ui], "key": last[ki]}), more=more)
+
+    def _key_params(self, key: str) -> list[Any]:
+        """Values to look ``key`` up by (a typeless column compares 303 and "303" unequal)."""
+        if self._key_affinity != "BLOB":
+            return [key]
+        out: list[Any] = [key]
+        for conv in (int, float):
+            try:
+                v = conv(key)
+            except ValueError:
+                continue
+            if key_text(v) == key:
+                out.append(v)
+                break
+        return out
+
+    def _rows_by_values(self, values: list[Any]) -> dict[str, Record]:
+        out: dict[str, Record] = {}
+        for i in range(0, len(values), self._chunk):
+            chunk = values[i : i + self._chunk]
+            where = f"WHERE {_q(self._key)} IN ({','.join('?' * len(chunk))})"
+            cur = self.db.execute(self._select(where, ""), chunk)
+            cols = [d[0] for d in cur.description]
+            kidx = cols.index(self._key)
+            for r in cur.fetchall():
+                out[key_text(r[kidx])] = dict(zip(cols, r, strict=True))
+        return out
+
+    def fetch(self, keys: list[str]) -> dict[str, Record]:
+        wanted = set(keys)
+        values = [v for k in wanted for v in self._key_params(k)]
+        try:
+            found = self._rows_by_values(values)
+        except sqlite3.OperationalError as exc:
+            raise self._op_error(exc, "fetching records") from exc
+        except sqlite3.DatabaseError as exc:
+            raise ConnectorError(f"SQLite error reading {self.path}: {exc}.") from exc
+        return {k: v for k, v in found.items() if k in wanted}
+
+    # ------------------------------------------------------------------ writing
+
+    def write(self, ops: list[WriteOp]) -> list[WriteResult]:
+        results: list[WriteResult | None] = [None] * len(ops)
+        todo: list[tuple[int, WriteOp, tuple[str, ...]]] = []
+        for i, op in enumerate(ops):
+            if op.kind == "delete":
+                todo.append((i, op, ()))
+                continue
+            fields = op.fields or {}
+            names = tuple(f for f in fields if f.lower() in self._colmap)
+            if not any(self._colmap[f.lower()] == self._key for f in names):
+                results[i] = WriteResult(
+                    op.key,
+                    f"Record {op.key!r} has no value for key column {self._key!r} "
+                    f"of table {self.table!r}.",
+                    retryable=False,
+                )
+                continue
+            todo.append((i, op, names))
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            before = self._log_top()
+            try:
+                self._apply_batch(todo)
+            except Exception as exc:
+                if not _is_record_error(exc):
+                    raise
+                self._rollback()
+                db.execute("BEGIN IMMEDIATE")
+                before = self._log_top()
+                self._apply_rows(todo, results)
+            after = self._log_top()
+            db.execute("COMMIT")
+            if before is not None and after is not None and after > before:
+                self._own_writes.append((before, after))
+        except sqlite3.OperationalError as exc:
+            self._rollback()
+            raise self._op_error(exc, "writing records") from exc
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise ConnectorError(f"SQLite error writing to {self.path}: {exc}.") from exc
+        except BaseException:
+            self._rollback()
+            raise
+        return [
+            r if r is not None else WriteResult(op.key) for r, op in zip(results, ops, strict=True)
+        ]
+
+    def _log_top(self) -> int | None:
+        """Highest change-log seq (inside our write transaction: nobody else can add)."""
+        if self.cfg.tracking != "triggers":
+            return None
+        row = self.db.execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = ?", (self.log_table,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def _sql(self, kind: str, names: tuple[str, ...]) -> str:
+        cache_key = (kind, *names)
+        sql = self._sql_cache.get(cache_key)
+        if sql is not None:
+            return sql
+        t, k = _q(self.table), _q(self._key)
+        where = f"{k} IN (?, ?)" if self._key_affinity == "BLOB" else f"{k} = ?"
+        cols = [self._colmap[n.lower()] for n in names]
+        collist, marks = ", ".join(map(_q, cols)), ", ".join("?" * len(cols))
+        others = [c for c in cols if c != self._key]
+        if kind == "delete":
+            sql = f"DELETE FROM {t} WHERE {where}"
+        elif kind == "upsert":
+            action = (
+                "UPDATE SET " + ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in others)
+                if others
+                else "NOTHING"
+            )
+            sql = f"INSERT INTO {t} ({collist}) VALUES ({marks}) ON CONFLICT ({k}) DO {action}"
+        elif kind == "update":
+            sql = f"UPDATE {t} SET {', '.join(f'{_q(c)} = ?' for c in cols)} WHERE {where}"
+        else:
+            sql = f"INSERT INTO {t} ({collist}) VALUES ({marks})"
+        self._sql_cache[cache_key] = sql
+        return sql
+
+    def _where_params(self, key: str) -> tuple[Any, ...]:
+        if self._key_affinity != "BLOB":
+            return (key,)
+        p = self._key_params(key)
+        return (p[0], p[-1])
+
+    def _apply_batch(self, todo: list[tuple[int, WriteOp, tuple[str, ...]]]) -> None:
+        """Apply runs of same-shaped ops with executemany (fast path)."""
+        db = self.db
+        i = 0
+        while i < len(todo):
+            _, op, names = todo[i]
+            j = i + 1
+            while j < len(todo) and todo[j][1].kind == op.kind and todo[j][2] == names:
+                j += 1
+            run = todo[i:j]
+            if op.kind == "delete":
+                db.executemany(
+                    self._sql("delete", ()), [self._where_params(o.key) for _, o, _ in run]
+                )
+            elif self._unique:
+                db.executemany(
+                    self._sql("upsert", names),
+                    [tuple(o.fields[n] for n in names) for _, o, _ in run if o.fields],
+                )
+            else:
+                for _, o, _ in run:
+                    self._apply_one(o, names)
+            i = j
+
+    def _apply_one(self, op: WriteOp, names: tuple[str, ...]) -> None:
+        db = self.db
+        if op.kind == "delete":
+            db.execute(self._sql("delete", ()), self._where_params(op.key))
+            return
+        assert op.fields is not None
+        values = tuple(op.fields[n] for n in names)
+        if self._unique:
+            db.execute(self._sql("upsert", names), values)
+            return
+        key_value = next(op.fields[n] for n in names if self._colmap[n.lower()] == self._key)
+        where = self._where_params(key_text(key_value))
+        if db.execute(self._sql("update", names), values + where).rowcount == 0:
+            db.execute(self._sql("insert", names), values)
+
+    def _apply_rows(
+        self, todo: list[tuple[int, WriteOp, tuple[str, ...]]], results: list[WriteResult | None]
+    ) -> None:
+        """Slow path after a refused record: one SAVEPOINT per op, refusals reported."""
+        db = self.db
+        for i, op, names in todo:
+            db.execute("SAVEPOINT recsync_row")
+            try:
+                self._apply_one(op, names)
+            except Exception as exc:
+                if not _is_record_error(exc):
+                    raise
+                db.execute("ROLLBACK TO recsync_row")
+                results[i] = WriteResult(
+                    op.key,
+                    f"SQLite refused record {op.key!r} for table {self.table!r}: {exc}.",
+                    retryable=False,
+                )
+            db.execute("RELEASE recsync_row")
