@@ -79,6 +79,20 @@ class SqliteConfig(ConnectorConfig, frozen=True, forbid_unknown_fields=True, kw_
     changelog_retention: float = 86400.0
 
 
+def _without_ranges(rows: list[Any], ranges: list[tuple[int, int]]) -> list[Any]:
+    """``rows`` (sorted by seq in column 0) minus those inside any (lo, hi] of ``ranges``
+    (sorted, disjoint): one pass over both."""
+    out, i, n = [], 0, len(ranges)
+    for row in rows:
+        seq = row[0]
+        while i < n and ranges[i][1] < seq:
+            i += 1
+        if i < n and ranges[i][0] < seq <= ranges[i][1]:
+            continue
+        out.append(row)
+    return out
+
+
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -491,7 +505,7 @@ class SqliteConnector(Connector):
         last = rows[-1][0]
         own = self._own_writes = [r for r in self._own_writes if r[1] > seq]
         if own:
-            rows = [r for r in rows if not any(lo < r[0] <= hi for lo, hi in own)]
+            rows = _without_ranges(rows, own)
             if not rows:
                 return ChangePage([], _dump({"seq": last}), more=more)
         latest: dict[Any, float] = {}
