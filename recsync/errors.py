@@ -40,3 +40,18 @@ class CircuitOpen(ConnectorError):
     def __init__(self, message: str, retry_at: float) -> None:
         super().__init__(message)
         self.retry_at = retry_at
+
+
+class ControlError(RecsyncError):
+    """A control command failed; ``code`` is the protocol's fault code (NOT_FOUND, ...)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class DaemonUnreachable(ControlError):
+    """recsyncd could not be reached (no socket, no answer in time, no permission)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("UNAVAILABLE", message)

@@ -13,7 +13,7 @@ from recsync.clock import Clock
 from recsync.config import SideConfig
 from recsync.connectors import Connector, get_connector_class
 from recsync.errors import ConnectorConfigError, ConnectorError, RateLimited
-from recsync.messages import ItemOutcome, Side, WorkItem, WriteOp
+from recsync.messages import ItemOutcome, Record, Side, WorkItem, WriteOp
 from recsync.resilience import CircuitBreaker
 
 log = logging.getLogger(__name__)
@@ -78,13 +78,23 @@ class ConnectorActor(PipelineActor):
         elif isinstance(request, WriteBatch):
             self.send(reply_to, self._write(request))
 
+    def fetch_records(self, keys: list[str]) -> dict[str, Any]:
+        """Current records for ``keys`` (asked by `sync event --op read`)."""
+        assert self.connector is not None
+        retry_at = self._gate()
+        if retry_at is not None:
+            raise ConnectorError(f"side {self.side} is rate limited or its circuit is open; "
+                                 "try again shortly")
+        self._ensure_open()
+        return self.connector.fetch(keys)
+
     def _gate(self) -> float | None:
         """None when a call may go out now, else the wall time to try again."""
         if not self.breaker.allow():
             reopen = self.breaker.retry_at or self.clock.monotonic()
             return self.clock.time() + max(0.0, reopen - self.clock.monotonic())
         # A half-open probe refused here is given up by the breaker after its timeout.
-        wait = self.peers.ref("rate_limiter").ask(Call("acquire", (self.side,)))
+        wait = float(self.peers.ref("rate_limiter").ask(Call("acquire", (self.side,))))
         if wait > 0:
             return self.clock.time() + wait
         self.requests += 1
@@ -144,50 +154,51 @@ class ConnectorActor(PipelineActor):
         source: Side = "a" if side == "b" else "b"
         key_field = self.side_config.options.key
         outcomes: dict[str, ItemOutcome] = {}
-        to_write: list[tuple[WorkItem, Any, str | None]] = []
+        # (item, content to write, its hash, conflict winner or None)
+        to_write: list[tuple[WorkItem, Record | None, str | None, str | None]] = []
         known = [i.key for i in batch.items if i.expected_hash is not None]
         current = self.connector.fetch(known) if known else {}
         for item in batch.items:
-            content, chash, winner = item.content, item.hash, None
+            content, chash = item.content, item.hash
+            winner: str | None = None
             if item.expected_hash is not None:
                 rec = current.get(item.key)
                 theirs = rules_mod.to_a_space(rs, side, rec) if rec is not None else None
                 their_hash = rules_mod.content_hash(theirs) if theirs is not None else None
-                if their_hash != item.expected_hash and their_hash != item.hash:
-                    their_mod = self.clock.time()
+                if their_hash not in (item.expected_hash, item.hash):
                     mine = (source, content, item.modified)
+                    their_mod = (self.connector.record_modified(rec) if rec is not None
+                                 else None) or self.clock.time()
                     (_, a_rec, a_mod), (_, b_rec, b_mod) = sorted(
                         [mine, (side, theirs, their_mod)], key=lambda t: t[0])
                     winner, result = rules_mod.resolve_conflict(rs, a_rec, a_mod, b_rec, b_mod)
                     if winner == side:
                         outcomes[item.key] = ItemOutcome(
-                            item.key, item.gen, "superseded", None, None, theirs, their_hash,
-                            winner)
+                            item.key, item.gen, "superseded", content=theirs, hash=their_hash,
+                            winner=winner)
                         continue
-                    if winner != source:
+                    if winner != source:  # merged
                         content = result
                         chash = rules_mod.content_hash(result) if result is not None else None
-            to_write.append((item, content, winner))
-            _ = chash
+            to_write.append((item, content, chash, winner))
         ops = []
-        for item, content, _w in to_write:
+        for item, content, _h, _w in to_write:
             if content is None:
                 ops.append(WriteOp(item.key, "delete", None))
             else:
                 fields = rules_mod.to_side(rs, side, content)
-                fields[key_field] = item.key if fields.get(key_field) is None else fields[
-                    key_field]
+                if fields.get(key_field) is None:
+                    fields[key_field] = item.key
                 ops.append(WriteOp(item.key, "upsert", fields))
         results = self.connector.write(ops) if ops else []
-        for (item, content, winner), res in zip(to_write, results, strict=True):
+        for (item, content, chash, winner), res in zip(to_write, results, strict=True):
             if res.error is None:
-                chash = rules_mod.content_hash(content) if content is not None else None
+                merged = winner == "merged"
                 outcomes[item.key] = ItemOutcome(
-                    item.key, item.gen, "synced", None, None,
-                    content if winner == "merged" else None, chash, winner,
-                    item.src_hash if winner != "merged" else None)
+                    item.key, item.gen, "synced", hash=chash, winner=winner,
+                    content=content if merged else None,
+                    src_hash=None if merged else item.src_hash)
             else:
-                status = "retry" if res.retryable else "rejected"
-                outcomes[item.key] = ItemOutcome(item.key, item.gen, status, res.error)
+                outcomes[item.key] = ItemOutcome(
+                    item.key, item.gen, "retry" if res.retryable else "rejected", res.error)
         return [outcomes[i.key] for i in batch.items]
-

@@ -12,7 +12,7 @@ import pykka
 from recsync.actors.base import FailureSink
 from recsync.actors.connector import ConnectorActor
 from recsync.actors.poller import PollerActor
-from recsync.actors.protocol import Call, ChildFailed, Flush, Ping, Poll
+from recsync.actors.protocol import Call, ChildFailed, Flush, Ping, Poll, Prepare
 from recsync.actors.queue import QueueActor
 from recsync.actors.ratelimit import RateLimiterActor
 from recsync.actors.rules import RulesActor
@@ -22,7 +22,7 @@ from recsync.clock import Clock
 from recsync.config import PipelineConfig
 from recsync.connectors import get_connector_class
 from recsync.errors import RecsyncError
-from recsync.messages import Side
+from recsync.messages import ChangePage, Side
 from recsync.rules import RuleSet
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ class Pipeline:
         self.error: str | None = None
         self.restarts = 0
         self.paused = False
+        self.limits: dict[str, tuple[Any, Any]] = {}
 
     @property
     def id(self) -> str:
@@ -102,6 +103,7 @@ class Pipeline:
         cfg, s, inc = self.config, self.config.settings, self.incarnation
         common = (cfg.id, inc, self.report)
         limits = {side: self._system(side) for side in ("a", "b")}
+        self.limits = limits
         try:
             peers.refs["rate_limiter"] = RateLimiterActor.start(
                 *common, {side: lim for side, (lim, _b) in limits.items()})
@@ -115,7 +117,8 @@ class Pipeline:
                 peers=peers, clock=self.clock)
             for role in ("rate_limiter", "connector_a", "connector_b", "queue"):
                 peers.refs[role].ask(Ping(), timeout=ASK_TIMEOUT)
-            cursors = peers.refs["queue"].ask(Call("cursors"), timeout=ASK_TIMEOUT)
+            cursors: dict[str, str | None] = peers.refs["queue"].ask(  # type: ignore[assignment]
+                Call("cursors"), timeout=ASK_TIMEOUT)
             peers.refs["rules"] = RulesActor.start(*common, ruleset=self.ruleset, peers=peers)
             for side in ("a", "b"):
                 peers.refs[f"poller_{side}"] = PollerActor.start(
@@ -184,6 +187,31 @@ class Pipeline:
             for side in ("a", "b"):
                 self.ask(f"poller_{side}", "set_paused", paused)
             self.state = "paused" if paused else "running"
+
+    def apply_settings(self, config: PipelineConfig) -> None:
+        """Take new settings live: batch and page sizes, intervals, budgets."""
+        self.config = config
+        s = config.settings
+        for side in ("a", "b"):
+            self._system(side)  # reconfigures the shared limiter and breaker
+        if self.state in ("running", "paused"):
+            self.ask("queue", "set_settings", s)
+            for side in ("a", "b"):
+                self.ask(f"poller_{side}", "set_page_size", s.page_size)
+            if len(self.timers) == 3:
+                self.timers[0].reschedule(s.poll_interval)
+                self.timers[1].reschedule(s.poll_interval)
+                self.timers[2].reschedule(s.flush_interval)
+
+    def apply_ruleset(self, ruleset: RuleSet) -> None:
+        self.ruleset = ruleset
+        if self.state in ("running", "paused"):
+            self.ask("rules", "set_ruleset", ruleset)
+            self.ask("queue", "set_ruleset", ruleset)
+
+    def submit(self, side: Side, page: ChangePage) -> None:
+        """Changes from outside (`sync event`): through the rules into the queue."""
+        self.peers.ref("rules").tell(Prepare(side, page, self.clock.time(), event=True))
 
     def progress(self) -> dict[str, Any]:
         """Live figures from the actors (asks; only while running)."""

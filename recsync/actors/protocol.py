@@ -35,6 +35,7 @@ class Prepare(msgspec.Struct, frozen=True):
     side: Side
     page: ChangePage
     observed: float
+    event: bool = False  # submitted by `sync event`: no cursor, no poller to answer
 
 
 class Enqueue(msgspec.Struct, frozen=True):
@@ -46,6 +47,7 @@ class Enqueue(msgspec.Struct, frozen=True):
     listing_start: bool
     listing_done: bool
     more: bool
+    event: bool = False
 
 
 class Committed(msgspec.Struct, frozen=True):

@@ -63,6 +63,7 @@ class QueueActor(PipelineActor):
                 listing_start=msg.listing_start, listing_done=msg.listing_done,
                 in_flight={d: v for d, v in self.in_flight.items() if v},
                 mass_delete_share=s.mass_delete_threshold, mass_delete_min=s.mass_delete_min,
+                save_cursor=not msg.event,
             )
         except MassDeleteBlocked as exc:
             text = (f"side {exc.side} would delete {exc.count} of {exc.total} linked records in "
@@ -70,9 +71,11 @@ class QueueActor(PipelineActor):
                     f"polling of side {exc.side} is held until an operator confirms the deletes")
             self.held[exc.side] = text
             log.error("mass delete held", extra={"pipeline": self.pipeline, "error": text})
-            self.send(poller, Committed(None, False, text, hold=True))
+            if not msg.event:
+                self.send(poller, Committed(None, False, text, hold=True))
             return
-        self.send(poller, Committed(msg.cursor, msg.more))
+        if not msg.event:
+            self.send(poller, Committed(msg.cursor, msg.more))
         if stats.queued:
             self.last_activity = self.clock.monotonic()
             direction: Direction = "a_to_b" if msg.side == "a" else "b_to_a"
@@ -98,7 +101,8 @@ class QueueActor(PipelineActor):
             return
         self.in_flight[direction] = frozenset(i.key for i in items)
         target = "connector_b" if direction == "a_to_b" else "connector_a"
-        self.send(self.peers.ref(target), (WriteBatch(direction, items, self.ruleset), self.actor_ref))
+        batch = WriteBatch(direction, items, self.ruleset)
+        self.send(self.peers.ref(target), (batch, self.actor_ref))
 
     def _batch_done(self, msg: BatchDone) -> None:
         assert self.store is not None
@@ -122,6 +126,7 @@ class QueueActor(PipelineActor):
     def progress(self) -> dict[str, Any]:
         assert self.store is not None
         return {
+            "in_flight_by_direction": {d: len(v) for d, v in self.in_flight.items() if v},
             "pending": int(self.store.has_pending()),
             "in_flight": sum(len(v) for v in self.in_flight.values() if v),
             "last_activity": self.last_activity,

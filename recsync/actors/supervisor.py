@@ -19,12 +19,13 @@ from typing import Any
 import pykka
 
 from recsync.actors.pipeline import Pipeline, PipelineStartError
-from recsync.actors.protocol import ChildFailed, Crash, RestartPipeline
+from recsync.actors.protocol import ChildFailed, Crash, Poll, RestartPipeline
 from recsync.actors.scheduler import Scheduler
 from recsync.actors.systems import Systems
 from recsync.clock import Clock, SystemClock
 from recsync.config import PipelineConfig
 from recsync.errors import RecsyncError
+from recsync.messages import ChangePage, Side
 from recsync.rules import RuleSet
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class Supervisor(pykka.ThreadingActor):
         except Exception as exc:
             pipeline.error = str(exc) or type(exc).__name__
             fatal = isinstance(exc, PipelineStartError) and exc.fatal
-            if fatal or isinstance(exc, RecsyncError) and not isinstance(exc, PipelineStartError):
+            if fatal or (isinstance(exc, RecsyncError) and not isinstance(exc, PipelineStartError)):
                 pipeline.state = "error"
                 log.error("pipeline cannot start", extra={"pipeline": pipeline.id,
                                                           "error": pipeline.error})
@@ -186,6 +187,55 @@ class Supervisor(pykka.ThreadingActor):
 
     def pipeline(self, pipeline_id: str) -> Pipeline:
         return self.pipelines[pipeline_id]
+
+    def replace_pipeline(self, config: PipelineConfig, ruleset: RuleSet) -> str:
+        """Stop a pipeline and start it again with a new configuration."""
+        self.stop_pipeline(config.id)
+        return self.start_pipeline(config, ruleset)
+
+    def apply_settings(self, config: PipelineConfig) -> None:
+        self.pipelines[config.id].apply_settings(config)
+
+    def apply_ruleset(self, pipeline_id: str, ruleset: RuleSet) -> None:
+        self.pipelines[pipeline_id].apply_ruleset(ruleset)
+
+    def set_paused(self, pipeline_id: str, paused: bool) -> str:
+        pipeline = self.pipelines[pipeline_id]
+        pipeline.set_paused(paused)
+        self._event("pipeline_state", pipeline)
+        return pipeline.state
+
+    def sync_now(self, pipeline_id: str, sides: tuple[str, ...], full: bool) -> None:
+        pipeline = self.pipelines[pipeline_id]
+        for side in sides:
+            pipeline.tell(f"poller_{side}", Poll(full))
+
+    def submit(self, pipeline_id: str, side: Side, page: ChangePage) -> None:
+        self.pipelines[pipeline_id].submit(side, page)
+
+    def ask_actor(self, pipeline_id: str, role: str, name: str, *args: Any) -> Any:
+        pipeline = self.pipelines[pipeline_id]
+        if not _live(pipeline):
+            raise PipelineStartError(f"pipeline {pipeline_id} is {pipeline.state}")
+        return pipeline.ask(role, name, *args)
+
+    def allow_deletes(self, pipeline_id: str, side: Side) -> None:
+        pipeline = self.pipelines[pipeline_id]
+        pipeline.ask("queue", "allow_deletes", side)
+        pipeline.ask(f"poller_{side}", "set_paused", pipeline.paused)
+        pipeline.tell(f"poller_{side}", Poll())
+
+    def health(self) -> dict[str, Any]:
+        """Per pipeline: state, and breaker and budget of each side (for stats)."""
+        out: dict[str, Any] = {}
+        for pid, p in self.pipelines.items():
+            circuit, budget = {}, {}
+            for side, (limiter, breaker) in p.limits.items():
+                circuit[side] = breaker.state
+                budget[side] = limiter.usage()
+            out[pid] = {"state": p.state, "error": p.error, "restarts": p.restarts,
+                        "circuit": circuit, "rate_limit": budget}
+        return out
 
     def inject_crash(self, pipeline_id: str, role: str) -> None:
         """Fault injection: make one actor of a pipeline fail as a bug would."""

@@ -71,6 +71,13 @@ class Connector(abc.ABC):
             ConnectorError: transient failure.
         """
 
+    def record_modified(self, record: Record) -> float | None:
+        """The record's own last-modified time (epoch seconds), when the system keeps one.
+
+        Last-writer-wins compares it; None means unknown (the time it was read is used).
+        """
+        return None
+
     @abc.abstractmethod
     def write(self, ops: list[WriteOp]) -> list[WriteResult]:
         """Apply a batch of upserts and deletes; one result per op, in order.

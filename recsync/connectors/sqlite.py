@@ -18,9 +18,11 @@ Uninstall: ``DROP TRIGGER recsync_<t>_ai`` (and _au, _ad), ``DROP TABLE
 recsync_changelog_<t>``. Log rows are pruned at the start of each ``read_changes`` once
 they are behind the committed cursor AND older than ``changelog_retention`` (a day by
 default), so several pipelines can read one table: each has a day to catch up, and one
-that was away longer finds the gap and re-lists the table. Limits of triggers: rows removed by ``INSERT OR
-REPLACE`` conflicts on a *different* unique column are not logged (SQLite fires no delete
-trigger for them unless ``recursive_triggers`` is on).
+that was away longer finds the gap and re-lists the table.
+
+Limits of triggers: rows removed by ``INSERT OR REPLACE`` conflicts on a *different*
+unique column are not logged (SQLite fires no delete trigger for them unless
+``recursive_triggers`` is on).
 
 Log rows that our own write transactions produced are remembered (by sequence range) and
 skipped when the log is read back: they are echoes, which the engine would drop anyway.
@@ -574,6 +576,9 @@ class SqliteConnector(Connector):
             for r in cur.fetchall():
                 out[key_text(r[kidx])] = dict(zip(cols, r, strict=True))
         return out
+
+    def record_modified(self, record: Record) -> float | None:
+        return _epoch(record.get(self._updated)) if self._updated else None
 
     def fetch(self, keys: list[str]) -> dict[str, Record]:
         wanted = set(keys)

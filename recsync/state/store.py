@@ -7,7 +7,6 @@ state runs in one transaction, so ``kill -9`` at any point leaves a consistent f
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,8 +156,11 @@ class Store:
         in_flight: dict[str, frozenset[str]] | None = None,
         mass_delete_share: float = 0.0,
         mass_delete_min: int = 10,
+        save_cursor: bool = True,
     ) -> EnqueueStats:
         """Record a page of changes from ``side`` and the cursor after it, atomically.
+
+        ``save_cursor`` is False for changes submitted from outside (``sync event``).
 
         Raises:
             MassDeleteBlocked: the page (or the end of a listing) would delete more than
@@ -195,9 +197,10 @@ class Store:
                     raise MassDeleteBlocked(side, stats.deletes, total)
                 if allowed:
                     self._set_meta(f"allow_deletes_{side}", 0)
-            db.execute(
-                "INSERT OR REPLACE INTO cursors (side, cursor) VALUES (?, ?)", (side, cursor)
-            )
+            if save_cursor:
+                db.execute(
+                    "INSERT OR REPLACE INTO cursors (side, cursor) VALUES (?, ?)", (side, cursor)
+                )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -311,7 +314,7 @@ class Store:
         self._bump("conflicts", stats.conflicts)
 
     def _has_queued(self) -> bool:
-        return self.db.execute("SELECT EXISTS (SELECT 1 FROM queue)").fetchone()[0] == 1
+        return bool(self.db.execute("SELECT EXISTS (SELECT 1 FROM queue)").fetchone()[0])
 
     def _row(
         self, direction: str, key: str, content: Any, chash: str | None, src_hash: str | None,
