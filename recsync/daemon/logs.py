@@ -1,36 +1,102 @@
-"""JSON-lines logging for recsyncd: one object per line, secrets redacted."""
+"""JSON-lines logging for recsyncd: one object per line, secrets redacted.
+
+Two outputs share one :class:`JsonFormatter`: a stream (stdout/stderr, which systemd puts in
+the journal) and, optionally, a size-rotated file ``record_sync.log`` in
+:func:`default_log_file`'s folder (``$LOGS_DIRECTORY`` under systemd, else ``./logs``).
+
+Redaction happens in the formatter, on the whole entry, so no handler can bypass it: values
+under secret-looking keys (``password``, ``token``, ``authorization``, ...), ``key=value`` /
+``key: value`` / ``"key": "value"`` pairs inside any text (message, extras, tracebacks),
+``Bearer`` tokens, and passwords inside URLs (``postgresql://user:***@host/db``).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
+import os
 import re
 import sys
 import time
+from pathlib import Path
 from typing import Any, TextIO
 
+import msgspec
+
+__all__ = [
+    "LOG_FILE_NAME",
+    "JsonFormatter",
+    "default_log_file",
+    "redact",
+    "redact_text",
+    "setup_logging",
+]
+
+LOG_FILE_NAME = "record_sync.log"
+MASK = "***"
+
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
-_SECRET_KEY = re.compile(r"pass(word)?|secret|token|api_?key|authorization|credential", re.I)
-_SECRET_IN_TEXT = re.compile(
-    r"(?i)\b(password|passwd|secret|token|access_token|refresh_token|api_?key|authorization)"
-    r"(\s*[=:]\s*|\"\s*:\s*\")([^\s\"&,;]+)"
+_SECRET_KEY = re.compile(
+    r"pass(word|wd|phrase)?|pwd|secret|token|api_?key|authorization|credential|cookie"
+    r"|session_?id|private_?key",
+    re.I,
 )
+_QUOTED = r"\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'"
+# key (any word around a secret word), separator, optional auth scheme, then the value.
+_SECRET_IN_TEXT = re.compile(
+    r"(?i)(?P<key>\b[\w.-]*?(?:password|passwd|passphrase|pwd|secret|token|api[_-]?key"
+    r"|authorization|credentials?|cookie|session[_-]?id|private[_-]?key)[\w-]*)"
+    r"(?P<sep>[\"']?\s*[=:]\s*)"
+    r"(?P<scheme>(?:bearer|basic|digest|token|negotiate)\s+)?"
+    rf"(?P<value>{_QUOTED}|[^\s\"'&,;)}}\]]+)"
+)
+_BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+")
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/:@]*:)([^\s/@]+)(@)")
+_SALESFORCE_SESSION = re.compile(r"\b00D[A-Za-z0-9]{12,15}![A-Za-z0-9._-]+")
+
+
+def _mask_pair(m: re.Match[str]) -> str:
+    value = m.group("value")
+    masked = f"{value[0]}{MASK}{value[0]}" if value[:1] in ("'", '"') else MASK
+    return f"{m.group('key')}{m.group('sep')}{m.group('scheme') or ''}{masked}"
+
+
+def redact_text(text: str) -> str:
+    """``text`` with secret-looking values replaced by ``***``."""
+    text = _SECRET_IN_TEXT.sub(_mask_pair, text)
+    text = _BEARER.sub(rf"\g<1>{MASK}", text)
+    text = _URL_PASSWORD.sub(rf"\g<1>{MASK}\g<3>", text)
+    return _SALESFORCE_SESSION.sub(MASK, text)
 
 
 def redact(value: Any, key: str = "") -> Any:
-    """Replace secret-looking values (by key name, or key=value inside text) with ***."""
+    """Replace secret-looking values (by key name, or inside text) with ``***``.
+
+    Returns JSON-ready data: msgspec Structs become dicts first (so their secret fields are
+    masked by name), and any other object becomes its redacted ``str()``.
+    """
     if key and _SECRET_KEY.search(key):
-        return "***"
-    if isinstance(value, dict):
-        return {k: redact(v, str(k)) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [redact(v) for v in value]
+        return MASK
+    if value is None or isinstance(value, bool | int | float):
+        return value
     if isinstance(value, str):
-        return _SECRET_IN_TEXT.sub(lambda m: f"{m.group(1)}{m.group(2)}***", value)
-    return value
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {str(k): redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [redact(v) for v in value]
+    if isinstance(value, msgspec.Struct):
+        try:
+            return redact(msgspec.to_builtins(value))
+        except (TypeError, msgspec.EncodeError):
+            pass
+    return redact_text(str(value))
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ts, level, logger, msg, extras, exc/stack; redacted."""
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -44,13 +110,65 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exc"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
         return json.dumps(redact(entry), default=str, ensure_ascii=False)
 
 
-def setup_logging(level: str = "info", stream: TextIO | None = None) -> None:
-    handler = logging.StreamHandler(stream or sys.stdout)
-    handler.setFormatter(JsonFormatter())
+def default_log_file() -> Path:
+    """``$LOGS_DIRECTORY/record_sync.log`` (systemd ``LogsDirectory=``), else ``./logs/...``.
+
+    ``LOGS_DIRECTORY`` may list several folders separated by ``:``; the first one is used.
+    """
+    folder = os.environ.get("LOGS_DIRECTORY", "").split(":")[0]
+    return Path(folder or "logs") / LOG_FILE_NAME
+
+
+def setup_logging(
+    level: str | int = "info",
+    stream: TextIO | None = None,
+    *,
+    log_file: Path | str | None = None,
+    max_bytes: int = 10 * 1024 * 1024,
+    backups: int = 5,
+) -> None:
+    """Send JSON lines to ``stream`` (default stdout) and, if given, to ``log_file``.
+
+    The file (its folder is created) rotates when the next line would make it exceed
+    ``max_bytes``, keeping ``backups`` old files (``record_sync.log.1`` is the newest). A
+    file that cannot be opened is reported on the stream and skipped: logging to the
+    stream goes on. Calling this again replaces (and closes) the handlers it set up before.
+    """
+    formatter = JsonFormatter()
+    handlers: list[logging.Handler] = []
+    stream_handler = logging.StreamHandler(stream or sys.stdout)
+    handlers.append(stream_handler)
+    file_error: str | None = None
+    if log_file is not None:
+        path = Path(log_file)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handlers.append(
+                logging.handlers.RotatingFileHandler(
+                    path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+                )
+            )
+        except OSError as exc:
+            file_error = f"{path}: {exc.strerror or exc}"
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler._recsync = True  # type: ignore[attr-defined]
     root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    for old in root.handlers:
+        if getattr(old, "_recsync", False):
+            old.close()
+    root.handlers[:] = handlers
+    root.setLevel(level.upper() if isinstance(level, str) else level)
     logging.getLogger("pykka").setLevel(logging.WARNING)
+    if file_error is not None:
+        logging.getLogger(__name__).warning(
+            "cannot write the log file; logging to the stream only",
+            extra={"error": file_error},
+        )
