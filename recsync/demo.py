@@ -13,7 +13,7 @@ CREATE TABLE IF NOT EXISTS users (
     full_name TEXT NOT NULL,
     email_address TEXT,
     status TEXT NOT NULL DEFAULT 'active',
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0)
 )
 """
 FIRST = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Tim"]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from recsync.actors.base import FailureSink, PipelineActor
 from recsync.actors.protocol import BatchDone, Committed, Enqueue, Flush, WriteBatch
@@ -15,6 +18,13 @@ from recsync.rules import RuleSet
 from recsync.state.store import MassDeleteBlocked, RetryPolicy, Store
 
 log = logging.getLogger(__name__)
+
+
+def rules_fingerprint(ruleset: RuleSet) -> str:
+    """What the content hashes depend on: the mappings and transforms of a rule set."""
+    data = msgspec.msgpack.encode([sorted(ruleset.mappings.items()),
+                                   sorted(ruleset.transforms.items())])
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
 DIRECTIONS: tuple[Direction, Direction] = ("a_to_b", "b_to_a")
 
 
@@ -43,6 +53,7 @@ class QueueActor(PipelineActor):
     def setup(self) -> None:
         self.store = Store(self.state_path, self.clock)
         self.store.reset_in_flight()
+        self.store.use_rules(rules_fingerprint(self.ruleset))
 
     def on_stop(self) -> None:
         if self.store is not None:
@@ -118,7 +129,9 @@ class QueueActor(PipelineActor):
 
     # asked from outside the pipeline -------------------------------------------------------
     def set_ruleset(self, ruleset: RuleSet) -> None:
+        assert self.store is not None
         self.ruleset = ruleset
+        self.store.use_rules(rules_fingerprint(ruleset))
 
     def set_settings(self, settings: Settings) -> None:
         self.settings = settings

@@ -168,6 +168,7 @@ class SqliteConnector(Connector):
         self._unique = False
         self._order = "rowid"
         self._updated: str | None = None
+        self._updated_text = False
         self._chunk = 999
         self._sql_cache: dict[tuple[Any, ...], str] = {}
         # (after, upto] ranges of change-log seqs written by our own transactions
@@ -233,6 +234,8 @@ class SqliteConnector(Connector):
         self._key = key
         self._key_affinity = _affinity(next(r[2] for r in info if r[1] == key) or "")
         self._updated = self._colmap.get(self.cfg.updated_at.lower())
+        self._updated_text = self._updated is not None and _affinity(
+            next(r[2] for r in info if r[1] == self._updated) or "") == "TEXT"
         if self.cfg.tracking == "column" and self._updated is None:
             raise ConnectorConfigError(
                 f"Table {self.table!r} in SQLite database {self.path} has no column "
@@ -524,8 +527,10 @@ class SqliteConnector(Connector):
             if row is None:
                 changes.append(Change(kt, "delete", None, at))
             else:
+                # the log time is when the database saw the change; an updated_at column
+                # the application forgot to bump must not make the change look old
                 ts = _epoch(row.get(upd)) if upd is not None else None
-                changes.append(Change(kt, "upsert", row, at if ts is None else ts))
+                changes.append(Change(kt, "upsert", row, max(at, ts or 0.0)))
         return ChangePage(changes, _dump({"seq": last}), more=more)
 
     def _column_page(self, ts: Any, key: Any, limit: int) -> ChangePage:
@@ -578,7 +583,19 @@ class SqliteConnector(Connector):
         return out
 
     def record_modified(self, record: Record) -> float | None:
-        return _epoch(record.get(self._updated)) if self._updated else None
+        """The later of the updated_at column and the record's last change-log entry."""
+        stamp = _epoch(record.get(self._updated)) if self._updated else None
+        if self.cfg.tracking == "triggers" and record.get(self._key) is not None:
+            try:
+                row = self.db.execute(
+                    f'SELECT max(changed_at) FROM {_q(self.log_table)} WHERE "key" = ?',
+                    (record[self._key],),
+                ).fetchone()
+            except sqlite3.Error:
+                row = None
+            if row and row[0] is not None:
+                stamp = max(stamp or 0.0, float(row[0]))
+        return stamp
 
     def fetch(self, keys: list[str]) -> dict[str, Record]:
         wanted = set(keys)
@@ -595,12 +612,20 @@ class SqliteConnector(Connector):
 
     def write(self, ops: list[WriteOp]) -> list[WriteResult]:
         results: list[WriteResult | None] = [None] * len(ops)
+        now = time.time()
+        stamp: Any = (
+            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+            if self._updated_text else now)
         todo: list[tuple[int, WriteOp, tuple[str, ...]]] = []
         for i, op in enumerate(ops):
             if op.kind == "delete":
                 todo.append((i, op, ()))
                 continue
             fields = op.fields or {}
+            if self._updated is not None and not any(
+                f.lower() == self._updated.lower() for f in fields
+            ):
+                fields[self._updated] = stamp  # the row changes now: keep its column honest
             names = tuple(f for f in fields if f.lower() in self._colmap)
             if not any(self._colmap[f.lower()] == self._key for f in names):
                 results[i] = WriteResult(

@@ -1,4 +1,5 @@
-"""Daemon: loads the config, starts the supervisor and its pipelines, runs, drains, stops."""
+"""Daemon: loads the config, starts the supervisor and its pipelines, serves the control
+socket, reloads config, reports to systemd, drains on stop."""
 
 from __future__ import annotations
 
@@ -9,12 +10,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pykka
 
+from recsync.actors.pipeline import state_file
 from recsync.actors.scheduler import Scheduler
 from recsync.actors.supervisor import RestartPolicy, Supervisor
 from recsync.clock import Clock, SystemClock
-from recsync.config import AppConfig
+from recsync.config import AppConfig, PipelineConfig, load_config
+from recsync.daemon import protocol as p
+from recsync.daemon.records import pipeline_counts
+from recsync.daemon.reload import diff_configs
+from recsync.errors import ConfigError, ControlError
 
 log = logging.getLogger(__name__)
 DONE_STATES = ("error", "fatal")
@@ -47,6 +54,7 @@ class PipelineReport:
 class Daemon:
     config: AppConfig
     state_dir: Path
+    config_dir: Path = Path(".")
     clock: Clock = field(default_factory=SystemClock)
     policy: RestartPolicy = field(default_factory=RestartPolicy)
     stopping: threading.Event = field(default_factory=threading.Event)
@@ -55,42 +63,164 @@ class Daemon:
         self.scheduler = Scheduler(self.clock)
         self.supervisor: pykka.ActorRef[Supervisor] | None = None
         self.baseline: dict[str, dict[str, int]] = {}
+        self.config_error: str | None = None
+        self.last_reload: dict[str, Any] | None = None
+        self.endpoints: tuple[str, str] | None = None
+        self.server: Any = None  # ControlServer, when the control socket is on
+        self.states: dict[str, dict[str, Any]] = {}
+        self._stats: list[p.PipelineStats] = []
+        self._progress: dict[str, dict[str, Any]] = {}
+        self._totals: dict[str, tuple[float, int]] = {}
+        self.healthy_at = time.monotonic()
+        self._stats_thread: threading.Thread | None = None
+        self._reload_lock = threading.Lock()
 
     @property
     def proxy(self) -> Any:
         assert self.supervisor is not None
         return self.supervisor.proxy()
 
+    # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.scheduler.start()
         self.supervisor = Supervisor.start(self.state_dir, scheduler=self.scheduler,
-                                           clock=self.clock, policy=self.policy)
+                                           clock=self.clock, policy=self.policy,
+                                           on_event=self._on_supervisor_event)
         for pid, cfg in self.config.pipelines.items():
             state = self.proxy.start_pipeline(cfg, self.config.rules[cfg.rules]).get()
             log.info("pipeline %s", state, extra={"pipeline": pid})
         self.baseline = {pid: r for pid, r in self._counts().items()}
+
+    def _on_supervisor_event(self, kind: str, data: dict[str, Any]) -> None:
+        pid = data.get("pipeline")
+        if pid:
+            self.states[pid] = {**self.states.get(pid, {}), **data}
+        self.publish(kind, data)
+
+    def publish(self, kind: str, data: dict[str, Any]) -> None:
+        if self.server is not None:
+            self.server.publish(kind, msgspec.to_builtins(data))
+
+    def last_event_seq(self) -> int:
+        return int(self.server.last_seq) if self.server is not None else 0
+
+    def start_stats(self, interval: float = 1.0) -> None:
+        """A thread that refreshes live figures every ``interval`` and publishes them."""
+        def loop() -> None:
+            while not self.stopping.wait(interval):
+                try:
+                    self.refresh_stats(interval)
+                except Exception:  # the daemon never dies of a stats hiccup
+                    log.exception("stats refresh failed")
+
+        self._stats_thread = threading.Thread(target=loop, name="stats", daemon=True)
+        self._stats_thread.start()
+
+    def refresh_stats(self, interval: float = 1.0) -> None:
+        progress = self.proxy.progress_all().get(timeout=30)
+        health = self.proxy.health().get(timeout=30)
+        self.healthy_at = time.monotonic()
+        now = self.clock.monotonic()
+        out = []
+        for pid, cfg in self.config.pipelines.items():
+            prog, h = progress.get(pid, {}), health.get(pid, {})
+            counts = pipeline_counts(state_file(self.state_dir, cfg.id))
+            synced = counts["synced_a_to_b"] + counts["synced_b_to_a"]
+            last_t, last_n = self._totals.get(pid, (now, synced))
+            rate = (synced - last_n) / (now - last_t) if now > last_t else 0.0
+            self._totals[pid] = (now, synced)
+            queue = prog.get("queue") or {}
+            state = "held" if queue.get("held") else h.get("state", "stopped")
+            self.states[pid] = {**self.states.get(pid, {}), **h, "state": state,
+                                "in_flight": queue.get("in_flight", 0)}
+            out.append(p.PipelineStats(
+                pipeline=pid, state=state, queued=counts["queued"],
+                in_flight=int(queue.get("in_flight", 0)), synced=synced,
+                failed=counts["failed"], rate=round(max(rate, 0.0), 1),
+                circuit=h.get("circuit", {}), rate_limit=h.get("rate_limit", {}),
+                restarts=int(h.get("restarts", 0))))
+        self._stats = out
+        self.publish("stats", {"pipelines": msgspec.to_builtins(out)})
+
+    def stats_snapshot(self) -> list[p.PipelineStats]:
+        return list(self._stats)
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        return dict(self.states)
+
+    def is_healthy(self, within: float = 30.0) -> bool:
+        """The supervisor answered the stats thread recently (for the systemd watchdog)."""
+        return time.monotonic() - self.healthy_at < within
 
     def _counts(self) -> dict[str, dict[str, int]]:
         return self.proxy.call_all("queue", "counts").get()  # type: ignore[no-any-return]
 
     def stop(self, drain_timeout: float = 30.0) -> None:
         """Stop polling, let in-flight batches finish (up to ``drain_timeout``), stop all."""
+        self.stopping.set()
         if self.supervisor is None:
             return
         try:
             self.proxy.pause_all().get()
             deadline = time.monotonic() + drain_timeout
             while time.monotonic() < deadline:
-                flying = self.proxy.in_flight_total().get()
-                if not flying:
+                if not self.proxy.in_flight_total().get():
                     break
-                self.stopping.wait(0.05)
+                time.sleep(0.05)  # drain wait between asks, not a test wait
             self.supervisor.stop(timeout=drain_timeout + 30)
         except pykka.ActorDeadError:
             pass
         self.supervisor = None
         self.scheduler.stop()
+
+    # -- configuration -----------------------------------------------------------------------
+    def replace_pipelines(self, updated: dict[str, PipelineConfig]) -> None:
+        pipelines = {**self.config.pipelines, **updated}
+        self.config = msgspec.structs.replace(self.config, pipelines=pipelines)
+
+    def reload_config(self) -> p.ReloadResult:
+        """Re-read both files; apply what changed; keep the running config on error."""
+        with self._reload_lock:
+            try:
+                new = load_config(self.config_dir)
+            except ConfigError as exc:
+                self.config_error = str(exc)
+                log.error("configuration rejected", extra={"error": str(exc)})
+                self.publish("config_rejected", {"error": str(exc)})
+                self.last_reload = {"ok": False, "error": str(exc), "at": time.time()}
+                raise ControlError("INVALID", f"{exc} The running configuration is "
+                                              "unchanged.") from exc
+            diff = diff_configs(self.config, new)
+            for pid in diff.removed:
+                self.proxy.stop_pipeline(pid).get()
+            for pid in diff.added:
+                cfg = new.pipelines[pid]
+                self.proxy.start_pipeline(cfg, new.rules[cfg.rules]).get()
+            for pid in diff.changed:
+                cfg = new.pipelines[pid]
+                if pid in diff.settings_only:
+                    self.proxy.apply_settings(cfg).get()
+                elif pid in diff.rules_live:
+                    self.proxy.apply_settings(cfg).get()
+                    self.proxy.apply_ruleset(pid, new.rules[cfg.rules]).get()
+                else:
+                    self.proxy.replace_pipeline(cfg, new.rules[cfg.rules]).get()
+            self.config = new
+            self.config_error = None
+            result = p.ReloadResult(sorted(diff.added), sorted(diff.changed),
+                                    sorted(diff.removed), sorted(diff.rules_changed))
+            self.last_reload = {"ok": True, "at": time.time(), **msgspec.to_builtins(result)}
+            log.info("configuration reloaded", extra=msgspec.to_builtins(result))
+            self.publish("config_reloaded", msgspec.to_builtins(result))
+            return result
+
+    def reload_quietly(self) -> None:
+        """For SIGHUP and the file watcher: errors are logged and published, not raised."""
+        try:
+            self.reload_config()
+        except ControlError:
+            pass
 
     # -- --once ------------------------------------------------------------------------------
     def run_once(self, timeout: float | None = None) -> list[PipelineReport]:
@@ -123,7 +253,7 @@ class Daemon:
             rep.failed = now.get("failed_a_to_b", 0) + now.get("failed_b_to_a", 0)
             rep.done = _caught_up(prog)
             queue = prog.get("queue") or {}
-            rep.pending = sum(v for k, v in now.items() if k.startswith(("ready_", "in_flight_")))
+            rep.pending = sum(v for k, v in now.items() if k.startswith("ready_"))
             if queue.get("held"):
                 rep.state = "held"
                 rep.error = "; ".join(queue["held"].values())

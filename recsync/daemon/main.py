@@ -7,28 +7,33 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 from recsync.config import load_config
 from recsync.daemon.app import Daemon
-from recsync.daemon.logs import setup_logging
-from recsync.errors import ConfigError
+from recsync.daemon.logs import default_log_file, setup_logging
+from recsync.daemon.notify import Notifier, Watchdog
+from recsync.daemon.reload import ConfigWatcher
+from recsync.errors import ConfigError, RecsyncError
 
 log = logging.getLogger("recsyncd")
+
+
+def _env_dir(name: str, default: str) -> Path:
+    return Path(os.environ.get(name, default).split(":")[0])
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="recsyncd", description="Keep records in sync both ways, per customer pipeline.")
     parser.add_argument(
-        "--config-dir", type=Path,
-        default=Path(os.environ.get("CONFIGURATION_DIRECTORY", ".").split(":")[0]),
+        "--config-dir", type=Path, default=_env_dir("CONFIGURATION_DIRECTORY", "."),
         help="folder with customer_settings.toml and rules.toml "
              "(default: $CONFIGURATION_DIRECTORY or the current folder)")
     parser.add_argument(
-        "--state-dir", type=Path,
-        default=Path(os.environ.get("STATE_DIRECTORY", "state").split(":")[0]),
+        "--state-dir", type=Path, default=_env_dir("STATE_DIRECTORY", "state"),
         help="folder for the per-pipeline state files (default: $STATE_DIRECTORY or ./state)")
     parser.add_argument(
         "--once", action="store_true",
@@ -36,6 +41,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
              "(0, or 1 if any record is failed)")
     parser.add_argument("--timeout", type=float, default=None,
                         help="with --once: give up after this many seconds (exit 3)")
+    parser.add_argument("--endpoint", default=os.environ.get("RECSYNC_ENDPOINT"),
+                        help="control socket (default: ipc:// in the runtime directory)")
+    parser.add_argument("--event-endpoint", default=os.environ.get("RECSYNC_EVENT_ENDPOINT"),
+                        help="event socket (default: ipc:// in the runtime directory)")
+    parser.add_argument("--curve-dir", type=Path, default=None,
+                        help="for tcp:// endpoints: folder with server.key_secret and an "
+                             "authorized_clients/ folder of client public keys")
+    parser.add_argument("--log-file", type=Path, default=None,
+                        help="JSON log file with rotation (default: $LOGS_DIRECTORY or "
+                             "./logs, record_sync.log)")
     parser.add_argument("--log-level", default=os.environ.get("RECSYNC_LOG_LEVEL", "info"),
                         choices=["debug", "info", "warning", "error"])
     return parser.parse_args(argv)
@@ -43,37 +58,117 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(args.log_level if not args.once else "warning", sys.stderr)
+    if args.once:
+        setup_logging("warning", sys.stderr)
+    else:
+        setup_logging(args.log_level, sys.stdout, log_file=args.log_file or default_log_file())
     try:
         config = load_config(args.config_dir)
     except ConfigError as exc:
         print(f"recsyncd: {exc}", file=sys.stderr)
         return 2
-    daemon = Daemon(config, args.state_dir)
+    daemon = Daemon(config, args.state_dir, config_dir=args.config_dir)
+    if args.once:
+        return _run_once(daemon, args)
+    return _serve(daemon, args)
 
-    def on_signal(signum: int, _frame: object) -> None:
+
+def _install_signals(daemon: Daemon, wake: threading.Event | None = None,
+                     reload: threading.Event | None = None) -> None:
+    def on_stop(signum: int, _frame: object) -> None:
         log.info("signal received, draining", extra={"signal": signal.Signals(signum).name})
         daemon.stopping.set()
+        if wake is not None:
+            wake.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    if reload is not None and wake is not None:
+        def on_hup(_signum: int, _frame: object) -> None:
+            reload.set()
+            wake.set()
+
+        signal.signal(signal.SIGHUP, on_hup)
+
+
+def _run_once(daemon: Daemon, args: argparse.Namespace) -> int:
+    _install_signals(daemon)
     started = time.monotonic()
     daemon.start()
     try:
-        if args.once:
-            reports = daemon.run_once(args.timeout)
-            seconds = time.monotonic() - started
-            for rep in reports:
-                print(rep.line(seconds), flush=True)
-            if not all(r.done for r in reports):
-                return 3
-            bad = any(r.failed or r.state not in ("running", "paused") for r in reports)
-            return 1 if bad else 0
-        log.info("recsyncd running", extra={"pipelines": sorted(config.pipelines)})
-        daemon.stopping.wait()
-        return 0
+        reports = daemon.run_once(args.timeout)
+        seconds = time.monotonic() - started
+        for rep in reports:
+            print(rep.line(seconds), flush=True)
+        if not all(r.done for r in reports):
+            return 3
+        bad = any(r.failed or r.state not in ("running", "paused") for r in reports)
+        return 1 if bad else 0
     finally:
         daemon.stop()
+
+
+def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
+    from recsync.daemon.control import ControlServer
+    from recsync.daemon.runtime import (
+        CurveConfig,
+        default_endpoints,
+        derive_event_endpoint,
+        runtime_dir,
+    )
+    from recsync.daemon.service import ControlService
+
+    notifier = Notifier.from_env()
+    reload_requested, wake = threading.Event(), threading.Event()
+    _install_signals(daemon, wake, reload_requested)
+    try:
+        if args.endpoint:
+            endpoints = (args.endpoint,
+                         args.event_endpoint or derive_event_endpoint(args.endpoint))
+        else:
+            command, events = default_endpoints(runtime_dir())
+            endpoints = (command, args.event_endpoint or events)
+        curve = CurveConfig.load(args.curve_dir) if args.curve_dir else None
+        service = ControlService(daemon)
+        server = ControlServer(service.handle, inline=service.inline,
+                               command_endpoint=endpoints[0], event_endpoint=endpoints[1],
+                               curve=curve)
+        server.start()
+    except RecsyncError as exc:
+        print(f"recsyncd: {exc}", file=sys.stderr)
+        return 2
+    daemon.server, daemon.endpoints = server, endpoints
+    daemon.start()
+    daemon.start_stats()
+    watcher = ConfigWatcher(args.config_dir, daemon.reload_quietly)
+    watcher.start()
+    watchdog = Watchdog(notifier, daemon.is_healthy)
+    watchdog.start()
+    pipelines = ", ".join(sorted(daemon.config.pipelines)) or "none"
+    log.info("recsyncd ready", extra={"endpoint": endpoints[0], "events": endpoints[1],
+                                      "pipelines": pipelines})
+    print(f"recsyncd: control socket {endpoints[0]}\n"
+          f"  try: recsync --endpoint {endpoints[0]} status\n"
+          f"       recsync --endpoint {endpoints[0]} events", file=sys.stderr, flush=True)
+    notifier.ready(f"{len(daemon.config.pipelines)} pipelines running")
+    try:
+        while not daemon.stopping.is_set():
+            wake.wait()
+            wake.clear()
+            if reload_requested.is_set() and not daemon.stopping.is_set():
+                reload_requested.clear()
+                log.info("SIGHUP: reloading configuration")
+                notifier.reloading("reloading configuration")
+                daemon.reload_quietly()
+                notifier.ready(daemon.config_error or "configuration reloaded")
+    finally:
+        notifier.stopping("draining in-flight batches")
+        watcher.stop()
+        watchdog.stop()
+        daemon.stop()
+        server.stop()
+        notifier.close()
+    return 0
 
 
 if __name__ == "__main__":

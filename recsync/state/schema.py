@@ -4,6 +4,8 @@ Tables:
 - ``cursors``: per side, the last read position that is durably queued.
 - ``links``: per record key, the content hash last written or seen on each side (NULL when
   the record is absent there), the record timestamps, and when we last wrote each side.
+  ``stale`` marks hashes computed under rules that have since changed: they cannot tell a
+  change on the target from a change of the mapping, so no conflict is inferred from them.
 - ``queue``: pending work, one row per (direction, key) (a newer change replaces a pending
   one); ``state`` is ready or failed (the dead letter, kept with its error). Which items
   are in flight only the running queue actor knows: after a restart none is.
@@ -28,7 +30,8 @@ CREATE TABLE IF NOT EXISTS links (
     a_hash TEXT, b_hash TEXT,
     a_modified REAL, b_modified REAL,
     a_written REAL, b_written REAL,
-    synced_at REAL
+    synced_at REAL,
+    stale INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS queue (
     direction TEXT NOT NULL,

@@ -359,7 +359,7 @@ class Store:
         target = "b" if direction == "a_to_b" else "a"
         rows = self.db.execute(
             "SELECT q.key, q.op, q.content, q.hash, q.modified, q.gen, q.attempts, "
-            f"l.{target}_hash, q.src_hash "
+            f"CASE WHEN l.stale THEN NULL ELSE l.{target}_hash END, q.src_hash "
             "FROM queue q LEFT JOIN links l ON l.key = q.key "
             "WHERE q.direction = ? AND q.state = 'ready' AND q.next_at <= ? "
             "ORDER BY q.next_at LIMIT ?",
@@ -456,6 +456,7 @@ class Store:
                 f"{source}_hash) VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
                 f"{target}_hash = excluded.{target}_hash, "
                 f"{target}_written = excluded.{target}_written, synced_at = excluded.synced_at, "
+                "stale = 0, "
                 f"{source}_hash = COALESCE(excluded.{source}_hash, {source}_hash)",
                 written,
             )
@@ -548,6 +549,19 @@ class Store:
         self._history((k, "manual_retry", None) for k in keys)
         self.db.execute("COMMIT")
         return n
+
+    def use_rules(self, fingerprint: str) -> bool:
+        """Note the rules in force; when they changed, mark every link's hashes stale.
+
+        Returns True when they changed.
+        """
+        if self.meta("rules_fingerprint") == fingerprint:
+            return False
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute("UPDATE links SET stale = 1 WHERE stale = 0")
+        self._set_meta("rules_fingerprint", fingerprint)
+        self.db.execute("COMMIT")
+        return True
 
     def allow_mass_delete(self, side: Side) -> None:
         self._set_meta(f"allow_deletes_{side}", 1)

@@ -1,0 +1,99 @@
+"""`recsync`: operate recsyncd through its control socket.
+
+Exit codes: 0 ok, 1 recsyncd answered with an error (printed as ``recsync: <message>
+[<CODE>]``), 2 usage error, 3 recsyncd unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from recsync import demo
+from recsync.cli import output
+from recsync.cli.commands import BUILDERS, UsageError, follow_events, human, wait_backfill
+from recsync.cli.parser import build_parser
+from recsync.client import ControlClient, load_curve_keys
+from recsync.daemon import protocol as p
+from recsync.errors import ControlError, DaemonUnreachable, RecsyncError
+
+__all__ = ["build_parser", "main"]
+
+
+def _name(args: argparse.Namespace) -> str:
+    """``sync event``, ``status``...: the subcommand path."""
+    parts = [args.command]
+    sub = getattr(args, f"{args.command}_command", None)
+    if sub:
+        parts.append(sub)
+    return " ".join(parts)
+
+
+def _client(args: argparse.Namespace) -> ControlClient:
+    return ControlClient(
+        args.endpoint,
+        args.event_endpoint,
+        timeout=args.timeout,
+        curve_keys=load_curve_keys(args.curve_secret_key, args.curve_server_key),
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    name = _name(args)
+    if name == "schema":
+        print(json.dumps(p.json_schema(), indent=2))
+        return 0
+    if name == "demo seed":
+        if args.count < 0:
+            raise UsageError("--count must be 0 or more")
+        n = demo.seed(args.path, args.count, start_id=args.start_id)
+        print(f"{args.path}: {n} demo users inserted ({args.count - n} already there)")
+        return 0
+    if name == "events":
+        with _client(args) as client:
+            client.request(p.StatsGet())  # fail fast (exit 3) when recsyncd is not there
+            return follow_events(client, args.kind, args.count, args.json, sys.stdout, sys.stderr)
+    cmd = BUILDERS[name](args)  # before connecting: usage errors come first
+    with _client(args) as client:
+        result = client.request(cmd)
+        if isinstance(cmd, p.SyncNow) and cmd.full:
+            done = wait_backfill(client, cmd, result, args.poll, sys.stderr)
+            if args.json:
+                print(output.to_json(done))
+            else:
+                print(
+                    f"backfill done: {done['written']} records written in "
+                    f"{done['seconds']:.1f}s ({', '.join(done['pipelines']) or 'no pipeline'})"
+                )
+            return 0
+    print(output.to_json(result) if args.json else human(cmd, result))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except UsageError as exc:
+        print(f"recsync: {exc}", file=sys.stderr)
+        return 2
+    except DaemonUnreachable as exc:
+        print(f"recsync: {exc} [{exc.code}]", file=sys.stderr)
+        return 3
+    except ControlError as exc:
+        print(f"recsync: {exc} [{exc.code}]", file=sys.stderr)
+        return 1
+    except RecsyncError as exc:  # local set-up problems: key files and the like
+        print(f"recsync: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `recsync ... | head`
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

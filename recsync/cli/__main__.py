@@ -1,0 +1,5 @@
+import sys
+
+from recsync.cli import main
+
+sys.exit(main())

@@ -1,0 +1,84 @@
+"""Read-only queries on pipeline state files (own WAL reader connections, no actors)."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+from recsync.daemon.protocol import FailedRecord, HistoryEntry, RecordStatus
+from recsync.state.schema import connect
+
+EMPTY_COUNTS = {"queued": 0, "failed": 0, "synced_a_to_b": 0, "synced_b_to_a": 0,
+                "conflicts": 0}
+
+
+def _reader(path: Path) -> sqlite3.Connection | None:
+    if not path.exists():
+        return None
+    try:
+        return connect(path, readonly=True)
+    except sqlite3.Error:
+        return None
+
+
+def pipeline_counts(path: Path) -> dict[str, int]:
+    """Queued and failed items, and the synced/conflict totals of one pipeline."""
+    conn = _reader(path)
+    if conn is None:
+        return dict(EMPTY_COUNTS)
+    out = dict(EMPTY_COUNTS)
+    with closing(conn):
+        try:
+            for state, n in conn.execute("SELECT state, COUNT(*) FROM queue GROUP BY state"):
+                out["failed" if state == "failed" else "queued"] += n
+            for name, value in conn.execute(
+                "SELECT name, value FROM meta WHERE name IN "
+                "('synced_a_to_b', 'synced_b_to_a', 'conflicts')"
+            ):
+                out[name] = int(value)
+        except sqlite3.Error:
+            pass  # a state file being created: counts are zero for now
+    return out
+
+
+def failed_records(path: Path, pipeline: str, limit: int) -> list[FailedRecord]:
+    conn = _reader(path)
+    if conn is None or limit <= 0:
+        return []
+    with closing(conn):
+        rows = conn.execute(
+            "SELECT key, direction, attempts, last_error, updated_at FROM queue "
+            "WHERE state = 'failed' ORDER BY updated_at DESC LIMIT ?", (limit,)
+        ).fetchall()
+    return [FailedRecord(pipeline, r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+
+def record_status(path: Path, pipeline: str, key: str) -> RecordStatus | None:
+    """A record's state in one pipeline: queued, failed or synced, with its history."""
+    conn = _reader(path)
+    if conn is None:
+        return None
+    with closing(conn):
+        link = conn.execute(
+            "SELECT a_hash, b_hash, synced_at FROM links WHERE key = ?", (key,)
+        ).fetchone()
+        items = conn.execute(
+            "SELECT direction, state, attempts, last_error FROM queue WHERE key = ? "
+            "ORDER BY state = 'failed' DESC", (key,)
+        ).fetchall()
+        history = [HistoryEntry(r[0], r[1], r[2]) for r in conn.execute(
+            "SELECT at, event, detail FROM history WHERE key = ? ORDER BY id DESC LIMIT 50",
+            (key,))]
+    if link is None and not items and not history:
+        return None
+    if items:
+        direction, state, attempts, error = items[0]
+        state = "failed" if state == "failed" else "queued"
+    else:
+        direction, attempts, error = None, 0, None
+        state = "synced" if link is not None and link[2] is not None else "unknown"
+    return RecordStatus(
+        pipeline=pipeline, key=key, state=state, direction=direction, attempts=attempts,
+        last_error=error, on_a=bool(link and link[0]), on_b=bool(link and link[1]),
+        synced_at=link[2] if link else None, history=history[::-1])

@@ -1,0 +1,331 @@
+"""ControlService: what each control command does inside recsyncd.
+
+Read-only commands (status, failed, stats, snapshot, rules show/test, crms, schema) read
+the state files through their own read-only connections and cached figures: they never
+wait for an actor, so a busy pipeline cannot stall them. The others act through the
+supervisor and run on the control server's worker threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import tomli_w
+
+from recsync import rules as rules_mod
+from recsync.actors.pipeline import state_file
+from recsync.config import (
+    RULES_FILE,
+    SETTINGS_FILE,
+    AppConfig,
+    PipelineConfig,
+    load_config,
+    load_rules_text,
+    settings_with_overrides,
+)
+from recsync.connectors import connector_names, get_connector_class
+from recsync.daemon import protocol as p
+from recsync.daemon.records import failed_records, pipeline_counts, record_status
+from recsync.errors import ConfigError, ControlError, RecsyncError
+from recsync.messages import Change, ChangePage, key_text
+
+log = logging.getLogger(__name__)
+INLINE = (p.StatusGet, p.FailedList, p.StatsGet, p.SnapshotGet, p.RulesShow, p.RulesTest,
+          p.CrmsList, p.CrmsSchema)
+
+
+class ControlService:
+    def __init__(self, daemon: Any) -> None:
+        self.daemon = daemon  # recsync.daemon.app.Daemon
+        self.lock = threading.Lock()  # one configuration change at a time
+        self.handlers: dict[type, Callable[[Any], Any]] = {
+            p.StatusGet: self.status, p.FailedList: self.failed, p.RetryRecord: self.retry,
+            p.RetryFailed: self.retry_failed, p.SyncEvent: self.sync_event,
+            p.SyncNow: self.sync_now, p.ConfigOverride: self.config_override,
+            p.RulesShow: self.rules_show, p.RulesSet: self.rules_set,
+            p.RulesTest: self.rules_test, p.Reload: self.reload, p.Pause: self.pause,
+            p.Resume: self.resume, p.ConfirmDeletes: self.confirm_deletes,
+            p.CrmsList: self.crms_list, p.CrmsSchema: self.crms_schema,
+            p.StatsGet: self.stats, p.SnapshotGet: self.snapshot,
+        }
+
+    @staticmethod
+    def inline(cmd: p.Command) -> bool:
+        return isinstance(cmd, INLINE)
+
+    def handle(self, cmd: p.Command) -> Any:
+        try:
+            return self.handlers[type(cmd)](cmd)
+        except ControlError:
+            raise
+        except ConfigError as exc:
+            raise ControlError("INVALID", str(exc)) from exc
+        except RecsyncError as exc:
+            raise ControlError("UNAVAILABLE", str(exc)) from exc
+
+    # -- helpers -------------------------------------------------------------------------
+    @property
+    def config(self) -> AppConfig:
+        return self.daemon.config  # type: ignore[no-any-return]
+
+    def _pipelines(self, customer: str | None, pipeline: str | None = None,
+                   one: bool = False) -> list[PipelineConfig]:
+        chosen = [c for c in self.config.pipelines.values()
+                  if (customer is None or c.customer == customer)
+                  and (pipeline is None or c.name == pipeline)]
+        if not chosen:
+            what = f"customer {customer!r}" + (f" has no pipeline {pipeline!r}" if pipeline
+                                                else " has no pipelines")
+            raise ControlError("NOT_FOUND", f"{what}; see `recsync status` for the list.")
+        if one and len(chosen) > 1:
+            names = ", ".join(c.name for c in chosen)
+            raise ControlError("INVALID", f"customer {customer!r} has several pipelines "
+                                          f"({names}); name one with --pipeline.")
+        return chosen
+
+    def _state_path(self, cfg: PipelineConfig) -> Path:
+        return state_file(self.daemon.state_dir, cfg.id)
+
+    def _ask(self, pid: str, role: str, name: str, *args: Any) -> Any:
+        return self.daemon.proxy.ask_actor(pid, role, name, *args).get()
+
+    # -- read-only -------------------------------------------------------------------------
+    def status(self, cmd: p.StatusGet) -> p.StatusResult:
+        if cmd.record_id is None:
+            return p.StatusResult(pipelines=self._pipeline_statuses(),
+                                  config_error=self.daemon.config_error)
+        records = []
+        for cfg in self.config.pipelines.values():
+            found = record_status(self._state_path(cfg), cfg.id, key_text(cmd.record_id))
+            if found is not None:
+                records.append(found)
+        if not records:
+            raise ControlError("NOT_FOUND", f"record {cmd.record_id!r} is not known to any "
+                                            "pipeline (never seen, or filtered out).")
+        return p.StatusResult(records=records)
+
+    def _pipeline_statuses(self) -> list[p.PipelineStatus]:
+        health = self.daemon.health()
+        out = []
+        for pid, cfg in sorted(self.config.pipelines.items()):
+            h = health.get(pid, {})
+            counts = pipeline_counts(self._state_path(cfg))
+            out.append(p.PipelineStatus(
+                pipeline=pid, customer=cfg.customer, name=cfg.name, a=cfg.a.connector,
+                b=cfg.b.connector, state=h.get("state", "stopped"), error=h.get("error"),
+                queued=counts["queued"], in_flight=int(h.get("in_flight", 0)),
+                failed=counts["failed"], synced_a_to_b=counts["synced_a_to_b"],
+                synced_b_to_a=counts["synced_b_to_a"], conflicts=counts["conflicts"],
+                restarts=int(h.get("restarts", 0))))
+        return out
+
+    def failed(self, cmd: p.FailedList) -> list[p.FailedRecord]:
+        out: list[p.FailedRecord] = []
+        for cfg in self._pipelines(cmd.customer) if cmd.customer else \
+                self.config.pipelines.values():
+            out.extend(failed_records(self._state_path(cfg), cfg.id, cmd.limit - len(out)))
+            if len(out) >= cmd.limit:
+                break
+        return out
+
+    def stats(self, _cmd: p.StatsGet) -> list[p.PipelineStats]:
+        return self.daemon.stats_snapshot()  # type: ignore[no-any-return]
+
+    def snapshot(self, _cmd: p.SnapshotGet) -> dict[str, Any]:
+        seq = self.daemon.last_event_seq()
+        return {
+            "seq": seq,
+            "endpoint": self.daemon.endpoints[0] if self.daemon.endpoints else None,
+            "status": self.status(p.StatusGet()),
+            "stats": self.daemon.stats_snapshot(),
+            "failed": self.failed(p.FailedList(limit=500)),
+            "rules": sorted(self.config.rules),
+            "last_reload": self.daemon.last_reload,
+        }
+
+    def rules_show(self, cmd: p.RulesShow) -> dict[str, Any]:
+        sets = self.config.rules
+        if cmd.name is not None:
+            if cmd.name not in sets:
+                raise ControlError("NOT_FOUND", f"no rule set {cmd.name!r} in rules.toml; "
+                                                f"there are: {', '.join(sorted(sets))}.")
+            sets = {cmd.name: sets[cmd.name]}
+        return {name: msgspec.to_builtins(rs) for name, rs in sets.items()}
+
+    def rules_test(self, cmd: p.RulesTest) -> dict[str, Any]:
+        ruleset = self.config.rules.get(cmd.name)
+        if ruleset is None:
+            raise ControlError("NOT_FOUND", f"no rule set {cmd.name!r} in rules.toml.")
+        return rules_mod.explain(ruleset, cmd.side, cmd.record)
+
+    def crms_list(self, _cmd: p.CrmsList) -> list[dict[str, str]]:
+        out = []
+        for name in connector_names():
+            cls = get_connector_class(name)
+            doc = (cls.__doc__ or "").strip().splitlines()
+            out.append({"name": name, "description": doc[0] if doc else ""})
+        return out
+
+    def crms_schema(self, cmd: p.CrmsSchema) -> dict[str, Any]:
+        if cmd.name not in connector_names():
+            raise ControlError("NOT_FOUND", f"no connector {cmd.name!r}; registered: "
+                                            f"{', '.join(connector_names())}.")
+        return msgspec.json.schema(get_connector_class(cmd.name).Config)
+
+    # -- actions ---------------------------------------------------------------------------
+    def retry(self, cmd: p.RetryRecord) -> p.CountResult:
+        key, total, where = key_text(cmd.record_id), 0, []
+        for cfg in self.config.pipelines.values():
+            n = self._ask(cfg.id, "queue", "retry_failed", [key])
+            if n:
+                total += n
+                where.append(cfg.id)
+        if not total:
+            raise ControlError("NOT_FOUND", f"record {cmd.record_id!r} is not failed in any "
+                                            "pipeline; see `recsync failed`.")
+        return p.CountResult(total, where)
+
+    def retry_failed(self, cmd: p.RetryFailed) -> p.CountResult:
+        chosen = self._pipelines(cmd.customer) if cmd.customer else \
+            list(self.config.pipelines.values())
+        total, where = 0, []
+        for cfg in chosen:
+            n = self._ask(cfg.id, "queue", "retry_failed", None)
+            if n:
+                total += n
+                where.append(cfg.id)
+        return p.CountResult(total, where)
+
+    def sync_event(self, cmd: p.SyncEvent) -> dict[str, Any]:
+        (cfg,) = self._pipelines(cmd.customer, cmd.pipeline, one=True)
+        side_cfg = cfg.a if cmd.side == "a" else cfg.b
+        key_field = side_cfg.options.key
+        if cmd.record.get(key_field) in (None, ""):
+            raise ControlError("INVALID", f"the record has no {key_field!r}, the key field of "
+                                          f"side {cmd.side} of {cfg.id}.")
+        key = key_text(cmd.record[key_field])
+        record: dict[str, Any] | None = dict(cmd.record)
+        if cmd.op == "read":
+            found = self._ask(cfg.id, f"connector_{cmd.side}", "fetch_records", [key])
+            record = found.get(key)
+        op: Literal["upsert", "delete"] = (
+            "delete" if cmd.op == "delete" or record is None else "upsert")
+        change = Change(key, op, None if op == "delete" else record,
+                        self.daemon.clock.time())
+        self.daemon.proxy.submit(cfg.id, cmd.side, ChangePage([change], None)).get()
+        return {"pipeline": cfg.id, "key": key, "op": op, "side": cmd.side}
+
+    def sync_now(self, cmd: p.SyncNow) -> p.CountResult:
+        chosen = self._pipelines(cmd.customer, cmd.pipeline)
+        sides = {"a_to_b": ("a",), "b_to_a": ("b",), None: ("a", "b")}[cmd.direction]
+        for cfg in chosen:
+            self.daemon.proxy.sync_now(cfg.id, sides, cmd.full).get()
+        return p.CountResult(len(chosen), [c.id for c in chosen])
+
+    def pause(self, cmd: p.Pause) -> p.CountResult:
+        return self._set_paused(cmd.customer, cmd.pipeline, True)
+
+    def resume(self, cmd: p.Resume) -> p.CountResult:
+        return self._set_paused(cmd.customer, cmd.pipeline, False)
+
+    def _set_paused(self, customer: str, pipeline: str | None, paused: bool) -> p.CountResult:
+        chosen = self._pipelines(customer, pipeline)
+        for cfg in chosen:
+            self.daemon.proxy.set_paused(cfg.id, paused).get()
+        return p.CountResult(len(chosen), [c.id for c in chosen])
+
+    def confirm_deletes(self, cmd: p.ConfirmDeletes) -> p.CountResult:
+        (cfg,) = self._pipelines(cmd.customer, cmd.pipeline, one=True)
+        self.daemon.proxy.allow_deletes(cfg.id, cmd.side).get()
+        return p.CountResult(1, [cfg.id])
+
+    def config_override(self, cmd: p.ConfigOverride) -> p.CountResult:
+        overrides: dict[str, Any] = {
+            k: v for k, v in (("batch_size", cmd.batch_size),
+                              ("flush_interval", cmd.flush_interval),
+                              ("poll_interval", cmd.poll_interval)) if v is not None}
+        limit = {k: v for k, v in (("max_requests", cmd.rate_limit_max),
+                                   ("window_seconds", cmd.rate_limit_window)) if v is not None}
+        if limit:
+            overrides["rate_limit"] = limit
+        if not overrides:
+            raise ControlError("INVALID", "nothing to change: give --batch-size, "
+                                          "--flush-interval, --poll-interval or --rate-limit.")
+        with self.lock:
+            chosen = self._pipelines(cmd.customer, cmd.pipeline)
+            updated = {}
+            for cfg in chosen:
+                settings = settings_with_overrides(cfg.settings, **overrides)
+                updated[cfg.id] = msgspec.structs.replace(cfg, settings=settings)
+            if cmd.persist:
+                self._persist_overrides(cmd.customer, cmd.pipeline, overrides)
+            for new in updated.values():
+                self.daemon.proxy.apply_settings(new).get()
+            self.daemon.replace_pipelines(updated)
+        return p.CountResult(len(updated), sorted(updated))
+
+    def _persist_overrides(self, customer: str, pipeline: str | None,
+                           overrides: dict[str, Any]) -> None:
+        path = self.daemon.config_dir / SETTINGS_FILE
+        doc = tomllib.loads(path.read_text())
+        table = doc.setdefault("customers", {}).setdefault(customer, {})
+        if pipeline is not None:
+            table = table.setdefault("pipelines", {}).setdefault(pipeline, {})
+        for key, value in overrides.items():
+            if isinstance(value, dict):
+                table.setdefault(key, {}).update(value)
+            else:
+                table[key] = value
+        text = tomli_w.dumps(doc)
+        load_config_text_check(self.daemon.config_dir, text, None)
+        atomic_write(path, text)
+
+    def rules_set(self, cmd: p.RulesSet) -> p.ReloadResult:
+        with self.lock:
+            load_rules_text(cmd.text)  # syntax and shape first: nothing changes on error
+            load_config_text_check(self.daemon.config_dir, None, cmd.text)
+            atomic_write(self.daemon.config_dir / RULES_FILE, cmd.text)
+            return self.daemon.reload_config()  # type: ignore[no-any-return]
+
+    def reload(self, _cmd: p.Reload) -> p.ReloadResult:
+        with self.lock:
+            return self.daemon.reload_config()  # type: ignore[no-any-return]
+
+
+def load_config_text_check(config_dir: Path, settings_text: str | None,
+                           rules_text: str | None) -> AppConfig:
+    """Validate a would-be pair of config files (in a scratch copy) before writing them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        for name, text in ((SETTINGS_FILE, settings_text), (RULES_FILE, rules_text)):
+            source = config_dir / name
+            (scratch / name).write_text(text if text is not None else source.read_text())
+        try:
+            config = load_config(scratch)
+        except ConfigError as exc:
+            message = str(exc).replace(str(scratch), str(config_dir))
+            raise ControlError("INVALID", message) from exc
+    return config
+
+
+def atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o777)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

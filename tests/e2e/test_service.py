@@ -1,0 +1,309 @@
+"""recsyncd as a service: every command through the real `recsync` CLI against a real
+recsyncd process, hot reload, SIGHUP, SIGTERM drain, sd_notify on a test NOTIFY_SOCKET."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.helpers import make_users, recsyncd_cmd, run_once, sql, users, wait_for
+
+RULES = """
+[contacts]
+a_to_b = ["create", "update", "delete"]
+b_to_a = ["create", "update", "delete"]
+[contacts.mappings]
+record_id = "record_id"
+full_name = "full_name"
+email_address = "email_address"
+status = "status"
+[contacts.filters]
+status = { in = ["active", "pending"] }
+"""
+SETTINGS = """
+[defaults]
+batch_size = 100
+flush_interval = 0.05
+poll_interval = 0.1
+retry_base_delay = 0.05
+retry_max_delay = 0.2
+[defaults.rate_limit]
+max_requests = 100000
+window_seconds = 1
+
+[customers.acme.pipelines.people]
+rules = "contacts"
+a = { connector = "sqlite", path = "a.sqlite", table = "users", key = "record_id" }
+b = { connector = "sqlite", path = "b.sqlite", table = "users", key = "record_id" }
+"""
+# Side B refuses records whose key is listed in `blocked` (a real constraint, in SQL).
+BLOCKING = """
+CREATE TABLE blocked (record_id INTEGER PRIMARY KEY);
+CREATE TRIGGER refuse BEFORE INSERT ON users
+WHEN EXISTS (SELECT 1 FROM blocked WHERE record_id = NEW.record_id)
+BEGIN SELECT RAISE(ABORT, 'record is blocked by the target'); END;
+"""
+
+
+@dataclass
+class Service:
+    folder: Path
+    proc: subprocess.Popen[str]
+    notify: socket.socket
+    endpoint: str
+    messages: list[str] = field(default_factory=list)
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "recsync.cli", "--endpoint", self.endpoint, *args],
+            capture_output=True, text=True, timeout=60)
+        if check:
+            assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.cli("--json", *args).stdout)
+
+    def notified(self, field_: str, timeout: float = 20.0) -> str:
+        """Wait for a datagram on the test NOTIFY_SOCKET that carries ``field_``."""
+        self.notify.settimeout(0.2)
+
+        def seen() -> str | None:
+            found = next((m for m in self.messages if field_ in m.split("\n")), None)
+            if found is None:
+                try:
+                    self.messages.append(self.notify.recv(4096).decode())
+                except TimeoutError:
+                    pass
+            return found
+
+        return wait_for(seen, timeout=timeout, what=f"{field_} on NOTIFY_SOCKET")  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    make_users(tmp_path / "a.sqlite", [(i, f"User {i}", f"u{i}@x.org", "active")
+                                       for i in range(1, 21)])
+    make_users(tmp_path / "b.sqlite", [])
+    with sqlite3.connect(tmp_path / "b.sqlite") as db:
+        db.executescript(BLOCKING)
+    db.close()
+    (tmp_path / "customer_settings.toml").write_text(SETTINGS)
+    (tmp_path / "rules.toml").write_text(RULES)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    env = dict(os.environ, RUNTIME_DIRECTORY=str(tmp_path / "run"),
+               NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="1000000",
+               LOGS_DIRECTORY=str(tmp_path / "logs"))
+    env.pop("WATCHDOG_PID", None)
+    proc = subprocess.Popen(recsyncd_cmd(tmp_path, tmp_path / "state"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    svc = Service(tmp_path, proc, notify, f"ipc://{tmp_path}/run/control.sock")
+    try:
+        svc.notified("READY=1")
+        yield svc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        notify.close()
+
+
+def synced(svc: Service) -> bool:
+    return users(svc.folder / "a.sqlite") == users(svc.folder / "b.sqlite")
+
+
+def test_status_stats_crms_schema_and_rules_through_the_cli(service: Service) -> None:
+    wait_for(lambda: synced(service), what="the first sync")
+    (pipeline,) = service.json("status")["pipelines"]
+    assert pipeline["pipeline"] == "acme/people" and pipeline["state"] == "running"
+    assert pipeline["synced_a_to_b"] == 20
+    assert "acme/people" in service.cli("status").stdout
+    record = service.json("status", "7")["records"][0]
+    assert (record["state"], record["on_a"], record["on_b"]) == ("synced", True, True)
+    wait_for(lambda: service.json("stats"), what="a stats tick")
+    (stats,) = service.json("stats")
+    assert stats["circuit"] == {"a": "closed", "b": "closed"} and stats["synced"] == 20
+    names = [c["name"] for c in service.json("crms", "list")]
+    assert {"sqlite", "file"} <= set(names)
+    assert "busy_timeout" in service.cli("crms", "schema", "sqlite").stdout
+    assert service.cli("crms", "schema", "nope", check=False).returncode == 1
+    assert "contacts" in service.json("rules", "show")
+    test = service.json("rules", "test", "contacts", '{"record_id": 1, "status": "gone"}')
+    assert test["matches"] is False
+    unknown = service.cli("status", "999999", check=False)
+    assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr
+
+
+def test_failed_record_is_listed_and_retried_after_the_cause_is_fixed(
+    service: Service
+) -> None:
+    wait_for(lambda: synced(service), what="the first sync")
+    sql(service.folder / "b.sqlite", "INSERT INTO blocked VALUES (42)")
+    sql(service.folder / "a.sqlite", "INSERT INTO users (record_id, full_name, email_address, "
+                                     "status) VALUES (42, 'Blocked', 'b@x.org', 'active')")
+    failed = wait_for(lambda: service.json("failed"), what="the record to fail")
+    assert failed[0]["key"] == "42" and "blocked by the target" in failed[0]["last_error"]
+    assert "42" in service.cli("failed", "acme").stdout
+    sql(service.folder / "b.sqlite", "DELETE FROM blocked")
+    assert "queued for retry" in service.cli("retry", "42").stdout
+    wait_for(lambda: "42" in users(service.folder / "b.sqlite"), what="the retried record")
+    assert service.json("status", "42")["records"][0]["state"] == "synced"
+    history = [h["event"] for h in service.json("status", "42")["records"][0]["history"]]
+    assert history[:2] == ["failed", "manual_retry"]
+
+
+def test_sync_event_pause_resume_and_sync_now(service: Service) -> None:
+    wait_for(lambda: synced(service), what="the first sync")
+    out = service.cli("sync", "event", "acme", "--side", "b", "--op", "create",
+                      '{"record_id": 303, "full_name": "Mock303 User", '
+                      '"email_address": "mock@sf.com", "status": "active"}').stdout
+    assert "303" in out
+    wait_for(lambda: "303" in users(service.folder / "a.sqlite"), what="the submitted event")
+    assert users(service.folder / "a.sqlite")["303"] == ("Mock303 User", "mock@sf.com",
+                                                         "active")
+
+    service.cli("pause", "acme")
+    assert service.json("status")["pipelines"][0]["state"] == "paused"
+    service.cli("config", "override", "acme", "--poll-interval", "3600")
+    service.cli("resume", "acme")
+    sql(service.folder / "a.sqlite", "UPDATE users SET full_name = 'Later' WHERE record_id = 5")
+    assert users(service.folder / "b.sqlite")["5"][0] == "User 5"  # not polled for an hour
+    service.cli("sync", "now", "acme", "--direction", "a-to-b")
+    wait_for(lambda: users(service.folder / "b.sqlite")["5"][0] == "Later",
+             what="sync now to poll at once")
+    bad = service.cli("sync", "event", "acme", "--side", "a", "--op", "update", "{nope",
+                      check=False)
+    assert bad.returncode == 2
+
+
+def test_rules_set_applies_live_and_persists(service: Service) -> None:
+    wait_for(lambda: synced(service), what="the first sync")
+    new_rules = service.folder / "new_rules.toml"
+    new_rules.write_text(RULES.replace('in = ["active", "pending"]', 'in = ["active"]')
+                         + '[contacts.transforms]\nfull_name = "upper"\n')
+    service.cli("rules", "set", str(new_rules))
+    assert 'in = ["active"]' in (service.folder / "rules.toml").read_text()
+    sql(service.folder / "a.sqlite", "INSERT INTO users (record_id, full_name, email_address, "
+                                     "status) VALUES (50, 'pending one', 'p@x', 'pending'), "
+                                     "(51, 'active one', 'a@x', 'active')")
+    wait_for(lambda: "51" in users(service.folder / "b.sqlite"), what="the active record")
+    assert users(service.folder / "b.sqlite")["51"][0] == "ACTIVE ONE"  # the new transform
+    assert "50" not in users(service.folder / "b.sqlite")  # the new filter
+    broken = service.folder / "broken.toml"
+    broken.write_text("[contacts]\nmappings = 3\n")
+    result = service.cli("rules", "set", str(broken), check=False)
+    assert result.returncode == 1 and "mappings" in result.stderr
+    assert 'in = ["active"]' in (service.folder / "rules.toml").read_text()  # unchanged
+
+
+def test_config_override_persist_writes_the_settings_file(service: Service) -> None:
+    service.cli("config", "override", "acme", "--pipeline", "people", "--batch-size", "7",
+                "--rate-limit", "50/10", "--persist")
+    text = (service.folder / "customer_settings.toml").read_text()
+    assert "batch_size = 7" in text and "max_requests = 50" in text
+    wait_for(lambda: any(s["rate_limit"]["a"][1] == 50 for s in service.json("stats")),
+             what="the new budget in stats")
+
+
+def test_hot_reload_of_both_files_valid_and_invalid(service: Service) -> None:
+    settings = service.folder / "customer_settings.toml"
+    events = subprocess.Popen(
+        [sys.executable, "-m", "recsync.cli", "--endpoint", service.endpoint, "--json",
+         "events"], stdout=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: synced(service), what="the first sync")
+        broken = settings.read_text().replace("batch_size = 100", "batch_size = 'many'")
+        tmp = settings.with_suffix(".swp")
+        tmp.write_text(broken)
+        os.replace(tmp, settings)  # an editor that saves by rename
+        error = wait_for(lambda: service.json("status")["config_error"], what="rejection")
+        assert "customer_settings.toml, line 3" in error and "batch_size" in error
+        sql(service.folder / "a.sqlite", "UPDATE users SET status = 'pending' "
+                                         "WHERE record_id = 2")
+        wait_for(lambda: users(service.folder / "b.sqlite")["2"][2] == "pending",
+                 what="the old config to keep syncing")
+
+        settings.write_text(SETTINGS + '\n[customers.beta.pipelines.copy]\nrules = "contacts"\n'
+                            'a = { connector = "sqlite", path = "a.sqlite", table = "users", '
+                            'key = "record_id" }\n'
+                            'b = { connector = "file", path = "copy.csv", key = "record_id" }\n')
+        wait_for(lambda: not service.json("status")["config_error"], what="the fixed file")
+        wait_for(lambda: (service.folder / "copy.csv").exists(), what="the added pipeline")
+        rules = service.folder / "rules.toml"
+        rules.write_text(RULES + "[contacts.transforms]\nemail_address = \"upper\"\n")
+        wait_for(lambda: "contacts" in (service.json("status")["config_error"] or "contacts")
+                 and service.json("rules", "show")["contacts"]["transforms"],
+                 what="the rules reload")
+        sql(service.folder / "a.sqlite", "UPDATE users SET full_name = 'Three' "
+                                         "WHERE record_id = 3")
+        wait_for(lambda: users(service.folder / "b.sqlite")["3"] == ("Three", "U3@X.ORG",
+                                                                      "active"),
+                 what="the new rules on the next batch")
+    finally:
+        events.terminate()
+        out, _ = events.communicate(timeout=10)
+    kinds = [json.loads(line)["kind"] for line in out.splitlines() if line.strip()]
+    assert "config_rejected" in kinds and "config_reloaded" in kinds
+    seqs = [json.loads(line)["seq"] for line in out.splitlines() if line.strip()]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # no gaps
+
+
+def test_sighup_reloads(service: Service) -> None:
+    (service.folder / "customer_settings.toml").write_text(
+        SETTINGS.replace("[customers.acme.pipelines.people]", "[customers.acme.pipelines.renamed]"))
+    service.proc.send_signal(signal.SIGHUP)
+    service.notified("RELOADING=1")
+    wait_for(lambda: [p["pipeline"] for p in service.json("status")["pipelines"]]
+             == ["acme/renamed"], what="the reload")
+
+
+def test_sigterm_drains_and_loses_nothing(service: Service) -> None:
+    wait_for(lambda: synced(service), what="the first sync")
+    rows = ", ".join(f"({i}, 'Bulk {i}', 'b{i}@x.org', 'active')" for i in range(1000, 6000))
+    sql(service.folder / "a.sqlite",
+        f"INSERT INTO users (record_id, full_name, email_address, status) VALUES {rows}")
+    wait_for(lambda: len(users(service.folder / "b.sqlite")) > 100, what="the bulk to start")
+    service.proc.send_signal(signal.SIGTERM)
+    service.notified("STOPPING=1")
+    assert service.proc.wait(timeout=60) == 0
+    result = run_once(service.folder)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert users(service.folder / "a.sqlite") == users(service.folder / "b.sqlite")
+    assert sql(service.folder / "b.sqlite", "SELECT COUNT(*) FROM users")[0][0] == 5020
+
+
+def test_sd_notify_ready_status_and_watchdog(service: Service) -> None:
+    ready = service.notified("READY=1")
+    assert any(line.startswith("STATUS=") for line in ready.split("\n"))
+    service.notified("WATCHDOG=1")
+
+
+def test_garbage_on_the_socket_does_not_hurt_the_daemon(service: Service) -> None:
+    import zmq
+
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(service.endpoint)
+    for frame in (b"\x00\xff garbage", b"x" * (2 << 20), b"\x81\xa1v\x01"):
+        sock.send_multipart([b"", frame])
+        assert sock.poll(10_000), "no error reply"
+        reply = sock.recv_multipart()
+        assert b"BAD_REQUEST" in reply[-1] or b"TOO_LARGE" in reply[-1]
+    sock.close()
+    assert service.json("status")["pipelines"][0]["state"] == "running"
