@@ -71,6 +71,12 @@ class Connector(abc.ABC):
             ConnectorError: transient failure.
         """
 
+    def remote_budget(self) -> tuple[int, float | None] | None:
+        """What the remote API said is left of its request allocation: (remaining,
+        reset time as epoch seconds or None), or None when it says nothing. The rate
+        limiter stops before the allocation runs out."""
+        return None
+
     def record_modified(self, record: Record) -> float | None:
         """The record's own last-modified time (epoch seconds), when the system keeps one.
 
