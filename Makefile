@@ -26,6 +26,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.sync_bench
+	$(BIN)/python -m bench.control_bench
 
 clean:
 	rm -rf $(VENV) state run logs .pytest_cache .mypy_cache .ruff_cache

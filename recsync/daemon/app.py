@@ -69,6 +69,7 @@ class Daemon:
         self.server: Any = None  # ControlServer, when the control socket is on
         self.states: dict[str, dict[str, Any]] = {}
         self._stats: list[p.PipelineStats] = []
+        self._counts_cache: dict[str, dict[str, int]] = {}
         self._progress: dict[str, dict[str, Any]] = {}
         self._totals: dict[str, tuple[float, int]] = {}
         self.healthy_at = time.monotonic()
@@ -126,6 +127,7 @@ class Daemon:
         for pid, cfg in self.config.pipelines.items():
             prog, h = progress.get(pid, {}), health.get(pid, {})
             counts = pipeline_counts(state_file(self.state_dir, cfg.id))
+            self._counts_cache[pid] = counts
             synced = counts["synced_a_to_b"] + counts["synced_b_to_a"]
             last_t, last_n = self._totals.get(pid, (now, synced))
             rate = (synced - last_n) / (now - last_t) if now > last_t else 0.0
@@ -142,6 +144,9 @@ class Daemon:
                 restarts=int(h.get("restarts", 0))))
         self._stats = out
         self.publish("stats", {"pipelines": msgspec.to_builtins(out)})
+
+    def counts_snapshot(self) -> dict[str, dict[str, int]]:
+        return dict(self._counts_cache)
 
     def stats_snapshot(self) -> list[p.PipelineStats]:
         return list(self._stats)

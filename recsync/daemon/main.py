@@ -108,6 +108,12 @@ def _run_once(daemon: Daemon, args: argparse.Namespace) -> int:
         daemon.stop()
 
 
+# Threads that spend most of their time in Python (the actors) keep the GIL for the whole
+# switch interval (5 ms by default); the control bridge needs it for a moment per request.
+# A shorter interval keeps `recsync status` answering fast while a pipeline is busy.
+SWITCH_INTERVAL = 0.0005
+
+
 def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
     from recsync.daemon.control import ControlServer
     from recsync.daemon.runtime import (
@@ -118,6 +124,7 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
     )
     from recsync.daemon.service import ControlService
 
+    sys.setswitchinterval(SWITCH_INTERVAL)
     notifier = Notifier.from_env()
     reload_requested, wake = threading.Event(), threading.Event()
     _install_signals(daemon, wake, reload_requested)

@@ -114,10 +114,13 @@ class ControlService:
 
     def _pipeline_statuses(self) -> list[p.PipelineStatus]:
         health = self.daemon.health()
+        cached = self.daemon.counts_snapshot()
         out = []
         for pid, cfg in sorted(self.config.pipelines.items()):
             h = health.get(pid, {})
-            counts = pipeline_counts(self._state_path(cfg))
+            # figures of the last stats tick (at most a second old): a status query must
+            # not scan a large queue while the pipeline is busy filling it
+            counts = cached.get(pid) or pipeline_counts(self._state_path(cfg))
             out.append(p.PipelineStatus(
                 pipeline=pid, customer=cfg.customer, name=cfg.name, a=cfg.a.connector,
                 b=cfg.b.connector, state=h.get("state", "stopped"), error=h.get("error"),
