@@ -116,7 +116,15 @@ class ConnectorActor(PipelineActor):
             self.breaker.record_failure()
             return PageRead(None, request.observed, str(exc))
         self.breaker.record_success()
+        self._report_budget()
         return PageRead(page, request.observed)
+
+    def _report_budget(self) -> None:
+        """Pass on what the remote API said is left of its allocation."""
+        assert self.connector is not None
+        budget = self.connector.remote_budget()
+        if budget is not None:
+            self.peers.ref("rate_limiter").tell(Call("remote_budget", (self.side, *budget)))
 
     def _limited(self, exc: RateLimited) -> None:
         if exc.retry_after is not None:
@@ -140,6 +148,7 @@ class ConnectorActor(PipelineActor):
                                                "error": str(exc), "records": len(batch.items)})
             return self._all(batch, "retry", str(exc), None)
         self.breaker.record_success()
+        self._report_budget()
         return BatchDone(batch.direction, outcomes, self.clock.time())
 
     def _all(self, batch: WriteBatch, status: Any, error: str | None,

@@ -29,5 +29,8 @@ class RateLimiterActor(PipelineActor):
     def block(self, side: Side, seconds: float) -> None:
         self.limiters[side].block_until(seconds)
 
+    def remote_budget(self, side: Side, remaining: int, reset_at: float | None) -> None:
+        self.limiters[side].set_remote_budget(remaining, reset_at)
+
     def usage(self) -> dict[str, tuple[int, int]]:
         return {side: lim.usage() for side, lim in self.limiters.items()}

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
+from pathlib import Path
 
 from recsync import demo
 from recsync.cli import output
@@ -50,6 +53,8 @@ def _run(args: argparse.Namespace) -> int:
         n = demo.seed(args.path, args.count, start_id=args.start_id)
         print(f"{args.path}: {n} demo users inserted ({args.count - n} already there)")
         return 0
+    if name == "mock serve":
+        return serve_mock(args.kind, args.port, args.data)
     if name == "events":
         with _client(args) as client:
             client.request(p.StatsGet())  # fail fast (exit 3) when recsyncd is not there
@@ -68,6 +73,25 @@ def _run(args: argparse.Namespace) -> int:
                 )
             return 0
     print(output.to_json(result) if args.json else human(cmd, result))
+    return 0
+
+
+def serve_mock(kind: str, port: int, data: Path | None) -> int:
+    """`recsync mock serve`: a mock CRM in the foreground until Ctrl-C."""
+    from recsync.connectors import mock
+
+    server = mock.create(kind, port=port, data=data)
+    server.start()
+    print(f"mock {kind} serving on {server.url}" + (f" (data: {data})" if data else "")
+          + "; Ctrl-C stops it", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
     return 0
 
 

@@ -103,6 +103,10 @@ BUILDERS: dict[str, Callable[[argparse.Namespace], p.Command]] = {
     "crms list": lambda a: p.CrmsList(),
     "crms schema": lambda a: p.CrmsSchema(a.name),
     "stats": lambda a: p.StatsGet(),
+    "mock push": lambda a: p.MockPush(a.kind, record_json(a.record)),
+    "mock list": lambda a: p.MockList(a.kind),
+    "mock faults": lambda a: p.MockFaults(
+        a.kind, a.error_rate, a.latency, a.status_429_retry_after, a.limit_after, a.drop_rate),
 }
 
 

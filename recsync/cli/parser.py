@@ -258,6 +258,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=positive_int, metavar="N", help="stop after N events")
     add(sub, "schema", "print the JSON Schema of every command and reply (no daemon needed)")
 
+    mock_p = sub.add_parser("mock", help="the mock CRM servers (Salesforce, Outreach)")
+    mock_sub = mock_p.add_subparsers(dest="mock_command", required=True, metavar="COMMAND")
+    kinds = ["salesforce", "outreach"]
+    p = mock_sub.add_parser(
+        "serve", help="run a mock CRM server in the foreground (no daemon needed)",
+        description="Run a mock CRM HTTP server on loopback until Ctrl-C.")
+    p.add_argument("kind", metavar="KIND", choices=kinds)
+    p.add_argument("--port", type=int, default=0, help="TCP port (default: a free one)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="keep the records in this JSON file (survives a restart)")
+    p = add(mock_sub, "push", "insert or change a record in recsyncd's embedded mock CRM",
+            "As if a CRM user did it, e.g. recsync mock push salesforce "
+            "'{\"record_id\": 303, \"full_name\": \"Mock303 User\", "
+            "\"email_address\": \"mock@sf.com\", \"status\": \"active\"}'")
+    p.add_argument("kind", metavar="KIND", choices=kinds)
+    p.add_argument("record", metavar="RECORD_JSON")
+    p = add(mock_sub, "list", "the records recsyncd's embedded mock CRM holds")
+    p.add_argument("kind", metavar="KIND", choices=kinds)
+    p = add(mock_sub, "faults", "inject faults into recsyncd's embedded mock CRM")
+    p.add_argument("kind", metavar="KIND", choices=kinds)
+    p.add_argument("--error-rate", type=float, help="share of requests answered 500/503")
+    p.add_argument("--latency", type=float, help="seconds added to every request")
+    p.add_argument("--retry-after", type=float, dest="status_429_retry_after",
+                   help="answer 429 with this Retry-After (0 turns it off)")
+    p.add_argument("--limit-after", type=int,
+                   help="Salesforce: REQUEST_LIMIT_EXCEEDED after N more requests")
+    p.add_argument("--drop-rate", type=float, help="share of connections dropped")
+
     demo_p = sub.add_parser("demo", help="demo data")
     demo_sub = demo_p.add_subparsers(dest="demo_command", required=True, metavar="COMMAND")
     seed_p = demo_sub.add_parser("seed", help="create data/demo.sqlite with demo users")

@@ -106,6 +106,9 @@ def _run_once(daemon: Daemon, args: argparse.Namespace) -> int:
         return 1 if bad else 0
     finally:
         daemon.stop()
+        from recsync.connectors import mock
+
+        mock.stop_all()
 
 
 # Threads that spend most of their time in Python (the actors) keep the GIL for the whole
@@ -174,6 +177,9 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
         watchdog.stop()
         daemon.stop()
         server.stop()
+        from recsync.connectors import mock
+
+        mock.stop_all()
         notifier.close()
     return 0
 

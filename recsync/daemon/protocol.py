@@ -132,19 +132,45 @@ class SnapshotGet(Command, frozen=True, tag="snapshot.get"):
     """Everything a live client needs, and the last event sequence number it includes."""
 
 
+MockKind = Literal["salesforce", "outreach"]
+
+
+class MockPush(Command, frozen=True, tag="mock.push"):
+    """Insert or change a record in the daemon's embedded mock CRM, as a CRM user would."""
+
+    kind: MockKind
+    record: dict[str, Any]
+
+
+class MockList(Command, frozen=True, tag="mock.list"):
+    kind: MockKind
+
+
+class MockFaults(Command, frozen=True, tag="mock.faults"):
+    """Change the embedded mock's injected faults; unset fields keep their value."""
+
+    kind: MockKind
+    error_rate: float | None = None
+    latency: float | None = None
+    status_429_retry_after: float | None = None
+    limit_after: int | None = None
+    drop_rate: float | None = None
+
+
 class Request(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     v: int
     cmd: (
         StatusGet | FailedList | RetryRecord | RetryFailed | SyncEvent | SyncNow
         | ConfigOverride | RulesShow | RulesSet | RulesTest | Reload | Pause | Resume
-        | ConfirmDeletes | CrmsList | CrmsSchema | StatsGet | SnapshotGet
+        | ConfirmDeletes | CrmsList | CrmsSchema | StatsGet | SnapshotGet | MockPush
+        | MockList | MockFaults
     )
 
 
 COMMANDS: tuple[type[Command], ...] = (
     StatusGet, FailedList, RetryRecord, RetryFailed, SyncEvent, SyncNow, ConfigOverride,
     RulesShow, RulesSet, RulesTest, Reload, Pause, Resume, ConfirmDeletes, CrmsList,
-    CrmsSchema, StatsGet, SnapshotGet,
+    CrmsSchema, StatsGet, SnapshotGet, MockPush, MockList, MockFaults,
 )
 
 

@@ -55,6 +55,8 @@ class ControlService:
             p.Resume: self.resume, p.ConfirmDeletes: self.confirm_deletes,
             p.CrmsList: self.crms_list, p.CrmsSchema: self.crms_schema,
             p.StatsGet: self.stats, p.SnapshotGet: self.snapshot,
+            p.MockPush: self.mock_push, p.MockList: self.mock_list,
+            p.MockFaults: self.mock_faults,
         }
 
     @staticmethod
@@ -182,6 +184,33 @@ class ControlService:
             raise ControlError("NOT_FOUND", f"no connector {cmd.name!r}; registered: "
                                             f"{', '.join(connector_names())}.")
         return msgspec.json.schema(get_connector_class(cmd.name).Config)
+
+    # -- embedded mock CRMs ----------------------------------------------------------------
+    @staticmethod
+    def _mock(kind: str) -> Any:
+        from recsync.connectors import mock
+
+        server = mock.running().get(kind)
+        if server is None:
+            raise ControlError("NOT_FOUND", f"recsyncd runs no embedded mock {kind}: give a "
+                                            f"pipeline side `mock = true`, or run "
+                                            f"`recsync mock serve {kind}`.")
+        return server
+
+    def mock_push(self, cmd: p.MockPush) -> dict[str, Any]:
+        try:
+            return self._mock(cmd.kind).push(cmd.record)  # type: ignore[no-any-return]
+        except (ValueError, KeyError, TypeError) as exc:
+            message = f"the mock {cmd.kind} refused the record: {exc}"
+            raise ControlError("INVALID", message) from exc
+
+    def mock_list(self, cmd: p.MockList) -> list[dict[str, Any]]:
+        return self._mock(cmd.kind).list_records()  # type: ignore[no-any-return]
+
+    def mock_faults(self, cmd: p.MockFaults) -> dict[str, Any]:
+        faults = {k: v for k, v in msgspec.structs.asdict(cmd).items()
+                  if k != "kind" and v is not None}
+        return self._mock(cmd.kind).set_faults(**faults)  # type: ignore[no-any-return]
 
     # -- actions ---------------------------------------------------------------------------
     def retry(self, cmd: p.RetryRecord) -> p.CountResult:
