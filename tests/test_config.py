@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import textwrap
 from pathlib import Path
 from typing import Any, Literal
@@ -624,13 +623,18 @@ def test_rule_error_in_rules_file_is_reported_by_load_config(tmp_path: Path) -> 
 # --------------------------------------------------------------------------- repo files
 
 
-def test_repository_config_files_load_with_test_connectors() -> None:
-    config = load_config(ROOT, connector_lookup=lookup)
-    assert set(config.pipelines) == {"demo/contacts", "customer1/contacts", "surya/contacts"}
+def test_repository_config_files_load_with_real_connectors() -> None:
+    config = load_config(ROOT)
+    assert set(config.pipelines) == {"demo/contacts", "demo/prospects", "customer1/contacts",
+                                     "surya/contacts"}
     c1 = config.pipelines["customer1/contacts"].settings
     assert c1.batch_size == 500
     assert c1.rate_limit == RateLimitSettings(max_requests=300, window_seconds=60.0)
     assert config.pipelines["surya/contacts"].settings == config.defaults == Settings()
+    demo = config.pipelines["demo/contacts"]
+    assert (demo.a.connector, demo.b.connector) == ("sqlite", "salesforce")
+    assert demo.b.options.mock and demo.b.options.key == "Record_Id__c"
+    assert config.pipelines["demo/prospects"].b.connector == "outreach"
     contacts = config.rules["contacts"]
     assert contacts.a_to_b == ["create", "update", "delete"]
     assert contacts.mappings == {
@@ -639,14 +643,3 @@ def test_repository_config_files_load_with_test_connectors() -> None:
         "email_address": "email",
         "status": "status",
     }
-
-
-@pytest.mark.skipif(
-    importlib.util.find_spec("recsync.connectors.sqlite") is None
-    or importlib.util.find_spec("recsync.connectors.files") is None,
-    reason="the sqlite and file connectors are not written yet",
-)
-def test_repository_config_files_load_with_real_connectors() -> None:
-    config = load_config(ROOT)
-    assert config.pipelines["demo/contacts"].a.connector == "sqlite"
-    assert config.pipelines["surya/contacts"].b.options.path == "data/surya.jsonl"

@@ -214,9 +214,14 @@ class Pipeline:
         self.peers.ref("rules").tell(Prepare(side, page, self.clock.time(), event=True))
 
     def progress(self) -> dict[str, Any]:
-        """Live figures from the actors (asks; only while running)."""
-        queue = self.ask("queue", "progress")
+        """Live figures from the actors (asks; only while running).
+
+        The pollers are asked before the queue: work a poller hands on after its answer
+        then shows in the queue's answer (as pending, or as activity after the poller's
+        cycle), so `--once` can never take a pipeline for caught up too early.
+        """
         pollers = {side: self.ask(f"poller_{side}", "progress") for side in ("a", "b")}
+        queue = self.ask("queue", "progress")
         return {"queue": queue, "pollers": pollers}
 
 
