@@ -91,6 +91,17 @@ def _install_signals(daemon: Daemon, wake: threading.Event | None = None,
         signal.signal(signal.SIGHUP, on_hup)
 
 
+def _cli_hint() -> str:
+    """How to call `recsync` from here: bare when it is on PATH, else by its path."""
+    import shutil
+
+    beside = Path(sys.executable).parent / "recsync"
+    if shutil.which("recsync") == str(beside) or not beside.exists():
+        return "recsync"
+    return os.path.relpath(beside) if not os.path.relpath(beside).startswith("..") else str(
+        beside)
+
+
 def _run_once(daemon: Daemon, args: argparse.Namespace) -> int:
     _install_signals(daemon)
     started = time.monotonic()
@@ -157,9 +168,19 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
     pipelines = ", ".join(sorted(daemon.config.pipelines)) or "none"
     log.info("recsyncd ready", extra={"endpoint": endpoints[0], "events": endpoints[1],
                                       "pipelines": pipelines})
-    print(f"recsyncd: control socket {endpoints[0]}\n"
-          f"  try: recsync --endpoint {endpoints[0]} status\n"
-          f"       recsync --endpoint {endpoints[0]} events", file=sys.stderr, flush=True)
+    cli = _cli_hint()
+    print(f"recsyncd: control socket {endpoints[0]} ({pipelines})\n"
+          f"  try: {cli} --endpoint {endpoints[0]} status", file=sys.stderr)
+    if any(getattr(side.options, "mock", False)
+           and side.connector == "salesforce"
+           for cfg in daemon.config.pipelines.values() for side in (cfg.a, cfg.b)):
+        print(f"       {cli} --endpoint {endpoints[0]} mock push salesforce "
+              "'{\"record_id\": 303, \"full_name\": \"Mock303 User\", "
+              "\"email_address\": \"mock@sf.com\", \"status\": \"active\"}'\n"
+              f"       {cli} --endpoint {endpoints[0]} mock list salesforce", file=sys.stderr)
+    else:
+        print(f"       {cli} --endpoint {endpoints[0]} events", file=sys.stderr)
+    sys.stderr.flush()
     notifier.ready(f"{len(daemon.config.pipelines)} pipelines running")
     try:
         while not daemon.stopping.is_set():
