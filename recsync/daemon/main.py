@@ -202,6 +202,7 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
 
         mock.stop_all()
         notifier.close()
+        log.info("recsyncd stopped: in-flight batches drained")
     return 0
 
 
