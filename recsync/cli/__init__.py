@@ -53,6 +53,10 @@ def _run(args: argparse.Namespace) -> int:
         n = demo.seed(args.path, args.count, start_id=args.start_id)
         print(f"{args.path}: {n} demo users inserted ({args.count - n} already there)")
         return 0
+    if name == "tui":
+        from recsync.tui import run
+
+        return run(args.endpoint, args.event_endpoint)
     if name == "mock serve":
         return serve_mock(args.kind, args.port, args.data)
     if name == "events":

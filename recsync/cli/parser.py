@@ -246,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME")
 
     add(sub, "stats", "per pipeline: queue, in flight, totals, rate, circuits, rate limits")
+    add(sub, "tui", "live dashboard")
     p = add(
         sub,
         "events",

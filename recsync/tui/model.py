@@ -1,0 +1,209 @@
+"""The dashboard's view of the daemon: plain data, no textual, no sockets.
+
+A ``Model`` is rebuilt from a ``snapshot.get`` result and then kept current by events
+(``stats``, ``pipeline_state``, ``actor_failed``, ``config_reloaded``, ``config_rejected``).
+It lives on the UI thread; the link worker only hands it decoded data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+HISTORY = 180  # stats samples kept per pipeline (one a second: three minutes)
+EVENTS = 100  # recent events kept per pipeline
+SPARK = "▁▂▃▄▅▆▇█"
+NA = "n/a"
+
+
+def sparkline(values: list[float], width: int = 12) -> str:
+    """The last ``width`` values as block characters, scaled to their maximum."""
+    tail = values[-width:]
+    if not tail:
+        return ""
+    top = max(tail)
+    if top <= 0:
+        return SPARK[0] * len(tail)
+    return "".join(SPARK[min(len(SPARK) - 1, int(v / top * (len(SPARK) - 1)))] for v in tail)
+
+
+def clock(ts: float | None) -> str:
+    """A timestamp as UTC wall-clock text (deterministic across machines)."""
+    if ts is None:
+        return NA
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+
+
+@dataclass
+class PipelineView:
+    pipeline: str
+    customer: str = ""
+    name: str = ""
+    a: str = NA
+    b: str = NA
+    state: str = "unknown"
+    error: str | None = None
+    queued: int = 0
+    in_flight: int = 0
+    synced: int = 0
+    synced_a_to_b: int = 0
+    synced_b_to_a: int = 0
+    failed: int = 0
+    conflicts: int = 0
+    rate: float = 0.0
+    circuit: dict[str, str] = field(default_factory=dict)
+    rate_limit: dict[str, list[int]] = field(default_factory=dict)
+    restarts: int = 0
+    has_stats: bool = False
+    rates: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    events: deque[tuple[float, str, str]] = field(default_factory=lambda: deque(maxlen=EVENTS))
+    actors: dict[str, int] = field(default_factory=dict)  # actor -> failures seen
+
+    @property
+    def systems(self) -> str:
+        return f"{self.a}↔{self.b}"
+
+    @property
+    def circuit_text(self) -> str:
+        if not self.has_stats or not self.circuit:
+            return NA
+        return " ".join(f"{side}:{state}" for side, state in sorted(self.circuit.items()))
+
+    @property
+    def rate_limit_text(self) -> str:
+        if not self.has_stats or not self.rate_limit:
+            return NA
+        parts = []
+        for side, pair in sorted(self.rate_limit.items()):
+            used, top = int(pair[0]), int(pair[1])
+            parts.append(f"{side}:{round(100 * used / top) if top else 0}%")
+        return " ".join(parts)
+
+    def apply_status(self, data: dict[str, Any]) -> None:
+        for key in (
+            "customer",
+            "name",
+            "a",
+            "b",
+            "state",
+            "error",
+            "queued",
+            "in_flight",
+            "failed",
+            "synced_a_to_b",
+            "synced_b_to_a",
+            "conflicts",
+            "restarts",
+        ):
+            if key in data:
+                setattr(self, key, data[key])
+        self.synced = int(data.get("synced_a_to_b", 0)) + int(data.get("synced_b_to_a", 0))
+
+    def apply_stats(self, data: dict[str, Any], sample: bool = True) -> None:
+        self.has_stats = True
+        for key in ("state", "queued", "in_flight", "synced", "failed", "rate", "restarts"):
+            if key in data:
+                setattr(self, key, data[key])
+        self.circuit = dict(data.get("circuit") or {})
+        self.rate_limit = {k: list(v) for k, v in (data.get("rate_limit") or {}).items()}
+        if sample:
+            self.rates.append(float(data.get("rate", 0.0)))
+
+
+@dataclass
+class Model:
+    endpoint: str = ""
+    connected: bool = False
+    connection_note: str = "connecting"
+    seq: int = 0
+    snapshots: int = 0
+    pipelines: dict[str, PipelineView] = field(default_factory=dict)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    rules: list[str] = field(default_factory=list)
+    last_reload: dict[str, Any] | None = None
+    config_error: str | None = None
+    events: deque[tuple[float, str, str]] = field(default_factory=lambda: deque(maxlen=EVENTS))
+    version: int = 0  # bumped on every change, so views can skip redundant refreshes
+
+    def load_snapshot(self, snap: dict[str, Any]) -> None:
+        """Replace the state by a fresh snapshot (keeping each pipeline's history)."""
+        old = self.pipelines
+        self.pipelines = {}
+        self.seq = int(snap.get("seq") or 0)
+        self.endpoint = snap.get("endpoint") or self.endpoint
+        status = snap.get("status") or {}
+        for row in status.get("pipelines") or []:
+            view = old.get(row["pipeline"]) or PipelineView(row["pipeline"])
+            view.apply_status(row)
+            self.pipelines[view.pipeline] = view
+        for row in snap.get("stats") or []:
+            known = self.pipelines.get(row["pipeline"])
+            if known is not None:
+                known.apply_stats(row, sample=not known.rates)
+        self.failed = list(snap.get("failed") or [])
+        self.rules = list(snap.get("rules") or [])
+        self.last_reload = snap.get("last_reload")
+        self.config_error = status.get("config_error")
+        self.snapshots += 1
+        self.version += 1
+
+    def apply_event(self, event: dict[str, Any]) -> None:
+        """One event (``seq``, ``ts``, ``kind``, ``data``)."""
+        kind, data, ts = event["kind"], event.get("data") or {}, float(event.get("ts") or 0)
+        self.seq = max(self.seq, int(event.get("seq") or 0))
+        self.version += 1
+        if kind == "stats":
+            for row in data.get("pipelines") or []:
+                view = self.pipelines.get(row.get("pipeline", ""))
+                if view is not None:
+                    view.apply_stats(row)
+            return
+        pid = data.get("pipeline")
+        view = self.pipelines.get(pid) if isinstance(pid, str) else None
+        summary = describe(kind, data)
+        self.events.append((ts, kind, f"{pid}: {summary}" if pid else summary))
+        if view is None:
+            if kind == "config_rejected":
+                self.config_error = data.get("error")
+                self.last_reload = {"ok": False, "error": data.get("error"), "at": ts}
+            elif kind == "config_reloaded":
+                self.config_error = None
+                self.last_reload = {"ok": True, "at": ts, **data}
+            return
+        view.events.append((ts, kind, summary))
+        if "state" in data:
+            view.state = data["state"]
+        if "error" in data:
+            view.error = data["error"]
+        if "restarts" in data:
+            view.restarts = int(data["restarts"])
+        if kind == "actor_failed":
+            actor = str(data.get("actor") or "?")
+            view.actors[actor] = view.actors.get(actor, 0) + 1
+
+    def customers(self) -> list[str]:
+        return sorted({v.customer for v in self.pipelines.values() if v.customer})
+
+
+def describe(kind: str, data: dict[str, Any]) -> str:
+    """One line about an event."""
+    if kind == "pipeline_state":
+        text = f"state {data.get('state')}, restarts {data.get('restarts', 0)}"
+        return text + (f" ({data['error']})" if data.get("error") else "")
+    if kind == "actor_failed":
+        return f"actor {data.get('actor')} failed: {data.get('error')}"
+    if kind == "config_rejected":
+        return f"configuration rejected: {data.get('error')}"
+    if kind == "config_reloaded":
+        return "configuration reloaded: " + reload_summary(data)
+    return ", ".join(f"{k}={v}" for k, v in sorted(data.items()) if k != "pipeline") or kind
+
+
+def reload_summary(data: dict[str, Any]) -> str:
+    parts = [
+        f"{key} {', '.join(data.get(key) or []) or '-'}"
+        for key in ("added", "changed", "removed", "rules_changed")
+    ]
+    return "; ".join(parts)
