@@ -572,7 +572,21 @@ class OutreachConnector(Connector):
     # ------------------------------------------------------------------ writing
 
     def write(self, ops: list[WriteOp]) -> list[WriteResult]:
-        return [self._write_one(op) for op in ops]
+        results: list[WriteResult] = []
+        for op in ops:
+            try:
+                results.append(self._write_one(op))
+            except ConnectorError as exc:
+                if not results:
+                    raise  # nothing written yet: the whole batch is retried (or deferred)
+                # The prospects written before the error are done: report them as such, or
+                # their writes are not recorded and come back from the next poll as changes
+                # made on Outreach (a false conflict). The rest is retried.
+                results.extend(
+                    WriteResult(o.key, str(exc), retryable=True) for o in ops[len(results) :]
+                )
+                break
+        return results
 
     def _write_one(self, op: WriteOp) -> WriteResult:
         pid = self._ids.get(op.key)
