@@ -27,6 +27,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.sync_bench
 	$(BIN)/python -m bench.control_bench
+	$(BIN)/python -m bench.crm_bench
+	$(BIN)/python -m bench.tui_bench
 
 clean:
 	rm -rf $(VENV) state run logs .pytest_cache .mypy_cache .ruff_cache
