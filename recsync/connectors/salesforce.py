@@ -581,13 +581,21 @@ class SalesforceConnector(Connector):
         for i, op in upserts:
             last[op.key] = i
         unique = [(i, op) for i, op in upserts if last[op.key] == i]
-        if len(unique) >= self.cfg.bulk_threshold:
-            self._bulk_upsert(unique, results)
-        else:
-            for chunk in self._chunks(unique):
-                self._upsert_chunk(chunk, results)
-        for chunk in self._chunks(deletes):
-            self._delete_chunk(chunk, results)
+        try:
+            if len(unique) >= self.cfg.bulk_threshold:
+                self._bulk_upsert(unique, results)
+            else:
+                for chunk in self._chunks(unique):
+                    self._upsert_chunk(chunk, results)
+            for chunk in self._chunks(deletes):
+                self._delete_chunk(chunk, results)
+        except ConnectorError as exc:
+            if not results:
+                raise
+            # Chunks already written must be reported as written, or their records come
+            # back from the next poll looking like changes made in Salesforce.
+            for i, op in [*unique, *deletes]:
+                results.setdefault(i, WriteResult(op.key, str(exc), retryable=True))
         out = []
         for i, op in enumerate(ops):
             r = results.get(i) if op.kind == "delete" else results.get(last[op.key])

@@ -284,3 +284,13 @@ def test_secrets_hidden(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(ConnectorError) as err:
         c3.open()
     assert "hunter2" not in str(err.value)
+
+
+def test_a_failure_in_a_later_chunk_keeps_the_written_chunks(
+    conn: SalesforceConnector, mock: SalesforceMock
+) -> None:
+    mock.set_faults(limit_after=1)  # the first Collections call goes through, then no more
+    results = conn.write([up(str(i)) for i in range(300)])  # two chunks: 200 + 100
+    assert [r.error for r in results[:200]] == [None] * 200
+    assert all(r.error and r.retryable for r in results[200:])
+    assert len(mock.list_records()) == 200
