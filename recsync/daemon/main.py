@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from recsync.config import load_config
+from recsync.config import AppConfig, load_config
 from recsync.daemon.app import Daemon
 from recsync.daemon.logs import default_log_file, setup_logging
 from recsync.daemon.notify import Notifier, Watchdog
@@ -68,9 +68,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recsyncd: {exc}", file=sys.stderr)
         return 2
     daemon = Daemon(config, args.state_dir, config_dir=args.config_dir)
+    start_embedded_mocks(config, args.state_dir)
     if args.once:
         return _run_once(daemon, args)
     return _serve(daemon, args)
+
+
+def start_embedded_mocks(config: AppConfig, state_dir: Path) -> None:
+    """Start the mock CRMs that `mock = true` sides use, keeping their records in the state
+    folder: the links recsyncd keeps there must find the same records after a restart."""
+    from recsync.connectors import mock
+
+    kinds = {side.connector for cfg in config.pipelines.values() for side in (cfg.a, cfg.b)
+             if side.connector in mock.KINDS and getattr(side.options, "mock", False)
+             and not getattr(side.options, "instance_url", "")}
+    for kind in sorted(kinds):
+        state_dir.mkdir(parents=True, exist_ok=True)
+        server = mock.embedded(kind, data=state_dir / f"mock-{kind}.json")
+        log.info("embedded mock started", extra={"mock": kind, "url": server.url})
 
 
 def _install_signals(daemon: Daemon, wake: threading.Event | None = None,
