@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from recsync.errors import ConnectorConfigError
 from recsync.messages import ChangePage, Record, WriteOp, WriteResult
 
 
@@ -32,6 +33,16 @@ class Connector(abc.ABC):
     Config: ClassVar[type[ConnectorConfig]]
 
     def __init__(self, config: Any, base_dir: Path) -> None:
+        """``config`` is the connector's Config Struct, or a mapping converted into one.
+
+        Raises:
+            ConnectorConfigError: the mapping does not fit the Config Struct.
+        """
+        if not isinstance(config, self.Config):
+            try:
+                config = msgspec.convert(config, self.Config)
+            except msgspec.ValidationError as exc:
+                raise ConnectorConfigError(f"Invalid {self.name} connector config: {exc}.") from exc
         self.config = config
         self.base_dir = base_dir
 

@@ -205,12 +205,8 @@ class FileConnector(Connector):
     Config: ClassVar[type[ConnectorConfig]] = FileConfig
 
     def __init__(self, config: Any, base_dir: Path) -> None:
-        if not isinstance(config, FileConfig):
-            try:
-                config = msgspec.convert(config, FileConfig)
-            except msgspec.ValidationError as exc:
-                raise ConnectorConfigError(f"Invalid file connector config: {exc}.") from exc
         super().__init__(config, base_dir)
+        config = self.config
         self.cfg: FileConfig = config
         self.path = Path(os.path.abspath(Path(base_dir) / config.path))
         self.key = config.key

@@ -50,7 +50,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-import msgspec
 import requests
 
 from recsync.connectors.base import Connector, ConnectorConfig
@@ -136,17 +135,13 @@ class OutreachConnector(Connector):
     Config: ClassVar[type[ConnectorConfig]] = OutreachConfig
 
     def __init__(self, config: Any, base_dir: Path) -> None:
-        if not isinstance(config, OutreachConfig):
-            try:
-                config = msgspec.convert(config, OutreachConfig)
-            except msgspec.ValidationError as exc:
-                raise ConnectorConfigError(f"Invalid outreach connector config: {exc}.") from exc
+        super().__init__(config, base_dir)
+        config = self.config
         if config.key != "externalId":
             raise ConnectorConfigError(
                 f"The outreach connector keys prospects by 'externalId', not {config.key!r}; "
                 "remove 'key' or set it to \"externalId\"."
             )
-        super().__init__(config, base_dir)
         self.cfg: OutreachConfig = config
         self.base_url = config.base_url.rstrip("/")
         self._creds: dict[str, str] = {}

@@ -178,12 +178,8 @@ class SalesforceConnector(Connector):
     Config: ClassVar[type[ConnectorConfig]] = SalesforceConfig
 
     def __init__(self, config: Any, base_dir: Path) -> None:
-        if not isinstance(config, SalesforceConfig):
-            try:
-                config = msgspec.convert(config, SalesforceConfig)
-            except msgspec.ValidationError as exc:
-                raise ConnectorConfigError(f"Invalid salesforce connector config: {exc}.") from exc
         super().__init__(config, base_dir)
+        config = self.config
         self.cfg: SalesforceConfig = config
         self.obj = config.sobject
         self.key = config.key

@@ -58,8 +58,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import msgspec
-
 from recsync.connectors.base import Connector, ConnectorConfig
 from recsync.errors import ConnectorConfigError, ConnectorError
 from recsync.messages import Change, ChangePage, Record, WriteOp, WriteResult, key_text
@@ -150,12 +148,8 @@ class SqliteConnector(Connector):
     Config: ClassVar[type[ConnectorConfig]] = SqliteConfig
 
     def __init__(self, config: Any, base_dir: Path) -> None:
-        if not isinstance(config, SqliteConfig):
-            try:
-                config = msgspec.convert(config, SqliteConfig)
-            except msgspec.ValidationError as exc:
-                raise ConnectorConfigError(f"Invalid sqlite connector config: {exc}.") from exc
         super().__init__(config, base_dir)
+        config = self.config
         self.cfg: SqliteConfig = config
         self.path = (Path(base_dir) / config.path).resolve()
         self.table = config.table
@@ -234,8 +228,10 @@ class SqliteConnector(Connector):
         self._key = key
         self._key_affinity = _affinity(next(r[2] for r in info if r[1] == key) or "")
         self._updated = self._colmap.get(self.cfg.updated_at.lower())
-        self._updated_text = self._updated is not None and _affinity(
-            next(r[2] for r in info if r[1] == self._updated) or "") == "TEXT"
+        self._updated_text = (
+            self._updated is not None
+            and _affinity(next(r[2] for r in info if r[1] == self._updated) or "") == "TEXT"
+        )
         if self.cfg.tracking == "column" and self._updated is None:
             raise ConnectorConfigError(
                 f"Table {self.table!r} in SQLite database {self.path} has no column "
@@ -404,8 +400,9 @@ class SqliteConnector(Connector):
             low = self.db.execute(f"SELECT min(seq) FROM {lt}").fetchone()[0]
             cutoff = time.time() - self.cfg.changelog_retention
             if low is not None and low <= seq:
-                self.db.execute(f"DELETE FROM {lt} WHERE seq <= ? AND changed_at < ?",
-                                (seq, cutoff))
+                self.db.execute(
+                    f"DELETE FROM {lt} WHERE seq <= ? AND changed_at < ?", (seq, cutoff)
+                )
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) and "busy" not in str(exc):
                 raise
@@ -495,8 +492,11 @@ class SqliteConnector(Connector):
 
     def _log_page(self, seq: int, limit: int) -> ChangePage:
         if self._log_gap(seq):
-            log.warning("Change log of %s was pruned past this pipeline's position; "
-                        "listing the whole table again", self.system_id)
+            log.warning(
+                "Change log of %s was pruned past this pipeline's position; "
+                "listing the whole table again",
+                self.system_id,
+            )
             return self._start_listing(limit)
         rows = self.db.execute(
             f'SELECT seq, "key", changed_at FROM {_q(self.log_table)} '
@@ -615,7 +615,9 @@ class SqliteConnector(Connector):
         now = time.time()
         stamp: Any = (
             time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
-            if self._updated_text else now)
+            if self._updated_text
+            else now
+        )
         todo: list[tuple[int, WriteOp, tuple[str, ...]]] = []
         for i, op in enumerate(ops):
             if op.kind == "delete":

@@ -34,8 +34,9 @@ _lock = threading.Lock()
 _embedded: dict[str, MockServer] = {}
 
 
-def create(kind: str, *, host: str = "127.0.0.1", port: int = 0, data: Path | None = None,
-           **options: Any) -> MockServer:
+def create(
+    kind: str, *, host: str = "127.0.0.1", port: int = 0, data: Path | None = None, **options: Any
+) -> MockServer:
     """A new (not started) mock server of ``kind``."""
     if kind == "salesforce":
         from recsync.connectors.mock.salesforce import SalesforceMock
