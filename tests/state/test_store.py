@@ -181,3 +181,53 @@ def test_mass_delete_guard_holds_back_the_pass(store: Store, clock: FakeClock) -
     stats = store.enqueue("a", [], "c2", clock.time(), RULES, listing_start=True,
                           listing_done=True, mass_delete_share=0.5, mass_delete_min=5)
     assert stats.deletes == 20
+
+
+def test_conflict_found_at_write_time_sends_the_target_content_back(
+    store: Store, clock: FakeClock
+) -> None:
+    store.enqueue("a", [change("1", "Ada")], "c1", clock.time(), RULES)
+    sync_all(store, "a_to_b", clock)
+    clock.advance(1)
+    store.enqueue("a", [change("1", "A edit")], "c2", clock.time(), RULES)
+    (item,) = store.lease("a_to_b", 10, frozenset())
+    theirs = {"id": "1", "name": "B edit"}
+    lost = ItemOutcome("1", item.gen, "superseded", content=theirs, hash=content_hash(theirs),
+                       winner="b")
+    stats = store.apply("a_to_b", [lost], RetryPolicy(), clock.time())
+    assert stats.conflicts == 1 and stats.synced == 0
+    (back,) = store.lease("b_to_a", 10, frozenset())
+    assert back.content == theirs
+    assert store.lease("a_to_b", 10, frozenset()) == []
+
+
+def test_merged_write_queues_the_merge_for_the_source_too(
+    store: Store, clock: FakeClock
+) -> None:
+    store.enqueue("a", [change("1", "Ada")], "c1", clock.time(), RULES)
+    (item,) = store.lease("a_to_b", 10, frozenset())
+    merged = {"id": "1", "name": "merged"}
+    out = ItemOutcome("1", item.gen, "synced", hash=content_hash(merged), winner="merged",
+                      content=merged)
+    store.apply("a_to_b", [out], RetryPolicy(), clock.time() + 0.01)
+    (back,) = store.lease("b_to_a", 10, frozenset())
+    assert back.content == merged
+    link = store.db.execute("SELECT b_hash FROM links WHERE key = '1'").fetchone()
+    assert link == (content_hash(merged),)
+
+
+def test_changed_rules_make_link_hashes_stale_until_the_next_write(
+    store: Store, clock: FakeClock
+) -> None:
+    store.enqueue("a", [change("1", "Ada")], "c1", clock.time(), RULES)
+    sync_all(store, "a_to_b", clock)
+    assert store.use_rules("v1") is True and store.use_rules("v1") is False
+    store.enqueue("a", [change("1", "Ada 2")], "c2", clock.time() + 1, RULES)
+    (item,) = store.lease("a_to_b", 10, frozenset())
+    assert item.expected_hash is None  # no conflict may be inferred from a stale hash
+    sync_all_items = [ItemOutcome(item.key, item.gen, "synced", hash=item.hash,
+                                  src_hash=item.src_hash)]
+    store.apply("a_to_b", sync_all_items, RetryPolicy(), clock.time() + 2)
+    store.enqueue("a", [change("1", "Ada 3")], "c3", clock.time() + 3, RULES)
+    (fresh,) = store.lease("a_to_b", 10, frozenset())
+    assert fresh.expected_hash == item.hash
