@@ -73,6 +73,10 @@ class Daemon:
         self._progress: dict[str, dict[str, Any]] = {}
         self._totals: dict[str, tuple[float, int]] = {}
         self.healthy_at = time.monotonic()
+        # the control front answers status/stats from this file (see daemon/front.py)
+        self.snapshot_path: Path | None = None
+        self.status_builder: Any = None
+        self._snapshot_lock = threading.Lock()
         self._stats_thread: threading.Thread | None = None
         self._reload_lock = threading.Lock()
 
@@ -97,7 +101,21 @@ class Daemon:
         pid = data.get("pipeline")
         if pid:
             self.states[pid] = {**self.states.get(pid, {}), **data}
+            self.write_snapshot()
         self.publish(kind, data)
+
+    def write_snapshot(self) -> None:
+        """Write the overview the control front serves (atomically; never raises)."""
+        if self.snapshot_path is None or self.status_builder is None:
+            return
+        try:
+            data = msgspec.msgpack.encode(self.status_builder())
+            with self._snapshot_lock:
+                tmp = self.snapshot_path.with_suffix(".tmp")
+                tmp.write_bytes(data)
+                tmp.replace(self.snapshot_path)
+        except Exception:
+            log.exception("status snapshot not written")
 
     def publish(self, kind: str, data: dict[str, Any]) -> None:
         if self.server is not None:
@@ -143,6 +161,7 @@ class Daemon:
                 circuit=h.get("circuit", {}), rate_limit=h.get("rate_limit", {}),
                 restarts=int(h.get("restarts", 0))))
         self._stats = out
+        self.write_snapshot()
         self.publish("stats", {"pipelines": msgspec.to_builtins(out)})
 
     def counts_snapshot(self) -> dict[str, dict[str, int]]:
@@ -183,6 +202,7 @@ class Daemon:
     def replace_pipelines(self, updated: dict[str, PipelineConfig]) -> None:
         pipelines = {**self.config.pipelines, **updated}
         self.config = msgspec.structs.replace(self.config, pipelines=pipelines)
+        self.write_snapshot()
 
     def reload_config(self) -> p.ReloadResult:
         """Re-read both files; apply what changed; keep the running config on error."""
@@ -194,6 +214,7 @@ class Daemon:
                 log.error("configuration rejected", extra={"error": str(exc)})
                 self.publish("config_rejected", {"error": str(exc)})
                 self.last_reload = {"ok": False, "error": str(exc), "at": time.time()}
+                self.write_snapshot()
                 raise ControlError("INVALID", f"{exc} The running configuration is "
                                               "unchanged.") from exc
             diff = diff_configs(self.config, new)
@@ -213,6 +234,7 @@ class Daemon:
                     self.proxy.replace_pipeline(cfg, new.rules[cfg.rules]).get()
             self.config = new
             self.config_error = None
+            self.write_snapshot()
             result = p.ReloadResult(sorted(diff.added), sorted(diff.changed),
                                     sorted(diff.removed), sorted(diff.rules_changed))
             self.last_reload = {"ok": True, "at": time.time(), **msgspec.to_builtins(result)}

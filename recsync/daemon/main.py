@@ -6,10 +6,13 @@ import argparse
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+import msgspec
 
 from recsync.config import AppConfig, load_config
 from recsync.daemon.app import Daemon
@@ -88,6 +91,20 @@ def start_embedded_mocks(config: AppConfig, state_dir: Path) -> None:
         log.info("embedded mock started", extra={"mock": kind, "url": server.url})
 
 
+def _start_front(public: str, internal: str, snapshot: Path) -> subprocess.Popen[str] | None:
+    """Start the control front process; None (after saying why) when it cannot start."""
+    front = subprocess.Popen(
+        [sys.executable, "-m", "recsync.daemon.front", public, internal, str(snapshot)],
+        stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert front.stdout is not None
+    if front.stdout.readline().strip() != "ready":
+        front.kill()
+        print(f"recsyncd: the control front could not bind {public} (see above)",
+              file=sys.stderr)
+        return None
+    return front
+
+
 def _install_signals(daemon: Daemon, wake: threading.Event | None = None,
                      reload: threading.Event | None = None) -> None:
     def on_stop(signum: int, _frame: object) -> None:
@@ -145,10 +162,12 @@ SWITCH_INTERVAL = 0.0005
 
 def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
     from recsync.daemon.control import ControlServer
+    from recsync.daemon.protocol import StatusGet
     from recsync.daemon.runtime import (
         CurveConfig,
         default_endpoints,
         derive_event_endpoint,
+        ipc_path,
         runtime_dir,
     )
     from recsync.daemon.service import ControlService
@@ -166,8 +185,12 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
             endpoints = (command, args.event_endpoint or events)
         curve = CurveConfig.load(args.curve_dir) if args.curve_dir else None
         service = ControlService(daemon)
+        public = ipc_path(endpoints[0]) if curve is None else None
+        # ipc: a front process owns the public socket (see daemon/front.py)
+        command = (f"ipc://{public.with_name(public.stem + '-internal' + public.suffix)}"
+                   if public is not None else endpoints[0])
         server = ControlServer(service.handle, inline=service.inline,
-                               command_endpoint=endpoints[0], event_endpoint=endpoints[1],
+                               command_endpoint=command, event_endpoint=endpoints[1],
                                curve=curve)
         server.start()
     except RecsyncError as exc:
@@ -175,6 +198,19 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
         return 2
     daemon.server, daemon.endpoints = server, endpoints
     daemon.start()
+    front = None
+    if public is not None:
+        daemon.snapshot_path = public.with_name("status.snapshot")
+        daemon.status_builder = lambda: {
+            "status": msgspec.to_builtins(service.status(StatusGet())),
+            "stats": msgspec.to_builtins(daemon.stats_snapshot()),
+        }
+        daemon.write_snapshot()
+        front = _start_front(endpoints[0], command, daemon.snapshot_path)
+        if front is None:
+            daemon.stop()
+            server.stop()
+            return 2
     daemon.start_stats()
     watcher = ConfigWatcher(args.config_dir, daemon.reload_quietly)
     watcher.start()
@@ -211,6 +247,9 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
         notifier.stopping("draining in-flight batches")
         watcher.stop()
         watchdog.stop()
+        if front is not None:
+            front.terminate()
+            front.wait(timeout=10)
         daemon.stop()
         server.stop()
         from recsync.connectors import mock

@@ -129,9 +129,11 @@ def synced(svc: Service) -> bool:
 
 def test_status_stats_crms_schema_and_rules_through_the_cli(service: Service) -> None:
     wait_for(lambda: synced(service), what="the first sync")
+    # the overview figures are those of the last stats tick: at most a second old
+    wait_for(lambda: service.json("status")["pipelines"][0]["synced_a_to_b"] == 20,
+             what="the counts in status")
     (pipeline,) = service.json("status")["pipelines"]
     assert pipeline["pipeline"] == "acme/people" and pipeline["state"] == "running"
-    assert pipeline["synced_a_to_b"] == 20
     assert "acme/people" in service.cli("status").stdout
     record = service.json("status", "7")["records"][0]
     assert (record["state"], record["on_a"], record["on_b"]) == ("synced", True, True)
@@ -307,3 +309,25 @@ def test_garbage_on_the_socket_does_not_hurt_the_daemon(service: Service) -> Non
         assert b"BAD_REQUEST" in reply[-1] or b"TOO_LARGE" in reply[-1]
     sock.close()
     assert service.json("status")["pipelines"][0]["state"] == "running"
+
+
+def test_after_kill_9_the_front_leaves_and_a_new_daemon_takes_the_socket(
+    service: Service,
+) -> None:
+    sock = service.folder / "run" / "control.sock"
+    assert sock.exists()
+    service.proc.kill()  # no drain, no cleanup: the front must notice on its own
+    service.proc.wait(timeout=10)
+    wait_for(lambda: not sock.exists(), what="the front to leave with its socket")
+    env = dict(os.environ, RUNTIME_DIRECTORY=str(service.folder / "run"),
+               LOGS_DIRECTORY=str(service.folder / "logs"))
+    env.pop("NOTIFY_SOCKET", None)
+    again = subprocess.Popen(recsyncd_cmd(service.folder, service.folder / "state"), env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: service.cli("status", check=False).returncode == 0,
+                 what="the new daemon to answer")
+        assert service.json("status")["pipelines"][0]["pipeline"] == "acme/people"
+    finally:
+        again.terminate()
+        again.wait(timeout=30)
