@@ -331,3 +331,65 @@ def test_after_kill_9_the_front_leaves_and_a_new_daemon_takes_the_socket(
     finally:
         again.terminate()
         again.wait(timeout=30)
+
+
+def test_remaining_commands_through_the_cli(service: Service) -> None:
+    wait_for(lambda: synced(service), what="the first sync")
+    reply = service.json("reload")
+    assert reply == {"added": [], "changed": [], "removed": [], "rules_changed": []}
+    assert service.json("retry", "--all-failed")["count"] == 0
+    schema = json.loads(service.cli("schema").stdout)
+    assert "StatusGet" in schema["$defs"] and "Reply" in schema["$defs"]
+    sql(service.folder / "a.sqlite", "UPDATE users SET full_name = 'Full' WHERE record_id = 9")
+    done = service.json("sync", "now", "acme", "--full")
+    assert done["pipelines"] == ["acme/people"]
+    assert users(service.folder / "b.sqlite")["9"][0] == "Full"
+    confirm = service.json("deletes", "confirm", "acme", "people", "a")
+    assert confirm["pipelines"] == ["acme/people"]
+    missing = service.cli("pause", "nobody", check=False)
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_tcp_with_curve_serves_known_clients_only(tmp_path: Path) -> None:
+    import zmq.auth
+
+    make_users(tmp_path / "a.sqlite", [(1, "One", "1@x", "active")])
+    make_users(tmp_path / "b.sqlite", [])
+    (tmp_path / "customer_settings.toml").write_text(SETTINGS)
+    (tmp_path / "rules.toml").write_text(RULES)
+    keys = tmp_path / "curve"
+    (keys / "authorized_clients").mkdir(parents=True)
+    zmq.auth.create_certificates(keys, "server")
+    client_pub, client_secret = zmq.auth.create_certificates(tmp_path, "client")
+    (keys / "authorized_clients" / "client.key").write_bytes(Path(client_pub).read_bytes())
+    _stranger_pub, stranger_secret = zmq.auth.create_certificates(tmp_path, "stranger")
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    env = dict(os.environ, RUNTIME_DIRECTORY=str(tmp_path / "run"),
+               LOGS_DIRECTORY=str(tmp_path / "logs"))
+    env.pop("NOTIFY_SOCKET", None)
+    proc = subprocess.Popen(
+        [*recsyncd_cmd(tmp_path, tmp_path / "state"), "--endpoint", endpoint,
+         "--event-endpoint", f"tcp://127.0.0.1:{_free_port()}", "--curve-dir", str(keys)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def cli(secret: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "recsync.cli", "--endpoint", endpoint, "--timeout", "2",
+             "--curve-secret-key", secret, "--curve-server-key", str(keys / "server.key"),
+             *args], capture_output=True, text=True, timeout=60)
+
+    try:
+        ok = wait_for(lambda: (r := cli(str(client_secret), "--json", "status")).returncode
+                      == 0 and r, what="the known client to be served")
+        assert json.loads(ok.stdout)["pipelines"][0]["pipeline"] == "acme/people"
+        refused = cli(str(stranger_secret), "status")
+        assert refused.returncode == 3  # an unknown key gets nothing, not even an error
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
