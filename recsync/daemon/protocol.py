@@ -211,6 +211,7 @@ class PipelineStatus(msgspec.Struct, frozen=True):
     synced_b_to_a: int
     conflicts: int
     restarts: int
+    cursors: dict[str, str | None] = {}  # side -> the committed read position
 
 
 class HistoryEntry(msgspec.Struct, frozen=True):

@@ -42,6 +42,19 @@ def pipeline_counts(path: Path) -> dict[str, int]:
     return out
 
 
+def pipeline_cursors(path: Path) -> dict[str, str | None]:
+    """The committed read position of each side (connector-specific text)."""
+    conn = _reader(path)
+    if conn is None:
+        return {}
+    with closing(conn):
+        try:
+            return {side: cursor for side, cursor in conn.execute(
+                "SELECT side, cursor FROM cursors ORDER BY side")}
+        except sqlite3.Error:
+            return {}
+
+
 def failed_records(path: Path, pipeline: str, limit: int) -> list[FailedRecord]:
     conn = _reader(path)
     if conn is None or limit <= 0:

@@ -33,7 +33,12 @@ from recsync.config import (
 )
 from recsync.connectors import connector_names, get_connector_class
 from recsync.daemon import protocol as p
-from recsync.daemon.records import failed_records, pipeline_counts, record_status
+from recsync.daemon.records import (
+    failed_records,
+    pipeline_counts,
+    pipeline_cursors,
+    record_status,
+)
 from recsync.errors import ConfigError, ControlError, RecsyncError
 from recsync.messages import Change, ChangePage, key_text
 
@@ -129,7 +134,8 @@ class ControlService:
                 queued=counts["queued"], in_flight=int(h.get("in_flight", 0)),
                 failed=counts["failed"], synced_a_to_b=counts["synced_a_to_b"],
                 synced_b_to_a=counts["synced_b_to_a"], conflicts=counts["conflicts"],
-                restarts=int(h.get("restarts", 0))))
+                restarts=int(h.get("restarts", 0)),
+                cursors=pipeline_cursors(self._state_path(cfg))))
         return out
 
     def failed(self, cmd: p.FailedList) -> list[p.FailedRecord]:

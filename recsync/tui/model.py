@@ -60,6 +60,7 @@ class PipelineView:
     rates: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
     events: deque[tuple[float, str, str]] = field(default_factory=lambda: deque(maxlen=EVENTS))
     actors: dict[str, int] = field(default_factory=dict)  # actor -> failures seen
+    cursors: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def systems(self) -> str:
@@ -96,6 +97,7 @@ class PipelineView:
             "synced_b_to_a",
             "conflicts",
             "restarts",
+            "cursors",
         ):
             if key in data:
                 setattr(self, key, data[key])

@@ -31,6 +31,7 @@ def pipeline_status(customer: str, name: str, **over: Any) -> p.PipelineStatus:
         synced_b_to_a=8,
         conflicts=0,
         restarts=0,
+        cursors={"a": '{"seq":4711}', "b": '{"ts":"2026-01-02T03:04:05.000+0000","seen":[]}'},
     )
     base.update(over)
     return p.PipelineStatus(**base)

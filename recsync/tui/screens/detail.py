@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widget import Widget
@@ -9,6 +10,14 @@ from textual.widgets import DataTable, Label, Sparkline, Static
 
 from recsync.tui.model import NA, Model, clock
 from recsync.tui.screens.base import DashboardScreen
+
+
+def cursors_text(cursors: dict[str, str | None]) -> str:
+    if not cursors:
+        return f"{NA} (nothing read yet)"
+    return "  ".join(
+        f"{side}: {escape(str(c)) if c else NA}" for side, c in sorted(cursors.items())
+    )
 
 
 class DetailScreen(DashboardScreen):
@@ -62,7 +71,7 @@ class DetailScreen(DashboardScreen):
             failures = f"{NA} (no actor failure seen since the dashboard started)"
         self.query_one("#detail-actors", Static).update(
             f"[b]Actors[/b]: pipeline restarts {view.restarts}; actor failures: {failures}\n"
-            f"[b]Cursors[/b]: {NA} (the daemon does not report cursors)"
+            f"[b]Cursors[/b]: {cursors_text(view.cursors)}"
         )
         table: DataTable[str] = self.query_one("#detail-events", DataTable)
         table.clear()
