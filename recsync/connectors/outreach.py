@@ -53,6 +53,7 @@ from urllib.parse import quote
 import requests
 
 from recsync.connectors.base import Connector, ConnectorConfig
+from recsync.connectors.credentials import resolve_secret
 from recsync.errors import ConnectorConfigError, ConnectorError, RateLimited
 from recsync.messages import Change, ChangePage, Record, WriteOp, WriteResult
 
@@ -166,17 +167,8 @@ class OutreachConnector(Connector):
     # ------------------------------------------------------------------ open / close
 
     def _secret(self, field: str) -> str:
-        value: str = getattr(self.cfg, field)
-        if value:
-            return value
         name = getattr(self.cfg, field + "_env") or f"OUTREACH_{field.upper()}"
-        if os.environ.get(name):
-            return os.environ[name]
-        folder = os.environ.get("CREDENTIALS_DIRECTORY")
-        if folder:
-            with contextlib.suppress(OSError):
-                return (Path(folder) / name).read_text("utf-8").strip()
-        return ""
+        return resolve_secret(getattr(self.cfg, field), name, name)
 
     def open(self) -> None:
         if self.cfg.mock:

@@ -39,7 +39,6 @@ import csv
 import io
 import json
 import logging
-import os
 import re
 import time
 import zlib
@@ -63,6 +62,7 @@ from simple_salesforce.exceptions import (
 )
 
 from recsync.connectors.base import Connector, ConnectorConfig
+from recsync.connectors.credentials import resolve_secret
 from recsync.errors import ConnectorConfigError, ConnectorError, RateLimited
 from recsync.messages import Change, ChangePage, Record, WriteOp, WriteResult, key_text
 
@@ -206,16 +206,8 @@ class SalesforceConnector(Connector):
     # ------------------------------------------------------------------ credentials
 
     def _secret(self, name: str) -> str:
-        value = str(getattr(self.cfg, name))
-        if value:
-            return value
         env = str(getattr(self.cfg, name + "_env"))
-        creds = os.environ.get("CREDENTIALS_DIRECTORY")
-        if creds:
-            path = Path(creds) / (env or name)
-            if path.is_file():
-                return path.read_text("utf-8").strip()
-        return os.environ.get(env, "") if env else ""
+        return resolve_secret(str(getattr(self.cfg, name)), env, env or name)
 
     # ------------------------------------------------------------------ open / close
 
