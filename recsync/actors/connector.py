@@ -44,7 +44,6 @@ class ConnectorActor(PipelineActor):
         self.connector: Connector | None = None
         self.opened = False
         self.requests = 0
-        self.handles(ReadPage, self._read)
         self.handles(tuple, self._dispatch)
 
     def setup(self) -> None:

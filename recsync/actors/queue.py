@@ -52,7 +52,6 @@ class QueueActor(PipelineActor):
 
     def setup(self) -> None:
         self.store = Store(self.state_path, self.clock)
-        self.store.reset_in_flight()
         self.store.use_rules(rules_fingerprint(self.ruleset))
 
     def on_stop(self) -> None:
@@ -139,7 +138,6 @@ class QueueActor(PipelineActor):
     def progress(self) -> dict[str, Any]:
         assert self.store is not None
         return {
-            "in_flight_by_direction": {d: len(v) for d, v in self.in_flight.items() if v},
             "pending": int(self.store.has_pending()),
             "in_flight": sum(len(v) for v in self.in_flight.values() if v),
             "last_activity": self.last_activity,

@@ -129,14 +129,14 @@ class Daemon:
         def loop() -> None:
             while not self.stopping.wait(interval):
                 try:
-                    self.refresh_stats(interval)
+                    self.refresh_stats()
                 except Exception:  # the daemon never dies of a stats hiccup
                     log.exception("stats refresh failed")
 
         self._stats_thread = threading.Thread(target=loop, name="stats", daemon=True)
         self._stats_thread.start()
 
-    def refresh_stats(self, interval: float = 1.0) -> None:
+    def refresh_stats(self) -> None:
         progress = self.proxy.progress_all().get(timeout=30)
         health = self.proxy.health().get(timeout=30)
         self.healthy_at = time.monotonic()

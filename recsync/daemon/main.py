@@ -130,8 +130,8 @@ def _cli_hint() -> str:
     beside = Path(sys.executable).parent / "recsync"
     if shutil.which("recsync") == str(beside) or not beside.exists():
         return "recsync"
-    return os.path.relpath(beside) if not os.path.relpath(beside).startswith("..") else str(
-        beside)
+    relative = os.path.relpath(beside)
+    return str(beside) if relative.startswith("..") else relative
 
 
 def _run_once(daemon: Daemon, args: argparse.Namespace) -> int:

@@ -497,11 +497,6 @@ class Store:
         )
         return bool(row.fetchone()[0])
 
-    def reset_in_flight(self) -> int:
-        """After a restart nothing is in flight: make such items ready again."""
-        cur = self.db.execute("UPDATE queue SET state = 'ready' WHERE state = 'in_flight'")
-        return cur.rowcount
-
     # ---- queries ------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
         """Queue depth by state and direction, plus totals kept in meta."""
