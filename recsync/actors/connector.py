@@ -183,7 +183,7 @@ class ConnectorActor(PipelineActor):
                     if winner == side:
                         outcomes[item.key] = ItemOutcome(
                             item.key, item.gen, "superseded", content=theirs, hash=their_hash,
-                            winner=winner)
+                            winner=winner, src_hash=item.src_hash)
                         continue
                     if winner != source:  # merged
                         content = result

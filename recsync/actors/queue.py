@@ -13,9 +13,9 @@ from recsync.actors.base import FailureSink, PipelineActor
 from recsync.actors.protocol import BatchDone, Committed, Enqueue, Flush, WriteBatch
 from recsync.clock import Clock
 from recsync.config import Settings
-from recsync.messages import Direction
+from recsync.messages import Direction, WorkItem
 from recsync.rules import RuleSet
-from recsync.state.store import MassDeleteBlocked, RetryPolicy, Store
+from recsync.state.store import DirectPage, MassDeleteBlocked, RetryPolicy, Store
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,11 @@ class QueueActor(PipelineActor):
         self.added: dict[Direction, int] = dict.fromkeys(DIRECTIONS, 0)
         self.last_activity = clock.monotonic()
         self.held: dict[str, str] = {}
+        # A page passed straight to the writer per direction (see Store.enqueue), and the
+        # pages of its side that came after it: they wait, as the cursor after them must
+        # not be saved before the direct page's outcome is.
+        self.direct: dict[Direction, DirectPage | None] = dict.fromkeys(DIRECTIONS)
+        self.waiting: list[Enqueue] = []
         self.handles(Enqueue, self._enqueue)
         self.handles(Flush, lambda _m: self._flush_all())
         self.handles(BatchDone, self._batch_done)
@@ -65,15 +70,22 @@ class QueueActor(PipelineActor):
 
     def _enqueue(self, msg: Enqueue) -> None:
         assert self.store is not None
+        direction: Direction = "a_to_b" if msg.side == "a" else "b_to_a"
+        if self.direct[direction] is not None:
+            self.waiting.append(msg)
+            return
         poller = self.peers.ref(f"poller_{msg.side}")
         s = self.settings
+        # Only the first page of a run goes direct while nothing else is moving: any queued
+        # or in-flight work could conflict with it, and the store then takes the safe path.
+        direct_limit = 0 if msg.event or any(self.in_flight.values()) else s.batch_size
         try:
             stats = self.store.enqueue(
                 msg.side, msg.changes, msg.cursor, msg.observed, msg.ruleset,
                 listing_start=msg.listing_start, listing_done=msg.listing_done,
                 in_flight={d: v for d, v in self.in_flight.items() if v},
                 mass_delete_share=s.mass_delete_threshold, mass_delete_min=s.mass_delete_min,
-                save_cursor=not msg.event,
+                save_cursor=not msg.event, direct_limit=direct_limit,
             )
         except MassDeleteBlocked as exc:
             text = (f"side {exc.side} would delete {exc.count} of {exc.total} linked records in "
@@ -86,9 +98,13 @@ class QueueActor(PipelineActor):
             return
         if not msg.event:
             self.send(poller, Committed(msg.cursor, msg.more))
-        if stats.queued:
+        if stats.direct is not None:
             self.last_activity = self.clock.monotonic()
-            direction: Direction = "a_to_b" if msg.side == "a" else "b_to_a"
+            self.direct[direction] = DirectPage(
+                msg.side, msg.cursor, msg.observed, {i.key: i for i in stats.direct})
+            self._send_batch(direction, stats.direct)
+        elif stats.queued:
+            self.last_activity = self.clock.monotonic()
             self.added[direction] += stats.queued
             if self.added[direction] >= s.batch_size:
                 self._flush(direction)
@@ -107,8 +123,10 @@ class QueueActor(PipelineActor):
         opposite = self.in_flight["b_to_a" if direction == "a_to_b" else "a_to_b"]
         items = self.store.lease(direction, self.settings.batch_size, opposite or frozenset())
         self.added[direction] = 0
-        if not items:
-            return
+        if items:
+            self._send_batch(direction, items)
+
+    def _send_batch(self, direction: Direction, items: list[WorkItem]) -> None:
         self.in_flight[direction] = frozenset(i.key for i in items)
         target = "connector_b" if direction == "a_to_b" else "connector_a"
         batch = WriteBatch(direction, items, self.ruleset)
@@ -116,14 +134,21 @@ class QueueActor(PipelineActor):
 
     def _batch_done(self, msg: BatchDone) -> None:
         assert self.store is not None
-        stats = self.store.apply(msg.direction, msg.outcomes, self.policy, msg.written_at)
+        direct = self.direct[msg.direction]
+        stats = self.store.apply(msg.direction, msg.outcomes, self.policy, msg.written_at,
+                                 direct)
         full = len(msg.outcomes) >= self.settings.batch_size
         self.in_flight[msg.direction] = None
+        self.direct[msg.direction] = None
         self.last_activity = self.clock.monotonic()
         for key, error in stats.failed_keys:
             log.error("record failed", extra={"pipeline": self.pipeline, "record": key,
                                               "direction": msg.direction, "error": error})
-        if full and stats.deferred == 0:
+        if direct is not None:
+            waiting, self.waiting = self.waiting, []
+            for page in waiting:
+                self._enqueue(page)
+        if (full or direct is not None) and stats.deferred == 0:
             self._flush(msg.direction)
 
     # asked from outside the pipeline -------------------------------------------------------
@@ -138,7 +163,7 @@ class QueueActor(PipelineActor):
     def progress(self) -> dict[str, Any]:
         assert self.store is not None
         return {
-            "pending": int(self.store.has_pending()),
+            "pending": int(self.store.has_pending() or bool(self.waiting)),
             "in_flight": sum(len(v) for v in self.in_flight.values() if v),
             "last_activity": self.last_activity,
             "held": dict(self.held),

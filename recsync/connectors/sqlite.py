@@ -61,6 +61,7 @@ from typing import Any, ClassVar, Literal
 from recsync.connectors.base import Connector, ConnectorConfig
 from recsync.errors import ConnectorConfigError, ConnectorError
 from recsync.messages import Change, ChangePage, Record, WriteOp, WriteResult, key_text
+from recsync.sqlbulk import execute_rows, values_marks
 
 log = logging.getLogger(__name__)
 
@@ -677,8 +678,8 @@ class SqliteConnector(Connector):
         ).fetchone()
         return int(row[0]) if row else 0
 
-    def _sql(self, kind: str, names: tuple[str, ...]) -> str:
-        cache_key = (kind, *names)
+    def _sql(self, kind: str, names: tuple[str, ...], rows: int = 1) -> str:
+        cache_key = (kind, rows, *names)
         sql = self._sql_cache.get(cache_key)
         if sql is not None:
             return sql
@@ -695,7 +696,8 @@ class SqliteConnector(Connector):
                 if others
                 else "NOTHING"
             )
-            sql = f"INSERT INTO {t} ({collist}) VALUES ({marks}) ON CONFLICT ({k}) DO {action}"
+            values = values_marks(len(cols), rows)
+            sql = f"INSERT INTO {t} ({collist}) VALUES {values} ON CONFLICT ({k}) DO {action}"
         elif kind == "update":
             sql = f"UPDATE {t} SET {', '.join(f'{_q(c)} = ?' for c in cols)} WHERE {where}"
         else:
@@ -724,14 +726,16 @@ class SqliteConnector(Connector):
                     self._sql("delete", ()), [self._where_params(o.key) for _, o, _ in run]
                 )
             elif self._unique:
-                db.executemany(
-                    self._sql("upsert", names),
-                    [tuple(o.fields[n] for n in names) for _, o, _ in run if o.fields],
-                )
+                self._upsert_rows(names, [o.fields for _, o, _ in run if o.fields])
             else:
                 for _, o, _ in run:
                     self._apply_one(o, names)
             i = j
+
+    def _upsert_rows(self, names: tuple[str, ...], records: list[Record]) -> None:
+        """Upsert many rows with multi-row statements (see ``recsync.sqlbulk``)."""
+        execute_rows(self.db, lambda n: self._sql("upsert", names, n),
+                     [[r[n] for n in names] for r in records], self._chunk)
 
     def _apply_one(self, op: WriteOp, names: tuple[str, ...]) -> None:
         db = self.db

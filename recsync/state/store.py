@@ -19,6 +19,7 @@ from recsync.clock import Clock, SystemClock
 from recsync.messages import Direction, ItemOutcome, Prepared, Side, WorkItem
 from recsync.resilience import backoff_delay
 from recsync.rules import RuleSet
+from recsync.sqlbulk import execute_rows, values_marks
 from recsync.state.schema import connect
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -48,6 +49,19 @@ class EnqueueStats:
     conflicts: int = 0
     deletes: int = 0
     guarded: int = 0  # deletes held back by the mass-delete guard
+    # Set when the page went to the write lane directly (see ``enqueue``): the items to
+    # write now; nothing of them, nor the cursor, is on disk until ``apply`` gets them back.
+    direct: list[WorkItem] | None = None
+
+
+@dataclass(frozen=True)
+class DirectPage:
+    """A page handed straight to the writer: what ``apply`` must make durable with it."""
+
+    side: Side
+    cursor: str | None
+    observed: float
+    items: dict[str, WorkItem]
 
 
 @dataclass
@@ -75,6 +89,11 @@ class MassDeleteBlocked(Exception):
         self.side, self.count, self.total = side, count, total
 
 
+def _expected(link: tuple[Any, ...] | None, target_i: int) -> str | None:
+    """The target's hash as last known, for the writer's conflict check (``lease``)."""
+    return None if link is None or link[7] else link[target_i]
+
+
 class Store:
     def __init__(self, path: Path, clock: Clock | None = None) -> None:
         self.path = path
@@ -82,11 +101,27 @@ class Store:
         self.db = connect(path)
         row = self.db.execute("SELECT COALESCE(MAX(gen), 0) FROM queue").fetchone()
         self._gen = int(row[0])
+        self._sql_cache: dict[tuple[str, str, int], str] = {}
 
     def close(self) -> None:
         self.db.close()
 
     # ---- small helpers -------------------------------------------------------------------
+    def _rows(self, rows: Sequence[Sequence[Any]], head: str, tail: str = "") -> None:
+        """``head VALUES (...), (...) tail`` over ``rows``, many rows per statement."""
+        if not rows:
+            return
+        width = len(rows[0])
+
+        def sql_for(n: int) -> str:
+            sql = self._sql_cache.get((head, tail, n))
+            if sql is None:
+                sql = self._sql_cache[(head, tail, n)] = (
+                    f"{head} VALUES {values_marks(width, n)} {tail}")
+            return sql
+
+        execute_rows(self.db, sql_for, rows)
+
     def _next_gen(self) -> int:
         self._gen += 1
         return self._gen
@@ -122,8 +157,8 @@ class Store:
         for part in _chunks(keys):
             marks = ",".join("?" * len(part))
             for row in self.db.execute(
-                "SELECT key, a_hash, b_hash, a_modified, b_modified, a_written, b_written "
-                f"FROM links WHERE key IN ({marks})",
+                "SELECT key, a_hash, b_hash, a_modified, b_modified, a_written, b_written, "
+                f"stale FROM links WHERE key IN ({marks})",
                 part,
             ):
                 found[row[0]] = row
@@ -157,10 +192,19 @@ class Store:
         mass_delete_share: float = 0.0,
         mass_delete_min: int = 10,
         save_cursor: bool = True,
+        direct_limit: int = 0,
     ) -> EnqueueStats:
         """Record a page of changes from ``side`` and the cursor after it, atomically.
 
         ``save_cursor`` is False for changes submitted from outside (``sync event``).
+
+        With ``direct_limit`` > 0, a page whose work is plain (nothing queued anywhere, no
+        conflict, no delete found by a listing's end, at most ``direct_limit`` items) is
+        not queued: its items come back in ``stats.direct`` to be written at once, and
+        neither they nor the cursor are saved. The caller hands them to ``apply`` with a
+        ``DirectPage``, which saves the outcome and the cursor in one transaction; after a
+        crash in between, the page is read again from the previous cursor. This spares
+        the initial load of a big table a queue row per record.
 
         Raises:
             MassDeleteBlocked: the page (or the end of a listing) would delete more than
@@ -182,6 +226,7 @@ class Store:
             work = list(changes)
             if listing_done:
                 if listing_since:
+                    direct_limit = 0  # found deletes cannot be read again after a crash
                     work.extend(self._unlisted_deletes(side, observed, listing_since))
                 db.execute("DELETE FROM listing_seen WHERE side = ?", (side,))
                 self._set_meta(f"listing_{side}", 0)
@@ -189,7 +234,7 @@ class Store:
             self._enqueue_changes(
                 side, work, observed, ruleset, stats,
                 flying.get(direction_from(side), frozenset()),
-                flying.get(direction_from(other(side)), frozenset()))
+                flying.get(direction_from(other(side)), frozenset()), direct_limit)
             if mass_delete_share > 0 and stats.deletes >= mass_delete_min:
                 total = self._linked_count(other(side))
                 allowed = int(self.meta(f"allow_deletes_{side}", 0) or 0)
@@ -197,7 +242,7 @@ class Store:
                     raise MassDeleteBlocked(side, stats.deletes, total)
                 if allowed:
                     self._set_meta(f"allow_deletes_{side}", 0)
-            if save_cursor:
+            if save_cursor and stats.direct is None:
                 db.execute(
                     "INSERT OR REPLACE INTO cursors (side, cursor) VALUES (?, ?)", (side, cursor)
                 )
@@ -231,6 +276,7 @@ class Store:
         stats: EnqueueStats,
         in_flight_same: frozenset[str],
         in_flight_opposite: frozenset[str],
+        direct_limit: int = 0,
     ) -> None:
         if not changes:
             return
@@ -238,11 +284,13 @@ class Store:
         direction, back = direction_from(side), direction_from(o)
         keys = [c.key for c in changes]
         links = self._links(keys)
-        pending = self._pending(keys) if self._has_queued() else {}
+        queued = self._has_queued()
+        pending = self._pending(keys) if queued else {}
         now = self.clock.time()
         si, oi = (1, 2) if side == "a" else (2, 1)  # hash columns in a links row
         written_i = 5 if side == "a" else 6
         link_rows: list[tuple[str, Side, str | None, float]] = []
+        # (direction, key, content, hash, src_hash, modified, observed)
         queue_rows: list[tuple[Any, ...]] = []
         drop: list[tuple[str, str]] = []
         history: list[tuple[str, str, str | None]] = []
@@ -299,16 +347,23 @@ class Store:
                 if winner != side:  # merged: both sides get the merge
                     content = result
                     chash = rules_mod.content_hash(result) if result is not None else None
-                    queue_rows.append(self._row(back, c.key, content, chash, None, now, now))
+                    queue_rows.append((back, c.key, content, chash, None, now, now))
                     src_hash = None
             if c.op == "delete" or content is None:
                 stats.deletes += 1
             stats.queued += 1
-            queue_rows.append(
-                self._row(direction, c.key, content, chash, src_hash, c.modified, observed))
+            queue_rows.append((direction, c.key, content, chash, src_hash, c.modified, observed))
         self._save_links(link_rows)
+        if (0 < len(queue_rows) <= direct_limit and not queued and not drop and not history
+                and not in_flight_same and not in_flight_opposite):
+            stats.direct = [
+                WorkItem(key, "delete" if content is None else "upsert", content, chash, mod,
+                         self._next_gen(), 0, _expected(links.get(key), oi), src_hash)
+                for _d, key, content, chash, src_hash, mod, _obs in queue_rows
+            ]
+            return
         self.db.executemany("DELETE FROM queue WHERE direction = ? AND key = ?", drop)
-        self._put_queue(queue_rows, now)
+        self._put_queue([self._row(*r) for r in queue_rows], now)
         if history:
             self._history(history)
         self._bump("conflicts", stats.conflicts)
@@ -325,28 +380,24 @@ class Store:
         return (direction, key, op, blob, chash, src_hash, mod, obs, self._next_gen())
 
     def _put_queue(self, rows: list[tuple[Any, ...]], now: float) -> None:
-        self.db.executemany(
+        self._rows(
+            [(*r, "ready", 0, now, now, now) for r in rows],
             "INSERT INTO queue (direction, key, op, content, hash, src_hash, modified, observed, "
-            "gen, state, attempts, next_at, enqueued_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'ready', 0, ?, ?, ?) "
+            "gen, state, attempts, next_at, enqueued_at, updated_at)",
             "ON CONFLICT (direction, key) DO UPDATE SET op = excluded.op, "
             "content = excluded.content, hash = excluded.hash, src_hash = excluded.src_hash, "
             "modified = excluded.modified, "
             "observed = excluded.observed, gen = excluded.gen, state = 'ready', attempts = 0, "
             "next_at = excluded.next_at, last_error = NULL, updated_at = excluded.updated_at",
-            [(*r, now, now, now) for r in rows],
         )
 
     def _save_links(self, rows: list[tuple[str, Side, str | None, float]]) -> None:
         for side in ("a", "b"):
             part = [(k, h, m) for k, s, h, m in rows if s == side]
-            if part:
-                self.db.executemany(
-                    f"INSERT INTO links (key, {side}_hash, {side}_modified) VALUES (?, ?, ?) "
-                    f"ON CONFLICT (key) DO UPDATE SET {side}_hash = excluded.{side}_hash, "
-                    f"{side}_modified = excluded.{side}_modified",
-                    part,
-                )
+            self._rows(
+                part, f"INSERT INTO links (key, {side}_hash, {side}_modified)",
+                f"ON CONFLICT (key) DO UPDATE SET {side}_hash = excluded.{side}_hash, "
+                f"{side}_modified = excluded.{side}_modified")
 
     # ---- lease and results --------------------------------------------------------------
     def lease(self, direction: Direction, limit: int, exclude: frozenset[str]) -> list[WorkItem]:
@@ -378,16 +429,20 @@ class Store:
         outcomes: Sequence[ItemOutcome],
         policy: RetryPolicy,
         written_at: float,
+        direct: DirectPage | None = None,
     ) -> ApplyStats:
         """Record what became of a leased batch, atomically.
 
         ``written_at`` is when the write call returned: changes observed on the target
         before it may predate the write and lose to it (the writer checked for conflicts).
+        For a page ``enqueue`` passed on directly, ``direct`` brings its items and cursor:
+        the items that did not sync are queued (to retry, or failed) and the cursor saved.
         """
         stats = ApplyStats()
         now = self.clock.time()
         target: Side = "b" if direction == "a_to_b" else "a"
         back = direction_from(target)
+        source = other(target)
         db = self.db
         failing = [o.key for o in outcomes if o.status in ("retry", "rejected")]
         attempts = {
@@ -406,10 +461,13 @@ class Store:
         retry_rows: list[tuple[Any, ...]] = []
         db.execute("BEGIN IMMEDIATE")
         try:
+            if direct is not None:
+                self._queue_unsynced(direction, outcomes, direct, now)
             for o in outcomes:
                 if o.status == "synced":
                     stats.synced += 1
-                    done.append((direction, o.key, o.gen))
+                    if direct is None:
+                        done.append((direction, o.key, o.gen))
                     written.append((o.key, o.hash, written_at, now, o.src_hash))
                     if o.winner is not None:
                         stats.conflicts += 1
@@ -419,10 +477,14 @@ class Store:
                                 self._row(back, o.key, o.content, o.hash, o.hash, now, now))
                 elif o.status == "superseded":
                     stats.conflicts += 1
-                    done.append((direction, o.key, o.gen))
+                    if direct is None:
+                        done.append((direction, o.key, o.gen))
                     history.append((o.key, "conflict", f"found at write; {o.winner} wins"))
+                    # what each side holds now: the writer's pending copy goes back
                     db.execute(
-                        f"UPDATE links SET {target}_hash = ? WHERE key = ?", (o.hash, o.key)
+                        f"UPDATE links SET {target}_hash = ?, "
+                        f"{source}_hash = COALESCE(?, {source}_hash) WHERE key = ?",
+                        (o.hash, o.src_hash, o.key),
                     )
                     requeue.append(self._row(back, o.key, o.content, o.hash, o.hash, now, now))
                 elif o.status == "deferred":
@@ -450,20 +512,17 @@ class Store:
                 "last_error = ?, updated_at = ? WHERE direction = ? AND key = ?",
                 retry_rows,
             )
-            source = other(target)
-            db.executemany(
+            self._rows(
+                written,
                 f"INSERT INTO links (key, {target}_hash, {target}_written, synced_at, "
-                f"{source}_hash) VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
-                f"{target}_hash = excluded.{target}_hash, "
+                f"{source}_hash)",
+                f"ON CONFLICT (key) DO UPDATE SET {target}_hash = excluded.{target}_hash, "
                 f"{target}_written = excluded.{target}_written, synced_at = excluded.synced_at, "
                 "stale = 0, "
                 f"{source}_hash = COALESCE(excluded.{source}_hash, {source}_hash)",
-                written,
             )
             # A newer change that arrived while the item was in flight stays queued.
-            db.executemany(
-                "DELETE FROM queue WHERE direction = ? AND key = ? AND gen = ?", done
-            )
+            self._rows(done, "DELETE FROM queue WHERE (direction, key, gen) IN (", ")")
             # Changes seen on the target before this write landed lost to it (the write
             # checked the target first), so they must not be written back.
             if self._has_ready(back):
@@ -484,11 +543,36 @@ class Store:
             self._bump(f"synced_{direction}", stats.synced)
             self._bump(f"failed_{direction}", stats.failed)
             self._bump("conflicts", stats.conflicts)
+            if direct is not None:
+                db.execute("INSERT OR REPLACE INTO cursors (side, cursor) VALUES (?, ?)",
+                           (direct.side, direct.cursor))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
         return stats
+
+    def _queue_unsynced(
+        self, direction: Direction, outcomes: Sequence[ItemOutcome], direct: DirectPage,
+        now: float,
+    ) -> None:
+        """Give the items of a direct page that did not sync a queue row (attempts 0), so
+        the rest of ``apply`` treats them as leased ones. A newer queued change of the same
+        record, submitted meanwhile, is kept."""
+        rows = []
+        for o in outcomes:
+            if o.status in ("retry", "rejected", "deferred"):
+                i = direct.items[o.key]
+                blob = None if i.content is None else _encode(i.content)
+                rows.append((direction, i.key, i.op, blob, i.hash, i.src_hash, i.modified,
+                             direct.observed, o.gen, now, now, now))
+        self.db.executemany(
+            "INSERT INTO queue (direction, key, op, content, hash, src_hash, modified, observed, "
+            "gen, state, attempts, next_at, enqueued_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'ready', 0, ?, ?, ?) "
+            "ON CONFLICT (direction, key) DO NOTHING",
+            rows,
+        )
 
     def _has_ready(self, direction: Direction) -> bool:
         row = self.db.execute(
