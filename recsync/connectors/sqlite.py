@@ -168,6 +168,8 @@ class SqliteConnector(Connector):
         self._sql_cache: dict[tuple[Any, ...], str] = {}
         # (after, upto] ranges of change-log seqs written by our own transactions
         self._own_writes: list[tuple[int, int]] = []
+        self._shapes: dict[tuple[str, ...], tuple[tuple[str, ...], bool, bool]] = {}
+        self._pruned_at = -math.inf
 
     @property
     def system_id(self) -> str:
@@ -396,6 +398,12 @@ class SqliteConnector(Connector):
             raise ConnectorError(f"SQLite error reading {self.path}: {exc}.") from exc
 
     def _prune(self, seq: int) -> None:
+        # every read would scan the log up to the cursor; a tenth of the retention is soon
+        # enough, and at least once a minute
+        now = time.monotonic()
+        if now - self._pruned_at < min(60.0, self.cfg.changelog_retention / 10):
+            return
+        self._pruned_at = now
         lt = _q(self.log_table)
         try:
             low = self.db.execute(f"SELECT min(seq) FROM {lt}").fetchone()[0]
@@ -499,6 +507,10 @@ class SqliteConnector(Connector):
                 self.system_id,
             )
             return self._start_listing(limit)
+        own = self._own_writes = [r for r in self._own_writes if r[1] > seq]
+        for lo, hi in own:  # skip whole runs of our own rows without reading them
+            if lo <= seq < hi:
+                seq = hi
         rows = self.db.execute(
             f'SELECT seq, "key", changed_at FROM {_q(self.log_table)} '
             "WHERE seq > ? ORDER BY seq LIMIT ?",
@@ -509,7 +521,6 @@ class SqliteConnector(Connector):
         if not rows:
             return ChangePage([], _dump({"seq": seq}))
         last = rows[-1][0]
-        own = self._own_writes = [r for r in self._own_writes if r[1] > seq]
         if own:
             rows = _without_ranges(rows, own)
             if not rows:
@@ -625,12 +636,13 @@ class SqliteConnector(Connector):
                 todo.append((i, op, ()))
                 continue
             fields = op.fields or {}
-            if self._updated is not None and not any(
-                f.lower() == self._updated.lower() for f in fields
-            ):
-                fields[self._updated] = stamp  # the row changes now: keep its column honest
-            names = tuple(f for f in fields if f.lower() in self._colmap)
-            if not any(self._colmap[f.lower()] == self._key for f in names):
+            shape = self._shapes.get(tuple(fields))
+            if shape is None:
+                shape = self._shape(tuple(fields))
+            names, stamped, keyed = shape
+            if stamped:
+                fields[self._updated or ""] = stamp  # the row changes now: keep it honest
+            if not keyed:
                 results[i] = WriteResult(
                     op.key,
                     f"Record {op.key!r} has no value for key column {self._key!r} "
@@ -668,6 +680,20 @@ class SqliteConnector(Connector):
         return [
             r if r is not None else WriteResult(op.key) for r, op in zip(results, ops, strict=True)
         ]
+
+    def _shape(self, fields: tuple[str, ...]) -> tuple[tuple[str, ...], bool, bool]:
+        """For records with these field names: the columns to write, whether to add the
+        updated_at column, whether the key column is among them."""
+        stamped = self._updated is not None and not any(
+            f.lower() == self._updated.lower() for f in fields)
+        names = tuple(f for f in fields if f.lower() in self._colmap)
+        if stamped:
+            names = (*names, self._updated or "")
+        keyed = any(self._colmap[f.lower()] == self._key for f in names)
+        if len(self._shapes) > 64:
+            self._shapes.clear()
+        self._shapes[fields] = (names, stamped, keyed)
+        return names, stamped, keyed
 
     def _log_top(self) -> int | None:
         """Highest change-log seq (inside our write transaction: nobody else can add)."""

@@ -79,11 +79,15 @@ class Daemon:
         self._snapshot_lock = threading.Lock()
         self._stats_thread: threading.Thread | None = None
         self._reload_lock = threading.Lock()
+        self._proxy: tuple[Any, Any] | None = None
 
     @property
     def proxy(self) -> Any:
         assert self.supervisor is not None
-        return self.supervisor.proxy()
+        # making a pykka proxy introspects the actor (about a millisecond): make one
+        if self._proxy is None or self._proxy[0] is not self.supervisor:
+            self._proxy = (self.supervisor, self.supervisor.proxy())
+        return self._proxy[1]
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
