@@ -26,7 +26,7 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from recsync.messages import Direction, Record, Side
+from recsync.messages import Change, Direction, Prepared, Record, Side
 
 __all__ = [
     "CompiledRules",
@@ -174,10 +174,16 @@ def content_hash(a_record: Record) -> str:
 
     The format is part of the durable state (links store it): do not change it.
     """
+    return _hash_in_order(a_record, sorted(a_record))
+
+
+def _hash_in_order(a_record: Record, keys: Iterable[str]) -> str:
     parts: list[str] = []
-    for key in sorted(a_record):
-        parts.append(key)
-        parts.append(_canon(a_record[key]))
+    append = parts.append
+    for key in keys:
+        value = a_record[key]
+        append(key)
+        append(value if value.__class__ is str else _canon(value))
     return blake2b(_encode(parts), digest_size=16).hexdigest()
 
 
@@ -245,6 +251,7 @@ class CompiledRules:
 
     __slots__ = (
         "_a_fields",
+        "_a_sorted",
         "_checks",
         "_ops",
         "_pairs",
@@ -255,6 +262,7 @@ class CompiledRules:
     def __init__(self, rules: RuleSet) -> None:
         self.rules = rules
         self._a_fields: tuple[str, ...] = tuple(rules.mappings)
+        self._a_sorted: tuple[str, ...] = tuple(sorted(self._a_fields))
         self._pairs: tuple[tuple[str, str], ...] = tuple(rules.mappings.items())
         self._transforms: tuple[tuple[str, Callable[[str], str]], ...] = tuple(
             (field, _TRANSFORMS[name]) for field, name in rules.transforms.items()
@@ -305,6 +313,22 @@ class CompiledRules:
         if side == "b":
             return {b: get(a) for a, b in self._pairs}
         raise ValueError(f"side must be 'a' or 'b', not {side!r}")
+
+    def prepare(self, side: Side, changes: Iterable[Change]) -> list[Prepared]:
+        """Changes read from ``side`` as queue work: A-space content, its hash, and whether
+        it passes the filters (deletes carry no content and always pass)."""
+        to_a, order, checks = self.to_a_space, self._a_sorted, self._checks
+        out: list[Prepared] = []
+        append = out.append
+        for c in changes:
+            if c.fields is None or c.op == "delete":
+                append(Prepared(c.key, "delete", None, None, True, c.modified_at))
+                continue
+            content = to_a(side, c.fields)
+            passes = self.matches(content) if checks else True
+            append(Prepared(c.key, "upsert", content, _hash_in_order(content, order), passes,
+                            c.modified_at))
+        return out
 
     def matches(self, a_record: Record) -> bool:
         """True when every filter passes on the A-space content."""

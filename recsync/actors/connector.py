@@ -190,11 +190,12 @@ class ConnectorActor(PipelineActor):
                         chash = rules_mod.content_hash(result) if result is not None else None
             to_write.append((item, content, chash, winner))
         ops = []
+        to_side = rules_mod.compile_rules(rs).to_side
         for item, content, _h, _w in to_write:
             if content is None:
                 ops.append(WriteOp(item.key, "delete", None))
             else:
-                fields = rules_mod.to_side(rs, side, content)
+                fields = to_side(side, content)
                 if fields.get(key_field) is None:
                     fields[key_field] = item.key
                 ops.append(WriteOp(item.key, "upsert", fields))

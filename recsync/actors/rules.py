@@ -7,7 +7,6 @@ from typing import Any
 from recsync import rules as rules_mod
 from recsync.actors.base import FailureSink, PipelineActor
 from recsync.actors.protocol import Enqueue, Prepare
-from recsync.messages import Prepared
 from recsync.rules import RuleSet
 
 
@@ -29,15 +28,7 @@ class RulesActor(PipelineActor):
 
     def _prepare(self, msg: Prepare) -> None:
         rs, side = self.ruleset, msg.side
-        to_a, matches, digest = rules_mod.to_a_space, rules_mod.matches, rules_mod.content_hash
-        out: list[Prepared] = []
-        for c in msg.page.changes:
-            if c.fields is None or c.op == "delete":
-                out.append(Prepared(c.key, "delete", None, None, True, c.modified_at))
-                continue
-            content = to_a(rs, side, c.fields)
-            out.append(Prepared(c.key, "upsert", content, digest(content), matches(rs, content),
-                                c.modified_at))
+        out = rules_mod.compile_rules(rs).prepare(side, msg.page.changes)
         page = msg.page
         self.send(self.peers.ref("queue"), Enqueue(
             side, out, page.cursor, msg.observed, rs, page.listing_start, page.listing_done,

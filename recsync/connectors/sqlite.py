@@ -477,15 +477,15 @@ class SqliteConnector(Connector):
             k = r[kidx]
             if k is None:
                 continue
-            ts = _epoch(r[uidx]) if uidx is not None else None
-            append(
-                Change(
-                    key_text(k),
-                    "upsert",
-                    dict(zip(cols, r, strict=True)),
-                    default_ts if ts is None else ts,
-                )
-            )
+            ts = None
+            if uidx is not None:
+                ts = r[uidx]
+                # plain epoch seconds are the common case: skip the parsing
+                if ts.__class__ is not float or not 0 < ts < 1e11:
+                    ts = _epoch(ts)
+            append(Change(
+                k if k.__class__ is str else str(k) if k.__class__ is int else key_text(k),
+                "upsert", dict(zip(cols, r)), default_ts if ts is None else ts))
         return out
 
     def _log_gap(self, seq: int) -> bool:
