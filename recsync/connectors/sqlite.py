@@ -485,7 +485,7 @@ class SqliteConnector(Connector):
                     ts = _epoch(ts)
             append(Change(
                 k if k.__class__ is str else str(k) if k.__class__ is int else key_text(k),
-                "upsert", dict(zip(cols, r)), default_ts if ts is None else ts))
+                "upsert", dict(zip(cols, r, strict=True)), default_ts if ts is None else ts))
         return out
 
     def _log_gap(self, seq: int) -> bool:
