@@ -45,6 +45,7 @@ from typing import IO, Any, ClassVar, Literal
 import msgspec
 
 from recsync.connectors.base import Connector, ConnectorConfig
+from recsync.connectors.keyindex import KeyIndex
 from recsync.errors import ConnectorConfigError, ConnectorError
 from recsync.messages import Change, ChangePage, Record, WriteOp, WriteResult, key_text
 
@@ -75,6 +76,8 @@ def _sig(st: os.stat_result) -> str:
 
 
 def _cell(value: Any) -> str:
+    if value.__class__ is str:
+        return value  # type: ignore[no-any-return]
     if value is None:
         return ""
     if isinstance(value, str):
@@ -214,6 +217,8 @@ class FileConnector(Connector):
         self.encoding = config.encoding
         self.counts: collections.Counter[str] = collections.Counter()
         self._listing: _Listing | None = None
+        # the keys of the version we last wrote: new records are added without a scan
+        self._keys = KeyIndex()
         self._own: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._warned = 0
         self._new_bom = False
@@ -286,6 +291,7 @@ class FileConnector(Connector):
 
     def close(self) -> None:
         self._end_listing()
+        self._keys.clear()
 
     # ------------------------------------------------------------------ reading
 
@@ -531,9 +537,13 @@ class FileConnector(Connector):
             if self.format == "jsonl":
                 msgspec.json.encode(fields)
             else:
-                for name, value in fields.items():
-                    name.encode(self.encoding)
-                    _cell(value).encode(self.encoding)
+                try:  # one encode for the whole record ...
+                    "\0".join([*fields, *map(_cell, fields.values())]).encode(self.encoding)
+                except UnicodeEncodeError:  # ... and field by field to say which failed
+                    for name, value in fields.items():
+                        name.encode(self.encoding)
+                        _cell(value).encode(self.encoding)
+                    raise
         except UnicodeEncodeError as exc:
             return (
                 f"Record {key!r} has text that {self.encoding} cannot store in {self.path}: {exc}."
@@ -577,7 +587,7 @@ class FileConnector(Connector):
             try:
                 with open(fd, "wb", buffering=1 << 20) as out:
                     if self.format == "csv":
-                        self._rewrite_csv(src, out, plan)
+                        self._rewrite_csv(src, out, plan, self._keys.version == before)
                     else:
                         self._rewrite_jsonl(src, out, plan)
                     out.flush()
@@ -588,6 +598,8 @@ class FileConnector(Connector):
                     os.unlink(tmp)
                     return None
                 os.replace(tmp, self.path)
+                if self.format == "csv":
+                    self._keys.version = after
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
@@ -603,8 +615,16 @@ class FileConnector(Connector):
                 os.close(dfd)
         return before, after
 
-    def _rewrite_csv(self, src: IO[bytes] | None, fh: IO[bytes], plan: dict[str, _Action]) -> None:
-        """Stream the CSV with ``plan`` applied; untouched lines are copied byte for byte."""
+    def _rewrite_csv(
+        self, src: IO[bytes] | None, fh: IO[bytes], plan: dict[str, _Action],
+        keys_known: bool,
+    ) -> None:
+        """Stream the CSV with ``plan`` applied; untouched lines are copied byte for byte.
+
+        With ``keys_known`` (the key index holds the keys of ``src``), a plan of only new
+        records is added after the old lines without looking at them. The key index is
+        left holding the keys of the new version.
+        """
         enc, out = self.encoding, _Out(fh)
         blocks = _Blocks(src, enc) if src else None
         reader = csv.reader(blocks.lines()) if blocks else None
@@ -654,8 +674,22 @@ class FileConnector(Connector):
         for k in plan:
             with contextlib.suppress(UnicodeEncodeError):  # such a key cannot be in the file
                 by_bytes[k.encode(enc, "surrogateescape")] = k
+        index = self._keys
+        only_new = (
+            keys_known and blocks is not None and not rewrite_all
+            and len(by_bytes) == len(plan)
+            and all(a.fields is not None and not a.replace for a in plan.values())
+            and not index.holds_any(list(by_bytes))
+        )
+        index.version = None  # until the new version is in place
+        if only_new and blocks is not None:
+            while data := blocks.block():  # the old lines, unparsed
+                out.write(data)
+        else:
+            index.clear()
+        index.add(list(by_bytes))
         key_re = re.compile(rb"^(?:(?:[^,\n]*,){%d}([^,\r\n]*))?" % kidx, re.MULTILINE)
-        while blocks is not None and reader is not None:
+        while not only_new and blocks is not None and reader is not None:
             block = blocks.block()
             if not block:
                 break
@@ -663,6 +697,7 @@ class FileConnector(Connector):
                 # fast path: no quoting, so every line is one row and the key cell is found
                 # by a regex; only lines with a key of the batch are touched in Python
                 keys = key_re.findall(block)
+                index.add(keys)
                 hits = by_bytes.keys() & keys
                 if not hits:
                     out.write(block)
@@ -677,6 +712,7 @@ class FileConnector(Connector):
                 out.write(b"".join(lines))
                 continue
             blocks.queue.extend(_LINE.findall(block))
+            slow_keys: list[bytes] = []
             while blocks.queue:  # quoted cells may span lines: let the csv module parse
                 blocks.raw.clear()
                 blocks.bad = False
@@ -687,6 +723,8 @@ class FileConnector(Connector):
                 except csv.Error:
                     row = []
                 k = row[kidx] if kidx < len(row) and not blocks.bad else ""
+                if kidx < len(row):
+                    slow_keys.append(row[kidx].encode(enc, "surrogateescape"))
                 found = plan.get(k) if k else None
                 if found is None:
                     if rewrite_all and row and not blocks.bad:
@@ -697,6 +735,7 @@ class FileConnector(Connector):
                 done.add(k)
                 if found.fields is not None:
                     out.line(apply(row, found))
+            index.add(slow_keys)
         for k, act in plan.items():
             if k not in done and act.fields is not None:
                 out.line(apply([], act))

@@ -364,8 +364,8 @@ def test_concurrent_edit_during_rewrite_is_redone(tmp_path: Path) -> None:
     class EditedMeanwhile(FileConnector):
         edits = 1
 
-        def _rewrite_csv(self, src: Any, out: Any, plan: Any) -> None:
-            super()._rewrite_csv(src, out, plan)
+        def _rewrite_csv(self, src: Any, out: Any, plan: Any, known: Any) -> None:
+            super()._rewrite_csv(src, out, plan, known)
             if self.edits:
                 self.edits -= 1
                 with open(path, "a") as fh:  # another program appends meanwhile
@@ -482,3 +482,37 @@ def test_latin1_file_rejects_text_it_cannot_store(tmp_path: Path) -> None:
     j = make(tmp_path, "people.jsonl", encoding="latin-1")
     j.write([WriteOp("1", "upsert", {"id": 1, "name": "€ and é"})])
     assert records(drain(j, None)[0]) == {"1": {"id": 1, "name": "€ and é"}}
+
+
+# ---------------------------------------------------------------- new records added unscanned
+
+def _rows(c: FileConnector, first: int, count: int) -> list[WriteOp]:
+    return [WriteOp(str(i), "upsert", {"id": i, "name": f"N{i}", "email": f"{i}@x"})
+            for i in range(first, first + count)]
+
+
+def test_batches_of_new_records_are_added_once_each_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "people.csv"
+    c = make(tmp_path, fields=["id", "name", "email"])
+    for start in range(1, 3001, 500):
+        c.write(_rows(c, start, 500))
+    lines = path.read_text().splitlines()
+    assert lines[0] == "id,name,email"
+    assert lines[1:] == [f"{i},N{i},{i}@x" for i in range(1, 3001)]
+    # an update of a record already there is made in place, not added again
+    c.write([WriteOp("7", "upsert", {"id": "7", "name": "Seven"}), *_rows(c, 3001, 2)])
+    rows = path.read_text().splitlines()
+    assert rows[7] == "7,Seven,7@x" and len(rows) == 3003
+    assert sum(r.startswith("7,") for r in rows) == 1
+
+
+def test_a_row_added_by_someone_else_is_updated_not_duplicated(tmp_path: Path) -> None:
+    path = tmp_path / "people.csv"
+    c = make(tmp_path, fields=["id", "name", "email"])
+    c.write(_rows(c, 1, 10))
+    with path.open("a") as fh:  # the user adds record 11 by hand before we write it
+        fh.write("11,By hand,hand@x\n")
+    c.write(_rows(c, 11, 5))
+    rows = path.read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == [str(i) for i in range(1, 16)]
+    assert rows[11] == "11,N11,11@x"

@@ -1,0 +1,47 @@
+"""The keys a file holds, kept in a private temporary SQLite database.
+
+The file connector keeps the keys of the version it last wrote, so that a batch of
+records that are all new to the file is added without scanning the file for them.
+Memory stays flat however big the file: SQLite spills to a temporary file.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from recsync.sqlbulk import execute_rows, values_marks
+
+_CHUNK = 900
+
+
+class KeyIndex:
+    """Keys (bytes, as written in the file) of one file version, named by its signature."""
+
+    def __init__(self) -> None:
+        # "" opens a private temporary database, deleted when it is closed
+        self._db = sqlite3.connect("", isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA cache_size = -2000")
+        self._db.execute("CREATE TABLE keys (k BLOB PRIMARY KEY) WITHOUT ROWID")
+        self.version: str | None = None
+
+    def close(self) -> None:
+        self._db.close()
+
+    def clear(self) -> None:
+        self.version = None
+        self._db.execute("DELETE FROM keys")
+
+    def add(self, keys: Sequence[bytes]) -> None:
+        execute_rows(self._db, lambda n: f"INSERT OR IGNORE INTO keys VALUES {values_marks(1, n)}",
+                     [(k,) for k in keys])
+
+    def holds_any(self, keys: Sequence[bytes]) -> bool:
+        for i in range(0, len(keys), _CHUNK):
+            part = keys[i : i + _CHUNK]
+            row = self._db.execute(
+                f"SELECT 1 FROM keys WHERE k IN ({','.join('?' * len(part))}) LIMIT 1", part
+            ).fetchone()
+            if row is not None:
+                return True
+        return False
