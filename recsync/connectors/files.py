@@ -736,9 +736,18 @@ class FileConnector(Connector):
                 if found.fields is not None:
                     out.line(apply(row, found))
             index.add(slow_keys)
+        new_rows = []
         for k, act in plan.items():
             if k not in done and act.fields is not None:
-                out.line(apply([], act))
+                cells = [""] * width
+                for f, v in act.fields.items():
+                    cells[col[f]] = _cell(v)
+                new_rows.append(cells)
+        if new_rows:  # one csv pass and one encode for all of them
+            buf.seek(0)
+            buf.truncate()
+            writer.writerows(new_rows)
+            out.line(buf.getvalue().encode(enc, "surrogateescape"))
 
     def _rewrite_jsonl(
         self, src: IO[bytes] | None, fh: IO[bytes], plan: dict[str, _Action]
