@@ -123,7 +123,7 @@ class Pipeline:
             for side in ("a", "b"):
                 peers.refs[f"poller_{side}"] = PollerActor.start(
                     *common, side=side, cursor=cursors[side], page_size=s.page_size,
-                    peers=peers, clock=self.clock)
+                    peers=peers, clock=self.clock, reads=_syncs_from(self.ruleset, side))
             for role in ("rules", "poller_a", "poller_b"):
                 peers.refs[role].ask(Ping(), timeout=ASK_TIMEOUT)
         except Exception as exc:
@@ -208,6 +208,8 @@ class Pipeline:
         if self.state in ("running", "paused"):
             self.ask("rules", "set_ruleset", ruleset)
             self.ask("queue", "set_ruleset", ruleset)
+            for side in ("a", "b"):
+                self.ask(f"poller_{side}", "set_reads", _syncs_from(ruleset, side))
 
     def submit(self, side: Side, page: ChangePage) -> None:
         """Changes from outside (`sync event`): through the rules into the queue."""
@@ -223,6 +225,11 @@ class Pipeline:
         pollers = {side: self.ask(f"poller_{side}", "progress") for side in ("a", "b")}
         queue = self.ask("queue", "progress")
         return {"queue": queue, "pollers": pollers}
+
+
+def _syncs_from(ruleset: RuleSet, side: str) -> bool:
+    """Whether any change on ``side`` can trigger a sync (else it need not be read)."""
+    return bool(ruleset.a_to_b if side == "a" else ruleset.b_to_a)
 
 
 def _tell(ref: pykka.ActorRef[Any], message: Any) -> None:

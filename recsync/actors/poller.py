@@ -21,6 +21,7 @@ class PollerActor(PipelineActor):
     def __init__(
         self, pipeline: str, incarnation: int, report: FailureSink, *,
         side: Side, cursor: str | None, page_size: int, peers: Any, clock: Clock,
+        reads: bool = True,
     ) -> None:
         super().__init__(pipeline, incarnation, report)
         self.role = f"poller_{side}"
@@ -29,6 +30,8 @@ class PollerActor(PipelineActor):
         self.page_size = page_size
         self.peers = peers  # the pipeline's current refs: connector_<side>, rules
         self.clock = clock
+        # False when the rules sync nothing from this side: a cycle then reads nothing
+        self.reads = reads
         self.busy = False
         self.paused = False
         self.cycle_started: float | None = None
@@ -47,6 +50,9 @@ class PollerActor(PipelineActor):
             self.cursor = None
         self.busy = True
         self.cycle_started = self.clock.monotonic()
+        if not self.reads:
+            self._cycle_done()
+            return
         self._read_next()
 
     def _read_next(self) -> None:
@@ -97,3 +103,6 @@ class PollerActor(PipelineActor):
 
     def set_page_size(self, page_size: int) -> None:
         self.page_size = page_size
+
+    def set_reads(self, reads: bool) -> None:
+        self.reads = reads

@@ -288,7 +288,8 @@ class Daemon:
             if queue.get("held"):
                 rep.state = "held"
                 rep.error = "; ".join(queue["held"].values())
-            if not rep.done and prog["state"] == "running" and not queue.get("pending"):
+            if (not rep.done and prog["state"] == "running" and not queue.get("pending")
+                    and not queue.get("in_flight")):
                 self.proxy.poll_idle(pid)
             out.append(rep)
         return out

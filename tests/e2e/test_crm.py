@@ -270,6 +270,30 @@ def test_second_run_writes_nothing(tmp_path: Path, crm: Crm) -> None:
     assert crm.mock.request_count - requests <= 12, crm.mock.request_count - requests
 
 
+def test_a_side_the_rules_sync_nothing_from_is_not_polled(
+    tmp_path: Path, salesforce: Crm
+) -> None:
+    crm = salesforce
+    make_users(tmp_path / "a.sqlite", seed_rows(20))
+    one_way = crm.rules().replace(
+        'b_to_a = ["create", "update", "delete"]', "b_to_a = []")
+    write_config(tmp_path, SQLITE_A, crm.side_b, rules=one_way)
+    crm.push(900, "Only in CRM", "crm900@example.com")
+    seen: list[str] = []
+    handle = crm.mock.handle
+
+    def logged(method: str, target: str, headers: Any, body: bytes) -> Any:
+        seen.append(f"{method} {target.split('?')[0]}")
+        return handle(method, target, headers, body)
+
+    crm.mock.handle = logged  # type: ignore[method-assign]
+    ok(once(tmp_path))
+    assert "900" not in users(tmp_path / "a.sqlite")
+    assert not [r for r in seen if "/query" in r], seen
+    assert crm.rows() == expected(users(tmp_path / "a.sqlite"), crm.kind) | {
+        "900": ("Only in CRM", "crm900@example.com", "active")}
+
+
 # ---------------------------------------------------------------------------- 3. conflicts
 
 
