@@ -101,6 +101,7 @@ def daemon(mock: SalesforceMock, n: int, folder: Path) -> tuple[float, int, str]
         textwrap.dedent(f"""
         [defaults]
         batch_size = 2000
+        page_size = 2000
         flush_interval = 0.05
         poll_interval = 2.0
         [defaults.rate_limit]

@@ -25,7 +25,8 @@ Upserts by external id in sObject Collections of 200 (``PATCH
 composite/sobjects/{Obj}/{key}``, allOrNone false; no read before writing), or one Bulk API
 2.0 ingest job when a write call holds ``bulk_threshold`` upserts or more. Deletes look the
 Ids up by external id (one SOQL ``IN`` query per 200) and then ``DELETE composite/sobjects``;
-a record already gone counts as deleted.
+a record already gone counts as deleted. A write call sends up to ``parallel_requests``
+collections at once (Salesforce allows 25 concurrent requests per org).
 
 Credentials come from the config, from environment variables named by the ``*_env``
 fields, or from ``$CREDENTIALS_DIRECTORY/<name>`` files (systemd credentials). They never
@@ -43,6 +44,7 @@ import re
 import time
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -97,6 +99,7 @@ class SalesforceConfig(ConnectorConfig, frozen=True, forbid_unknown_fields=True,
     api_version: str = "59.0"
     page_size: int = 2000
     bulk_threshold: int = 10000
+    parallel_requests: int = 4
     timeout: float = 30.0
     daily_reserve: int = 1000
     fields: list[str] = msgspec.field(default_factory=list)
@@ -121,8 +124,8 @@ class SalesforceConfig(ConnectorConfig, frozen=True, forbid_unknown_fields=True,
 class _Adapter(HTTPAdapter):
     """Default timeout; for a mock, ``https://host:port`` becomes ``http://host:port``."""
 
-    def __init__(self, timeout: float, plain_netloc: str | None) -> None:
-        super().__init__(pool_maxsize=4)
+    def __init__(self, timeout: float, plain_netloc: str | None, connections: int) -> None:
+        super().__init__(pool_maxsize=max(4, connections))
         self.timeout = timeout
         self.prefix = f"https://{plain_netloc}" if plain_netloc else None
 
@@ -185,6 +188,7 @@ class SalesforceConnector(Connector):
         self.key = config.key
         self._sf: Any = None
         self._session: requests.Session | None = None
+        self._pool: ThreadPoolExecutor | None = None
         self._mock_url = ""
         self._fields: list[str] = []
         self._writable: set[str] | None = None
@@ -257,8 +261,9 @@ class SalesforceConnector(Connector):
         if self._session is None:
             s = requests.Session()
             netloc = urlsplit(self._mock_url).netloc if self._mock_url else None
-            s.mount("https://", _Adapter(self.cfg.timeout, netloc))
-            s.mount("http://", _Adapter(self.cfg.timeout, None))
+            n = self.cfg.parallel_requests
+            s.mount("https://", _Adapter(self.cfg.timeout, netloc, n))
+            s.mount("http://", _Adapter(self.cfg.timeout, None, n))
             s.hooks["response"].append(self._on_response)
             self._session = s
         s = self._session
@@ -320,6 +325,9 @@ class SalesforceConnector(Connector):
             ) from None
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         if self._session is not None:
             self._session.close()
             self._session = None
@@ -573,10 +581,8 @@ class SalesforceConnector(Connector):
             if len(unique) >= self.cfg.bulk_threshold:
                 self._bulk_upsert(unique, results)
             else:
-                for chunk in self._chunks(unique):
-                    self._upsert_chunk(chunk, results)
-            for chunk in self._chunks(deletes):
-                self._delete_chunk(chunk, results)
+                self._each_chunk(self._upsert_chunk, self._chunks(unique), results)
+            self._each_chunk(self._delete_chunk, self._chunks(deletes), results)
         except ConnectorError as exc:
             if not results:
                 raise
@@ -589,6 +595,26 @@ class SalesforceConnector(Connector):
             r = results.get(i) if op.kind == "delete" else results.get(last[op.key])
             out.append(WriteResult(op.key, r.error, r.retryable) if r else WriteResult(op.key))
         return out
+
+    def _each_chunk(
+        self,
+        send: Callable[[list[tuple[int, WriteOp]], dict[int, WriteResult]], None],
+        chunks: list[list[tuple[int, WriteOp]]],
+        results: dict[int, WriteResult],
+    ) -> None:
+        """``send`` every chunk, up to ``parallel_requests`` at once; the first error is
+        raised once all have ended (the results of the others are kept)."""
+        if len(chunks) <= 1 or self.cfg.parallel_requests <= 1:
+            for chunk in chunks:
+                send(chunk, results)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.cfg.parallel_requests,
+                                            thread_name_prefix=f"salesforce-{self.obj}")
+        futures = [self._pool.submit(send, chunk, results) for chunk in chunks]
+        errors = [exc for f in futures if (exc := f.exception()) is not None]
+        if errors:
+            raise errors[0]
 
     def _record(self, op: WriteOp) -> dict[str, Any]:
         rec = {k: v for k, v in (op.fields or {}).items() if k not in self._readonly}

@@ -80,6 +80,7 @@ class Daemon:
         self._stats_thread: threading.Thread | None = None
         self._reload_lock = threading.Lock()
         self._proxy: tuple[Any, Any] | None = None
+        self._polled_idle = False
 
     @property
     def proxy(self) -> Any:
@@ -258,12 +259,14 @@ class Daemon:
         """Run until every pipeline is caught up (or cannot go on); report each."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.stopping.is_set():
+            self._polled_idle = False
             reports = self.reports()
             if all(r.done for r in reports):
                 return reports
             if deadline is not None and time.monotonic() > deadline:
                 return self.reports(final=True)
-            self.stopping.wait(0.05)
+            # right after asking idle sides for a last poll, look again soon
+            self.stopping.wait(0.005 if self._polled_idle else 0.05)
         return self.reports(final=True)
 
     def reports(self, final: bool = False) -> list[PipelineReport]:
@@ -291,6 +294,7 @@ class Daemon:
             if (not rep.done and prog["state"] == "running" and not queue.get("pending")
                     and not queue.get("in_flight")):
                 self.proxy.poll_idle(pid)
+                self._polled_idle = True
             out.append(rep)
         return out
 

@@ -85,21 +85,27 @@ class _RecErr(Exception):
         self.err: dict[str, Any] = {"statusCode": code, "message": message, "fields": fields or []}
 
 
+_B62_PAIRS = [a + b for a in _B62 for b in _B62]
+
+
 def sf_id(prefix: str, n: int) -> str:
     """The 18-character id number ``n`` with key prefix ``prefix``."""
-    body = ""
-    for _ in range(12):
-        n, r = divmod(n, 62)
-        body = _B62[r] + body
-    return with_checksum(prefix + body)
+    pairs = []
+    for _ in range(6):
+        n, r = divmod(n, 3844)
+        pairs.append(_B62_PAIRS[r])
+    pairs.reverse()
+    return with_checksum(prefix + "".join(pairs))
+
+
+# per character "1" for an upper-case letter, else "0": the checksum's bits
+_UPPER_BITS = {i: "1" if "A" <= chr(i) <= "Z" else "0" for i in range(128)}
 
 
 def with_checksum(id15: str) -> str:
-    suffix = ""
-    for chunk in range(3):
-        bits = sum(1 << i for i, c in enumerate(id15[chunk * 5 : chunk * 5 + 5]) if "A" <= c <= "Z")
-        suffix += _CHK[bits]
-    return id15 + suffix
+    flags = id15.translate(_UPPER_BITS)
+    return (id15 + _CHK[int(flags[4::-1], 2)] + _CHK[int(flags[9:4:-1], 2)]
+            + _CHK[int(flags[14:9:-1], 2)])
 
 
 _NOW: list[Any] = [0, ""]
