@@ -288,10 +288,12 @@ class SalesforceConnector(Connector):
                     session_id=tok["access_token"],
                     session=s,
                     version=self.cfg.api_version,
+                    object_pairs_hook=None,  # plain dicts: json's fast path
                 )
                 return
             kwargs: dict[str, Any] = {
                 "session": s,
+                "object_pairs_hook": None,
                 "version": self.cfg.api_version,
                 "domain": self.cfg.domain,
             }
@@ -634,7 +636,8 @@ class SalesforceConnector(Connector):
             "records": [{"attributes": {"type": self.obj}, **self._record(op)} for _, op in chunk],
         }
         path = f"composite/sobjects/{self.obj}/{self.key}"
-        res = self._call(lambda sf: sf.restful(path, method="PATCH", json=body)) or []
+        data = msgspec.json.encode(body)  # several times faster than requests' json=
+        res = self._call(lambda sf: sf.restful(path, method="PATCH", data=data)) or []
         for (i, op), out in zip(chunk, res, strict=False):
             results[i] = (
                 WriteResult(op.key)

@@ -127,6 +127,7 @@ class Store:
             o: {f[0]: f for f in _COMMON + spec[1]} for o, spec in self.objects.items()
         }
         self.lower = {o: {k.lower(): k for k in fs} for o, fs in self.fields.items()}
+        self.blank: dict[str, Record] = {o: dict.fromkeys(fs) for o, fs in self.fields.items()}
         self.soql_schema: dict[str, dict[str, str]] = {}
         for o, fs in self.fields.items():
             m = dict(self.lower[o])
@@ -211,7 +212,7 @@ class Store:
         for k, v in values.items():
             if k == "attributes":
                 continue
-            name = low.get(k.lower())
+            name = k if k in fs else low.get(k.lower())
             if name is None:
                 raise _RecErr(
                     "INVALID_FIELD", f"No such column '{k}' on sobject of type {obj}", [k]
@@ -287,15 +288,10 @@ class Store:
         self._check_unique(obj, values, None)
         self.seq += 1
         ts = now_text()
-        rec: Record = dict.fromkeys(self.fields[obj])
-        rec.update(values)
-        rec.update(
-            Id=sf_id(self.objects[obj][0], self.seq),
-            IsDeleted=False,
-            CreatedDate=ts,
-            LastModifiedDate=ts,
-            SystemModstamp=ts,
-        )
+        rec: Record = {
+            **self.blank[obj], **values, "Id": sf_id(self.objects[obj][0], self.seq),
+            "IsDeleted": False, "CreatedDate": ts, "LastModifiedDate": ts, "SystemModstamp": ts,
+        }
         self.data[obj][rec["Id"]] = rec
         self._index(obj, None, rec)
         self.dirty = True
@@ -476,7 +472,8 @@ class Store:
             for r in records:
                 v = r.get(name) if isinstance(r, dict) else None
                 if v is not None:
-                    seen[str(v).lower()] = seen.get(str(v).lower(), 0) + 1
+                    lv = str(v).lower()
+                    seen[lv] = seen.get(lv, 0) + 1
         results: list[Record] = []
         for r in records:
             results.append(self._one(op, obj, field, r, seen))
