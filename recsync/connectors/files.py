@@ -127,13 +127,15 @@ class _Blocks:
         self.bad = False
         self.lineno = 0
         self.queue: collections.deque[bytes] = collections.deque()
+        self.unsplit = b""  # whole lines after the queue, not yet split
         self.raw: list[bytes] = []
 
     def block(self) -> bytes:
         """The next whole lines (the last one may lack its line break at EOF); b"" at EOF."""
-        if self.queue:
-            data = b"".join(self.queue)
+        if self.queue or self.unsplit:
+            data = b"".join(self.queue) + self.unsplit
             self.queue.clear()
+            self.unsplit = b""
             return data
         while True:
             data = self.fh.read(_BLOCK)
@@ -159,7 +161,14 @@ class _Blocks:
                 data = self.block()
                 if not data:
                     return
-                self.queue.extend(_LINE.findall(data))
+                if self.lineno == 0:
+                    # the header alone: a caller that only needs it does not pay for
+                    # splitting the rest of the block
+                    cut = data.find(b"\n") + 1 or len(data)
+                    self.queue.append(data[:cut])
+                    self.unsplit = data[cut:]
+                else:
+                    self.queue.extend(_LINE.findall(data))
             self.lineno += 1
             yield self.queue.popleft()
 
@@ -514,14 +523,16 @@ class FileConnector(Connector):
                 plan[op.key] = _Action(None)
                 results.append(WriteResult(op.key))
                 continue
-            fields = op.fields or {}
+            # CSV cells are text: convert once, for the checks and the rows alike
+            fields = (dict(op.fields or {}) if self.format == "jsonl"
+                      else {k: _cell(v) for k, v in (op.fields or {}).items()})
             error = self._check(op.key, fields)
             if error is not None:
                 results.append(WriteResult(op.key, error, retryable=False))
                 continue
             prev = plan.get(op.key)
             if prev is None or prev.fields is None:
-                plan[op.key] = _Action(dict(fields), replace=prev is not None)
+                plan[op.key] = _Action(fields, replace=prev is not None)
             else:
                 prev.fields.update(fields)
             results.append(WriteResult(op.key))
@@ -737,10 +748,15 @@ class FileConnector(Connector):
                     out.line(apply(row, found))
             index.add(slow_keys)
         new_rows = []
+        unique_header = len(col) == width
         for k, act in plan.items():
             if k not in done and act.fields is not None:
+                fields = act.fields
+                if unique_header:  # the usual case: one pass over the header
+                    new_rows.append([_cell(fields.get(h)) for h in header])
+                    continue
                 cells = [""] * width
-                for f, v in act.fields.items():
+                for f, v in fields.items():
                     cells[col[f]] = _cell(v)
                 new_rows.append(cells)
         if new_rows:  # one csv pass and one encode for all of them
