@@ -548,8 +548,8 @@ class FileConnector(Connector):
             if self.format == "jsonl":
                 msgspec.json.encode(fields)
             else:
-                try:  # one encode for the whole record ...
-                    "\0".join([*fields, *map(_cell, fields.values())]).encode(self.encoding)
+                try:  # one encode for the whole record (its values are text by now) ...
+                    "\0".join([*fields, *fields.values()]).encode(self.encoding)
                 except UnicodeEncodeError:  # ... and field by field to say which failed
                     for name, value in fields.items():
                         name.encode(self.encoding)
@@ -753,7 +753,7 @@ class FileConnector(Connector):
             if k not in done and act.fields is not None:
                 fields = act.fields
                 if unique_header:  # the usual case: one pass over the header
-                    new_rows.append([_cell(fields.get(h)) for h in header])
+                    new_rows.append([fields.get(h, "") for h in header])
                     continue
                 cells = [""] * width
                 for f, v in fields.items():

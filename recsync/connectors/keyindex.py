@@ -22,6 +22,9 @@ class KeyIndex:
         # "" opens a private temporary database, deleted when it is closed
         self._db = sqlite3.connect("", isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA cache_size = -2000")
+        # a cache that is rebuilt when in doubt: no journal, no syncing
+        self._db.execute("PRAGMA journal_mode = OFF")
+        self._db.execute("PRAGMA synchronous = OFF")
         self._db.execute("CREATE TABLE keys (k BLOB PRIMARY KEY) WITHOUT ROWID")
         self.version: str | None = None
 
