@@ -142,6 +142,10 @@ class Store:
         self.ext: dict[str, dict[str, dict[str, list[str]]]] = {
             o: {k: {} for k, f in fs.items() if f[4]} for o, fs in self.fields.items()
         }
+        # external id fields that must be unique, per object
+        self.unique_ext: dict[str, tuple[str, ...]] = {
+            o: tuple(k for k in e if self.fields[o][k][5]) for o, e in self.ext.items()
+        }
         self.seq = 0
         self.dirty = False
 
@@ -161,6 +165,8 @@ class Store:
     # ------------------------------------------------------------------ helpers
 
     def object_name(self, name: str) -> str:
+        if name in self.objects:
+            return name
         for o in self.objects:
             if o.lower() == name.lower():
                 return o
@@ -271,11 +277,13 @@ class Store:
         return out
 
     def _check_unique(self, obj: str, values: Record, rid: str | None) -> None:
-        for fname, idx in self.ext[obj].items():
+        ext = self.ext[obj]
+        for fname in self.unique_ext[obj]:
             v = values.get(fname)
-            if v is None or not self.fields[obj][fname][5]:
+            if v is None:
                 continue
-            other = [i for i in idx.get(v.lower(), []) if i != rid]
+            ids = ext[fname].get(v.lower())
+            other = [i for i in ids if i != rid] if ids else None
             if other:
                 raise _RecErr(
                     "DUPLICATE_VALUE",
@@ -314,7 +322,7 @@ class Store:
         self.dirty = True
 
     def _by_ext(self, obj: str, field: str, value: str) -> list[str]:
-        name = self.lower[obj].get(field.lower())
+        name = field if field in self.fields[obj] else self.lower[obj].get(field.lower())
         if name is None or name not in self.ext[obj]:
             if name == "Id":
                 rec = self.data[obj].get(value)
@@ -418,9 +426,11 @@ class Store:
         ids = self._by_ext(obj, field, value)
         if len(ids) > 1:
             raise SfError(300, "MULTIPLE_CHOICES", "More than one record found")
-        name = self.lower[obj][field.lower()]
+        name = field if field in self.fields[obj] else self.lower[obj][field.lower()]
         try:
-            clean = self._clean(obj, {**values, name: value} if name != "Id" else values, not ids)
+            if name != "Id" and values.get(name) != value:
+                values = {**values, name: value}
+            clean = self._clean(obj, values, not ids)
             if ids:
                 rec = self._change(obj, self.data[obj][ids[0]], clean)
                 return {"id": rec["Id"], "success": True, "errors": [], "created": False}
