@@ -46,12 +46,13 @@ class QueueActor(PipelineActor):
         self.added: dict[Direction, int] = dict.fromkeys(DIRECTIONS, 0)
         self.last_activity = clock.monotonic()
         self.held: dict[str, str] = {}
-        # A page passed straight to the writer per direction (see Store.enqueue). Its
-        # poller is answered once the outcome is saved: reading the next page meanwhile
-        # would only compete with the writer for the GIL (measured slower), and a later
-        # page's cursor must not be saved before this one's.
+        # A page passed straight to the writer per direction (see Store.enqueue), and the
+        # page of its side read meanwhile: it waits, as the cursor after it must not be
+        # saved before the direct page's outcome is. Reading one page ahead lets the next
+        # page's Python work run while the writer is in SQLite or on the network
+        # (measured on 100k rows SQLite -> SQLite: 0.12 -> 0.17 of the raw copy).
         self.direct: dict[Direction, DirectPage | None] = dict.fromkeys(DIRECTIONS)
-        self.direct_more: dict[Direction, bool] = dict.fromkeys(DIRECTIONS, False)
+        self.waiting: list[Enqueue] = []
         self.handles(Enqueue, self._enqueue)
         self.handles(Flush, lambda _m: self._flush_all())
         self.handles(BatchDone, self._batch_done)
@@ -72,6 +73,9 @@ class QueueActor(PipelineActor):
     def _enqueue(self, msg: Enqueue) -> None:
         assert self.store is not None
         direction: Direction = "a_to_b" if msg.side == "a" else "b_to_a"
+        if self.direct[direction] is not None:
+            self.waiting.append(msg)
+            return
         poller = self.peers.ref(f"poller_{msg.side}")
         s = self.settings
         # A page goes direct only while nothing else is queued or moving: other work could
@@ -94,16 +98,14 @@ class QueueActor(PipelineActor):
             if not msg.event:
                 self.send(poller, Committed(None, False, text, hold=True))
             return
+        if not msg.event:
+            self.send(poller, Committed(msg.cursor, msg.more))
         if stats.direct is not None:
             self.last_activity = self.clock.monotonic()
             self.direct[direction] = DirectPage(
                 msg.side, msg.cursor, msg.observed, {i.key: i for i in stats.direct})
-            self.direct_more[direction] = msg.more
             self._send_batch(direction, stats.direct)
-            return
-        if not msg.event:
-            self.send(poller, Committed(msg.cursor, msg.more))
-        if stats.queued:
+        elif stats.queued:
             self.last_activity = self.clock.monotonic()
             self.added[direction] += stats.queued
             if self.added[direction] >= s.batch_size:
@@ -145,8 +147,9 @@ class QueueActor(PipelineActor):
             log.error("record failed", extra={"pipeline": self.pipeline, "record": key,
                                               "direction": msg.direction, "error": error})
         if direct is not None:
-            poller = self.peers.ref(f"poller_{direct.side}")
-            self.send(poller, Committed(direct.cursor, self.direct_more[msg.direction]))
+            waiting, self.waiting = self.waiting, []
+            for page in waiting:
+                self._enqueue(page)
         if (full or direct is not None) and stats.deferred == 0:
             self._flush(msg.direction)
 
@@ -162,7 +165,7 @@ class QueueActor(PipelineActor):
     def progress(self) -> dict[str, Any]:
         assert self.store is not None
         return {
-            "pending": int(self.store.has_pending()),
+            "pending": int(self.store.has_pending() or bool(self.waiting)),
             "in_flight": sum(len(v) for v in self.in_flight.values() if v),
             "last_activity": self.last_activity,
             "held": dict(self.held),
