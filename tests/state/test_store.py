@@ -231,3 +231,49 @@ def test_changed_rules_make_link_hashes_stale_until_the_next_write(
     store.enqueue("a", [change("1", "Ada 3")], "c3", clock.time() + 3, RULES)
     (fresh,) = store.lease("a_to_b", 10, frozenset())
     assert fresh.expected_hash == item.hash
+
+
+# ---------------------------------------------------------------- pages written directly
+
+def test_a_plain_page_goes_direct_and_is_saved_with_its_outcome(
+    store: Store, clock: FakeClock
+) -> None:
+    from recsync.state.store import DirectPage
+
+    stats = store.enqueue("a", [change("1", "Ada"), change("2", "Bob"), change("3", "Cy")],
+                          "c1", clock.time(), RULES, direct_limit=10)
+    assert stats.direct is not None and [i.key for i in stats.direct] == ["1", "2", "3"]
+    # nothing is queued and the cursor is not saved until the outcome is
+    assert store.pending() == 0 and store.cursor("a") is None
+    one, two, three = stats.direct
+    outcomes = [
+        ItemOutcome(one.key, one.gen, "synced", hash=one.hash, src_hash=one.src_hash),
+        ItemOutcome(two.key, two.gen, "retry", error="target busy"),
+        ItemOutcome(three.key, three.gen, "rejected", error="bad email"),
+    ]
+    clock.advance(0.01)
+    page = DirectPage("a", "c1", clock.time(), {i.key: i for i in stats.direct})
+    result = store.apply("a_to_b", outcomes, RetryPolicy(), clock.time(), page)
+    assert (result.synced, result.retried, result.failed) == (1, 1, 1)
+    assert store.cursor("a") == "c1"
+    counts = store.counts()
+    assert counts["ready_a_to_b"] == 1 and counts["failed_a_to_b"] == 1
+    # the retry comes back from the queue with its content, after its backoff
+    clock.advance(3600)
+    retry = store.lease("a_to_b", 10, frozenset())
+    assert [(i.key, i.content, i.attempts) for i in retry] == [("2", {"id": "2", "name": "Bob"},
+                                                               1)]
+    # the synced record is linked: seeing it again on either side is no change
+    assert store.enqueue("a", [change("1", "Ada")], "c2", clock.time(), RULES).queued == 0
+    assert store.enqueue("b", [change("1", "Ada")], "b1", clock.time(), RULES).queued == 0
+
+
+def test_a_page_with_queued_work_around_does_not_go_direct(store: Store, clock: FakeClock) -> None:
+    store.enqueue("a", [change("1", "Ada")], "c1", clock.time(), RULES)  # queued
+    stats = store.enqueue("a", [change("2", "Bob")], "c2", clock.time(), RULES, direct_limit=10)
+    assert stats.direct is None and stats.queued == 1 and store.cursor("a") == "c2"
+    # too big for one batch: queued too
+    sync_all(store, "a_to_b", clock)
+    big = [change(str(i), f"N{i}") for i in range(10, 30)]
+    stats = store.enqueue("a", big, "c3", clock.time(), RULES, direct_limit=10)
+    assert stats.direct is None and stats.queued == 20
