@@ -1,7 +1,9 @@
 """Salesforce write path benchmark against the mock (``python -m bench.salesforce_bench``).
 
 Measures, in one run against one SalesforceMock on loopback:
-(a) the mock's raw requests/s with a keep-alive requests.Session;
+(a) the mock's raw requests/s with a keep-alive requests.Session, next to a bare stdlib
+    ThreadingHTTPServer answering the same client (this machine's limit for such a server;
+    crm-apis.md measured about 1,900/s on an idle machine);
 (b) a plain per-record simple-salesforce loop (``sf.Contact.upsert("Record_Id__c/<id>")``);
 (c) SalesforceConnector.write for N records in engine-sized batches: records/s and requests
     per 1,000 records; then the ratio (c)/(b).
@@ -10,8 +12,11 @@ Measures, in one run against one SalesforceMock on loopback:
 from __future__ import annotations
 
 import argparse
+import socket
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +27,42 @@ from simple_salesforce.api import Salesforce
 from recsync.connectors.mock.salesforce import SalesforceMock
 from recsync.connectors.salesforce import SalesforceConnector
 from recsync.messages import WriteOp
+
+
+class _Bare(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def do_GET(self) -> None:
+        body = b'{"ok": true}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def bare_rate(n: int) -> float:
+    """Requests/s of a stdlib server that does nothing, with the same kind of client."""
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Bare)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        with requests.Session() as s:
+            url = f"http://127.0.0.1:{srv.server_port}/"
+            s.get(url)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                s.get(url).raise_for_status()
+            return n / (time.perf_counter() - t0)
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 class _Plain(HTTPAdapter):
@@ -63,7 +104,10 @@ def main() -> None:
         for _ in range(args.raw_requests):
             s.get(mock.url + "/services/data/v59.0/limits", headers=hdr).raise_for_status()
         raw = args.raw_requests / (time.perf_counter() - t0)
-        print(f"(a) mock raw: {raw:,.0f} requests/s (keep-alive GET /limits)")
+        bare = bare_rate(args.raw_requests)
+        print(f"(a) mock raw: {raw:,.0f} requests/s (keep-alive GET /limits); a bare stdlib "
+              f"server on this machine now: {bare:,.0f} requests/s (mock = "
+              f"{raw / bare:.2f} of it)")
 
         sf = Salesforce(
             instance_url=tok["instance_url"],
