@@ -29,15 +29,17 @@ skipped when the log is read back: they are echoes, which the engine would drop 
 
 ``"column"``: no objects are added; rows whose ``updated_at`` column is greater than the
 cursor are read in (updated_at, key) order. Deletes cannot be seen this way, and rows
-with a NULL updated_at only appear in listings, so the engine should ask for a full
-listing now and then: ``read_changes(SqliteConnector.relist_cursor(cursor), limit)``.
+with a NULL updated_at only appear in listings, so the whole table is listed again every
+``relist_interval`` seconds (an hour by default; 0 = never) and the engine takes the rows
+a listing no longer holds as deleted. ``relist_cursor(cursor)`` asks for a listing now.
 
 Cursors are compact JSON text:
 
 * ``{"scan_after": <rowid>, "seq": S}`` / ``{"scan_after": <rowid>, "ts": T, "key": K}``:
   a listing (full scan by rowid, or by key for WITHOUT ROWID tables) is in progress;
 * ``{"seq": S}``: trigger mode, log rows after S are next;
-* ``{"ts": T, "key": K}``: column mode, rows after (T, K) are next;
+* ``{"ts": T, "key": K, "listed_at": L}``: column mode, rows after (T, K) are next; the
+  last listing began at L (epoch seconds);
 * ``{"relist": true, ...}``: start a new full listing (``relist_cursor``).
 
 No cursor (or one that cannot be used) starts a listing. ``modified_at`` is the
@@ -78,6 +80,7 @@ class SqliteConfig(ConnectorConfig, frozen=True, forbid_unknown_fields=True, kw_
     updated_at: str = "updated_at"
     busy_timeout: float = 5.0
     changelog_retention: float = 86400.0
+    relist_interval: float = 3600.0  # column mode: list the table this often, for deletes
 
 
 def _without_ranges(rows: list[Any], ranges: list[tuple[int, int]]) -> list[Any]:
@@ -389,9 +392,10 @@ class SqliteConnector(Connector):
                 return self._log_page(state["seq"], limit)
             if "scan_after" in state:
                 return self._scan_page(state, limit, start=False)
-            if "ts" not in state or state.get("relist"):
+            if "ts" not in state or state.get("relist") or self._relist_due(state):
                 return self._start_listing(limit)
-            return self._column_page(state["ts"], state.get("key"), limit)
+            return self._column_page(state["ts"], state.get("key"), limit,
+                                     state.get("listed_at"))
         except sqlite3.OperationalError as exc:
             raise self._op_error(exc, "reading changes") from exc
         except sqlite3.DatabaseError as exc:
@@ -428,8 +432,16 @@ class SqliteConnector(Connector):
                 f"SELECT {u}, {k} FROM {_q(self.table)} WHERE {u} IS NOT NULL AND {k} IS NOT "
                 f"NULL ORDER BY {u} DESC, {k} DESC LIMIT 1"
             ).fetchone()
-            state = {"ts": row[0] if row else None, "key": row[1] if row else None}
+            state = {"ts": row[0] if row else None, "key": row[1] if row else None,
+                     "listed_at": time.time()}
         return self._scan_page(state, limit, start=True)
+
+    def _relist_due(self, state: dict[str, Any]) -> bool:
+        """Column mode: time for the listing that finds deleted rows."""
+        every = self.cfg.relist_interval
+        listed = state.get("listed_at")
+        since = listed if isinstance(listed, int | float) else 0.0
+        return every > 0 and time.time() - since >= every
 
     def _select(self, where: str, order: str, extra: str = "") -> str:
         key = ("select", where, order, extra)
@@ -545,7 +557,7 @@ class SqliteConnector(Connector):
                 changes.append(Change(kt, "upsert", row, max(at, ts or 0.0)))
         return ChangePage(changes, _dump({"seq": last}), more=more)
 
-    def _column_page(self, ts: Any, key: Any, limit: int) -> ChangePage:
+    def _column_page(self, ts: Any, key: Any, limit: int, listed_at: Any) -> ChangePage:
         u, k = _q(self._updated or ""), _q(self._key)
         params: tuple[Any, ...]
         if ts is None:
@@ -561,11 +573,12 @@ class SqliteConnector(Connector):
         more = len(rows) > limit
         rows = rows[:limit]
         if not rows:
-            return ChangePage([], _dump({"ts": ts, "key": key}))
+            return ChangePage([], _dump({"ts": ts, "key": key, "listed_at": listed_at}))
         last = rows[-1]
         ui, ki = cols.index(self._updated or ""), cols.index(self._key)
         changes = self._to_changes(iter(rows), cols, time.time())
-        return ChangePage(changes, _dump({"ts": last[ui], "key": last[ki]}), more=more)
+        cursor = {"ts": last[ui], "key": last[ki], "listed_at": listed_at}
+        return ChangePage(changes, _dump(cursor), more=more)
 
     def _key_params(self, key: str) -> list[Any]:
         """Values to look ``key`` up by (a typeless column compares 303 and "303" unequal)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -343,7 +344,8 @@ def test_column_mode(tmp_path: Path) -> None:
     pages, cursor = drain(c, None, 4)
     assert [len(p.changes) for p in pages] == [4, 2]
     assert pages[0].listing_start and pages[-1].listing_done
-    assert json.loads(cursor) == {"ts": "2024-01-01T00:00:02", "key": 5}
+    assert json.loads(cursor) == {"ts": "2024-01-01T00:00:02", "key": 5,
+                                  "listed_at": pytest.approx(time.time(), abs=60)}
     assert c.read_changes(cursor, 10).changes == []
     user_sql(
         tmp_path / "db.sqlite",
@@ -359,7 +361,8 @@ def test_column_mode(tmp_path: Path) -> None:
     )  # same ts, key before: not seen (documented)
     pages, cursor2 = drain(c, cursor, 1)
     assert [ch.key for p in pages for ch in p.changes] == ["7", "1"]
-    assert json.loads(cursor2) == {"ts": "2024-01-01T00:00:05", "key": 1}
+    assert json.loads(cursor2) == {"ts": "2024-01-01T00:00:05", "key": 1,
+                                   "listed_at": json.loads(cursor)["listed_at"]}
     assert pages[-1].changes[0].modified_at == 1704067205.0
     # deletes are found by a listing requested with relist_cursor
     user_sql(tmp_path / "db.sqlite", "DELETE FROM contacts WHERE id = 2")
@@ -368,7 +371,30 @@ def test_column_mode(tmp_path: Path) -> None:
     pages, cursor3 = drain(c, relist, 100)
     assert pages[0].listing_start and pages[-1].listing_done
     assert sorted(int(ch.key) for p in pages for ch in p.changes) == [0, 1, 3, 4, 5, 6, 7]
-    assert json.loads(cursor3) == {"ts": "2024-01-01T00:00:05", "key": 1}
+    assert json.loads(cursor3)["ts"] == "2024-01-01T00:00:05"
+    assert json.loads(cursor3)["key"] == 1
+
+
+def test_column_mode_lists_the_table_again_every_relist_interval(tmp_path: Path) -> None:
+    make_db(tmp_path / "db.sqlite",
+            rows=[(i, f"{i}@x", "n", 0, "2024-01-01T00:00:00") for i in range(1, 4)])
+    hourly = connector(tmp_path, tracking="column")
+    hourly.open()
+    _pages, cursor = drain(hourly, None, 10)
+    user_sql(tmp_path / "db.sqlite", "DELETE FROM contacts WHERE id = 2")
+    page = hourly.read_changes(cursor, 10)
+    assert not page.listing and page.changes == []  # not due: nothing to see
+    # an old cursor (no listing time) or an elapsed interval means a listing now
+    due = connector(tmp_path, tracking="column", relist_interval=1e-9)
+    due.open()
+    for start in (json.dumps({"ts": "2024-01-01T00:00:00", "key": 3}), cursor):
+        pages, after = drain(due, start, 10)
+        assert pages[0].listing_start and pages[-1].listing_done
+        assert sorted(ch.key for p in pages for ch in p.changes) == ["1", "3"]
+    never = connector(tmp_path, tracking="column", relist_interval=0)
+    never.open()
+    assert not never.read_changes(json.dumps({"ts": "2024-01-01T00:00:00", "key": 3}),
+                                  10).listing
 
 
 # ---------------------------------------------------------------- fetch and write

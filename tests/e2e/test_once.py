@@ -239,3 +239,19 @@ def test_target_failing_then_recovering_loses_nothing(tmp_path: Path) -> None:
     assert proc.returncode == 0, out + err
     assert "a->b 40 synced" in out and "0 failed" in out
     assert users(tmp_path / "b.sqlite") == users(tmp_path / "a.sqlite")
+
+
+def test_column_mode_finds_deletes_by_listing_the_table_again(tmp_path: Path) -> None:
+    a = tmp_path / "a.sqlite"
+    make_users(a, seed_rows(10))
+    column_a = ('{ connector = "sqlite", path = "a.sqlite", table = "users", '
+                'key = "record_id", tracking = "column", relist_interval = 0.000001 }')
+    write_config(tmp_path, column_a, CSV_B)
+    ok(run_once(tmp_path))
+    assert "3" in by_key(read_csv(tmp_path / "contacts.csv"))
+    sql(a, "DELETE FROM users WHERE record_id = 3")
+    out = ok(run_once(tmp_path))
+    assert "a->b 1 synced" in out, out
+    assert "3" not in by_key(read_csv(tmp_path / "contacts.csv"))
+    # column mode added nothing to the user's database
+    assert sql(a, "SELECT name FROM sqlite_master WHERE name LIKE 'recsync%'") == []
