@@ -388,7 +388,7 @@ def test_column_mode_lists_the_table_again_every_relist_interval(tmp_path: Path)
     due = connector(tmp_path, tracking="column", relist_interval=1e-9)
     due.open()
     for start in (json.dumps({"ts": "2024-01-01T00:00:00", "key": 3}), cursor):
-        pages, after = drain(due, start, 10)
+        pages, _after = drain(due, start, 10)
         assert pages[0].listing_start and pages[-1].listing_done
         assert sorted(ch.key for p in pages for ch in p.changes) == ["1", "3"]
     never = connector(tmp_path, tracking="column", relist_interval=0)
