@@ -44,8 +44,11 @@ class DashboardScreen(Screen[Any]):
         self.refresh_model()
 
     def refresh_model(self) -> None:
+        headers = self.query(ConnectionHeader)
+        if not headers:
+            return  # mounted but not composed yet, or closing: on_mount shows the model
         model = self.dash.model
-        self.query_one(ConnectionHeader).show(model)
+        headers.first().show(model)
         self.show(model)
 
     def show(self, model: Model) -> None:
