@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
+from itertools import chain
 from typing import Any
 
 
@@ -42,4 +43,4 @@ def execute_rows(
     width = len(rows[0])
     per = max(1, max_params // max(1, width))
     for start, size in row_chunks(len(rows), per):
-        db.execute(sql_for(size), [v for row in rows[start : start + size] for v in row])
+        db.execute(sql_for(size), list(chain.from_iterable(rows[start : start + size])))

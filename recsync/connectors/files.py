@@ -690,7 +690,7 @@ class FileConnector(Connector):
             keys_known and blocks is not None and not rewrite_all
             and len(by_bytes) == len(plan)
             and all(a.fields is not None and not a.replace for a in plan.values())
-            and not index.holds_any(list(by_bytes))
+            and index.add_new(list(by_bytes))  # none of them there yet: now they are
         )
         index.version = None  # until the new version is in place
         if only_new and blocks is not None:
@@ -698,7 +698,7 @@ class FileConnector(Connector):
                 out.write(data)
         else:
             index.clear()
-        index.add(list(by_bytes))
+            index.add(list(by_bytes))
         key_re = re.compile(rb"^(?:(?:[^,\n]*,){%d}([^,\r\n]*))?" % kidx, re.MULTILINE)
         while not only_new and blocks is not None and reader is not None:
             block = blocks.block()

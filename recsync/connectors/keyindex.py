@@ -12,8 +12,6 @@ from collections.abc import Sequence
 
 from recsync.sqlbulk import execute_rows, values_marks
 
-_CHUNK = 900
-
 
 class KeyIndex:
     """Keys (bytes, as written in the file) of one file version, named by its signature."""
@@ -39,12 +37,14 @@ class KeyIndex:
         execute_rows(self._db, lambda n: f"INSERT OR IGNORE INTO keys VALUES {values_marks(1, n)}",
                      [(k,) for k in keys])
 
-    def holds_any(self, keys: Sequence[bytes]) -> bool:
-        for i in range(0, len(keys), _CHUNK):
-            part = keys[i : i + _CHUNK]
-            row = self._db.execute(
-                f"SELECT 1 FROM keys WHERE k IN ({','.join('?' * len(part))}) LIMIT 1", part
-            ).fetchone()
-            if row is not None:
-                return True
-        return False
+    def add_new(self, keys: Sequence[bytes]) -> bool:
+        """Add ``keys`` if none of them is held yet (True); else change nothing (False)."""
+        self._db.execute("BEGIN")
+        try:
+            execute_rows(self._db, lambda n: f"INSERT INTO keys VALUES {values_marks(1, n)}",
+                         [(k,) for k in keys])
+        except sqlite3.IntegrityError:
+            self._db.execute("ROLLBACK")
+            return False
+        self._db.execute("COMMIT")
+        return True

@@ -57,6 +57,7 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -773,8 +774,9 @@ class SqliteConnector(Connector):
 
     def _upsert_rows(self, names: tuple[str, ...], records: list[Record]) -> None:
         """Upsert many rows with multi-row statements (see ``recsync.sqlbulk``)."""
-        execute_rows(self.db, lambda n: self._sql("upsert", names, n),
-                     [[r[n] for n in names] for r in records], self._chunk)
+        values = itemgetter(*names)
+        rows = list(map(values, records)) if len(names) > 1 else [(values(r),) for r in records]
+        execute_rows(self.db, lambda n: self._sql("upsert", names, n), rows, self._chunk)
 
     def _apply_one(self, op: WriteOp, names: tuple[str, ...]) -> None:
         db = self.db
