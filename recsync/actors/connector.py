@@ -13,7 +13,7 @@ from recsync.clock import Clock
 from recsync.config import SideConfig
 from recsync.connectors import Connector, get_connector_class
 from recsync.errors import ConnectorConfigError, ConnectorError, RateLimited
-from recsync.messages import ItemOutcome, Record, Side, WorkItem, WriteOp
+from recsync.messages import Direction, ItemOutcome, Record, Side, WorkItem, WriteOp
 from recsync.resilience import CircuitBreaker
 
 log = logging.getLogger(__name__)
@@ -160,6 +160,7 @@ class ConnectorActor(PipelineActor):
         assert self.connector is not None
         rs, side = batch.ruleset, self.side
         source: Side = "a" if side == "b" else "b"
+        back: Direction = "b_to_a" if side == "b" else "a_to_b"  # from here to the source
         key_field = self.side_config.options.key
         outcomes: dict[str, ItemOutcome] = {}
         # (item, content to write, its hash, conflict winner or None)
@@ -173,7 +174,11 @@ class ConnectorActor(PipelineActor):
                 rec = current.get(item.key)
                 theirs = rules_mod.to_a_space(rs, side, rec) if rec is not None else None
                 their_hash = rules_mod.content_hash(theirs) if theirs is not None else None
-                if their_hash not in (item.expected_hash, item.hash):
+                back_op: rules_mod.Op = "delete" if theirs is None else "update"
+                # A change here that the rules never carry back is no conflict: this write
+                # wins (a one-way sync keeps the target equal to the source).
+                if their_hash not in (item.expected_hash, item.hash) and rules_mod.op_allowed(
+                        rs, back, back_op):
                     mine = (source, content, item.modified)
                     their_mod = (self.connector.record_modified(rec) if rec is not None
                                  else None) or self.clock.time()

@@ -255,3 +255,37 @@ def test_column_mode_finds_deletes_by_listing_the_table_again(tmp_path: Path) ->
     assert "3" not in by_key(read_csv(tmp_path / "contacts.csv"))
     # column mode added nothing to the user's database
     assert sql(a, "SELECT name FROM sqlite_master WHERE name LIKE 'recsync%'") == []
+
+
+ONE_WAY = """
+[contacts]
+a_to_b = ["create", "update", "delete"]
+b_to_a = []
+conflict = "last_writer_wins"
+[contacts.mappings]
+record_id = "record_id"
+full_name = "name"
+email_address = "email"
+status = "status"
+"""
+
+
+def test_one_way_pipeline_overwrites_hand_edits_on_its_target(tmp_path: Path) -> None:
+    a = tmp_path / "a.sqlite"
+    make_users(a, seed_rows(6))
+    write_config(tmp_path, SQLITE_A, CSV_B, rules=ONE_WAY)
+    ok(run_once(tmp_path))
+    # by hand on the target: record 3 deleted, record 4 changed
+    rows = [r for r in read_csv(tmp_path / "contacts.csv") if r["record_id"] != "3"]
+    for r in rows:
+        if r["record_id"] == "4":
+            r["name"] = "Edited in CSV"
+    write_csv(tmp_path / "contacts.csv", rows, FIELDS)
+    sql(a, "UPDATE users SET full_name = 'Three v2' WHERE record_id = 3")
+    sql(a, "UPDATE users SET full_name = 'Four v2' WHERE record_id = 4")
+    out = ok(run_once(tmp_path))
+    assert "b->a 0 synced" in out and "0 conflicts" in out, out
+    db = users(a)
+    assert db["3"][0] == "Three v2" and db["4"][0] == "Four v2"  # the source keeps its own
+    csv_rows = by_key(read_csv(tmp_path / "contacts.csv"))
+    assert csv_rows["3"]["name"] == "Three v2" and csv_rows["4"]["name"] == "Four v2"
