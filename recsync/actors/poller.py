@@ -1,7 +1,10 @@
 """PollerActor: reads one side's changes page by page and hands them to the rules.
 
-It never writes. A page is read only after the queue durably took the previous one, so
-the cursor a connector is given is always a committed one.
+It never writes. A page is read only after the queue took the previous one: durably, so
+the cursor a connector is given is a committed one, or by handing it straight to the
+writer (see Store.enqueue). Then the cursor given is the one after that page, saved only
+with its outcome; a connector that prunes its change log by it may prune rows of that
+page, but such a page holds no delete, and a listing after a crash finds its records.
 """
 
 from __future__ import annotations

@@ -199,7 +199,7 @@ class Store:
         ``save_cursor`` is False for changes submitted from outside (``sync event``).
 
         With ``direct_limit`` > 0, a page whose work is plain (nothing queued anywhere, no
-        conflict, no delete found by a listing's end, at most ``direct_limit`` items) is
+        conflict, no delete, at most ``direct_limit`` items) is
         not queued: its items come back in ``stats.direct`` to be written at once, and
         neither they nor the cursor are saved. The caller hands them to ``apply`` with a
         ``DirectPage``, which saves the outcome and the cursor in one transaction; after a
@@ -354,8 +354,10 @@ class Store:
             stats.queued += 1
             queue_rows.append((direction, c.key, content, chash, src_hash, c.modified, observed))
         self._save_links(link_rows)
+        # Deletes never go direct: their link change above is committed now, and a page
+        # that came back as a listing after a crash could no longer find them.
         if (0 < len(queue_rows) <= direct_limit and not queued and not drop and not history
-                and not in_flight_same and not in_flight_opposite):
+                and not stats.deletes and not in_flight_same and not in_flight_opposite):
             stats.direct = [
                 WorkItem(key, "delete" if content is None else "upsert", content, chash, mod,
                          self._next_gen(), 0, _expected(links.get(key), oi), src_hash)

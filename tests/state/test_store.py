@@ -277,3 +277,13 @@ def test_a_page_with_queued_work_around_does_not_go_direct(store: Store, clock: 
     big = [change(str(i), f"N{i}") for i in range(10, 30)]
     stats = store.enqueue("a", big, "c3", clock.time(), RULES, direct_limit=10)
     assert stats.direct is None and stats.queued == 20
+
+
+def test_a_page_with_a_delete_is_queued_not_sent_direct(store: Store, clock: FakeClock) -> None:
+    store.enqueue("a", [change("1", "Ada")], "c1", clock.time(), RULES)
+    sync_all(store, "a_to_b", clock)
+    # the delete changes the link at once; only a queue row in the same transaction keeps
+    # it from being lost if the page had to be listed again after a crash
+    stats = store.enqueue("a", [change("1", None), change("2", "Bob")], "c2", clock.time(),
+                          RULES, direct_limit=10)
+    assert stats.direct is None and stats.queued == 2 and store.cursor("a") == "c2"
