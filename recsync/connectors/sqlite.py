@@ -69,6 +69,8 @@ from recsync.sqlbulk import execute_rows, values_marks
 log = logging.getLogger(__name__)
 
 _NOW = "(julianday('now') - 2440587.5) * 86400.0"
+_OWN_RANGES_KEPT = 10_000  # our write transactions remembered as log ranges
+_UNREAD_AFTER = 60.0  # seconds without a read after which writes prune the log
 _ROWID_ALIASES = ("rowid", "_rowid_", "oid")
 
 
@@ -174,6 +176,7 @@ class SqliteConnector(Connector):
         self._own_writes: list[tuple[int, int]] = []
         self._shapes: dict[tuple[str, ...], tuple[tuple[str, ...], bool, bool]] = {}
         self._pruned_at = -math.inf
+        self._read_at = -math.inf  # monotonic time of the last read_changes
 
     @property
     def system_id(self) -> str:
@@ -380,6 +383,7 @@ class SqliteConnector(Connector):
         return state
 
     def read_changes(self, cursor: str | None, limit: int) -> ChangePage:
+        self._read_at = time.monotonic()
         state = self._parse_cursor(cursor)
         limit = max(1, limit)
         try:
@@ -682,6 +686,7 @@ class SqliteConnector(Connector):
             db.execute("COMMIT")
             if before is not None and after is not None and after > before:
                 self._own_writes.append((before, after))
+                del self._own_writes[:-_OWN_RANGES_KEPT]  # older echoes: dropped by hash
         except sqlite3.OperationalError as exc:
             self._rollback()
             raise self._op_error(exc, "writing records") from exc
@@ -691,6 +696,14 @@ class SqliteConnector(Connector):
         except BaseException:
             self._rollback()
             raise
+        if after is not None and time.monotonic() - self._read_at > _UNREAD_AFTER:
+            # Nobody reads this side (the rules sync nothing from it), but the triggers log
+            # our writes: keep the log to the retention window, as reading would. The
+            # records are written: a failure here is only logged.
+            try:
+                self._prune(after)
+            except sqlite3.Error as exc:
+                log.warning("Change log of %s not pruned: %s", self.system_id, exc)
         return [
             r if r is not None else WriteResult(op.key) for r, op in zip(results, ops, strict=True)
         ]

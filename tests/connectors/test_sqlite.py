@@ -585,6 +585,28 @@ def test_young_log_rows_are_kept_for_other_readers_of_the_table(
     assert [(c.key, c.op) for c in p2.changes] == [("1", "upsert")]
 
 
+def test_a_side_nobody_reads_keeps_its_log_to_the_retention_window(
+    tmp_path: Path, db_path: Path
+) -> None:
+    def log_rows() -> int:
+        db = sqlite3.connect(db_path)
+        n = db.execute("SELECT count(*) FROM recsync_changelog_contacts").fetchone()[0]
+        db.close()
+        return int(n)
+
+    kept = opened(tmp_path)  # a day of retention: our writes stay logged for other readers
+    kept.write([WriteOp("100", "upsert", {"id": 100, "email": "a@x", "name": "A"})])
+    assert log_rows() == 1
+    unread = opened(tmp_path, changelog_retention=0.0)  # never read: writes prune
+    for i in range(3):
+        unread.write([WriteOp(str(200 + i), "upsert", {"id": 200 + i, "email": "b@x"})])
+    assert log_rows() == 0
+    reader = opened(tmp_path, changelog_retention=0.0)
+    listed(reader)  # read just now: pruning is left to the reader's next read
+    reader.write([WriteOp("300", "upsert", {"id": 300, "email": "c@x"})])
+    assert log_rows() == 1
+
+
 def test_a_reader_whose_rows_were_pruned_lists_the_table_again(
     tmp_path: Path, db_path: Path
 ) -> None:
