@@ -66,11 +66,14 @@ class WriteResult(msgspec.Struct, frozen=True, array_like=True):
     """Outcome of one WriteOp. ``error`` is None on success.
 
     ``retryable`` tells a transient failure (retry with backoff) from a rejection (failed).
+    ``retry_after`` (seconds) says the target asked to wait: the op was not attempted and
+    is tried again then, without counting an attempt.
     """
 
     key: str
     error: str | None = None
     retryable: bool = False
+    retry_after: float | None = None
 
 
 class Prepared(msgspec.Struct, frozen=True, array_like=True):

@@ -205,8 +205,13 @@ class ConnectorActor(PipelineActor):
                     fields[key_field] = item.key
                 ops.append(WriteOp(item.key, "upsert", fields))
         results = self.connector.write(ops) if ops else []
+        now, wait = self.clock.time(), 0.0
         for (item, content, chash, winner), res in zip(to_write, results, strict=True):
-            if res.error is None:
+            if res.error is not None and res.retry_after is not None:
+                wait = max(wait, res.retry_after)
+                outcomes[item.key] = ItemOutcome(item.key, item.gen, "deferred", res.error,
+                                                 now + res.retry_after)
+            elif res.error is None:
                 merged = winner == "merged"
                 outcomes[item.key] = ItemOutcome(
                     item.key, item.gen, "synced", hash=chash, winner=winner,
@@ -215,4 +220,6 @@ class ConnectorActor(PipelineActor):
             else:
                 outcomes[item.key] = ItemOutcome(
                     item.key, item.gen, "retry" if res.retryable else "rejected", res.error)
+        if wait:
+            self.peers.ref("rate_limiter").tell(Call("block", (self.side, wait)))
         return [outcomes[i.key] for i in batch.items]

@@ -589,13 +589,16 @@ class SalesforceConnector(Connector):
             if not results:
                 raise
             # Chunks already written must be reported as written, or their records come
-            # back from the next poll looking like changes made in Salesforce.
+            # back from the next poll looking like changes made in Salesforce. When
+            # Salesforce asked to slow down, the others wait without spending an attempt.
+            wait = (exc.retry_after or 1.0) if isinstance(exc, RateLimited) else None
             for i, op in [*unique, *deletes]:
-                results.setdefault(i, WriteResult(op.key, str(exc), retryable=True))
+                results.setdefault(i, WriteResult(op.key, str(exc), True, wait))
         out = []
         for i, op in enumerate(ops):
             r = results.get(i) if op.kind == "delete" else results.get(last[op.key])
-            out.append(WriteResult(op.key, r.error, r.retryable) if r else WriteResult(op.key))
+            out.append(WriteResult(op.key, r.error, r.retryable, r.retry_after) if r
+                       else WriteResult(op.key))
         return out
 
     def _each_chunk(
@@ -615,8 +618,8 @@ class SalesforceConnector(Connector):
                                             thread_name_prefix=f"salesforce-{self.obj}")
         futures = [self._pool.submit(send, chunk, results) for chunk in chunks]
         errors = [exc for f in futures if (exc := f.exception()) is not None]
-        if errors:
-            raise errors[0]
+        if errors:  # being asked to slow down matters most: the caller must wait
+            raise min(errors, key=lambda e: not isinstance(e, RateLimited))
 
     def _record(self, op: WriteOp) -> dict[str, Any]:
         rec = {k: v for k, v in (op.fields or {}).items() if k not in self._readonly}
