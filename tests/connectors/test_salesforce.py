@@ -138,7 +138,21 @@ def test_rejected_record_rest_succeeds(conn: SalesforceConnector, mock: Salesfor
     assert sorted(r[KEY] for r in mock.list_records()) == ["1", "5"]
 
 
-def test_boundary_dedup_same_second(conn: SalesforceConnector, mock: SalesforceMock) -> None:
+@pytest.fixture
+def frozen(tmp_path: Path) -> Iterator[tuple[SalesforceConnector, SalesforceMock]]:
+    """A connector on a mock whose clock stands still: every change in one second."""
+    m = SalesforceMock(page_size=5, clock=lambda: 1_764_000_000.0)
+    m.start()
+    c = make(m, tmp_path)
+    yield c, m
+    c.close()
+    m.stop()
+
+
+def test_boundary_dedup_same_second(
+    frozen: tuple[SalesforceConnector, SalesforceMock]
+) -> None:
+    conn, mock = frozen
     conn.write([up(str(i)) for i in range(4)])
     page = conn.read_changes(None, 2)
     assert page.more and len(page.changes) == 2
@@ -152,7 +166,10 @@ def test_boundary_dedup_same_second(conn: SalesforceConnector, mock: SalesforceM
     assert [(c.key, c.fields["LastName"]) for c in changed] == [("0", "Changed")]
 
 
-def test_keyset_cursor_many_in_one_second(conn: SalesforceConnector) -> None:
+def test_keyset_cursor_many_in_one_second(
+    frozen: tuple[SalesforceConnector, SalesforceMock]
+) -> None:
+    conn, _mock = frozen
     conn.write([up(str(i)) for i in range(600)])
     changes, cursor = read_all(conn, None, 550)
     assert len({c.key for c in changes}) == 600 and len(changes) == 600

@@ -18,6 +18,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -127,6 +128,7 @@ class SalesforceMock:
         page_size: int = 2000,
         daily_limit: int = 100000,
         sobjects: tuple[str, ...] | list[str] = ("Contact", "Account", "Lead"),
+        clock: Callable[[], float] = time.time,
         **faults: Any,
     ) -> None:
         self.host, self.port = host, port
@@ -134,7 +136,7 @@ class SalesforceMock:
         self.page_size = page_size
         self.daily_limit = daily_limit
         self.lock = threading.RLock()
-        self.store = Store(tuple(sobjects))
+        self.store = Store(tuple(sobjects), clock)
         self.bulk = BulkJobs(self.store)
         self.request_count = 0
         self._usage: collections.deque[float] = collections.deque()

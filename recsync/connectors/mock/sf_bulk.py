@@ -100,7 +100,7 @@ class BulkJobs:
             raise SfError(400, "INVALIDJOB", "External ID field is required for upsert")
         self.n += 1
         jid = sf_id("750", self.n)
-        ts = now_text()
+        ts = now_text(self.store.clock)
         job = {
             "id": jid,
             "operation": op,
@@ -172,5 +172,5 @@ class BulkJobs:
             state="JobComplete",
             numberRecordsProcessed=len(rows),
             numberRecordsFailed=len(failed),
-            systemModstamp=now_text(),
+            systemModstamp=now_text(self.store.clock),
         )

@@ -6,6 +6,7 @@ Not thread-safe on its own: SalesforceMock holds its lock around every call.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -111,9 +112,9 @@ def with_checksum(id15: str) -> str:
 _NOW: list[Any] = [0, ""]
 
 
-def now_text() -> str:
+def now_text(clock: Callable[[], float] = time.time) -> str:
     """The current time, whole seconds, in Salesforce's format (cached per second)."""
-    sec = int(time.time())
+    sec = int(clock())
     if _NOW[0] != sec:
         _NOW[1] = soql.ts_text(datetime.fromtimestamp(sec, UTC))
         _NOW[0] = sec
@@ -121,7 +122,9 @@ def now_text() -> str:
 
 
 class Store:
-    def __init__(self, sobjects: tuple[str, ...]) -> None:
+    def __init__(self, sobjects: tuple[str, ...],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock  # the records' timestamps
         self.objects = {o: _OBJECTS[o] for o in sobjects if o in _OBJECTS}
         self.fields: dict[str, dict[str, _F]] = {
             o: {f[0]: f for f in _COMMON + spec[1]} for o, spec in self.objects.items()
@@ -295,7 +298,7 @@ class Store:
     def _insert(self, obj: str, values: Record) -> Record:
         self._check_unique(obj, values, None)
         self.seq += 1
-        ts = now_text()
+        ts = now_text(self.clock)
         rec: Record = {
             **self.blank[obj], **values, "Id": sf_id(self.objects[obj][0], self.seq),
             "IsDeleted": False, "CreatedDate": ts, "LastModifiedDate": ts, "SystemModstamp": ts,
@@ -307,7 +310,7 @@ class Store:
 
     def _change(self, obj: str, old: Record, values: Record) -> Record:
         self._check_unique(obj, values, old["Id"])
-        ts = now_text()
+        ts = now_text(self.clock)
         new = {**old, **values, "LastModifiedDate": ts, "SystemModstamp": ts}
         self.data[obj][new["Id"]] = new
         self._index(obj, old, new)
@@ -315,7 +318,7 @@ class Store:
         return new
 
     def _remove(self, obj: str, old: Record) -> None:
-        ts = now_text()
+        ts = now_text(self.clock)
         new = {**old, "IsDeleted": True, "LastModifiedDate": ts, "SystemModstamp": ts}
         self.data[obj][new["Id"]] = new
         self._index(obj, old, new)
