@@ -8,7 +8,7 @@ from typing import Any
 
 from recsync import rules as rules_mod
 from recsync.actors.base import FailureSink, PipelineActor
-from recsync.actors.protocol import BatchDone, Call, PageRead, ReadPage, WriteBatch
+from recsync.actors.protocol import BatchDone, Call, Housekeep, PageRead, ReadPage, WriteBatch
 from recsync.clock import Clock
 from recsync.config import SideConfig
 from recsync.connectors import Connector, get_connector_class
@@ -76,6 +76,17 @@ class ConnectorActor(PipelineActor):
             self.send(reply_to, self._read(request))
         elif isinstance(request, WriteBatch):
             self.send(reply_to, self._write(request))
+        elif isinstance(request, Housekeep):
+            self._housekeep()
+
+    def _housekeep(self) -> None:
+        assert self.connector is not None
+        try:
+            self._ensure_open()
+            self.connector.housekeep()
+        except ConnectorError as exc:
+            log.warning("housekeeping failed", extra={"pipeline": self.pipeline,
+                                                      "side": self.side, "error": str(exc)})
 
     def fetch_records(self, keys: list[str]) -> dict[str, Any]:
         """Current records for ``keys`` (asked by `sync event --op read`)."""
@@ -175,10 +186,12 @@ class ConnectorActor(PipelineActor):
                 theirs = rules_mod.to_a_space(rs, side, rec) if rec is not None else None
                 their_hash = rules_mod.content_hash(theirs) if theirs is not None else None
                 back_op: rules_mod.Op = "delete" if theirs is None else "update"
-                # A change here that the rules never carry back is no conflict: this write
-                # wins (a one-way sync keeps the target equal to the source).
-                if their_hash not in (item.expected_hash, item.hash) and rules_mod.op_allowed(
-                        rs, back, back_op):
+                # A change here that the rules never carry back (an operation they do not
+                # sync that way, or content their filters leave out) is no conflict: this
+                # write wins (a one-way sync keeps the target equal to the source).
+                carried = rules_mod.op_allowed(rs, back, back_op) and (
+                    theirs is None or rules_mod.matches(rs, theirs))
+                if their_hash not in (item.expected_hash, item.hash) and carried:
                     mine = (source, content, item.modified)
                     their_mod = (self.connector.record_modified(rec) if rec is not None
                                  else None) or self.clock.time()

@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from recsync.actors.base import FailureSink, PipelineActor
-from recsync.actors.protocol import Committed, PageRead, Poll, Prepare, ReadPage
+from recsync.actors.protocol import Committed, Housekeep, PageRead, Poll, Prepare, ReadPage
 from recsync.clock import Clock
 from recsync.messages import Side
 
@@ -54,6 +54,7 @@ class PollerActor(PipelineActor):
         self.busy = True
         self.cycle_started = self.clock.monotonic()
         if not self.reads:
+            self.send(self.peers.ref(f"connector_{self.side}"), (Housekeep(), None))
             self._cycle_done()
             return
         self._read_next()

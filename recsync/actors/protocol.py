@@ -22,6 +22,10 @@ class ReadPage(msgspec.Struct, frozen=True):
     observed: float
 
 
+class Housekeep(msgspec.Struct, frozen=True):
+    """To a connector whose side is not read: trim what reading would (no answer)."""
+
+
 class PageRead(msgspec.Struct, frozen=True):
     """A connector's answer to ReadPage: a page, or an error, or a wait (``retry_at``)."""
 

@@ -88,6 +88,10 @@ class Connector(abc.ABC):
         limiter stops before the allocation runs out."""
         return None
 
+    def housekeep(self) -> None:  # noqa: B027 - optional hook
+        """Called now and then instead of ``read_changes`` on a side that is not read
+        (the rules sync nothing from it): trim what reading would have trimmed."""
+
     def record_modified(self, record: Record) -> float | None:
         """The record's own last-modified time (epoch seconds), when the system keeps one.
 

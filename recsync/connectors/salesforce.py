@@ -41,6 +41,7 @@ import io
 import json
 import logging
 import re
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -195,7 +196,8 @@ class SalesforceConnector(Connector):
         self._readonly: set[str] = set()
         self._usage: tuple[int, int] | None = None
         self._usage_at = 0.0
-        self._retry_after: float | None = None
+        # per thread: parallel collections each read their own response's Retry-After
+        self._local = threading.local()
 
     def __repr__(self) -> str:
         return f"SalesforceConnector({self.cfg!r})"
@@ -344,9 +346,9 @@ class SalesforceConnector(Connector):
                 self._usage_at = time.monotonic()
         ra = resp.headers.get("Retry-After")
         try:
-            self._retry_after = float(ra) if ra else None
+            self._local.retry_after = float(ra) if ra else None
         except ValueError:
-            self._retry_after = None
+            self._local.retry_after = None
 
     # ------------------------------------------------------------------ calls
 
@@ -395,7 +397,8 @@ class SalesforceConnector(Connector):
                 ) from None
             except SalesforceGeneralError as exc:
                 if exc.status == 429:
-                    ra = self._retry_after if self._retry_after is not None else 1.0
+                    last = getattr(self._local, "retry_after", None)
+                    ra = last if last is not None else 1.0
                     raise RateLimited(
                         f"Salesforce {self.system_id} asked to slow down (HTTP 429).", ra
                     ) from None

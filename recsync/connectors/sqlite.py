@@ -70,7 +70,6 @@ log = logging.getLogger(__name__)
 
 _NOW = "(julianday('now') - 2440587.5) * 86400.0"
 _OWN_RANGES_KEPT = 10_000  # our write transactions remembered as log ranges
-_UNREAD_AFTER = 60.0  # seconds without a read after which writes prune the log
 _ROWID_ALIASES = ("rowid", "_rowid_", "oid")
 
 
@@ -176,7 +175,6 @@ class SqliteConnector(Connector):
         self._own_writes: list[tuple[int, int]] = []
         self._shapes: dict[tuple[str, ...], tuple[tuple[str, ...], bool, bool]] = {}
         self._pruned_at = -math.inf
-        self._read_at = -math.inf  # monotonic time of the last read_changes
 
     @property
     def system_id(self) -> str:
@@ -382,8 +380,20 @@ class SqliteConnector(Connector):
             return {}
         return state
 
+    def housekeep(self) -> None:
+        """Nobody reads this side, but the triggers log our writes: keep the log to the
+        retention window (rows older than it), as other readers' pruning would."""
+        if self.cfg.tracking != "triggers":
+            return
+        try:
+            top = self.db.execute(f"SELECT max(seq) FROM {_q(self.log_table)}").fetchone()[0]
+            if top is not None:
+                self._prune(int(top))
+        except sqlite3.Error as exc:
+            raise ConnectorError(f"SQLite error pruning the change log of {self.path}: "
+                                 f"{exc}.") from exc
+
     def read_changes(self, cursor: str | None, limit: int) -> ChangePage:
-        self._read_at = time.monotonic()
         state = self._parse_cursor(cursor)
         limit = max(1, limit)
         try:
@@ -696,14 +706,6 @@ class SqliteConnector(Connector):
         except BaseException:
             self._rollback()
             raise
-        if after is not None and time.monotonic() - self._read_at > _UNREAD_AFTER:
-            # Nobody reads this side (the rules sync nothing from it), but the triggers log
-            # our writes: keep the log to the retention window, as reading would. The
-            # records are written: a failure here is only logged.
-            try:
-                self._prune(after)
-            except sqlite3.Error as exc:
-                log.warning("Change log of %s not pruned: %s", self.system_id, exc)
         return [
             r if r is not None else WriteResult(op.key) for r, op in zip(results, ops, strict=True)
         ]

@@ -289,3 +289,17 @@ def test_one_way_pipeline_overwrites_hand_edits_on_its_target(tmp_path: Path) ->
     assert db["3"][0] == "Three v2" and db["4"][0] == "Four v2"  # the source keeps its own
     csv_rows = by_key(read_csv(tmp_path / "contacts.csv"))
     assert csv_rows["3"]["name"] == "Three v2" and csv_rows["4"]["name"] == "Four v2"
+
+
+def test_a_side_the_rules_never_read_keeps_its_change_log_trimmed(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.sqlite", tmp_path / "b.sqlite"
+    make_users(a, seed_rows(8))
+    make_users(b, [])
+    one_way = ONE_WAY.replace('"name"', '"full_name"').replace('"email"', '"email_address"')
+    b_side = SQLITE_B.replace(" }", ", changelog_retention = 0.0 }")
+    write_config(tmp_path, SQLITE_A, b_side, rules=one_way)
+    out = ok(run_once(tmp_path))
+    assert "a->b 8 synced" in out, out
+    assert len(users(b)) == 8
+    # b is never read (b_to_a = []), yet the log of our writes there does not pile up
+    assert sql(b, "SELECT count(*) FROM recsync_changelog_users") == [(0,)]

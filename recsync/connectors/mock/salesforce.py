@@ -19,7 +19,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -481,6 +480,3 @@ class SalesforceMock:
             return _json(200, st.batch("upsert", obj, rest[3], records, all_or_none))
         return _err(405, "METHOD_NOT_ALLOWED", f"HTTP Method '{method}' not allowed.")
 
-
-def now_text() -> str:
-    return soql.ts_text(datetime.now(UTC).replace(microsecond=0))

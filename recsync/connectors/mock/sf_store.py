@@ -109,7 +109,7 @@ def with_checksum(id15: str) -> str:
             + _CHK[int(flags[14:9:-1], 2)])
 
 
-_NOW: list[Any] = [0, ""]
+_NOW: list[Any] = [None, ""]  # (second, its text)
 
 
 def now_text(clock: Callable[[], float] = time.time) -> str:
