@@ -33,16 +33,18 @@ class KeyIndex:
         self.version = None
         self._db.execute("DELETE FROM keys")
 
-    def add(self, keys: Sequence[bytes]) -> None:
-        execute_rows(self._db, lambda n: f"INSERT OR IGNORE INTO keys VALUES {values_marks(1, n)}",
+    def _insert(self, verb: str, keys: Sequence[bytes]) -> None:
+        execute_rows(self._db, lambda n: f"{verb} INTO keys VALUES {values_marks(1, n)}",
                      [(k,) for k in keys])
+
+    def add(self, keys: Sequence[bytes]) -> None:
+        self._insert("INSERT OR IGNORE", keys)
 
     def add_new(self, keys: Sequence[bytes]) -> bool:
         """Add ``keys`` if none of them is held yet (True); else change nothing (False)."""
         self._db.execute("BEGIN")
         try:
-            execute_rows(self._db, lambda n: f"INSERT INTO keys VALUES {values_marks(1, n)}",
-                         [(k,) for k in keys])
+            self._insert("INSERT", keys)
         except sqlite3.IntegrityError:
             self._db.execute("ROLLBACK")
             return False

@@ -25,6 +25,10 @@ from recsync.state.schema import connect
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(dict[str, Any]).decode
 CHUNK = 900  # keys per IN (...) query
+_QUEUE_INSERT = (
+    "INSERT INTO queue (direction, key, op, content, hash, src_hash, modified, observed, "
+    "gen, state, attempts, next_at, enqueued_at, updated_at)"
+)
 
 
 def other(side: Side) -> Side:
@@ -359,8 +363,8 @@ class Store:
         if (0 < len(queue_rows) <= direct_limit and not queued and not drop and not history
                 and not stats.deletes and not in_flight_same and not in_flight_opposite):
             stats.direct = [
-                WorkItem(key, "delete" if content is None else "upsert", content, chash, mod,
-                         self._next_gen(), 0, _expected(links.get(key), oi), src_hash)
+                WorkItem(key, "upsert", content, chash, mod, self._next_gen(), 0,
+                         _expected(links.get(key), oi), src_hash)
                 for _d, key, content, chash, src_hash, mod, _obs in queue_rows
             ]
             return
@@ -383,9 +387,7 @@ class Store:
 
     def _put_queue(self, rows: list[tuple[Any, ...]], now: float) -> None:
         self._rows(
-            [(*r, "ready", 0, now, now, now) for r in rows],
-            "INSERT INTO queue (direction, key, op, content, hash, src_hash, modified, observed, "
-            "gen, state, attempts, next_at, enqueued_at, updated_at)",
+            [(*r, "ready", 0, now, now, now) for r in rows], _QUEUE_INSERT,
             "ON CONFLICT (direction, key) DO UPDATE SET op = excluded.op, "
             "content = excluded.content, hash = excluded.hash, src_hash = excluded.src_hash, "
             "modified = excluded.modified, "
@@ -564,17 +566,10 @@ class Store:
         rows = []
         for o in outcomes:
             if o.status in ("retry", "rejected", "deferred"):
-                i = direct.items[o.key]
-                blob = None if i.content is None else _encode(i.content)
-                rows.append((direction, i.key, i.op, blob, i.hash, i.src_hash, i.modified,
-                             direct.observed, o.gen, now, now, now))
-        self.db.executemany(
-            "INSERT INTO queue (direction, key, op, content, hash, src_hash, modified, observed, "
-            "gen, state, attempts, next_at, enqueued_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'ready', 0, ?, ?, ?) "
-            "ON CONFLICT (direction, key) DO NOTHING",
-            rows,
-        )
+                i = direct.items[o.key]  # an upsert: pages with deletes are never direct
+                rows.append((direction, i.key, i.op, _encode(i.content), i.hash, i.src_hash,
+                             i.modified, direct.observed, o.gen, "ready", 0, now, now, now))
+        self._rows(rows, _QUEUE_INSERT, "ON CONFLICT (direction, key) DO NOTHING")
 
     def _has_ready(self, direction: Direction) -> bool:
         row = self.db.execute(
