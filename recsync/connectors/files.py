@@ -28,6 +28,7 @@ import codecs
 import collections
 import contextlib
 import csv
+import dataclasses
 import io
 import itertools
 import json
@@ -37,7 +38,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, ClassVar, Literal
@@ -45,6 +46,7 @@ from typing import IO, Any, ClassVar, Literal
 import msgspec
 
 from recsync.connectors.base import Connector, ConnectorConfig
+from recsync.connectors.csvappend import CsvLayout, copy_bytes, new_rows, rows_bytes
 from recsync.connectors.keyindex import KeyIndex
 from recsync.errors import ConnectorConfigError, ConnectorError
 from recsync.messages import Change, ChangePage, Record, WriteOp, WriteResult, key_text
@@ -228,6 +230,8 @@ class FileConnector(Connector):
         self._listing: _Listing | None = None
         # the keys of the version we last wrote: new records are added without a scan
         self._keys = KeyIndex()
+        self._layout: CsvLayout | None = None  # of the version we last wrote, if plain
+        self._new_layout: tuple[list[str], str] | None = None  # set by _rewrite_csv
         self._own: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._warned = 0
         self._new_bom = False
@@ -301,6 +305,7 @@ class FileConnector(Connector):
     def close(self) -> None:
         self._end_listing()
         self._keys.clear()
+        self._layout = None
 
     # ------------------------------------------------------------------ reading
 
@@ -516,6 +521,10 @@ class FileConnector(Connector):
     # ------------------------------------------------------------------ writing
 
     def write(self, ops: list[WriteOp]) -> list[WriteResult]:
+        if self.format == "csv":
+            added = self._append_new(ops)
+            if added is not None:
+                return added
         results: list[WriteResult] = []
         plan: dict[str, _Action] = {}
         for op in ops:
@@ -570,12 +579,7 @@ class FileConnector(Connector):
             except OSError as exc:
                 raise ConnectorError(f"Cannot write {self.path}: {exc}.") from exc
             if outcome is not None:
-                before, after = outcome
-                lst = self._listing
-                if lst is None or lst.sig != before:
-                    self._own[before] = after
-                    while len(self._own) > _OWN_WRITES_KEPT:
-                        self._own.popitem(last=False)
+                self._remember_own(*outcome)
                 return
             log.info("%s changed while recsync rewrote it; rewriting again", self.path)
         raise ConnectorError(
@@ -583,8 +587,38 @@ class FileConnector(Connector):
             "will retry."
         )
 
+    def _remember_own(self, before: str, after: str) -> None:
+        lst = self._listing
+        if lst is None or lst.sig != before:
+            self._own[before] = after
+            while len(self._own) > _OWN_WRITES_KEPT:
+                self._own.popitem(last=False)
+
     def _rewrite_once(self, plan: dict[str, _Action]) -> tuple[str, str] | None:
         """Rewrite the file with ``plan`` applied; None if it changed meanwhile."""
+
+        def fill(src: IO[bytes] | None, before: str, out: IO[bytes]) -> bool:
+            if self.format == "csv":
+                self._rewrite_csv(src, out, plan, self._keys.version == before)
+            else:
+                self._rewrite_jsonl(src, out, plan)
+            return True
+
+        self._layout = self._new_layout = None
+        outcome = self._replace(fill)
+        if outcome is not None and self.format == "csv":
+            self._keys.version = outcome[1]
+            if self._new_layout is not None:
+                header, eol = self._new_layout
+                self._layout = CsvLayout.of(outcome[1], header, self.key, eol)
+        return outcome
+
+    def _replace(
+        self, fill: Callable[[IO[bytes] | None, str, IO[bytes]], bool]
+    ) -> tuple[str, str] | None:
+        """Write a new version of the file with ``fill(old file or None, its signature,
+        temp file)`` and move it into place: (old signature, new signature). None when
+        ``fill`` declined (False) or the file changed meanwhile."""
         try:
             src: IO[bytes] | None = open(self.path, "rb")  # noqa: SIM115
         except FileNotFoundError:
@@ -597,20 +631,16 @@ class FileConnector(Connector):
             )
             try:
                 with open(fd, "wb", buffering=1 << 20) as out:
-                    if self.format == "csv":
-                        self._rewrite_csv(src, out, plan, self._keys.version == before)
-                    else:
-                        self._rewrite_jsonl(src, out, plan)
-                    out.flush()
-                    os.fchmod(fd, stat.S_IMODE(st.st_mode) if st else 0o644)
-                    os.fsync(fd)
-                    after = _sig(os.fstat(fd))
-                if self._current_sig() != before:
+                    filled = fill(src, before, out)
+                    if filled:
+                        out.flush()
+                        os.fchmod(fd, stat.S_IMODE(st.st_mode) if st else 0o644)
+                        os.fsync(fd)
+                        after = _sig(os.fstat(fd))
+                if not filled or self._current_sig() != before:
                     os.unlink(tmp)
                     return None
                 os.replace(tmp, self.path)
-                if self.format == "csv":
-                    self._keys.version = after
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
@@ -625,6 +655,52 @@ class FileConnector(Connector):
             finally:
                 os.close(dfd)
         return before, after
+
+    def _append_new(self, ops: list[WriteOp]) -> list[WriteResult] | None:
+        """Add records that are all new to the CSV version we last wrote, leaving its old
+        lines unread (see ``recsync.connectors.csvappend``); None when the batch or the
+        file does not allow it, and the general rewrite must run."""
+        layout = self._layout
+        if layout is None or self._keys.version != layout.sig:
+            return None
+        plain = new_rows(ops, layout, _cell)
+        if plain is None:
+            return None
+        keys, rows = plain
+        data = rows_bytes(rows, layout.eol, self.encoding)
+        if data is None:
+            return None  # the general path says which record cannot be stored
+        try:
+            key_bytes = [k.encode(self.encoding, "surrogateescape") for k in keys]
+        except UnicodeEncodeError:
+            return None
+        added = False
+
+        def fill(src: IO[bytes] | None, before: str, out: IO[bytes]) -> bool:
+            nonlocal added
+            if src is None or before != layout.sig or not self._keys.add_new(key_bytes):
+                return False
+            added = True
+            self._keys.version = None  # until the new version is in place
+            size = os.fstat(src.fileno()).st_size
+            copy_bytes(src, out.fileno(), size)
+            if size and os.pread(src.fileno(), 1, size - 1) != b"\n":
+                out.write(layout.eol.encode())
+            out.write(data)
+            return True
+
+        try:
+            outcome = self._replace(fill)
+        except OSError as exc:
+            raise ConnectorError(f"Cannot write {self.path}: {exc}.") from exc
+        if outcome is None:
+            if added:
+                self._layout = None  # the index holds keys the file does not: rebuild it
+            return None
+        self._keys.version = outcome[1]
+        self._layout = dataclasses.replace(layout, sig=outcome[1])
+        self._remember_own(*outcome)
+        return [WriteResult(k) for k in keys]
 
     def _rewrite_csv(
         self, src: IO[bytes] | None, fh: IO[bytes], plan: dict[str, _Action],
@@ -661,6 +737,7 @@ class FileConnector(Connector):
         eol = "\r\n" if crlf else "\n"
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator=eol)
+        self._new_layout = (header, eol)
 
         def row_bytes(cells: list[str]) -> bytes:
             buf.seek(0)

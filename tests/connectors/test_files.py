@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from recsync.connectors.csvappend import copy_bytes
 from recsync.connectors.files import FileConfig, FileConnector
 from recsync.connectors.registry import get_connector_class
 from recsync.errors import ConnectorConfigError, ConnectorError
@@ -516,3 +518,61 @@ def test_a_row_added_by_someone_else_is_updated_not_duplicated(tmp_path: Path) -
     rows = path.read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == [str(i) for i in range(1, 16)]
     assert rows[11] == "11,N11,11@x"
+
+
+def test_new_records_keep_the_files_bom_and_line_endings(tmp_path: Path) -> None:
+    path = tmp_path / "people.csv"
+    path.write_bytes(b"\xef\xbb\xbfid,name\r\n1,Ann")  # someone else's file, no final break
+    c = make(tmp_path)
+    c.write([WriteOp("2", "upsert", {"id": 2, "name": "Bob"})])
+    c.write([WriteOp("3", "upsert", {"id": 3, "name": "Çé, \"quoted\""}),
+             WriteOp("4", "upsert", {"id": 4})])
+    assert path.read_bytes() == (
+        b"\xef\xbb\xbfid,name\r\n1,Ann\r\n2,Bob\r\n3,\"\xc3\x87\xc3\xa9, \"\"quoted\"\"\"\r\n4,\r\n"
+    )
+    assert records(drain(c, None)[0])["3"] == {"id": "3", "name": 'Çé, "quoted"'}
+
+
+def test_added_record_with_a_quoted_key_is_later_updated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "people.csv"
+    c = make(tmp_path, fields=["id", "name"])
+    c.write([WriteOp("1", "upsert", {"id": 1, "name": "Ann"})])
+    c.write([WriteOp("a,b", "upsert", {"id": "a,b", "name": "Comma"})])
+    c.write([WriteOp("a,b", "upsert", {"id": "a,b", "name": "Changed"}),
+             WriteOp("5", "upsert", {"id": 5, "name": "Eve"})])
+    assert path.read_text() == 'id,name\n1,Ann\n"a,b",Changed\n5,Eve\n'
+
+
+def test_text_the_encoding_cannot_store_is_refused_when_adding(tmp_path: Path) -> None:
+    path = tmp_path / "people.csv"
+    path.write_bytes(b"id,name\n1,Ann\n")
+    c = make(tmp_path, encoding="latin-1")
+    c.write([WriteOp("2", "upsert", {"id": "2", "name": "Bob"})])
+    res = c.write([WriteOp("3", "upsert", {"id": "3", "name": "€"}),
+                   WriteOp("4", "upsert", {"id": "4", "name": "Dan"})])
+    assert [r.error is None for r in res] == [False, True]
+    assert path.read_bytes() == b"id,name\n1,Ann\n2,Bob\n4,Dan\n"
+
+
+def test_a_header_with_a_repeated_column_still_gets_new_records(tmp_path: Path) -> None:
+    path = tmp_path / "people.csv"
+    path.write_text("id,name,name\n1,Ann,A\n")
+    c = make(tmp_path)
+    c.write([WriteOp("2", "upsert", {"id": "2", "name": "Bob"})])
+    c.write([WriteOp("3", "upsert", {"id": "3", "name": "Cid"})])
+    assert path.read_text() == "id,name,name\n1,Ann,A\n2,Bob,\n3,Cid,\n"
+
+
+def test_copy_bytes_falls_back_when_the_kernel_cannot_copy(tmp_path: Path) -> None:
+    src_path = tmp_path / "src"
+    src_path.write_bytes(b"0123456789" * 1000)
+    read_end, write_end = os.pipe()  # copy_file_range does not write to pipes
+    try:
+        with src_path.open("rb") as src:
+            copy_bytes(src, write_end, 9_995)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as got:
+            assert got.read() == (b"0123456789" * 1000)[:9_995]
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(write_end)

@@ -1,0 +1,98 @@
+"""Adding new records to a CSV file recsync wrote last, without reading its old lines.
+
+The file connector replaces a file to change it (temp file + rename). When every record
+of a batch is new to the file, the new version is the old bytes with rows added at the
+end: the old bytes are copied by the kernel (``copy_file_range``), so neither the copy
+nor the rows already there cost Python time, however big the file grows.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import io
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+from recsync.messages import WriteOp
+
+# copy_file_range cannot be used here (another file system, an old kernel): copy by hand
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM}
+
+
+@dataclass(frozen=True)
+class CsvLayout:
+    """The header and line ending of the CSV version with signature ``sig`` (one we wrote)."""
+
+    sig: str
+    header: tuple[str, ...]
+    columns: frozenset[str]
+    key_index: int
+    eol: str
+
+    @classmethod
+    def of(cls, sig: str, header: Sequence[str], key: str, eol: str) -> CsvLayout | None:
+        """The layout, or None when rows cannot simply be added (a repeated column name)."""
+        if len(set(header)) != len(header) or key not in header:
+            return None
+        return cls(sig, tuple(header), frozenset(header), list(header).index(key), eol)
+
+
+def new_rows(
+    ops: Sequence[WriteOp], layout: CsvLayout, cell: Callable[[Any], str]
+) -> tuple[list[str], list[list[str]]] | None:
+    """Keys and CSV cells of ``ops`` when they are plain additions for ``layout``: all
+    upserts, distinct keys, a key cell in each, no field outside the header. Else None."""
+    header, columns, kidx = layout.header, layout.columns, layout.key_index
+    keys: list[str] = []
+    rows: list[list[str]] = []
+    for op in ops:
+        fields = op.fields
+        if op.kind != "upsert" or not fields or not fields.keys() <= columns:
+            return None
+        get = fields.get
+        row = [cell(get(h)) for h in header]
+        if not row[kidx]:
+            return None
+        keys.append(op.key)
+        rows.append(row)
+    if len(set(keys)) != len(keys):
+        return None
+    return keys, rows
+
+
+def rows_bytes(rows: list[list[str]], eol: str, encoding: str) -> bytes | None:
+    """``rows`` as CSV lines in ``encoding``; None if some text cannot be stored in it."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator=eol).writerows(rows)
+    try:
+        return buf.getvalue().encode(encoding)
+    except UnicodeEncodeError:
+        return None
+
+
+def copy_bytes(src: IO[bytes], dst_fd: int, count: int) -> None:
+    """Write the first ``count`` bytes of ``src`` at ``dst_fd``'s position, in the kernel
+    where it can (no GIL held, no buffer in Python)."""
+    done = 0
+    try:
+        while done < count:
+            n = os.copy_file_range(src.fileno(), dst_fd, count - done, done)
+            if n == 0:  # the file shrank: the caller's signature check notices
+                return
+            done += n
+        return
+    except OSError as exc:
+        if exc.errno not in _NO_KERNEL_COPY:
+            raise
+    src.seek(done)
+    while done < count:
+        chunk = src.read(min(1 << 20, count - done))
+        if not chunk:
+            return
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dst_fd, view):]
+        done += len(chunk)
