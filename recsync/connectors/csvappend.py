@@ -14,6 +14,7 @@ import io
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import IO, Any
 
 from recsync.messages import WriteOp
@@ -40,30 +41,39 @@ class CsvLayout:
         return cls(sig, tuple(header), frozenset(header), list(header).index(key), eol)
 
 
+# values the csv module writes as recsync does (None as "", numbers with str()); any
+# other type (bool, bytes, lists, ...) goes through the connector's own cell conversion
+_PLAIN = frozenset({str, int, float, type(None)})
+
+
 def new_rows(
     ops: Sequence[WriteOp], layout: CsvLayout, cell: Callable[[Any], str]
-) -> tuple[list[str], list[list[str]]] | None:
-    """Keys and CSV cells of ``ops`` when they are plain additions for ``layout``: all
-    upserts, distinct keys, a key cell in each, no field outside the header. Else None."""
+) -> tuple[list[str], list[list[Any]]] | None:
+    """Keys and row values of ``ops`` when they are plain additions for ``layout``: all
+    upserts, distinct keys, a key value in each, no field outside the header. Else None."""
     header, columns, kidx = layout.header, layout.columns, layout.key_index
     keys: list[str] = []
-    rows: list[list[str]] = []
+    rows: list[list[Any]] = []
     for op in ops:
         fields = op.fields
         if op.kind != "upsert" or not fields or not fields.keys() <= columns:
             return None
-        get = fields.get
-        row = [cell(get(h)) for h in header]
-        if not row[kidx]:
+        row = list(map(fields.get, header))
+        kv = row[kidx]
+        if kv is None or kv == "":
             return None
         keys.append(op.key)
         rows.append(row)
     if len(set(keys)) != len(keys):
         return None
+    if not set(map(type, chain.from_iterable(rows))) <= _PLAIN:
+        rows = [[cell(v) for v in row] for row in rows]
+        if any(not row[kidx] for row in rows):
+            return None
     return keys, rows
 
 
-def rows_bytes(rows: list[list[str]], eol: str, encoding: str) -> bytes | None:
+def rows_bytes(rows: list[list[Any]], eol: str, encoding: str) -> bytes | None:
     """``rows`` as CSV lines in ``encoding``; None if some text cannot be stored in it."""
     buf = io.StringIO()
     csv.writer(buf, lineterminator=eol).writerows(rows)

@@ -576,3 +576,16 @@ def test_copy_bytes_falls_back_when_the_kernel_cannot_copy(tmp_path: Path) -> No
     finally:
         with contextlib.suppress(OSError):
             os.close(write_end)
+
+
+def test_added_values_are_written_as_the_rewrite_writes_them(tmp_path: Path) -> None:
+    path = tmp_path / "people.csv"
+    c = make(tmp_path, fields=["id", "vip", "score", "note", "tags"])
+    c.write([WriteOp("1", "upsert", {"id": 1, "vip": False, "score": 0.5, "note": None})])
+    c.write([WriteOp("2", "upsert", {"id": 2, "vip": True, "score": 2.25, "note": "n",
+                                     "tags": ["a", "b"]}),
+             WriteOp("3", "upsert", {"id": 3, "score": 7})])
+    assert path.read_text() == (
+        "id,vip,score,note,tags\n1,false,0.5,,\n2,true,2.25,n,\"[\"\"a\"\", \"\"b\"\"]\"\n"
+        "3,,7,,\n"
+    )
