@@ -220,16 +220,20 @@ class ConnectorActor(PipelineActor):
         results = self.connector.write(ops) if ops else []
         now, wait = self.clock.time(), 0.0
         for (item, content, chash, winner), res in zip(to_write, results, strict=True):
-            if res.error is not None and res.retry_after is not None:
-                wait = max(wait, res.retry_after)
-                outcomes[item.key] = ItemOutcome(item.key, item.gen, "deferred", res.error,
-                                                 now + res.retry_after)
-            elif res.error is None:
+            if res.error is None:
+                if winner is None:  # the usual case
+                    outcomes[item.key] = ItemOutcome(item.key, item.gen, "synced", hash=chash,
+                                                     src_hash=item.src_hash)
+                    continue
                 merged = winner == "merged"
                 outcomes[item.key] = ItemOutcome(
                     item.key, item.gen, "synced", hash=chash, winner=winner,
                     content=content if merged else None,
                     src_hash=None if merged else item.src_hash)
+            elif res.retry_after is not None:
+                wait = max(wait, res.retry_after)
+                outcomes[item.key] = ItemOutcome(item.key, item.gen, "deferred", res.error,
+                                                 now + res.retry_after)
             else:
                 outcomes[item.key] = ItemOutcome(
                     item.key, item.gen, "retry" if res.retryable else "rejected", res.error)
