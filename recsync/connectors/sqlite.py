@@ -55,7 +55,7 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from operator import itemgetter
 from pathlib import Path
@@ -459,10 +459,11 @@ class SqliteConnector(Connector):
         return every > 0 and time.time() - since >= every
 
     def _select(self, where: str, order: str, extra: str = "") -> str:
+        """``SELECT *`` (then ``extra``, a column list, after the table's columns)."""
         key = ("select", where, order, extra)
         sql = self._sql_cache.get(key)
         if sql is None:
-            sql = f"SELECT {extra}* FROM {_q(self.table)} {where} {order}".strip()
+            sql = f"SELECT *{extra} FROM {_q(self.table)} {where} {order}".strip()
             self._sql_cache[key] = sql
         return sql
 
@@ -471,19 +472,20 @@ class SqliteConnector(Connector):
         o = self._order
         where = f"WHERE {o} > ?" if after is not None else ""
         params: tuple[Any, ...] = (after, limit + 1) if after is not None else (limit + 1,)
-        cur = self.db.execute(self._select(where, f"ORDER BY {o} LIMIT ?", f"{o}, "), params)
+        # the paging column last: the record is the row without it, with no copy made
+        cur = self.db.execute(self._select(where, f"ORDER BY {o} LIMIT ?", f", {o}"), params)
         rows = cur.fetchall()
-        cols = [d[0] for d in cur.description][1:]
+        cols = [d[0] for d in cur.description][:-1]
         done = len(rows) <= limit
         rows = rows[:limit]
-        changes = self._to_changes((r[1:] for r in rows), cols, time.time())
+        changes = self._to_changes(rows, cols, time.time())
         rest = {k: v for k, v in state.items() if k not in ("scan_after", "relist")}
         more = not done
         if done and self.cfg.tracking == "triggers":
             top = self.db.execute(f"SELECT max(seq) FROM {_q(self.log_table)}").fetchone()[0]
             more = top is not None and top > rest.get("seq", 0)
         if not done:
-            rest["scan_after"] = rows[-1][0]
+            rest["scan_after"] = rows[-1][-1]
         return ChangePage(
             changes,
             _dump(rest),
@@ -494,8 +496,10 @@ class SqliteConnector(Connector):
         )
 
     def _to_changes(
-        self, rows: Iterator[Sequence[Any]], cols: list[str], default_ts: float
+        self, rows: Sequence[Sequence[Any]], cols: list[str], default_ts: float
     ) -> list[Change]:
+        """Changes from table rows whose first ``len(cols)`` values are the columns ``cols``
+        (any values after them are not part of the record)."""
         kidx = cols.index(self._key)
         uidx = cols.index(self._updated) if self._updated in cols else None
         out: list[Change] = []
@@ -510,9 +514,10 @@ class SqliteConnector(Connector):
                 # plain epoch seconds are the common case: skip the parsing
                 if ts.__class__ is not float or not 0 < ts < 1e11:
                     ts = _epoch(ts)
+            kc = k.__class__
             append(Change(
-                k if k.__class__ is str else str(k) if k.__class__ is int else key_text(k),
-                "upsert", dict(zip(cols, r, strict=True)), default_ts if ts is None else ts))
+                k if kc is str else str(k) if kc is int else key_text(k),
+                "upsert", dict(zip(cols, r, strict=False)), default_ts if ts is None else ts))
         return out
 
     def _log_gap(self, seq: int) -> bool:
@@ -591,7 +596,7 @@ class SqliteConnector(Connector):
             return ChangePage([], _dump({"ts": ts, "key": key, "listed_at": listed_at}))
         last = rows[-1]
         ui, ki = cols.index(self._updated or ""), cols.index(self._key)
-        changes = self._to_changes(iter(rows), cols, time.time())
+        changes = self._to_changes(rows, cols, time.time())
         cursor = {"ts": last[ui], "key": last[ki], "listed_at": listed_at}
         return ChangePage(changes, _dump(cursor), more=more)
 
