@@ -2,6 +2,10 @@
 
 Records are plain ``dict[str, Any]`` of one system's field names. Keys are compared by
 their text form across systems (SQLite's integer 303 and a CSV's "303" are one record).
+
+The per-record Structs are ``gc=False``: a page of thousands of them would otherwise feed
+the cyclic garbage collector, which then walks them again and again while they travel
+the pipeline. They hold records of plain values and take part in no reference cycle.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ def key_text(value: Any) -> str:
     return str(value)
 
 
-class Change(msgspec.Struct, frozen=True, array_like=True):
+class Change(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """One record as seen on one side: its current fields, or ``None`` when deleted.
 
     ``modified_at`` is the record's own timestamp (epoch seconds) when the system has one,
@@ -54,7 +58,7 @@ class ChangePage(msgspec.Struct, frozen=True):
     listing_done: bool = False
 
 
-class WriteOp(msgspec.Struct, frozen=True, array_like=True):
+class WriteOp(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """One write to a target: upsert ``fields`` (target field names) or delete ``key``."""
 
     key: str
@@ -62,7 +66,7 @@ class WriteOp(msgspec.Struct, frozen=True, array_like=True):
     fields: Record | None
 
 
-class WriteResult(msgspec.Struct, frozen=True, array_like=True):
+class WriteResult(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """Outcome of one WriteOp. ``error`` is None on success.
 
     ``retryable`` tells a transient failure (retry with backoff) from a rejection (failed).
@@ -76,7 +80,7 @@ class WriteResult(msgspec.Struct, frozen=True, array_like=True):
     retry_after: float | None = None
 
 
-class Prepared(msgspec.Struct, frozen=True, array_like=True):
+class Prepared(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """A change after the rules: content in side-A field names, its hash, filter verdict."""
 
     key: str
@@ -87,7 +91,7 @@ class Prepared(msgspec.Struct, frozen=True, array_like=True):
     modified: float
 
 
-class WorkItem(msgspec.Struct, frozen=True, array_like=True):
+class WorkItem(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """A leased queue item: write ``content`` (side-A names) or delete ``key`` on the target.
 
     ``expected_hash`` is the target's content hash as last known (None: not on the target),
@@ -108,7 +112,7 @@ class WorkItem(msgspec.Struct, frozen=True, array_like=True):
 ItemStatus = Literal["synced", "retry", "rejected", "deferred", "superseded"]
 
 
-class ItemOutcome(msgspec.Struct, frozen=True, array_like=True):
+class ItemOutcome(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """What became of one WorkItem.
 
     - synced: written (``hash`` is what the target now holds);

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -72,9 +73,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     daemon = Daemon(config, args.state_dir, config_dir=args.config_dir)
     start_embedded_mocks(config, args.state_dir)
+    tune_gc()
     if args.once:
         return _run_once(daemon, args)
     return _serve(daemon, args)
+
+
+# Pages of records in flight are thousands of young objects that the cyclic collector
+# would walk again on every pass; they are freed by reference counting, and garbage
+# cycles are rare here, so the youngest generation is collected 20 times less often.
+GC_THRESHOLDS = (14_000, 10, 10)
+
+
+def tune_gc() -> None:
+    """After start-up: keep the modules and config out of collections, collect less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def start_embedded_mocks(config: AppConfig, state_dir: Path) -> None:
