@@ -137,21 +137,41 @@ class QueueActor(PipelineActor):
     def _batch_done(self, msg: BatchDone) -> None:
         assert self.store is not None
         direct = self.direct[msg.direction]
+        self.in_flight[msg.direction] = None
+        self.direct[msg.direction] = None
+        # The writer gets the next page before this one's outcome is saved, when nothing
+        # links the two: saving it would only delay the writer (see _next_page_early).
+        early = direct is not None and self._next_page_early(msg, direct)
         stats = self.store.apply(msg.direction, msg.outcomes, self.policy, msg.written_at,
                                  direct)
         full = len(msg.outcomes) >= self.settings.batch_size
-        self.in_flight[msg.direction] = None
-        self.direct[msg.direction] = None
         self.last_activity = self.clock.monotonic()
         for key, error in stats.failed_keys:
             log.error("record failed", extra={"pipeline": self.pipeline, "record": key,
                                               "direction": msg.direction, "error": error})
-        if direct is not None:
+        if direct is not None and not early:
             waiting, self.waiting = self.waiting, []
             for page in waiting:
                 self._enqueue(page)
         if (full or direct is not None) and stats.deferred == 0:
             self._flush(msg.direction)
+
+    def _next_page_early(self, msg: BatchDone, done: DirectPage) -> bool:
+        """Enqueue the page waiting behind direct page ``done`` now, before ``done``'s
+        outcome is saved, when that cannot change how it is queued: every record of
+        ``done`` synced plainly, nothing else waits, and no record is on both pages. The
+        outcomes are saved in page order, each with its page's cursor."""
+        if len(self.waiting) != 1 or any(o.status != "synced" or o.winner is not None
+                                         for o in msg.outcomes):
+            return False
+        page = self.waiting[0]
+        side = "a" if msg.direction == "a_to_b" else "b"
+        if page.side != side or page.event or not done.items.keys().isdisjoint(
+                [c.key for c in page.changes]):
+            return False
+        self.waiting = []
+        self._enqueue(page)
+        return True
 
     # asked from outside the pipeline -------------------------------------------------------
     def set_ruleset(self, ruleset: RuleSet) -> None:
