@@ -74,13 +74,40 @@ def new_rows(
 
 
 def rows_bytes(rows: list[list[Any]], eol: str, encoding: str) -> bytes | None:
-    """``rows`` as CSV lines in ``encoding``; None if some text cannot be stored in it."""
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator=eol).writerows(rows)
+    """``rows`` (values of the plain types, or text) as CSV lines in ``encoding``, exactly as
+    the csv module writes them; None if some text cannot be stored in the encoding."""
+    text = _joined(rows, eol)
+    if text is None:  # some cell needs quoting: let the csv module do it
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator=eol).writerows(rows)
+        text = buf.getvalue()
     try:
-        return buf.getvalue().encode(encoding)
+        return text.encode(encoding)
     except UnicodeEncodeError:
         return None
+
+
+def _joined(rows: list[list[Any]], eol: str) -> str | None:
+    """The rows joined with commas, column by column, when no cell needs quoting (the
+    usual case, and about twice as fast as the csv module); else None."""
+    if not rows or len(rows[0]) < 2:  # a lone empty cell is quoted: leave it to csv
+        return None
+    columns: list[Sequence[Any]] = []
+    for column in zip(*rows, strict=True):
+        kinds = set(map(type, column))
+        if kinds != {str}:
+            if not kinds <= _PLAIN:
+                return None
+            column = tuple(["" if v is None else v if v.__class__ is str else str(v)
+                            for v in column])
+        columns.append(column)
+    text = eol.join(map(",".join, zip(*columns, strict=True))) + eol
+    n, width = len(rows), len(columns)
+    # every comma and line break is one the join put there, and nothing is quoted
+    if ('"' in text or text.count(",") != n * (width - 1) or text.count("\n") != n
+            or text.count("\r") != (n if eol == "\r\n" else 0)):
+        return None
+    return text
 
 
 def copy_bytes(src: IO[bytes], dst_fd: int, count: int) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import logging
 import os
@@ -10,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from recsync.connectors.csvappend import copy_bytes
+from recsync.connectors.csvappend import copy_bytes, rows_bytes
 from recsync.connectors.files import FileConfig, FileConnector
 from recsync.connectors.registry import get_connector_class
 from recsync.errors import ConnectorConfigError, ConnectorError
@@ -589,3 +593,18 @@ def test_added_values_are_written_as_the_rewrite_writes_them(tmp_path: Path) -> 
         "id,vip,score,note,tags\n1,false,0.5,,\n2,true,2.25,n,\"[\"\"a\"\", \"\"b\"\"]\"\n"
         "3,,7,,\n"
     )
+
+
+_CELL = st.one_of(
+    st.none(), st.integers(), st.floats(allow_nan=False),
+    st.text(alphabet=st.sampled_from(list('ab ,"\r\n\tx1é')), max_size=6),
+)
+
+
+@given(rows=st.integers(1, 4).flatmap(
+    lambda w: st.lists(st.lists(_CELL, min_size=w, max_size=w), min_size=1, max_size=5)),
+       eol=st.sampled_from(["\n", "\r\n"]))
+def test_added_rows_are_the_bytes_the_csv_module_writes(rows: list[list[Any]], eol: str) -> None:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator=eol).writerows(rows)
+    assert rows_bytes(rows, eol, "utf-8") == buf.getvalue().encode()
