@@ -289,6 +289,10 @@ class Store:
         keys = [c.key for c in changes]
         links = self._links(keys)
         queued = self._has_queued()
+        if (not links and not queued and not in_flight_same and not in_flight_opposite
+                and len(changes) <= direct_limit
+                and self._all_new_direct(side, changes, keys, ruleset, stats)):
+            return
         pending = self._pending(keys) if queued else {}
         now = self.clock.time()
         si, oi = (1, 2) if side == "a" else (2, 1)  # hash columns in a links row
@@ -373,6 +377,31 @@ class Store:
         if history:
             self._history(history)
         self._bump("conflicts", stats.conflicts)
+
+    def _all_new_direct(
+        self, side: Side, changes: Sequence[Prepared], keys: list[str], ruleset: RuleSet,
+        stats: EnqueueStats,
+    ) -> bool:
+        """The usual page of an initial load, the short way: records the pipeline has never
+        linked, nothing queued or in flight, all upserts, each key once. They go direct as
+        creates (``stats.direct``), or are filtered out. False: take the general path."""
+        if not rules_mod.compile_rules(ruleset).op_allowed(direction_from(side), "create"):
+            return False
+        if len(set(keys)) != len(keys) or any(c.op != "upsert" for c in changes):
+            return False
+        gen = self._gen
+        items = []
+        for c in changes:
+            if not c.passes:
+                stats.filtered += 1
+                continue
+            gen += 1
+            items.append(WorkItem(c.key, "upsert", c.content, c.hash, c.modified, gen, 0,
+                                  None, c.hash))
+        self._gen = gen
+        stats.queued = len(items)
+        stats.direct = items or None
+        return True
 
     def _has_queued(self) -> bool:
         return bool(self.db.execute("SELECT EXISTS (SELECT 1 FROM queue)").fetchone()[0])
