@@ -169,15 +169,62 @@ class ConnectorActor(PipelineActor):
     def _write_checked(self, batch: WriteBatch) -> list[ItemOutcome]:
         """Check the target for changes no poll has reported yet, then write."""
         assert self.connector is not None
+        side, key_field = self.side, self.side_config.options.key
+        superseded, to_write = self._check_target(batch)
+        ops = []
+        to_side = rules_mod.compile_rules(batch.ruleset).to_side
+        for item, content, _h, _w in to_write:
+            if content is None:
+                ops.append(WriteOp(item.key, "delete", None))
+            else:
+                fields = to_side(side, content)
+                if fields.get(key_field) is None:
+                    fields[key_field] = item.key
+                ops.append(WriteOp(item.key, "upsert", fields))
+        results = self.connector.write(ops) if ops else []
+        now, wait = self.clock.time(), 0.0
+        outcomes: list[ItemOutcome] = []
+        add = outcomes.append
+        for (item, content, chash, winner), res in zip(to_write, results, strict=True):
+            if res.error is None:
+                if winner is None:  # the usual case
+                    add(ItemOutcome(item.key, item.gen, "synced", hash=chash,
+                                    src_hash=item.src_hash))
+                    continue
+                merged = winner == "merged"
+                add(ItemOutcome(item.key, item.gen, "synced", hash=chash, winner=winner,
+                                content=content if merged else None,
+                                src_hash=None if merged else item.src_hash))
+            elif res.retry_after is not None:
+                wait = max(wait, res.retry_after)
+                add(ItemOutcome(item.key, item.gen, "deferred", res.error,
+                                now + res.retry_after))
+            else:
+                add(ItemOutcome(item.key, item.gen, "retry" if res.retryable else "rejected",
+                                res.error))
+        if wait:
+            self.peers.ref("rate_limiter").tell(Call("block", (self.side, wait)))
+        if not superseded:
+            return outcomes  # in batch order
+        by_key = {t[0].key: o for t, o in zip(to_write, outcomes, strict=True)}
+        by_key.update(superseded)
+        return [by_key[i.key] for i in batch.items]
+
+    def _check_target(self, batch: WriteBatch) -> tuple[
+            dict[str, ItemOutcome], list[tuple[WorkItem, Record | None, str | None, str | None]]]:
+        """Compare the target with what the queue last knew of it (``expected_hash``):
+        the outcomes of items whose target change wins the conflict, and (item, content to
+        write, its hash, conflict winner or None) for the rest, in batch order."""
+        assert self.connector is not None
         rs, side = batch.ruleset, self.side
         source: Side = "a" if side == "b" else "b"
         back: Direction = "b_to_a" if side == "b" else "a_to_b"  # from here to the source
-        key_field = self.side_config.options.key
-        outcomes: dict[str, ItemOutcome] = {}
-        # (item, content to write, its hash, conflict winner or None)
-        to_write: list[tuple[WorkItem, Record | None, str | None, str | None]] = []
         known = [i.key for i in batch.items if i.expected_hash is not None]
-        current = self.connector.fetch(known) if known else {}
+        if not known:  # all new to the target as far as we know: nothing to compare
+            return {}, [(i, i.content, i.hash, None) for i in batch.items]
+        superseded: dict[str, ItemOutcome] = {}
+        to_write: list[tuple[WorkItem, Record | None, str | None, str | None]] = []
+        current = self.connector.fetch(known)
         for item in batch.items:
             content, chash = item.content, item.hash
             winner: str | None = None
@@ -199,7 +246,7 @@ class ConnectorActor(PipelineActor):
                         [mine, (side, theirs, their_mod)], key=lambda t: t[0])
                     winner, result = rules_mod.resolve_conflict(rs, a_rec, a_mod, b_rec, b_mod)
                     if winner == side:
-                        outcomes[item.key] = ItemOutcome(
+                        superseded[item.key] = ItemOutcome(
                             item.key, item.gen, "superseded", content=theirs, hash=their_hash,
                             winner=winner, src_hash=item.src_hash)
                         continue
@@ -207,36 +254,4 @@ class ConnectorActor(PipelineActor):
                         content = result
                         chash = rules_mod.content_hash(result) if result is not None else None
             to_write.append((item, content, chash, winner))
-        ops = []
-        to_side = rules_mod.compile_rules(rs).to_side
-        for item, content, _h, _w in to_write:
-            if content is None:
-                ops.append(WriteOp(item.key, "delete", None))
-            else:
-                fields = to_side(side, content)
-                if fields.get(key_field) is None:
-                    fields[key_field] = item.key
-                ops.append(WriteOp(item.key, "upsert", fields))
-        results = self.connector.write(ops) if ops else []
-        now, wait = self.clock.time(), 0.0
-        for (item, content, chash, winner), res in zip(to_write, results, strict=True):
-            if res.error is None:
-                if winner is None:  # the usual case
-                    outcomes[item.key] = ItemOutcome(item.key, item.gen, "synced", hash=chash,
-                                                     src_hash=item.src_hash)
-                    continue
-                merged = winner == "merged"
-                outcomes[item.key] = ItemOutcome(
-                    item.key, item.gen, "synced", hash=chash, winner=winner,
-                    content=content if merged else None,
-                    src_hash=None if merged else item.src_hash)
-            elif res.retry_after is not None:
-                wait = max(wait, res.retry_after)
-                outcomes[item.key] = ItemOutcome(item.key, item.gen, "deferred", res.error,
-                                                 now + res.retry_after)
-            else:
-                outcomes[item.key] = ItemOutcome(
-                    item.key, item.gen, "retry" if res.retryable else "rejected", res.error)
-        if wait:
-            self.peers.ref("rate_limiter").tell(Call("block", (self.side, wait)))
-        return [outcomes[i.key] for i in batch.items]
+        return superseded, to_write
