@@ -251,7 +251,9 @@ class CompiledRules:
 
     __slots__ = (
         "_a_fields",
+        "_a_set",
         "_a_sorted",
+        "_b_same",
         "_checks",
         "_ops",
         "_pairs",
@@ -264,6 +266,8 @@ class CompiledRules:
         self._a_fields: tuple[str, ...] = tuple(rules.mappings)
         self._a_sorted: tuple[str, ...] = tuple(sorted(self._a_fields))
         self._pairs: tuple[tuple[str, str], ...] = tuple(rules.mappings.items())
+        self._a_set = frozenset(self._a_fields)
+        self._b_same = all(a == b for a, b in self._pairs)  # side B uses A's names
         self._transforms: tuple[tuple[str, Callable[[str], str]], ...] = tuple(
             (field, _TRANSFORMS[name]) for field, name in rules.transforms.items()
         )
@@ -307,6 +311,8 @@ class CompiledRules:
 
     def to_side(self, side: Side, a_record: Record) -> Record:
         """A-space content renamed to ``side``'s field names (missing fields become None)."""
+        if (side == "a" or (side == "b" and self._b_same)) and a_record.keys() == self._a_set:
+            return dict(a_record)  # already the side's names, each mapped field once
         get = a_record.get
         if side == "a":
             return {f: get(f) for f in self._a_fields}
