@@ -477,7 +477,9 @@ class Store:
         back = direction_from(target)
         source = other(target)
         db = self.db
-        failing = [o.key for o in outcomes if o.status in ("retry", "rejected")]
+        # the usual batch: every item written, no conflict found at write time
+        plain = all(o.status == "synced" and o.winner is None for o in outcomes)
+        failing = [] if plain else [o.key for o in outcomes if o.status in ("retry", "rejected")]
         attempts = {
             r[0]: r[1]
             for part in _chunks(failing)
@@ -494,9 +496,14 @@ class Store:
         retry_rows: list[tuple[Any, ...]] = []
         db.execute("BEGIN IMMEDIATE")
         try:
-            if direct is not None:
+            if plain:
+                stats.synced = len(outcomes)
+                written = [(o.key, o.hash, written_at, now, o.src_hash) for o in outcomes]
+                if direct is None:
+                    done = [(direction, o.key, o.gen) for o in outcomes]
+            elif direct is not None:
                 self._queue_unsynced(direction, outcomes, direct, now)
-            for o in outcomes:
+            for o in () if plain else outcomes:
                 if o.status == "synced":
                     stats.synced += 1
                     if direct is None:
