@@ -70,12 +70,13 @@ class QueueActor(PipelineActor):
         s = self.settings
         return RetryPolicy(s.max_attempts, s.retry_base_delay, s.retry_max_delay)
 
-    def _enqueue(self, msg: Enqueue) -> None:
+    def _enqueue(self, msg: Enqueue, direct_only: bool = False) -> bool:
+        """Record a page (False: ``direct_only`` and it would not go direct; nothing done)."""
         assert self.store is not None
         direction: Direction = "a_to_b" if msg.side == "a" else "b_to_a"
         if self.direct[direction] is not None:
             self.waiting.append(msg)
-            return
+            return True
         poller = self.peers.ref(f"poller_{msg.side}")
         s = self.settings
         # A page goes direct only while nothing else is queued or moving: other work could
@@ -87,7 +88,7 @@ class QueueActor(PipelineActor):
                 listing_start=msg.listing_start, listing_done=msg.listing_done,
                 in_flight={d: v for d, v in self.in_flight.items() if v},
                 mass_delete_share=s.mass_delete_threshold, mass_delete_min=s.mass_delete_min,
-                save_cursor=not msg.event, direct_limit=direct_limit,
+                save_cursor=not msg.event, direct_limit=direct_limit, direct_only=direct_only,
             )
         except MassDeleteBlocked as exc:
             text = (f"side {exc.side} would delete {exc.count} of {exc.total} linked records in "
@@ -97,7 +98,9 @@ class QueueActor(PipelineActor):
             log.error("mass delete held", extra={"pipeline": self.pipeline, "error": text})
             if not msg.event:
                 self.send(poller, Committed(None, False, text, hold=True))
-            return
+            return True
+        if stats.declined:
+            return False
         if not msg.event:
             self.send(poller, Committed(msg.cursor, msg.more))
         if stats.direct is not None:
@@ -113,6 +116,7 @@ class QueueActor(PipelineActor):
         if stats.conflicts:
             log.info("conflicts resolved", extra={"pipeline": self.pipeline,
                                                    "count": stats.conflicts})
+        return True
 
     def _flush_all(self) -> None:
         for direction in DIRECTIONS:
@@ -157,21 +161,26 @@ class QueueActor(PipelineActor):
             self._flush(msg.direction)
 
     def _next_page_early(self, msg: BatchDone, done: DirectPage) -> bool:
-        """Enqueue the page waiting behind direct page ``done`` now, before ``done``'s
-        outcome is saved, when that cannot change how it is queued: every record of
-        ``done`` synced plainly, nothing else waits, and no record is on both pages. The
-        outcomes are saved in page order, each with its page's cursor."""
+        """Send the page waiting behind direct page ``done`` to the writer now, before
+        ``done``'s outcome is saved, when that cannot change how it is queued: every record
+        of ``done`` synced plainly, the waiting page shares no record with it, and it goes
+        direct too (nothing of it is saved before its own outcome, so the cursors are still
+        saved in page order). A page that would touch the store at once (one with deletes,
+        the start or end of a listing, one not going direct) waits for the outcome."""
         if len(self.waiting) != 1 or any(o.status != "synced" or o.winner is not None
                                          for o in msg.outcomes):
             return False
         page = self.waiting[0]
         side = "a" if msg.direction == "a_to_b" else "b"
-        if page.side != side or page.event or not done.items.keys().isdisjoint(
-                [c.key for c in page.changes]):
+        if (page.side != side or page.event or page.listing_start or page.listing_done
+                or not page.changes or any(c.op != "upsert" for c in page.changes)
+                or not done.items.keys().isdisjoint([c.key for c in page.changes])):
             return False
         self.waiting = []
-        self._enqueue(page)
-        return True
+        if self._enqueue(page, direct_only=True):
+            return True
+        self.waiting = [page]
+        return False
 
     # asked from outside the pipeline -------------------------------------------------------
     def set_ruleset(self, ruleset: RuleSet) -> None:

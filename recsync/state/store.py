@@ -56,6 +56,8 @@ class EnqueueStats:
     # Set when the page went to the write lane directly (see ``enqueue``): the items to
     # write now; nothing of them, nor the cursor, is on disk until ``apply`` gets them back.
     direct: list[WorkItem] | None = None
+    # With ``direct_only``: the page would not have gone direct, and nothing was recorded.
+    declined: bool = False
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,7 @@ class Store:
         mass_delete_min: int = 10,
         save_cursor: bool = True,
         direct_limit: int = 0,
+        direct_only: bool = False,
     ) -> EnqueueStats:
         """Record a page of changes from ``side`` and the cursor after it, atomically.
 
@@ -209,6 +212,9 @@ class Store:
         ``DirectPage``, which saves the outcome and the cursor in one transaction; after a
         crash in between, the page is read again from the previous cursor. This spares
         the initial load of a big table a queue row per record.
+
+        With ``direct_only``, a page that would not go direct is not recorded at all
+        (``stats.declined``): the caller enqueues it again later.
 
         Raises:
             MassDeleteBlocked: the page (or the end of a listing) would delete more than
@@ -239,6 +245,9 @@ class Store:
                 side, work, observed, ruleset, stats,
                 flying.get(direction_from(side), frozenset()),
                 flying.get(direction_from(other(side)), frozenset()), direct_limit)
+            if direct_only and stats.direct is None:
+                db.execute("ROLLBACK")
+                return EnqueueStats(declined=True)
             if mass_delete_share > 0 and stats.deletes >= mass_delete_min:
                 total = self._linked_count(other(side))
                 allowed = int(self.meta(f"allow_deletes_{side}", 0) or 0)
@@ -365,7 +374,8 @@ class Store:
         # Deletes never go direct: their link change above is committed now, and a page
         # that came back as a listing after a crash could no longer find them.
         if (0 < len(queue_rows) <= direct_limit and not queued and not drop and not history
-                and not stats.deletes and not in_flight_same and not in_flight_opposite):
+                and not stats.deletes and not in_flight_same and not in_flight_opposite
+                and len({r[1] for r in queue_rows}) == len(queue_rows)):  # each key once
             stats.direct = [
                 WorkItem(key, "upsert", content, chash, mod, self._next_gen(), 0,
                          _expected(links.get(key), oi), src_hash)

@@ -104,3 +104,18 @@ def test_pages_read_ahead_are_saved_in_order_each_with_its_cursor(
         assert store.counts()["total_synced_a_to_b"] == 4
     finally:
         store.close()
+
+
+def test_a_page_read_ahead_that_must_be_queued_waits_for_the_outcome_before_it(
+    setup: tuple[Any, queue.Queue[Any], Path],
+) -> None:
+    ref, writes, _state = setup
+    ref.tell(page(["1", "2"], "c1"))
+    first = next_batch(writes)
+    big = [str(k) for k in range(10, 25)]  # more than batch_size: queued, not direct
+    ref.tell(page(big, "c2"))
+    ref.tell(synced(first, 1001.0))
+    second = next_batch(writes)  # leased from the queue, after the first was saved
+    assert {i.key for i in second.items} <= set(big) and len(second.items) == 10
+    assert ref.proxy().counts().get()["total_synced_a_to_b"] == 2
+    assert ref.proxy().cursors().get()["a"] == "c2"

@@ -287,3 +287,22 @@ def test_a_page_with_a_delete_is_queued_not_sent_direct(store: Store, clock: Fak
     stats = store.enqueue("a", [change("1", None), change("2", "Bob")], "c2", clock.time(),
                           RULES, direct_limit=10)
     assert stats.direct is None and stats.queued == 2 and store.cursor("a") == "c2"
+
+
+def test_a_page_naming_a_record_twice_is_queued_not_sent_direct(store: Store) -> None:
+    stats = store.enqueue("a", [change("1", "Ada"), change("1", "Ada L.")], "c1", 999.0,
+                          RULES, direct_limit=100)
+    assert stats.direct is None
+    items = store.lease("a_to_b", 10, frozenset())
+    assert [(i.key, (i.content or {})["name"]) for i in items] == [("1", "Ada L.")]
+
+
+def test_direct_only_records_nothing_for_a_page_that_cannot_go_direct(
+    store: Store, clock: FakeClock,
+) -> None:
+    store.enqueue("a", [change("1", "Ada")], "c1", clock.time(), RULES)  # queued work
+    stats = store.enqueue("a", [change("2", "Bob")], "c2", clock.time(), RULES,
+                          direct_limit=100, direct_only=True)
+    assert stats.declined and stats.direct is None
+    assert store.cursor("a") == "c1"
+    assert [i.key for i in store.lease("a_to_b", 10, frozenset())] == ["1"]
