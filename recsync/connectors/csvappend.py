@@ -21,6 +21,7 @@ from recsync.messages import WriteOp
 
 # copy_file_range cannot be used here (another file system, an old kernel): copy by hand
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM}
+_TAIL = 1 << 16  # how far back from the end to look for the last line break
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,21 @@ def _joined(rows: list[list[Any]], eol: str) -> str | None:
             or text.count("\r") != (n if eol == "\r\n" else 0)):
         return None
     return text
+
+
+def last_line_break(src: IO[bytes], size: int) -> bytes | None:
+    """What to write before rows added at the end of ``src`` (``size`` bytes): nothing
+    when it ends with a line break, else the break its last complete line ends with (as
+    the rewrite does). None when that line is too far back to look for."""
+    if size == 0:
+        return b""
+    tail = os.pread(src.fileno(), min(size, _TAIL), size - min(size, _TAIL))
+    if tail.endswith(b"\n"):
+        return b""
+    cut = tail.rfind(b"\n")
+    if cut < 0:
+        return None if size > _TAIL else b"\n"
+    return b"\r\n" if tail[cut - 1 : cut] == b"\r" else b"\n"
 
 
 def copy_bytes(src: IO[bytes], dst_fd: int, count: int) -> None:

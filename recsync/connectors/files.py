@@ -46,7 +46,13 @@ from typing import IO, Any, ClassVar, Literal
 import msgspec
 
 from recsync.connectors.base import Connector, ConnectorConfig
-from recsync.connectors.csvappend import CsvLayout, copy_bytes, new_rows, rows_bytes
+from recsync.connectors.csvappend import (
+    CsvLayout,
+    copy_bytes,
+    last_line_break,
+    new_rows,
+    rows_bytes,
+)
 from recsync.connectors.keyindex import KeyIndex
 from recsync.errors import ConnectorConfigError, ConnectorError
 from recsync.messages import Change, ChangePage, Record, WriteOp, WriteResult, key_text
@@ -678,14 +684,16 @@ class FileConnector(Connector):
 
         def fill(src: IO[bytes] | None, before: str, out: IO[bytes]) -> bool:
             nonlocal added
-            if src is None or before != layout.sig or not self._keys.add_new(key_bytes):
+            if src is None or before != layout.sig:
+                return False
+            size = os.fstat(src.fileno()).st_size
+            end = last_line_break(src, size)
+            if end is None or not self._keys.add_new(key_bytes):
                 return False
             added = True
             self._keys.version = None  # until the new version is in place
-            size = os.fstat(src.fileno()).st_size
             copy_bytes(src, out.fileno(), size)
-            if size and os.pread(src.fileno(), 1, size - 1) != b"\n":
-                out.write(layout.eol.encode())
+            out.write(end)
             out.write(data)
             return True
 

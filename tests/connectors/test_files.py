@@ -608,3 +608,14 @@ def test_added_rows_are_the_bytes_the_csv_module_writes(rows: list[list[Any]], e
     buf = io.StringIO()
     csv.writer(buf, lineterminator=eol).writerows(rows)
     assert rows_bytes(rows, eol, "utf-8") == buf.getvalue().encode()
+
+
+def test_a_record_added_after_a_last_line_without_break_gets_that_lines_break(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "people.csv"
+    path.write_bytes(b"id,name\r\n1,A\n2,B\n4,D")  # CRLF header, LF rows, no final break
+    c = make(tmp_path)
+    c.write([WriteOp("1", "upsert", {"id": "1", "name": "A2"})])  # updated in place
+    c.write([WriteOp("3", "upsert", {"id": "3", "name": "C"})])  # added at the end
+    assert path.read_bytes() == b"id,name\r\n1,A2\r\n2,B\n4,D\n3,C\r\n"
