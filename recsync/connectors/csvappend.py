@@ -57,9 +57,14 @@ def new_rows(
     rows: list[list[Any]] = []
     for op in ops:
         fields = op.fields
-        if op.kind != "upsert" or not fields or not fields.keys() <= columns:
+        if op.kind != "upsert" or not fields:
             return None
-        row = list(map(fields.get, header))
+        if tuple(fields) == header:  # the usual case: the header's fields, in its order
+            row = list(fields.values())
+        elif fields.keys() <= columns:
+            row = list(map(fields.get, header))
+        else:
+            return None
         kv = row[kidx]
         if kv is None or kv == "":
             return None
