@@ -233,7 +233,8 @@ class Store:
             if listing_since:
                 db.executemany("INSERT OR IGNORE INTO listing_seen VALUES (?, ?)",
                                [(side, c.key) for c in changes])
-            work = list(changes)
+            # a record named twice in one page: its later change is what the side holds
+            work = list({c.key: c for c in changes}.values())
             if listing_done:
                 if listing_since:
                     direct_limit = 0  # found deletes cannot be read again after a crash

@@ -289,12 +289,16 @@ def test_a_page_with_a_delete_is_queued_not_sent_direct(store: Store, clock: Fak
     assert stats.direct is None and stats.queued == 2 and store.cursor("a") == "c2"
 
 
-def test_a_page_naming_a_record_twice_is_queued_not_sent_direct(store: Store) -> None:
+def test_a_page_naming_a_record_twice_writes_it_once_as_its_later_change(
+    store: Store,
+) -> None:
     stats = store.enqueue("a", [change("1", "Ada"), change("1", "Ada L.")], "c1", 999.0,
                           RULES, direct_limit=100)
-    assert stats.direct is None
-    items = store.lease("a_to_b", 10, frozenset())
-    assert [(i.key, (i.content or {})["name"]) for i in items] == [("1", "Ada L.")]
+    assert [(i.key, (i.content or {})["name"]) for i in stats.direct or []] == [("1", "Ada L.")]
+    queued = store.enqueue("b", [change("2", "Bo"), change("2", "Bob")], "d1", 999.0, RULES)
+    assert queued.queued == 1
+    items = store.lease("b_to_a", 10, frozenset())
+    assert [(i.key, (i.content or {})["name"]) for i in items] == [("2", "Bob")]
 
 
 def test_direct_only_records_nothing_for_a_page_that_cannot_go_direct(
@@ -306,3 +310,16 @@ def test_direct_only_records_nothing_for_a_page_that_cannot_go_direct(
     assert stats.declined and stats.direct is None
     assert store.cursor("a") == "c1"
     assert [i.key for i in store.lease("a_to_b", 10, frozenset())] == ["1"]
+
+
+def test_a_record_named_twice_in_a_page_ends_as_its_later_change(
+    store: Store, clock: FakeClock,
+) -> None:
+    store.enqueue("a", [change("1", "Ada")], "c1", clock.time(), RULES)
+    assert sync_all(store, "a_to_b", clock) == ["1"]
+    clock.advance(1)
+    # changed and changed back within one page: the target already holds the result
+    stats = store.enqueue("a", [change("1", "Ada L."), change("1", "Ada")], "c2",
+                          clock.time(), RULES, direct_limit=10)
+    assert stats.direct is None and stats.unchanged == 1
+    assert store.lease("a_to_b", 10, frozenset()) == []
