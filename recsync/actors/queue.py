@@ -173,7 +173,8 @@ class QueueActor(PipelineActor):
         page = self.waiting[0]
         side = "a" if msg.direction == "a_to_b" else "b"
         if (page.side != side or page.event or page.listing_start or page.listing_done
-                or not page.changes or any(c.op != "upsert" for c in page.changes)
+                or not 0 < len(page.changes) <= self.settings.batch_size
+                or any(c.op != "upsert" for c in page.changes)
                 or not done.items.keys().isdisjoint([c.key for c in page.changes])):
             return False
         self.waiting = []
