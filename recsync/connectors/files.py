@@ -53,6 +53,7 @@ from recsync.connectors.csvappend import (
     new_rows,
     rows_bytes,
 )
+from recsync.connectors.filelines import BOM, LINE, LineBlocks, OutFile, cell_text
 from recsync.connectors.keyindex import KeyIndex
 from recsync.errors import ConnectorConfigError, ConnectorError
 from recsync.messages import Change, ChangePage, Record, WriteOp, WriteResult, key_text
@@ -60,10 +61,6 @@ from recsync.messages import Change, ChangePage, Record, WriteOp, WriteResult, k
 log = logging.getLogger(__name__)
 
 ABSENT = "absent"
-_BOM = "\ufeff"
-_BOM_UTF8 = _BOM.encode()
-_BLOCK = 1 << 20
-_LINE = re.compile(rb"[^\n]*\n|[^\n]+$")
 _MAX_WARNINGS = 20
 _MAX_ATTEMPTS = 5
 _OWN_WRITES_KEPT = 1024
@@ -81,114 +78,6 @@ class FileConfig(ConnectorConfig, frozen=True, forbid_unknown_fields=True, kw_on
 
 def _sig(st: os.stat_result) -> str:
     return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
-
-
-def _cell(value: Any) -> str:
-    if value.__class__ is str:
-        return value  # type: ignore[no-any-return]
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, dict | list):
-        return json.dumps(value, ensure_ascii=False, default=str)
-    return str(value)
-
-
-class _Out:
-    """The temp file being written; knows whether it ends with a complete line."""
-
-    def __init__(self, fh: IO[bytes]) -> None:
-        self.fh = fh
-        self.eol = b"\n"
-        self.at_line_start = True
-
-    def write(self, data: bytes) -> None:
-        if data:
-            self.fh.write(data)
-            self.at_line_start = data.endswith(b"\n")
-            if self.at_line_start:
-                self.eol = b"\r\n" if data.endswith(b"\r\n") else b"\n"
-
-    def line(self, data: bytes) -> None:
-        """Write one whole new line (``data`` ends with its line break)."""
-        if not self.at_line_start:
-            self.fh.write(self.eol)
-        self.write(data)
-
-
-class _Blocks:
-    """A binary file read as blocks of whole lines, with a queue of lines for csv.reader."""
-
-    def __init__(self, fh: IO[bytes], encoding: str) -> None:
-        self.fh = fh
-        self.encoding = encoding
-        self.rest = b""
-        self.first = True
-        self.bom = False
-        self.bad = False
-        self.lineno = 0
-        self.queue: collections.deque[bytes] = collections.deque()
-        self.unsplit = b""  # whole lines after the queue, not yet split
-        self.raw: list[bytes] = []
-
-    def block(self) -> bytes:
-        """The next whole lines (the last one may lack its line break at EOF); b"" at EOF."""
-        if self.queue or self.unsplit:
-            data = b"".join(self.queue) + self.unsplit
-            self.queue.clear()
-            self.unsplit = b""
-            return data
-        while True:
-            data = self.fh.read(_BLOCK)
-            if self.first:
-                self.first = False
-                if self.encoding == "utf-8" and data.startswith(_BOM_UTF8):
-                    self.bom = True
-                    data = data[len(_BOM_UTF8) :]
-            if not data:
-                data, self.rest = self.rest, b""
-                return data
-            data = self.rest + data
-            cut = data.rfind(b"\n") + 1
-            if cut:
-                self.rest = data[cut:]
-                return data[:cut]
-            self.rest = data
-
-    def raw_lines(self) -> Iterator[bytes]:
-        """Lines from the queue, refilled block by block; counts ``lineno``."""
-        while True:
-            if not self.queue:
-                data = self.block()
-                if not data:
-                    return
-                if self.lineno == 0:
-                    # the header alone: a caller that only needs it does not pay for
-                    # splitting the rest of the block
-                    cut = data.find(b"\n") + 1 or len(data)
-                    self.queue.append(data[:cut])
-                    self.unsplit = data[cut:]
-                else:
-                    self.queue.extend(_LINE.findall(data))
-            self.lineno += 1
-            yield self.queue.popleft()
-
-    def lines(self) -> Iterator[str]:
-        """Decoded lines (for csv.reader); keeps their bytes in ``raw``, flags bad bytes."""
-        for raw in self.raw_lines():
-            self.raw.append(raw)
-            try:
-                yield raw.decode(self.encoding)
-            except UnicodeDecodeError:
-                self.bad = True
-                yield raw.decode(self.encoding, "surrogateescape")
 
 
 @dataclass
@@ -296,7 +185,7 @@ class FileConnector(Connector):
     def _csv_header(self) -> list[str] | None:
         try:
             with open(self.path, "rb") as fh:
-                return next(csv.reader(_Blocks(fh, self.encoding).lines()), None)
+                return next(csv.reader(LineBlocks(fh, self.encoding).lines()), None)
         except FileNotFoundError:
             return None
         except (OSError, csv.Error) as exc:
@@ -439,7 +328,7 @@ class FileConnector(Connector):
         return self._jsonl_records(fh, report)
 
     def _csv_records(self, fh: IO[bytes], report: bool) -> Iterator[tuple[str, Record]]:
-        blocks = _Blocks(fh, self.encoding)
+        blocks = LineBlocks(fh, self.encoding)
         reader = csv.reader(blocks.lines())
         try:
             header = next(reader, None)
@@ -475,7 +364,7 @@ class FileConnector(Connector):
             yield k, dict(zip(header, row, strict=False))
 
     def _jsonl_records(self, fh: IO[bytes], report: bool) -> Iterator[tuple[str, Record]]:
-        blocks = _Blocks(fh, self.encoding)
+        blocks = LineBlocks(fh, self.encoding)
         utf8 = self.encoding == "utf-8"
         decode = msgspec.json.decode
         key = self.key
@@ -484,7 +373,7 @@ class FileConnector(Connector):
             block = blocks.block()
             if not block:
                 return
-            lines = _LINE.findall(block)
+            lines = LINE.findall(block)
             objs: list[Any] | None = None
             if utf8:  # fast path: the whole block in one call
                 with contextlib.suppress(msgspec.DecodeError):
@@ -540,7 +429,7 @@ class FileConnector(Connector):
                 continue
             # CSV cells are text: convert once, for the checks and the rows alike
             fields = (dict(op.fields or {}) if self.format == "jsonl"
-                      else {k: _cell(v) for k, v in (op.fields or {}).items()})
+                      else {k: cell_text(v) for k, v in (op.fields or {}).items()})
             error = self._check(op.key, fields)
             if error is not None:
                 results.append(WriteResult(op.key, error, retryable=False))
@@ -568,7 +457,7 @@ class FileConnector(Connector):
                 except UnicodeEncodeError:  # ... and field by field to say which failed
                     for name, value in fields.items():
                         name.encode(self.encoding)
-                        _cell(value).encode(self.encoding)
+                        cell_text(value).encode(self.encoding)
                     raise
         except UnicodeEncodeError as exc:
             return (
@@ -669,7 +558,7 @@ class FileConnector(Connector):
         layout = self._layout
         if layout is None or self._keys.version != layout.sig:
             return None
-        plain = new_rows(ops, layout, _cell)
+        plain = new_rows(ops, layout, cell_text)
         if plain is None:
             return None
         keys, rows = plain
@@ -720,8 +609,8 @@ class FileConnector(Connector):
         records is added after the old lines without looking at them. The key index is
         left holding the keys of the new version.
         """
-        enc, out = self.encoding, _Out(fh)
-        blocks = _Blocks(src, enc) if src else None
+        enc, out = self.encoding, OutFile(fh)
+        blocks = LineBlocks(src, enc) if src else None
         reader = csv.reader(blocks.lines()) if blocks else None
         try:
             old_header = next(reader, None) if reader else None
@@ -756,11 +645,11 @@ class FileConnector(Connector):
         def apply(row: list[str], act: _Action) -> bytes:
             cells = [""] * width if act.replace else row + [""] * (width - len(row))
             for f, v in (act.fields or {}).items():
-                cells[col[f]] = _cell(v)
+                cells[col[f]] = cell_text(v)
             return row_bytes(cells)
 
         if blocks.bom if blocks is not None else self._new_bom:
-            out.fh.write(_BOM.encode(enc))
+            out.fh.write(BOM.encode(enc))
         if rewrite_all or blocks is None:
             out.line(row_bytes(header))
         else:
@@ -798,7 +687,7 @@ class FileConnector(Connector):
                 if not hits:
                     out.write(block)
                     continue
-                lines = _LINE.findall(block)
+                lines = LINE.findall(block)
                 for i in [i for i, k in enumerate(keys[: len(lines)]) if k in hits]:
                     k = by_bytes[keys[i]]
                     done.add(k)
@@ -807,7 +696,7 @@ class FileConnector(Connector):
                     lines[i] = b"" if act.fields is None else apply(row, act)
                 out.write(b"".join(lines))
                 continue
-            blocks.queue.extend(_LINE.findall(block))
+            blocks.queue.extend(LINE.findall(block))
             slow_keys: list[bytes] = []
             while blocks.queue:  # quoted cells may span lines: let the csv module parse
                 blocks.raw.clear()
@@ -842,7 +731,7 @@ class FileConnector(Connector):
                     continue
                 cells = [""] * width
                 for f, v in fields.items():
-                    cells[col[f]] = _cell(v)
+                    cells[col[f]] = cell_text(v)
                 new_rows.append(cells)
         if new_rows:  # one csv pass and one encode for all of them
             buf.seek(0)
@@ -854,7 +743,7 @@ class FileConnector(Connector):
         self, src: IO[bytes] | None, fh: IO[bytes], plan: dict[str, _Action]
     ) -> None:
         """Stream the JSON Lines with ``plan`` applied; untouched lines are copied as they are."""
-        enc, out = self.encoding, _Out(fh)
+        enc, out = self.encoding, OutFile(fh)
         utf8 = enc == "utf-8"
         done: set[str] = set()
         lookup: set[Any] = set()
@@ -891,18 +780,18 @@ class FileConnector(Connector):
                 return None
             return None if kv is None else key_text(kv)
 
-        blocks = _Blocks(src, enc) if src else None
+        blocks = LineBlocks(src, enc) if src else None
         if blocks is None and self._new_bom:
-            out.fh.write(_BOM.encode(enc))
+            out.fh.write(BOM.encode(enc))
         first = True
         while blocks is not None:
             block = blocks.block()
             if not block:
                 break
             if first and blocks.bom:
-                out.fh.write(_BOM.encode(enc))
+                out.fh.write(BOM.encode(enc))
             first = False
-            lines = _LINE.findall(block)
+            lines = LINE.findall(block)
             objs = None
             if utf8:
                 with contextlib.suppress(msgspec.DecodeError):
