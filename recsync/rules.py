@@ -323,37 +323,16 @@ class CompiledRules:
     def prepare(self, side: Side, changes: Iterable[Change]) -> list[Prepared]:
         """Changes read from ``side`` as queue work: A-space content, its hash, and whether
         it passes the filters (deletes carry no content and always pass)."""
-        # to_a_space and content_hash, inlined: this runs for every record read
-        if side == "a":
-            pairs = tuple((f, f) for f in self._a_fields)
-        elif side == "b":
-            pairs = self._pairs
-        else:
-            raise ValueError(f"side must be 'a' or 'b', not {side!r}")
-        order, checks, transforms = self._a_sorted, self._checks, self._transforms
-        matches, encode, canon = self.matches, _encode, _canon
+        to_a, order, checks = self.to_a_space, self._a_sorted, self._checks
         out: list[Prepared] = []
         append = out.append
         for c in changes:
-            fields = c.fields
-            if fields is None or c.op == "delete":
+            if c.fields is None or c.op == "delete":
                 append(Prepared(c.key, "delete", None, None, True, c.modified_at))
                 continue
-            get = fields.get
-            content = {a: get(b) for a, b in pairs}
-            for field, fn in transforms:
-                value = content[field]
-                if isinstance(value, str):
-                    content[field] = fn(value)
-            parts: list[str] = []
-            add = parts.append
-            for key in order:
-                value = content[key]
-                add(key)
-                add(value if value.__class__ is str else canon(value))
-            append(Prepared(c.key, "upsert", content,
-                            blake2b(encode(parts), digest_size=16).hexdigest(),
-                            matches(content) if checks else True, c.modified_at))
+            content = to_a(side, c.fields)
+            append(Prepared(c.key, "upsert", content, _hash_in_order(content, order),
+                            self.matches(content) if checks else True, c.modified_at))
         return out
 
     def matches(self, a_record: Record) -> bool:
