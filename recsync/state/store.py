@@ -301,7 +301,7 @@ class Store:
         queued = self._has_queued()
         if (not links and not queued and not in_flight_same and not in_flight_opposite
                 and len(changes) <= direct_limit
-                and self._all_new_direct(side, changes, keys, ruleset, stats)):
+                and self._all_new_direct(side, changes, ruleset, stats)):
             return
         pending = self._pending(keys) if queued else {}
         now = self.clock.time()
@@ -375,8 +375,7 @@ class Store:
         # Deletes never go direct: their link change above is committed now, and a page
         # that came back as a listing after a crash could no longer find them.
         if (0 < len(queue_rows) <= direct_limit and not queued and not drop and not history
-                and not stats.deletes and not in_flight_same and not in_flight_opposite
-                and len({r[1] for r in queue_rows}) == len(queue_rows)):  # each key once
+                and not stats.deletes and not in_flight_same and not in_flight_opposite):
             stats.direct = [
                 WorkItem(key, "upsert", content, chash, mod, self._next_gen(), 0,
                          _expected(links.get(key), oi), src_hash)
@@ -390,15 +389,15 @@ class Store:
         self._bump("conflicts", stats.conflicts)
 
     def _all_new_direct(
-        self, side: Side, changes: Sequence[Prepared], keys: list[str], ruleset: RuleSet,
-        stats: EnqueueStats,
+        self, side: Side, changes: Sequence[Prepared], ruleset: RuleSet, stats: EnqueueStats,
     ) -> bool:
         """The usual page of an initial load, the short way: records the pipeline has never
-        linked, nothing queued or in flight, all upserts, each key once. They go direct as
-        creates (``stats.direct``), or are filtered out. False: take the general path."""
+        linked, nothing queued or in flight, all upserts (``enqueue`` keeps one change per
+        key). They go direct as creates (``stats.direct``), or are filtered out. False: take
+        the general path."""
         if not rules_mod.compile_rules(ruleset).op_allowed(direction_from(side), "create"):
             return False
-        if len(set(keys)) != len(keys) or any(c.op != "upsert" for c in changes):
+        if any(c.op != "upsert" for c in changes):
             return False
         gen = self._gen
         items = []
@@ -488,9 +487,7 @@ class Store:
         back = direction_from(target)
         source = other(target)
         db = self.db
-        # the usual batch: every item written, no conflict found at write time
-        plain = all(o.status == "synced" and o.winner is None for o in outcomes)
-        failing = [] if plain else [o.key for o in outcomes if o.status in ("retry", "rejected")]
+        failing = [o.key for o in outcomes if o.status in ("retry", "rejected")]
         attempts = {
             r[0]: r[1]
             for part in _chunks(failing)
@@ -507,14 +504,9 @@ class Store:
         retry_rows: list[tuple[Any, ...]] = []
         db.execute("BEGIN IMMEDIATE")
         try:
-            if plain:
-                stats.synced = len(outcomes)
-                written = [(o.key, o.hash, written_at, now, o.src_hash) for o in outcomes]
-                if direct is None:
-                    done = [(direction, o.key, o.gen) for o in outcomes]
-            elif direct is not None:
+            if direct is not None:
                 self._queue_unsynced(direction, outcomes, direct, now)
-            for o in () if plain else outcomes:
+            for o in outcomes:
                 if o.status == "synced":
                     stats.synced += 1
                     if direct is None:
