@@ -126,7 +126,6 @@ class FileConnector(Connector):
         # the keys of the version we last wrote: new records are added without a scan
         self._keys = KeyIndex()
         self._layout: CsvLayout | None = None  # of the version we last wrote, if plain
-        self._new_layout: tuple[list[str], str] | None = None  # set by _rewrite_csv
         self._own: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._warned = 0
         self._new_bom = False
@@ -492,20 +491,22 @@ class FileConnector(Connector):
     def _rewrite_once(self, plan: dict[str, _Action]) -> tuple[str, str] | None:
         """Rewrite the file with ``plan`` applied; None if it changed meanwhile."""
 
+        written: tuple[list[str], str] | None = None  # the CSV's header and line break
+
         def fill(src: IO[bytes] | None, before: str, out: IO[bytes]) -> bool:
+            nonlocal written
             if self.format == "csv":
-                self._rewrite_csv(src, out, plan, self._keys.version == before)
+                written = self._rewrite_csv(src, out, plan)
             else:
                 self._rewrite_jsonl(src, out, plan)
             return True
 
-        self._layout = self._new_layout = None
+        self._layout = None
         outcome = self._replace(fill)
-        if outcome is not None and self.format == "csv":
+        if outcome is not None and written is not None:
             self._keys.version = outcome[1]
-            if self._new_layout is not None:
-                header, eol = self._new_layout
-                self._layout = CsvLayout.of(outcome[1], header, self.key, eol)
+            header, eol = written
+            self._layout = CsvLayout.of(outcome[1], header, self.key, eol)
         return outcome
 
     def _replace(
@@ -600,14 +601,12 @@ class FileConnector(Connector):
         return [WriteResult(k) for k in keys]
 
     def _rewrite_csv(
-        self, src: IO[bytes] | None, fh: IO[bytes], plan: dict[str, _Action],
-        keys_known: bool,
-    ) -> None:
+        self, src: IO[bytes] | None, fh: IO[bytes], plan: dict[str, _Action]
+    ) -> tuple[list[str], str]:
         """Stream the CSV with ``plan`` applied; untouched lines are copied byte for byte.
 
-        With ``keys_known`` (the key index holds the keys of ``src``), a plan of only new
-        records is added after the old lines without looking at them. The key index is
-        left holding the keys of the new version.
+        The key index is left holding the keys of the new version. Returns the header
+        and the line break new rows were written with.
         """
         enc, out = self.encoding, OutFile(fh)
         blocks = LineBlocks(src, enc) if src else None
@@ -634,7 +633,6 @@ class FileConnector(Connector):
         eol = "\r\n" if crlf else "\n"
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator=eol)
-        self._new_layout = (header, eol)
 
         def row_bytes(cells: list[str]) -> bytes:
             buf.seek(0)
@@ -660,21 +658,10 @@ class FileConnector(Connector):
             with contextlib.suppress(UnicodeEncodeError):  # such a key cannot be in the file
                 by_bytes[k.encode(enc, "surrogateescape")] = k
         index = self._keys
-        only_new = (
-            keys_known and blocks is not None and not rewrite_all
-            and len(by_bytes) == len(plan)
-            and all(a.fields is not None and not a.replace for a in plan.values())
-            and index.add_new(list(by_bytes))  # none of them there yet: now they are
-        )
-        index.version = None  # until the new version is in place
-        if only_new and blocks is not None:
-            while data := blocks.block():  # the old lines, unparsed
-                out.write(data)
-        else:
-            index.clear()
-            index.add(list(by_bytes))
+        index.clear()  # until the new version is in place
+        index.add(list(by_bytes))
         key_re = re.compile(rb"^(?:(?:[^,\n]*,){%d}([^,\r\n]*))?" % kidx, re.MULTILINE)
-        while not only_new and blocks is not None and reader is not None:
+        while blocks is not None and reader is not None:
             block = blocks.block()
             if not block:
                 break
@@ -738,6 +725,7 @@ class FileConnector(Connector):
             buf.truncate()
             writer.writerows(new_rows)
             out.line(buf.getvalue().encode(enc, "surrogateescape"))
+        return header, eol
 
     def _rewrite_jsonl(
         self, src: IO[bytes] | None, fh: IO[bytes], plan: dict[str, _Action]

@@ -370,12 +370,13 @@ def test_concurrent_edit_during_rewrite_is_redone(tmp_path: Path) -> None:
     class EditedMeanwhile(FileConnector):
         edits = 1
 
-        def _rewrite_csv(self, src: Any, out: Any, plan: Any, known: Any) -> None:
-            super()._rewrite_csv(src, out, plan, known)
+        def _rewrite_csv(self, src: Any, out: Any, plan: Any) -> tuple[list[str], str]:
+            written = super()._rewrite_csv(src, out, plan)
             if self.edits:
                 self.edits -= 1
                 with open(path, "a") as fh:  # another program appends meanwhile
                     fh.write("8,Ext,\n")
+            return written
 
     c = EditedMeanwhile(FileConfig(path="people.csv", key="id"), tmp_path)
     c.open()
