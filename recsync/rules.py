@@ -310,9 +310,11 @@ class CompiledRules:
         return out
 
     def to_side(self, side: Side, a_record: Record) -> Record:
-        """A-space content renamed to ``side``'s field names (missing fields become None)."""
+        """A-space content renamed to ``side``'s field names (missing fields become None).
+
+        The result may be ``a_record`` itself: copy it before changing it."""
         if (side == "a" or (side == "b" and self._b_same)) and a_record.keys() == self._a_set:
-            return dict(a_record)  # already the side's names, each mapped field once
+            return a_record  # already the side's names, each mapped field once
         get = a_record.get
         if side == "a":
             return {f: get(f) for f in self._a_fields}

@@ -177,9 +177,9 @@ class ConnectorActor(PipelineActor):
             if content is None:
                 ops.append(WriteOp(item.key, "delete", None))
             else:
-                fields = to_side(side, content)
+                fields = to_side(side, content)  # may be content itself: not changed here
                 if fields.get(key_field) is None:
-                    fields[key_field] = item.key
+                    fields = {**fields, key_field: item.key}
                 ops.append(WriteOp(item.key, "upsert", fields))
         results = self.connector.write(ops) if ops else []
         now, wait = self.clock.time(), 0.0
@@ -187,9 +187,9 @@ class ConnectorActor(PipelineActor):
         add = outcomes.append
         for (item, content, chash, winner), res in zip(to_write, results, strict=True):
             if res.error is None:
-                if winner is None:  # the usual case
-                    add(ItemOutcome(item.key, item.gen, "synced", hash=chash,
-                                    src_hash=item.src_hash))
+                if winner is None:  # the usual case; positional, as it is the fastest
+                    add(ItemOutcome(item.key, item.gen, "synced", None, None, None, chash, None,
+                                    item.src_hash))
                     continue
                 merged = winner == "merged"
                 add(ItemOutcome(item.key, item.gen, "synced", hash=chash, winner=winner,

@@ -517,7 +517,7 @@ class SqliteConnector(Connector):
             kc = k.__class__
             append(Change(
                 k if kc is str else str(k) if kc is int else key_text(k),
-                "upsert", dict(zip(cols, r, strict=False)), default_ts if ts is None else ts))
+                "upsert", dict(zip(cols, r)), default_ts if ts is None else ts))  # noqa: B905
         return out
 
     def _log_gap(self, seq: int) -> bool:
@@ -673,8 +673,9 @@ class SqliteConnector(Connector):
             if shape is None:
                 shape = self._shape(tuple(fields))
             names, stamped, keyed = shape
-            if stamped:
-                fields[self._updated or ""] = stamp  # the row changes now: keep it honest
+            if stamped:  # the row changes now: keep it honest (a copy: fields may be shared)
+                fields = {**fields, self._updated or "": stamp}
+                op = WriteOp(op.key, op.kind, fields)
             if not keyed:
                 results[i] = WriteResult(
                     op.key,

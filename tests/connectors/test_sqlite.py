@@ -416,15 +416,17 @@ def test_fetch_typeless_key_column(tmp_path: Path) -> None:
 
 
 def test_upsert_with_unique_key_and_text_keys(conn: SqliteConnector, db_path: Path) -> None:
+    two = {"id": 2, "name": "Two"}
     results = conn.write(
         [
             WriteOp("303", "upsert", {"id": "303", "email": "n@x.org", "extra": 1}),
-            WriteOp("2", "upsert", {"id": 2, "name": "Two"}),
+            WriteOp("2", "upsert", two),
             WriteOp("3", "delete", None),
             WriteOp("404", "delete", None),
         ]
     )
     assert [r.error for r in results] == [None] * 4
+    assert two == {"id": 2, "name": "Two"}  # updated_at is stamped on the row, not on it
     assert [r.key for r in results] == ["303", "2", "3", "404"]
     got = conn.fetch(["303", "2", "3"])
     assert got["303"]["id"] == 303 and got["303"]["email"] == "n@x.org"

@@ -1,0 +1,82 @@
+"""ConnectorActor writing a batch to a real SQLite table, with a real rate-limiter actor."""
+
+from __future__ import annotations
+
+import queue
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pykka
+import pytest
+
+from recsync.actors.connector import ConnectorActor
+from recsync.actors.pipeline import Peers
+from recsync.actors.protocol import BatchDone, WriteBatch
+from recsync.actors.ratelimit import RateLimiterActor
+from recsync.clock import FakeClock
+from recsync.config import SideConfig
+from recsync.connectors.sqlite import SqliteConfig
+from recsync.messages import WorkItem
+from recsync.resilience import CircuitBreaker, RateLimiter
+from recsync.rules import RuleSet, content_hash
+
+SAME_NAMES = RuleSet(name="t", a_to_b=["create", "update"], b_to_a=[],
+                     mappings={"id": "id", "name": "name"})
+
+
+class Recorder(pykka.ThreadingActor):
+    def __init__(self, inbox: queue.Queue[Any]) -> None:
+        super().__init__()
+        self.inbox = inbox
+
+    def on_receive(self, message: Any) -> None:
+        self.inbox.put(message)
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> Iterator[tuple[Any, Any, queue.Queue[Any], Path]]:
+    db = tmp_path / "b.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE people (id TEXT PRIMARY KEY, name TEXT, updated_at REAL)")
+    conn.close()
+    clock = FakeClock(time=1000.0)
+    peers = Peers()
+    peers.refs["rate_limiter"] = RateLimiterActor.start(
+        "c/p", 1, lambda _f: None, {"b": RateLimiter(1000, 1, clock)})
+    side = SideConfig("sqlite", SqliteConfig(path="b.sqlite", table="people", key="id"))
+    ref = ConnectorActor.start("c/p", 1, lambda _f: None, side="b", side_config=side,
+                               base_dir=tmp_path, peers=peers,
+                               breaker=CircuitBreaker(5, 30.0, clock), clock=clock)
+    inbox: queue.Queue[Any] = queue.Queue()
+    replies = Recorder.start(inbox)
+    yield ref, replies, inbox, db
+    for r in (ref, replies, *peers.refs.values()):
+        r.stop()
+
+
+def item(key: str, content: dict[str, Any], gen: int) -> WorkItem:
+    return WorkItem(key, "upsert", content, content_hash(content), 1.0, gen, 0, None,
+                    content_hash(content))
+
+
+def test_a_write_leaves_the_queued_content_as_it_was(
+    writer: tuple[Any, Any, queue.Queue[Any], Path],
+) -> None:
+    ref, reply_to, inbox, db = writer
+    # same field names on both sides: the content goes out as it is, and the target
+    # stamps updated_at and fills a missing key on its own copy
+    full = {"id": "1", "name": "Ada"}
+    keyless = {"id": None, "name": "Bob"}
+    ref.tell((WriteBatch("a_to_b", [item("1", full, 1), item("2", keyless, 2)], SAME_NAMES),
+              reply_to))
+    done = inbox.get(timeout=10)
+    assert isinstance(done, BatchDone)
+    assert [(o.key, o.status) for o in done.outcomes] == [("1", "synced"), ("2", "synced")]
+    assert full == {"id": "1", "name": "Ada"}
+    assert keyless == {"id": None, "name": "Bob"}
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT id, name, updated_at IS NOT NULL FROM people ORDER BY id")
+        assert rows.fetchall() == [("1", "Ada", 1), ("2", "Bob", 1)]
+    conn.close()
