@@ -68,6 +68,10 @@ from recsync.sqlbulk import execute_rows, values_marks
 
 log = logging.getLogger(__name__)
 
+# an op to write: its index in the batch, the op, the columns to write, and the
+# updated_at value to add as the last column (None: the record has its own)
+_Todo = tuple[int, WriteOp, tuple[str, ...], Any]
+
 _NOW = "(julianday('now') - 2440587.5) * 86400.0"
 _OWN_RANGES_KEPT = 10_000  # our write transactions remembered as log ranges
 _ROWID_ALIASES = ("rowid", "_rowid_", "oid")
@@ -663,19 +667,16 @@ class SqliteConnector(Connector):
             if self._updated_text
             else now
         )
-        todo: list[tuple[int, WriteOp, tuple[str, ...]]] = []
+        todo: list[_Todo] = []
         for i, op in enumerate(ops):
             if op.kind == "delete":
-                todo.append((i, op, ()))
+                todo.append((i, op, (), None))
                 continue
             fields = op.fields or {}
             shape = self._shapes.get(tuple(fields))
             if shape is None:
                 shape = self._shape(tuple(fields))
             names, stamped, keyed = shape
-            if stamped:  # the row changes now: keep it honest (a copy: fields may be shared)
-                fields = {**fields, self._updated or "": stamp}
-                op = WriteOp(op.key, op.kind, fields)
             if not keyed:
                 results[i] = WriteResult(
                     op.key,
@@ -684,7 +685,8 @@ class SqliteConnector(Connector):
                     retryable=False,
                 )
                 continue
-            todo.append((i, op, names))
+            # the row changes now: updated_at says so (added to the values, not to fields)
+            todo.append((i, op, names, stamp if stamped else None))
         db = self.db
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -718,7 +720,8 @@ class SqliteConnector(Connector):
 
     def _shape(self, fields: tuple[str, ...]) -> tuple[tuple[str, ...], bool, bool]:
         """For records with these field names: the columns to write, whether to add the
-        updated_at column, whether the key column is among them."""
+        updated_at column (then it is the last of them), whether the key column is among
+        them."""
         stamped = self._updated is not None and not any(
             f.lower() == self._updated.lower() for f in fields)
         names = tuple(f for f in fields if f.lower() in self._colmap)
@@ -772,57 +775,64 @@ class SqliteConnector(Connector):
         p = self._key_params(key)
         return (p[0], p[-1])
 
-    def _apply_batch(self, todo: list[tuple[int, WriteOp, tuple[str, ...]]]) -> None:
+    def _apply_batch(self, todo: list[_Todo]) -> None:
         """Apply runs of same-shaped ops with executemany (fast path)."""
         db = self.db
         i = 0
         while i < len(todo):
-            _, op, names = todo[i]
+            _, op, names, stamp = todo[i]
             j = i + 1
-            while j < len(todo) and todo[j][1].kind == op.kind and todo[j][2] == names:
+            while (j < len(todo) and todo[j][1].kind == op.kind and todo[j][2] == names
+                   and todo[j][3] is stamp):
                 j += 1
             run = todo[i:j]
             if op.kind == "delete":
                 db.executemany(
-                    self._sql("delete", ()), [self._where_params(o.key) for _, o, _ in run]
+                    self._sql("delete", ()), [self._where_params(t[1].key) for t in run]
                 )
             elif self._unique:
-                self._upsert_rows(names, [o.fields for _, o, _ in run if o.fields])
+                self._upsert_rows(names, [t[1].fields for t in run if t[1].fields], stamp)
             else:
-                for _, o, _ in run:
-                    self._apply_one(o, names)
+                for t in run:
+                    self._apply_one(t[1], names, stamp)
             i = j
 
-    def _upsert_rows(self, names: tuple[str, ...], records: list[Record]) -> None:
-        """Upsert many rows with multi-row statements (see ``recsync.sqlbulk``)."""
-        values = itemgetter(*names)
-        rows = list(map(values, records)) if len(names) > 1 else [(values(r),) for r in records]
+    def _upsert_rows(self, names: tuple[str, ...], records: list[Record], stamp: Any) -> None:
+        """Upsert many rows with multi-row statements (see ``recsync.sqlbulk``); ``stamp``
+        (unless None) is the value of the last column, updated_at."""
+        fields = names if stamp is None else names[:-1]
+        if len(fields) == 1:
+            (only,) = fields
+            rows: list[tuple[Any, ...]] = [(r[only],) for r in records]
+        else:
+            rows = list(map(itemgetter(*fields), records))
+        if stamp is not None:
+            rows = [(*row, stamp) for row in rows]
         execute_rows(self.db, lambda n: self._sql("upsert", names, n), rows, self._chunk)
 
-    def _apply_one(self, op: WriteOp, names: tuple[str, ...]) -> None:
+    def _apply_one(self, op: WriteOp, names: tuple[str, ...], stamp: Any) -> None:
         db = self.db
         if op.kind == "delete":
             db.execute(self._sql("delete", ()), self._where_params(op.key))
             return
         assert op.fields is not None
-        values = tuple(op.fields[n] for n in names)
+        fields = names if stamp is None else names[:-1]
+        values = tuple(op.fields[n] for n in fields) + (() if stamp is None else (stamp,))
         if self._unique:
             db.execute(self._sql("upsert", names), values)
             return
-        key_value = next(op.fields[n] for n in names if self._colmap[n.lower()] == self._key)
+        key_value = next(op.fields[n] for n in fields if self._colmap[n.lower()] == self._key)
         where = self._where_params(key_text(key_value))
         if db.execute(self._sql("update", names), values + where).rowcount == 0:
             db.execute(self._sql("insert", names), values)
 
-    def _apply_rows(
-        self, todo: list[tuple[int, WriteOp, tuple[str, ...]]], results: list[WriteResult | None]
-    ) -> None:
+    def _apply_rows(self, todo: list[_Todo], results: list[WriteResult | None]) -> None:
         """Slow path after a refused record: one SAVEPOINT per op, refusals reported."""
         db = self.db
-        for i, op, names in todo:
+        for i, op, names, stamp in todo:
             db.execute("SAVEPOINT recsync_row")
             try:
-                self._apply_one(op, names)
+                self._apply_one(op, names, stamp)
             except Exception as exc:
                 if not _is_record_error(exc):
                     raise
