@@ -74,8 +74,9 @@ def run_pipeline(folder: Path, target: str, rows: int, batch: int) -> tuple[floa
                   'key = "record_id" }',
         "csv": '{ connector = "file", path = "b.csv", key = "record_id" }',
     }
-    if target == "sqlite":
+    if target == "sqlite":  # set up as the raw copy's target is
         with sqlite3.connect(folder / "b.sqlite") as db:
+            db.execute("PRAGMA journal_mode = WAL")
             db.execute(USERS)
         db.close()
     (folder / "rules.toml").write_text(RULES)
