@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from recsync.messages import Direction, ItemOutcome, Record, Side, WorkItem, Wri
 from recsync.resilience import CircuitBreaker
 
 log = logging.getLogger(__name__)
+_error = attrgetter("error")
 
 
 class ConnectorActor(PipelineActor):
@@ -170,7 +172,7 @@ class ConnectorActor(PipelineActor):
         """Check the target for changes no poll has reported yet, then write."""
         assert self.connector is not None
         side, key_field = self.side, self.side_config.options.key
-        superseded, to_write = self._check_target(batch)
+        superseded, to_write, plain = self._check_target(batch)
         ops = []
         to_side = rules_mod.compile_rules(batch.ruleset).to_side
         for item, content, _h, _w in to_write:
@@ -182,6 +184,9 @@ class ConnectorActor(PipelineActor):
                     fields = {**fields, key_field: item.key}
                 ops.append(WriteOp(item.key, "upsert", fields))
         results = self.connector.write(ops) if ops else []
+        if plain and set(map(_error, results)) <= {None}:  # the usual batch, in one pass
+            return [ItemOutcome(i.key, i.gen, "synced", None, None, None, chash, None, i.src_hash)
+                    for i, _c, chash, _w in to_write]
         now, wait = self.clock.time(), 0.0
         outcomes: list[ItemOutcome] = []
         add = outcomes.append
@@ -211,17 +216,19 @@ class ConnectorActor(PipelineActor):
         return [by_key[i.key] for i in batch.items]
 
     def _check_target(self, batch: WriteBatch) -> tuple[
-            dict[str, ItemOutcome], list[tuple[WorkItem, Record | None, str | None, str | None]]]:
+            dict[str, ItemOutcome], list[tuple[WorkItem, Record | None, str | None, str | None]],
+            bool]:
         """Compare the target with what the queue last knew of it (``expected_hash``):
-        the outcomes of items whose target change wins the conflict, and (item, content to
-        write, its hash, conflict winner or None) for the rest, in batch order."""
+        the outcomes of items whose target change wins the conflict, (item, content to
+        write, its hash, conflict winner or None) for the rest, in batch order, and whether
+        no conflict was found."""
         assert self.connector is not None
         rs, side = batch.ruleset, self.side
         source: Side = "a" if side == "b" else "b"
         back: Direction = "b_to_a" if side == "b" else "a_to_b"  # from here to the source
         known = [i.key for i in batch.items if i.expected_hash is not None]
         if not known:  # all new to the target as far as we know: nothing to compare
-            return {}, [(i, i.content, i.hash, None) for i in batch.items]
+            return {}, [(i, i.content, i.hash, None) for i in batch.items], True
         superseded: dict[str, ItemOutcome] = {}
         to_write: list[tuple[WorkItem, Record | None, str | None, str | None]] = []
         current = self.connector.fetch(known)
@@ -254,4 +261,5 @@ class ConnectorActor(PipelineActor):
                         content = result
                         chash = rules_mod.content_hash(result) if result is not None else None
             to_write.append((item, content, chash, winner))
-        return superseded, to_write
+        plain = not superseded and all(t[3] is None for t in to_write)
+        return superseded, to_write, plain

@@ -105,9 +105,10 @@ class QueueActor(PipelineActor):
             self.send(poller, Committed(msg.cursor, msg.more))
         if stats.direct is not None:
             self.last_activity = self.clock.monotonic()
-            self.direct[direction] = DirectPage(
-                msg.side, msg.cursor, msg.observed, {i.key: i for i in stats.direct})
-            self._send_batch(direction, stats.direct)
+            page = DirectPage(msg.side, msg.cursor, msg.observed,
+                              {i.key: i for i in stats.direct})
+            self.direct[direction] = page
+            self._send_batch(direction, stats.direct, frozenset(page.items))
         elif stats.queued:
             self.last_activity = self.clock.monotonic()
             self.added[direction] += stats.queued
@@ -132,8 +133,9 @@ class QueueActor(PipelineActor):
         if items:
             self._send_batch(direction, items)
 
-    def _send_batch(self, direction: Direction, items: list[WorkItem]) -> None:
-        self.in_flight[direction] = frozenset(i.key for i in items)
+    def _send_batch(self, direction: Direction, items: list[WorkItem],
+                    keys: frozenset[str] | None = None) -> None:
+        self.in_flight[direction] = frozenset([i.key for i in items]) if keys is None else keys
         target = "connector_b" if direction == "a_to_b" else "connector_a"
         batch = WriteBatch(direction, items, self.ruleset)
         self.send(self.peers.ref(target), (batch, self.actor_ref))

@@ -397,18 +397,20 @@ class Store:
         the general path."""
         if not rules_mod.compile_rules(ruleset).op_allowed(direction_from(side), "create"):
             return False
-        if any(c.op != "upsert" for c in changes):
-            return False
         gen = self._gen
         items = []
+        filtered = 0
         for c in changes:
+            if c.op != "upsert":
+                return False
             if not c.passes:
-                stats.filtered += 1
+                filtered += 1
                 continue
             gen += 1
             items.append(WorkItem(c.key, "upsert", c.content, c.hash, c.modified, gen, 0,
                                   None, c.hash))
         self._gen = gen
+        stats.filtered += filtered
         stats.queued = len(items)
         stats.direct = items or None
         return True
