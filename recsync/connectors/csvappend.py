@@ -68,6 +68,7 @@ def new_rows(
         kv = row[kidx]
         if kv is None or kv == "":
             return None
+        row[kidx] = op.key  # the key's text form: 303.0 is the record "303"
         keys.append(op.key)
         rows.append(row)
     if len(set(keys)) != len(keys):

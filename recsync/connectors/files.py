@@ -429,6 +429,8 @@ class FileConnector(Connector):
             # CSV cells are text: convert once, for the checks and the rows alike
             fields = (dict(op.fields or {}) if self.format == "jsonl"
                       else {k: cell_text(v) for k, v in (op.fields or {}).items()})
+            if self.format == "csv" and fields.get(self.key):
+                fields[self.key] = op.key  # the key's text form: 303.0 is the record "303"
             error = self._check(op.key, fields)
             if error is not None:
                 results.append(WriteResult(op.key, error, retryable=False))
@@ -669,6 +671,8 @@ class FileConnector(Connector):
                 # fast path: no quoting, so every line is one row and the key cell is found
                 # by a regex; only lines with a key of the batch are touched in Python
                 keys = key_re.findall(block)
+                if block.endswith(b"\n"):
+                    keys.pop()  # the empty match after the last line break: no line
                 index.add(keys)
                 hits = by_bytes.keys() & keys
                 if not hits:
