@@ -786,15 +786,14 @@ class SqliteConnector(Connector):
                    and todo[j][3] is stamp):
                 j += 1
             run = todo[i:j]
+            ops = [o for _i, o, _names, _stamp in run]
             if op.kind == "delete":
-                db.executemany(
-                    self._sql("delete", ()), [self._where_params(t[1].key) for t in run]
-                )
+                db.executemany(self._sql("delete", ()), [self._where_params(o.key) for o in ops])
             elif self._unique:
-                self._upsert_rows(names, [t[1].fields for t in run if t[1].fields], stamp)
+                self._upsert_rows(names, [o.fields for o in ops if o.fields], stamp)
             else:
-                for t in run:
-                    self._apply_one(t[1], names, stamp)
+                for o in ops:
+                    self._apply_one(o, names, stamp)
             i = j
 
     def _upsert_rows(self, names: tuple[str, ...], records: list[Record], stamp: Any) -> None:
