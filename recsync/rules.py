@@ -26,6 +26,7 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from recsync import fieldcode
 from recsync.messages import Change, Direction, Prepared, Record, Side
 
 __all__ = [
@@ -184,6 +185,10 @@ def _hash_in_order(a_record: Record, keys: Iterable[str]) -> str:
         value = a_record[key]
         append(key)
         append(value if value.__class__ is str else _canon(value))
+    return _digest(parts)
+
+
+def _digest(parts: list[str]) -> str:
     return blake2b(_encode(parts), digest_size=16).hexdigest()
 
 
@@ -255,6 +260,8 @@ class CompiledRules:
         "_a_sorted",
         "_b_same",
         "_checks",
+        "_hash_a",
+        "_mappers",
         "_ops",
         "_pairs",
         "_transforms",
@@ -268,6 +275,12 @@ class CompiledRules:
         self._pairs: tuple[tuple[str, str], ...] = tuple(rules.mappings.items())
         self._a_set = frozenset(self._a_fields)
         self._b_same = all(a == b for a, b in self._pairs)  # side B uses A's names
+        self._mappers: dict[str, Callable[[Record], Record]] = {
+            "a": fieldcode.mapper([(a, a) for a in self._a_fields]),
+            "b": fieldcode.mapper(self._pairs),
+        }
+        self._hash_a: Callable[[Record], str] = fieldcode.hasher(self._a_sorted, _canon,
+                                                                  _digest)
         self._transforms: tuple[tuple[str, Callable[[str], str]], ...] = tuple(
             (field, _TRANSFORMS[name]) for field, name in rules.transforms.items()
         )
@@ -294,15 +307,15 @@ class CompiledRules:
             return tuple(b for _, b in self._pairs)
         raise ValueError(f"side must be 'a' or 'b', not {side!r}")
 
+    def _mapper(self, side: Side) -> Callable[[Record], Record]:
+        mapped = self._mappers.get(side)
+        if mapped is None:
+            raise ValueError(f"side must be 'a' or 'b', not {side!r}")
+        return mapped
+
     def to_a_space(self, side: Side, record: Record) -> Record:
         """The mapped content of ``record`` (``side``'s field names) in side-A names."""
-        get = record.get
-        if side == "a":
-            out = {f: get(f) for f in self._a_fields}
-        elif side == "b":
-            out = {a: get(b) for a, b in self._pairs}
-        else:
-            raise ValueError(f"side must be 'a' or 'b', not {side!r}")
+        out = self._mapper(side)(record)
         for field, fn in self._transforms:
             value = out[field]
             if isinstance(value, str):
@@ -325,15 +338,16 @@ class CompiledRules:
     def prepare(self, side: Side, changes: Iterable[Change]) -> list[Prepared]:
         """Changes read from ``side`` as queue work: A-space content, its hash, and whether
         it passes the filters (deletes carry no content and always pass)."""
-        to_a, order, checks = self.to_a_space, self._a_sorted, self._checks
+        mapped, hashed, checks = self._mapper(side), self._hash_a, self._checks
+        transformed = bool(self._transforms)
         out: list[Prepared] = []
         append = out.append
         for c in changes:
             if c.fields is None or c.op == "delete":
                 append(Prepared(c.key, "delete", None, None, True, c.modified_at))
                 continue
-            content = to_a(side, c.fields)
-            append(Prepared(c.key, "upsert", content, _hash_in_order(content, order),
+            content = self.to_a_space(side, c.fields) if transformed else mapped(c.fields)
+            append(Prepared(c.key, "upsert", content, hashed(content),
                             self.matches(content) if checks else True, c.modified_at))
         return out
 

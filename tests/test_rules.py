@@ -6,8 +6,11 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recsync import rules as r
+from recsync.messages import Change
 from recsync.rules import Filter, RuleError, RuleSet
 
 MAPPINGS = {
@@ -357,3 +360,30 @@ def test_to_side_with_the_same_names_gives_the_mapped_fields() -> None:
     assert r.to_side(same, "b", content) == {"id": 1, "name": "Ada"}
     assert r.to_side(same, "b", {"id": 1}) == {"id": 1, "name": None}
     assert r.to_side(same, "b", {"id": 1, "name": "A", "x": 2}) == {"id": 1, "name": "A"}
+
+
+# field names a rules.toml may hold: quotes, backslashes, line breaks, names that look
+# like code; values of every type a connector hands over
+_names = st.text(min_size=1, max_size=12).filter(lambda n: n.strip() != "")
+_values = st.one_of(st.none(), st.text(max_size=8), st.integers(), st.booleans(),
+                    st.floats(allow_nan=False), st.binary(max_size=4))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(_names, _names, min_size=1, max_size=6),
+       st.sampled_from(["a", "b"]), st.data())
+def test_prepare_maps_and_hashes_as_the_generic_functions_do(
+    mappings: dict[str, str], side: str, data: st.DataObject
+) -> None:
+    rules = RuleSet(name="t", a_to_b=["create"], b_to_a=["create"], mappings=mappings)
+    fields = list(mappings) if side == "a" else list(mappings.values())
+    record = data.draw(st.fixed_dictionaries(
+        {f: _values for f in fields}, optional={"unmapped": _values}))
+    compiled = r.compile_rules(rules)
+    (prepared,) = compiled.prepare(side, [Change("k", "upsert", record, 1.0)])  # type: ignore[arg-type]
+    pairs = mappings.items()
+    expected = ({a: record.get(a) for a in mappings} if side == "a"
+                else {a: record.get(b) for a, b in pairs})
+    assert prepared.content == expected
+    assert list(prepared.content or {}) == list(mappings)
+    assert prepared.hash == r.content_hash(expected)
