@@ -15,9 +15,10 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain
+from operator import attrgetter, itemgetter
 from typing import IO, Any
 
-from recsync.messages import WriteOp
+from recsync.messages import Record, WriteOp
 
 # copy_file_range cannot be used here (another file system, an old kernel): copy by hand
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM}
@@ -42,51 +43,49 @@ class CsvLayout:
         return cls(sig, tuple(header), frozenset(header), list(header).index(key), eol)
 
 
+_KIND = attrgetter("kind")
+_KEY = attrgetter("key")
+
 # values the csv module writes as recsync does (None as "", numbers with str()); any
 # other type (bool, bytes, lists, ...) goes through the connector's own cell conversion
 _PLAIN = frozenset({str, int, float, type(None)})
 
 
-def new_rows(
+def new_columns(
     ops: Sequence[WriteOp], layout: CsvLayout, cell: Callable[[Any], str]
 ) -> tuple[list[str], list[list[Any]]] | None:
-    """Keys and row values of ``ops`` when they are plain additions for ``layout``: all
-    upserts, distinct keys, a key value in each, no field outside the header. Else None."""
+    """Keys and column values of ``ops`` when they are plain additions for ``layout``: all
+    upserts, distinct keys, a key value in each, no field outside the header. Else None.
+    The key column holds each record's key (its text form: 303.0 is the record "303")."""
     header, columns, kidx = layout.header, layout.columns, layout.key_index
-    keys: list[str] = []
-    rows: list[list[Any]] = []
-    for op in ops:
-        fields = op.fields
-        if op.kind != "upsert" or not fields:
-            return None
-        if tuple(fields) == header:  # the usual case: the header's fields, in its order
-            row = list(fields.values())
-        elif fields.keys() <= columns:
-            row = list(map(fields.get, header))
-        else:
-            return None
-        kv = row[kidx]
-        if kv is None or kv == "":
-            return None
-        row[kidx] = op.key  # the key's text form: 303.0 is the record "303"
-        keys.append(op.key)
-        rows.append(row)
-    if len(set(keys)) != len(keys):
+    records: list[Record] = [op.fields for op in ops if op.fields]
+    if not records or len(records) != len(ops) or set(map(_KIND, ops)) != {"upsert"}:
         return None
-    if not set(map(type, chain.from_iterable(rows))) <= _PLAIN:
-        rows = [[cell(v) for v in row] for row in rows]
-        if any(not row[kidx] for row in rows):
-            return None
-    return keys, rows
+    keys: list[str] = list(map(_KEY, ops))
+    if len(set(keys)) != len(keys) or "" in keys:
+        return None
+    if set(map(tuple, records)) == {header}:  # the usual case: the header's fields, in order
+        cols = [list(map(itemgetter(h), records)) for h in header]
+    elif all(r.keys() <= columns for r in records):
+        cols = [[r.get(h) for r in records] for h in header]
+    else:
+        return None
+    if None in cols[kidx] or "" in cols[kidx]:
+        return None
+    cols[kidx] = keys
+    if not set(map(type, chain.from_iterable(cols))) <= _PLAIN:
+        cols = [[cell(v) for v in col] for col in cols]
+    return keys, cols
 
 
-def rows_bytes(rows: list[list[Any]], eol: str, encoding: str) -> bytes | None:
-    """``rows`` (values of the plain types, or text) as CSV lines in ``encoding``, exactly as
-    the csv module writes them; None if some text cannot be stored in the encoding."""
-    text = _joined(rows, eol)
+def rows_bytes(columns: list[list[Any]], eol: str, encoding: str) -> bytes | None:
+    """Rows of ``columns`` (values of the plain types, or text) as CSV lines in
+    ``encoding``, exactly as the csv module writes them; None if some text cannot be
+    stored in the encoding."""
+    text = _joined(columns, eol)
     if text is None:  # some cell needs quoting: let the csv module do it
         buf = io.StringIO()
-        csv.writer(buf, lineterminator=eol).writerows(rows)
+        csv.writer(buf, lineterminator=eol).writerows(zip(*columns, strict=True))
         text = buf.getvalue()
     try:
         return text.encode(encoding)
@@ -94,22 +93,22 @@ def rows_bytes(rows: list[list[Any]], eol: str, encoding: str) -> bytes | None:
         return None
 
 
-def _joined(rows: list[list[Any]], eol: str) -> str | None:
-    """The rows joined with commas, column by column, when no cell needs quoting (the
-    usual case, and about twice as fast as the csv module); else None."""
-    if not rows or len(rows[0]) < 2:  # a lone empty cell is quoted: leave it to csv
+def _joined(columns: list[list[Any]], eol: str) -> str | None:
+    """The rows joined with commas when no cell needs quoting (the usual case, and about
+    twice as fast as the csv module); else None."""
+    if len(columns) < 2 or not columns[0]:  # a lone empty cell is quoted: leave it to csv
         return None
-    columns: list[Sequence[Any]] = []
-    for column in zip(*rows, strict=True):
+    texts: list[Sequence[Any]] = []
+    for column in columns:
         kinds = set(map(type, column))
         if kinds != {str}:
             if not kinds <= _PLAIN:
                 return None
-            column = tuple(["" if v is None else v if v.__class__ is str else str(v)
-                            for v in column])
-        columns.append(column)
-    text = eol.join(map(",".join, zip(*columns, strict=True))) + eol
-    n, width = len(rows), len(columns)
+            column = ["" if v is None else v if v.__class__ is str else str(v)
+                      for v in column]
+        texts.append(column)
+    text = eol.join(map(",".join, zip(*texts, strict=True))) + eol
+    n, width = len(columns[0]), len(columns)
     # every comma and line break is one the join put there, and nothing is quoted
     if ('"' in text or text.count(",") != n * (width - 1) or text.count("\n") != n
             or text.count("\r") != (n if eol == "\r\n" else 0)):

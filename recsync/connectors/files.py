@@ -50,7 +50,7 @@ from recsync.connectors.csvappend import (
     CsvLayout,
     copy_bytes,
     last_line_break,
-    new_rows,
+    new_columns,
     rows_bytes,
 )
 from recsync.connectors.filelines import BOM, LINE, LineBlocks, OutFile, cell_text
@@ -561,11 +561,11 @@ class FileConnector(Connector):
         layout = self._layout
         if layout is None or self._keys.version != layout.sig:
             return None
-        plain = new_rows(ops, layout, cell_text)
+        plain = new_columns(ops, layout, cell_text)
         if plain is None:
             return None
-        keys, rows = plain
-        data = rows_bytes(rows, layout.eol, self.encoding)
+        keys, columns = plain
+        data = rows_bytes(columns, layout.eol, self.encoding)
         if data is None:
             return None  # the general path says which record cannot be stored
         try:

@@ -625,7 +625,8 @@ _CELL = st.one_of(
 def test_added_rows_are_the_bytes_the_csv_module_writes(rows: list[list[Any]], eol: str) -> None:
     buf = io.StringIO()
     csv.writer(buf, lineterminator=eol).writerows(rows)
-    assert rows_bytes(rows, eol, "utf-8") == buf.getvalue().encode()
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    assert rows_bytes(columns, eol, "utf-8") == buf.getvalue().encode()
 
 
 def test_a_record_added_after_a_last_line_without_break_gets_that_lines_break(
