@@ -264,6 +264,7 @@ class CompiledRules:
         "_mappers",
         "_ops",
         "_pairs",
+        "_side_mappers",
         "_transforms",
         "rules",
     )
@@ -275,10 +276,12 @@ class CompiledRules:
         self._pairs: tuple[tuple[str, str], ...] = tuple(rules.mappings.items())
         self._a_set = frozenset(self._a_fields)
         self._b_same = all(a == b for a, b in self._pairs)  # side B uses A's names
+        same = fieldcode.mapper([(a, a) for a in self._a_fields])
+        # side's names -> A names, and A names -> side's names
         self._mappers: dict[str, Callable[[Record], Record]] = {
-            "a": fieldcode.mapper([(a, a) for a in self._a_fields]),
-            "b": fieldcode.mapper(self._pairs),
-        }
+            "a": same, "b": fieldcode.mapper(self._pairs)}
+        self._side_mappers: dict[str, Callable[[Record], Record]] = {
+            "a": same, "b": fieldcode.mapper([(b, a) for a, b in self._pairs])}
         self._hash_a: Callable[[Record], str] = fieldcode.hasher(self._a_sorted, _canon,
                                                                   _digest)
         self._transforms: tuple[tuple[str, Callable[[str], str]], ...] = tuple(
@@ -307,8 +310,8 @@ class CompiledRules:
             return tuple(b for _, b in self._pairs)
         raise ValueError(f"side must be 'a' or 'b', not {side!r}")
 
-    def _mapper(self, side: Side) -> Callable[[Record], Record]:
-        mapped = self._mappers.get(side)
+    def _mapper(self, side: Side, to_side: bool = False) -> Callable[[Record], Record]:
+        mapped = (self._side_mappers if to_side else self._mappers).get(side)
         if mapped is None:
             raise ValueError(f"side must be 'a' or 'b', not {side!r}")
         return mapped
@@ -328,12 +331,7 @@ class CompiledRules:
         The result may be ``a_record`` itself: copy it before changing it."""
         if (side == "a" or (side == "b" and self._b_same)) and a_record.keys() == self._a_set:
             return a_record  # already the side's names, each mapped field once
-        get = a_record.get
-        if side == "a":
-            return {f: get(f) for f in self._a_fields}
-        if side == "b":
-            return {b: get(a) for a, b in self._pairs}
-        raise ValueError(f"side must be 'a' or 'b', not {side!r}")
+        return self._mapper(side, to_side=True)(a_record)
 
     def prepare(self, side: Side, changes: Iterable[Change]) -> list[Prepared]:
         """Changes read from ``side`` as queue work: A-space content, its hash, and whether
