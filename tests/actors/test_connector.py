@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pykka
 import pytest
 
 from recsync.actors.connector import ConnectorActor
@@ -21,18 +20,12 @@ from recsync.connectors.sqlite import SqliteConfig
 from recsync.messages import WorkItem
 from recsync.resilience import CircuitBreaker, RateLimiter
 from recsync.rules import RuleSet, content_hash
+from tests.actors.recorder import Recorder
 
 SAME_NAMES = RuleSet(name="t", a_to_b=["create", "update"], b_to_a=[],
                      mappings={"id": "id", "name": "name"})
 
 
-class Recorder(pykka.ThreadingActor):
-    def __init__(self, inbox: queue.Queue[Any]) -> None:
-        super().__init__()
-        self.inbox = inbox
-
-    def on_receive(self, message: Any) -> None:
-        self.inbox.put(message)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pykka
 import pytest
 
 from recsync.actors.pipeline import Peers
@@ -18,20 +17,12 @@ from recsync.config import Settings
 from recsync.messages import ItemOutcome, Prepared
 from recsync.rules import RuleSet, content_hash
 from recsync.state.store import Store
+from tests.actors.recorder import Recorder
 
 RULES = RuleSet(name="t", a_to_b=["create", "update", "delete"], b_to_a=["create", "update"],
                 mappings={"id": "id", "name": "name"})
 
 
-class Recorder(pykka.ThreadingActor):
-    """A peer that keeps every message it is told, in order."""
-
-    def __init__(self, inbox: queue.Queue[Any]) -> None:
-        super().__init__()
-        self.inbox = inbox
-
-    def on_receive(self, message: Any) -> None:
-        self.inbox.put(message)
 
 
 def page(keys: list[str], cursor: str, name: str = "N") -> Enqueue:
