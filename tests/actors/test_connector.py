@@ -26,8 +26,6 @@ SAME_NAMES = RuleSet(name="t", a_to_b=["create", "update"], b_to_a=[],
                      mappings={"id": "id", "name": "name"})
 
 
-
-
 @pytest.fixture
 def writer(tmp_path: Path) -> Iterator[tuple[Any, Any, queue.Queue[Any], Path]]:
     db = tmp_path / "b.sqlite"

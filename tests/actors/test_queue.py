@@ -23,8 +23,6 @@ RULES = RuleSet(name="t", a_to_b=["create", "update", "delete"], b_to_a=["create
                 mappings={"id": "id", "name": "name"})
 
 
-
-
 def page(keys: list[str], cursor: str, name: str = "N") -> Enqueue:
     changes = [Prepared(k, "upsert", {"id": k, "name": f"{name}{k}"},
                         content_hash({"id": k, "name": f"{name}{k}"}), True, 1.0)
