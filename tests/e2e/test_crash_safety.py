@@ -1,10 +1,17 @@
-"""kill -9 at random moments during a 20,000-record sync loses and duplicates nothing."""
+"""kill -9 at random moments during a 20,000-record sync loses and duplicates nothing.
+
+The kill moments are chosen from the sync's progress (how many records the target has
+committed), never from a wall-clock delay: on a fast machine a timed kill lands after the
+sync is over, on a slow one before it began, and the test then proves nothing.
+"""
 
 from __future__ import annotations
 
 import random
+import sqlite3
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.e2e.helpers import (
@@ -51,21 +58,26 @@ def test_sigkill_during_sync_loses_and_duplicates_nothing(tmp_path: Path) -> Non
         rules=RULES, settings="batch_size = 300\npage_size = 700\n")
     rng = random.Random(20_000)
     state = tmp_path / "state"
-    kills = 0
-    for _ in range(KILLS):
+    target = tmp_path / "b.sqlite"
+    kills: list[int] = []
+    # First a kill during start-up: as soon as the state store exists.
+    proc = subprocess.Popen(recsyncd_cmd(tmp_path, state, "--once"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _kill_when(proc, lambda: len(list(state.glob("*"))) if state.exists() else 0, 1)
+    for remaining in range(KILLS, 0, -1):
+        done = _count(target)
+        # A random point in the next slice of what is left, so the kills spread over the
+        # whole sync and each run commits some records before it dies.
+        step = max(1, (RECORDS - done) // (remaining + 1))
+        kill_at = done + rng.randint(1, step)
         proc = subprocess.Popen(recsyncd_cmd(tmp_path, state, "--once"),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # A random moment: from start-up through reading, queueing and writing.
-        deadline = time.monotonic() + rng.uniform(0.3, 2.0)
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            kills += 1
-        proc.wait()
-    progress = sql(tmp_path / "b.sqlite", "SELECT COUNT(*) FROM users")[0][0]
-    assert kills >= KILLS * 0.8, "the sync finished before most kills: make it bigger"
-
+        if _kill_when(proc, lambda: _count(target), kill_at):
+            kills.append(_count(target))
+    # The first kill comes after at most 1/11 of the records: no machine syncs the rest
+    # between two looks at the target.
+    assert kills, "recsyncd finished before the first kill point"
+    progress = _count(target)
     result = run_once(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     a_rows = sql(tmp_path / "a.sqlite",
@@ -86,18 +98,55 @@ def test_sigkill_during_file_sync_keeps_the_csv_whole(tmp_path: Path) -> None:
         '{ connector = "file", path = "out.csv", key = "record_id" }',
         rules=RULES, settings="batch_size = 250\npage_size = 500\n")
     rng = random.Random(5)
-    for _ in range(5):
+    out_csv = tmp_path / "out.csv"
+    killed = 0
+    for remaining in range(5, 0, -1):
+        done = _csv_rows(out_csv)
+        kill_at = done + rng.randint(1, max(1, (5000 - done) // (remaining + 1)))
         proc = subprocess.Popen(recsyncd_cmd(tmp_path, tmp_path / "state", "--once"),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            proc.wait(timeout=rng.uniform(0.3, 1.0))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        proc.wait()
-        if (tmp_path / "out.csv").exists():  # never half a file: every row parses whole
-            assert all(r["status"] == "active" for r in read_csv(tmp_path / "out.csv"))
+        killed += _kill_when(proc, lambda: _csv_rows(out_csv), kill_at)
+        if out_csv.exists():  # never half a file: every row parses whole
+            assert all(r["status"] == "active" for r in read_csv(out_csv))
+    assert killed, "recsyncd finished before the first kill point"
     result = run_once(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     out = read_csv(tmp_path / "out.csv")
     assert len(out) == 5000
     assert sorted(int(r["record_id"]) for r in out) == list(range(1, 5001))
+
+
+def _kill_when(proc: subprocess.Popen[bytes], progress: Callable[[], int], at: int,
+               timeout: float = 120.0) -> bool:
+    """SIGKILL ``proc`` as soon as ``progress()`` reaches ``at``; False if it exited first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if progress() >= at:
+            proc.kill()
+            proc.wait()
+            return True
+        try:
+            proc.wait(timeout=0.002)  # the polling interval, and notice of an early exit
+            return False
+        except subprocess.TimeoutExpired:
+            pass
+    proc.kill()
+    proc.wait()
+    raise AssertionError(f"recsyncd made no progress in {timeout}s")
+
+
+def _count(path: Path) -> int:
+    if not path.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM users").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _csv_rows(path: Path) -> int:
+    try:
+        return max(0, path.read_bytes().count(b"\n") - 1)
+    except FileNotFoundError:
+        return 0
