@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from recsync.cli import output
@@ -31,8 +32,10 @@ class VerifyProgress:
     """``verify_progress`` events on ``stream``: a bar redrawn in place on a TTY (a count
     when the total is unknown), else a line per phase and at most one a second."""
 
-    def __init__(self, stream: TextIO, width: int = 30) -> None:
+    def __init__(self, stream: TextIO, width: int = 30,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.stream = stream
+        self.clock = clock
         self.tty = stream.isatty()
         self.width = width
         self.shown = 0
@@ -50,7 +53,7 @@ class VerifyProgress:
             line = f"{pid}: {phase} [{bar}] {fraction:4.0%}  {done}/{total}"
         else:
             line = f"{pid}: {phase}  {done} records"
-        now = time.monotonic()
+        now = self.clock()
         new_phase = (pid, phase) != self.phase
         if self.tty:
             if new_phase and self.shown:

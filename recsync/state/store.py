@@ -722,9 +722,9 @@ class Store:
                 if allowed:
                     self._set_meta(f"allow_deletes_{source}", 0)
             for side in ("a", "b"):
-                rows = [(i.key, i.a_hash if side == "a" else i.b_hash) for i in items]
                 self._rows(
-                    [(k, h) for k, h in rows], f"INSERT INTO links (key, {side}_hash)",
+                    [(i.key, i.a_hash if side == "a" else i.b_hash) for i in items],
+                    f"INSERT INTO links (key, {side}_hash)",
                     f"ON CONFLICT (key) DO UPDATE SET {side}_hash = excluded.{side}_hash, "
                     "stale = 0")
             self._put_queue(

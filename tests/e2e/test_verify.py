@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from recsync.client import ControlClient
 from recsync.connectors.mock.salesforce import SalesforceMock
 from tests.e2e.helpers import (
     by_key,
@@ -268,3 +270,69 @@ def test_verify_of_an_unknown_pipeline_is_refused(
     with sqlite3.connect(tmp_path / "a.sqlite") as conn:  # nothing was changed
         assert conn.execute("SELECT COUNT(*) FROM users").fetchone() == (1,)
     conn.close()
+
+
+def test_progress_goes_out_as_events_while_sides_are_listed(
+        tmp_path: Path, running: list[Daemon]) -> None:
+    db = tmp_path / "a.sqlite"
+    make_users(db, [(i, f"User {i}", f"u{i}@x.org", "active") for i in range(1, 301)])
+    write_config(tmp_path, SQLITE_A, CSV_B, settings="page_size = 100\n")
+    daemon = start(tmp_path)
+    running.append(daemon)
+    wait_for(lambda: (tmp_path / "b.csv").exists() and len(read_csv(tmp_path / "b.csv")) == 300,
+             what="the first sync")
+    with ControlClient(daemon.endpoint) as client, \
+            client.subscribe(["stats", "verify_progress"]) as sub:
+        wait_for(lambda: sub.recv(0.5) is not None, what="the event stream")  # subscribed
+        assert daemon.verify(code=0)["agree"]
+        seen: list[dict[str, Any]] = []
+
+        def finished() -> bool:
+            event = sub.recv(0.5)
+            if event is not None and event.kind == "verify_progress":
+                seen.append(event.data)
+            return any(e["phase"] == "done" for e in seen)
+
+        wait_for(finished, what="the last progress event")
+    listed_a = [e for e in seen if e["phase"] == "listing a"]
+    assert listed_a[0]["done"] == 0 and listed_a[0]["total"] == 300  # SQLite knows its size
+    assert listed_a[-1]["done"] == 300
+    assert [e for e in seen if e["phase"] == "listing b"][-1]["done"] == 300
+    assert seen[-1] == {"pipeline": "test/p", "phase": "done", "side": None, "done": 600,
+                        "total": None}
+
+
+def test_a_verify_waiting_on_a_side_does_not_hold_up_the_control_socket(
+        tmp_path: Path, running: list[Daemon], salesforce: SalesforceMock) -> None:
+    db = tmp_path / "a.sqlite"
+    make_users(db, [(i, f"User {i}", f"u{i}@x.org", "active") for i in range(1, 6)])
+    side_b = ('{ connector = "salesforce", mock = true, key = "Record_Id__c", '
+              f'instance_url = "{salesforce.url}", daily_reserve = 0 }}')
+    write_config(tmp_path, SQLITE_A, side_b, rules=SF_RULES)
+    daemon = start(tmp_path)
+    running.append(daemon)
+    wait_for(lambda: sf_rows(salesforce) == users(db), what="the first sync")
+    listing, release = threading.Event(), threading.Event()
+    handle = salesforce.handle
+
+    def held(method: str, target: str, headers: Any, body: bytes) -> Any:
+        if "ORDER+BY+Id" in target or "ORDER%20BY%20Id" in target:  # verify's listing
+            listing.set()
+            release.wait(60)
+        return handle(method, target, headers, body)
+
+    salesforce.handle = held  # type: ignore[method-assign]
+    result: list[subprocess.CompletedProcess[str]] = []
+    thread = threading.Thread(target=lambda: result.append(
+        daemon.cli("--json", "verify", "test")))
+    thread.start()
+    try:
+        assert listing.wait(60), "verify never listed side b"
+        status = daemon.cli("--json", "status")  # answered while verify waits on side b
+        assert status.returncode == 0 and not result
+        assert json.loads(status.stdout)["pipelines"][0]["pipeline"] == "test/p"
+    finally:
+        release.set()
+        thread.join(60)
+    assert result[0].returncode == 0, result[0].stderr
+    assert json.loads(result[0].stdout)[0]["agree"]
