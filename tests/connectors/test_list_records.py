@@ -10,14 +10,15 @@ from typing import Any
 
 import pytest
 
-from recsync.connectors.base import Connector
+from recsync.connectors.base import Connector, ConnectorConfig
 from recsync.connectors.files import FileConfig, FileConnector
+from recsync.connectors.mock.outreach import OutreachMock
 from recsync.connectors.mock.salesforce import SalesforceMock
 from recsync.connectors.outreach import OutreachConnector
 from recsync.connectors.salesforce import SalesforceConnector
 from recsync.connectors.sqlite import SqliteConfig, SqliteConnector
 from recsync.errors import ConnectorConfigError, ConnectorError
-from recsync.messages import WriteOp
+from recsync.messages import ChangePage, WriteOp
 
 
 def listing(conn: Connector, limit: int) -> tuple[dict[str, Any], int]:
@@ -99,7 +100,56 @@ def test_salesforce_lists_live_keyed_records_in_id_pages(tmp_path: Path,
         conn.close()
 
 
+@pytest.fixture
+def outreach(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[OutreachMock]:
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    mock = OutreachMock(page_size=100)
+    mock.start()
+    yield mock
+    mock.stop()
+
+
+def test_outreach_lists_prospects_with_an_external_id_by_id(
+        tmp_path: Path, outreach: OutreachMock) -> None:
+    conn = OutreachConnector({"base_url": outreach.url, "client_id": outreach.client_id,
+                              "client_secret": outreach.client_secret,
+                              "refresh_token": outreach.refresh_token}, tmp_path)
+    conn.open()
+    try:
+        conn.write([WriteOp(str(i), "upsert", {"lastName": f"N{i}"}) for i in range(1, 8)])
+        outreach.push({"lastName": "Typed in by a user"})  # no externalId yet
+        found, pages = listing(conn, 3)
+        assert sorted(found, key=int) == [str(i) for i in range(1, 8)] and pages == 3
+        assert found["7"]["lastName"] == "N7"
+    finally:
+        conn.close()
+
+
+class Plugin(Connector):
+    """A third-party connector (entry point) that does not implement listing."""
+
+    name = "plugin"
+    Config = ConnectorConfig
+
+    @property
+    def system_id(self) -> str:
+        return "plugin"
+
+    def open(self) -> None:
+        pass
+
+    def read_changes(self, cursor: str | None, limit: int) -> ChangePage:
+        return ChangePage([], cursor)
+
+    def fetch(self, keys: list[str]) -> dict[str, Any]:
+        return {}
+
+    def write(self, ops: list[WriteOp]) -> list[Any]:
+        return []
+
+
 def test_a_connector_that_cannot_list_says_so(tmp_path: Path) -> None:
-    conn = OutreachConnector({"key": "externalId", "mock": True}, tmp_path)
-    with pytest.raises(ConnectorConfigError, match="cannot list its records"):
+    conn = Plugin({"key": "id"}, tmp_path)
+    with pytest.raises(ConnectorConfigError, match="plugin connector cannot list its records"):
         conn.list_records(None, 10)
+    assert conn.count_records() is None
