@@ -102,7 +102,6 @@ class Verifier:
         total = self._ask(ref, "count_records")
         page_size = max(100, cfg.settings.page_size)
         seen: dict[str, Seen] = {}
-        of = Seen.of
         position: str | None = None
         self._progress(cfg.id, f"listing {side}", side, 0, total, force=True)
         while True:
@@ -110,8 +109,9 @@ class Verifier:
             if changes is None:
                 _wait_until(retry_at, cfg.id)
                 continue
-            for c in changes:
-                seen[c.key] = of(rules, side, c.fields, c.modified_at)
+            for prepared in rules.prepare(side, changes):
+                seen[prepared.key] = Seen(prepared.hash or "", prepared.passes,
+                                          prepared.modified)
             self._progress(cfg.id, f"listing {side}", side, len(seen), total,
                            force=position is None)
             if position is None:
