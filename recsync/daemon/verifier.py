@@ -59,8 +59,9 @@ class Verifier:
             b = self._list(cfg, rules, "b")
             self._progress(cfg.id, "comparing", None, len(a) + len(b), None, force=True)
             path = state_file(self.daemon.state_dir, cfg.id)
-            candidates = [k for k, s in a.items() if b.get(k) != s] + [
-                k for k in b if k not in a]
+            # the links matter only for records not the same on both sides
+            candidates = [k for k, s in a.items() if (k not in b or b[k].hash != s.hash)]
+            candidates += [k for k in b if k not in a]
             links, pending = _state(path, candidates)
             result = compare(rules, a, b, links, pending)
             repaired = None
