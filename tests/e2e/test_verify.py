@@ -191,8 +191,9 @@ def test_a_repair_that_deletes_too_much_is_held_until_confirmed(
     assert found["missing_a"]["count"] == 15
     assert found["missing_a"]["keys"][:3] == ["6", "7", "8"]  # numbers in order
     held = daemon.verify("--repair", code=1)["repair"]
-    assert held["held"] and "15 of 20" in held["held"] and held["queued"] == {
+    assert "15 of 20 linked records on side b" in held["held"] and held["queued"] == {
         "a_to_b": 0, "b_to_a": 0}
+    assert "`recsync deletes confirm CUSTOMER PIPELINE a` for test/p" in held["held"]
     assert len(read_csv(csv_path)) == 20  # nothing deleted
     wait_for(lambda: daemon.status()["state"] == "held", what="status to show the hold")
 
