@@ -36,7 +36,11 @@ log = logging.getLogger(__name__)
 ASK_TIMEOUT = 120.0  # one page of a listing, or one fetch
 MAX_WAIT = 300.0  # the longest a rate limit or open circuit may hold a listing up
 FETCH = 200  # records fetched per call for a repair
+MAX_RUNNING = 2  # verifies at once (the control server has 4 worker threads)
 Publish = Callable[[str, dict[str, Any]], None]
+_slots = threading.BoundedSemaphore(MAX_RUNNING)
+_lock = threading.Lock()
+_running: set[str] = set()  # pipelines being verified
 
 
 class Verifier:
@@ -48,7 +52,27 @@ class Verifier:
         self._last_event = 0.0
 
     def run(self, cmd: p.VerifyRun, chosen: Iterable[PipelineConfig]) -> list[p.VerifyResult]:
-        return [self.verify(cfg, cmd.repair, cmd.limit) for cfg in chosen]
+        """Verify each pipeline in turn. At most ``MAX_RUNNING`` verifies run at once (the
+        control plane's other commands keep worker threads), one per pipeline."""
+        if not _slots.acquire(blocking=False):
+            raise ControlError("UNAVAILABLE", f"{MAX_RUNNING} verifies are running already; "
+                                              "try again when one has finished.")
+        try:
+            return [self._one_at_a_time(cfg, cmd) for cfg in chosen]
+        finally:
+            _slots.release()
+
+    def _one_at_a_time(self, cfg: PipelineConfig, cmd: p.VerifyRun) -> p.VerifyResult:
+        with _lock:
+            if cfg.id in _running:
+                raise ControlError("UNAVAILABLE", f"pipeline {cfg.id} is being verified "
+                                                  "already; wait for that verify to finish.")
+            _running.add(cfg.id)
+        try:
+            return self.verify(cfg, cmd.repair, cmd.limit)
+        finally:
+            with _lock:
+                _running.discard(cfg.id)
 
     # ---- one pipeline --------------------------------------------------------------------
     def verify(self, cfg: PipelineConfig, repair: bool, limit: int) -> p.VerifyResult:

@@ -303,7 +303,7 @@ def test_progress_goes_out_as_events_while_sides_are_listed(
                         "total": None}
 
 
-def test_a_verify_waiting_on_a_side_does_not_hold_up_the_control_socket(
+def test_a_verify_waiting_on_a_side_leaves_the_control_socket_free_and_runs_alone(
         tmp_path: Path, running: list[Daemon], salesforce: SalesforceMock) -> None:
     db = tmp_path / "a.sqlite"
     make_users(db, [(i, f"User {i}", f"u{i}@x.org", "active") for i in range(1, 6)])
@@ -332,6 +332,10 @@ def test_a_verify_waiting_on_a_side_does_not_hold_up_the_control_socket(
         status = daemon.cli("--json", "status")  # answered while verify waits on side b
         assert status.returncode == 0 and not result
         assert json.loads(status.stdout)["pipelines"][0]["pipeline"] == "test/p"
+        second = daemon.cli("verify", "test")  # one verify of a pipeline at a time
+        assert second.returncode == 1
+        assert "pipeline test/p is being verified already" in second.stderr
+        assert "[UNAVAILABLE]" in second.stderr
     finally:
         release.set()
         thread.join(60)
