@@ -341,3 +341,17 @@ def test_a_verify_waiting_on_a_side_leaves_the_control_socket_free_and_runs_alon
         thread.join(60)
     assert result[0].returncode == 0, result[0].stderr
     assert json.loads(result[0].stdout)[0]["agree"]
+
+
+def test_verify_of_a_pipeline_that_is_not_running_says_so(
+        tmp_path: Path, running: list[Daemon]) -> None:
+    make_users(tmp_path / "a.sqlite", [(1, "User 1", "u1@x.org", "active")])
+    write_config(tmp_path, SQLITE_A, '{ connector = "file", path = "nowhere/b.csv", '
+                                     'key = "record_id" }')
+    daemon = start(tmp_path)
+    running.append(daemon)
+    wait_for(lambda: daemon.status()["state"] == "error", what="the pipeline to fail")
+    result = daemon.cli("verify", "test")
+    assert result.returncode == 1
+    assert "pipeline test/p is error; verify needs the pipeline running" in result.stderr
+    assert "[UNAVAILABLE]" in result.stderr
