@@ -100,6 +100,59 @@ class ConnectorActor(PipelineActor):
         self._ensure_open()
         return self.connector.fetch(keys)
 
+    def list_page(self, position: str | None, limit: int) -> tuple[Any, str | None, float | None]:
+        """A page of the side's full listing (asked by `recsync verify`): (changes, next
+        position, None), or (None, position, wall time to try again) while the rate limit
+        or the circuit breaker holds calls back."""
+        assert self.connector is not None
+        retry_at = self._gate()
+        if retry_at is not None:
+            return None, position, retry_at
+        try:
+            self._ensure_open()
+            changes, after = self.connector.list_records(position, limit)
+        except RateLimited as exc:
+            self._limited(exc)
+            return None, position, self.clock.time() + (exc.retry_after or 1.0)
+        except ConnectorConfigError:
+            raise
+        except ConnectorError:
+            self.breaker.record_failure()
+            raise
+        self.breaker.record_success()
+        self._report_budget()
+        return changes, after, None
+
+    def fetch_page(self, keys: list[str]) -> tuple[dict[str, Any] | None, float | None]:
+        """Current records for ``keys`` (asked by `recsync verify --repair`): (records,
+        None), or (None, wall time to try again) while calls are held back."""
+        assert self.connector is not None
+        retry_at = self._gate()
+        if retry_at is not None:
+            return None, retry_at
+        try:
+            self._ensure_open()
+            found = self.connector.fetch(keys)
+        except RateLimited as exc:
+            self._limited(exc)
+            return None, self.clock.time() + (exc.retry_after or 1.0)
+        except ConnectorConfigError:
+            raise
+        except ConnectorError:
+            self.breaker.record_failure()
+            raise
+        self.breaker.record_success()
+        return found, None
+
+    def count_records(self) -> int | None:
+        """The side's record count when the system says so cheaply (verify's progress)."""
+        assert self.connector is not None
+        try:
+            self._ensure_open()
+            return self.connector.count_records()
+        except ConnectorError:
+            return None
+
     def _gate(self) -> float | None:
         """None when a call may go out now, else the wall time to try again."""
         if not self.breaker.allow():

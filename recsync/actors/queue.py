@@ -15,7 +15,7 @@ from recsync.clock import Clock
 from recsync.config import Settings
 from recsync.messages import Direction, WorkItem
 from recsync.rules import RuleSet
-from recsync.state.store import DirectPage, MassDeleteBlocked, RetryPolicy, Store
+from recsync.state.store import DirectPage, MassDeleteBlocked, RepairItem, RetryPolicy, Store
 
 log = logging.getLogger(__name__)
 
@@ -222,3 +222,35 @@ class QueueActor(PipelineActor):
         assert self.store is not None
         self.store.allow_mass_delete(side)  # type: ignore[arg-type]
         self.held.pop(side, None)
+
+    def repair(self, items: list[RepairItem]) -> dict[str, Any]:
+        """Queue the syncs `recsync verify --repair` found missing (see Store.repair).
+
+        Records with work queued or in flight meanwhile are left to that work. A repair
+        whose deletes trip the mass-delete guard queues nothing and holds the pipeline
+        like a held pass: ``held`` says why, until `recsync deletes confirm`.
+        """
+        assert self.store is not None
+        busy = self.store.pending_keys()
+        for keys in self.in_flight.values():
+            busy.update(keys or ())
+        todo = [i for i in items if i.key not in busy]
+        s = self.settings
+        try:
+            queued = self.store.repair(todo, mass_delete_share=s.mass_delete_threshold,
+                                       mass_delete_min=s.mass_delete_min)
+        except MassDeleteBlocked as exc:
+            target = "b" if exc.side == "a" else "a"
+            text = (f"verify --repair would delete {exc.count} of {exc.total} linked records "
+                    f"on side {target} (over mass_delete_threshold "
+                    f"{s.mass_delete_threshold:g}); nothing was queued: to let them "
+                    f"through, run `recsync deletes confirm CUSTOMER PIPELINE {exc.side}` "
+                    f"for {self.pipeline}, then `recsync verify --repair` again")
+            self.held[exc.side] = text
+            log.error("mass delete held", extra={"pipeline": self.pipeline, "error": text})
+            return {"queued": {"a_to_b": 0, "b_to_a": 0}, "skipped": len(items) - len(todo),
+                    "held": text}
+        if todo:
+            self.last_activity = self.clock.monotonic()
+            self._flush_all()
+        return {"queued": queued, "skipped": len(items) - len(todo), "held": None}

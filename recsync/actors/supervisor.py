@@ -219,6 +219,15 @@ class Supervisor(pykka.ThreadingActor):
             raise PipelineStartError(f"pipeline {pipeline_id} is {pipeline.state}")
         return pipeline.ask(role, name, *args)
 
+    def peer_ref(self, pipeline_id: str, role: str) -> pykka.ActorRef[Any]:
+        """The current ref of one actor of a live pipeline, to ask it directly (a long
+        task, such as `recsync verify`, then never holds the supervisor up)."""
+        pipeline = self.pipelines.get(pipeline_id)
+        if pipeline is None or not _live(pipeline):
+            state = pipeline.state if pipeline is not None else "not started"
+            raise PipelineStartError(f"pipeline {pipeline_id} is {state}")
+        return pipeline.peers.ref(role)
+
     def allow_deletes(self, pipeline_id: str, side: Side) -> None:
         pipeline = self.pipelines[pipeline_id]
         pipeline.ask("queue", "allow_deletes", side)

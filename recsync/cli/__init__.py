@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 from recsync import demo
-from recsync.cli import output
+from recsync.cli import output, verify
 from recsync.cli.commands import BUILDERS, UsageError, follow_events, human, wait_backfill
 from recsync.cli.parser import build_parser
 from recsync.client import ControlClient, load_curve_keys
@@ -63,6 +63,13 @@ def _run(args: argparse.Namespace) -> int:
         with _client(args) as client:
             client.request(p.StatsGet())  # fail fast (exit 3) when recsyncd is not there
             return follow_events(client, args.kind, args.count, args.json, sys.stdout, sys.stderr)
+    if name == "verify":
+        if args.pipeline and not args.customer:
+            raise UsageError("--pipeline needs a CUSTOMER")
+        if args.keys < 0:
+            raise UsageError("--keys must be 0 or more")
+        with _client(args) as client:
+            return verify.run(client, verify.build(args), args.json, sys.stdout, sys.stderr)
     cmd = BUILDERS[name](args)  # before connecting: usage errors come first
     with _client(args) as client:
         result = client.request(cmd)

@@ -287,6 +287,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Salesforce: REQUEST_LIMIT_EXCEEDED after N more requests")
     p.add_argument("--drop-rate", type=float, help="share of connections dropped")
 
+    p = add(
+        sub,
+        "verify",
+        "compare both sides of pipelines; --repair makes them agree",
+        "Read both sides, map them through the rules and report records missing on a "
+        "side, extra (never synced) or different, with the first keys of each. --repair "
+        "queues the syncs that make the sides agree, under the rules and the mass-delete "
+        "guard. Exit code 0: the sides agree; 1: they differ (or records were being "
+        "synced).",
+    )
+    p.add_argument("customer", metavar="CUSTOMER", nargs="?", help="only this customer")
+    p.add_argument("--pipeline", metavar="P", help="only this pipeline of the customer")
+    p.add_argument("--repair", action="store_true",
+                   help="queue the syncs that make the sides agree")
+    p.add_argument("--keys", type=int, default=10, metavar="N",
+                   help="keys shown per category (default 10)")
+
     demo_p = sub.add_parser("demo", help="demo data")
     demo_sub = demo_p.add_subparsers(dest="demo_command", required=True, metavar="COMMAND")
     seed_p = demo_sub.add_parser("seed", help="create data/demo.sqlite with demo users")

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from recsync.errors import ConnectorConfigError
-from recsync.messages import ChangePage, Record, WriteOp, WriteResult
+from recsync.messages import Change, ChangePage, Record, WriteOp, WriteResult
 
 
 class ConnectorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -110,3 +110,22 @@ class Connector(abc.ABC):
             ConnectorError: the whole batch failed transiently (nothing or all may be applied;
                 writes are idempotent so a retry is safe).
         """
+
+    def list_records(self, position: str | None, limit: int) -> tuple[list[Change], str | None]:
+        """One page of a full listing of the side's current records (for `recsync verify`):
+        up to ``limit`` upserts after ``position`` (None: from the start), and the position
+        of the next page (None: this was the last). It only reads: no cursor, change log or
+        own-write state of the connector changes.
+
+        Raises:
+            ConnectorConfigError: this connector cannot list its records.
+            ConnectorError: transient failure, or the listing was interrupted (start again).
+        """
+        raise ConnectorConfigError(
+            f"The {self.name} connector cannot list its records, so `recsync verify` cannot "
+            "check this side.")
+
+    def count_records(self) -> int | None:
+        """How many records a full listing holds, when the system says so cheaply (None:
+        unknown). Only shown as the total of `recsync verify`'s progress."""
+        return None

@@ -123,6 +123,7 @@ class FileConnector(Connector):
         self.encoding = config.encoding
         self.counts: collections.Counter[str] = collections.Counter()
         self._listing: _Listing | None = None
+        self._verify_listing: _Listing | None = None  # list_records' own handle
         # the keys of the version we last wrote: new records are added without a scan
         self._keys = KeyIndex()
         self._layout: CsvLayout | None = None  # of the version we last wrote, if plain
@@ -198,6 +199,7 @@ class FileConnector(Connector):
 
     def close(self) -> None:
         self._end_listing()
+        self._end_verify_listing()
         self._keys.clear()
         self._layout = None
 
@@ -411,6 +413,51 @@ class FileConnector(Connector):
         except OSError as exc:
             raise ConnectorError(f"Cannot read {self.path}: {exc}.") from exc
         return out
+
+    def list_records(self, position: str | None, limit: int) -> tuple[list[Change], str | None]:
+        """The file in pages, from a handle of its own (a poll's listing is not disturbed).
+        A page's position is only good for the next call: anything else starts over."""
+        lst = self._verify_listing
+        if position is None:
+            self._end_verify_listing()
+            try:
+                fh = open(self.path, "rb")  # noqa: SIM115 - kept open across pages
+            except FileNotFoundError:
+                return [], None
+            except OSError as exc:
+                raise ConnectorError(f"Cannot open {self.path}: {exc}.") from exc
+            st = os.fstat(fh.fileno())
+            lst = self._verify_listing = _Listing(
+                fh, self._records(fh, report=False), _sig(st), st.st_mtime_ns / 1e9, "",
+                next(_listing_ids))
+        elif lst is None or position != lst.last_cursor:
+            raise ConnectorError(f"The listing of {self.path} for verify was interrupted; "
+                                 "run verify again.")
+        changes: list[Change] = []
+        try:
+            for k, rec in itertools.islice(lst.records, max(1, limit)):
+                changes.append(Change(k, "upsert", rec, lst.mtime))
+            lst.pending = next(lst.records, None)
+        except OSError as exc:
+            self._end_verify_listing()
+            raise ConnectorError(f"Cannot read {self.path}: {exc}.") from exc
+        except BaseException:
+            self._end_verify_listing()
+            raise
+        if lst.pending is None:
+            self._end_verify_listing()
+            return changes, None
+        lst.records = itertools.chain([lst.pending], lst.records)
+        lst.pending = None
+        lst.page += 1
+        lst.last_cursor = f"verify|{lst.tag}.{lst.page}"
+        return changes, lst.last_cursor
+
+    def _end_verify_listing(self) -> None:
+        if self._verify_listing is not None:
+            with contextlib.suppress(OSError):
+                self._verify_listing.fh.close()
+            self._verify_listing = None
 
     # ------------------------------------------------------------------ writing
 

@@ -514,6 +514,28 @@ class SalesforceConnector(Connector):
             more=more,
         )
 
+    def list_records(self, position: str | None, limit: int) -> tuple[list[Change], str | None]:
+        """The sObject's live records by Id (keyset pages of ``query``, not queryAll).
+        Records without a key yet are left out: the next poll gives them one."""
+        limit = max(1, min(limit, 2000))
+        where = f" WHERE Id > {_soql_str(position)}" if position else ""
+        soql = (f"SELECT {', '.join(self._fields)} FROM {self.obj}{where} "
+                f"ORDER BY Id LIMIT {limit}")
+        result = self._call(lambda sf: sf.query(soql))
+        rows = list(result["records"])
+        while not result.get("done", True):
+            result = self._more(result["nextRecordsUrl"])
+            rows.extend(result["records"])
+        changes: list[Change] = []
+        for rec in rows:
+            rec.pop("attributes", None)
+            kval = rec.get(self.key)
+            if kval is None or rec.get("IsDeleted"):
+                continue
+            when = _sf_epoch(rec.get("SystemModstamp")) or 0.0
+            changes.append(Change(key_text(kval), "upsert", rec, when))
+        return changes, (rows[-1]["Id"] if len(rows) >= limit else None)
+
     def _give_keys(self, rows: list[dict[str, Any]]) -> None:
         """Records a user created by hand get ``key = "sf-" + Id`` (one update per 200)."""
         todo = [r for r in rows if r.get(self.key) is None and not r.get("IsDeleted")]

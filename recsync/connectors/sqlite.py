@@ -657,6 +657,33 @@ class SqliteConnector(Connector):
             raise ConnectorError(f"SQLite error reading {self.path}: {exc}.") from exc
         return {k: v for k, v in found.items() if k in wanted}
 
+    def list_records(self, position: str | None, limit: int) -> tuple[list[Change], str | None]:
+        """The table in pages by rowid (or key), like a listing, without touching the log."""
+        after = json.loads(position) if position else None
+        limit = max(1, limit)
+        o = self._order
+        where = f"WHERE {o} > ?" if after is not None else ""
+        params: tuple[Any, ...] = (after, limit + 1) if after is not None else (limit + 1,)
+        try:
+            cur = self.db.execute(self._select(where, f"ORDER BY {o} LIMIT ?", f", {o}"),
+                                  params)
+            rows = cur.fetchall()
+        except sqlite3.OperationalError as exc:
+            raise self._op_error(exc, "listing the table") from exc
+        except sqlite3.DatabaseError as exc:
+            raise ConnectorError(f"SQLite error reading {self.path}: {exc}.") from exc
+        cols = [d[0] for d in cur.description][:-1]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        changes = self._to_changes(rows, cols, time.time())
+        return changes, json.dumps(rows[-1][-1]) if more else None
+
+    def count_records(self) -> int | None:
+        try:
+            return int(self.db.execute(f"SELECT COUNT(*) FROM {_q(self.table)}").fetchone()[0])
+        except sqlite3.Error:
+            return None
+
     # ------------------------------------------------------------------ writing
 
     def write(self, ops: list[WriteOp]) -> list[WriteResult]:

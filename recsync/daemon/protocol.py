@@ -157,20 +157,30 @@ class MockFaults(Command, frozen=True, tag="mock.faults"):
     drop_rate: float | None = None
 
 
+class VerifyRun(Command, frozen=True, tag="verify.run"):
+    """Compare both sides of pipelines under their rules; ``repair`` queues the syncs that
+    make them agree. Progress goes out as ``verify_progress`` events."""
+
+    customer: str | None = None  # None: every pipeline
+    pipeline: str | None = None
+    repair: bool = False
+    limit: int = 10  # keys shown per category
+
+
 class Request(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     v: int
     cmd: (
         StatusGet | FailedList | RetryRecord | RetryFailed | SyncEvent | SyncNow
         | ConfigOverride | RulesShow | RulesSet | RulesTest | Reload | Pause | Resume
         | ConfirmDeletes | CrmsList | CrmsSchema | StatsGet | SnapshotGet | MockPush
-        | MockList | MockFaults
+        | MockList | MockFaults | VerifyRun
     )
 
 
 COMMANDS: tuple[type[Command], ...] = (
     StatusGet, FailedList, RetryRecord, RetryFailed, SyncEvent, SyncNow, ConfigOverride,
     RulesShow, RulesSet, RulesTest, Reload, Pause, Resume, ConfirmDeletes, CrmsList,
-    CrmsSchema, StatsGet, SnapshotGet, MockPush, MockList, MockFaults,
+    CrmsSchema, StatsGet, SnapshotGet, MockPush, MockList, MockFaults, VerifyRun,
 )
 
 
@@ -273,9 +283,41 @@ class PipelineStats(msgspec.Struct, frozen=True):
     restarts: int
 
 
+class VerifyCategory(msgspec.Struct, frozen=True):
+    count: int
+    keys: list[str]  # the first keys, in key order
+
+
+class VerifyRepair(msgspec.Struct, frozen=True):
+    queued: dict[str, int]  # direction -> syncs queued
+    skipped: int  # records with other work queued meanwhile: left to it
+    held: str | None  # the mass-delete guard held the repair: why, and what to do
+
+
+class VerifyResult(msgspec.Struct, frozen=True):
+    """One pipeline's comparison. ``missing_a``: linked records side A no longer holds;
+    ``extra_a``: records only side A holds, never linked; likewise for B; ``different``:
+    on both sides with different content. ``pending``: records with queued work (not
+    compared); ``ignored``: differences the rules leave alone (filters, directions)."""
+
+    pipeline: str
+    agree: bool
+    a_records: int
+    b_records: int
+    missing_a: VerifyCategory
+    missing_b: VerifyCategory
+    extra_a: VerifyCategory
+    extra_b: VerifyCategory
+    different: VerifyCategory
+    pending: int
+    ignored: int
+    seconds: float
+    repair: VerifyRepair | None = None
+
+
 RESULT_TYPES: tuple[type[msgspec.Struct], ...] = (
     StatusResult, PipelineStatus, RecordStatus, FailedRecord, ReloadResult, CountResult,
-    PipelineStats, Event,
+    PipelineStats, Event, VerifyResult,
 )
 
 request_decoder = msgspec.msgpack.Decoder(Request)

@@ -39,6 +39,7 @@ from recsync.daemon.records import (
     pipeline_cursors,
     record_status,
 )
+from recsync.daemon.verifier import Verifier
 from recsync.errors import ConfigError, ControlError, RecsyncError
 from recsync.messages import Change, ChangePage, key_text
 
@@ -61,7 +62,7 @@ class ControlService:
             p.CrmsList: self.crms_list, p.CrmsSchema: self.crms_schema,
             p.StatsGet: self.stats, p.SnapshotGet: self.snapshot,
             p.MockPush: self.mock_push, p.MockList: self.mock_list,
-            p.MockFaults: self.mock_faults,
+            p.MockFaults: self.mock_faults, p.VerifyRun: self.verify_run,
         }
 
     @staticmethod
@@ -337,6 +338,17 @@ class ControlService:
         with self.lock:
             return self.daemon.reload_config()  # type: ignore[no-any-return]
 
+
+    # -- verify ----------------------------------------------------------------------------
+    def verify_run(self, cmd: p.VerifyRun) -> list[p.VerifyResult]:
+        """Compare (and repair) pipelines; runs long, on a worker thread (not inline)."""
+        if cmd.customer is None and cmd.pipeline is not None:
+            raise ControlError("INVALID", "--pipeline needs a CUSTOMER.")
+        if cmd.limit < 0:
+            raise ControlError("INVALID", f"limit must be 0 or more, not {cmd.limit}.")
+        chosen = (self._pipelines(cmd.customer, cmd.pipeline) if cmd.customer else
+                  [c for _, c in sorted(self.config.pipelines.items())])
+        return Verifier(self.daemon).run(cmd, chosen)
 
 def load_config_text_check(config_dir: Path, settings_text: str | None,
                            rules_text: str | None) -> AppConfig:

@@ -682,3 +682,80 @@ class Store:
 
     def allow_mass_delete(self, side: Side) -> None:
         self._set_meta(f"allow_deletes_{side}", 1)
+
+    # ---- repair (`recsync verify --repair`) -----------------------------------------------
+    def repair(
+        self,
+        items: Sequence[RepairItem],
+        *,
+        mass_delete_share: float = 0.0,
+        mass_delete_min: int = 10,
+    ) -> dict[str, int]:
+        """Queue the syncs ``recsync verify`` found missing, atomically; returns how many
+        were queued per direction.
+
+        Each item's link is first set to what verify saw on each side (so the writer's
+        conflict check compares the target with that, and echo suppression knows the
+        source's content); then the item is queued as any change is, replacing queued or
+        failed work of the same record and direction.
+
+        Raises:
+            MassDeleteBlocked: the deletes of one direction are more than
+                ``mass_delete_share`` of the records linked on its target (nothing queued).
+        """
+        db = self.db
+        now = self.clock.time()
+        deletes: dict[Direction, int] = {"a_to_b": 0, "b_to_a": 0}
+        for item in items:
+            if item.content is None:
+                deletes[item.direction] += 1
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for direction, count in deletes.items():
+                source: Side = "a" if direction == "a_to_b" else "b"
+                if mass_delete_share <= 0 or count < mass_delete_min:
+                    continue
+                total = self._linked_count(other(source))
+                allowed = int(self.meta(f"allow_deletes_{source}", 0) or 0)
+                if count > mass_delete_share * total and not allowed:
+                    raise MassDeleteBlocked(source, count, total)
+                if allowed:
+                    self._set_meta(f"allow_deletes_{source}", 0)
+            for side in ("a", "b"):
+                self._rows(
+                    [(i.key, i.a_hash if side == "a" else i.b_hash) for i in items],
+                    f"INSERT INTO links (key, {side}_hash)",
+                    f"ON CONFLICT (key) DO UPDATE SET {side}_hash = excluded.{side}_hash, "
+                    "stale = 0")
+            self._put_queue(
+                [self._row(i.direction, i.key, i.content, i.hash,
+                           i.hash if i.content is not None else None, i.modified, now)
+                 for i in items], now)
+            self._history((i.key, "repair", i.detail) for i in items)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        queued = {"a_to_b": 0, "b_to_a": 0}
+        for item in items:
+            queued[item.direction] += 1
+        return queued
+
+    def pending_keys(self) -> set[str]:
+        """Keys with work queued and not failed (being synced)."""
+        return {r[0] for r in self.db.execute("SELECT key FROM queue WHERE state != 'failed'")}
+
+
+@dataclass(frozen=True)
+class RepairItem:
+    """One sync ``Store.repair`` queues: write ``content`` (A-space; None: delete) in
+    ``direction``; ``a_hash``/``b_hash`` are what verify saw on each side (None: absent)."""
+
+    direction: Direction
+    key: str
+    content: dict[str, Any] | None
+    hash: str | None
+    modified: float
+    a_hash: str | None
+    b_hash: str | None
+    detail: str = ""
