@@ -222,7 +222,7 @@ class SalesforceConnector(Connector):
             if self.cfg.instance_url:
                 self._mock_url = self.cfg.instance_url.rstrip("/")
             else:
-                from recsync.connectors.mock import embedded
+                from recsync.mock import embedded
 
                 self._mock_url = embedded("salesforce").url
         self._connect()

@@ -26,9 +26,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import msgspec
 
-from recsync.connectors.mock import soql
-from recsync.connectors.mock.sf_bulk import BulkJobs
-from recsync.connectors.mock.sf_store import SfError, Store
+from recsync.mock import soql
+from recsync.mock.sf_bulk import BulkJobs
+from recsync.mock.sf_store import SfError, Store
 
 API_VERSIONS = ("v59.0", "v60.0", "v58.0", "v57.0", "v56.0", "v55.0", "v52.0")
 _REASONS = {

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from recsync.connectors.mock.sf_store import SfError, Store, now_text, sf_id
+from recsync.mock.sf_store import SfError, Store, now_text, sf_id
 
 Response = tuple[int, dict[str, str], bytes]
 _OPS = ("insert", "upsert", "update", "delete", "hardDelete")
