@@ -15,11 +15,9 @@ import json
 import os
 import random
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -27,25 +25,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import msgspec
 
 from recsync.mock import soql
+from recsync.mock.httpserver import HttpServer, Request
 from recsync.mock.sf_bulk import BulkJobs
 from recsync.mock.sf_store import SfError, Store
 
 API_VERSIONS = ("v59.0", "v60.0", "v58.0", "v57.0", "v56.0", "v55.0", "v52.0")
-_REASONS = {
-    200: "OK",
-    201: "Created",
-    204: "No Content",
-    300: "Multiple Choices",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    429: "Too Many Requests",
-    500: "Server Error",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-}
 Response = tuple[int, dict[str, str], bytes]
 _FAULTS = (
     "error_rate",
@@ -64,55 +48,6 @@ def _err(status: int, code: str, message: str) -> Response:
 
 def _json(status: int, obj: Any) -> Response:
     return status, {"Content-Type": "application/json;charset=UTF-8"}, msgspec.json.encode(obj)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    block_on_close = False
-
-    def __init__(self, addr: tuple[str, int], mock: SalesforceMock) -> None:
-        self.mock = mock
-        self.conns: set[socket.socket] = set()
-        self.conns_lock = threading.Lock()
-        super().__init__(addr, _Handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self.server.conns_lock:
-            self.server.conns.add(self.connection)
-
-    def finish(self) -> None:
-        with self.server.conns_lock:
-            self.server.conns.discard(self.connection)
-        super().finish()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        resp = self.server.mock.handle(self.command, self.path, self.headers, body)
-        if resp is None:  # a dropped connection
-            self.close_connection = True
-            return
-        status, headers, payload = resp
-        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}"]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
-        lines.append(f"Content-Length: {len(payload)}")
-        lines.append(f"Date: {self.date_time_string()}")
-        if self.close_connection:
-            lines.append("Connection: close")
-        self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload)
-
-    do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
 
 
 class SalesforceMock:
@@ -151,8 +86,7 @@ class SalesforceMock:
             "error_status": 503,
         }
         self._rng = random.Random()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: HttpServer | None = None
         if faults:
             self.set_faults(**faults)
 
@@ -166,31 +100,18 @@ class SalesforceMock:
         if self.data is not None and self.data.is_file():
             with self.lock:
                 self.store.load(json.loads(self.data.read_text("utf-8")))
-        self._server = _Server((self.host, self.port), self)
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name=f"sf-mock-{self.port}",
-            daemon=True,
+        server = HttpServer(
+            self.host, self.port, self.serve, name="sf-mock", error_body=self._http_error
         )
-        self._thread.start()
+        server.start()
+        self.port = server.port
+        self._server = server
 
     def stop(self) -> None:
         server, self._server = self._server, None
         if server is None:
             return
-        server.shutdown()
-        server.server_close()
-        with server.conns_lock:
-            conns = list(server.conns)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        if self._thread is not None:
-            self._thread.join(5)
+        server.stop()
 
     def _save(self) -> None:
         if self.data is None:
@@ -257,6 +178,17 @@ class SalesforceMock:
             return f"api-usage={self._used()}/{self._max()}"
 
     # ------------------------------------------------------------------ HTTP
+
+    def serve(self, req: Request) -> Response | None:
+        """One framed HTTP request (see recsync.mock.httpserver); None drops the connection."""
+        return self.handle(req.method, req.target, req.headers, req.body)
+
+    @staticmethod
+    def _http_error(status: int, message: str) -> Response:
+        code = "REQUEST_TOO_LARGE" if status == 413 else "BAD_REQUEST"
+        if status >= 500:
+            code = "UNKNOWN_EXCEPTION"
+        return _err(status, code, message)
 
     def handle(self, method: str, target: str, headers: Any, body: bytes) -> Response | None:
         with self.lock:
