@@ -360,6 +360,12 @@ class SalesforceMock:
         if not include_deleted:
             rows = [r for r in rows if not r["IsDeleted"]]
         found = soql.run(query, rows)
+        if query.count_only:  # SELECT COUNT() FROM ...: the count is totalSize
+            return _json(200, {"totalSize": len(found), "done": True, "records": []})
+        if query.aggregates:
+            return _json(
+                200, {"totalSize": 1, "done": True, "records": [soql.aggregate(query, found)]}
+            )
         out = [st.project(query.obj, r, query.fields, version) for r in found]
         return self._page(version, out, 0, size)
 
@@ -399,6 +405,8 @@ class SalesforceMock:
             ids = [i for i in params.get("ids", "").split(",") if i]
             fields = params.get("fields")
             return _json(200, [st.get_or_none(obj, i, version, fields) for i in ids])
+        if method == "POST" and len(rest) == 3:  # retrieve with a request body
+            return self._retrieve(st.object_name(rest[2]), data, version)
         if not isinstance(data, dict) or not isinstance(data.get("records"), list):
             raise SfError(400, "JSON_PARSER_ERROR", "Expected an object with 'records'.")
         records = data["records"]
@@ -412,3 +420,28 @@ class SalesforceMock:
             return _json(200, st.batch("upsert", obj, rest[3], records, all_or_none))
         return _err(405, "METHOD_NOT_ALLOWED", f"HTTP Method '{method}' not allowed.")
 
+
+    def _retrieve(self, obj: str, data: Any, version: str) -> Response:
+        """``POST composite/sobjects/{type}`` with ``{"ids": [...], "fields": [...]}``: the
+        records in the order asked, null for an id that is unknown or deleted."""
+        if not isinstance(data, dict):
+            raise SfError(400, "JSON_PARSER_ERROR", "Expected an object with 'ids' and 'fields'.")
+        ids, fields = data.get("ids"), data.get("fields")
+        for name, value in (("ids", ids), ("fields", fields)):
+            if not isinstance(value, list) or not value or not all(
+                isinstance(v, str) for v in value
+            ):
+                raise SfError(
+                    400, "INVALID_FIELD", f"'{name}' must be a non-empty list of strings."
+                )
+        assert isinstance(ids, list) and isinstance(fields, list)
+        if len(ids) > 2000:
+            raise SfError(400, "EXCEEDED_ID_LIMIT", "Cannot retrieve more than 2000 records.")
+        st = self.store
+        unknown = [f for f in fields if f.lower() not in st.lower[obj]]
+        if unknown:
+            raise SfError(
+                400, "INVALID_FIELD", f"No such column '{unknown[0]}' on entity '{obj}'."
+            )
+        names = ",".join(fields)
+        return _json(200, [st.get_or_none(obj, str(i), version, names) for i in ids])
