@@ -31,7 +31,9 @@ collections at once (Salesforce allows 25 concurrent requests per org).
 Credentials come from the config, from environment variables named by the ``*_env``
 fields, or from ``$CREDENTIALS_DIRECTORY/<name>`` files (systemd credentials). They never
 appear in repr, logs or error messages. ``mock = true`` talks to the embedded mock server
-(or to the mock at ``instance_url`` when given, e.g. one started by ``recsync mock serve``).
+(or to the mock at ``instance_url`` when given, e.g. one started by ``recsync mock serve``);
+a mock side with ``username`` and ``password`` logs in as a real one does (simple-salesforce's
+SOAP login with the security token, or the OAuth password grant with client id and secret).
 """
 
 from __future__ import annotations
@@ -78,6 +80,10 @@ _SECRETS = ("username", "password", "security_token", "client_id", "client_secre
 _GONE = ("ENTITY_IS_DELETED", "INVALID_CROSS_REFERENCE_KEY", "NOT_FOUND")
 _RETRYABLE = ("UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "REQUEST_RUNNING_TOO_LONG")
 _ALWAYS = ("Id", "IsDeleted", "SystemModstamp")
+# a mock side with a username logs in through simple-salesforce's own login calls, sent
+# to https://{_MOCK_DOMAIN}.salesforce.com, which the adapter sends to the mock instead
+_MOCK_DOMAIN = "recsync-mock"
+_MOCK_LOGIN = f"https://{_MOCK_DOMAIN}.salesforce.com"
 
 
 class SalesforceConfig(ConnectorConfig, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -123,15 +129,21 @@ class SalesforceConfig(ConnectorConfig, frozen=True, forbid_unknown_fields=True,
 
 
 class _Adapter(HTTPAdapter):
-    """Default timeout; for a mock, ``https://host:port`` becomes ``http://host:port``."""
+    """Default timeout; for a mock, ``https://host:port`` becomes ``http://host:port`` and
+    simple-salesforce's login host (``https://{domain}.salesforce.com``) the mock's URL."""
 
-    def __init__(self, timeout: float, plain_netloc: str | None, connections: int) -> None:
+    def __init__(
+        self, timeout: float, plain_netloc: str | None, connections: int, login_to: str = ""
+    ) -> None:
         super().__init__(pool_maxsize=max(4, connections))
         self.timeout = timeout
         self.prefix = f"https://{plain_netloc}" if plain_netloc else None
+        self.login_to = login_to
 
     def send(self, request: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        if self.prefix and request.url and request.url.startswith(self.prefix):
+        if self.login_to and request.url and request.url.startswith(_MOCK_LOGIN):
+            request.url = self.login_to + request.url[len(_MOCK_LOGIN) :]
+        elif self.prefix and request.url and request.url.startswith(self.prefix):
             request.url = "http://" + request.url[len("https://") :]
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.timeout
@@ -264,13 +276,14 @@ class SalesforceConnector(Connector):
             s = requests.Session()
             netloc = urlsplit(self._mock_url).netloc if self._mock_url else None
             n = self.cfg.parallel_requests
-            s.mount("https://", _Adapter(self.cfg.timeout, netloc, n))
+            s.mount("https://", _Adapter(self.cfg.timeout, netloc, n, self._mock_url))
             s.mount("http://", _Adapter(self.cfg.timeout, None, n))
             s.hooks["response"].append(self._on_response)
             self._session = s
         s = self._session
+        user, pwd = self._secret("username"), self._secret("password")
         try:
-            if self._mock_url:
+            if self._mock_url and not (user and pwd):
                 resp = s.post(
                     self._mock_url + "/services/oauth2/token",
                     data={
@@ -297,9 +310,8 @@ class SalesforceConnector(Connector):
                 "session": s,
                 "object_pairs_hook": None,
                 "version": self.cfg.api_version,
-                "domain": self.cfg.domain,
+                "domain": _MOCK_DOMAIN if self._mock_url else self.cfg.domain,
             }
-            user, pwd = self._secret("username"), self._secret("password")
             cid, csec = self._secret("client_id"), self._secret("client_secret")
             if user and pwd:
                 kwargs.update(username=user, password=pwd)
@@ -315,7 +327,7 @@ class SalesforceConnector(Connector):
                     "The salesforce connector needs username and password (and "
                     "security_token), or client_id and client_secret; none are set."
                 )
-            if self.cfg.instance_url:
+            if self.cfg.instance_url and not self._mock_url:
                 kwargs["instance_url"] = self.cfg.instance_url
             self._sf = Salesforce(**kwargs)
         except SalesforceError as exc:

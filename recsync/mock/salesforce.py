@@ -14,6 +14,7 @@ import collections
 import json
 import os
 import random
+import re
 import secrets
 import threading
 import time
@@ -24,7 +25,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import msgspec
 
-from recsync.mock import soql
+from recsync.mock import sf_soap, soql
 from recsync.mock.httpserver import HttpServer, Request
 from recsync.mock.sf_bulk import BulkJobs
 from recsync.mock.sf_store import SfError, Store
@@ -63,16 +64,21 @@ class SalesforceMock:
         daily_limit: int = 100000,
         sobjects: tuple[str, ...] | list[str] = ("Contact", "Account", "Lead"),
         clock: Callable[[], float] = time.time,
+        users: dict[str, str] | None = None,
         **faults: Any,
     ) -> None:
         self.host, self.port = host, port
         self.data = Path(data) if data is not None else None
         self.page_size = page_size
         self.daily_limit = daily_limit
+        # username -> password with the security token appended (what SOAP login and the
+        # OAuth password grant send); None: any non-empty username and password log in
+        self.users = dict(users) if users is not None else None
         self.lock = threading.RLock()
         self.store = Store(tuple(sobjects), clock)
         self.bulk = BulkJobs(self.store)
         self.request_count = 0
+        self.logins: list[tuple[str, str]] = []  # (how, username) of each user login
         self._usage: collections.deque[float] = collections.deque()
         self._cap: int | None = None
         self._tokens: set[str] = set()
@@ -214,6 +220,8 @@ class SalesforceMock:
         params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         if path == "/services/oauth2/token" and method == "POST":
             return self._oauth(body)
+        if path.startswith("/services/Soap/u/") and method == "POST":
+            return self._soap_login(path.split("/")[4], body)
         segs = path.split("/")
         if len(segs) < 4 or segs[1:3] != ["services", "data"]:
             return _err(404, "NOT_FOUND", "The requested resource does not exist")
@@ -258,7 +266,10 @@ class SalesforceMock:
         form = {k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
         grant = form.get("grant_type", "")
         if grant == "password":
-            ok = bool(form.get("username")) and bool(form.get("password"))
+            ok = self.login_ok(form.get("username", ""), form.get("password", ""))
+            if ok:
+                with self.lock:
+                    self.logins.append(("oauth-password", form["username"]))
         elif grant == "client_credentials":
             ok = bool(form.get("client_id")) and bool(form.get("client_secret"))
         else:
@@ -287,6 +298,31 @@ class SalesforceMock:
                 "signature": secrets.token_hex(8),
             },
         )
+
+    def login_ok(self, username: str, password: str) -> bool:
+        """Whether ``password`` (security token appended) logs ``username`` in."""
+        if not username or not password:
+            return False
+        if self.users is None:
+            return True
+        known = self.users.get(username)
+        return known is not None and secrets.compare_digest(known.encode(), password.encode())
+
+    def _soap_login(self, version: str, body: bytes) -> Response:
+        """The partner SOAP ``login`` call (username + password + security token)."""
+        if not re.fullmatch(r"\d+\.\d+", version):
+            return sf_soap.fault("UNSUPPORTED_API_VERSION", f"Invalid Api version: {version}")
+        try:
+            username, password = sf_soap.parse_login(body)
+        except ValueError as exc:
+            return sf_soap.fault("INVALID_REQUEST", str(exc), client=True)
+        if not self.login_ok(username, password):
+            return sf_soap.invalid_login()
+        tok = secrets.token_hex(24)
+        with self.lock:
+            self._tokens.add(tok)
+            self.logins.append(("soap", username))
+        return sf_soap.login_response(self.url, version, tok, username)
 
     def _route(
         self,
