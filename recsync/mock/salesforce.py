@@ -28,6 +28,7 @@ import msgspec
 from recsync.mock import sf_soap, soql
 from recsync.mock.httpserver import HttpServer, Request
 from recsync.mock.sf_bulk import BulkJobs
+from recsync.mock.sf_bulk_query import BulkQueries
 from recsync.mock.sf_store import SfError, Store
 
 API_VERSIONS = ("v59.0", "v60.0", "v58.0", "v57.0", "v56.0", "v55.0", "v52.0")
@@ -65,6 +66,7 @@ class SalesforceMock:
         sobjects: tuple[str, ...] | list[str] = ("Contact", "Account", "Lead"),
         clock: Callable[[], float] = time.time,
         users: dict[str, str] | None = None,
+        bulk_query_polls: int = 1,
         **faults: Any,
     ) -> None:
         self.host, self.port = host, port
@@ -77,6 +79,7 @@ class SalesforceMock:
         self.lock = threading.RLock()
         self.store = Store(tuple(sobjects), clock)
         self.bulk = BulkJobs(self.store)
+        self.bulk_query = BulkQueries(self.store, polls=bulk_query_polls)
         self.request_count = 0
         self.logins: list[tuple[str, str]] = []  # (how, username) of each user login
         self._usage: collections.deque[float] = collections.deque()
@@ -248,9 +251,8 @@ class SalesforceMock:
         try:
             data: Any = None
             ctype = headers.get("Content-Type") or ""
-            is_json = ctype.startswith("application/json") or (
-                method in ("POST", "PATCH") and rest[:1] != ["jobs"]
-            )
+            # every POST and PATCH body is JSON (the Bulk CSV upload is a PUT)
+            is_json = ctype.startswith("application/json") or method in ("POST", "PATCH")
             if body and is_json:
                 data = msgspec.json.decode(body)
             with self.lock:
@@ -383,6 +385,8 @@ class SalesforceMock:
                     return _json(201 if res["created"] else 200, res)
         if head == "composite" and n >= 2 and rest[1] == "sobjects":
             return self._collections(method, rest, params, data, version)
+        if head == "jobs" and n >= 2 and rest[1] == "query":
+            return self.bulk_query.route(method, rest[2:], data, params, version)
         if head == "jobs" and n >= 2 and rest[1] == "ingest":
             return self.bulk.route(method, rest[2:], data if isinstance(data, dict) else None, body)
         return _err(404, "NOT_FOUND", "The requested resource does not exist")
