@@ -19,6 +19,10 @@ read. When more than ``_MAX_SEEN`` records share one second the cursor switches 
 form ``{"ts": T, "id": I}`` (``SystemModstamp > T OR (SystemModstamp = T AND Id > I)``); a record
 with a lower Id changed later within that same second is then only seen at its next change.
 
+The first full read (no cursor: a first sync or ``sync now --full``) of an sObject with
+``bulk_read_threshold`` records or more (``SELECT COUNT()``) goes through one Bulk API 2.0
+query job instead (see sf_bulkread.py); 0 turns that off.
+
 Writing
 -------
 Upserts by external id in sObject Collections of 200 (``PATCH
@@ -68,6 +72,7 @@ from simple_salesforce.exceptions import (
 
 from recsync.connectors.base import Connector, ConnectorConfig
 from recsync.connectors.credentials import resolve_secret
+from recsync.connectors.sf_bulkread import BulkRead
 from recsync.errors import ConnectorConfigError, ConnectorError, RateLimited
 from recsync.messages import Change, ChangePage, Record, WriteOp, WriteResult, key_text
 
@@ -106,6 +111,7 @@ class SalesforceConfig(ConnectorConfig, frozen=True, forbid_unknown_fields=True,
     api_version: str = "59.0"
     page_size: int = 2000
     bulk_threshold: int = 10000
+    bulk_read_threshold: int = 50000
     parallel_requests: int = 4
     timeout: float = 30.0
     daily_reserve: int = 1000
@@ -204,6 +210,8 @@ class SalesforceConnector(Connector):
         self._pool: ThreadPoolExecutor | None = None
         self._mock_url = ""
         self._fields: list[str] = []
+        self._types: dict[str, str] = {}
+        self._bulk_read = BulkRead(self)
         self._writable: set[str] | None = None
         self._readonly: set[str] = set()
         self._usage: tuple[int, int] | None = None
@@ -259,6 +267,7 @@ class SalesforceConnector(Connector):
             n for n, f in fields.items() if f.get("createable") or f.get("updateable")
         }
         self._readonly = {n for n in fields if n not in self._writable}
+        self._types = {n: str(f.get("type") or "string") for n, f in fields.items()}
         wanted = list(self.cfg.fields) or list(fields)
         for name in (*_ALWAYS, self.key):
             if name not in wanted:
@@ -452,6 +461,8 @@ class SalesforceConnector(Connector):
             state = json.loads(cursor)
         except ValueError:
             state = None
+        if isinstance(state, dict) and isinstance(state.get("bulk"), dict):
+            return state
         if not isinstance(state, dict) or not isinstance(state.get("ts"), str):
             log.warning(
                 "Ignoring unusable cursor %r for %s; reading from the beginning",
@@ -461,9 +472,22 @@ class SalesforceConnector(Connector):
             return {}
         return state
 
+    def read_progress(self) -> dict[str, Any] | None:
+        """How the bulk full read in progress is going (job, phase, read, total), or None."""
+        return self._bulk_read.progress
+
     def read_changes(self, cursor: str | None, limit: int) -> ChangePage:
         state = self._parse_cursor(cursor)
         limit = max(1, limit)
+        if "bulk" in state and cursor is not None:
+            return self._bulk_read.step(cursor, state["bulk"], limit, self._types,
+                                        self._bulk_changes)
+        if not state and self.cfg.bulk_read_threshold > 0:
+            total = int(self._call(
+                lambda sf: sf.query(f"SELECT COUNT() FROM {self.obj}")
+            )["totalSize"])
+            if total >= self.cfg.bulk_read_threshold:
+                return self._bulk_read.start(self._fields, total)
         ts: str | None = state.get("ts")
         seen: set[str] = set(state.get("seen") or [])
         after_id: str | None = state.get("id")
@@ -525,6 +549,17 @@ class SalesforceConnector(Connector):
             json.dumps(new_state, separators=(",", ":")) if new_state else cursor,
             more=more,
         )
+
+    def _bulk_changes(self, rows: list[dict[str, Any]]) -> list[Change]:
+        """A page of a bulk full read (records that exist) as upsert changes."""
+        self._give_keys(rows)
+        changes = []
+        for rec in rows:
+            kval = rec.get(self.key)
+            if kval is not None and not rec.get("IsDeleted"):
+                when = _sf_epoch(rec.get("SystemModstamp")) or 0.0
+                changes.append(Change(key_text(kval), "upsert", rec, when))
+        return changes
 
     def _give_keys(self, rows: list[dict[str, Any]]) -> None:
         """Records a user created by hand get ``key = "sf-" + Id`` (one update per 200)."""
