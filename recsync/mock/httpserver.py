@@ -4,7 +4,8 @@ httptools (MagicStack's binding of llhttp, Node.js's HTTP parser; uvicorn's pars
 every request the way RFC 9112 says: ``Content-Length`` or ``Transfer-Encoding: chunked``
 bodies (with trailers), keep-alive and pipelining, HTTP/1.0 clients, and it refuses what
 could smuggle a request (both framings at once, bad chunk sizes, bad header syntax).
-``Expect: 100-continue`` gets its ``100 Continue`` once the headers are read. A request it
+``Expect: 100-continue`` gets its ``100 Continue`` once the headers are read; a gzip or
+deflate ``Content-Encoding`` is inflated (another one gets 415). A request it
 cannot frame gets ``400`` (``413`` when its body is over ``max_body``, ``431`` when its
 head is over ``max_header``) and the connection is closed, so a client is never left out
 of step.
@@ -23,6 +24,7 @@ import socket
 import socketserver
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -172,13 +174,37 @@ class _Framer:
     def on_message_complete(self) -> None:
         if self.refused is not None:
             return
-        req = Request(
-            self.parser.get_method().decode("ascii"),
-            self.url.decode("latin-1"),
-            Headers(self.pairs),
-            b"".join(self.body),
-        )
+        headers = Headers(self.pairs)
+        body = b"".join(self.body)
+        coding = (headers.get("Content-Encoding") or "identity").strip().lower()
+        if coding in ("gzip", "x-gzip", "deflate"):  # compressed request bodies, as
+            try:  # Salesforce accepts them (Bulk CSV uploads, large JSON)
+                body = _inflate(body, coding, self.max_body)
+            except (zlib.error, EOFError, _TooBig):
+                self.refused = _Refuse(400, f"The {coding} request body cannot be inflated "
+                                            f"(or is over {self.max_body} bytes).")
+                return
+        elif coding != "identity":
+            self.refused = _Refuse(415, f"Content-Encoding {coding} is not supported.")
+            return
+        req = Request(self.parser.get_method().decode("ascii"), self.url.decode("latin-1"),
+                      headers, body)
         self.done.append((req, self.parser.should_keep_alive()))
+
+
+class _TooBig(Exception):
+    pass
+
+
+def _inflate(body: bytes, coding: str, limit: int) -> bytes:
+    wbits = 31 if "gzip" in coding else 15
+    d = zlib.decompressobj(wbits)
+    out = d.decompress(body, limit + 1)
+    if len(out) > limit or d.unconsumed_tail:
+        raise _TooBig
+    if not d.eof:
+        raise EOFError("truncated")
+    return out
 
 
 class _Conn(socketserver.BaseRequestHandler):
@@ -189,6 +215,7 @@ class _Conn(socketserver.BaseRequestHandler):
 
     def setup(self) -> None:
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.request.settimeout(self.server.idle_timeout)  # an idle keep-alive ends
         self.server.track(self.request, True)
 
     def finish(self) -> None:
@@ -270,8 +297,10 @@ class _TCPServer(socketserver.ThreadingTCPServer):
         error_body: ErrorBody,
         max_body: int,
         max_header: int,
+        idle_timeout: float,
     ) -> None:
         self.handler = handler
+        self.idle_timeout = idle_timeout
         self.error_body = error_body
         self.max_body = max_body
         self.max_header = max_header
@@ -300,10 +329,11 @@ class HttpServer:
         error_body: ErrorBody = plain_error,
         max_body: int = MAX_BODY,
         max_header: int = 64 * 1024,
+        idle_timeout: float = 300.0,
     ) -> None:
         self.host, self.port = host, port
         self.name = name
-        self._args = (handler, error_body, max_body, max_header)
+        self._args = (handler, error_body, max_body, max_header, idle_timeout)
         self._server: _TCPServer | None = None
         self._thread: threading.Thread | None = None
 

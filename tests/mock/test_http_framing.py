@@ -7,6 +7,8 @@ request answered ``400`` with the connection closed (never left out of step).
 
 from __future__ import annotations
 
+import gzip
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -256,3 +258,39 @@ def test_outreach_wrong_content_type_is_a_jsonapi_415(
     assert err["id"] == "unsupportedMediaType" and err["status"] == "415"
     assert err["source"] == {"header": "Content-Type"}
     assert outreach.list_records() == []
+
+
+def test_gzip_request_bodies_are_inflated(sf: SalesforceMock) -> None:
+    body = json.dumps({"LastName": "Zipped", "Record_Id__c": "z1"}).encode()
+    with RawConn(sf.url) as c:
+        c.send(
+            b"POST /services/data/v59.0/sobjects/Contact HTTP/1.1\r\nHost: m\r\n"
+            b"Content-Type: application/json\r\nContent-Encoding: gzip\r\nAuthorization: "
+            b"Bearer " + sf.token.encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + chunked(gzip.compress(body))
+        )
+        created = c.response()
+        assert created.status == 201, created.body
+        c.send(
+            b"POST /services/data/v59.0/sobjects/Contact HTTP/1.1\r\nHost: m\r\n"
+            b"Content-Encoding: gzip\r\nContent-Length: 9\r\n\r\nnot gzip!"
+        )
+        assert c.response().status == 400
+        assert c.closed_by_server()
+    with RawConn(sf.url) as c:
+        c.send(b"POST /services/oauth2/token HTTP/1.1\r\nHost: m\r\nContent-Encoding: br\r\n"
+               b"Content-Length: 3\r\n\r\nabc")
+        assert c.response().status == 415
+    assert [r["LastName"] for r in sf.list_records()] == ["Zipped"]
+
+
+def test_an_idle_keep_alive_connection_is_closed() -> None:
+    server = HttpServer("127.0.0.1", 0, lambda req: (200, {}, b"ok"), idle_timeout=0.2)
+    server.start()
+    try:
+        with RawConn(f"http://127.0.0.1:{server.port}") as c:
+            c.send(b"GET / HTTP/1.1\r\nHost: m\r\n\r\n")
+            assert c.response().body == b"ok"
+            assert c.closed_by_server()  # recv waits (up to 10 s) for the server's close
+    finally:
+        server.stop()
