@@ -89,7 +89,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def serve_mock(kind: str, port: int, data: Path | None) -> int:
     """`recsync mock serve`: a mock CRM in the foreground until Ctrl-C."""
-    from recsync.connectors import mock
+    from recsync import mock
 
     server = mock.create(kind, port=port, data=data)
     server.start()

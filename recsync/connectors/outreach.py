@@ -172,7 +172,7 @@ class OutreachConnector(Connector):
 
     def open(self) -> None:
         if self.cfg.mock:
-            from recsync.connectors import mock
+            from recsync import mock
 
             server: Any = mock.embedded("outreach")
             self.base_url = server.url

@@ -95,7 +95,7 @@ def tune_gc() -> None:
 def start_embedded_mocks(config: AppConfig, state_dir: Path) -> None:
     """Start the mock CRMs that `mock = true` sides use, keeping their records in the state
     folder: the links recsyncd keeps there must find the same records after a restart."""
-    from recsync.connectors import mock
+    from recsync import mock
 
     kinds = {side.connector for cfg in config.pipelines.values() for side in (cfg.a, cfg.b)
              if side.connector in mock.KINDS and getattr(side.options, "mock", False)
@@ -164,7 +164,7 @@ def _run_once(daemon: Daemon, args: argparse.Namespace) -> int:
         return 1 if bad else 0
     finally:
         daemon.stop()
-        from recsync.connectors import mock
+        from recsync import mock
 
         mock.stop_all()
 
@@ -267,7 +267,7 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
             front.wait(timeout=10)
         daemon.stop()
         server.stop()
-        from recsync.connectors import mock
+        from recsync import mock
 
         mock.stop_all()
         notifier.close()

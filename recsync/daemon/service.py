@@ -195,7 +195,7 @@ class ControlService:
     # -- embedded mock CRMs ----------------------------------------------------------------
     @staticmethod
     def _mock(kind: str) -> Any:
-        from recsync.connectors import mock
+        from recsync import mock
 
         server = mock.running().get(kind)
         if server is None:

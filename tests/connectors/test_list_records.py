@@ -12,13 +12,13 @@ import pytest
 
 from recsync.connectors.base import Connector, ConnectorConfig
 from recsync.connectors.files import FileConfig, FileConnector
-from recsync.connectors.mock.outreach import OutreachMock
-from recsync.connectors.mock.salesforce import SalesforceMock
 from recsync.connectors.outreach import OutreachConnector
 from recsync.connectors.salesforce import SalesforceConnector
 from recsync.connectors.sqlite import SqliteConfig, SqliteConnector
 from recsync.errors import ConnectorConfigError, ConnectorError
 from recsync.messages import ChangePage, WriteOp
+from recsync.mock.outreach import OutreachMock
+from recsync.mock.salesforce import SalesforceMock
 
 
 def listing(conn: Connector, limit: int) -> tuple[dict[str, Any], int]:

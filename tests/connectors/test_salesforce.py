@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from recsync.connectors.mock.salesforce import SalesforceMock
 from recsync.connectors.registry import get_connector_class
 from recsync.connectors.salesforce import SalesforceConfig, SalesforceConnector
 from recsync.errors import ConnectorConfigError, ConnectorError, RateLimited
 from recsync.messages import WriteOp
+from recsync.mock.salesforce import SalesforceMock
 
 KEY = "Record_Id__c"
 

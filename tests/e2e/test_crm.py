@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from recsync.connectors.mock.outreach import OutreachMock
-from recsync.connectors.mock.salesforce import SalesforceMock
+from recsync.mock.outreach import OutreachMock
+from recsync.mock.salesforce import SalesforceMock
 from tests.e2e.helpers import make_users, recsyncd_cmd, sql, users, wait_for, write_config
 
 SQLITE_A = '{ connector = "sqlite", path = "a.sqlite", table = "users", key = "record_id" }'

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from recsync.client import ControlClient
-from recsync.connectors.mock.salesforce import SalesforceMock
+from recsync.mock.salesforce import SalesforceMock
 from tests.e2e.helpers import (
     by_key,
     make_users,
