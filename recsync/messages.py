@@ -43,11 +43,28 @@ class Change(msgspec.Struct, frozen=True, array_like=True, gc=False):
     modified_at: float
 
 
+class Unreadable(msgspec.Struct, frozen=True, array_like=True):
+    """A record a side holds that cannot be read (a line that is not JSON, a row with no
+    key): a failed record named ``where`` (file:line, table rowid) until it is fixed.
+
+    ``hides_key``: the record may be a linked one whose key could not be read, so a listing
+    that met it must not take the records it did not list as deleted.
+    """
+
+    where: str
+    reason: str
+    hides_key: bool = True
+
+
 class ChangePage(msgspec.Struct, frozen=True):
     """A page of changes read from one side, and the cursor that is safe after it.
 
     When ``listing`` is set the page is part of a full listing of the side; on the page
     with ``listing_done`` every linked record not listed is taken as deleted.
+
+    ``unreadable``: records met on the page that cannot be read; with ``unreadable_all``
+    they are every unreadable record of the side (the ones recorded before and not in the
+    list were fixed). ``warning``: something an operator must know (shown in status).
     """
 
     changes: list[Change]
@@ -56,6 +73,9 @@ class ChangePage(msgspec.Struct, frozen=True):
     listing: bool = False
     listing_start: bool = False
     listing_done: bool = False
+    unreadable: list[Unreadable] = []
+    unreadable_all: bool = False
+    warning: str | None = None
 
 
 class WriteOp(msgspec.Struct, frozen=True, array_like=True, gc=False):

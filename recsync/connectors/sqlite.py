@@ -61,6 +61,8 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import msgspec
+
 from recsync.connectors.base import Connector, ConnectorConfig
 from recsync.errors import ConnectorConfigError, ConnectorError
 from recsync.messages import Change, ChangePage, Record, WriteOp, WriteResult, key_text
@@ -179,6 +181,12 @@ class SqliteConnector(Connector):
         self._own_writes: list[tuple[int, int]] = []
         self._shapes: dict[tuple[str, ...], tuple[tuple[str, ...], bool, bool]] = {}
         self._pruned_at = -math.inf
+        # the schema as last checked (see _check_schema): PRAGMA schema_version, and the
+        # table, change log and triggers as they were then
+        self._schema_version: int | None = None
+        self._objects_seen: dict[str, Any] | None = None
+        # why the next read must list the table again (capture was off), if it must
+        self._relist_why: str | None = None
 
     @property
     def system_id(self) -> str:
@@ -207,6 +215,7 @@ class SqliteConnector(Connector):
             self._inspect(db)
             if self.cfg.tracking == "triggers":
                 self._install_triggers(db)
+            self._remember_schema(db)
         except sqlite3.OperationalError as exc:
             self.close()
             raise self._op_error(exc, "opening the table") from exc
@@ -291,6 +300,14 @@ class SqliteConnector(Connector):
         present = {r[0] for r in db.execute("SELECT name FROM sqlite_master").fetchall()}
         if names <= present:
             return
+        if self.log_table in present:
+            # the log is there but a trigger is not (a table rebuilt the documented way
+            # drops its triggers): changes made since were never logged
+            self._relist_why = (
+                f"the change-log triggers on table {t!r} in {self.path} were missing "
+                "(dropped with the table when it was rebuilt?); they were put back, and the "
+                "table is listed again to sync the changes made while they were missing"
+            )
         lt, k, qt = _q(self.log_table), _q(self._key), _q(t)
         ins = f'INSERT INTO {lt} (op, "key", changed_at)'
         db.execute("BEGIN IMMEDIATE")
@@ -317,6 +334,44 @@ class SqliteConnector(Connector):
             self._rollback()
             raise
         log.info("Installed recsync change-log triggers on %s in %s", t, self.path)
+
+    def _objects(self, db: sqlite3.Connection) -> dict[str, Any]:
+        """The table and change log (by root page: a rebuilt table has a new one) and the
+        triggers (by SQL) that change capture depends on."""
+        t = self.table
+        names = [t.lower(), self.log_table.lower(),
+                 *(f"recsync_{t}_{s}".lower() for s in ("ai", "au", "ad"))]
+        rows = db.execute(
+            "SELECT lower(name), type, rootpage, sql FROM sqlite_master WHERE lower(name) IN "
+            f"({','.join('?' * len(names))})", names).fetchall()
+        return {name: rootpage if kind == "table" else sql for name, kind, rootpage, sql in rows}
+
+    def _remember_schema(self, db: sqlite3.Connection) -> None:
+        self._schema_version = int(db.execute("PRAGMA schema_version").fetchone()[0])
+        self._objects_seen = self._objects(db)
+
+    def _check_schema(self) -> None:
+        """Every read, cheaply (``PRAGMA schema_version``): after a schema change, inspect
+        the table again and, in trigger mode, put back triggers that went missing; when
+        the table, its change log or a trigger was replaced or dropped, changes may have
+        gone unlogged, so the next read lists the table again (``_relist_why``)."""
+        db = self.db
+        if int(db.execute("PRAGMA schema_version").fetchone()[0]) == self._schema_version:
+            return
+        before = self._objects_seen
+        self._inspect(db)
+        self._sql_cache.clear()
+        self._shapes.clear()
+        if self.cfg.tracking == "triggers":
+            now = self._objects(db)
+            self._install_triggers(db)
+            if before is not None and now != before and self._relist_why is None:
+                self._relist_why = (
+                    f"table {self.table!r} or its change log in {self.path} was rebuilt or "
+                    "replaced; change capture was checked and the table is listed again to "
+                    "sync the changes made meanwhile"
+                )
+        self._remember_schema(db)
 
     def close(self) -> None:
         if self._db is not None:
@@ -401,7 +456,16 @@ class SqliteConnector(Connector):
         state = self._parse_cursor(cursor)
         limit = max(1, limit)
         try:
+            self._check_schema()
             if self.cfg.tracking == "triggers":
+                why, self._relist_why = self._relist_why, None
+                if why is None and isinstance(state.get("seq"), int):
+                    why = self._log_reset(state["seq"])
+                if why is not None and state:
+                    log.warning("Listing %s again: %s", self.system_id, why)
+                    self._own_writes = []  # their log positions mean nothing now
+                    page = self._start_listing(limit)
+                    return msgspec.structs.replace(page, warning=why)
                 if isinstance(state.get("seq"), int):
                     self._prune(state["seq"])
                 if "scan_after" in state:
@@ -523,6 +587,20 @@ class SqliteConnector(Connector):
                 k if kc is str else str(k) if kc is int else key_text(k),
                 "upsert", dict(zip(cols, r)), default_ts if ts is None else ts))  # noqa: B905
         return out
+
+    def _log_reset(self, seq: int) -> str | None:
+        """Why the change log cannot be read from ``seq``: it was dropped and created again
+        (its sequence restarted below the cursor), or None."""
+        row = self.db.execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = ?", (self.log_table,)
+        ).fetchone()
+        if (int(row[0]) if row else 0) >= seq:
+            return None
+        return (
+            f"the change log {self.log_table!r} in {self.path} was dropped or emptied and "
+            "created again (its sequence is behind this pipeline's position); the table is "
+            "listed again to sync the changes it lost"
+        )
 
     def _log_gap(self, seq: int) -> bool:
         """True when log rows after ``seq`` were pruned before we read them."""

@@ -627,3 +627,102 @@ def test_own_writes_are_not_read_back_from_the_log(conn: SqliteConnector, db_pat
     user_sql(db_path, "UPDATE contacts SET name = 'theirs' WHERE id = 1")
     page = conn.read_changes(cursor, 100)
     assert [(c.key, c.fields and c.fields["name"]) for c in page.changes] == [("1", "theirs")]
+
+
+# ---------------------------------------------------------------- schema changes
+
+
+def rebuild_contacts(path: Path, extra: str = "") -> None:
+    """SQLite's documented way to change a table's schema: new table, copy, drop, rename
+    (which drops the table's triggers with it); then ``extra`` statements."""
+    db = sqlite3.connect(path)
+    db.executescript(
+        "BEGIN;"
+        "CREATE TABLE new_contacts (id INTEGER PRIMARY KEY, email TEXT, name TEXT, "
+        "score INTEGER, updated_at TEXT, phone TEXT);"
+        "INSERT INTO new_contacts (id, email, name, score, updated_at) "
+        "SELECT id, email, name, score, updated_at FROM contacts;"
+        "DROP TABLE contacts;"
+        "ALTER TABLE new_contacts RENAME TO contacts;"
+        "COMMIT;" + extra
+    )
+    db.close()
+
+
+CHANGES_WITHOUT_CAPTURE = (
+    "INSERT INTO contacts (id, email) VALUES (11, 'new@x.org');"
+    "UPDATE contacts SET name = 'Renamed' WHERE id = 2;"
+    "DELETE FROM contacts WHERE id = 3;"
+)
+
+
+def test_rebuilt_table_gets_its_triggers_back_and_is_listed_again(
+    conn: SqliteConnector, db_path: Path
+) -> None:
+    cursor = listed(conn)
+    # a schema change that keeps the table and its triggers: read from the log as usual
+    user_sql(db_path, "CREATE INDEX contacts_email ON contacts (email)")
+    user_sql(db_path, "UPDATE contacts SET name = 'indexed' WHERE id = 5")
+    page = conn.read_changes(cursor, 100)
+    assert not page.listing and page.warning is None
+    assert [c.key for c in page.changes] == ["5"]
+    cursor = page.cursor
+    rebuild_contacts(db_path, CHANGES_WITHOUT_CAPTURE)
+    assert not {n for _t, n in schema(db_path) if n.startswith("recsync_contacts_")}
+    pages, cursor = drain(conn, cursor, 100)
+    first = pages[0]
+    assert first.listing and first.listing_start and first.warning
+    assert "rebuilt" in first.warning
+    listed_rows = {c.key: c.fields for p in pages if p.listing for c in p.changes}
+    assert "3" not in listed_rows and listed_rows["11"]["email"] == "new@x.org"  # type: ignore[index]
+    assert listed_rows["2"]["name"] == "Renamed"  # type: ignore[index]
+    assert {("trigger", f"recsync_contacts_{s}") for s in ("ai", "au", "ad")} <= schema(db_path)
+    # capture is on again: the next change comes from the log, with the new column
+    user_sql(db_path, "UPDATE contacts SET phone = '555' WHERE id = 4")
+    page = conn.read_changes(cursor, 100)
+    assert not page.listing and page.warning is None
+    assert [(c.key, c.fields["phone"]) for c in page.changes] == [("4", "555")]  # type: ignore[index]
+
+
+def test_table_rebuilt_while_recsync_was_stopped_is_listed_again(
+    tmp_path: Path, db_path: Path
+) -> None:
+    c = opened(tmp_path)
+    cursor = listed(c)
+    c.close()
+    rebuild_contacts(db_path, CHANGES_WITHOUT_CAPTURE)
+    c = opened(tmp_path)
+    page = c.read_changes(cursor, 100)
+    assert page.listing_start and page.warning and "missing" in page.warning
+    assert "11" in {ch.key for ch in page.changes}
+    c.close()
+
+
+@pytest.mark.parametrize("running", [True, False])
+def test_change_log_dropped_and_created_again_is_noticed(
+    tmp_path: Path, db_path: Path, running: bool
+) -> None:
+    c = opened(tmp_path)
+    cursor = listed(c)
+    for i in range(3):  # the log moves on: the cursor is at seq 3
+        user_sql(db_path, "UPDATE contacts SET name = ? WHERE id = 1", (str(i),))
+    cursor = c.read_changes(cursor, 100).cursor
+    assert json.loads(cursor or "")["seq"] == 3
+    if not running:
+        c.close()
+    db = sqlite3.connect(db_path)
+    db.executescript(
+        "DROP TABLE recsync_changelog_contacts;"
+        "CREATE TABLE recsync_changelog_contacts (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+        'op TEXT NOT NULL, "key", changed_at REAL NOT NULL);'
+        "UPDATE contacts SET name = 'lost?' WHERE id = 6;"
+    )
+    db.close()
+    if not running:
+        c = opened(tmp_path)
+    pages, _ = drain(c, cursor, 100)
+    assert pages[0].listing_start and pages[0].warning
+    assert "change log" in pages[0].warning
+    got = {ch.key: ch.fields for p in pages for ch in p.changes}
+    assert got["6"]["name"] == "lost?"  # type: ignore[index]
+    c.close()

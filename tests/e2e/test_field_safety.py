@@ -1,0 +1,166 @@
+"""End to end: what users and a hostile environment hit first (issue 11, items 1, 6, 7):
+a SQLite table rebuilt under the daemon, records that cannot be read, CRM records that
+come without the other side's key."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.helpers import (
+    make_users,
+    recsyncd_cmd,
+    run_once,
+    sql,
+    users,
+    wait_for,
+    write_config,
+)
+
+SQLITE_A = '{ connector = "sqlite", path = "a.sqlite", table = "users", key = "record_id" }'
+SQLITE_B = '{ connector = "sqlite", path = "b.sqlite", table = "users", key = "record_id" }'
+SAME_NAMES = """
+[contacts]
+a_to_b = ["create", "update", "delete"]
+b_to_a = ["create", "update", "delete"]
+conflict = "last_writer_wins"
+[contacts.mappings]
+record_id = "record_id"
+full_name = "full_name"
+email_address = "email_address"
+status = "status"
+"""
+# SQLite's documented way to change a table's schema (it drops the table's triggers),
+# then changes made before recsync looks again
+REBUILD = """
+BEGIN;
+CREATE TABLE new_users (
+    record_id INTEGER PRIMARY KEY,
+    full_name TEXT NOT NULL,
+    email_address TEXT,
+    status TEXT NOT NULL DEFAULT 'active',
+    updated_at REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0),
+    phone TEXT
+);
+INSERT INTO new_users (record_id, full_name, email_address, status, updated_at)
+    SELECT record_id, full_name, email_address, status, updated_at FROM users;
+DROP TABLE users;
+ALTER TABLE new_users RENAME TO users;
+COMMIT;
+INSERT INTO users (record_id, full_name, email_address, status)
+    VALUES (100, 'Added after rebuild', 'new@x.org', 'active');
+UPDATE users SET full_name = 'Renamed after rebuild' WHERE record_id = 2;
+DELETE FROM users WHERE record_id = 3;
+"""
+
+
+def seed(n: int) -> list[tuple[object, ...]]:
+    return [(i, f"User {i}", f"u{i}@x.org", "active") for i in range(1, n + 1)]
+
+
+def script(path: Path, text: str) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.executescript(text)
+    db.close()
+
+
+def ok(result: subprocess.CompletedProcess[str], code: int = 0) -> str:
+    assert result.returncode == code, result.stdout + result.stderr
+    return result.stdout
+
+
+@dataclass
+class Daemon:
+    folder: Path
+    proc: subprocess.Popen[str]
+    endpoint: str
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "recsync.cli", "--endpoint", self.endpoint, *args],
+            capture_output=True, text=True, timeout=60)
+        if check:
+            assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.cli("--json", *args).stdout)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    env = dict(os.environ, RUNTIME_DIRECTORY=str(tmp_path / "run"),
+               LOGS_DIRECTORY=str(tmp_path / "logs"))
+    env.pop("NOTIFY_SOCKET", None)
+    proc = subprocess.Popen(recsyncd_cmd(tmp_path, tmp_path / "state"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    d = Daemon(tmp_path, proc, f"ipc://{tmp_path}/run/control.sock")
+    try:
+        wait_for(lambda: d.cli("status", check=False).returncode == 0, timeout=60,
+                 what="the control socket")
+        yield d
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+# ---- item 1: a rebuilt SQLite table ---------------------------------------------------------
+
+
+def test_table_rebuilt_between_two_runs_is_synced_in_full(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.sqlite", tmp_path / "b.sqlite"
+    make_users(a, seed(10))
+    make_users(b, [])
+    write_config(tmp_path, SQLITE_A, SQLITE_B, rules=SAME_NAMES)
+    ok(run_once(tmp_path))
+    assert users(b) == users(a)
+    script(a, REBUILD)
+    out = ok(run_once(tmp_path))
+    assert "warning: side a:" in out and "listed again" in out, out
+    assert users(b) == users(a)
+    assert users(b)["100"][0] == "Added after rebuild" and "3" not in users(b)
+    # capture is on again: the next change is seen from the change log
+    sql(a, "UPDATE users SET full_name = 'After' WHERE record_id = 4")
+    out = ok(run_once(tmp_path))
+    assert "a->b 1 synced" in out and "warning" not in out, out
+    assert users(b) == users(a)
+
+
+@pytest.fixture
+def rebuild_setup(tmp_path: Path) -> Path:
+    make_users(tmp_path / "a.sqlite", seed(10))
+    make_users(tmp_path / "b.sqlite", [])
+    write_config(tmp_path, SQLITE_A, SQLITE_B, rules=SAME_NAMES)
+    return tmp_path
+
+
+def test_table_rebuilt_while_the_daemon_runs_is_synced_and_status_warns(
+    rebuild_setup: Path, daemon: Daemon
+) -> None:
+    a, b = daemon.folder / "a.sqlite", daemon.folder / "b.sqlite"
+    wait_for(lambda: users(b) == users(a), what="the first sync")
+    script(a, REBUILD)
+    wait_for(lambda: users(b) == users(a), what="the changes made around the rebuild")
+    assert "3" not in users(b) and users(b)["2"][0] == "Renamed after rebuild"
+    (pipe,) = wait_for(lambda: [p for p in daemon.json("status")["pipelines"]
+                                if p.get("warnings")], what="a warning in status")
+    assert "rebuilt" in pipe["warnings"][0] and pipe["state"] == "running"
+    assert "warnings:" in daemon.cli("status").stdout
+    # and capture goes on: a later insert is synced from the change log
+    sql(a, "INSERT INTO users (record_id, full_name, status) VALUES (200, 'Later', 'active')")
+    wait_for(lambda: "200" in users(b), what="a change after the rebuild")
