@@ -56,7 +56,15 @@ from recsync.connectors.csvappend import (
 from recsync.connectors.filelines import BOM, LINE, LineBlocks, OutFile, cell_text
 from recsync.connectors.keyindex import KeyIndex
 from recsync.errors import ConnectorConfigError, ConnectorError
-from recsync.messages import Change, ChangePage, Record, WriteOp, WriteResult, key_text
+from recsync.messages import (
+    Change,
+    ChangePage,
+    Record,
+    Unreadable,
+    WriteOp,
+    WriteResult,
+    key_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +136,7 @@ class FileConnector(Connector):
         self._layout: CsvLayout | None = None  # of the version we last wrote, if plain
         self._own: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._warned = 0
+        self._bad: list[Unreadable] = []  # lines of the listing that could not be read
         self._new_bom = False
         key_only = msgspec.defstruct(
             "_KeyOnly", [("k", int | float | str | bool | None, None)], rename={"k": config.key}
@@ -244,6 +253,7 @@ class FileConnector(Connector):
             raise ConnectorError(f"Cannot open {self.path}: {exc}.") from exc
         st = os.fstat(fh.fileno())
         self._warned = 0
+        self._bad = []
         lst = _Listing(
             fh, self._records(fh), _sig(st), st.st_mtime_ns / 1e9, base, next(_listing_ids)
         )
@@ -297,6 +307,7 @@ class FileConnector(Connector):
         else:
             cursor = f"{lst.base}|{lst.tag}.{lst.page}"
             lst.last_cursor = cursor
+        bad, self._bad = self._bad, []
         return ChangePage(
             list(page.values()),
             cursor,
@@ -304,12 +315,17 @@ class FileConnector(Connector):
             listing=True,
             listing_start=start,
             listing_done=done,
+            unreadable=bad,
         )
 
     def _malformed(self, lineno: int, why: str, report: bool) -> None:
         if not report:
             return
         self.counts["malformed_lines"] += 1
+        self._bad.append(Unreadable(
+            f"{self.cfg.path}:{lineno}",
+            f"Line {lineno} of {self.path} cannot be read: {why}; fix the line (it is not "
+            "synced until then, and no record is taken as deleted from the file meanwhile)."))
         self._warned += 1
         if self._warned <= _MAX_WARNINGS:
             log.warning("Skipping line %d of %s: %s", lineno, self.path, why)

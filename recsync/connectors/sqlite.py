@@ -65,7 +65,15 @@ import msgspec
 
 from recsync.connectors.base import Connector, ConnectorConfig
 from recsync.errors import ConnectorConfigError, ConnectorError
-from recsync.messages import Change, ChangePage, Record, WriteOp, WriteResult, key_text
+from recsync.messages import (
+    Change,
+    ChangePage,
+    Record,
+    Unreadable,
+    WriteOp,
+    WriteResult,
+    key_text,
+)
 from recsync.sqlbulk import execute_rows, values_marks
 
 log = logging.getLogger(__name__)
@@ -546,7 +554,8 @@ class SqliteConnector(Connector):
         cols = [d[0] for d in cur.description][:-1]
         done = len(rows) <= limit
         rows = rows[:limit]
-        changes = self._to_changes(rows, cols, time.time())
+        nulls: list[Any] = []
+        changes = self._to_changes(rows, cols, time.time(), nulls)
         rest = {k: v for k, v in state.items() if k not in ("scan_after", "relist")}
         more = not done
         if done and self.cfg.tracking == "triggers":
@@ -561,13 +570,30 @@ class SqliteConnector(Connector):
             listing=True,
             listing_start=start,
             listing_done=done,
+            unreadable=[self._null_key(r) for r in nulls],
         )
 
+    def _null_key(self, rowid: Any) -> Unreadable:
+        return Unreadable(
+            f"{self.table} rowid {rowid}",
+            f"Row {rowid} of table {self.table!r} in {self.path} has no value (NULL) in key "
+            f"column {self._key!r}; give it one (it is not synced until then).",
+            hides_key=False)
+
+    def _null_keys(self) -> list[Unreadable]:
+        """Every row of the table without a key (at most 1000)."""
+        rows = self.db.execute(
+            f"SELECT {self._order} FROM {_q(self.table)} WHERE {_q(self._key)} IS NULL "
+            f"ORDER BY {self._order} LIMIT 1000").fetchall()
+        return [self._null_key(r[0]) for r in rows]
+
     def _to_changes(
-        self, rows: Sequence[Sequence[Any]], cols: list[str], default_ts: float
+        self, rows: Sequence[Sequence[Any]], cols: list[str], default_ts: float,
+        nulls: list[Any] | None = None,
     ) -> list[Change]:
         """Changes from table rows whose first ``len(cols)`` values are the columns ``cols``
-        (any values after them are not part of the record)."""
+        (any values after them are not part of the record); ``nulls`` gets the last value
+        (the paging column) of each row without a key."""
         kidx = cols.index(self._key)
         uidx = cols.index(self._updated) if self._updated in cols else None
         out: list[Change] = []
@@ -575,6 +601,8 @@ class SqliteConnector(Connector):
         for r in rows:
             k = r[kidx]
             if k is None:
+                if nulls is not None:
+                    nulls.append(r[-1])
                 continue
             ts = None
             if uidx is not None:
@@ -640,10 +668,16 @@ class SqliteConnector(Connector):
             if not rows:
                 return ChangePage([], _dump({"seq": last}), more=more)
         latest: dict[Any, float] = {}
+        keyless = False
         for _seq, k, at in rows:
             if k is not None:
                 latest.pop(k, None)
                 latest[k] = at
+            else:
+                keyless = True
+        # a row got, lost or changed without a key: report every keyless row there is now
+        extra: dict[str, Any] = (
+            {"unreadable": self._null_keys(), "unreadable_all": True} if keyless else {})
         current = self._rows_by_values(list(latest))
         changes: list[Change] = []
         upd = self._updated
@@ -657,7 +691,7 @@ class SqliteConnector(Connector):
                 # the application forgot to bump must not make the change look old
                 ts = _epoch(row.get(upd)) if upd is not None else None
                 changes.append(Change(kt, "upsert", row, max(at, ts or 0.0)))
-        return ChangePage(changes, _dump({"seq": last}), more=more)
+        return ChangePage(changes, _dump({"seq": last}), more=more, **extra)
 
     def _column_page(self, ts: Any, key: Any, limit: int, listed_at: Any) -> ChangePage:
         u, k = _q(self._updated or ""), _q(self._key)

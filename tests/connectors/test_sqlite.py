@@ -726,3 +726,32 @@ def test_change_log_dropped_and_created_again_is_noticed(
     got = {ch.key: ch.fields for p in pages for ch in p.changes}
     assert got["6"]["name"] == "lost?"  # type: ignore[index]
     c.close()
+
+
+# ---------------------------------------------------------------- rows without a key
+
+
+def test_rows_without_a_key_are_reported_unreadable_with_their_rowid(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE contacts (code TEXT, name TEXT);"
+        "INSERT INTO contacts VALUES ('a', 'Ann'), (NULL, 'No key'), ('c', 'Cid');")
+    db.close()
+    c = SqliteConnector(SqliteConfig(path="db.sqlite", table="contacts", key="code"), tmp_path)
+    c.open()
+    page = c.read_changes(None, 100)
+    assert [ch.key for ch in page.changes] == ["a", "c"]
+    (bad,) = page.unreadable
+    assert bad.where == "contacts rowid 2" and not bad.hides_key
+    assert "NULL" in bad.reason and "'code'" in bad.reason
+    # from the change log: the whole set of keyless rows, each time one changes
+    user_sql(path, "INSERT INTO contacts VALUES (NULL, 'Another')")
+    page = c.read_changes(page.cursor, 100)
+    assert page.unreadable_all
+    assert [u.where for u in page.unreadable] == ["contacts rowid 2", "contacts rowid 4"]
+    user_sql(path, "UPDATE contacts SET code = 'b' WHERE rowid = 2")
+    page = c.read_changes(page.cursor, 100)
+    assert [ch.key for ch in page.changes] == ["b"]
+    assert page.unreadable_all and [u.where for u in page.unreadable] == ["contacts rowid 4"]
+    c.close()

@@ -164,3 +164,108 @@ def test_table_rebuilt_while_the_daemon_runs_is_synced_and_status_warns(
     # and capture goes on: a later insert is synced from the change log
     sql(a, "INSERT INTO users (record_id, full_name, status) VALUES (200, 'Later', 'active')")
     wait_for(lambda: "200" in users(b), what="a change after the rebuild")
+
+
+# ---- item 6: records that cannot be read ----------------------------------------------------
+
+CSV_B = '{ connector = "file", path = "contacts.csv", key = "record_id" }'
+JSONL_B = '{ connector = "file", path = "contacts.jsonl", key = "record_id" }'
+MAPPED = SAME_NAMES.replace('full_name = "full_name"', 'full_name = "name"').replace(
+    'email_address = "email_address"', 'email_address = "email"')
+
+
+def failed(folder: Path) -> list[Any]:
+    from recsync.actors.pipeline import state_file
+    from recsync.daemon.records import failed_records
+
+    return failed_records(state_file(folder / "state", "test/p"), "test/p", 100)
+
+
+def test_a_csv_line_with_a_bad_byte_is_a_failed_record_and_deletes_nothing(
+    tmp_path: Path
+) -> None:
+    a, csv_path = tmp_path / "a.sqlite", tmp_path / "contacts.csv"
+    make_users(a, seed(5))
+    write_config(tmp_path, SQLITE_A, CSV_B, rules=MAPPED)
+    ok(run_once(tmp_path))
+    good = csv_path.read_bytes()
+    lines = good.split(b"\n")
+    assert lines[3].startswith(b"3,")
+    lines[3] = lines[3].replace(b"User 3", b"User \xff3")  # not UTF-8
+    csv_path.write_bytes(b"\n".join(lines))
+    out = ok(run_once(tmp_path), code=1)
+    assert "1 failed" in out, out
+    (bad,) = failed(tmp_path)
+    assert bad.key == "contacts.csv:4" and bad.direction == "b_to_a"
+    assert "Line 4 of" in (bad.last_error or "") and "utf-8" in (bad.last_error or "")
+    assert "3" in users(a)  # the line it could not read is no delete
+    csv_path.write_bytes(good.replace(b"User 3", b"User Three"))  # fixed by hand
+    ok(run_once(tmp_path))
+    assert failed(tmp_path) == [] and users(a)["3"][0] == "User Three"
+
+
+def test_a_json_lines_line_that_is_not_json_is_a_failed_record(tmp_path: Path) -> None:
+    a, path = tmp_path / "a.sqlite", tmp_path / "contacts.jsonl"
+    make_users(a, [])
+    path.write_text('{"record_id": 1, "name": "One", "email": "1@x.org", "status": "active"}\n'
+                    '{"record_id": 2, "name": "Two", "email": \n')
+    write_config(tmp_path, SQLITE_A, JSONL_B, rules=MAPPED)
+    out = ok(run_once(tmp_path), code=1)
+    assert "b->a 1 synced" in out and "1 failed" in out, out
+    (bad,) = failed(tmp_path)
+    assert bad.key == "contacts.jsonl:2" and "not valid JSON" in (bad.last_error or "")
+
+
+TEXT_KEY_USERS = """
+CREATE TABLE users (
+    record_id TEXT,
+    full_name TEXT NOT NULL,
+    email_address TEXT,
+    status TEXT NOT NULL DEFAULT 'active'
+)
+"""
+
+
+def test_a_row_without_a_key_is_a_failed_record_until_it_gets_one(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.sqlite", tmp_path / "b.sqlite"
+    make_users(a, [("1", "One", "1@x.org", "active"), (None, "Keyless", "k@x.org", "active")],
+               schema=TEXT_KEY_USERS)
+    make_users(b, [])
+    write_config(tmp_path, SQLITE_A, SQLITE_B, rules=SAME_NAMES)
+    out = ok(run_once(tmp_path), code=1)
+    assert "a->b 1 synced" in out and "1 failed" in out, out
+    (bad,) = failed(tmp_path)
+    assert bad.key == "users rowid 2" and "NULL" in (bad.last_error or "")
+    assert "'record_id'" in (bad.last_error or "")
+    sql(a, "UPDATE users SET record_id = '2' WHERE rowid = 2")
+    out = ok(run_once(tmp_path))
+    assert failed(tmp_path) == [] and set(users(b)) == {"1", "2"}
+
+
+@pytest.fixture
+def bad_csv_setup(tmp_path: Path) -> Path:
+    make_users(tmp_path / "a.sqlite", seed(3))
+    (tmp_path / "contacts.csv").write_bytes(
+        b"record_id,name,email,status\n7,Se\xffven,7@x.org,active\n")
+    write_config(tmp_path, SQLITE_A, CSV_B, rules=MAPPED)
+    return tmp_path
+
+
+def test_recsync_failed_names_the_file_and_line_and_a_retry_reads_it_again(
+    bad_csv_setup: Path, daemon: Daemon
+) -> None:
+    rows = wait_for(lambda: daemon.json("failed"), what="the unreadable line as failed")
+    assert rows[0]["key"] == "contacts.csv:2"
+    assert "contacts.csv:2" in daemon.cli("failed").stdout
+    # a retry reads the file again: the line is still bad, so it is failed again
+    assert "queued for retry" in daemon.cli("retry", "contacts.csv:2").stdout
+    history = wait_for(
+        lambda: [h["event"] for h in
+                 daemon.json("status", "contacts.csv:2")["records"][0]["history"]
+                 if h["event"] == "failed"][1:],
+        what="the line to fail again")
+    assert history == ["failed"]
+    (daemon.folder / "contacts.csv").write_text(
+        "record_id,name,email,status\n7,Seven,7@x.org,active\n")
+    wait_for(lambda: "7" in users(daemon.folder / "a.sqlite"), what="the fixed line")
+    wait_for(lambda: daemon.json("failed") == [], what="the failed record to go")
