@@ -98,6 +98,9 @@ class WriteResult(msgspec.Struct, frozen=True, array_like=True, gc=False):
     error: str | None = None
     retryable: bool = False
     retry_after: float | None = None
+    # the target created the record under a key of its own (the one given was not a
+    # key it can hold, e.g. a CRM's placeholder for an INTEGER PRIMARY KEY)
+    new_key: str | None = None
 
 
 class Prepared(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -127,6 +130,9 @@ class WorkItem(msgspec.Struct, frozen=True, array_like=True, gc=False):
     attempts: int
     expected_hash: str | None
     src_hash: str | None = None
+    # the record is held on the target under this key: change it to ``key`` (the key the
+    # other side made for it), then write
+    rekey_from: str | None = None
 
 
 ItemStatus = Literal["synced", "retry", "rejected", "deferred", "superseded"]
@@ -151,3 +157,4 @@ class ItemOutcome(msgspec.Struct, frozen=True, array_like=True, gc=False):
     hash: str | None = None
     winner: str | None = None
     src_hash: str | None = None  # the source's content hash, when the source holds it
+    new_key: str | None = None  # the target made its own key for the record (WriteResult)

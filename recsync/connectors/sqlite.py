@@ -152,6 +152,15 @@ def _epoch(value: Any) -> float | None:
     return f / 1000.0 if abs(f) > 1e11 else f
 
 
+def _int_text(key: str) -> bool:
+    """True when ``key`` is the text of an integer (a key an INTEGER column can hold)."""
+    try:
+        int(key)
+    except ValueError:
+        return False
+    return True
+
+
 def _is_record_error(exc: BaseException) -> bool:
     """True when ``exc`` is about one record's values, not about the database."""
     if isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError | OverflowError):
@@ -179,6 +188,7 @@ class SqliteConnector(Connector):
         self._colmap: dict[str, str] = {}
         self._key = config.key
         self._key_affinity = "NUMERIC"
+        self._makes_keys = False  # the key column is an INTEGER PRIMARY KEY (the rowid)
         self._unique = False
         self._order = "rowid"
         self._updated: str | None = None
@@ -274,6 +284,8 @@ class SqliteConnector(Connector):
             except sqlite3.OperationalError:
                 self._unique = False
         self._order = self._pick_order(db)
+        decl = (next(r[2] for r in info if r[1] == key) or "").strip().upper()
+        self._makes_keys = pks == [key] and decl == "INTEGER" and self._order != _q(key)
         self._chunk = max(1, min(db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 2, 10000))
 
     def _has_unique_index(self, db: sqlite3.Connection, key: str) -> bool:
@@ -780,6 +792,7 @@ class SqliteConnector(Connector):
             else now
         )
         todo: list[_Todo] = []
+        made: list[_Todo] = []
         for i, op in enumerate(ops):
             if op.kind == "delete":
                 todo.append((i, op, (), None))
@@ -797,6 +810,10 @@ class SqliteConnector(Connector):
                     retryable=False,
                 )
                 continue
+            if self._makes_keys and not _int_text(op.key):
+                # a key this table cannot hold (a CRM's placeholder): a new row, new key
+                made.append((i, op, names, stamp if stamped else None))
+                continue
             # the row changes now: updated_at says so (added to the values, not to fields)
             todo.append((i, op, names, stamp if stamped else None))
         db = self.db
@@ -812,6 +829,8 @@ class SqliteConnector(Connector):
                 db.execute("BEGIN IMMEDIATE")
                 before = self._log_top()
                 self._apply_rows(todo, results)
+            if made:
+                self._insert_new_keys(made, results)
             after = self._log_top()
             db.execute("COMMIT")
             if before is not None and after is not None and after > before:
@@ -937,6 +956,41 @@ class SqliteConnector(Connector):
         if db.execute(self._sql("update", names), values + where).rowcount == 0:
             db.execute(self._sql("insert", names), values)
 
+    def _insert_new_keys(self, made: list[_Todo], results: list[WriteResult | None]) -> None:
+        """Insert records whose key the table cannot hold without it: SQLite gives each a
+        new rowid, which becomes its key (``WriteResult.new_key``)."""
+        db = self.db
+        for i, op, names, stamp in made:
+            assert op.fields is not None
+            fields = names if stamp is None else names[:-1]
+            cols = tuple(n for n in fields if self._colmap[n.lower()] != self._key)
+            values = tuple(op.fields[n] for n in cols) + (() if stamp is None else (stamp,))
+            if stamp is not None:
+                cols = (*cols, names[-1])
+            db.execute("SAVEPOINT recsync_row")
+            try:
+                rowid = db.execute(self._sql("insert", cols), values).lastrowid
+            except Exception as exc:
+                if not _is_record_error(exc):
+                    raise
+                db.execute("ROLLBACK TO recsync_row")
+                results[i] = WriteResult(
+                    op.key, f"SQLite refused record {op.key!r} for table {self.table!r}: {exc}.",
+                    retryable=False)
+            else:
+                results[i] = WriteResult(op.key, new_key=str(rowid))
+            db.execute("RELEASE recsync_row")
+
+    def _refusal(self, key: str, exc: BaseException) -> str:
+        if self._key_affinity == "INTEGER" and not _int_text(key):
+            return (
+                f"Record {key!r} cannot be written to table {self.table!r}: its key column "
+                f"{self._key!r} holds integers, {key!r} is not one, and the table cannot make "
+                "keys itself (the column is not an INTEGER PRIMARY KEY); give the record a "
+                f"{self._key!r} value on the other side ({exc})."
+            )
+        return f"SQLite refused record {key!r} for table {self.table!r}: {exc}."
+
     def _apply_rows(self, todo: list[_Todo], results: list[WriteResult | None]) -> None:
         """Slow path after a refused record: one SAVEPOINT per op, refusals reported."""
         db = self.db
@@ -948,9 +1002,5 @@ class SqliteConnector(Connector):
                 if not _is_record_error(exc):
                     raise
                 db.execute("ROLLBACK TO recsync_row")
-                results[i] = WriteResult(
-                    op.key,
-                    f"SQLite refused record {op.key!r} for table {self.table!r}: {exc}.",
-                    retryable=False,
-                )
+                results[i] = WriteResult(op.key, self._refusal(op.key, exc), retryable=False)
             db.execute("RELEASE recsync_row")

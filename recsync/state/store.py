@@ -20,6 +20,7 @@ from recsync.messages import Direction, ItemOutcome, Prepared, Side, Unreadable,
 from recsync.resilience import backoff_delay
 from recsync.rules import RuleSet
 from recsync.sqlbulk import execute_rows, values_marks
+from recsync.state import rekeys as rekeys_mod
 from recsync.state import unreadable as unreadable_mod
 from recsync.state.schema import connect
 
@@ -114,6 +115,7 @@ class Store:
         row = self.db.execute("SELECT COALESCE(MAX(gen), 0) FROM queue").fetchone()
         self._gen = int(row[0])
         self._sql_cache: dict[tuple[str, str, int], str] = {}
+        self._rekeys = rekeys_mod.pending(self.db)  # see recsync.state.rekeys
 
     def close(self) -> None:
         self.db.close()
@@ -312,6 +314,11 @@ class Store:
         in_flight_opposite: frozenset[str],
         direct_limit: int = 0,
     ) -> None:
+        if self._rekeys:
+            waiting = rekeys_mod.old_keys(self.db, [c.key for c in changes])
+            if waiting:  # the write of the record's new key carries its content
+                stats.stale += len(waiting)
+                changes = [c for c in changes if c.key not in waiting]
         if not changes:
             return
         o = other(side)
@@ -473,9 +480,11 @@ class Store:
         """
         now = self.clock.time()
         target = "b" if direction == "a_to_b" else "a"
+        rekey = ("(SELECT r.old_key FROM rekeys r WHERE r.direction = q.direction "
+                 "AND r.key = q.key)" if self._rekeys else "NULL")
         rows = self.db.execute(
             "SELECT q.key, q.op, q.content, q.hash, q.modified, q.gen, q.attempts, "
-            f"CASE WHEN l.stale THEN NULL ELSE l.{target}_hash END, q.src_hash "
+            f"CASE WHEN l.stale THEN NULL ELSE l.{target}_hash END, q.src_hash, {rekey} "
             "FROM queue q LEFT JOIN links l ON l.key = q.key "
             "WHERE q.direction = ? AND q.state = 'ready' AND q.next_at <= ? "
             "ORDER BY q.next_at LIMIT ?",
@@ -483,7 +492,7 @@ class Store:
         ).fetchall()
         return [
             WorkItem(r[0], r[1], None if r[2] is None else _decode(r[2]), r[3], r[4], r[5], r[6],
-                     r[7], r[8])
+                     r[7], r[8], r[9])
             for r in rows
             if r[0] not in exclude
         ][:limit]
@@ -524,12 +533,20 @@ class Store:
         requeue: list[tuple[Any, ...]] = []
         history: list[tuple[str, str, str | None]] = []
         retry_rows: list[tuple[Any, ...]] = []
+        made: list[ItemOutcome] = []  # created on the target under a key of its own
         db.execute("BEGIN IMMEDIATE")
         try:
             if direct is not None:
                 self._queue_unsynced(direction, outcomes, direct, now)
             for o in outcomes:
-                if o.status == "synced":
+                if o.status == "synced" and o.new_key is not None:
+                    stats.synced += 1
+                    if direct is None:
+                        done.append((direction, o.key, o.gen))
+                    made.append(o)
+                    requeue.append(self._row(back, o.new_key, o.content, o.hash, o.hash, now,
+                                             now))
+                elif o.status == "synced":
                     stats.synced += 1
                     if direct is None:
                         done.append((direction, o.key, o.gen))
@@ -603,6 +620,12 @@ class Store:
                     "(SELECT value FROM json_each(?))",
                     (json.dumps(gone),),
                 )
+            if self._rekeys and written:
+                rekeys_mod.written_back(db, direction, [w[0] for w in written])
+            if made:
+                history.extend(rekeys_mod.link_new_keys(db, made, target, back, written_at,
+                                                        now))
+                self._rekeys = True
             self._put_queue(requeue, now)
             self._history(history)
             self._bump(f"synced_{direction}", stats.synced)

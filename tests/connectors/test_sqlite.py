@@ -755,3 +755,34 @@ def test_rows_without_a_key_are_reported_unreadable_with_their_rowid(tmp_path: P
     assert [ch.key for ch in page.changes] == ["b"]
     assert page.unreadable_all and [u.where for u in page.unreadable] == ["contacts rowid 4"]
     c.close()
+
+
+# ---------------------------------------------------------------- keys made by the table
+
+
+def test_a_key_an_integer_primary_key_cannot_hold_gets_a_new_rowid(
+    conn: SqliteConnector, db_path: Path
+) -> None:
+    cursor = listed(conn)
+    res = conn.write([
+        WriteOp("sf-003A", "upsert", {"id": "sf-003A", "name": "From CRM", "email": "c@x.org"}),
+        WriteOp("4", "upsert", {"id": 4, "name": "Four"}),
+    ])
+    assert [(r.error, r.new_key) for r in res] == [(None, "11"), (None, None)]
+    assert conn.fetch(["11"])["11"]["name"] == "From CRM"
+    db = sqlite3.connect(db_path)
+    assert db.execute("SELECT count(*) FROM contacts WHERE id = 'sf-003A'").fetchone() == (0,)
+    db.close()
+    # our own insert is no change to read back
+    assert conn.read_changes(cursor, 100).changes == []
+
+
+def test_a_key_a_table_cannot_hold_nor_make_is_refused_saying_so(tmp_path: Path) -> None:
+    make_db(tmp_path / "db.sqlite",
+            "CREATE TABLE contacts (id INTEGER NOT NULL UNIQUE, name TEXT) STRICT")
+    c = connector(tmp_path)
+    c.open()
+    (res,) = c.write([WriteOp("sf-003A", "upsert", {"id": "sf-003A", "name": "x"})])
+    assert res.error and res.new_key is None and not res.retryable
+    assert "cannot make keys itself" in res.error and "not an INTEGER PRIMARY KEY" in res.error
+    c.close()
