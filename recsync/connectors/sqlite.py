@@ -20,6 +20,15 @@ they are behind the committed cursor AND older than ``changelog_retention`` (a d
 default), so several pipelines can read one table: each has a day to catch up, and one
 that was away longer finds the gap and re-lists the table.
 
+Every read first compares ``PRAGMA schema_version`` with the last one seen; after a schema
+change the table is inspected again and missing triggers are put back. When the table,
+its log or a trigger was replaced or dropped (SQLite's documented way to rebuild a table
+drops its triggers), the changes made meanwhile were not logged: the table is listed again
+(the engine compares the listing with its links) and the page carries a ``warning``. A
+reader that puts triggers back next to an existing log also logs a ``gap`` row, so every
+other reader of the table, now or after a restart, lists it again too; a log whose
+sequence restarted below a reader's position (dropped and created again) does the same.
+
 Limits of triggers: rows removed by ``INSERT OR REPLACE`` conflicts on a *different*
 unique column are not logged (SQLite fires no delete trigger for them unless
 ``recursive_triggers`` is on).
@@ -85,6 +94,7 @@ _Todo = tuple[int, WriteOp, tuple[str, ...], Any]
 _NOW = "(julianday('now') - 2440587.5) * 86400.0"
 _OWN_RANGES_KEPT = 10_000  # our write transactions remembered as log ranges
 _ROWID_ALIASES = ("rowid", "_rowid_", "oid")
+_GAP = "gap"  # change-log op: changes before it may not have been logged
 
 
 class SqliteConfig(ConnectorConfig, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -320,7 +330,8 @@ class SqliteConnector(Connector):
         present = {r[0] for r in db.execute("SELECT name FROM sqlite_master").fetchall()}
         if names <= present:
             return
-        if self.log_table in present:
+        gap = self.log_table in present
+        if gap:
             # the log is there but a trigger is not (a table rebuilt the documented way
             # drops its triggers): changes made since were never logged
             self._relist_why = (
@@ -349,6 +360,8 @@ class SqliteConnector(Connector):
                 f"CREATE TRIGGER IF NOT EXISTS {_q(f'recsync_{t}_ad')} AFTER DELETE ON {qt} "
                 f"BEGIN {ins} VALUES ('delete', OLD.{k}, {_NOW}); END"
             )
+            if gap:  # tells every reader of the log, now or after a restart, to list again
+                db.execute(f"{ins} VALUES ('{_GAP}', NULL, {_NOW})")
             db.execute("COMMIT")
         except BaseException:
             self._rollback()
@@ -666,7 +679,7 @@ class SqliteConnector(Connector):
             if lo <= seq < hi:
                 seq = hi
         rows = self.db.execute(
-            f'SELECT seq, "key", changed_at FROM {_q(self.log_table)} '
+            f'SELECT seq, "key", changed_at, op FROM {_q(self.log_table)} '
             "WHERE seq > ? ORDER BY seq LIMIT ?",
             (seq, limit + 1),
         ).fetchall()
@@ -674,6 +687,12 @@ class SqliteConnector(Connector):
         rows = rows[:limit]
         if not rows:
             return ChangePage([], _dump({"seq": seq}))
+        if any(r[3] == _GAP for r in rows):
+            why = (f"the change-log triggers on table {self.table!r} in {self.path} were "
+                   "missing for a while (put back by another reader of the table); the table "
+                   "is listed again to sync the changes made meanwhile")
+            log.warning("Listing %s again: %s", self.system_id, why)
+            return msgspec.structs.replace(self._start_listing(limit), warning=why)
         last = rows[-1][0]
         if own:
             rows = _without_ranges(rows, own)
@@ -681,7 +700,7 @@ class SqliteConnector(Connector):
                 return ChangePage([], _dump({"seq": last}), more=more)
         latest: dict[Any, float] = {}
         keyless = False
-        for _seq, k, at in rows:
+        for _seq, k, at, _op in rows:
             if k is not None:
                 latest.pop(k, None)
                 latest[k] = at

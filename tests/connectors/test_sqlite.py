@@ -684,18 +684,24 @@ def test_rebuilt_table_gets_its_triggers_back_and_is_listed_again(
     assert [(c.key, c.fields["phone"]) for c in page.changes] == [("4", "555")]  # type: ignore[index]
 
 
-def test_table_rebuilt_while_recsync_was_stopped_is_listed_again(
+def test_table_rebuilt_while_recsync_was_stopped_is_listed_again_by_every_reader(
     tmp_path: Path, db_path: Path
 ) -> None:
-    c = opened(tmp_path)
-    cursor = listed(c)
-    c.close()
+    # two pipelines read the table; the first to start puts the triggers back
+    first, second = opened(tmp_path), opened(tmp_path)
+    cursors = [listed(first), listed(second)]
+    first.close()
+    second.close()
     rebuild_contacts(db_path, CHANGES_WITHOUT_CAPTURE)
-    c = opened(tmp_path)
-    page = c.read_changes(cursor, 100)
-    assert page.listing_start and page.warning and "missing" in page.warning
-    assert "11" in {ch.key for ch in page.changes}
-    c.close()
+    first, second = opened(tmp_path), opened(tmp_path)
+    for c, cursor in zip((first, second), cursors, strict=True):
+        pages, after = drain(c, cursor, 100)
+        assert pages[0].listing_start and pages[0].warning
+        assert "missing" in pages[0].warning
+        assert "11" in {ch.key for p in pages for ch in p.changes}
+        # once listed, the log is read as usual
+        assert c.read_changes(after, 100).warning is None
+        c.close()
 
 
 @pytest.mark.parametrize("running", [True, False])

@@ -141,6 +141,23 @@ def test_table_rebuilt_between_two_runs_is_synced_in_full(tmp_path: Path) -> Non
     assert users(b) == users(a)
 
 
+def test_every_pipeline_on_a_table_rebuilt_while_stopped_catches_up(tmp_path: Path) -> None:
+    a, b, c = tmp_path / "a.sqlite", tmp_path / "b.sqlite", tmp_path / "c.sqlite"
+    make_users(a, seed(6))
+    make_users(b, [])
+    make_users(c, [])
+    write_config(tmp_path, SQLITE_A, SQLITE_B, rules=SAME_NAMES)
+    with (tmp_path / "customer_settings.toml").open("a") as f:
+        f.write('[customers.test.pipelines.q]\nrules = "contacts"\n'
+                f"a = {SQLITE_A}\nb = {SQLITE_B.replace('b.sqlite', 'c.sqlite')}\n")
+    ok(run_once(tmp_path))
+    assert users(b) == users(a) == users(c)
+    script(a, REBUILD)
+    out = ok(run_once(tmp_path))
+    assert out.count("warning: side a:") == 2, out
+    assert users(b) == users(a) == users(c)
+
+
 @pytest.fixture
 def rebuild_setup(tmp_path: Path) -> Path:
     make_users(tmp_path / "a.sqlite", seed(10))
