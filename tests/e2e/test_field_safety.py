@@ -170,14 +170,24 @@ def test_table_rebuilt_while_the_daemon_runs_is_synced_and_status_warns(
     rebuild_setup: Path, daemon: Daemon
 ) -> None:
     a, b = daemon.folder / "a.sqlite", daemon.folder / "b.sqlite"
-    wait_for(lambda: users(b) == users(a), what="the first sync")
-    script(a, REBUILD)
-    wait_for(lambda: users(b) == users(a), what="the changes made around the rebuild")
-    assert "3" not in users(b) and users(b)["2"][0] == "Renamed after rebuild"
-    (pipe,) = wait_for(lambda: [p for p in daemon.json("status")["pipelines"]
-                                if p.get("warnings")], what="a warning in status")
-    assert "rebuilt" in pipe["warnings"][0] and pipe["state"] == "running"
-    assert "warnings:" in daemon.cli("status").stdout
+    events = subprocess.Popen(
+        [sys.executable, "-m", "recsync.cli", "--endpoint", daemon.endpoint, "--json",
+         "events"], stdout=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: users(b) == users(a), what="the first sync")
+        script(a, REBUILD)
+        wait_for(lambda: users(b) == users(a), what="the changes made around the rebuild")
+        assert "3" not in users(b) and users(b)["2"][0] == "Renamed after rebuild"
+        (pipe,) = wait_for(lambda: [p for p in daemon.json("status")["pipelines"]
+                                    if p.get("warnings")], what="a warning in status")
+        assert "rebuilt" in pipe["warnings"][0] and pipe["state"] == "running"
+        assert "warnings:" in daemon.cli("status").stdout
+    finally:
+        events.terminate()
+        out, _ = events.communicate(timeout=10)
+    warned = [e["data"] for e in map(json.loads, filter(str.strip, out.splitlines()))
+              if e["kind"] == "sync_warning"]
+    assert [(w["pipeline"], w["side"]) for w in warned] == [("test/p", "a")]
     # and capture goes on: a later insert is synced from the change log
     sql(a, "INSERT INTO users (record_id, full_name, status) VALUES (200, 'Later', 'active')")
     wait_for(lambda: "200" in users(b), what="a change after the rebuild")
