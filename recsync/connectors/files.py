@@ -318,14 +318,16 @@ class FileConnector(Connector):
             unreadable=bad,
         )
 
-    def _malformed(self, lineno: int, why: str, report: bool) -> None:
+    def _malformed(self, lineno: int, why: str, report: bool, hides_key: bool = True) -> None:
+        """Count, log and report a line that is no record; ``hides_key``: it may hold a
+        linked record whose key could not be read (no listing delete while it is bad)."""
         if not report:
             return
         self.counts["malformed_lines"] += 1
         self._bad.append(Unreadable(
             f"{self.cfg.path}:{lineno}",
             f"Line {lineno} of {self.path} cannot be read: {why}; fix the line (it is not "
-            "synced until then, and no record is taken as deleted from the file meanwhile)."))
+            "synced until then).", hides_key))
         self._warned += 1
         if self._warned <= _MAX_WARNINGS:
             log.warning("Skipping line %d of %s: %s", lineno, self.path, why)
@@ -374,7 +376,7 @@ class FileConnector(Connector):
                 row += [""] * (width - len(row))
             k = row[kidx]
             if not k:
-                self._malformed(start, f"no value in key column {self.key!r}", report)
+                self._malformed(start, f"no value in key column {self.key!r}", report, False)
                 continue
             yield k, dict(zip(header, row, strict=False))
 
@@ -410,7 +412,8 @@ class FileConnector(Connector):
                     continue
                 kv = obj.get(key)
                 if kv is None or kv == "" or isinstance(kv, dict | list):
-                    self._malformed(lineno, f"no usable value for key {key!r}", report)
+                    self._malformed(lineno, f"no usable value for key {key!r}", report,
+                                    isinstance(kv, dict | list))
                     continue
                 yield key_text(kv), obj
 

@@ -652,3 +652,8 @@ def test_lines_that_cannot_be_read_are_reported_with_file_and_line(tmp_path: Pat
     pages, _ = drain(make(tmp_path, "people.jsonl"), None, 10)
     assert [(u.where, "not valid JSON" in u.reason) for p in pages for u in p.unreadable] == [
         ("people.jsonl:2", True)]
+    # a line without a key is no record whose key was lost: deletes are still found
+    (tmp_path / "people.csv").write_text("id,name\n1,Ann\n,Nobody\n")
+    pages, _ = drain(make(tmp_path), None, 10)
+    assert [(u.where, u.hides_key) for p in pages for u in p.unreadable] == [
+        ("people.csv:3", False)]
