@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,8 +174,13 @@ def test_table_rebuilt_while_the_daemon_runs_is_synced_and_status_warns(
     events = subprocess.Popen(
         [sys.executable, "-m", "recsync.cli", "--endpoint", daemon.endpoint, "--json",
          "events"], stdout=subprocess.PIPE, text=True)
+    assert events.stdout is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(events.stdout or ()), daemon=True)
+    reader.start()
     try:
         wait_for(lambda: users(b) == users(a), what="the first sync")
+        wait_for(lambda: lines, what="the event stream (stats every second)")
         script(a, REBUILD)
         wait_for(lambda: users(b) == users(a), what="the changes made around the rebuild")
         assert "3" not in users(b) and users(b)["2"][0] == "Renamed after rebuild"
@@ -182,10 +188,13 @@ def test_table_rebuilt_while_the_daemon_runs_is_synced_and_status_warns(
                                     if p.get("warnings")], what="a warning in status")
         assert "rebuilt" in pipe["warnings"][0] and pipe["state"] == "running"
         assert "warnings:" in daemon.cli("status").stdout
+        wait_for(lambda: any('"sync_warning"' in line for line in lines),
+                 what="the sync_warning event")
     finally:
         events.terminate()
-        out, _ = events.communicate(timeout=10)
-    warned = [e["data"] for e in map(json.loads, filter(str.strip, out.splitlines()))
+        events.wait(timeout=10)
+        reader.join(timeout=10)
+    warned = [e["data"] for e in map(json.loads, filter(str.strip, lines))
               if e["kind"] == "sync_warning"]
     assert [(w["pipeline"], w["side"]) for w in warned] == [("test/p", "a")]
     # and capture goes on: a later insert is synced from the change log
