@@ -14,11 +14,20 @@ from recsync.clock import Clock
 from recsync.config import SideConfig
 from recsync.connectors import Connector, get_connector_class
 from recsync.errors import ConnectorConfigError, ConnectorError, RateLimited
-from recsync.messages import Direction, ItemOutcome, Record, Side, WorkItem, WriteOp
+from recsync.messages import (
+    Direction,
+    ItemOutcome,
+    Record,
+    Side,
+    WorkItem,
+    WriteOp,
+    WriteResult,
+)
 from recsync.resilience import CircuitBreaker
 
 log = logging.getLogger(__name__)
 _error = attrgetter("error")
+_new_key = attrgetter("new_key")
 
 
 class ConnectorActor(PipelineActor):
@@ -228,7 +237,10 @@ class ConnectorActor(PipelineActor):
         superseded, to_write, plain = self._check_target(batch)
         ops = []
         to_side = rules_mod.compile_rules(batch.ruleset).to_side
+        refused = self._rekey([t[0] for t in to_write])
         for item, content, _h, _w in to_write:
+            if item.key in refused:
+                continue
             if content is None:
                 ops.append(WriteOp(item.key, "delete", None))
             else:
@@ -237,14 +249,20 @@ class ConnectorActor(PipelineActor):
                     fields = {**fields, key_field: item.key}
                 ops.append(WriteOp(item.key, "upsert", fields))
         results = self.connector.write(ops) if ops else []
-        if plain and set(map(_error, results)) <= {None}:  # the usual batch, in one pass
+        if refused:
+            written = iter(results)
+            results = [refused.get(t[0].key) or next(written) for t in to_write]
+        if (plain and set(map(_error, results)) <= {None}
+                and not any(map(_new_key, results))):  # the usual batch, in one pass
             return [ItemOutcome(i.key, i.gen, "synced", None, None, None, chash, None, i.src_hash)
                     for i, _c, chash, _w in to_write]
         now, wait = self.clock.time(), 0.0
         outcomes: list[ItemOutcome] = []
         add = outcomes.append
         for (item, content, chash, winner), res in zip(to_write, results, strict=True):
-            if res.error is None:
+            if res.error is None and res.new_key is not None and content is not None:
+                add(self._made_key(item, content, res.new_key, batch))
+            elif res.error is None:
                 if winner is None:  # the usual case; positional, as it is the fastest
                     add(ItemOutcome(item.key, item.gen, "synced", None, None, None, chash, None,
                                     item.src_hash))
@@ -267,6 +285,30 @@ class ConnectorActor(PipelineActor):
         by_key = {t[0].key: o for t, o in zip(to_write, outcomes, strict=True)}
         by_key.update(superseded)
         return [by_key[i.key] for i in batch.items]
+
+    def _rekey(self, items: list[WorkItem]) -> dict[str, WriteResult]:
+        """Give the records the other side made a key for that key here first (see
+        ``WorkItem.rekey_from``); the results of those that could not be, by key."""
+        assert self.connector is not None
+        todo = [(i.rekey_from, i.key) for i in items if i.rekey_from is not None]
+        if not todo:
+            return {}
+        return {r.key: r for r in self.connector.rekey(todo) if r.error is not None}
+
+    def _made_key(self, item: WorkItem, content: Record, new_key: str,
+                  batch: WriteBatch) -> ItemOutcome:
+        """The target created the record under a key of its own: its content now holds
+        that key (the store links it under the new key and writes the key back)."""
+        key_field = self.side_config.options.key
+        if self.side == "b":  # the A-space field that maps to the target's key field
+            key_field = next((a for a, b in batch.ruleset.mappings.items() if b == key_field),
+                             key_field)
+        made = {**content, key_field: new_key} if key_field in content else content
+        log.info("record created under a new key", extra={
+            "pipeline": self.pipeline, "side": self.side, "record": item.key,
+            "new_key": new_key})
+        return ItemOutcome(item.key, item.gen, "synced", hash=rules_mod.content_hash(made),
+                           content=made, src_hash=item.src_hash, new_key=new_key)
 
     def _check_target(self, batch: WriteBatch) -> tuple[
             dict[str, ItemOutcome], list[tuple[WorkItem, Record | None, str | None, str | None]],

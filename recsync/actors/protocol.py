@@ -6,7 +6,15 @@ from typing import Any
 
 import msgspec
 
-from recsync.messages import ChangePage, Direction, ItemOutcome, Prepared, Side, WorkItem
+from recsync.messages import (
+    ChangePage,
+    Direction,
+    ItemOutcome,
+    Prepared,
+    Side,
+    Unreadable,
+    WorkItem,
+)
 from recsync.rules import RuleSet
 
 
@@ -52,6 +60,8 @@ class Enqueue(msgspec.Struct, frozen=True):
     listing_done: bool
     more: bool
     event: bool = False
+    unreadable: list[Unreadable] = []  # see ChangePage
+    unreadable_all: bool = False
 
 
 class Committed(msgspec.Struct, frozen=True):

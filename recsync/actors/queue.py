@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from recsync.actors.base import FailureSink, PipelineActor
-from recsync.actors.protocol import BatchDone, Committed, Enqueue, Flush, WriteBatch
+from recsync.actors.protocol import BatchDone, Committed, Enqueue, Flush, Poll, WriteBatch
 from recsync.clock import Clock
 from recsync.config import Settings
 from recsync.messages import Direction, WorkItem
@@ -89,6 +89,7 @@ class QueueActor(PipelineActor):
                 in_flight={d: v for d, v in self.in_flight.items() if v},
                 mass_delete_share=s.mass_delete_threshold, mass_delete_min=s.mass_delete_min,
                 save_cursor=not msg.event, direct_limit=direct_limit, direct_only=direct_only,
+                unreadable=msg.unreadable, unreadable_all=msg.unreadable_all,
             )
         except MassDeleteBlocked as exc:
             text = (f"side {exc.side} would delete {exc.count} of {exc.total} linked records in "
@@ -101,6 +102,12 @@ class QueueActor(PipelineActor):
             return True
         if stats.declined:
             return False
+        for bad in stats.unreadable:
+            log.error("record failed", extra={"pipeline": self.pipeline, "record": bad.where,
+                                              "side": msg.side, "error": bad.reason})
+        if stats.deletes_skipped:
+            log.warning("listing met records it could not read: none taken as deleted",
+                        extra={"pipeline": self.pipeline, "side": msg.side})
         if not msg.event:
             self.send(poller, Committed(msg.cursor, msg.more))
         if stats.direct is not None:
@@ -213,7 +220,10 @@ class QueueActor(PipelineActor):
 
     def retry_failed(self, keys: list[str] | None) -> int:
         assert self.store is not None
-        n = self.store.retry_failed(keys)
+        dropped, relist = self.store.drop_unreadable(keys)
+        for side in sorted(relist):  # a record still unreadable is met again
+            self.send(self.peers.ref(f"poller_{side}"), Poll(full=True))
+        n = self.store.retry_failed(keys) + dropped
         self.last_activity = self.clock.monotonic()
         self._flush_all()
         return n

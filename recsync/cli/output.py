@@ -137,6 +137,9 @@ def status(result: dict[str, Any]) -> str:
         errors = [f"  {p['pipeline']}: {p['error']}" for p in pipes if p.get("error")]
         if errors:
             out.append("errors:\n" + "\n".join(errors))
+        warned = [f"  {p['pipeline']}: {w}" for p in pipes for w in p.get("warnings") or []]
+        if warned:
+            out.append("warnings:\n" + "\n".join(warned))
     if result.get("records"):
         out.append("\n\n".join(record(rec) for rec in result["records"]))
     if not pipes and not result.get("records"):

@@ -99,6 +99,21 @@ class Connector(abc.ABC):
         """
         return None
 
+    def rekey(self, pairs: list[tuple[str, str]]) -> list[WriteResult]:
+        """For each (old, new): the record held under key ``old`` gets key ``new`` (the
+        other side created it under a key of its own); one result per pair, keyed by
+        ``new``. A record not found under ``old`` succeeds (the write that follows puts it
+        under ``new``). By default a connector cannot change keys.
+
+        Raises:
+            ConnectorError: transient failure.
+        """
+        return [
+            WriteResult(new, f"The {self.name} connector cannot change the key of record "
+                             f"{old!r} to {new!r}.", retryable=False)
+            for old, new in pairs
+        ]
+
     @abc.abstractmethod
     def write(self, ops: list[WriteOp]) -> list[WriteResult]:
         """Apply a batch of upserts and deletes; one result per op, in order.

@@ -56,7 +56,15 @@ from recsync.connectors.csvappend import (
 from recsync.connectors.filelines import BOM, LINE, LineBlocks, OutFile, cell_text
 from recsync.connectors.keyindex import KeyIndex
 from recsync.errors import ConnectorConfigError, ConnectorError
-from recsync.messages import Change, ChangePage, Record, WriteOp, WriteResult, key_text
+from recsync.messages import (
+    Change,
+    ChangePage,
+    Record,
+    Unreadable,
+    WriteOp,
+    WriteResult,
+    key_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +137,7 @@ class FileConnector(Connector):
         self._layout: CsvLayout | None = None  # of the version we last wrote, if plain
         self._own: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._warned = 0
+        self._bad: list[Unreadable] = []  # lines of the listing that could not be read
         self._new_bom = False
         key_only = msgspec.defstruct(
             "_KeyOnly", [("k", int | float | str | bool | None, None)], rename={"k": config.key}
@@ -246,6 +255,7 @@ class FileConnector(Connector):
             raise ConnectorError(f"Cannot open {self.path}: {exc}.") from exc
         st = os.fstat(fh.fileno())
         self._warned = 0
+        self._bad = []
         lst = _Listing(
             fh, self._records(fh), _sig(st), st.st_mtime_ns / 1e9, base, next(_listing_ids)
         )
@@ -299,6 +309,7 @@ class FileConnector(Connector):
         else:
             cursor = f"{lst.base}|{lst.tag}.{lst.page}"
             lst.last_cursor = cursor
+        bad, self._bad = self._bad, []
         return ChangePage(
             list(page.values()),
             cursor,
@@ -306,12 +317,19 @@ class FileConnector(Connector):
             listing=True,
             listing_start=start,
             listing_done=done,
+            unreadable=bad,
         )
 
-    def _malformed(self, lineno: int, why: str, report: bool) -> None:
+    def _malformed(self, lineno: int, why: str, report: bool, hides_key: bool = True) -> None:
+        """Count, log and report a line that is no record; ``hides_key``: it may hold a
+        linked record whose key could not be read (no listing delete while it is bad)."""
         if not report:
             return
         self.counts["malformed_lines"] += 1
+        self._bad.append(Unreadable(
+            f"{self.cfg.path}:{lineno}",
+            f"Line {lineno} of {self.path} cannot be read: {why}; fix the line (it is not "
+            "synced until then).", hides_key))
         self._warned += 1
         if self._warned <= _MAX_WARNINGS:
             log.warning("Skipping line %d of %s: %s", lineno, self.path, why)
@@ -360,7 +378,7 @@ class FileConnector(Connector):
                 row += [""] * (width - len(row))
             k = row[kidx]
             if not k:
-                self._malformed(start, f"no value in key column {self.key!r}", report)
+                self._malformed(start, f"no value in key column {self.key!r}", report, False)
                 continue
             yield k, dict(zip(header, row, strict=False))
 
@@ -396,7 +414,8 @@ class FileConnector(Connector):
                     continue
                 kv = obj.get(key)
                 if kv is None or kv == "" or isinstance(kv, dict | list):
-                    self._malformed(lineno, f"no usable value for key {key!r}", report)
+                    self._malformed(lineno, f"no usable value for key {key!r}", report,
+                                    isinstance(kv, dict | list))
                     continue
                 yield key_text(kv), obj
 

@@ -620,6 +620,28 @@ class OutreachConnector(Connector):
             self._ids[op.key] = int(resp.json()["data"]["id"])
         return WriteResult(op.key)
 
+    def rekey(self, pairs: list[tuple[str, str]]) -> list[WriteResult]:
+        """Write the key the other side made into the externalId of the prospects held
+        under a placeholder (``or-<id>``)."""
+        out: list[WriteResult] = []
+        for old, new in pairs:
+            pid = self._ids.get(old)
+            if pid is None:
+                rec = self._lookup(old)
+                pid = None if rec is None else int(rec["id"])
+            if pid is not None:
+                body = {"data": {"type": "prospect", "id": pid,
+                                 "attributes": {"externalId": new}}}
+                resp = self._request("PATCH", f"/api/v2/prospects/{pid}", json=body)
+                if not resp.ok and resp.status_code != 404:
+                    out.append(self._rejected(WriteOp(new, "upsert", None), resp))
+                    continue
+                self._ids.pop(old, None)
+                if resp.ok:
+                    self._ids[new] = pid
+            out.append(WriteResult(new))
+        return out
+
     def _rejected(self, op: WriteOp, resp: requests.Response) -> WriteResult:
         return WriteResult(
             op.key,

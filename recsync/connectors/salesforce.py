@@ -619,6 +619,27 @@ class SalesforceConnector(Connector):
                     out[k] = rec
         return out
 
+    def rekey(self, pairs: list[tuple[str, str]]) -> list[WriteResult]:
+        """Write the key the other side made into the external id of the records held
+        under a placeholder key (``sf-<Id>``): found by it, then updated by Id."""
+        results = {new: WriteResult(new) for _old, new in pairs}
+        found: dict[str, str] = {}
+        for chunk in self._chunks([old for old, _new in pairs]):
+            for rec in self._lookup(chunk, ["Id", self.key]):
+                found[key_text(rec[self.key])] = rec["Id"]
+        todo = [(new, found[old]) for old, new in pairs if old in found]
+        for part in self._chunks(todo):
+            body = {
+                "allOrNone": False,
+                "records": [{"attributes": {"type": self.obj}, "Id": rid, self.key: new}
+                            for new, rid in part],
+            }
+            res = self._call(partial(_restful, "composite/sobjects", "PATCH", body))
+            for (new, _rid), out in zip(part, res or [], strict=False):
+                if not out.get("success"):
+                    results[new] = self._rejected(new, out.get("errors") or [])
+        return [results[new] for _old, new in pairs]
+
     def _lookup(self, keys: list[str], fields: list[str]) -> list[dict[str, Any]]:
         soql = (
             f"SELECT {', '.join(fields)} FROM {self.obj} WHERE {self.key} IN "

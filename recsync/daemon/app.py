@@ -38,6 +38,7 @@ class PipelineReport:
     pending: int = 0
     error: str | None = None
     done: bool = False
+    warnings: list[str] = field(default_factory=list)
 
     def line(self, seconds: float) -> str:
         if self.state in DONE_STATES:
@@ -47,6 +48,8 @@ class PipelineReport:
                 f"{self.conflicts} conflicts, {self.pending} pending, in {seconds:.2f} s")
         if self.error:
             text += f" ({self.error})"
+        for warning in self.warnings:
+            text += f"; warning: {warning}"
         return text
 
 
@@ -81,6 +84,7 @@ class Daemon:
         self._reload_lock = threading.Lock()
         self._proxy: tuple[Any, Any] | None = None
         self._polled_idle = False
+        self._warned: dict[str, float] = {}  # per pipeline: the newest warning published
 
     @property
     def proxy(self) -> Any:
@@ -158,7 +162,8 @@ class Daemon:
             queue = prog.get("queue") or {}
             state = "held" if queue.get("held") else h.get("state", "stopped")
             self.states[pid] = {**self.states.get(pid, {}), **h, "state": state,
-                                "in_flight": queue.get("in_flight", 0)}
+                                "in_flight": queue.get("in_flight", 0),
+                                "warnings": self._warnings(pid, prog)}
             out.append(p.PipelineStats(
                 pipeline=pid, state=state, queued=counts["queued"],
                 in_flight=int(queue.get("in_flight", 0)), synced=synced,
@@ -168,6 +173,20 @@ class Daemon:
         self._stats = out
         self.write_snapshot()
         self.publish("stats", {"pipelines": msgspec.to_builtins(out)})
+
+    def _warnings(self, pid: str, prog: dict[str, Any]) -> list[str]:
+        """The pipeline's recent side warnings as status lines; new ones are published
+        as ``sync_warning`` events."""
+        seen = self._warned.get(pid, 0.0)
+        lines, newest = [], seen
+        for w in _side_warnings(prog):
+            lines.append(f"side {w['side']}: {w['text']}")
+            if w["at"] > seen:
+                newest = max(newest, w["at"])
+                self.publish("sync_warning", {"pipeline": pid, "side": w["side"],
+                                              "at": w["at"], "warning": w["text"]})
+        self._warned[pid] = newest
+        return lines
 
     def counts_snapshot(self) -> dict[str, dict[str, int]]:
         return dict(self._counts_cache)
@@ -286,6 +305,7 @@ class Daemon:
             rep.conflicts = delta("total_conflicts")
             rep.failed = now.get("failed_a_to_b", 0) + now.get("failed_b_to_a", 0)
             rep.done = _caught_up(prog)
+            rep.warnings = [f"side {w['side']}: {w['text']}" for w in _side_warnings(prog)]
             queue = prog.get("queue") or {}
             rep.pending = sum(v for k, v in now.items() if k.startswith("ready_"))
             if queue.get("held"):
@@ -297,6 +317,13 @@ class Daemon:
                 self._polled_idle = True
             out.append(rep)
         return out
+
+
+def _side_warnings(prog: dict[str, Any]) -> list[dict[str, Any]]:
+    """The warnings the pollers of a pipeline hold, oldest first."""
+    found = [w for poller in (prog.get("pollers") or {}).values()
+             for w in poller.get("warnings") or []]
+    return sorted(found, key=lambda w: float(w["at"]))
 
 
 def _caught_up(prog: dict[str, Any]) -> bool:

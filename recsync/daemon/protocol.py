@@ -222,6 +222,8 @@ class PipelineStatus(msgspec.Struct, frozen=True):
     conflicts: int
     restarts: int
     cursors: dict[str, str | None] = {}  # side -> the committed read position
+    # what a side warned about lately ("side a: ..."): a rebuilt table, a reset change log
+    warnings: list[str] = []
 
 
 class HistoryEntry(msgspec.Struct, frozen=True):

@@ -136,7 +136,8 @@ class ControlService:
                 failed=counts["failed"], synced_a_to_b=counts["synced_a_to_b"],
                 synced_b_to_a=counts["synced_b_to_a"], conflicts=counts["conflicts"],
                 restarts=int(h.get("restarts", 0)),
-                cursors=pipeline_cursors(self._state_path(cfg))))
+                cursors=pipeline_cursors(self._state_path(cfg)),
+                warnings=list(h.get("warnings", []))))
         return out
 
     def failed(self, cmd: p.FailedList) -> list[p.FailedRecord]:

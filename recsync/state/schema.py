@@ -13,6 +13,8 @@ Tables:
 - ``history``: notable events of a record (failures, conflicts, retries, deletes).
 - ``listing_seen``: keys seen by a full listing in progress, to find deletes at its end.
 - ``meta``: counters and flags (synced totals, mass-delete guard).
+- ``rekeys``: records a target created under a key of its own: the queued write of that
+  key back to the source (``direction``, new ``key``) and the key the source holds now.
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ CREATE TABLE IF NOT EXISTS history (
 CREATE INDEX IF NOT EXISTS history_key ON history (key, id);
 CREATE TABLE IF NOT EXISTS listing_seen (
     side TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (side, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rekeys (
+    direction TEXT NOT NULL, key TEXT NOT NULL, old_key TEXT NOT NULL,
+    PRIMARY KEY (direction, key)
 ) WITHOUT ROWID;
 """
 

@@ -16,10 +16,12 @@ import msgspec
 
 from recsync import rules as rules_mod
 from recsync.clock import Clock, SystemClock
-from recsync.messages import Direction, ItemOutcome, Prepared, Side, WorkItem
+from recsync.messages import Direction, ItemOutcome, Prepared, Side, Unreadable, WorkItem
 from recsync.resilience import backoff_delay
 from recsync.rules import RuleSet
 from recsync.sqlbulk import execute_rows, values_marks
+from recsync.state import rekeys as rekeys_mod
+from recsync.state import unreadable as unreadable_mod
 from recsync.state.schema import connect
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -58,6 +60,11 @@ class EnqueueStats:
     direct: list[WorkItem] | None = None
     # With ``direct_only``: the page would not have gone direct, and nothing was recorded.
     declined: bool = False
+    # records of the page that cannot be read and were not recorded as failed before
+    unreadable: list[Unreadable] = field(default_factory=list)
+    # the listing that ended met an unreadable record that may be a linked one: the
+    # records it did not list were not taken as deleted
+    deletes_skipped: bool = False
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,7 @@ class Store:
         row = self.db.execute("SELECT COALESCE(MAX(gen), 0) FROM queue").fetchone()
         self._gen = int(row[0])
         self._sql_cache: dict[tuple[str, str, int], str] = {}
+        self._rekeys = rekeys_mod.pending(self.db)  # see recsync.state.rekeys
 
     def close(self) -> None:
         self.db.close()
@@ -200,6 +208,8 @@ class Store:
         save_cursor: bool = True,
         direct_limit: int = 0,
         direct_only: bool = False,
+        unreadable: Sequence[Unreadable] = (),
+        unreadable_all: bool = False,
     ) -> EnqueueStats:
         """Record a page of changes from ``side`` and the cursor after it, atomically.
 
@@ -216,6 +226,8 @@ class Store:
         With ``direct_only``, a page that would not go direct is not recorded at all
         (``stats.declined``): the caller enqueues it again later.
 
+        ``unreadable`` records become failed records (see ``recsync.state.unreadable``).
+
         Raises:
             MassDeleteBlocked: the page (or the end of a listing) would delete more than
                 ``mass_delete_share`` of the records linked on the other side.
@@ -225,6 +237,7 @@ class Store:
         db.execute("BEGIN IMMEDIATE")
         try:
             if listing_start:
+                unreadable_mod.start_listing(db, side)
                 db.execute("DELETE FROM listing_seen WHERE side = ?", (side,))
                 # With nothing linked on this side yet, the listing cannot find deletes:
                 # skip tracking its keys (the initial load of a big table).
@@ -233,12 +246,21 @@ class Store:
             if listing_since:
                 db.executemany("INSERT OR IGNORE INTO listing_seen VALUES (?, ?)",
                                [(side, c.key) for c in changes])
+            if unreadable or unreadable_all:
+                stats.unreadable = unreadable_mod.record(
+                    db, side, direction_from(side), unreadable, unreadable_all, observed,
+                    self.clock.time(), self._next_gen())
+                self._history((u.where, "failed", u.reason) for u in stats.unreadable)
+                self._bump(f"failed_{direction_from(side)}", len(stats.unreadable))
             # a record named twice in one page: its later change is what the side holds
             work = list({c.key: c for c in changes}.values())
             if listing_done:
-                if listing_since:
+                if listing_since and unreadable_mod.listing_hid_keys(db, side):
+                    stats.deletes_skipped = True
+                elif listing_since:
                     direct_limit = 0  # found deletes cannot be read again after a crash
                     work.extend(self._unlisted_deletes(side, observed, listing_since))
+                unreadable_mod.end_listing(db, side, direction_from(side))
                 db.execute("DELETE FROM listing_seen WHERE side = ?", (side,))
                 self._set_meta(f"listing_{side}", 0)
             flying = in_flight or {}
@@ -292,6 +314,11 @@ class Store:
         in_flight_opposite: frozenset[str],
         direct_limit: int = 0,
     ) -> None:
+        if self._rekeys:
+            waiting = rekeys_mod.old_keys(self.db, [c.key for c in changes])
+            if waiting:  # the write of the record's new key carries its content
+                stats.stale += len(waiting)
+                changes = [c for c in changes if c.key not in waiting]
         if not changes:
             return
         o = other(side)
@@ -453,9 +480,11 @@ class Store:
         """
         now = self.clock.time()
         target = "b" if direction == "a_to_b" else "a"
+        rekey = ("(SELECT r.old_key FROM rekeys r WHERE r.direction = q.direction "
+                 "AND r.key = q.key)" if self._rekeys else "NULL")
         rows = self.db.execute(
             "SELECT q.key, q.op, q.content, q.hash, q.modified, q.gen, q.attempts, "
-            f"CASE WHEN l.stale THEN NULL ELSE l.{target}_hash END, q.src_hash "
+            f"CASE WHEN l.stale THEN NULL ELSE l.{target}_hash END, q.src_hash, {rekey} "
             "FROM queue q LEFT JOIN links l ON l.key = q.key "
             "WHERE q.direction = ? AND q.state = 'ready' AND q.next_at <= ? "
             "ORDER BY q.next_at LIMIT ?",
@@ -463,7 +492,7 @@ class Store:
         ).fetchall()
         return [
             WorkItem(r[0], r[1], None if r[2] is None else _decode(r[2]), r[3], r[4], r[5], r[6],
-                     r[7], r[8])
+                     r[7], r[8], r[9])
             for r in rows
             if r[0] not in exclude
         ][:limit]
@@ -504,12 +533,20 @@ class Store:
         requeue: list[tuple[Any, ...]] = []
         history: list[tuple[str, str, str | None]] = []
         retry_rows: list[tuple[Any, ...]] = []
+        made: list[ItemOutcome] = []  # created on the target under a key of its own
         db.execute("BEGIN IMMEDIATE")
         try:
             if direct is not None:
                 self._queue_unsynced(direction, outcomes, direct, now)
             for o in outcomes:
-                if o.status == "synced":
+                if o.status == "synced" and o.new_key is not None:
+                    stats.synced += 1
+                    if direct is None:
+                        done.append((direction, o.key, o.gen))
+                    made.append(o)
+                    requeue.append(self._row(back, o.new_key, o.content, o.hash, o.hash, now,
+                                             now))
+                elif o.status == "synced":
                     stats.synced += 1
                     if direct is None:
                         done.append((direction, o.key, o.gen))
@@ -583,6 +620,12 @@ class Store:
                     "(SELECT value FROM json_each(?))",
                     (json.dumps(gone),),
                 )
+            if self._rekeys and written:
+                rekeys_mod.written_back(db, direction, [w[0] for w in written])
+            if made:
+                history.extend(rekeys_mod.link_new_keys(db, made, target, back, written_at,
+                                                        now))
+                self._rekeys = True
             self._put_queue(requeue, now)
             self._history(history)
             self._bump(f"synced_{direction}", stats.synced)
@@ -649,18 +692,33 @@ class Store:
         row = self.db.execute("SELECT COUNT(*) FROM queue WHERE state != 'failed'").fetchone()
         return int(row[0])
 
+    def drop_unreadable(self, keys: Sequence[str] | None = None) -> tuple[int, set[Side]]:
+        """Drop the failed unreadable records among ``keys`` (all when None): how many,
+        and the sides they were on, which must be listed again (see
+        ``recsync.state.unreadable``)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            dropped = unreadable_mod.drop(self.db, keys)
+            self._history((k, "manual_retry", "listed again") for _d, k in dropped)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return len(dropped), {"a" if d == "a_to_b" else "b" for d, _k in dropped}
+
     def retry_failed(self, keys: Sequence[str] | None = None) -> int:
         """Make failed items ready again with fresh attempts (all when ``keys`` is None)."""
         now = self.clock.time()
         self.db.execute("BEGIN IMMEDIATE")
         if keys is None:
-            keys = [r[0] for r in self.db.execute("SELECT key FROM queue WHERE state='failed'")]
+            keys = [r[0] for r in self.db.execute(
+                "SELECT key FROM queue WHERE state = 'failed' AND op != 'unreadable'")]
         n = 0
         for part in _chunks(list(keys)):
             marks = ",".join("?" * len(part))
             n += self.db.execute(
                 "UPDATE queue SET state = 'ready', attempts = 0, next_at = ?, updated_at = ? "
-                f"WHERE state = 'failed' AND key IN ({marks})",
+                f"WHERE state = 'failed' AND op != 'unreadable' AND key IN ({marks})",
                 (now, now, *part),
             ).rowcount
         self._history((k, "manual_retry", None) for k in keys)
