@@ -34,6 +34,7 @@ class QueueActor(PipelineActor):
     def __init__(
         self, pipeline: str, incarnation: int, report: FailureSink, *,
         state_path: Path, settings: Settings, ruleset: RuleSet, peers: Any, clock: Clock,
+        safe_start: bool = False,
     ) -> None:
         super().__init__(pipeline, incarnation, report)
         self.state_path = state_path
@@ -53,6 +54,11 @@ class QueueActor(PipelineActor):
         # (measured on 100k rows SQLite -> SQLite: 0.12 -> 0.17 of the raw copy).
         self.direct: dict[Direction, DirectPage | None] = dict.fromkeys(DIRECTIONS)
         self.waiting: list[Enqueue] = []
+        # After a restart (an actor crashed, perhaps the writer on a page it was given
+        # directly), pages are queued durably until a write succeeds again: a page lost
+        # with a crashed writer would otherwise be pending nowhere but in the source, and
+        # `recsync status` would show nothing queued for a pipeline that cannot write.
+        self.direct_ok = not safe_start
         self.handles(Enqueue, self._enqueue)
         self.handles(Flush, lambda _m: self._flush_all())
         self.handles(BatchDone, self._batch_done)
@@ -81,7 +87,8 @@ class QueueActor(PipelineActor):
         s = self.settings
         # A page goes direct only while nothing else is queued or moving: other work could
         # conflict with it, and the store then takes the safe path.
-        direct_limit = 0 if msg.event or any(self.in_flight.values()) else s.batch_size
+        direct_limit = (0 if msg.event or any(self.in_flight.values()) or not self.direct_ok
+                        else s.batch_size)
         try:
             stats = self.store.enqueue(
                 msg.side, msg.changes, msg.cursor, msg.observed, msg.ruleset,
@@ -150,6 +157,7 @@ class QueueActor(PipelineActor):
         early = direct is not None and self._next_page_early(msg, direct)
         stats = self.store.apply(msg.direction, msg.outcomes, self.policy, msg.written_at,
                                  direct)
+        self.direct_ok = self.direct_ok or stats.synced > 0
         full = len(msg.outcomes) >= self.settings.batch_size
         self.last_activity = self.clock.monotonic()
         for key, error in stats.failed_keys:

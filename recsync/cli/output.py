@@ -137,11 +137,43 @@ def status(result: dict[str, Any]) -> str:
         errors = [f"  {p['pipeline']}: {p['error']}" for p in pipes if p.get("error")]
         if errors:
             out.append("errors:\n" + "\n".join(errors))
+        sides = side_lines(pipes)
+        if sides:
+            out.append("sides:\n" + "\n".join(sides))
     if result.get("records"):
         out.append("\n\n".join(record(rec) for rec in result["records"]))
     if not pipes and not result.get("records"):
         out.append("no pipelines")
     return "\n".join(out)
+
+
+def side_text(side: dict[str, Any]) -> str:
+    """What holds up one side, in a line ('' when nothing does)."""
+    parts = []
+    circuit = side.get("circuit") or "closed"
+    if circuit != "closed":
+        text = f"circuit {circuit.replace('_', '-')}"
+        if side.get("circuit_retry_at"):
+            text += f" (next probe {when(side['circuit_retry_at'])})"
+        parts.append(text)
+    if side.get("rate_limited_until"):
+        parts.append(f"rate limited until {when(side['rate_limited_until'])}")
+    if side.get("held_delete"):
+        parts.append(f"mass delete held: {side['held_delete']}")
+    if side.get("last_error"):
+        parts.append(f"last error {when(side.get('last_error_at'))}: {side['last_error']}")
+    return "; ".join(parts)
+
+
+def side_lines(pipes: Sequence[dict[str, Any]]) -> list[str]:
+    """``  PIPELINE side X: ...`` for every side something holds up or went wrong on."""
+    out = []
+    for p in pipes:
+        for name, side in sorted((p.get("sides") or {}).items()):
+            text = side_text(side) if isinstance(side, dict) else ""
+            if text:
+                out.append(f"  {p['pipeline']} side {name}: {text}")
+    return out
 
 
 def record(rec: dict[str, Any]) -> str:

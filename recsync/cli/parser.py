@@ -9,7 +9,8 @@ from pathlib import Path
 from recsync.client import ENDPOINT_ENV, EVENT_ENDPOINT_ENV
 
 EPILOG = """\
-exit codes: 0 ok, 1 recsyncd answered with an error, 2 usage error, 3 recsyncd unreachable.
+exit codes: 0 ok, 1 recsyncd answered with an error, 2 usage error, 3 recsyncd unreachable,
+4 `status` shows a pipeline in error, held or fatal.
 recsyncd is found through its socket in the runtime directory ($RUNTIME_DIRECTORY, else
 $XDG_RUNTIME_DIR/recsync, else ./run), or --endpoint / $RECSYNC_ENDPOINT."""
 
@@ -160,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         "every pipeline's state, or one record's",
         "Without RECORD_ID: every pipeline's state and counts. With it (either side's "
-        "id): the record's state, attempts, last error and history in every pipeline.",
+        "id): the record's state, attempts, last error and history in every pipeline. "
+        "Exits 4 when a pipeline is in error, held or fatal (like `systemctl is-failed`, "
+        "for scripts and health checks).",
     )
     p.add_argument("record_id", metavar="RECORD_ID", nargs="?")
     p = add(sub, "failed", "the failed records")

@@ -196,6 +196,17 @@ class Event(msgspec.Struct, frozen=True):
 # ---- results (documented by `recsync schema`) ---------------------------------------------
 
 
+class SideStatus(msgspec.Struct, frozen=True):
+    """What holds up one side of a pipeline, if anything (wall-clock times)."""
+
+    circuit: str = "closed"  # closed, open, half_open (the breaker of the side's system)
+    circuit_retry_at: float | None = None  # while open: when the next probe may go out
+    rate_limited_until: float | None = None  # a Retry-After, a full window, a reserve
+    held_delete: str | None = None  # why the mass-delete guard holds the side's polling
+    last_error: str | None = None  # the last error met reading or writing the side
+    last_error_at: float | None = None
+
+
 class PipelineStatus(msgspec.Struct, frozen=True):
     pipeline: str
     customer: str
@@ -212,6 +223,7 @@ class PipelineStatus(msgspec.Struct, frozen=True):
     conflicts: int
     restarts: int
     cursors: dict[str, str | None] = {}  # side -> the committed read position
+    sides: dict[str, SideStatus] = {}  # side -> circuit, rate-limit wait, held, last error
 
 
 class HistoryEntry(msgspec.Struct, frozen=True):
@@ -271,11 +283,12 @@ class PipelineStats(msgspec.Struct, frozen=True):
     circuit: dict[str, str]  # side -> closed/open/half_open
     rate_limit: dict[str, tuple[int, int]]  # side -> (used, max) in the window
     restarts: int
+    sides: dict[str, SideStatus] = {}
 
 
 RESULT_TYPES: tuple[type[msgspec.Struct], ...] = (
     StatusResult, PipelineStatus, RecordStatus, FailedRecord, ReloadResult, CountResult,
-    PipelineStats, Event,
+    PipelineStats, Event, SideStatus,
 )
 
 request_decoder = msgspec.msgpack.Decoder(Request)

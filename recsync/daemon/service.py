@@ -39,6 +39,7 @@ from recsync.daemon.records import (
     pipeline_cursors,
     record_status,
 )
+from recsync.daemon.sides import side_statuses
 from recsync.errors import ConfigError, ControlError, RecsyncError
 from recsync.messages import Change, ChangePage, key_text
 
@@ -135,7 +136,8 @@ class ControlService:
                 failed=counts["failed"], synced_a_to_b=counts["synced_a_to_b"],
                 synced_b_to_a=counts["synced_b_to_a"], conflicts=counts["conflicts"],
                 restarts=int(h.get("restarts", 0)),
-                cursors=pipeline_cursors(self._state_path(cfg))))
+                cursors=pipeline_cursors(self._state_path(cfg)),
+                sides=side_statuses(h, self.daemon.clock.time())))
         return out
 
     def failed(self, cmd: p.FailedList) -> list[p.FailedRecord]:
