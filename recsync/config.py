@@ -82,6 +82,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     mass_delete_threshold: Annotated[float, Meta(ge=0, le=1)] = 0.5
     mass_delete_min: Annotated[int, Meta(ge=0)] = 10
     reconcile_interval: Positive = 300.0
+    history_per_record: AtLeastOne = 50  # history entries kept per record (newest)
+    history_days: Positive = 30.0  # and none older than this
     rate_limit: RateLimitSettings = msgspec.field(default_factory=RateLimitSettings)
     circuit_breaker: CircuitBreakerSettings = msgspec.field(default_factory=CircuitBreakerSettings)
 

@@ -26,6 +26,7 @@ def rules_fingerprint(ruleset: RuleSet) -> str:
                                    sorted(ruleset.transforms.items())])
     return hashlib.blake2b(data, digest_size=8).hexdigest()
 DIRECTIONS: tuple[Direction, Direction] = ("a_to_b", "b_to_a")
+PRUNE_EVERY = 60.0  # seconds between prunes of the records' history
 
 
 class QueueActor(PipelineActor):
@@ -60,12 +61,29 @@ class QueueActor(PipelineActor):
         # `recsync status` would show nothing queued for a pipeline that cannot write.
         self.direct_ok = not safe_start
         self.handles(Enqueue, self._enqueue)
-        self.handles(Flush, lambda _m: self._flush_all())
+        self.handles(Flush, self._tick)
+        self.pruned_at: float | None = None
         self.handles(BatchDone, self._batch_done)
 
     def setup(self) -> None:
         self.store = Store(self.state_path, self.clock)
         self.store.use_rules(rules_fingerprint(self.ruleset))
+        self.prune_history()
+
+    def _tick(self, _msg: Flush) -> None:
+        self._flush_all()
+        if self.pruned_at is None or self.clock.monotonic() - self.pruned_at >= PRUNE_EVERY:
+            self.prune_history()
+
+    def prune_history(self) -> int:
+        """Apply the history retention (history_per_record, history_days) now."""
+        assert self.store is not None
+        self.pruned_at = self.clock.monotonic()
+        s = self.settings
+        gone = self.store.prune_history(s.history_per_record, s.history_days)
+        if gone:
+            log.info("history pruned", extra={"pipeline": self.pipeline, "entries": gone})
+        return gone
 
     def on_stop(self) -> None:
         if self.store is not None:

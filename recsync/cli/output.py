@@ -192,7 +192,9 @@ def record(rec: dict[str, Any]) -> str:
     history = rec.get("history") or []
     if history:
         lines = [
-            f"  {when(h['at'])}  {h['event']}" + (f"  {h['detail']}" if h.get("detail") else "")
+            f"  {when(h['at'])}  {h['event']}"
+            + (f" {h['direction'].replace('_to_', '->')}" if h.get("direction") else "")
+            + (f"  {h['detail']}" if h.get("detail") else "")
             for h in history
         ]
         text += "\nhistory:\n" + "\n".join(lines)

@@ -228,8 +228,9 @@ class PipelineStatus(msgspec.Struct, frozen=True):
 
 class HistoryEntry(msgspec.Struct, frozen=True):
     at: float
-    event: str
+    event: str  # create, update, delete (a sync), conflict, retry, failed, manual_retry
     detail: str | None
+    direction: str | None = None  # a_to_b or b_to_a
 
 
 class RecordStatus(msgspec.Struct, frozen=True):

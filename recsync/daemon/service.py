@@ -112,7 +112,8 @@ class ControlService:
                                   config_error=self.daemon.config_error)
         records = []
         for cfg in self.config.pipelines.values():
-            found = record_status(self._state_path(cfg), cfg.id, key_text(cmd.record_id))
+            found = record_status(self._state_path(cfg), cfg.id, key_text(cmd.record_id),
+                                  cfg.settings.history_per_record)
             if found is not None:
                 records.append(found)
         if not records:
