@@ -123,6 +123,8 @@ class AppConfig(msgspec.Struct, frozen=True, kw_only=True):
     rules: dict[str, RuleSet]
     defaults: Settings
     customers: dict[str, Settings] = {}
+    # customer_settings.toml as parsed: where each setting came from (`recsync config show`)
+    settings_doc: dict[str, Any] = {}
 
 
 # --------------------------------------------------------------------------- public API
@@ -228,7 +230,8 @@ def _build(
             table = _table(praw, ppath)
             pipe = _pipeline(customer, name, table, ppath, csettings, rules, lookup, base_dir)
             pipelines[pipe.id] = pipe
-    return AppConfig(pipelines=pipelines, rules=dict(rules), defaults=defaults, customers=customers)
+    return AppConfig(pipelines=pipelines, rules=dict(rules), defaults=defaults, customers=customers,
+                     settings_doc=doc)
 
 
 def _pipeline(

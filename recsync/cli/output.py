@@ -330,3 +330,30 @@ def event_line(event: Any) -> str:
         for k, v in data.items()
     )
     return f"{head}  {fields}".rstrip()
+
+
+def config_show(rows: Any) -> str:
+    """Per pipeline: every setting, its value and where it came from; then the sides."""
+    if not isinstance(rows, list) or not rows:
+        return "no pipelines"
+    out = []
+    for r in rows:
+        lines = [[name, v["value"], v["where"]] for name, v in r["settings"].items()]
+        for side, options in sorted(r["sides"].items()):
+            lines += [[f"{side}.{name}", v["value"], v["where"]] for name, v in options.items()]
+        body = table(["SETTING", "VALUE", "FROM"], [[n, _value(v), w] for n, v, w in lines])
+        out.append(f"{r['pipeline']} (rules {r['rules']})\n{body}")
+    return "\n\n".join(out)
+
+
+def _value(value: Any) -> str:
+    """A setting's value as TOML spells it."""
+    if isinstance(value, str):
+        return value if value else '""'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | dict):
+        return msgspec.json.encode(value).decode()
+    return cell(value)

@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="retry every failed record (of CUSTOMER, when given)",
     )
 
-    config = sub.add_parser("config", help="change settings live")
+    config = sub.add_parser("config", help="show the settings, or change them live")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
     p = add(
         config_sub,
@@ -203,6 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="at most N requests per SECONDS to each side",
     )
     p.add_argument("--persist", action="store_true", help="also save to customer_settings.toml")
+    p = add(
+        config_sub,
+        "show",
+        "the effective settings, each with where it came from",
+        "Every setting of the pipelines (of CUSTOMER, of pipeline P) as in force now, and "
+        "where it came from: a built-in default, customer_settings.toml [defaults], "
+        "[customers.X], the pipeline's table, or a live override; then each side's "
+        "connector options (secrets masked).",
+    )
+    p.add_argument("customer", metavar="CUSTOMER", nargs="?", help="only this customer")
+    p.add_argument("--pipeline", metavar="P", help="only pipelines named P")
 
     rules = sub.add_parser("rules", help="show, replace or try the sync rules")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="COMMAND")

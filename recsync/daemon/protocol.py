@@ -132,6 +132,13 @@ class SnapshotGet(Command, frozen=True, tag="snapshot.get"):
     """Everything a live client needs, and the last event sequence number it includes."""
 
 
+class ConfigShow(Command, frozen=True, tag="config.show"):
+    """The effective settings of pipelines, each value with where it came from."""
+
+    customer: str | None = None
+    pipeline: str | None = None
+
+
 MockKind = Literal["salesforce", "outreach"]
 
 
@@ -163,14 +170,14 @@ class Request(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         StatusGet | FailedList | RetryRecord | RetryFailed | SyncEvent | SyncNow
         | ConfigOverride | RulesShow | RulesSet | RulesTest | Reload | Pause | Resume
         | ConfirmDeletes | CrmsList | CrmsSchema | StatsGet | SnapshotGet | MockPush
-        | MockList | MockFaults
+        | MockList | MockFaults | ConfigShow
     )
 
 
 COMMANDS: tuple[type[Command], ...] = (
     StatusGet, FailedList, RetryRecord, RetryFailed, SyncEvent, SyncNow, ConfigOverride,
     RulesShow, RulesSet, RulesTest, Reload, Pause, Resume, ConfirmDeletes, CrmsList,
-    CrmsSchema, StatsGet, SnapshotGet, MockPush, MockList, MockFaults,
+    CrmsSchema, StatsGet, SnapshotGet, MockPush, MockList, MockFaults, ConfigShow,
 )
 
 
@@ -287,9 +294,26 @@ class PipelineStats(msgspec.Struct, frozen=True):
     sides: dict[str, SideStatus] = {}
 
 
+class SettingValue(msgspec.Struct, frozen=True):
+    value: Any
+    source: str  # default, defaults, customer, pipeline, override
+    where: str  # e.g. "customer_settings.toml [customers.acme]", "built-in default"
+
+
+class PipelineSettings(msgspec.Struct, frozen=True):
+    """`config show`: one pipeline's effective settings and side options (secrets masked)."""
+
+    pipeline: str
+    customer: str
+    name: str
+    rules: str
+    settings: dict[str, SettingValue]  # nested tables flattened: "rate_limit.max_requests"
+    sides: dict[str, dict[str, SettingValue]]  # side -> "connector" and its options
+
+
 RESULT_TYPES: tuple[type[msgspec.Struct], ...] = (
     StatusResult, PipelineStatus, RecordStatus, FailedRecord, ReloadResult, CountResult,
-    PipelineStats, Event, SideStatus,
+    PipelineStats, Event, SideStatus, SettingValue, PipelineSettings,
 )
 
 request_decoder = msgspec.msgpack.Decoder(Request)

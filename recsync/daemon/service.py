@@ -33,6 +33,7 @@ from recsync.config import (
 )
 from recsync.connectors import connector_names, get_connector_class
 from recsync.daemon import protocol as p
+from recsync.daemon.configshow import pipeline_settings
 from recsync.daemon.records import (
     failed_records,
     pipeline_counts,
@@ -45,7 +46,7 @@ from recsync.messages import Change, ChangePage, key_text
 
 log = logging.getLogger(__name__)
 INLINE = (p.StatusGet, p.FailedList, p.StatsGet, p.SnapshotGet, p.RulesShow, p.RulesTest,
-          p.CrmsList, p.CrmsSchema)
+          p.CrmsList, p.CrmsSchema, p.ConfigShow)
 
 
 class ControlService:
@@ -62,7 +63,7 @@ class ControlService:
             p.CrmsList: self.crms_list, p.CrmsSchema: self.crms_schema,
             p.StatsGet: self.stats, p.SnapshotGet: self.snapshot,
             p.MockPush: self.mock_push, p.MockList: self.mock_list,
-            p.MockFaults: self.mock_faults,
+            p.MockFaults: self.mock_faults, p.ConfigShow: self.config_show,
         }
 
     @staticmethod
@@ -164,6 +165,19 @@ class ControlService:
             "rules": sorted(self.config.rules),
             "last_reload": self.daemon.last_reload,
         }
+
+    def config_show(self, cmd: p.ConfigShow) -> list[p.PipelineSettings]:
+        config = self.config
+        if cmd.customer is None and cmd.pipeline is None:
+            chosen = [config.pipelines[pid] for pid in sorted(config.pipelines)]
+        elif cmd.customer is None:
+            chosen = [c for pid, c in sorted(config.pipelines.items()) if c.name == cmd.pipeline]
+            if not chosen:
+                raise ControlError("NOT_FOUND", f"no customer has a pipeline {cmd.pipeline!r}; "
+                                                "see `recsync status` for the list.")
+        else:
+            chosen = sorted(self._pipelines(cmd.customer, cmd.pipeline), key=lambda c: c.id)
+        return [pipeline_settings(config, c) for c in chosen]
 
     def rules_show(self, cmd: p.RulesShow) -> dict[str, Any]:
         sets = self.config.rules
