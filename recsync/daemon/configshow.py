@@ -55,8 +55,8 @@ def _side(side_cfg: Any, raw: dict[str, Any], where: str) -> dict[str, SettingVa
     options = side_cfg.options
     for field in msgspec.structs.fields(type(options)):
         value = msgspec.to_builtins(getattr(options, field.name))
-        if value not in ("", None):
-            value = redact(value, field.encode_name)  # secrets by name, and inside text
+        if value not in ("", None):  # secrets by name (not the *_env names), inside text
+            value = redact(value, "" if field.encode_name.endswith("_env") else field.encode_name)
         if field.encode_name in raw:
             out[field.encode_name] = SettingValue(value, "pipeline", where)
         else:

@@ -142,3 +142,29 @@ def test_status_of_a_failed_create_says_it_is_on_its_source_side(
     store.enqueue("a", [change("2", None)], "a2", clock.time(), RULES)
     gone = record_status(tmp_path / "state.sqlite", "t/p", "2")
     assert gone is not None and (gone.on_a, gone.on_b) == (False, True)
+
+
+def test_a_state_file_of_an_earlier_recsync_keeps_its_history(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    from recsync.state.schema import SCHEMA
+
+    assert ",\n    direction TEXT\n" in SCHEMA
+    with sqlite3.connect(path) as db:  # the tables as recsync created them before
+        db.executescript(SCHEMA.replace(",\n    direction TEXT\n", "\n"))
+        db.execute("INSERT INTO history (key, at, event, detail) "
+                   "VALUES ('1', 900, 'failed', 'boom')")
+    db.close()
+    old = record_status(path, "t/p", "1")  # read before recsync opened it to write
+    assert old is not None and [(h.event, h.direction) for h in old.history] == [
+        ("failed", None)]
+    store = Store(path, clock)
+    try:
+        store.enqueue("a", [change("1", "Ada")], "a1", clock.time(), RULES)
+        sync_all(store, "a_to_b", clock)
+        assert history(store, "1") == [("failed", None, "boom"), ("create", "a_to_b", None)]
+    finally:
+        store.close()
