@@ -82,6 +82,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     mass_delete_threshold: Annotated[float, Meta(ge=0, le=1)] = 0.5
     mass_delete_min: Annotated[int, Meta(ge=0)] = 10
     reconcile_interval: Positive = 300.0
+    history_per_record: AtLeastOne = 50  # history entries kept per record (newest)
+    history_days: Positive = 30.0  # and none older than this
     rate_limit: RateLimitSettings = msgspec.field(default_factory=RateLimitSettings)
     circuit_breaker: CircuitBreakerSettings = msgspec.field(default_factory=CircuitBreakerSettings)
 
@@ -121,6 +123,8 @@ class AppConfig(msgspec.Struct, frozen=True, kw_only=True):
     rules: dict[str, RuleSet]
     defaults: Settings
     customers: dict[str, Settings] = {}
+    # customer_settings.toml as parsed: where each setting came from (`recsync config show`)
+    settings_doc: dict[str, Any] = {}
 
 
 # --------------------------------------------------------------------------- public API
@@ -226,7 +230,8 @@ def _build(
             table = _table(praw, ppath)
             pipe = _pipeline(customer, name, table, ppath, csettings, rules, lookup, base_dir)
             pipelines[pipe.id] = pipe
-    return AppConfig(pipelines=pipelines, rules=dict(rules), defaults=defaults, customers=customers)
+    return AppConfig(pipelines=pipelines, rules=dict(rules), defaults=defaults, customers=customers,
+                     settings_doc=doc)
 
 
 def _pipeline(

@@ -100,6 +100,23 @@ class RateLimiter:
             self._window = float(window_seconds)
             self._reserve = new_reserve
 
+    def wait_seconds(self, n: int = 1) -> float:
+        """Seconds until ``n`` requests would fit (0.0: now), without taking them.
+
+        Counts a Retry-After block, a remote budget kept in reserve and a full window.
+        """
+        with self._lock:
+            now = self._clock.monotonic()
+            self._prune(now)
+            wait = self._blocked_until - now
+            if (self._remote_remaining is not None and now + _EPS < self._remote_until
+                    and self._remote_remaining - n < self._reserve):
+                wait = max(wait, self._remote_until - now)
+            excess = len(self._log) + n - self._max
+            if excess > 0:
+                wait = max(wait, self._log[excess - 1] + self._window - now)
+            return wait if wait > _EPS else 0.0
+
     def usage(self) -> tuple[int, int]:
         """``(requests in the current window, max_requests)``."""
         with self._lock:

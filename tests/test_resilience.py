@@ -347,3 +347,19 @@ def test_backoff_rejects_bad_arguments() -> None:
         backoff_delay(0, 1.0, 10.0)
     with pytest.raises(ValueError):
         backoff_delay(1, -1.0, 10.0)
+
+
+def test_wait_seconds_tells_the_wait_without_taking_requests() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(2, 10.0, clock)
+    assert limiter.wait_seconds() == 0.0
+    assert limiter.try_acquire() == 0.0
+    clock.advance(4.0)
+    assert limiter.try_acquire() == 0.0
+    assert limiter.wait_seconds() == pytest.approx(6.0)  # the window is full
+    assert limiter.usage() == (2, 2)  # asking took nothing
+    clock.advance(6.0)
+    assert limiter.wait_seconds() == 0.0
+    limiter.block_until(30.0)  # a Retry-After
+    assert limiter.wait_seconds() == pytest.approx(30.0)
+    assert limiter.try_acquire() == pytest.approx(30.0)

@@ -9,6 +9,7 @@ from typing import Any
 
 from recsync import rules as rules_mod
 from recsync.actors.base import FailureSink, PipelineActor
+from recsync.actors.health import SideHealth
 from recsync.actors.protocol import BatchDone, Call, Housekeep, PageRead, ReadPage, WriteBatch
 from recsync.clock import Clock
 from recsync.config import SideConfig
@@ -43,9 +44,11 @@ class ConnectorActor(PipelineActor):
         peers: Any,
         breaker: CircuitBreaker,
         clock: Clock,
+        health: SideHealth | None = None,
     ) -> None:
         super().__init__(pipeline, incarnation, report)
         self.role = f"connector_{side}"
+        self.health = health or SideHealth(clock)
         self.side = side
         self.side_config = side_config
         self.base_dir = base_dir
@@ -68,6 +71,7 @@ class ConnectorActor(PipelineActor):
         except ConnectorError as exc:
             # The system is down right now: start anyway and open on the next call, so an
             # outage at start-up is retried like any other instead of failing the pipeline.
+            self.health.error(str(exc))
             log.warning("connector not reachable yet", extra={
                 "pipeline": self.pipeline, "side": self.side, "error": str(exc)})
 
@@ -96,6 +100,7 @@ class ConnectorActor(PipelineActor):
             self._ensure_open()
             self.connector.housekeep()
         except ConnectorError as exc:
+            self.health.error(str(exc))
             log.warning("housekeeping failed", extra={"pipeline": self.pipeline,
                                                       "side": self.side, "error": str(exc)})
 
@@ -188,6 +193,7 @@ class ConnectorActor(PipelineActor):
             return PageRead(None, request.observed, str(exc), self.clock.time() + 1.0)
         except ConnectorError as exc:
             self.breaker.record_failure()
+            self.health.error(str(exc))
             return PageRead(None, request.observed, str(exc))
         self.breaker.record_success()
         self._report_budget()
@@ -218,6 +224,7 @@ class ConnectorActor(PipelineActor):
                                                                             or 1.0))
         except ConnectorError as exc:
             self.breaker.record_failure()
+            self.health.error(str(exc))
             log.warning("write failed", extra={"pipeline": self.pipeline, "side": self.side,
                                                "error": str(exc), "records": len(batch.items)})
             return self._all(batch, "retry", str(exc), None)
@@ -278,6 +285,7 @@ class ConnectorActor(PipelineActor):
             else:
                 add(ItemOutcome(item.key, item.gen, "retry" if res.retryable else "rejected",
                                 res.error))
+                self.health.error(f"record {item.key}: {res.error}")
         if wait:
             self.peers.ref("rate_limiter").tell(Call("block", (self.side, wait)))
         if not superseded:

@@ -11,6 +11,7 @@ import pykka
 
 from recsync.actors.base import FailureSink
 from recsync.actors.connector import ConnectorActor
+from recsync.actors.health import SideHealth
 from recsync.actors.poller import PollerActor
 from recsync.actors.protocol import Call, ChildFailed, Flush, Ping, Poll, Prepare
 from recsync.actors.queue import QueueActor
@@ -77,6 +78,8 @@ class Pipeline:
         self.restarts = 0
         self.paused = False
         self.limits: dict[str, tuple[Any, Any]] = {}
+        # last errors per side, kept across incarnations (shown by `recsync status`)
+        self.side_health = {"a": SideHealth(clock), "b": SideHealth(clock)}
 
     @property
     def id(self) -> str:
@@ -86,6 +89,9 @@ class Pipeline:
         """Failure sink of the actors: remembers why a start failed, tells the supervisor."""
         if self.state == "starting" and failure.incarnation == self.incarnation:
             self.start_failure = self.start_failure or failure
+        side = failure.actor.rpartition("_")[2]
+        if side in self.side_health:
+            self.side_health[side].error(f"{failure.actor}: {failure.error}")
         self._supervisor_report(failure)
 
     def _system(self, side: Side) -> tuple[Any, Any]:
@@ -111,10 +117,10 @@ class Pipeline:
                 peers.refs[f"connector_{side}"] = ConnectorActor.start(
                     *common, side=side, side_config=cfg.a if side == "a" else cfg.b,
                     base_dir=Path(cfg.base_dir), peers=peers, breaker=limits[side][1],
-                    clock=self.clock)
+                    clock=self.clock, health=self.side_health[side])
             peers.refs["queue"] = QueueActor.start(
                 *common, state_path=self.state_path, settings=s, ruleset=self.ruleset,
-                peers=peers, clock=self.clock)
+                peers=peers, clock=self.clock, safe_start=self.restarts > 0)
             for role in ("rate_limiter", "connector_a", "connector_b", "queue"):
                 peers.refs[role].ask(Ping(), timeout=ASK_TIMEOUT)
             cursors: dict[str, str | None] = peers.refs["queue"].ask(  # type: ignore[assignment]

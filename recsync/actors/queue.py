@@ -26,6 +26,7 @@ def rules_fingerprint(ruleset: RuleSet) -> str:
                                    sorted(ruleset.transforms.items())])
     return hashlib.blake2b(data, digest_size=8).hexdigest()
 DIRECTIONS: tuple[Direction, Direction] = ("a_to_b", "b_to_a")
+PRUNE_EVERY = 60.0  # seconds between prunes of the records' history
 
 
 class QueueActor(PipelineActor):
@@ -34,6 +35,7 @@ class QueueActor(PipelineActor):
     def __init__(
         self, pipeline: str, incarnation: int, report: FailureSink, *,
         state_path: Path, settings: Settings, ruleset: RuleSet, peers: Any, clock: Clock,
+        safe_start: bool = False,
     ) -> None:
         super().__init__(pipeline, incarnation, report)
         self.state_path = state_path
@@ -53,13 +55,35 @@ class QueueActor(PipelineActor):
         # (measured on 100k rows SQLite -> SQLite: 0.12 -> 0.17 of the raw copy).
         self.direct: dict[Direction, DirectPage | None] = dict.fromkeys(DIRECTIONS)
         self.waiting: list[Enqueue] = []
+        # After a restart (an actor crashed, perhaps the writer on a page it was given
+        # directly), pages are queued durably until a write succeeds again: a page lost
+        # with a crashed writer would otherwise be pending nowhere but in the source, and
+        # `recsync status` would show nothing queued for a pipeline that cannot write.
+        self.direct_ok = not safe_start
         self.handles(Enqueue, self._enqueue)
-        self.handles(Flush, lambda _m: self._flush_all())
+        self.handles(Flush, self._tick)
+        self.pruned_at: float | None = None
         self.handles(BatchDone, self._batch_done)
 
     def setup(self) -> None:
         self.store = Store(self.state_path, self.clock)
         self.store.use_rules(rules_fingerprint(self.ruleset))
+        self.prune_history()
+
+    def _tick(self, _msg: Flush) -> None:
+        self._flush_all()
+        if self.pruned_at is None or self.clock.monotonic() - self.pruned_at >= PRUNE_EVERY:
+            self.prune_history()
+
+    def prune_history(self) -> int:
+        """Apply the history retention (history_per_record, history_days) now."""
+        assert self.store is not None
+        self.pruned_at = self.clock.monotonic()
+        s = self.settings
+        gone = self.store.prune_history(s.history_per_record, s.history_days)
+        if gone:
+            log.info("history pruned", extra={"pipeline": self.pipeline, "entries": gone})
+        return gone
 
     def on_stop(self) -> None:
         if self.store is not None:
@@ -81,7 +105,8 @@ class QueueActor(PipelineActor):
         s = self.settings
         # A page goes direct only while nothing else is queued or moving: other work could
         # conflict with it, and the store then takes the safe path.
-        direct_limit = 0 if msg.event or any(self.in_flight.values()) else s.batch_size
+        direct_limit = (0 if msg.event or any(self.in_flight.values()) or not self.direct_ok
+                        else s.batch_size)
         try:
             stats = self.store.enqueue(
                 msg.side, msg.changes, msg.cursor, msg.observed, msg.ruleset,
@@ -157,6 +182,7 @@ class QueueActor(PipelineActor):
         early = direct is not None and self._next_page_early(msg, direct)
         stats = self.store.apply(msg.direction, msg.outcomes, self.policy, msg.written_at,
                                  direct)
+        self.direct_ok = self.direct_ok or stats.synced > 0
         full = len(msg.outcomes) >= self.settings.batch_size
         self.last_activity = self.clock.monotonic()
         for key, error in stats.failed_keys:

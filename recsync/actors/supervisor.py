@@ -238,13 +238,26 @@ class Supervisor(pykka.ThreadingActor):
         """Per pipeline: state, and breaker and budget of each side (for stats)."""
         out: dict[str, Any] = {}
         for pid, p in self.pipelines.items():
-            circuit, budget = {}, {}
+            circuit, budget, sides = {}, {}, {}
             for side, (limiter, breaker) in p.limits.items():
                 circuit[side] = breaker.state
                 budget[side] = limiter.usage()
+                sides[side] = self._side_health(p, side, limiter, breaker)
             out[pid] = {"state": p.state, "error": p.error, "restarts": p.restarts,
-                        "circuit": circuit, "rate_limit": budget}
+                        "circuit": circuit, "rate_limit": budget, "sides": sides}
         return out
+
+    def _side_health(self, p: Pipeline, side: str, limiter: Any, breaker: Any) -> dict[str, Any]:
+        """Circuit, rate-limit wait (wall times) and last error of one side."""
+        now, mono = self.clock.time(), self.clock.monotonic()
+        state = breaker.state
+        retry = breaker.retry_at
+        wait = limiter.wait_seconds()
+        return {"circuit": state,
+                "circuit_retry_at": (now + max(0.0, retry - mono)
+                                     if state == "open" and retry is not None else None),
+                "rate_limited_until": now + wait if wait > 0 else None,
+                **p.side_health[side].snapshot()}
 
     def inject_crash(self, pipeline_id: str, role: str) -> None:
         """Fault injection: make one actor of a pipeline fail as a bug would."""

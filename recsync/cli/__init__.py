@@ -1,7 +1,8 @@
 """`recsync`: operate recsyncd through its control socket.
 
 Exit codes: 0 ok, 1 recsyncd answered with an error (printed as ``recsync: <message>
-[<CODE>]``), 2 usage error, 3 recsyncd unreachable.
+[<CODE>]``), 2 usage error, 3 recsyncd unreachable, 4 (``status`` without a record) a
+pipeline is in error, held or fatal.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from recsync.cli.commands import BUILDERS, UsageError, follow_events, human, wai
 from recsync.cli.parser import build_parser
 from recsync.client import ControlClient, load_curve_keys
 from recsync.daemon import protocol as p
+from recsync.daemon.sides import BAD_STATES
 from recsync.errors import ControlError, DaemonUnreachable, RecsyncError
 
 __all__ = ["build_parser", "main"]
+STATUS_BAD = 4  # `status`: a pipeline is in error, held or fatal
 
 
 def _name(args: argparse.Namespace) -> str:
@@ -84,7 +87,16 @@ def _run(args: argparse.Namespace) -> int:
                 )
             return 0
     print(output.to_json(result) if args.json else human(cmd, result))
-    return 0
+    return status_exit(cmd, result)
+
+
+def status_exit(cmd: p.Command, result: object) -> int:
+    """4 when `status` (the overview) shows a pipeline in error, held or fatal, else 0."""
+    if not isinstance(cmd, p.StatusGet) or cmd.record_id is not None:
+        return 0
+    pipes = result.get("pipelines") if isinstance(result, dict) else None
+    bad = [r for r in pipes or [] if isinstance(r, dict) and r.get("state") in BAD_STATES]
+    return STATUS_BAD if bad else 0
 
 
 def serve_mock(kind: str, port: int, data: Path | None) -> int:

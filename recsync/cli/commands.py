@@ -106,6 +106,7 @@ BUILDERS: dict[str, Callable[[argparse.Namespace], p.Command]] = {
     "stats": lambda a: p.StatsGet(),
     "mock push": lambda a: p.MockPush(a.kind, record_json(a.record)),
     "mock list": lambda a: p.MockList(a.kind),
+    "config show": lambda a: p.ConfigShow(a.customer, a.pipeline),
     "mock faults": lambda a: p.MockFaults(
         a.kind, a.error_rate, a.latency, a.status_429_retry_after, a.limit_after, a.drop_rate),
 }
@@ -193,6 +194,8 @@ def _human(cmd: p.Command, result: Any) -> str:
             return output.crms(result)
         case p.CrmsSchema():
             return output.to_json(result)
+        case p.ConfigShow():
+            return output.config_show(result)
     return output.generic(result)
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from recsync.client import ENDPOINT_ENV, EVENT_ENDPOINT_ENV
 
 EPILOG = """\
-exit codes: 0 ok, 1 recsyncd answered with an error, 2 usage error, 3 recsyncd unreachable.
+exit codes: 0 ok, 1 recsyncd answered with an error, 2 usage error, 3 recsyncd unreachable,
+4 `status` shows a pipeline in error, held or fatal.
 recsyncd is found through its socket in the runtime directory ($RUNTIME_DIRECTORY, else
 $XDG_RUNTIME_DIR/recsync, else ./run), or --endpoint / $RECSYNC_ENDPOINT."""
 
@@ -160,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         "every pipeline's state, or one record's",
         "Without RECORD_ID: every pipeline's state and counts. With it (either side's "
-        "id): the record's state, attempts, last error and history in every pipeline.",
+        "id): the record's state, attempts, last error and history in every pipeline. "
+        "Exits 4 when a pipeline is in error, held or fatal (like `systemctl is-failed`, "
+        "for scripts and health checks).",
     )
     p.add_argument("record_id", metavar="RECORD_ID", nargs="?")
     p = add(sub, "failed", "the failed records")
@@ -180,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="retry every failed record (of CUSTOMER, when given)",
     )
 
-    config = sub.add_parser("config", help="change settings live")
+    config = sub.add_parser("config", help="show the settings, or change them live")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
     p = add(
         config_sub,
@@ -200,6 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="at most N requests per SECONDS to each side",
     )
     p.add_argument("--persist", action="store_true", help="also save to customer_settings.toml")
+    p = add(
+        config_sub,
+        "show",
+        "the effective settings, each with where it came from",
+        "Every setting of the pipelines (of CUSTOMER, of pipeline P) as in force now, and "
+        "where it came from: a built-in default, customer_settings.toml [defaults], "
+        "[customers.X], the pipeline's table, or a live override; then each side's "
+        "connector options (secrets masked).",
+    )
+    p.add_argument("customer", metavar="CUSTOMER", nargs="?", help="only this customer")
+    p.add_argument("--pipeline", metavar="P", help="only pipelines named P")
 
     rules = sub.add_parser("rules", help="show, replace or try the sync rules")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True, metavar="COMMAND")

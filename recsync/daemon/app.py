@@ -21,6 +21,7 @@ from recsync.config import AppConfig, PipelineConfig, load_config
 from recsync.daemon import protocol as p
 from recsync.daemon.records import pipeline_counts
 from recsync.daemon.reload import diff_configs
+from recsync.daemon.sides import side_statuses
 from recsync.errors import ConfigError, ControlError
 
 log = logging.getLogger(__name__)
@@ -163,13 +164,15 @@ class Daemon:
             state = "held" if queue.get("held") else h.get("state", "stopped")
             self.states[pid] = {**self.states.get(pid, {}), **h, "state": state,
                                 "in_flight": queue.get("in_flight", 0),
-                                "warnings": self._warnings(pid, prog)}
+                                "warnings": self._warnings(pid, prog),
+                                "held": dict(queue.get("held") or {})}
             out.append(p.PipelineStats(
                 pipeline=pid, state=state, queued=counts["queued"],
                 in_flight=int(queue.get("in_flight", 0)), synced=synced,
                 failed=counts["failed"], rate=round(max(rate, 0.0), 1),
                 circuit=h.get("circuit", {}), rate_limit=h.get("rate_limit", {}),
-                restarts=int(h.get("restarts", 0))))
+                restarts=int(h.get("restarts", 0)),
+                sides=side_statuses(self.states[pid], self.clock.time())))
         self._stats = out
         self.write_snapshot()
         self.publish("stats", {"pipelines": msgspec.to_builtins(out)})

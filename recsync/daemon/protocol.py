@@ -132,6 +132,13 @@ class SnapshotGet(Command, frozen=True, tag="snapshot.get"):
     """Everything a live client needs, and the last event sequence number it includes."""
 
 
+class ConfigShow(Command, frozen=True, tag="config.show"):
+    """The effective settings of pipelines, each value with where it came from."""
+
+    customer: str | None = None
+    pipeline: str | None = None
+
+
 MockKind = Literal["salesforce", "outreach"]
 
 
@@ -173,14 +180,14 @@ class Request(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         StatusGet | FailedList | RetryRecord | RetryFailed | SyncEvent | SyncNow
         | ConfigOverride | RulesShow | RulesSet | RulesTest | Reload | Pause | Resume
         | ConfirmDeletes | CrmsList | CrmsSchema | StatsGet | SnapshotGet | MockPush
-        | MockList | MockFaults | VerifyRun
+        | MockList | MockFaults | VerifyRun | ConfigShow
     )
 
 
 COMMANDS: tuple[type[Command], ...] = (
     StatusGet, FailedList, RetryRecord, RetryFailed, SyncEvent, SyncNow, ConfigOverride,
     RulesShow, RulesSet, RulesTest, Reload, Pause, Resume, ConfirmDeletes, CrmsList,
-    CrmsSchema, StatsGet, SnapshotGet, MockPush, MockList, MockFaults, VerifyRun,
+    CrmsSchema, StatsGet, SnapshotGet, MockPush, MockList, MockFaults, VerifyRun, ConfigShow,
 )
 
 
@@ -206,6 +213,17 @@ class Event(msgspec.Struct, frozen=True):
 # ---- results (documented by `recsync schema`) ---------------------------------------------
 
 
+class SideStatus(msgspec.Struct, frozen=True):
+    """What holds up one side of a pipeline, if anything (wall-clock times)."""
+
+    circuit: str = "closed"  # closed, open, half_open (the breaker of the side's system)
+    circuit_retry_at: float | None = None  # while open: when the next probe may go out
+    rate_limited_until: float | None = None  # a Retry-After, a full window, a reserve
+    held_delete: str | None = None  # why the mass-delete guard holds the side's polling
+    last_error: str | None = None  # the last error met reading or writing the side
+    last_error_at: float | None = None
+
+
 class PipelineStatus(msgspec.Struct, frozen=True):
     pipeline: str
     customer: str
@@ -224,12 +242,14 @@ class PipelineStatus(msgspec.Struct, frozen=True):
     cursors: dict[str, str | None] = {}  # side -> the committed read position
     # what a side warned about lately ("side a: ..."): a rebuilt table, a reset change log
     warnings: list[str] = []
+    sides: dict[str, SideStatus] = {}  # side -> circuit, rate-limit wait, held, last error
 
 
 class HistoryEntry(msgspec.Struct, frozen=True):
     at: float
-    event: str
+    event: str  # create, update, delete (a sync), conflict, retry, failed, manual_retry
     detail: str | None
+    direction: str | None = None  # a_to_b or b_to_a
 
 
 class RecordStatus(msgspec.Struct, frozen=True):
@@ -283,6 +303,24 @@ class PipelineStats(msgspec.Struct, frozen=True):
     circuit: dict[str, str]  # side -> closed/open/half_open
     rate_limit: dict[str, tuple[int, int]]  # side -> (used, max) in the window
     restarts: int
+    sides: dict[str, SideStatus] = {}
+
+
+class SettingValue(msgspec.Struct, frozen=True):
+    value: Any
+    source: str  # default, defaults, customer, pipeline, override
+    where: str  # e.g. "customer_settings.toml [customers.acme]", "built-in default"
+
+
+class PipelineSettings(msgspec.Struct, frozen=True):
+    """`config show`: one pipeline's effective settings and side options (secrets masked)."""
+
+    pipeline: str
+    customer: str
+    name: str
+    rules: str
+    settings: dict[str, SettingValue]  # nested tables flattened: "rate_limit.max_requests"
+    sides: dict[str, dict[str, SettingValue]]  # side -> "connector" and its options
 
 
 class VerifyCategory(msgspec.Struct, frozen=True):
@@ -319,7 +357,7 @@ class VerifyResult(msgspec.Struct, frozen=True):
 
 RESULT_TYPES: tuple[type[msgspec.Struct], ...] = (
     StatusResult, PipelineStatus, RecordStatus, FailedRecord, ReloadResult, CountResult,
-    PipelineStats, Event, VerifyResult,
+    PipelineStats, Event, VerifyResult, SideStatus, SettingValue, PipelineSettings,
 )
 
 request_decoder = msgspec.msgpack.Decoder(Request)

@@ -33,19 +33,21 @@ from recsync.config import (
 )
 from recsync.connectors import connector_names, get_connector_class
 from recsync.daemon import protocol as p
+from recsync.daemon.configshow import pipeline_settings
 from recsync.daemon.records import (
     failed_records,
     pipeline_counts,
     pipeline_cursors,
     record_status,
 )
+from recsync.daemon.sides import side_statuses
 from recsync.daemon.verifier import Verifier
 from recsync.errors import ConfigError, ControlError, RecsyncError
 from recsync.messages import Change, ChangePage, key_text
 
 log = logging.getLogger(__name__)
 INLINE = (p.StatusGet, p.FailedList, p.StatsGet, p.SnapshotGet, p.RulesShow, p.RulesTest,
-          p.CrmsList, p.CrmsSchema)
+          p.CrmsList, p.CrmsSchema, p.ConfigShow)
 
 
 class ControlService:
@@ -63,6 +65,7 @@ class ControlService:
             p.StatsGet: self.stats, p.SnapshotGet: self.snapshot,
             p.MockPush: self.mock_push, p.MockList: self.mock_list,
             p.MockFaults: self.mock_faults, p.VerifyRun: self.verify_run,
+            p.ConfigShow: self.config_show,
         }
 
     @staticmethod
@@ -112,7 +115,8 @@ class ControlService:
                                   config_error=self.daemon.config_error)
         records = []
         for cfg in self.config.pipelines.values():
-            found = record_status(self._state_path(cfg), cfg.id, key_text(cmd.record_id))
+            found = record_status(self._state_path(cfg), cfg.id, key_text(cmd.record_id),
+                                  cfg.settings.history_per_record)
             if found is not None:
                 records.append(found)
         if not records:
@@ -137,7 +141,8 @@ class ControlService:
                 synced_b_to_a=counts["synced_b_to_a"], conflicts=counts["conflicts"],
                 restarts=int(h.get("restarts", 0)),
                 cursors=pipeline_cursors(self._state_path(cfg)),
-                warnings=list(h.get("warnings", []))))
+                warnings=list(h.get("warnings", [])),
+                sides=side_statuses(h, self.daemon.clock.time())))
         return out
 
     def failed(self, cmd: p.FailedList) -> list[p.FailedRecord]:
@@ -163,6 +168,19 @@ class ControlService:
             "rules": sorted(self.config.rules),
             "last_reload": self.daemon.last_reload,
         }
+
+    def config_show(self, cmd: p.ConfigShow) -> list[p.PipelineSettings]:
+        config = self.config
+        if cmd.customer is None and cmd.pipeline is None:
+            chosen = [config.pipelines[pid] for pid in sorted(config.pipelines)]
+        elif cmd.customer is None:
+            chosen = [c for pid, c in sorted(config.pipelines.items()) if c.name == cmd.pipeline]
+            if not chosen:
+                raise ControlError("NOT_FOUND", f"no customer has a pipeline {cmd.pipeline!r}; "
+                                                "see `recsync status` for the list.")
+        else:
+            chosen = sorted(self._pipelines(cmd.customer, cmd.pipeline), key=lambda c: c.id)
+        return [pipeline_settings(config, c) for c in chosen]
 
     def rules_show(self, cmd: p.RulesShow) -> dict[str, Any]:
         sets = self.config.rules

@@ -155,12 +155,11 @@ class Store:
                 (name, by),
             )
 
-    def _history(self, rows: Iterable[tuple[str, str, str | None]]) -> None:
+    def _history(self, rows: Iterable[tuple[str, str, str | None]],
+                 direction: str | None = None) -> None:
         now = self.clock.time()
-        self.db.executemany(
-            "INSERT INTO history (key, at, event, detail) VALUES (?, ?, ?, ?)",
-            [(k, now, e, d) for k, e, d in rows],
-        )
+        self._rows([(k, now, e, d, direction) for k, e, d in rows],
+                   "INSERT INTO history (key, at, event, detail, direction)")
 
     def cursor(self, side: Side) -> str | None:
         row = self.db.execute("SELECT cursor FROM cursors WHERE side = ?", (side,)).fetchone()
@@ -412,7 +411,7 @@ class Store:
         self.db.executemany("DELETE FROM queue WHERE direction = ? AND key = ?", drop)
         self._put_queue([self._row(*r) for r in queue_rows], now)
         if history:
-            self._history(history)
+            self._history(history, direction)
         self._bump("conflicts", stats.conflicts)
 
     def _all_new_direct(
@@ -536,6 +535,7 @@ class Store:
         made: list[ItemOutcome] = []  # created on the target under a key of its own
         db.execute("BEGIN IMMEDIATE")
         try:
+            on_target = self._on_side(target, [o.key for o in outcomes if o.status == "synced"])
             if direct is not None:
                 self._queue_unsynced(direction, outcomes, direct, now)
             for o in outcomes:
@@ -551,12 +551,17 @@ class Store:
                     if direct is None:
                         done.append((direction, o.key, o.gen))
                     written.append((o.key, o.hash, written_at, now, o.src_hash))
+                    op = ("delete" if o.hash is None
+                          else "update" if o.key in on_target else "create")
                     if o.winner is not None:
                         stats.conflicts += 1
                         history.append((o.key, "conflict", f"found at write; {o.winner} wins"))
+                        history.append((o.key, op, f"after a conflict: {o.winner} wins"))
                         if o.winner == "merged":
                             requeue.append(
                                 self._row(back, o.key, o.content, o.hash, o.hash, now, now))
+                    else:
+                        history.append((o.key, op, None))
                 elif o.status == "superseded":
                     stats.conflicts += 1
                     if direct is None:
@@ -627,7 +632,7 @@ class Store:
                                                         now))
                 self._rekeys = True
             self._put_queue(requeue, now)
-            self._history(history)
+            self._history(history, direction)
             self._bump(f"synced_{direction}", stats.synced)
             self._bump(f"failed_{direction}", stats.failed)
             self._bump("conflicts", stats.conflicts)
@@ -654,6 +659,21 @@ class Store:
                 rows.append((direction, i.key, i.op, _encode(i.content), i.hash, i.src_hash,
                              i.modified, direct.observed, o.gen, "ready", 0, now, now, now))
         self._rows(rows, _QUEUE_INSERT, "ON CONFLICT (direction, key) DO NOTHING")
+
+    def _on_side(self, side: Side, keys: Sequence[str]) -> set[str]:
+        """Which of ``keys`` the links know to be on ``side`` (before a write changes it)."""
+        found: set[str] = set()
+        if not keys or not self._any_link():
+            return found
+        for part in _chunks(keys):
+            marks = ",".join("?" * len(part))
+            found.update(r[0] for r in self.db.execute(
+                f"SELECT key FROM links WHERE {side}_hash IS NOT NULL AND key IN ({marks})",
+                part))
+        return found
+
+    def _any_link(self) -> bool:
+        return bool(self.db.execute("SELECT EXISTS (SELECT 1 FROM links)").fetchone()[0])
 
     def _has_ready(self, direction: Direction) -> bool:
         row = self.db.execute(
@@ -740,6 +760,38 @@ class Store:
 
     def allow_mass_delete(self, side: Side) -> None:
         self._set_meta(f"allow_deletes_{side}", 1)
+
+    def prune_history(self, per_record: int, days: float) -> int:
+        """Drop history older than ``days`` and all but the newest ``per_record`` entries of
+        each record; returns how many went. Records are looked at when they got entries
+        since the last prune (all of them when ``per_record`` changed), so a prune costs
+        in proportion to the recent activity, not to the size of the history."""
+        db = self.db
+        cutoff = self.clock.time() - days * 86400.0
+        since = int(self.meta("history_pruned_id", 0) or 0)
+        if self.meta("history_pruned_limit") != per_record:
+            since = 0
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            top = int(db.execute("SELECT COALESCE(MAX(id), 0) FROM history").fetchone()[0])
+            # ids grow with time: the old entries are the first ones
+            row = db.execute("SELECT id FROM history WHERE at >= ? ORDER BY id LIMIT 1",
+                             (cutoff,)).fetchone()
+            gone = db.execute("DELETE FROM history WHERE id < ?",
+                              (top + 1 if row is None else row[0],)).rowcount
+            if top > since:
+                gone += db.execute(
+                    "DELETE FROM history WHERE id IN (SELECT id FROM ("
+                    "SELECT id, ROW_NUMBER() OVER (PARTITION BY key ORDER BY id DESC) AS n "
+                    "FROM history WHERE key IN (SELECT key FROM history WHERE id > ?)) "
+                    "WHERE n > ?)", (since, per_record)).rowcount
+            self._set_meta("history_pruned_id", top)
+            self._set_meta("history_pruned_limit", per_record)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return gone
 
     # ---- repair (`recsync verify --repair`) -----------------------------------------------
     def repair(

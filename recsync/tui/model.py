@@ -61,6 +61,8 @@ class PipelineView:
     events: deque[tuple[float, str, str]] = field(default_factory=lambda: deque(maxlen=EVENTS))
     actors: dict[str, int] = field(default_factory=dict)  # actor -> failures seen
     cursors: dict[str, str | None] = field(default_factory=dict)
+    # side -> circuit, circuit_retry_at, rate_limited_until, held_delete, last_error(_at)
+    sides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def systems(self) -> str:
@@ -102,6 +104,12 @@ class PipelineView:
             if key in data:
                 setattr(self, key, data[key])
         self.synced = int(data.get("synced_a_to_b", 0)) + int(data.get("synced_b_to_a", 0))
+        self._apply_sides(data)
+
+    def _apply_sides(self, data: dict[str, Any]) -> None:
+        sides = data.get("sides")
+        if isinstance(sides, dict):
+            self.sides = {str(k): dict(v) for k, v in sides.items() if isinstance(v, dict)}
 
     def apply_stats(self, data: dict[str, Any], sample: bool = True) -> None:
         self.has_stats = True
@@ -110,6 +118,7 @@ class PipelineView:
                 setattr(self, key, data[key])
         self.circuit = dict(data.get("circuit") or {})
         self.rate_limit = {k: list(v) for k, v in (data.get("rate_limit") or {}).items()}
+        self._apply_sides(data)
         if sample:
             self.rates.append(float(data.get("rate", 0.0)))
 

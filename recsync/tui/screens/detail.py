@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.markup import escape
 from textual.binding import Binding
 from textual.containers import VerticalScroll
@@ -10,6 +12,26 @@ from textual.widgets import DataTable, Label, Sparkline, Static
 
 from recsync.tui.model import NA, Model, clock
 from recsync.tui.screens.base import DashboardScreen
+
+
+def sides_text(sides: dict[str, dict[str, Any]]) -> str:
+    """A line per side that something holds up or went wrong on ('' when none)."""
+    lines = []
+    for side, data in sorted(sides.items()):
+        parts = []
+        if data.get("circuit") not in (None, "closed"):
+            retry = data.get("circuit_retry_at")
+            parts.append(f"circuit {data['circuit']}"
+                         + (f" (next probe {clock(retry)})" if retry else ""))
+        if data.get("rate_limited_until"):
+            parts.append(f"rate limited until {clock(data['rate_limited_until'])}")
+        if data.get("held_delete"):
+            parts.append(f"mass delete held: {data['held_delete']}")
+        if data.get("last_error"):
+            parts.append(f"last error {clock(data.get('last_error_at'))}: {data['last_error']}")
+        if parts:
+            lines.append(f"[b]Side {side}[/b]: " + escape("; ".join(parts)))
+    return "\n".join(lines)
 
 
 def cursors_text(cursors: dict[str, str | None]) -> str:
@@ -63,6 +85,7 @@ class DetailScreen(DashboardScreen):
             f"rate {view.rate:.1f}/s  circuit {view.circuit_text}  "
             f"rate limit {view.rate_limit_text}\n"
             f"last error: {error}"
+            + (f"\n{sides}" if (sides := sides_text(view.sides)) else "")
         )
         self.query_one("#detail-spark", Sparkline).data = list(view.rates) or [0.0]
         if view.actors:
