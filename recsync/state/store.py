@@ -52,6 +52,9 @@ class EnqueueStats:
     stale: int = 0
     conflicts: int = 0
     deletes: int = 0
+    # Deletes of records linked on the other side: what the mass-delete guard counts. A
+    # delete of a record the other side never got deletes nothing there.
+    linked_deletes: int = 0
     guarded: int = 0  # deletes held back by the mass-delete guard
     # Set when the page went to the write lane directly (see ``enqueue``): the items to
     # write now; nothing of them, nor the cursor, is on disk until ``apply`` gets them back.
@@ -176,7 +179,8 @@ class Store:
         for part in _chunks(keys):
             marks = ",".join("?" * len(part))
             for row in self.db.execute(
-                "SELECT key, op, content, hash, modified, state, src_hash, direction FROM queue "
+                "SELECT key, op, content, hash, modified, state, src_hash, direction, "
+                "attempts > 0 OR last_error IS NOT NULL FROM queue "
                 f"WHERE direction IN ('a_to_b', 'b_to_a') AND key IN ({marks})",
                 part,
             ):
@@ -218,7 +222,9 @@ class Store:
 
         Raises:
             MassDeleteBlocked: the page (or the end of a listing) would delete more than
-                ``mass_delete_share`` of the records linked on the other side.
+                ``mass_delete_share`` of the records linked on the other side. Only deletes
+                of such records count: a delete of a record the other side never got
+                cancels its queued create (deletes nothing there).
         """
         stats = EnqueueStats()
         db = self.db
@@ -249,11 +255,11 @@ class Store:
             if direct_only and stats.direct is None:
                 db.execute("ROLLBACK")
                 return EnqueueStats(declined=True)
-            if mass_delete_share > 0 and stats.deletes >= mass_delete_min:
+            if mass_delete_share > 0 and stats.linked_deletes >= mass_delete_min:
                 total = self._linked_count(other(side))
                 allowed = int(self.meta(f"allow_deletes_{side}", 0) or 0)
-                if stats.deletes > mass_delete_share * total and not allowed:
-                    raise MassDeleteBlocked(side, stats.deletes, total)
+                if stats.linked_deletes > mass_delete_share * total and not allowed:
+                    raise MassDeleteBlocked(side, stats.linked_deletes, total)
                 if allowed:
                     self._set_meta(f"allow_deletes_{side}", 0)
             if save_cursor and stats.direct is None:
@@ -338,8 +344,15 @@ class Store:
                     link_rows.append((c.key, side, None, c.modified))
                 if other_hash is None:  # the other side never got it
                     if same is not None and c.key not in in_flight_same:
-                        drop.append((direction, c.key))
                         stats.deletes += 1
+                        if same[8] and same[1] == "upsert" and allowed(direction, "delete"):
+                            # A write of it was tried and may have landed after all (a
+                            # dropped answer): a delete instead, a no-op if it did not.
+                            stats.queued += 1
+                            queue_rows.append((direction, c.key, None, None, None,
+                                               c.modified, observed))
+                        else:
+                            drop.append((direction, c.key))  # cancel the queued create
                     if same is None or c.key not in in_flight_same:
                         continue
                 op = "delete"
@@ -369,6 +382,8 @@ class Store:
                     src_hash = None
             if c.op == "delete" or content is None:
                 stats.deletes += 1
+                if other_hash is not None:
+                    stats.linked_deletes += 1
             stats.queued += 1
             queue_rows.append((direction, c.key, content, chash, src_hash, c.modified, observed))
         self._save_links(link_rows)

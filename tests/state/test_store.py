@@ -323,3 +323,30 @@ def test_a_record_named_twice_in_a_page_ends_as_its_later_change(
                           clock.time(), RULES, direct_limit=10)
     assert stats.direct is None and stats.unchanged == 1
     assert store.lease("a_to_b", 10, frozenset()) == []
+
+
+def test_deleting_never_synced_records_cancels_their_creates_and_is_not_guarded(
+    store: Store, clock: FakeClock
+) -> None:
+    store.enqueue("a", [change(str(k), f"n{k}") for k in range(10)], "c1", clock.time(), RULES)
+    sync_all(store, "a_to_b", clock)  # 10 linked on b
+    clock.advance(1)
+    # 20 creates queued while b is down; the first 5 were tried and refused.
+    store.enqueue("a", [change(str(k), f"n{k}") for k in range(100, 120)], "c2", clock.time(),
+                  RULES)
+    tried = store.lease("a_to_b", 5, frozenset())
+    store.apply("a_to_b", [ItemOutcome(i.key, i.gen, "retry", error="HTTP 503") for i in tried],
+                RetryPolicy(), clock.time())
+    clock.advance(1)
+    stats = store.enqueue("a", [change(str(k), None) for k in range(100, 120)], "c3",
+                          clock.time(), RULES, mass_delete_share=0.5, mass_delete_min=5)
+    assert (stats.deletes, stats.linked_deletes) == (20, 0)
+    assert store.cursor("a") == "c3"
+    # untried creates are cancelled; a tried one may have landed: a delete instead
+    rows = store.db.execute("SELECT key, op FROM queue ORDER BY key").fetchall()
+    assert rows == sorted((i.key, "delete") for i in tried)
+    # deletes of linked records still count
+    with pytest.raises(MassDeleteBlocked) as err:
+        store.enqueue("a", [change(str(k), None) for k in range(6)], "c4", clock.time(), RULES,
+                      mass_delete_share=0.5, mass_delete_min=5)
+    assert (err.value.count, err.value.total) == (6, 10)
