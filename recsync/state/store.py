@@ -7,6 +7,7 @@ state runs in one transaction, so ``kill -9`` at any point leaves a consistent f
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from recsync.messages import Direction, ItemOutcome, Prepared, Side, WorkItem
 from recsync.resilience import backoff_delay
 from recsync.rules import RuleSet
 from recsync.sqlbulk import execute_rows, values_marks
+from recsync.state.errors import rollback, state_error, translate
 from recsync.state.schema import connect
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -107,8 +109,11 @@ class Store:
     def __init__(self, path: Path, clock: Clock | None = None) -> None:
         self.path = path
         self.clock = clock or SystemClock()
-        self.db = connect(path)
-        row = self.db.execute("SELECT COALESCE(MAX(gen), 0) FROM queue").fetchone()
+        try:
+            self.db = connect(path)
+            row = self.db.execute("SELECT COALESCE(MAX(gen), 0) FROM queue").fetchone()
+        except (sqlite3.Error, OSError) as exc:
+            raise state_error(path, exc) from exc
         self._gen = int(row[0])
         self._sql_cache: dict[tuple[str, str, int], str] = {}
 
@@ -135,6 +140,7 @@ class Store:
         self._gen += 1
         return self._gen
 
+    @translate
     def meta(self, name: str, default: Any = None) -> Any:
         row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         return default if row is None else row[0]
@@ -157,6 +163,7 @@ class Store:
             [(k, now, e, d) for k, e, d in rows],
         )
 
+    @translate
     def cursor(self, side: Side) -> str | None:
         row = self.db.execute("SELECT cursor FROM cursors WHERE side = ?", (side,)).fetchone()
         return None if row is None else row[0]
@@ -188,6 +195,7 @@ class Store:
         return found
 
     # ---- enqueue ------------------------------------------------------------------------
+    @translate
     def enqueue(
         self,
         side: Side,
@@ -253,7 +261,7 @@ class Store:
                 flying.get(direction_from(side), frozenset()),
                 flying.get(direction_from(other(side)), frozenset()), direct_limit)
             if direct_only and stats.direct is None:
-                db.execute("ROLLBACK")
+                rollback(db)
                 return EnqueueStats(declined=True)
             if mass_delete_share > 0 and stats.linked_deletes >= mass_delete_min:
                 total = self._linked_count(other(side))
@@ -268,7 +276,7 @@ class Store:
                 )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            rollback(db)
             raise
         return stats
 
@@ -460,6 +468,7 @@ class Store:
                 f"{side}_modified = excluded.{side}_modified")
 
     # ---- lease and results --------------------------------------------------------------
+    @translate
     def lease(self, direction: Direction, limit: int, exclude: frozenset[str]) -> list[WorkItem]:
         """Up to ``limit`` due items (oldest due first), skipping keys in ``exclude``.
 
@@ -483,6 +492,7 @@ class Store:
             if r[0] not in exclude
         ][:limit]
 
+    @translate
     def apply(
         self,
         direction: Direction,
@@ -608,7 +618,7 @@ class Store:
                            (direct.side, direct.cursor))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            rollback(db)
             raise
         return stats
 
@@ -635,6 +645,7 @@ class Store:
         return bool(row.fetchone()[0])
 
     # ---- queries ------------------------------------------------------------------------
+    @translate
     def counts(self) -> dict[str, int]:
         """Queue depth by state and direction, plus totals kept in meta."""
         out: dict[str, int] = {}
@@ -649,39 +660,49 @@ class Store:
             out[f"total_{name}"] = int(value)
         return out
 
+    @translate
     def next_due(self) -> float | None:
         row = self.db.execute(
             "SELECT MIN(next_at) FROM queue WHERE state = 'ready'"
         ).fetchone()
         return None if row[0] is None else float(row[0])
 
+    @translate
     def has_pending(self) -> bool:
         row = self.db.execute("SELECT EXISTS (SELECT 1 FROM queue WHERE state != 'failed')")
         return bool(row.fetchone()[0])
 
+    @translate
     def pending(self) -> int:
         """Items not yet synced and not failed (ready, waiting for a retry, or in flight)."""
         row = self.db.execute("SELECT COUNT(*) FROM queue WHERE state != 'failed'").fetchone()
         return int(row[0])
 
+    @translate
     def retry_failed(self, keys: Sequence[str] | None = None) -> int:
         """Make failed items ready again with fresh attempts (all when ``keys`` is None)."""
         now = self.clock.time()
         self.db.execute("BEGIN IMMEDIATE")
-        if keys is None:
-            keys = [r[0] for r in self.db.execute("SELECT key FROM queue WHERE state='failed'")]
-        n = 0
-        for part in _chunks(list(keys)):
-            marks = ",".join("?" * len(part))
-            n += self.db.execute(
-                "UPDATE queue SET state = 'ready', attempts = 0, next_at = ?, updated_at = ? "
-                f"WHERE state = 'failed' AND key IN ({marks})",
-                (now, now, *part),
-            ).rowcount
-        self._history((k, "manual_retry", None) for k in keys)
-        self.db.execute("COMMIT")
+        try:
+            if keys is None:
+                keys = [r[0] for r in
+                        self.db.execute("SELECT key FROM queue WHERE state='failed'")]
+            n = 0
+            for part in _chunks(list(keys)):
+                marks = ",".join("?" * len(part))
+                n += self.db.execute(
+                    "UPDATE queue SET state = 'ready', attempts = 0, next_at = ?, "
+                    f"updated_at = ? WHERE state = 'failed' AND key IN ({marks})",
+                    (now, now, *part),
+                ).rowcount
+            self._history((k, "manual_retry", None) for k in keys)
+            self.db.execute("COMMIT")
+        except BaseException:
+            rollback(self.db)
+            raise
         return n
 
+    @translate
     def use_rules(self, fingerprint: str) -> bool:
         """Note the rules in force; when they changed, mark every link's hashes stale.
 
@@ -690,10 +711,15 @@ class Store:
         if self.meta("rules_fingerprint") == fingerprint:
             return False
         self.db.execute("BEGIN IMMEDIATE")
-        self.db.execute("UPDATE links SET stale = 1 WHERE stale = 0")
-        self._set_meta("rules_fingerprint", fingerprint)
-        self.db.execute("COMMIT")
+        try:
+            self.db.execute("UPDATE links SET stale = 1 WHERE stale = 0")
+            self._set_meta("rules_fingerprint", fingerprint)
+            self.db.execute("COMMIT")
+        except BaseException:
+            rollback(self.db)
+            raise
         return True
 
+    @translate
     def allow_mass_delete(self, side: Side) -> None:
         self._set_meta(f"allow_deletes_{side}", 1)
