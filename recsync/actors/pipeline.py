@@ -21,7 +21,7 @@ from recsync.actors.systems import Systems
 from recsync.clock import Clock
 from recsync.config import PipelineConfig
 from recsync.connectors import get_connector_class
-from recsync.errors import RecsyncError
+from recsync.errors import RecsyncError, StateUnavailable
 from recsync.messages import ChangePage, Side
 from recsync.rules import RuleSet
 
@@ -32,11 +32,13 @@ ASK_TIMEOUT = 10.0
 
 
 class PipelineStartError(RecsyncError):
-    """A pipeline's actors could not all start; ``fatal`` when a restart cannot help."""
+    """A pipeline's actors could not all start; ``fatal`` when a restart cannot help,
+    ``transient`` when its state storage is unavailable for now (wait, then start again)."""
 
-    def __init__(self, message: str, fatal: bool = False) -> None:
+    def __init__(self, message: str, fatal: bool = False, transient: bool = False) -> None:
         super().__init__(message)
         self.fatal = fatal
+        self.transient = transient
 
 
 class Peers:
@@ -131,8 +133,10 @@ class Pipeline:
             failure = self.start_failure
             if failure is not None:
                 raise PipelineStartError(f"{failure.actor}: {failure.error}",
-                                         fatal=failure.fatal) from exc
-            raise PipelineStartError(str(exc) or type(exc).__name__) from exc
+                                         fatal=failure.fatal,
+                                         transient=failure.transient) from exc
+            raise PipelineStartError(str(exc) or type(exc).__name__,
+                                     transient=isinstance(exc, StateUnavailable)) from exc
         self._start_timers()
         if self.paused:
             self.set_paused(True)
