@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -47,8 +48,20 @@ def state_error(path: Path, exc: BaseException) -> StateError:
         return StateUnavailable(text) if transient else StateError(text)
     raw = getattr(exc, "sqlite_errorcode", None)
     primary = None if raw is None else int(raw) & 0xFF
-    text = f"state file {path}: {exc}; {_advice(primary, path)}"
+    reason = str(exc)
+    if primary == _IOERR and _disk_full(path.parent):
+        # opening a WAL database needs room for its -shm file: SQLite says I/O error
+        reason, primary = f"{reason} (the disk is full)", _FULL
+    text = f"state file {path}: {reason}; {_advice(primary, path)}"
     return StateUnavailable(text) if primary in _TRANSIENT else StateError(text)
+
+
+def _disk_full(folder: Path) -> bool:
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < 64 * 1024
 
 
 class _HasPath(Protocol):
