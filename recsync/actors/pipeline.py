@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from recsync.connectors import get_connector_class
 from recsync.errors import RecsyncError, StateUnavailable
 from recsync.messages import ChangePage, Side
 from recsync.rules import RuleSet
+from recsync.state.paths import state_file_name
 
 log = logging.getLogger(__name__)
 START_ORDER = ("rate_limiter", "connector_a", "connector_b", "queue", "rules", "poller_a",
@@ -52,8 +52,8 @@ class Peers:
 
 
 def state_file(state_dir: Path, pipeline_id: str) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", pipeline_id.replace("/", "__"))
-    return state_dir / f"{safe}.sqlite"
+    """The pipeline's own state file (never shared: see ``recsync.state.paths``)."""
+    return state_dir / state_file_name(pipeline_id)
 
 
 class Pipeline:

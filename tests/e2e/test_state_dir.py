@@ -126,3 +126,52 @@ def test_a_read_only_state_dir_is_refused_naming_it(tmp_path: Path) -> None:
     assert f"state directory {state} cannot be written" in done.stderr, done.stderr
     assert "Read-only file system" in done.stderr
     assert not users(tmp_path / "b.sqlite")
+
+
+def two_customers(folder: Path) -> None:
+    """Customer x pipeline y__z and customer x__y pipeline z: one state file, once."""
+    for n, rows in ((1, 3), (2, 4)):
+        make_users(folder / f"a{n}.sqlite", [(i, f"P{n} {i}", None, "active")
+                                            for i in range(1, rows + 1)])
+        make_users(folder / f"b{n}.sqlite", [])
+    write_config(folder, SIDE.format("a1.sqlite"), SIDE.format("b1.sqlite"), rules=RULES)
+    text = (folder / "customer_settings.toml").read_text()
+    text = text.replace("[customers.test.pipelines.p]", "[customers.x.pipelines.y__z]")
+    text += (f'\n[customers.x__y.pipelines.z]\nrules = "contacts"\n'
+             f'a = {SIDE.format("a2.sqlite")}\nb = {SIDE.format("b2.sqlite")}\n')
+    (folder / "customer_settings.toml").write_text(text)
+
+
+def test_pipelines_whose_old_state_file_names_collide_keep_their_own_state(
+    tmp_path: Path,
+) -> None:
+    two_customers(tmp_path)
+    for _ in range(2):  # the second run finds each pipeline's own cursors and links
+        done = run_once(tmp_path)
+        assert done.returncode == 0, done.stdout + done.stderr
+        for n in (1, 2):
+            assert users(tmp_path / f"b{n}.sqlite") == users(tmp_path / f"a{n}.sqlite")
+    assert "x/y__z: running, a->b 0 synced, b->a 0 synced" in done.stdout, done.stdout
+    assert "x__y/z: running, a->b 0 synced, b->a 0 synced" in done.stdout, done.stdout
+    files = sorted(p.name for p in (tmp_path / "state").glob("*.sqlite"))
+    assert files == ["x+5f+5fy__z.sqlite", "x__y__z.sqlite"]
+
+
+def test_a_state_file_under_its_old_name_is_carried_over(tmp_path: Path) -> None:
+    two_customers(tmp_path)
+    text = (tmp_path / "customer_settings.toml").read_text()
+    (tmp_path / "customer_settings.toml").write_text(
+        text.split("[customers.x.pipelines.y__z]")[0]
+        + "[customers.x__y.pipelines.z]" + text.split("[customers.x__y.pipelines.z]")[1])
+    state = tmp_path / "state"
+    done = run_once(tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # as an earlier version named it
+    (state / "x+5f+5fy__z.sqlite").rename(state / "x__y__z.sqlite")
+    sql(tmp_path / "a2.sqlite", "UPDATE users SET full_name = 'Changed' WHERE record_id = 1")
+    done = run_once(tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # its cursors and links were found: only the one change is synced
+    assert "x__y/z: running, a->b 1 synced, b->a 0 synced" in done.stdout, done.stdout
+    assert sorted(p.name for p in state.glob("*.sqlite")) == ["x+5f+5fy__z.sqlite"]
+    assert users(tmp_path / "b2.sqlite") == users(tmp_path / "a2.sqlite")
