@@ -3,9 +3,11 @@ second daemon, and a full or read-only state disk is reported as such and waited
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -175,3 +177,42 @@ def test_a_state_file_under_its_old_name_is_carried_over(tmp_path: Path) -> None
     assert "x__y/z: running, a->b 1 synced, b->a 0 synced" in done.stdout, done.stdout
     assert sorted(p.name for p in state.glob("*.sqlite")) == ["x+5f+5fy__z.sqlite"]
     assert users(tmp_path / "b2.sqlite") == users(tmp_path / "a2.sqlite")
+
+
+def status_of(endpoint: str) -> dict[str, object]:
+    done = subprocess.run([sys.executable, "-m", "recsync.cli", "--endpoint", endpoint,
+                           "--json", "status"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (pipe,) = json.loads(done.stdout)["pipelines"]
+    return pipe  # type: ignore[no-any-return]
+
+
+def test_status_shows_a_full_state_disk_and_the_daemon_resumes_by_itself(
+    tmp_path: Path,
+) -> None:
+    pipeline(tmp_path)
+    a, b = tmp_path / "a.sqlite", tmp_path / "b.sqlite"
+    with small_disk(tmp_path / "state") as state:
+        proc = subprocess.Popen(recsyncd_cmd(tmp_path, state), env=env(tmp_path, "run"),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            endpoint = f"ipc://{tmp_path}/run/control.sock"
+            wait_for(lambda: (tmp_path / "run" / "control.sock").exists() and users(b)
+                     == users(a), what="the first sync")
+            filler = fill(state)
+            sql(a, "INSERT INTO users (record_id, full_name) VALUES (6, 'Six')")
+            pipe = wait_for(lambda: (p := status_of(endpoint))["state"] == "backoff"
+                            and "disk is full" in str(p["error"]) and p,
+                            what="status to show the full disk")
+            assert str(state / "test__p.sqlite") in str(pipe["error"])
+            filler.unlink()
+            wait_for(lambda: status_of(endpoint)["state"] == "running" and users(b) == users(a)
+                     and not sql(state / "test__p.sqlite", "SELECT key FROM queue"),
+                     timeout=60, what="the daemon to resume by itself")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
