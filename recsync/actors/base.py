@@ -9,7 +9,7 @@ from typing import Any
 import pykka
 
 from recsync.actors.protocol import Call, ChildFailed, Crash, Ping
-from recsync.errors import ConnectorConfigError
+from recsync.errors import ConnectorConfigError, StateUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +59,14 @@ class PipelineActor(pykka.ThreadingActor):
 
     def _report_failure(self, exc: BaseException | None, fatal: bool = False) -> None:
         error = str(exc) or type(exc).__name__
+        transient = isinstance(exc, StateUnavailable)
         log.error(
             "actor failed",
             extra={"pipeline": self.pipeline, "actor": self.role, "error": error},
-            exc_info=not fatal,
+            exc_info=not (fatal or transient),
         )
-        self._report(ChildFailed(self.pipeline, self.incarnation, self.role, error, fatal))
+        self._report(ChildFailed(self.pipeline, self.incarnation, self.role, error, fatal,
+                                 transient))
 
     def on_receive(self, message: Any) -> Any:
         handler = self._handlers.get(type(message))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,10 @@ from recsync.actors.systems import Systems
 from recsync.clock import Clock
 from recsync.config import PipelineConfig
 from recsync.connectors import get_connector_class
-from recsync.errors import RecsyncError
+from recsync.errors import RecsyncError, StateUnavailable
 from recsync.messages import ChangePage, Side
 from recsync.rules import RuleSet
+from recsync.state.paths import state_file_name
 
 log = logging.getLogger(__name__)
 START_ORDER = ("rate_limiter", "connector_a", "connector_b", "queue", "rules", "poller_a",
@@ -33,11 +33,13 @@ ASK_TIMEOUT = 10.0
 
 
 class PipelineStartError(RecsyncError):
-    """A pipeline's actors could not all start; ``fatal`` when a restart cannot help."""
+    """A pipeline's actors could not all start; ``fatal`` when a restart cannot help,
+    ``transient`` when its state storage is unavailable for now (wait, then start again)."""
 
-    def __init__(self, message: str, fatal: bool = False) -> None:
+    def __init__(self, message: str, fatal: bool = False, transient: bool = False) -> None:
         super().__init__(message)
         self.fatal = fatal
+        self.transient = transient
 
 
 class Peers:
@@ -51,8 +53,8 @@ class Peers:
 
 
 def state_file(state_dir: Path, pipeline_id: str) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", pipeline_id.replace("/", "__"))
-    return state_dir / f"{safe}.sqlite"
+    """The pipeline's own state file (never shared: see ``recsync.state.paths``)."""
+    return state_dir / state_file_name(pipeline_id)
 
 
 class Pipeline:
@@ -137,8 +139,10 @@ class Pipeline:
             failure = self.start_failure
             if failure is not None:
                 raise PipelineStartError(f"{failure.actor}: {failure.error}",
-                                         fatal=failure.fatal) from exc
-            raise PipelineStartError(str(exc) or type(exc).__name__) from exc
+                                         fatal=failure.fatal,
+                                         transient=failure.transient) from exc
+            raise PipelineStartError(str(exc) or type(exc).__name__,
+                                     transient=isinstance(exc, StateUnavailable)) from exc
         self._start_timers()
         if self.paused:
             self.set_paused(True)

@@ -105,10 +105,14 @@ class ChildFailed(msgspec.Struct, frozen=True):
     actor: str
     error: str
     fatal: bool = False  # a configuration problem: restarting cannot help
+    # the state storage is unavailable for now (disk full, I/O error, read-only folder):
+    # wait and start again, however often, never fatal
+    transient: bool = False
 
 
 class RestartPipeline(msgspec.Struct, frozen=True):
     pipeline: str
+    waited: bool = False  # after waiting for the state storage: not a crash restart
 
 
 class Call(msgspec.Struct, frozen=True):

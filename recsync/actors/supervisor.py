@@ -5,6 +5,11 @@ fresh set of actors resumes exactly where the old one stopped. At most ``max_res
 restarts in ``within`` seconds; past that the pipeline waits in ``backoff`` and tries
 again, and after ``max_backoffs`` such rounds it is ``fatal`` (stopped until reload).
 One pipeline's failure never touches another.
+
+A failure of the state storage (disk full, I/O error, read-only folder: ``transient``)
+is no crash: the pipeline waits in ``backoff`` with the reason as its error, starts again
+after ``backoff`` seconds, doubling up to ``max_wait``, for as long as it takes, and runs
+on by itself once the storage takes writes again.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class RestartPolicy:
     within: float = 60.0
     backoff: float = 5.0
     max_backoffs: int = 3
+    max_wait: float = 60.0  # longest wait between starts while the state storage fails
 
 
 class Supervisor(pykka.ThreadingActor):
@@ -57,6 +63,7 @@ class Supervisor(pykka.ThreadingActor):
         self.restart_times: dict[str, deque[float]] = {}
         self.backoffs: dict[str, int] = {}
         self.last_failure: dict[str, float] = {}
+        self.storage_waits: dict[str, int] = {}
         self.on_event = on_event or (lambda kind, data: None)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -82,6 +89,9 @@ class Supervisor(pykka.ThreadingActor):
             pipeline.start()
         except Exception as exc:
             pipeline.error = str(exc) or type(exc).__name__
+            if isinstance(exc, PipelineStartError) and exc.transient:
+                self._wait_for_storage(pipeline)
+                return False
             fatal = isinstance(exc, PipelineStartError) and exc.fatal
             if fatal or (isinstance(exc, RecsyncError) and not isinstance(exc, PipelineStartError)):
                 pipeline.state = "error"
@@ -118,7 +128,12 @@ class Supervisor(pykka.ThreadingActor):
         elif isinstance(message, RestartPipeline):
             pipeline = self.pipelines.get(message.pipeline)
             if pipeline is not None and pipeline.state == "backoff":
-                self._restart(pipeline)
+                if message.waited:
+                    pipeline.restarts += 1
+                    pipeline.state = "restarting"
+                    self._try_start(pipeline)
+                else:
+                    self._restart(pipeline)
         return None
 
     def _child_failed(self, failure: ChildFailed) -> None:
@@ -134,7 +149,29 @@ class Supervisor(pykka.ThreadingActor):
             pipeline.state = "error"
             self._event("pipeline_state", pipeline)
             return
+        if failure.transient:
+            self._wait_for_storage(pipeline)
+            return
         self._restart(pipeline)
+
+    def _wait_for_storage(self, pipeline: Pipeline) -> None:
+        """The state storage failed (``pipeline.error`` says how): wait, then start again.
+        The waits double from ``backoff`` up to ``max_wait``; never fatal."""
+        pipeline.stop_actors()
+        now = self.clock.monotonic()
+        quiet = self.policy.within + self.policy.max_wait  # the last wait, then a while fine
+        if now - self.last_failure.get(pipeline.id, now) > quiet:
+            self.storage_waits[pipeline.id] = 0  # it ran well for a while: start short again
+        self.last_failure[pipeline.id] = now
+        waits = self.storage_waits[pipeline.id] = self.storage_waits.get(pipeline.id, 0) + 1
+        delay = min(self.policy.backoff * 2 ** (waits - 1), self.policy.max_wait)
+        pipeline.state = "backoff"
+        log.warning("pipeline waits for its state storage",
+                    extra={"pipeline": pipeline.id, "error": pipeline.error, "seconds": delay})
+        self._event("pipeline_state", pipeline)
+        ref = self.actor_ref
+        self.scheduler.call_later(
+            delay, lambda: _safe_tell(ref, RestartPipeline(pipeline.id, waited=True)))
 
     def _restart(self, pipeline: Pipeline) -> None:
         pipeline.stop_actors()

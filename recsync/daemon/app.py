@@ -4,6 +4,7 @@ socket, reloads config, reports to systemd, drains on stop."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from recsync.daemon.records import pipeline_counts
 from recsync.daemon.reload import diff_configs
 from recsync.daemon.sides import side_statuses
 from recsync.errors import ConfigError, ControlError
+from recsync.state.paths import migrate_state_files
 
 log = logging.getLogger(__name__)
 DONE_STATES = ("error", "fatal")
@@ -98,6 +100,7 @@ class Daemon:
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._migrate_state_files(self.config)
         self.scheduler.start()
         self.supervisor = Supervisor.start(self.state_dir, scheduler=self.scheduler,
                                            clock=self.clock, policy=self.policy,
@@ -106,6 +109,19 @@ class Daemon:
             state = self.proxy.start_pipeline(cfg, self.config.rules[cfg.rules]).get()
             log.info("pipeline %s", state, extra={"pipeline": pid})
         self.baseline = {pid: r for pid, r in self._counts().items()}
+
+    def _migrate_state_files(self, config: AppConfig) -> None:
+        """Old-named state files of ``config``'s pipelines get their unambiguous names."""
+        try:
+            notes = migrate_state_files(self.state_dir, config.pipelines)
+        except (OSError, sqlite3.Error) as exc:
+            log.error("state files not renamed", extra={"error": f"{self.state_dir}: {exc}"})
+            return
+        for note in notes:
+            if "renamed" in note:
+                log.info(note)
+            else:
+                log.warning(note)
 
     def _on_supervisor_event(self, kind: str, data: dict[str, Any]) -> None:
         pid = data.get("pipeline")
@@ -247,6 +263,7 @@ class Daemon:
             diff = diff_configs(self.config, new)
             for pid in diff.removed:
                 self.proxy.stop_pipeline(pid).get()
+            self._migrate_state_files(new)  # with the removed ones' files closed
             for pid in diff.added:
                 cfg = new.pipelines[pid]
                 self.proxy.start_pipeline(cfg, new.rules[cfg.rules]).get()

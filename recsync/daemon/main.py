@@ -21,6 +21,7 @@ from recsync.daemon.logs import default_log_file, setup_logging
 from recsync.daemon.notify import Notifier, Watchdog
 from recsync.daemon.reload import ConfigWatcher
 from recsync.errors import ConfigError, RecsyncError
+from recsync.state.lock import StateDirLock
 
 log = logging.getLogger("recsyncd")
 
@@ -71,12 +72,21 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"recsyncd: {exc}", file=sys.stderr)
         return 2
-    daemon = Daemon(config, args.state_dir, config_dir=args.config_dir)
-    start_embedded_mocks(config, args.state_dir)
-    tune_gc()
-    if args.once:
-        return _run_once(daemon, args)
-    return _serve(daemon, args)
+    lock = StateDirLock(args.state_dir)
+    try:
+        lock.acquire()  # before anything in the state directory is touched
+    except RecsyncError as exc:
+        print(f"recsyncd: {exc}", file=sys.stderr)
+        return 2
+    try:
+        daemon = Daemon(config, args.state_dir, config_dir=args.config_dir)
+        start_embedded_mocks(config, args.state_dir)
+        tune_gc()
+        if args.once:
+            return _run_once(daemon, args)
+        return _serve(daemon, args)
+    finally:
+        lock.release()
 
 
 # Pages of records in flight are thousands of young objects that the cyclic collector

@@ -7,6 +7,7 @@ state runs in one transaction, so ``kill -9`` at any point leaves a consistent f
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from recsync.rules import RuleSet
 from recsync.sqlbulk import execute_rows, values_marks
 from recsync.state import rekeys as rekeys_mod
 from recsync.state import unreadable as unreadable_mod
+from recsync.state.errors import rollback, state_error, translate
 from recsync.state.schema import connect
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -54,6 +56,9 @@ class EnqueueStats:
     stale: int = 0
     conflicts: int = 0
     deletes: int = 0
+    # Deletes of records linked on the other side: what the mass-delete guard counts. A
+    # delete of a record the other side never got deletes nothing there.
+    linked_deletes: int = 0
     guarded: int = 0  # deletes held back by the mass-delete guard
     # Set when the page went to the write lane directly (see ``enqueue``): the items to
     # write now; nothing of them, nor the cursor, is on disk until ``apply`` gets them back.
@@ -111,8 +116,11 @@ class Store:
     def __init__(self, path: Path, clock: Clock | None = None) -> None:
         self.path = path
         self.clock = clock or SystemClock()
-        self.db = connect(path)
-        row = self.db.execute("SELECT COALESCE(MAX(gen), 0) FROM queue").fetchone()
+        try:
+            self.db = connect(path)
+            row = self.db.execute("SELECT COALESCE(MAX(gen), 0) FROM queue").fetchone()
+        except (sqlite3.Error, OSError) as exc:
+            raise state_error(path, exc) from exc
         self._gen = int(row[0])
         self._sql_cache: dict[tuple[str, str, int], str] = {}
         self._rekeys = rekeys_mod.pending(self.db)  # see recsync.state.rekeys
@@ -140,6 +148,7 @@ class Store:
         self._gen += 1
         return self._gen
 
+    @translate
     def meta(self, name: str, default: Any = None) -> Any:
         row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         return default if row is None else row[0]
@@ -161,6 +170,7 @@ class Store:
         self._rows([(k, now, e, d, direction) for k, e, d in rows],
                    "INSERT INTO history (key, at, event, detail, direction)")
 
+    @translate
     def cursor(self, side: Side) -> str | None:
         row = self.db.execute("SELECT cursor FROM cursors WHERE side = ?", (side,)).fetchone()
         return None if row is None else row[0]
@@ -183,7 +193,8 @@ class Store:
         for part in _chunks(keys):
             marks = ",".join("?" * len(part))
             for row in self.db.execute(
-                "SELECT key, op, content, hash, modified, state, src_hash, direction FROM queue "
+                "SELECT key, op, content, hash, modified, state, src_hash, direction, "
+                "attempts > 0 OR last_error IS NOT NULL FROM queue "
                 f"WHERE direction IN ('a_to_b', 'b_to_a') AND key IN ({marks})",
                 part,
             ):
@@ -191,6 +202,7 @@ class Store:
         return found
 
     # ---- enqueue ------------------------------------------------------------------------
+    @translate
     def enqueue(
         self,
         side: Side,
@@ -229,7 +241,9 @@ class Store:
 
         Raises:
             MassDeleteBlocked: the page (or the end of a listing) would delete more than
-                ``mass_delete_share`` of the records linked on the other side.
+                ``mass_delete_share`` of the records linked on the other side. Only deletes
+                of such records count: a delete of a record the other side never got
+                cancels its queued create (deletes nothing there).
         """
         stats = EnqueueStats()
         db = self.db
@@ -268,13 +282,13 @@ class Store:
                 flying.get(direction_from(side), frozenset()),
                 flying.get(direction_from(other(side)), frozenset()), direct_limit)
             if direct_only and stats.direct is None:
-                db.execute("ROLLBACK")
+                rollback(db)
                 return EnqueueStats(declined=True)
-            if mass_delete_share > 0 and stats.deletes >= mass_delete_min:
+            if mass_delete_share > 0 and stats.linked_deletes >= mass_delete_min:
                 total = self._linked_count(other(side))
                 allowed = int(self.meta(f"allow_deletes_{side}", 0) or 0)
-                if stats.deletes > mass_delete_share * total and not allowed:
-                    raise MassDeleteBlocked(side, stats.deletes, total)
+                if stats.linked_deletes > mass_delete_share * total and not allowed:
+                    raise MassDeleteBlocked(side, stats.linked_deletes, total)
                 if allowed:
                     self._set_meta(f"allow_deletes_{side}", 0)
             if save_cursor and stats.direct is None:
@@ -283,7 +297,7 @@ class Store:
                 )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            rollback(db)
             raise
         return stats
 
@@ -364,8 +378,15 @@ class Store:
                     link_rows.append((c.key, side, None, c.modified))
                 if other_hash is None:  # the other side never got it
                     if same is not None and c.key not in in_flight_same:
-                        drop.append((direction, c.key))
                         stats.deletes += 1
+                        if same[8] and same[1] == "upsert" and allowed(direction, "delete"):
+                            # A write of it was tried and may have landed after all (a
+                            # dropped answer): a delete instead, a no-op if it did not.
+                            stats.queued += 1
+                            queue_rows.append((direction, c.key, None, None, None,
+                                               c.modified, observed))
+                        else:
+                            drop.append((direction, c.key))  # cancel the queued create
                     if same is None or c.key not in in_flight_same:
                         continue
                 op = "delete"
@@ -395,6 +416,8 @@ class Store:
                     src_hash = None
             if c.op == "delete" or content is None:
                 stats.deletes += 1
+                if other_hash is not None:
+                    stats.linked_deletes += 1
             stats.queued += 1
             queue_rows.append((direction, c.key, content, chash, src_hash, c.modified, observed))
         self._save_links(link_rows)
@@ -471,6 +494,7 @@ class Store:
                 f"{side}_modified = excluded.{side}_modified")
 
     # ---- lease and results --------------------------------------------------------------
+    @translate
     def lease(self, direction: Direction, limit: int, exclude: frozenset[str]) -> list[WorkItem]:
         """Up to ``limit`` due items (oldest due first), skipping keys in ``exclude``.
 
@@ -496,6 +520,7 @@ class Store:
             if r[0] not in exclude
         ][:limit]
 
+    @translate
     def apply(
         self,
         direction: Direction,
@@ -641,7 +666,7 @@ class Store:
                            (direct.side, direct.cursor))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            rollback(db)
             raise
         return stats
 
@@ -683,6 +708,7 @@ class Store:
         return bool(row.fetchone()[0])
 
     # ---- queries ------------------------------------------------------------------------
+    @translate
     def counts(self) -> dict[str, int]:
         """Queue depth by state and direction, plus totals kept in meta."""
         out: dict[str, int] = {}
@@ -697,21 +723,25 @@ class Store:
             out[f"total_{name}"] = int(value)
         return out
 
+    @translate
     def next_due(self) -> float | None:
         row = self.db.execute(
             "SELECT MIN(next_at) FROM queue WHERE state = 'ready'"
         ).fetchone()
         return None if row[0] is None else float(row[0])
 
+    @translate
     def has_pending(self) -> bool:
         row = self.db.execute("SELECT EXISTS (SELECT 1 FROM queue WHERE state != 'failed')")
         return bool(row.fetchone()[0])
 
+    @translate
     def pending(self) -> int:
         """Items not yet synced and not failed (ready, waiting for a retry, or in flight)."""
         row = self.db.execute("SELECT COUNT(*) FROM queue WHERE state != 'failed'").fetchone()
         return int(row[0])
 
+    @translate
     def drop_unreadable(self, keys: Sequence[str] | None = None) -> tuple[int, set[Side]]:
         """Drop the failed unreadable records among ``keys`` (all when None): how many,
         and the sides they were on, which must be listed again (see
@@ -722,29 +752,37 @@ class Store:
             self._history((k, "manual_retry", "listed again") for _d, k in dropped)
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            rollback(self.db)
             raise
         return len(dropped), {"a" if d == "a_to_b" else "b" for d, _k in dropped}
 
+    @translate
     def retry_failed(self, keys: Sequence[str] | None = None) -> int:
         """Make failed items ready again with fresh attempts (all when ``keys`` is None)."""
         now = self.clock.time()
         self.db.execute("BEGIN IMMEDIATE")
-        if keys is None:
-            keys = [r[0] for r in self.db.execute(
-                "SELECT key FROM queue WHERE state = 'failed' AND op != 'unreadable'")]
-        n = 0
-        for part in _chunks(list(keys)):
-            marks = ",".join("?" * len(part))
-            n += self.db.execute(
-                "UPDATE queue SET state = 'ready', attempts = 0, next_at = ?, updated_at = ? "
-                f"WHERE state = 'failed' AND op != 'unreadable' AND key IN ({marks})",
-                (now, now, *part),
-            ).rowcount
-        self._history((k, "manual_retry", None) for k in keys)
-        self.db.execute("COMMIT")
+        try:
+            if keys is None:
+                keys = [r[0] for r in
+                        self.db.execute("SELECT key FROM queue WHERE state = 'failed' "
+                                           "AND op != 'unreadable'")]
+            n = 0
+            for part in _chunks(list(keys)):
+                marks = ",".join("?" * len(part))
+                n += self.db.execute(
+                    "UPDATE queue SET state = 'ready', attempts = 0, next_at = ?, "
+                    f"updated_at = ? WHERE state = 'failed' AND op != 'unreadable' "
+                    f"AND key IN ({marks})",
+                    (now, now, *part),
+                ).rowcount
+            self._history((k, "manual_retry", None) for k in keys)
+            self.db.execute("COMMIT")
+        except BaseException:
+            rollback(self.db)
+            raise
         return n
 
+    @translate
     def use_rules(self, fingerprint: str) -> bool:
         """Note the rules in force; when they changed, mark every link's hashes stale.
 
@@ -753,14 +791,20 @@ class Store:
         if self.meta("rules_fingerprint") == fingerprint:
             return False
         self.db.execute("BEGIN IMMEDIATE")
-        self.db.execute("UPDATE links SET stale = 1 WHERE stale = 0")
-        self._set_meta("rules_fingerprint", fingerprint)
-        self.db.execute("COMMIT")
+        try:
+            self.db.execute("UPDATE links SET stale = 1 WHERE stale = 0")
+            self._set_meta("rules_fingerprint", fingerprint)
+            self.db.execute("COMMIT")
+        except BaseException:
+            rollback(self.db)
+            raise
         return True
 
+    @translate
     def allow_mass_delete(self, side: Side) -> None:
         self._set_meta(f"allow_deletes_{side}", 1)
 
+    @translate
     def prune_history(self, per_record: int, days: float) -> int:
         """Drop history older than ``days`` and all but the newest ``per_record`` entries of
         each record; returns how many went. Records are looked at when they got entries
@@ -789,11 +833,12 @@ class Store:
             self._set_meta("history_pruned_limit", per_record)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            rollback(db)
             raise
         return gone
 
     # ---- repair (`recsync verify --repair`) -----------------------------------------------
+    @translate
     def repair(
         self,
         items: Sequence[RepairItem],
@@ -844,7 +889,7 @@ class Store:
             self._history((i.key, "repair", i.detail) for i in items)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            rollback(db)
             raise
         queued = {"a_to_b": 0, "b_to_a": 0}
         for item in items:
