@@ -91,6 +91,10 @@ class SideConfig(msgspec.Struct, frozen=True):
 
     connector: str
     options: Any
+    #: the side's own request budget (``rate_limit = { max_requests, window_seconds }`` in
+    #: the side table); None: a CRM side uses the pipeline's settings, a local side
+    #: (SQLite, files) is not throttled
+    rate_limit: RateLimitSettings | None = None
 
     @property
     def key(self) -> str:
@@ -272,6 +276,11 @@ def _side(raw: Any, path: KeyPath, lookup: ConnectorLookup) -> SideConfig:
     if "connector" not in table:
         raise _Problem(path, f"{_fmt(path)} is missing required key 'connector'")
     name = table.pop("connector")
+    limit_raw = table.pop("rate_limit", None)
+    limit = None
+    if limit_raw is not None:
+        lpath: KeyPath = (*path, "rate_limit")
+        limit = _convert(_table(limit_raw, lpath), RateLimitSettings, lpath)
     cpath = (*path, "connector")
     if not isinstance(name, str):
         raise _Problem(cpath, _wrong_type(cpath, "a string", name))
@@ -287,7 +296,8 @@ def _side(raw: Any, path: KeyPath, lookup: ConnectorLookup) -> SideConfig:
     config_type = getattr(cls, "Config", None)
     if not (isinstance(config_type, type) and issubclass(config_type, msgspec.Struct)):
         raise _Problem(cpath, f"{_fmt(cpath)}: connector '{name}' has no Config Struct")
-    return SideConfig(connector=name, options=_convert(table, config_type, path, ("connector",)))
+    options = _convert(table, config_type, path, ("connector", "rate_limit"))
+    return SideConfig(connector=name, options=options, rate_limit=limit)
 
 
 def _apply(

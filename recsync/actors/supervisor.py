@@ -232,7 +232,8 @@ class Supervisor(pykka.ThreadingActor):
             circuit, budget = {}, {}
             for side, (limiter, breaker) in p.limits.items():
                 circuit[side] = breaker.state
-                budget[side] = limiter.usage()
+                if limiter is not None:  # an unthrottled local side has none
+                    budget[side] = limiter.usage()
             out[pid] = {"state": p.state, "error": p.error, "restarts": p.restarts,
                         "circuit": circuit, "rate_limit": budget}
         return out
