@@ -205,6 +205,13 @@ class Supervisor(pykka.ThreadingActor):
         self._event("pipeline_state", pipeline)
         return pipeline.state
 
+    def change_paused(self, pipeline_id: str, paused: bool) -> bool:
+        """Pause or resume a pipeline; False (and nothing done) when it already was."""
+        if self.pipelines[pipeline_id].paused == paused:
+            return False
+        self.set_paused(pipeline_id, paused)
+        return True
+
     def sync_now(self, pipeline_id: str, sides: tuple[str, ...], full: bool) -> None:
         pipeline = self.pipelines[pipeline_id]
         for side in sides:
