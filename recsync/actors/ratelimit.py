@@ -24,9 +24,10 @@ class RateLimiterActor(PipelineActor):
         super().__init__(pipeline, incarnation, report)
         self.limiters = limiters
 
-    def acquire(self, side: Side, n: int = 1) -> float:
+    def acquire(self, side: Side, n: int = 1, read: bool = False) -> float:
+        """``read``: a poll or a fetch, which leaves the write reserve alone."""
         limiter = self.limiters[side]
-        return 0.0 if limiter is None else limiter.try_acquire(n)
+        return 0.0 if limiter is None else limiter.try_acquire(n, read=read)
 
     def block(self, side: Side, seconds: float) -> None:
         limiter = self.limiters[side]

@@ -6,7 +6,7 @@ import threading
 
 from recsync.clock import Clock
 from recsync.config import CircuitBreakerSettings, RateLimitSettings
-from recsync.resilience import CircuitBreaker, RateLimiter
+from recsync.resilience import CircuitBreaker, RateLimiter, write_reserve_for
 
 
 class Systems:
@@ -31,10 +31,12 @@ class Systems:
             if rl is not None:
                 limiter = self.limiters.get(system_id)
                 if limiter is None:
-                    limiter = RateLimiter(rl.max_requests, rl.window_seconds, self.clock)
+                    limiter = RateLimiter(rl.max_requests, rl.window_seconds, self.clock,
+                                          write_reserve=write_reserve_for(rl.max_requests))
                     self.limiters[system_id] = limiter
                 else:  # the most recent configuration of the system's budget applies
-                    limiter.reconfigure(rl.max_requests, rl.window_seconds)
+                    limiter.reconfigure(rl.max_requests, rl.window_seconds,
+                                        write_reserve=write_reserve_for(rl.max_requests))
             breaker = self.breakers.get(system_id)
             if breaker is None:
                 breaker = CircuitBreaker(cb.failure_threshold, cb.reset_timeout, self.clock)
