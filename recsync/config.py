@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 import tomllib
 import types
@@ -297,7 +298,29 @@ def _side(raw: Any, path: KeyPath, lookup: ConnectorLookup) -> SideConfig:
     if not (isinstance(config_type, type) and issubclass(config_type, msgspec.Struct)):
         raise _Problem(cpath, f"{_fmt(cpath)}: connector '{name}' has no Config Struct")
     options = _convert(table, config_type, path, ("connector", "rate_limit"))
-    return SideConfig(connector=name, options=options, rate_limit=limit)
+    return SideConfig(connector=name, options=_expand_path(options, path), rate_limit=limit)
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_path(options: Any, path: KeyPath) -> Any:
+    """A connector's ``path`` option with ``${NAME}`` replaced by the environment variable
+    (recsyncd sets ``STATE_DIRECTORY`` to its state folder), so a config can put the files
+    recsync writes in the writable state folder without naming it."""
+    value = getattr(options, "path", None)
+    if not isinstance(value, str) or "${" not in value:
+        return options
+
+    def var(m: re.Match[str]) -> str:
+        found = os.environ.get(m.group(1))
+        if found is None:
+            ppath = (*path, "path")
+            raise _Problem(ppath, f"{_fmt(ppath)} uses ${{{m.group(1)}}}, an environment "
+                                  "variable that is not set")
+        return found
+
+    return msgspec.structs.replace(options, path=_VAR.sub(var, value))
 
 
 def _apply(

@@ -662,3 +662,16 @@ def test_a_side_may_set_its_own_rate_limit() -> None:
     typo = SETTINGS.replace('key = "record_id" }\nb', 'key = "record_id", rate_limt = {} }\nb')
     assert settings_error(typo).endswith(
         "unknown key 'customers.demo.pipelines.contacts.a.rate_limt'; did you mean 'rate_limit'?")
+
+
+def test_a_path_may_name_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = SETTINGS.replace('path = "data/contacts.csv"',
+                            'path = "${STATE_DIRECTORY}/data/contacts.csv"')
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/recsync")
+    side = load(text).pipelines["demo/contacts"].b
+    assert side.options.path == "/var/lib/recsync/data/contacts.csv"
+    monkeypatch.delenv("STATE_DIRECTORY")
+    assert settings_error(text) == (
+        f"customer_settings.toml, line {line_of(text, 'STATE_DIRECTORY')}: "
+        "customers.demo.pipelines.contacts.b.path uses ${STATE_DIRECTORY}, an environment "
+        "variable that is not set")
