@@ -107,7 +107,7 @@ class ConnectorActor(PipelineActor):
     def fetch_records(self, keys: list[str]) -> dict[str, Any]:
         """Current records for ``keys`` (asked by `sync event --op read`)."""
         assert self.connector is not None
-        retry_at = self._gate()
+        retry_at = self._gate(read=True)
         if retry_at is not None:
             raise ConnectorError(f"side {self.side} is rate limited or its circuit is open; "
                                  "try again shortly")
@@ -119,7 +119,7 @@ class ConnectorActor(PipelineActor):
         position, None), or (None, position, wall time to try again) while the rate limit
         or the circuit breaker holds calls back."""
         assert self.connector is not None
-        retry_at = self._gate()
+        retry_at = self._gate(read=True)
         if retry_at is not None:
             return None, position, retry_at
         try:
@@ -141,7 +141,7 @@ class ConnectorActor(PipelineActor):
         """Current records for ``keys`` (asked by `recsync verify --repair`): (records,
         None), or (None, wall time to try again) while calls are held back."""
         assert self.connector is not None
-        retry_at = self._gate()
+        retry_at = self._gate(read=True)
         if retry_at is not None:
             return None, retry_at
         try:
@@ -167,13 +167,14 @@ class ConnectorActor(PipelineActor):
         except ConnectorError:
             return None
 
-    def _gate(self) -> float | None:
-        """None when a call may go out now, else the wall time to try again."""
+    def _gate(self, read: bool = False) -> float | None:
+        """None when a call may go out now, else the wall time to try again. A ``read``
+        (poll, fetch) leaves the budget's write reserve to the writes."""
         if not self.breaker.allow():
             reopen = self.breaker.retry_at or self.clock.monotonic()
             return self.clock.time() + max(0.0, reopen - self.clock.monotonic())
         # A half-open probe refused here is given up by the breaker after its timeout.
-        wait = float(self.peers.ref("rate_limiter").ask(Call("acquire", (self.side,))))
+        wait = float(self.peers.ref("rate_limiter").ask(Call("acquire", (self.side, 1, read))))
         if wait > 0:
             return self.clock.time() + wait
         self.requests += 1
@@ -181,7 +182,7 @@ class ConnectorActor(PipelineActor):
 
     def _read(self, request: ReadPage) -> PageRead:
         assert self.connector is not None
-        retry_at = self._gate()
+        retry_at = self._gate(read=True)
         if retry_at is not None:
             return PageRead(None, request.observed, "waiting for rate limit or circuit",
                             retry_at)

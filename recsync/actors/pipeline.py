@@ -19,7 +19,7 @@ from recsync.actors.rules import RulesActor
 from recsync.actors.scheduler import Scheduler, TimerHandle
 from recsync.actors.systems import Systems
 from recsync.clock import Clock
-from recsync.config import PipelineConfig
+from recsync.config import PipelineConfig, RateLimitSettings, Settings, SideConfig
 from recsync.connectors import get_connector_class
 from recsync.errors import RecsyncError, StateUnavailable
 from recsync.messages import ChangePage, Side
@@ -100,7 +100,9 @@ class Pipeline:
         side_cfg = self.config.a if side == "a" else self.config.b
         cls = get_connector_class(side_cfg.connector)
         system_id = cls(side_cfg.options, Path(self.config.base_dir)).system_id
-        return self.systems.get(system_id, self.config.settings)
+        settings = self.config.settings
+        return self.systems.get(system_id, side_limit(side_cfg, cls.local, settings),
+                                settings.circuit_breaker)
 
     def start(self) -> None:
         """Start every actor in order and ping it; on failure stop what started and raise."""
@@ -235,6 +237,14 @@ class Pipeline:
         pollers = {side: self.ask(f"poller_{side}", "progress") for side in ("a", "b")}
         queue = self.ask("queue", "progress")
         return {"queue": queue, "pollers": pollers}
+
+
+def side_limit(side_cfg: SideConfig, local: bool, settings: Settings) -> RateLimitSettings | None:
+    """The request budget a side draws on: its own ``rate_limit`` when it sets one, else
+    the pipeline's for a CRM; a local side (SQLite, files) has no API budget: None."""
+    if side_cfg.rate_limit is not None:
+        return side_cfg.rate_limit
+    return None if local else settings.rate_limit
 
 
 def _syncs_from(ruleset: RuleSet, side: str) -> bool:

@@ -242,6 +242,13 @@ class Supervisor(pykka.ThreadingActor):
         self._event("pipeline_state", pipeline)
         return pipeline.state
 
+    def change_paused(self, pipeline_id: str, paused: bool) -> bool:
+        """Pause or resume a pipeline; False (and nothing done) when it already was."""
+        if self.pipelines[pipeline_id].paused == paused:
+            return False
+        self.set_paused(pipeline_id, paused)
+        return True
+
     def sync_now(self, pipeline_id: str, sides: tuple[str, ...], full: bool) -> None:
         pipeline = self.pipelines[pipeline_id]
         for side in sides:
@@ -278,7 +285,8 @@ class Supervisor(pykka.ThreadingActor):
             circuit, budget, sides = {}, {}, {}
             for side, (limiter, breaker) in p.limits.items():
                 circuit[side] = breaker.state
-                budget[side] = limiter.usage()
+                if limiter is not None:  # an unthrottled local side has none
+                    budget[side] = limiter.usage()
                 sides[side] = self._side_health(p, side, limiter, breaker)
             out[pid] = {"state": p.state, "error": p.error, "restarts": p.restarts,
                         "circuit": circuit, "rate_limit": budget, "sides": sides}
@@ -289,7 +297,7 @@ class Supervisor(pykka.ThreadingActor):
         now, mono = self.clock.time(), self.clock.monotonic()
         state = breaker.state
         retry = breaker.retry_at
-        wait = limiter.wait_seconds()
+        wait = limiter.wait_seconds() if limiter is not None else 0.0
         return {"circuit": state,
                 "circuit_retry_at": (now + max(0.0, retry - mono)
                                      if state == "open" and retry is not None else None),

@@ -53,8 +53,8 @@ def _run(args: argparse.Namespace) -> int:
     if name == "demo seed":
         if args.count < 0:
             raise UsageError("--count must be 0 or more")
-        n = demo.seed(args.path, args.count, start_id=args.start_id)
-        print(f"{args.path}: {n} demo users inserted ({args.count - n} already there)")
+        print(output.seeded(args.path, *demo.seed_ids(args.path, args.count,
+                                                         start_id=args.start_id)))
         return 0
     if name == "tui":
         from recsync.tui import run

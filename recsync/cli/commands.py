@@ -108,7 +108,8 @@ BUILDERS: dict[str, Callable[[argparse.Namespace], p.Command]] = {
     "mock list": lambda a: p.MockList(a.kind),
     "config show": lambda a: p.ConfigShow(a.customer, a.pipeline),
     "mock faults": lambda a: p.MockFaults(
-        a.kind, a.error_rate, a.latency, a.status_429_retry_after, a.limit_after, a.drop_rate),
+        a.kind, a.error_rate, a.latency, a.status_429_retry_after, a.limit_after, a.drop_rate,
+        a.clear),
 }
 
 
@@ -163,10 +164,12 @@ def _human(cmd: p.Command, result: Any) -> str:
             )
         case p.SyncEvent(side=side):
             if isinstance(result, dict) and {"pipeline", "key", "op"} <= result.keys():
-                return (
+                line = (
                     f"{result['pipeline']}: {result['op']} of record {result['key']} "
                     f"from side {side} submitted"
                 )
+                plan = result.get("other_side")
+                return f"{line}; {plan}" if plan else line
             return output.generic(result)
         case p.SyncNow():
             return f"polling now: {_pipelines(result)}"
@@ -184,12 +187,12 @@ def _human(cmd: p.Command, result: Any) -> str:
                 )
                 return f"{head}\n{output.reload(result)}"
             return output.generic(result)
-        case p.Pause():
-            return f"paused {_pipelines(result)}"
-        case p.Resume():
-            return f"resumed {_pipelines(result)}"
-        case p.ConfirmDeletes(side=side):
-            return f"{_pipelines(result)}: the held deletes on side {side} go through once"
+        case p.Pause() | p.Resume():
+            return output.paused(cmd, result)
+        case p.ConfirmDeletes():
+            return output.confirmed(cmd, result)
+        case p.MockFaults(kind=kind):
+            return output.faults(kind, result)
         case p.CrmsList():
             return output.crms(result)
         case p.CrmsSchema():

@@ -360,3 +360,71 @@ def _value(value: Any) -> str:
     if isinstance(value, list | dict):
         return msgspec.json.encode(value).decode()
     return cell(value)
+
+
+def _scope(customer: str, pipeline: str | None) -> str:
+    return f"{customer}/{pipeline}" if pipeline else f"customer {customer}"
+
+
+def paused(cmd: Any, result: dict[str, Any]) -> str:
+    """`pause` / `resume`: the pipelines that changed, or that none did."""
+    verb = "paused" if type(cmd).__name__ == "Pause" else "resumed"
+    listed = (result.get("pipelines") if isinstance(result, dict) else None) or []
+    if listed:
+        return f"{verb} {', '.join(listed)}"
+    was = "running" if verb == "paused" else "paused"
+    return f"no {was} pipeline of {_scope(cmd.customer, cmd.pipeline)}: nothing {verb}"
+
+
+def confirmed(cmd: Any, result: dict[str, Any]) -> str:
+    """`deletes confirm`: whose held deletes go through, or that nothing is held."""
+    listed = (result.get("pipelines") if isinstance(result, dict) else None) or []
+    side = f" on side {cmd.side}" if cmd.side else ""
+    if not listed:
+        return (f"nothing is held by the mass-delete guard{side} in "
+                f"{_scope(cmd.customer, cmd.pipeline)}: nothing to confirm")
+    return f"{', '.join(listed)}: the held deletes{side} go through once"
+
+
+def exact(value: Any) -> str:
+    """A fault value as given: 0.02 stays 0.02; None is off."""
+    if value is None:
+        return "off"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def faults(kind: str, result: dict[str, Any]) -> str:
+    """`mock faults`: every fault of the mock now in force, values exactly."""
+    width = max((len(k) for k in result), default=0) + 1
+    lines = [f"mock {kind} faults now:"]
+    lines += [f"  {(k + ':').ljust(width)} {exact(v)}" for k, v in result.items()]
+    return "\n".join(lines)
+
+
+def id_ranges(ids: Sequence[int]) -> str:
+    """[1, 2, 3, 7] -> "1-3, 7"."""
+    parts: list[str] = []
+    ordered = sorted(ids)
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ", ".join(parts)
+
+
+def seeded(path: Any, inserted: Sequence[int], existing: Sequence[int]) -> str:
+    """`demo seed`: the record_ids inserted, and those left as they were."""
+    if inserted:
+        line = (f"{path}: inserted {len(inserted)} demo user{'s' if len(inserted) != 1 else ''}"
+                f" (record_id {id_ranges(inserted)})")
+    else:
+        line = f"{path}: inserted no demo user"
+    if existing:
+        line += (f"; {len(existing)} already there, left as they were "
+                 f"(record_id {id_ranges(existing)})")
+    return line

@@ -49,22 +49,24 @@ def seconds(text: str) -> float:
     return value
 
 
-def _common(suppress: bool) -> argparse.ArgumentParser:
+def _common(suppress: bool, json: bool = True) -> argparse.ArgumentParser:
     """Options accepted before or after the subcommand (``recsync --json status`` or
-    ``recsync status --json``); only the top-level copy has defaults."""
+    ``recsync status --json``); only the top-level copy has defaults. ``json``: offer
+    --json (not for a command that prints no result, like the dashboard)."""
 
     def default(value: object) -> object:
         return argparse.SUPPRESS if suppress else value
 
     env = os.environ.get
     common = argparse.ArgumentParser(add_help=False)
-    group = common.add_argument_group("connection and output")
-    group.add_argument(
-        "--json",
-        action="store_true",
-        default=default(False),
-        help="print the result as JSON (for scripts)",
-    )
+    group = common.add_argument_group("connection and output" if json else "connection")
+    if json:
+        group.add_argument(
+            "--json",
+            action="store_true",
+            default=default(False),
+            help="print the result as JSON (for scripts)",
+        )
     group.add_argument(
         "--endpoint",
         metavar="URL",
@@ -200,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate-limit",
         type=rate_limit,
         metavar="N/SECONDS",
-        help="at most N requests per SECONDS to each side",
+        help="at most N requests per SECONDS to each CRM side (a SQLite or file side is "
+        "throttled only by the rate_limit of its own side table)",
     )
     p.add_argument("--persist", action="store_true", help="also save to customer_settings.toml")
     p = add(
@@ -248,10 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     deletes = sub.add_parser("deletes", help="mass-delete guard")
     deletes_sub = deletes.add_subparsers(dest="deletes_command", required=True, metavar="COMMAND")
-    p = add(deletes_sub, "confirm", "let a pass held by the mass-delete guard go through once")
-    p.add_argument("customer", metavar="CUSTOMER")
-    p.add_argument("pipeline", metavar="PIPELINE")
-    p.add_argument("side", metavar="SIDE", choices=["a", "b"])
+    p = add(
+        deletes_sub,
+        "confirm",
+        "let a pass held by the mass-delete guard go through once",
+        "Let the passes the mass-delete guard holds in a customer's pipelines (or one, "
+        "--pipeline) go through once; says so when nothing is held, and then changes "
+        "nothing.",
+    )
+    customer_pipeline(p)
+    p.add_argument("--side", choices=["a", "b"], help="only the deletes read from this side")
 
     crms = sub.add_parser("crms", help="the registered connectors")
     crms_sub = crms.add_subparsers(dest="crms_command", required=True, metavar="COMMAND")
@@ -260,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME")
 
     add(sub, "stats", "per pipeline: queue, in flight, totals, rate, circuits, rate limits")
-    add(sub, "tui", "live dashboard")
+    sub.add_parser("tui", help="live dashboard", description="live dashboard",
+                   parents=[_common(True, json=False)])
     p = add(
         sub,
         "events",
@@ -271,15 +281,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--kind", action="append", metavar="KIND", help="only events of this kind (repeatable)"
     )
     p.add_argument("--count", type=positive_int, metavar="N", help="stop after N events")
-    add(sub, "schema", "print the JSON Schema of every command and reply (no daemon needed)")
+    summary = "print the JSON Schema of every command and reply (no daemon needed)"
+    sub.add_parser("schema", help=summary, description=summary)
 
     mock_p = sub.add_parser("mock", help="the mock CRM servers (Salesforce, Outreach)")
     mock_sub = mock_p.add_subparsers(dest="mock_command", required=True, metavar="COMMAND")
     kinds = ["salesforce", "outreach"]
+    kind_help = "which mock CRM: " + " or ".join(kinds)
     p = mock_sub.add_parser(
         "serve", help="run a mock CRM server in the foreground (no daemon needed)",
         description="Run a mock CRM HTTP server on loopback until Ctrl-C.")
-    p.add_argument("kind", metavar="KIND", choices=kinds)
+    p.add_argument("kind", metavar="KIND", choices=kinds, help=kind_help)
     p.add_argument("--port", type=int, default=0, help="TCP port (default: a free one)")
     p.add_argument("--data", type=Path, default=None,
                    help="keep the records in this JSON file (survives a restart)")
@@ -287,19 +299,22 @@ def build_parser() -> argparse.ArgumentParser:
             "As if a CRM user did it, e.g. recsync mock push salesforce "
             "'{\"record_id\": 303, \"full_name\": \"Mock303 User\", "
             "\"email_address\": \"mock@sf.com\", \"status\": \"active\"}'")
-    p.add_argument("kind", metavar="KIND", choices=kinds)
+    p.add_argument("kind", metavar="KIND", choices=kinds, help=kind_help)
     p.add_argument("record", metavar="RECORD_JSON")
     p = add(mock_sub, "list", "the records recsyncd's embedded mock CRM holds")
-    p.add_argument("kind", metavar="KIND", choices=kinds)
+    p.add_argument("kind", metavar="KIND", choices=kinds, help=kind_help)
     p = add(mock_sub, "faults", "inject faults into recsyncd's embedded mock CRM")
-    p.add_argument("kind", metavar="KIND", choices=kinds)
+    p.add_argument("kind", metavar="KIND", choices=kinds, help=kind_help)
     p.add_argument("--error-rate", type=float, help="share of requests answered 500/503")
     p.add_argument("--latency", type=float, help="seconds added to every request")
     p.add_argument("--retry-after", type=float, dest="status_429_retry_after",
-                   help="answer 429 with this Retry-After (0 turns it off)")
+                   metavar="SECONDS",
+                   help="answer every request 429 with this Retry-After (0 turns it off)")
     p.add_argument("--limit-after", type=int,
                    help="Salesforce: REQUEST_LIMIT_EXCEEDED after N more requests")
     p.add_argument("--drop-rate", type=float, help="share of connections dropped")
+    p.add_argument("--clear", action="store_true",
+                   help="turn every fault off first (then apply the others given)")
 
     p = add(
         sub,

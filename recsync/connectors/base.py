@@ -31,6 +31,9 @@ class Connector(abc.ABC):
 
     name: ClassVar[str]
     Config: ClassVar[type[ConnectorConfig]]
+    #: A local resource (a file or database we own) has no API budget: its side is not
+    #: rate limited unless the side's own config sets ``rate_limit``.
+    local: ClassVar[bool] = False
 
     def __init__(self, config: Any, base_dir: Path) -> None:
         """``config`` is the connector's Config Struct, or a mapping converted into one.

@@ -120,6 +120,7 @@ class FileConnector(Connector):
 
     name: ClassVar[str] = "file"
     Config: ClassVar[type[ConnectorConfig]] = FileConfig
+    local: ClassVar[bool] = True
 
     def __init__(self, config: Any, base_dir: Path) -> None:
         super().__init__(config, base_dir)

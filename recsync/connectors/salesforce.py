@@ -81,7 +81,8 @@ T = TypeVar("T")
 _CHUNK = 200
 _MAX_SEEN = 500
 _USAGE_FRESH = 60.0  # seconds the last Sforce-Limit-Info is trusted for daily_reserve
-_SECRETS = ("username", "password", "security_token", "client_id", "client_secret")
+# The username names the org user (it shows in system ids, errors and logs): not a secret.
+_SECRETS = ("password", "security_token", "client_id", "client_secret")
 _GONE = ("ENTITY_IS_DELETED", "INVALID_CROSS_REFERENCE_KEY", "NOT_FOUND")
 _RETRYABLE = ("UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "REQUEST_RUNNING_TOO_LONG")
 _ALWAYS = ("Id", "IsDeleted", "SystemModstamp")

@@ -185,6 +185,7 @@ class SqliteConnector(Connector):
 
     name: ClassVar[str] = "sqlite"
     Config: ClassVar[type[ConnectorConfig]] = SqliteConfig
+    local: ClassVar[bool] = True
 
     def __init__(self, config: Any, base_dir: Path) -> None:
         super().__init__(config, base_dir)

@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging("warning", sys.stderr)
     else:
         setup_logging(args.log_level, sys.stdout, log_file=args.log_file or default_log_file())
+    # ${STATE_DIRECTORY} in a connector's path names the state folder in use, however given
+    os.environ["STATE_DIRECTORY"] = str(args.state_dir.resolve())
     try:
         config = load_config(args.config_dir)
     except ConfigError as exc:

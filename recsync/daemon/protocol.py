@@ -112,8 +112,8 @@ class ConfirmDeletes(Command, frozen=True, tag="deletes.confirm"):
     """Let a pass held by the mass-delete guard go through once."""
 
     customer: str
-    pipeline: str
-    side: Side
+    pipeline: str | None = None  # None: every pipeline of the customer
+    side: Side | None = None  # None: every held side
 
 
 class CrmsList(Command, frozen=True, tag="crms.list"):
@@ -162,6 +162,7 @@ class MockFaults(Command, frozen=True, tag="mock.faults"):
     status_429_retry_after: float | None = None
     limit_after: int | None = None
     drop_rate: float | None = None
+    clear: bool = False  # first turn every fault off
 
 
 class VerifyRun(Command, frozen=True, tag="verify.run"):

@@ -34,6 +34,7 @@ from recsync.config import (
 from recsync.connectors import connector_names, get_connector_class
 from recsync.daemon import protocol as p
 from recsync.daemon.configshow import pipeline_settings
+from recsync.daemon.plans import faults_to_set, other_side_plan
 from recsync.daemon.records import (
     failed_records,
     pipeline_counts,
@@ -194,7 +195,8 @@ class ControlService:
     def rules_test(self, cmd: p.RulesTest) -> dict[str, Any]:
         ruleset = self.config.rules.get(cmd.name)
         if ruleset is None:
-            raise ControlError("NOT_FOUND", f"no rule set {cmd.name!r} in rules.toml.")
+            raise ControlError("NOT_FOUND", f"no rule set {cmd.name!r} in rules.toml; "
+                                            f"there are: {', '.join(sorted(self.config.rules))}.")
         return rules_mod.explain(ruleset, cmd.side, cmd.record)
 
     def crms_list(self, _cmd: p.CrmsList) -> list[dict[str, str]]:
@@ -234,9 +236,16 @@ class ControlService:
         return self._mock(cmd.kind).list_records()  # type: ignore[no-any-return]
 
     def mock_faults(self, cmd: p.MockFaults) -> dict[str, Any]:
-        faults = {k: v for k, v in msgspec.structs.asdict(cmd).items()
-                  if k != "kind" and v is not None}
-        return self._mock(cmd.kind).set_faults(**faults)  # type: ignore[no-any-return]
+        requested = {k: v for k, v in msgspec.structs.asdict(cmd).items()
+                     if k not in ("kind", "clear") and v is not None}
+        server = self._mock(cmd.kind)
+        known: dict[str, Any] = server.set_faults()
+        unknown = sorted(set(requested) - set(known))
+        if unknown:
+            raise ControlError("INVALID", f"the mock {cmd.kind} has no fault {unknown[0]!r}; "
+                                          f"it has: {', '.join(known)}.")
+        return server.set_faults(  # type: ignore[no-any-return]
+            **faults_to_set(requested, cmd.clear, known))
 
     # -- actions ---------------------------------------------------------------------------
     def retry(self, cmd: p.RetryRecord) -> p.CountResult:
@@ -276,10 +285,14 @@ class ControlService:
             record = found.get(key)
         op: Literal["upsert", "delete"] = (
             "delete" if cmd.op == "delete" or record is None else "upsert")
+        found_status = record_status(self._state_path(cfg), cfg.id, key)
+        linked = found_status is not None and (
+            found_status.on_b if cmd.side == "a" else found_status.on_a)
+        plan = other_side_plan(cfg, self.config.rules[cfg.rules], cmd.side, op, record, linked)
         change = Change(key, op, None if op == "delete" else record,
                         self.daemon.clock.time())
         self.daemon.proxy.submit(cfg.id, cmd.side, ChangePage([change], None)).get()
-        return {"pipeline": cfg.id, "key": key, "op": op, "side": cmd.side}
+        return {"pipeline": cfg.id, "key": key, "op": op, "side": cmd.side, "other_side": plan}
 
     def sync_now(self, cmd: p.SyncNow) -> p.CountResult:
         chosen = self._pipelines(cmd.customer, cmd.pipeline)
@@ -295,15 +308,30 @@ class ControlService:
         return self._set_paused(cmd.customer, cmd.pipeline, False)
 
     def _set_paused(self, customer: str, pipeline: str | None, paused: bool) -> p.CountResult:
+        """Pause (resume) the chosen pipelines; counts only those that were not (were)
+        paused."""
         chosen = self._pipelines(customer, pipeline)
-        for cfg in chosen:
-            self.daemon.proxy.set_paused(cfg.id, paused).get()
-        return p.CountResult(len(chosen), [c.id for c in chosen])
+        changed = [cfg.id for cfg in chosen
+                   if self.daemon.proxy.change_paused(cfg.id, paused).get()]
+        return p.CountResult(len(changed), changed)
 
     def confirm_deletes(self, cmd: p.ConfirmDeletes) -> p.CountResult:
-        (cfg,) = self._pipelines(cmd.customer, cmd.pipeline, one=True)
-        self.daemon.proxy.allow_deletes(cfg.id, cmd.side).get()
-        return p.CountResult(1, [cfg.id])
+        """Let the passes the mass-delete guard holds go through once: on the chosen
+        pipelines, on ``cmd.side`` or every held side. Nothing held: nothing changes."""
+        confirmed: list[str] = []
+        sides = 0
+        for cfg in self._pipelines(cmd.customer, cmd.pipeline):
+            try:
+                held = self._ask(cfg.id, "queue", "progress").get("held") or {}
+            except RecsyncError:  # not running: its guard holds nothing now
+                continue
+            for side in sorted(held):
+                if cmd.side in (None, side):
+                    self.daemon.proxy.allow_deletes(cfg.id, side).get()
+                    sides += 1
+                    if cfg.id not in confirmed:
+                        confirmed.append(cfg.id)
+        return p.CountResult(sides, confirmed)
 
     def config_override(self, cmd: p.ConfigOverride) -> p.CountResult:
         overrides: dict[str, Any] = {
