@@ -312,8 +312,14 @@ class ControlServer:
     def _on_request(self, router: zmq.Socket[bytes], frames: list[bytes]) -> None:
         if len(frames) < 2:
             return  # nothing to answer to
-        # DEALER clients send [body]; REQ clients [b"", body]
-        cut = 2 if len(frames) >= 3 and frames[1] == b"" else 1
+        # DEALER clients send [body]; REQ clients [b"", body]; the control front sends
+        # [client, b"", *client's frames]: the envelope is everything up to the last empty
+        # frame before the body, and goes back in front of the reply
+        cut = 1
+        for i in range(len(frames) - 2, 0, -1):  # the body is one frame at least
+            if frames[i] == b"":
+                cut = i + 1
+                break
         envelope, body = frames[:cut], frames[cut:]
         if len(body) != 1:
             reply = protocol.fault(

@@ -7,7 +7,6 @@ import gc
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -17,6 +16,7 @@ import msgspec
 
 from recsync.config import AppConfig, load_config
 from recsync.daemon.app import Daemon
+from recsync.daemon.frontproc import FrontProcess
 from recsync.daemon.logs import default_log_file, setup_logging
 from recsync.daemon.notify import Notifier, Watchdog
 from recsync.daemon.reload import ConfigWatcher
@@ -104,20 +104,6 @@ def start_embedded_mocks(config: AppConfig, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         server = mock.embedded(kind, data=state_dir / f"mock-{kind}.json")
         log.info("embedded mock started", extra={"mock": kind, "url": server.url})
-
-
-def _start_front(public: str, internal: str, snapshot: Path) -> subprocess.Popen[str] | None:
-    """Start the control front process; None (after saying why) when it cannot start."""
-    front = subprocess.Popen(
-        [sys.executable, "-m", "recsync.daemon.front", public, internal, str(snapshot)],
-        stdout=subprocess.PIPE, text=True, start_new_session=True)
-    assert front.stdout is not None
-    if front.stdout.readline().strip() != "ready":
-        front.kill()
-        print(f"recsyncd: the control front could not bind {public} (see above)",
-              file=sys.stderr)
-        return None
-    return front
 
 
 def _install_signals(daemon: Daemon, wake: threading.Event | None = None,
@@ -213,7 +199,14 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
         return 2
     daemon.server, daemon.endpoints = server, endpoints
     daemon.start()
-    front = None
+    front: FrontProcess | None = None
+    failure: list[str] = []
+
+    def give_up(reason: str) -> None:  # the front cannot be kept running: exit non-zero
+        failure.append(reason)
+        daemon.stopping.set()
+        wake.set()
+
     if public is not None:
         daemon.snapshot_path = public.with_name("status.snapshot")
         daemon.status_builder = lambda: {
@@ -221,8 +214,11 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
             "stats": msgspec.to_builtins(daemon.stats_snapshot()),
         }
         daemon.write_snapshot()
-        front = _start_front(endpoints[0], command, daemon.snapshot_path)
-        if front is None:
+        front = FrontProcess(endpoints[0], command, daemon.snapshot_path,
+                             on_give_up=give_up)
+        if not front.start():
+            print(f"recsyncd: the control front could not listen on {endpoints[0]} (see the "
+                  "log)", file=sys.stderr)
             daemon.stop()
             server.stop()
             return 2
@@ -263,8 +259,7 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
         watcher.stop()
         watchdog.stop()
         if front is not None:
-            front.terminate()
-            front.wait(timeout=10)
+            front.stop()
         daemon.stop()
         server.stop()
         from recsync.connectors import mock
@@ -272,6 +267,10 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
         mock.stop_all()
         notifier.close()
         log.info("recsyncd stopped: in-flight batches drained")
+    if failure:
+        log.critical("recsyncd exits with status 1", extra={"error": failure[0]})
+        print(f"recsyncd: {failure[0]}", file=sys.stderr)
+        return 1
     return 0
 
 

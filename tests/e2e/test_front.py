@@ -1,0 +1,132 @@
+"""The control front under load and under faults, against a real recsyncd subprocess.
+
+Every client here is a real `recsync.client.ControlClient` that connects, asks once and
+goes away, as `recsync failed` does; the daemon runs with a low RLIMIT_NOFILE.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from recsync.client import ControlClient
+from recsync.daemon import protocol as p
+from recsync.errors import DaemonUnreachable
+from tests.e2e.helpers import make_users, recsyncd_cmd, wait_for, write_config
+
+FD_LIMIT = 1024
+RULES = """
+[contacts]
+a_to_b = ["create", "update", "delete"]
+b_to_a = ["create", "update", "delete"]
+[contacts.mappings]
+record_id = "record_id"
+full_name = "full_name"
+email_address = "email_address"
+status = "status"
+"""
+SQLITE = '{{ connector = "sqlite", path = "{name}.sqlite", table = "users", key = "record_id" }}'
+
+
+@dataclass
+class Daemon:
+    folder: Path
+    proc: subprocess.Popen[str]
+    endpoint: str
+
+    def front(self) -> psutil.Process:
+        """The control front: recsyncd's child running recsync.daemon.front."""
+        def find() -> psutil.Process | None:
+            for child in psutil.Process(self.proc.pid).children():
+                try:
+                    if "recsync.daemon.front" in child.cmdline():
+                        return child
+                except psutil.NoSuchProcess:
+                    continue
+            return None
+
+        return wait_for(find, what="the control front process")  # type: ignore[no-any-return]
+
+    def fds(self) -> int:
+        """Open descriptors of recsyncd and of its control front, from /proc/PID/fd."""
+        return sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in (self.proc.pid,
+                                                                   self.front().pid))
+
+    def ask(self, timeout: float = 10.0) -> object:
+        with ControlClient(self.endpoint, timeout=timeout) as client:
+            return client.request(p.FailedList())
+
+    def answers(self) -> bool:
+        try:
+            self.ask(timeout=2.0)
+        except DaemonUnreachable:
+            return False
+        return True
+
+    def log_entries(self) -> list[dict[str, object]]:
+        path = self.folder / "logs" / "record_sync.log"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _low_fd_limit() -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, min(hard, FD_LIMIT)))
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    make_users(tmp_path / "a.sqlite", [(i, f"User {i}", f"u{i}@x.org", "active")
+                                       for i in range(1, 6)])
+    make_users(tmp_path / "b.sqlite", [])
+    write_config(tmp_path, SQLITE.format(name="a"), SQLITE.format(name="b"), rules=RULES)
+    env = dict(os.environ, RUNTIME_DIRECTORY=str(tmp_path / "run"),
+               LOGS_DIRECTORY=str(tmp_path / "logs"))
+    env.pop("NOTIFY_SOCKET", None)
+    proc = subprocess.Popen(recsyncd_cmd(tmp_path, tmp_path / "state"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+                            preexec_fn=_low_fd_limit)
+    svc = Daemon(tmp_path, proc, f"ipc://{tmp_path}/run/control.sock")
+    try:
+        wait_for(svc.answers, what="recsyncd to answer")
+        yield svc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def one_shot_clients(svc: Daemon, count: int, sample_every: int = 100) -> list[int]:
+    """``count`` one-shot `failed` requests; the descriptor count every ``sample_every``."""
+    samples = []
+    for i in range(count):
+        assert svc.ask() == [], f"client {i} got no proper answer"
+        if (i + 1) % sample_every == 0:
+            samples.append(svc.fds())
+    return samples
+
+
+def test_descriptors_stay_flat_over_2000_one_shot_clients(daemon: Daemon) -> None:
+    assert resource.prlimit(daemon.front().pid, resource.RLIMIT_NOFILE)[0] == FD_LIMIT
+    one_shot_clients(daemon, 50)
+    baseline = daemon.fds()
+    samples = one_shot_clients(daemon, 2000)
+    # one connection per client may still be closing when sampled; a socket per client
+    # ever served would add 2 descriptors each (200 per sample)
+    print("descriptors: baseline", baseline, "samples", samples)
+    assert max(samples) <= baseline + 32, (baseline, samples)
+    wait_for(lambda: daemon.fds() <= baseline + 4, what="descriptors back to the baseline")
+    assert daemon.proc.poll() is None
