@@ -145,40 +145,43 @@ class FrontProcess:
             self.on_give_up(f"the control front watcher failed: {exc}")
 
     def _watch_loop(self) -> None:
-        pause = self.first_pause
+        proc = self._proc
+        assert proc is not None
         while True:
-            proc = self._proc
-            assert proc is not None and proc.stdout is not None
+            assert proc.stdout is not None
             self._relay(proc.stdout, proc.pid)
             code = proc.wait()
             if self._stopping.is_set():
                 return
-            reason = describe_exit(code)
-            now = time.monotonic()
-            while self._times and now - self._times[0] > self.within:
-                self._times.popleft()
-            if len(self._times) >= self.max_restarts:
-                text = (f"the control front keeps failing ({len(self._times) + 1} times in "
-                        f"{self.within:g} s, last: {reason})")
-                log.critical("control front keeps failing; recsyncd stops so that it is "
-                             "restarted", extra={"exit": reason, "restarts": self.restarts})
-                self.on_give_up(text)
-                return
             log.error("control front exited; starting a new one",
-                      extra={"exit": reason, "front_pid": proc.pid, "restarts": self.restarts})
-            self._times.append(now)
-            pause = pause * 2 if len(self._times) > 1 else self.first_pause
-            if self._stopping.wait(min(pause, self.max_pause)):
-                return
-            self.restarts += 1
-            while not self._spawn():
+                      extra={"exit": describe_exit(code), "front_pid": proc.pid,
+                             "restarts": self.restarts})
+            while True:
+                pause = self._count_failure(describe_exit(code))
+                if pause is None or self._stopping.wait(pause):
+                    return
+                self.restarts += 1
+                if self._spawn():
+                    break
                 if self._stopping.is_set():
                     return
-                self._times.append(time.monotonic())
-                if len(self._times) > self.max_restarts:
-                    self.on_give_up("the control front cannot be restarted")
-                    return
-                if self._stopping.wait(min(pause, self.max_pause)):
-                    return
-            log.info("control front restarted", extra={"front_pid": self.pid,
+                code = self._proc.returncode if self._proc is not None else 1
+            proc = self._proc
+            assert proc is not None
+            log.info("control front restarted", extra={"front_pid": proc.pid,
                                                        "restarts": self.restarts})
+
+    def _count_failure(self, reason: str) -> float | None:
+        """The pause before the next start, or None (after giving up) past the limit."""
+        now = time.monotonic()
+        while self._times and now - self._times[0] > self.within:
+            self._times.popleft()
+        if len(self._times) >= self.max_restarts:
+            text = (f"the control front keeps failing ({len(self._times) + 1} times in "
+                    f"{self.within:g} s, last: {reason})")
+            log.critical("control front keeps failing; recsyncd stops so that it is "
+                         "restarted", extra={"exit": reason, "restarts": self.restarts})
+            self.on_give_up(text)
+            return None
+        self._times.append(now)
+        return float(min(self.first_pause * 2 ** (len(self._times) - 1), self.max_pause))

@@ -43,18 +43,23 @@ class Daemon:
     proc: subprocess.Popen[str]
     endpoint: str
 
-    def front(self) -> psutil.Process:
-        """The control front: recsyncd's child running recsync.daemon.front."""
-        def find() -> psutil.Process | None:
-            for child in psutil.Process(self.proc.pid).children():
-                try:
-                    if "recsync.daemon.front" in child.cmdline():
-                        return child
-                except psutil.NoSuchProcess:
-                    continue
+    def front_now(self) -> psutil.Process | None:
+        """The control front (recsyncd's child running recsync.daemon.front), if any."""
+        try:
+            children = psutil.Process(self.proc.pid).children()
+        except psutil.NoSuchProcess:
             return None
+        for child in children:
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE and \
+                        "recsync.daemon.front" in child.cmdline():
+                    return child
+            except psutil.NoSuchProcess:
+                continue
+        return None
 
-        return wait_for(find, what="the control front process")  # type: ignore[no-any-return]
+    def front(self) -> psutil.Process:
+        return wait_for(self.front_now, what="the control front process")  # type: ignore[no-any-return]
 
     def fds(self) -> int:
         """Open descriptors of recsyncd and of its control front, from /proc/PID/fd."""
@@ -126,7 +131,54 @@ def test_descriptors_stay_flat_over_2000_one_shot_clients(daemon: Daemon) -> Non
     samples = one_shot_clients(daemon, 2000)
     # one connection per client may still be closing when sampled; a socket per client
     # ever served would add 2 descriptors each (200 per sample)
-    print("descriptors: baseline", baseline, "samples", samples)
     assert max(samples) <= baseline + 32, (baseline, samples)
     wait_for(lambda: daemon.fds() <= baseline + 4, what="descriptors back to the baseline")
     assert daemon.proc.poll() is None
+
+
+def _replaced(svc: Daemon, old_pid: int) -> int | None:
+    """The pid of a new front that answers, once ``old_pid`` is gone; else None."""
+    front = svc.front_now()
+    if front is None or front.pid == old_pid:
+        return None
+    return front.pid if svc.answers() else None
+
+
+def test_an_error_inside_the_front_is_logged_and_a_new_front_serves(daemon: Daemon) -> None:
+    first = daemon.front().pid
+    # SIGINT raises KeyboardInterrupt inside the front's loop: an exception it does not
+    # handle, as a bug would
+    os.kill(first, signal.SIGINT)
+    second = wait_for(lambda: _replaced(daemon, first), what="a new front to answer")
+    entries = daemon.log_entries()
+    crash = [e for e in entries if e["msg"] == "control front crashed"]
+    assert crash and crash[0]["front_pid"] == first and "KeyboardInterrupt" in str(
+        crash[0]["exc"])
+    exited = [e for e in entries if e["msg"] == "control front exited; starting a new one"]
+    assert exited[0]["exit"] == "exit status 1" and exited[0]["level"] == "error"
+    restarted = [e for e in entries if e["msg"] == "control front restarted"]
+    assert restarted[0]["front_pid"] == second
+    # killed outright: logged by recsyncd as well, and replaced again
+    os.kill(second, signal.SIGKILL)
+    wait_for(lambda: _replaced(daemon, second), what="a front after SIGKILL")
+    assert any(e.get("exit") == "killed by SIGKILL" for e in daemon.log_entries())
+    assert daemon.proc.poll() is None
+    assert daemon.ask() == []
+
+
+def test_a_front_that_keeps_dying_ends_recsyncd_with_status_1(daemon: Daemon) -> None:
+    pids = [daemon.front().pid]
+    os.kill(pids[-1], signal.SIGKILL)
+    while len(pids) < 10:
+        # a new front that serves, or recsyncd's exit
+        new = wait_for(lambda: daemon.proc.poll() is not None or _replaced(daemon, pids[-1]),
+                       what="a new front or recsyncd's exit")
+        if new is True:
+            break
+        pids.append(new)
+        os.kill(new, signal.SIGKILL)
+    assert daemon.proc.wait(timeout=60) == 1
+    assert len(pids) == 6  # five restarts allowed, the sixth death ends the daemon
+    entries = daemon.log_entries()
+    assert any(e["msg"].startswith("control front keeps failing")  # type: ignore[union-attr]
+               and e["level"] == "critical" for e in entries)
