@@ -19,6 +19,7 @@ from recsync.actors.supervisor import RestartPolicy, Supervisor
 from recsync.clock import Clock, SystemClock
 from recsync.config import AppConfig, PipelineConfig, load_config
 from recsync.daemon import protocol as p
+from recsync.daemon.logs import redact_text
 from recsync.daemon.records import pipeline_counts
 from recsync.daemon.reload import diff_configs
 from recsync.errors import ConfigError, ControlError
@@ -103,6 +104,9 @@ class Daemon:
         self.baseline = {pid: r for pid, r in self._counts().items()}
 
     def _on_supervisor_event(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "record_failed":  # from a queue actor: about a record, not the pipeline
+            self.publish(kind, {**data, "error": redact_text(str(data.get("error")))})
+            return
         pid = data.get("pipeline")
         if pid:
             self.states[pid] = {**self.states.get(pid, {}), **data}
