@@ -17,7 +17,13 @@ import msgspec
 from recsync.config import AppConfig, load_config
 from recsync.daemon.app import Daemon
 from recsync.daemon.frontproc import FrontProcess
-from recsync.daemon.logs import default_log_file, setup_logging
+from recsync.daemon.logs import (
+    LogLocation,
+    default_log_file,
+    journal_unit,
+    setup_logging,
+    write_log_note,
+)
 from recsync.daemon.notify import Notifier, Watchdog
 from recsync.daemon.reload import ConfigWatcher
 from recsync.errors import ConfigError, RecsyncError
@@ -104,6 +110,12 @@ def start_embedded_mocks(config: AppConfig, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         server = mock.embedded(kind, data=state_dir / f"mock-{kind}.json")
         log.info("embedded mock started", extra={"mock": kind, "url": server.url})
+
+
+def note_logs(args: argparse.Namespace, folder: Path) -> None:
+    """Tell `recsync logs` where the log is: the journal of our unit, and the file."""
+    log_file = (args.log_file or default_log_file()).absolute()
+    write_log_note(folder, LogLocation(file=str(log_file), journal_unit=journal_unit()))
 
 
 def _install_signals(daemon: Daemon, wake: threading.Event | None = None,
@@ -198,6 +210,7 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
         print(f"recsyncd: {exc}", file=sys.stderr)
         return 2
     daemon.server, daemon.endpoints = server, endpoints
+    note_logs(args, public.parent if public is not None else runtime_dir())
     daemon.start()
     front: FrontProcess | None = None
     failure: list[str] = []
