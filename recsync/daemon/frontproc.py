@@ -117,8 +117,13 @@ class FrontProcess:
         with self._lock:  # stop() takes the process under this lock: none starts after it
             if self._stopping.is_set():
                 return False
-            proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, text=True,
-                                    start_new_session=True)
+            try:
+                proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, text=True,
+                                        start_new_session=True)
+            except OSError as exc:  # no process or descriptor left: a failed start
+                log.error("control front could not start", extra={
+                    "endpoint": self.public, "error": exc.strerror or str(exc)})
+                return False
             self._proc = proc
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -161,11 +166,13 @@ class FrontProcess:
                 if pause is None or self._stopping.wait(pause):
                     return
                 self.restarts += 1
+                failed = self._proc
                 if self._spawn():
                     break
                 if self._stopping.is_set():
                     return
-                code = self._proc.returncode if self._proc is not None else 1
+                code = 1 if self._proc is failed or self._proc is None else (
+                    self._proc.returncode)
             proc = self._proc
             assert proc is not None
             log.info("control front restarted", extra={"front_pid": proc.pid,
