@@ -227,6 +227,8 @@ def test_hot_reload_of_both_files_valid_and_invalid(service: Service) -> None:
     events = subprocess.Popen(
         [sys.executable, "-m", "recsync.cli", "--endpoint", service.endpoint, "--json",
          "events"], stdout=subprocess.PIPE, text=True)
+    assert events.stdout is not None
+    first = events.stdout.readline()  # subscribed: the stats of every second come through
     try:
         wait_for(lambda: synced(service), what="the first sync")
         broken = settings.read_text().replace("batch_size = 100", "batch_size = 'many'")
@@ -259,6 +261,7 @@ def test_hot_reload_of_both_files_valid_and_invalid(service: Service) -> None:
     finally:
         events.terminate()
         out, _ = events.communicate(timeout=10)
+    out = first + out
     kinds = [json.loads(line)["kind"] for line in out.splitlines() if line.strip()]
     assert "config_rejected" in kinds and "config_reloaded" in kinds
     seqs = [json.loads(line)["seq"] for line in out.splitlines() if line.strip()]
