@@ -182,3 +182,32 @@ def test_a_front_that_keeps_dying_ends_recsyncd_with_status_1(daemon: Daemon) ->
     entries = daemon.log_entries()
     assert any(e["msg"].startswith("control front keeps failing")  # type: ignore[union-attr]
                and e["level"] == "critical" for e in entries)
+
+
+def test_a_stalled_daemon_gets_clients_a_busy_reply_not_a_stuck_front(daemon: Daemon) -> None:
+    import zmq
+
+    request = p.encoder.encode(p.Request(p.API_VERSION, p.FailedList()))
+    count = 20_000
+    with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.connect(daemon.endpoint)
+        os.kill(daemon.proc.pid, signal.SIGSTOP)  # recsyncd reads nothing; its front runs
+        try:
+            for _ in range(count):
+                sock.send_multipart([b"", request])
+            assert sock.poll(30_000), "the front answered nothing while recsyncd was stopped"
+            first = p.reply_decoder.decode(sock.recv_multipart()[-1])
+            assert first.error is not None and first.error.code == "UNAVAILABLE"
+            assert "recsyncd is busy" in first.error.message
+        finally:
+            os.kill(daemon.proc.pid, signal.SIGCONT)
+        replies = [first]
+        while len(replies) < count and sock.poll(30_000):
+            replies.append(p.reply_decoder.decode(sock.recv_multipart()[-1]))
+    assert len(replies) == count  # every request answered once: busy, or its result
+    answered = [r for r in replies if r.ok]
+    assert answered and all(r.result == [] for r in answered)
+    assert daemon.answers()
