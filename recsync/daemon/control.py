@@ -126,6 +126,7 @@ class ControlServer:
         curve: CurveConfig | None = None,
         max_frame: int = protocol.MAX_FRAME,
         workers: int = 4,
+        reply_hwm: int | None = None,
     ) -> None:
         self.handler = handler
         self.inline = inline
@@ -134,6 +135,10 @@ class ControlServer:
         self.curve = curve
         self.max_frame = max_frame
         self.workers = workers
+        # replies queued per peer before more are dropped (None: ZeroMQ's 1000); 0 (no
+        # limit) for the internal socket, whose one peer, the control front, carries the
+        # replies of every client and always reads them
+        self.reply_hwm = reply_hwm
         self._lock = threading.Lock()  # guards _push, _seq, _state
         self._seq = 0
         self._state = "new"  # new -> running -> stopped
@@ -179,6 +184,8 @@ class ControlServer:
         for sock in (router, pub, pull):
             sock.linger = 0
         router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        if self.reply_hwm is not None:
+            router.setsockopt(zmq.SNDHWM, self.reply_hwm)
         # a hard cap far above max_frame: such peers are dropped, not read into memory
         router.setsockopt(zmq.MAXMSGSIZE, max(self.max_frame * 4, 1 << 16))
         pull.setsockopt(zmq.RCVHWM, 0)

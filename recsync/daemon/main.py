@@ -204,7 +204,7 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
                    if public is not None else endpoints[0])
         server = ControlServer(service.handle, inline=service.inline,
                                command_endpoint=command, event_endpoint=endpoints[1],
-                               curve=curve)
+                               curve=curve, reply_hwm=0 if public is not None else None)
         server.start()
     except RecsyncError as exc:
         print(f"recsyncd: {exc}", file=sys.stderr)
