@@ -14,6 +14,12 @@ from recsync.errors import ConnectorConfigError, StateUnavailable
 log = logging.getLogger(__name__)
 
 FailureSink = Callable[[ChildFailed], None]
+# publishes one event (kind, data) on the control socket, from any actor's thread
+EventSink = Callable[[str, dict[str, Any]], None]
+
+
+def no_events(kind: str, data: dict[str, Any]) -> None:
+    """The EventSink of actors started without one."""
 
 
 class PipelineActor(pykka.ThreadingActor):

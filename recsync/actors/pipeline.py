@@ -8,7 +8,7 @@ from typing import Any
 
 import pykka
 
-from recsync.actors.base import FailureSink
+from recsync.actors.base import EventSink, FailureSink, no_events
 from recsync.actors.connector import ConnectorActor
 from recsync.actors.health import SideHealth
 from recsync.actors.poller import PollerActor
@@ -63,6 +63,7 @@ class Pipeline:
     def __init__(
         self, config: PipelineConfig, ruleset: RuleSet, *, state_dir: Path, systems: Systems,
         scheduler: Scheduler, clock: Clock, report: FailureSink,
+        on_event: EventSink | None = None,
     ) -> None:
         self.config = config
         self.ruleset = ruleset
@@ -71,6 +72,7 @@ class Pipeline:
         self.scheduler = scheduler
         self.clock = clock
         self._supervisor_report = report
+        self.on_event = on_event or no_events
         self.start_failure: ChildFailed | None = None
         self.incarnation = 0
         self.peers = Peers()
@@ -124,7 +126,8 @@ class Pipeline:
                     clock=self.clock, health=self.side_health[side])
             peers.refs["queue"] = QueueActor.start(
                 *common, state_path=self.state_path, settings=s, ruleset=self.ruleset,
-                peers=peers, clock=self.clock, safe_start=self.restarts > 0)
+                peers=peers, clock=self.clock, safe_start=self.restarts > 0,
+                on_event=self.on_event)
             for role in ("rate_limiter", "connector_a", "connector_b", "queue"):
                 peers.refs[role].ask(Ping(), timeout=ASK_TIMEOUT)
             cursors: dict[str, str | None] = peers.refs["queue"].ask(  # type: ignore[assignment]

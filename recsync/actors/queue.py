@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from recsync.actors.base import FailureSink, PipelineActor
+from recsync.actors.base import EventSink, FailureSink, PipelineActor, no_events
 from recsync.actors.protocol import BatchDone, Committed, Enqueue, Flush, Poll, WriteBatch
 from recsync.clock import Clock
 from recsync.config import Settings
@@ -36,6 +36,7 @@ class QueueActor(PipelineActor):
         self, pipeline: str, incarnation: int, report: FailureSink, *,
         state_path: Path, settings: Settings, ruleset: RuleSet, peers: Any, clock: Clock,
         safe_start: bool = False,
+        on_event: EventSink | None = None,
     ) -> None:
         super().__init__(pipeline, incarnation, report)
         self.state_path = state_path
@@ -43,6 +44,7 @@ class QueueActor(PipelineActor):
         self.ruleset = ruleset
         self.peers = peers
         self.clock = clock
+        self.on_event = on_event or no_events
         self.store: Store | None = None
         self.in_flight: dict[Direction, frozenset[str] | None] = dict.fromkeys(DIRECTIONS)
         self.added: dict[Direction, int] = dict.fromkeys(DIRECTIONS, 0)
@@ -188,6 +190,7 @@ class QueueActor(PipelineActor):
         for key, error in stats.failed_keys:
             log.error("record failed", extra={"pipeline": self.pipeline, "record": key,
                                               "direction": msg.direction, "error": error})
+            self._publish_failed(key, msg.direction, error)
         if direct is not None and not early:
             waiting, self.waiting = self.waiting, []
             for page in waiting:
@@ -217,6 +220,15 @@ class QueueActor(PipelineActor):
             return True
         self.waiting = [page]
         return False
+
+    def _publish_failed(self, key: str, direction: Direction, error: str) -> None:
+        """The ``record_failed`` event (a failed publish is logged, never raised)."""
+        try:
+            self.on_event("record_failed", {"pipeline": self.pipeline, "key": key,
+                                            "direction": direction, "error": error})
+        except Exception:
+            log.exception("record_failed event not published",
+                          extra={"pipeline": self.pipeline, "record": key})
 
     # asked from outside the pipeline -------------------------------------------------------
     def set_ruleset(self, ruleset: RuleSet) -> None:

@@ -77,7 +77,8 @@ class Supervisor(pykka.ThreadingActor):
         """Start a pipeline; returns its state (running, or error with the reason logged)."""
         pipeline = Pipeline(
             config, ruleset, state_dir=self.state_dir, systems=self.systems,
-            scheduler=self.scheduler, clock=self.clock, report=self._report)
+            scheduler=self.scheduler, clock=self.clock, report=self._report,
+            on_event=self.on_event)
         self.pipelines[config.id] = pipeline
         self.restart_times[config.id] = deque()
         self.backoffs[config.id] = 0

@@ -62,6 +62,8 @@ def _run(args: argparse.Namespace) -> int:
         return run(args.endpoint, args.event_endpoint)
     if name == "mock serve":
         return serve_mock(args.kind, args.port, args.data)
+    if name == "logs":
+        return show_logs(args)
     if name == "events":
         with _client(args) as client:
             client.request(p.StatsGet())  # fail fast (exit 3) when recsyncd is not there
@@ -116,6 +118,21 @@ def serve_mock(kind: str, port: int, data: Path | None) -> int:
     finally:
         server.stop()
     return 0
+
+
+def show_logs(args: argparse.Namespace) -> int:
+    """`recsync logs`: the daemon's log, readable; no daemon needed."""
+    from recsync.cli import logs
+
+    if args.unit and args.file:
+        raise UsageError("--unit goes with --journal, not with --file")
+    source = logs.find_source(args.file, args.journal, args.unit, args.endpoint)
+    keep = logs.Filter(args.pipeline, args.level)
+    try:
+        return logs.run(source, follow=args.follow, lines=args.lines, keep=keep,
+                        as_json=args.json, out=sys.stdout)
+    except KeyboardInterrupt:
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from recsync.client import ENDPOINT_ENV, EVENT_ENDPOINT_ENV
+from recsync.daemon.protocol import EVENT_KINDS
 
 EPILOG = """\
 exit codes: 0 ok, 1 recsyncd answered with an error, 2 usage error, 3 recsyncd unreachable,
@@ -278,11 +279,22 @@ def build_parser() -> argparse.ArgumentParser:
         "One line per event (--json: one JSON object per line).",
     )
     p.add_argument(
-        "--kind", action="append", metavar="KIND", help="only events of this kind (repeatable)"
+        "--kind", action="append", metavar="KIND", choices=EVENT_KINDS,
+        help=f"only events of this kind (repeatable): {', '.join(EVENT_KINDS)}",
     )
     p.add_argument("--count", type=positive_int, metavar="N", help="stop after N events")
     summary = "print the JSON Schema of every command and reply (no daemon needed)"
     sub.add_parser("schema", help=summary, description=summary)
+    add_logs_parser(add(
+        sub,
+        "logs",
+        "print recsyncd's log readably (-f: follow it)",
+        "recsyncd's JSON log as time, level, pipeline, message and fields (--json: the JSON "
+        "lines). Read from --file, else the journal of recsyncd's systemd unit when it "
+        "runs under one (journalctl -u UNIT -o cat), else the log file it writes "
+        "($LOGS_DIRECTORY or ./logs, record_sync.log). Lines that are not log entries are "
+        "printed as they are.",
+    ))
 
     mock_p = sub.add_parser("mock", help="the mock CRM servers (Salesforce, Outreach)")
     mock_sub = mock_p.add_subparsers(dest="mock_command", required=True, metavar="COMMAND")
@@ -340,3 +352,22 @@ def build_parser() -> argparse.ArgumentParser:
     seed_p.add_argument("--start-id", type=int, default=1, help="first record_id (default 1)")
     seed_p.add_argument("--path", type=Path, default=Path("data/demo.sqlite"))
     return parser
+
+
+def add_logs_parser(p: argparse.ArgumentParser) -> None:
+    """The options of `recsync logs`."""
+    from recsync.cli.logs import LEVELS
+
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="print the last lines, then new ones as they come, until Ctrl-C")
+    p.add_argument("--pipeline", metavar="P",
+                   help="only this pipeline's lines (CUSTOMER/NAME, or a CUSTOMER's)")
+    p.add_argument("--level", choices=LEVELS, metavar="L",
+                   help=f"only lines at this level or above ({', '.join(LEVELS)})")
+    p.add_argument("-n", "--lines", type=positive_int, metavar="N",
+                   help="only the last N lines (default: all; with -f, 10)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--file", type=Path, metavar="PATH", help="read this log file")
+    where.add_argument("--journal", action="store_true",
+                       help="read the systemd journal of --unit (default recsyncd)")
+    p.add_argument("--unit", metavar="UNIT", help="with --journal: the systemd unit")

@@ -20,6 +20,7 @@ from recsync.actors.supervisor import RestartPolicy, Supervisor
 from recsync.clock import Clock, SystemClock
 from recsync.config import AppConfig, PipelineConfig, load_config
 from recsync.daemon import protocol as p
+from recsync.daemon.logs import redact_text
 from recsync.daemon.records import pipeline_counts
 from recsync.daemon.reload import diff_configs
 from recsync.daemon.sides import side_statuses
@@ -124,6 +125,9 @@ class Daemon:
                 log.warning(note)
 
     def _on_supervisor_event(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "record_failed":  # from a queue actor: about a record, not the pipeline
+            self.publish(kind, {**data, "error": redact_text(str(data.get("error")))})
+            return
         pid = data.get("pipeline")
         if pid:
             self.states[pid] = {**self.states.get(pid, {}), **data}

@@ -207,7 +207,7 @@ class Reply(msgspec.Struct, frozen=True):
 class Event(msgspec.Struct, frozen=True):
     seq: int
     ts: float
-    kind: str  # stats, pipeline_state, record_failed, config_reloaded, config_rejected, ...
+    kind: str  # one of EVENT_KINDS
     data: dict[str, Any]
 
 
@@ -386,3 +386,14 @@ def json_schema() -> dict[str, Any]:
         "title": f"recsync control protocol v{API_VERSION}",
         "$defs": components,
     }
+
+
+# Every kind of event recsyncd publishes, and when (`recsync events --kind` takes these):
+EVENT_KINDS: tuple[str, ...] = (
+    "stats",  # every second: {pipelines: [PipelineStats]}
+    "pipeline_state",  # a pipeline started, stopped, paused, restarted, backed off, failed
+    "actor_failed",  # an actor of a pipeline crashed: {pipeline, actor, error, ...}
+    "record_failed",  # a record gave up after max_attempts: {pipeline, key, direction, error}
+    "config_reloaded",  # the TOML files were reloaded: ReloadResult
+    "config_rejected",  # a reload was refused: {error}; the running configuration stays
+)
