@@ -289,11 +289,12 @@ class QueueActor(PipelineActor):
                                        mass_delete_min=s.mass_delete_min)
         except MassDeleteBlocked as exc:
             target = "b" if exc.side == "a" else "a"
+            customer, _, name = self.pipeline.partition("/")
             text = (f"verify --repair would delete {exc.count} of {exc.total} linked records "
                     f"on side {target} (over mass_delete_threshold "
                     f"{s.mass_delete_threshold:g}); nothing was queued: to let them "
-                    f"through, run `recsync deletes confirm CUSTOMER PIPELINE {exc.side}` "
-                    f"for {self.pipeline}, then `recsync verify --repair` again")
+                    f"through, run `recsync deletes confirm {customer} --pipeline {name} "
+                    f"--side {exc.side}`, then `recsync verify --repair` again")
             self.held[exc.side] = text
             log.error("mass delete held", extra={"pipeline": self.pipeline, "error": text})
             return {"queued": {"a_to_b": 0, "b_to_a": 0}, "skipped": len(items) - len(todo),

@@ -86,7 +86,9 @@ class Daemon:
         return json.loads(self.cli("--json", *args).stdout)
 
     def state(self, pipeline: str) -> str:
-        rows = self.json("status")["pipelines"]
+        status = cli("--endpoint", self.endpoint, "--json", "status")
+        assert status.returncode in (0, 4), status.stderr  # 4: a pipeline is held
+        rows = json.loads(status.stdout)["pipelines"]
         return str(next(r["state"] for r in rows if r["pipeline"] == pipeline))
 
 

@@ -171,7 +171,8 @@ def test_held_mass_delete_shows_and_status_exits_4_until_confirmed(
     assert daemon.cli("status", "3").returncode == 0  # a record's status: no such exit
     assert len(users(tmp_path / "b.sqlite")) == 20  # nothing deleted yet
 
-    assert daemon.cli("deletes", "confirm", "test", "p", "a").returncode == 0
+    confirmed = daemon.cli("deletes", "confirm", "test", "--pipeline", "p", "--side", "a")
+    assert confirmed.returncode == 0
     wait_for(lambda: len(users(tmp_path / "b.sqlite")) == 5, what="the confirmed deletes")
     wait_for(lambda: daemon.cli("status").returncode == 0, what="status to exit 0 again")
     assert daemon.status()["test/p"]["sides"]["a"]["held_delete"] is None

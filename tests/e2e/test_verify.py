@@ -79,7 +79,7 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         result = self.cli("--json", "status")
-        assert result.returncode == 0, result.stderr
+        assert result.returncode in (0, 4), result.stderr  # 4: held or in error
         (one,) = json.loads(result.stdout)["pipelines"]
         return one  # type: ignore[no-any-return]
 
@@ -94,7 +94,9 @@ def start(folder: Path) -> Daemon:
     proc = subprocess.Popen(recsyncd_cmd(folder, folder / "state"), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
     daemon = Daemon(folder, proc, f"ipc://{folder}/run/control.sock")
-    wait_for(lambda: daemon.cli("status").returncode == 0, what="recsyncd's control socket")
+    # 4: a pipeline in error (some tests want one): the control socket answered all the same
+    wait_for(lambda: daemon.cli("status").returncode in (0, 4),
+             what="recsyncd's control socket")
     return daemon
 
 
@@ -111,8 +113,11 @@ def running() -> Iterator[list[Daemon]]:
                 d.proc.kill()
 
 
-def drop_triggers(db: Path) -> None:
-    """Changes made after this are invisible to recsync (until the daemon restarts)."""
+def drop_triggers(db: Path, daemon: Daemon) -> None:
+    """Changes made after this are invisible to recsync while the pipeline is paused (once it
+    polls again, it notices the missing triggers, puts them back and lists the table)."""
+    paused = daemon.cli("pause", "test")
+    assert paused.returncode == 0, paused.stderr
     for name in ("recsync_users_ai", "recsync_users_au", "recsync_users_ad"):
         sql(db, f"DROP TRIGGER {name}")
 
@@ -147,7 +152,7 @@ def test_csv_drift_is_reported_by_category_and_repaired(
     assert agreed["agree"] and (agreed["a_records"], agreed["b_records"]) == (20, 19)
     assert agreed["ignored"] == 1  # the inactive user: on A only, as the filter says
 
-    drop_triggers(db)
+    drop_triggers(db, daemon)
     sql(db, "UPDATE users SET full_name = 'Changed Behind' WHERE record_id = 3")
     sql(db, "INSERT INTO users (record_id, full_name, email_address, status) "
             "VALUES (21, 'Extra Row', 'x21@x.org', 'active')")
@@ -184,7 +189,7 @@ def test_a_repair_that_deletes_too_much_is_held_until_confirmed(
     wait_for(lambda: csv_path.exists() and len(read_csv(csv_path)) == 20,
              what="the first sync")
     wait_for(daemon.idle, what="the first sync to settle")
-    drop_triggers(db)
+    drop_triggers(db, daemon)
     sql(db, "DELETE FROM users WHERE record_id > 5")  # 15 of 20, over the 0.5 threshold
 
     found = daemon.verify(code=1)
@@ -193,11 +198,11 @@ def test_a_repair_that_deletes_too_much_is_held_until_confirmed(
     held = daemon.verify("--repair", code=1)["repair"]
     assert "15 of 20 linked records on side b" in held["held"] and held["queued"] == {
         "a_to_b": 0, "b_to_a": 0}
-    assert "`recsync deletes confirm CUSTOMER PIPELINE a` for test/p" in held["held"]
+    assert "`recsync deletes confirm test --pipeline p --side a`" in held["held"]
     assert len(read_csv(csv_path)) == 20  # nothing deleted
     wait_for(lambda: daemon.status()["state"] == "held", what="status to show the hold")
 
-    confirm = daemon.cli("deletes", "confirm", "test", "p", "a")
+    confirm = daemon.cli("deletes", "confirm", "test", "--pipeline", "p", "--side", "a")
     assert confirm.returncode == 0, confirm.stderr
     done = daemon.verify("--repair", code=1)["repair"]
     assert done == {"queued": {"a_to_b": 15, "b_to_a": 0}, "skipped": 0, "held": None}
@@ -236,7 +241,7 @@ def test_salesforce_drift_is_reported_and_repaired(
     wait_for(lambda: sf_rows(salesforce) == users(db), what="the first sync")
     assert daemon.verify(code=0)["agree"]
 
-    drop_triggers(db)
+    drop_triggers(db, daemon)
     sql(db, "UPDATE users SET email_address = 'new4@x.org' WHERE record_id = 4")
     sql(db, "INSERT INTO users (record_id, full_name, email_address, status) "
             "VALUES (30, 'Extra Row', 'x30@x.org', 'active')")
