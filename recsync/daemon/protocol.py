@@ -212,6 +212,10 @@ class PipelineStatus(msgspec.Struct, frozen=True):
     conflicts: int
     restarts: int
     cursors: dict[str, str | None] = {}  # side -> the committed read position
+    # the node running the pipeline; None: the daemon that answers (one node today)
+    node: str | None = None
+    # effective values of the live-tunable settings, named as in `config.override`
+    settings: dict[str, float] = {}
 
 
 class HistoryEntry(msgspec.Struct, frozen=True):
