@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from textual.binding import Binding
 from textual.widget import Widget
 
 from recsync.tui.model import Model, PipelineView, sparkline
@@ -50,7 +49,6 @@ def row(view: PipelineView) -> tuple[str, ...]:
 class OverviewScreen(PipelineScreen):
     TITLE_TEXT = "Overview"
     AUTO_FOCUS = "#pipelines"
-    BINDINGS = [Binding("enter", "open", "Detail", show=True)]
 
     def __init__(self) -> None:
         super().__init__()

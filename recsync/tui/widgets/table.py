@@ -55,7 +55,7 @@ def fit_columns(columns: Sequence[Column], width: int) -> list[tuple[Column, int
     """
     fills = [i for i, c in enumerate(columns) if c.fill]
     chosen: dict[int, int] = {i: columns[i].min_width or columns[i].width for i in fills}
-    left = width - sum(chosen.values()) - len(chosen)
+    left = width + 1 - sum(chosen.values()) - len(chosen)  # +1: no gap before the first
     order = sorted(
         (i for i in range(len(columns)) if i not in chosen),
         key=lambda i: (columns[i].priority, i),
@@ -72,7 +72,6 @@ def fit_columns(columns: Sequence[Column], width: int) -> list[tuple[Column, int
         else:
             continue
         left -= chosen[i] + 1
-    left += 1  # n columns have n - 1 gaps
     if fills and left > 0:
         share, extra = divmod(left, len(fills))
         for n, i in enumerate(fills):
@@ -116,7 +115,7 @@ class LiveTable(ScrollView, can_focus=True):
         Binding("pagedown", "page(1)", "Page down", show=False),
         Binding("home", "edge(0)", "First", show=False),
         Binding("end", "edge(1)", "Last", show=False),
-        Binding("enter", "select", "Open", show=False),
+        Binding("enter", "select", "Open"),
     ]
 
     cursor_row: reactive[int] = reactive(0, layout=False, repaint=False)
@@ -141,17 +140,21 @@ class LiveTable(ScrollView, can_focus=True):
         self._layout: list[tuple[int, int]] = []  # (column index, width) shown
         self._layout_width = -1
         self._lines: dict[str, tuple[tuple[object, ...], Strip]] = {}
-        self.rendered_rows = 0  # rows rendered (not taken from the cache): for tests
+        self.rendered_rows = 0  # row lines built (not taken from the cache): for tests
 
     # ---- data ----------------------------------------------------------------------------
     def set_rows(self, rows: dict[str, tuple[str, ...]]) -> None:
         """Show ``rows`` (key -> one text per column), in the dict's order."""
         keys = list(rows)
         if keys != self.keys:
+            selected = self.cursor_key
             self.keys = keys
             self.rows = dict(rows)
             self.virtual_size = Size(self.size.width, len(keys) + 1)
-            self.cursor_row = min(self.cursor_row, max(0, len(keys) - 1))
+            if selected in rows:  # the cursor stays on its row when others come or go
+                self.cursor_row = keys.index(selected)
+            else:
+                self.cursor_row = min(self.cursor_row, max(0, len(keys) - 1))
             self.refresh()
             return
         top = int(self.scroll_offset.y)
@@ -210,11 +213,12 @@ class LiveTable(ScrollView, can_focus=True):
             style = base + self.get_component_rich_style("live-table--even")
         else:
             style = base
-        stamp: tuple[object, ...] = (cells, style, width)
+        line = self._text(cells).ljust(width)  # cheap; hidden columns do not count
+        stamp: tuple[object, ...] = (line, style)
         cached = self._lines.get(key)
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        strip = Strip([Segment(self._text(cells).ljust(width), style)], width)
+        strip = Strip([Segment(line, style)], width)
         self._lines[key] = (stamp, strip)
         self.rendered_rows += 1
         return strip
