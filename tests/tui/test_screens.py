@@ -303,3 +303,46 @@ async def test_live_table_redraws_only_the_rows_that_change(fake: FakeDaemon) ->
         await until(pilot, lambda: table.rendered_rows > before, what="the row redrawn")
         await pilot.pause(0.2)
         assert table.rendered_rows - before == 1
+
+
+MAIN = {  # the widget a screen is for, and the rows of it that must be on screen at 80x24
+    "detail": ("#detail-info", 5),
+    "failed": ("#failed-table", 3),
+    "record": ("#record-info", 3),
+    "confirm": ("#confirm-question", 1),
+    "rules": ("#rules-text", 10),
+    "settings": ("#settings-pipeline", 3),
+    "help": ("#help", 10),
+}
+
+
+@pytest.mark.parametrize("name", list(SCREENS))
+async def test_every_screen_is_usable_at_80x24(fake: FakeDaemon, name: str) -> None:
+    app = make_app(fake.client)
+    async with app.run_test(size=SMALL) as pilot:
+        await start(pilot)
+        await SCREENS[name](pilot)
+        await pilot.pause(0.1)
+        selector, rows = MAIN[name]
+        widget = app.screen.query_one(selector)
+        visible = widget.region.intersection(app.screen.region)
+        assert visible.height >= rows, (name, widget.region)
+        assert visible.width == widget.region.width  # nothing cut off on the right
+
+
+async def test_switching_screens_does_not_rebuild_an_unchanged_key_bar(fake: FakeDaemon) -> None:
+    """Textual's Footer rebuilt its keys on every switch: most of a key press's cost."""
+    from textual.widgets._footer import FooterKey  # noqa: TID251
+
+    app = make_app(fake.client)
+    async with app.run_test(size=SMALL) as pilot:
+        await start(pilot)
+        await pilot.pause(0.2)
+        keys = list(app.screen.query(FooterKey))
+        assert [k.key for k in keys][:3] == ["enter", "p", "n"]
+        await to_failed(pilot)
+        assert "t" in [k.key for k in app.screen.query(FooterKey)]  # its own keys
+        await pilot.press("o")
+        await until(pilot, lambda: isinstance(app.screen, OverviewScreen))
+        await pilot.pause(0.2)
+        assert list(app.screen.query(FooterKey)) == keys  # the very same widgets
