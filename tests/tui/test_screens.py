@@ -329,20 +329,3 @@ async def test_every_screen_is_usable_at_80x24(fake: FakeDaemon, name: str) -> N
         assert visible.height >= rows, (name, widget.region)
         assert visible.width == widget.region.width  # nothing cut off on the right
 
-
-async def test_switching_screens_does_not_rebuild_an_unchanged_key_bar(fake: FakeDaemon) -> None:
-    """Textual's Footer rebuilt its keys on every switch: most of a key press's cost."""
-    from textual.widgets._footer import FooterKey  # noqa: TID251
-
-    app = make_app(fake.client)
-    async with app.run_test(size=SMALL) as pilot:
-        await start(pilot)
-        await pilot.pause(0.2)
-        keys = list(app.screen.query(FooterKey))
-        assert [k.key for k in keys][:3] == ["enter", "p", "n"]
-        await to_failed(pilot)
-        assert "t" in [k.key for k in app.screen.query(FooterKey)]  # its own keys
-        await pilot.press("o")
-        await until(pilot, lambda: isinstance(app.screen, OverviewScreen))
-        await pilot.pause(0.2)
-        assert list(app.screen.query(FooterKey)) == keys  # the very same widgets

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 from textual.app import ComposeResult
 from textual.screen import Screen
 from textual.widget import Widget
+from textual.widgets import Footer
 
 from recsync.tui.model import Model
-from recsync.tui.widgets.footer import KeyFooter
 from recsync.tui.widgets.header import ConnectionHeader
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ class DashboardScreen(Screen[Any]):
     def compose(self) -> ComposeResult:
         yield ConnectionHeader(self.TITLE_TEXT)
         yield from self.body()
-        yield KeyFooter()
+        yield Footer()
 
     def body(self) -> list[Widget]:
         return []
