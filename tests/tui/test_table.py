@@ -72,3 +72,27 @@ async def test_the_cursor_stays_on_its_row_when_rows_come_and_go() -> None:
         assert table.cursor_key == "b"
         await pilot.press("home")
         assert table.cursor_key == "a"
+
+
+class ClickApp(TableApp):
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened: list[str] = []
+
+    def on_live_table_selected(self, event: LiveTable.Selected) -> None:
+        self.opened.append(event.key)
+
+
+@pytest.mark.asyncio
+async def test_a_click_moves_the_cursor_and_a_second_click_opens_the_row() -> None:
+    app = ClickApp()
+    async with app.run_test(size=(40, 10)) as pilot:
+        table = app.query_one(LiveTable)
+        table.set_rows({k: (k,) for k in ("a", "b", "c")})
+        await pilot.pause()
+        await pilot.click("#t", offset=(2, 3))  # line 0 is the header: row "c"
+        assert table.cursor_key == "c" and app.opened == []
+        await pilot.click("#t", offset=(2, 3))
+        assert app.opened == ["c"]
+        await pilot.click("#t", offset=(2, 0))  # the header: nothing
+        assert table.cursor_key == "c" and app.opened == ["c"]

@@ -13,7 +13,7 @@ HELP = """\
 
 | Key | Where | Does |
 |---|---|---|
-| `o` | anywhere | back to the overview of all pipelines (closes dialogs) |
+| `o` | anywhere | back to the overview (closes dialogs; not while typing in a field) |
 | `f` | anywhere | failed records |
 | `r` | anywhere | rule sets and the last reload |
 | `s` | anywhere | live settings of a pipeline |
