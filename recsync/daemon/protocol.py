@@ -244,6 +244,10 @@ class PipelineStatus(msgspec.Struct, frozen=True):
     # what a side warned about lately ("side a: ..."): a rebuilt table, a reset change log
     warnings: list[str] = []
     sides: dict[str, SideStatus] = {}  # side -> circuit, rate-limit wait, held, last error
+    # the node running the pipeline; None: the daemon that answers (one node today)
+    node: str | None = None
+    # effective values of the live-tunable settings, named as in `config.override`
+    settings: dict[str, float] = {}
 
 
 class HistoryEntry(msgspec.Struct, frozen=True):

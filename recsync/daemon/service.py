@@ -27,6 +27,7 @@ from recsync.config import (
     SETTINGS_FILE,
     AppConfig,
     PipelineConfig,
+    Settings,
     load_config,
     load_rules_text,
     settings_with_overrides,
@@ -143,7 +144,8 @@ class ControlService:
                 restarts=int(h.get("restarts", 0)),
                 cursors=pipeline_cursors(self._state_path(cfg)),
                 warnings=list(h.get("warnings", [])),
-                sides=side_statuses(h, self.daemon.clock.time())))
+                sides=side_statuses(h, self.daemon.clock.time()),
+                settings=live_settings(cfg.settings)))
         return out
 
     def failed(self, cmd: p.FailedList) -> list[p.FailedRecord]:
@@ -426,3 +428,14 @@ def atomic_write(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def live_settings(settings: Settings) -> dict[str, float]:
+    """The settings `config.override` can change, by its field names (for status output)."""
+    return {
+        "batch_size": settings.batch_size,
+        "flush_interval": settings.flush_interval,
+        "poll_interval": settings.poll_interval,
+        "rate_limit_max": settings.rate_limit.max_requests,
+        "rate_limit_window": settings.rate_limit.window_seconds,
+    }
