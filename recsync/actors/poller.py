@@ -42,13 +42,17 @@ class PollerActor(PipelineActor):
         self.last_error: str | None = None
         self.retry_at = 0.0
         self.pages = 0
+        self.woken = False  # a wake-up came during a cycle: run another one after it
         self.handles(Poll, self._poll)
         self.handles(PageRead, self._page_read)
         self.handles(Committed, self._committed)
 
     def _poll(self, msg: Poll) -> None:
+        if msg.wake and self.busy:
+            self.woken = True
         if self.busy or self.paused or self.clock.time() < self.retry_at:
             return
+        self.woken = False
         if msg.full:
             self.cursor = None
         self.busy = True
@@ -96,6 +100,9 @@ class PollerActor(PipelineActor):
     def _cycle_done(self) -> None:
         self.busy = False
         self.last_cycle_started = self.cycle_started
+        if self.woken:
+            self.woken = False
+            self.actor_ref.tell(Poll(wake=True))
 
     # asked by the pipeline
     def progress(self) -> dict[str, Any]:
