@@ -1,0 +1,145 @@
+"""End to end with a PostgreSQL side, through `recsyncd --once` and the running daemon."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import time
+from pathlib import Path
+
+from tests.e2e.helpers import (
+    make_users,
+    recsyncd_cmd,
+    run_once,
+    sql,
+    users,
+    wait_for,
+    write_config,
+)
+from tests.pgfixture import PgSchema, pg  # noqa: F401 - the fixture
+
+SQLITE_A = '{ connector = "sqlite", path = "a.sqlite", table = "users", key = "record_id" }'
+PG_TABLE = """
+CREATE TABLE {t} (
+    id integer PRIMARY KEY,
+    name text NOT NULL,
+    email text,
+    status text NOT NULL DEFAULT 'active',
+    updated_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+RENAMED = """
+[contacts]
+a_to_b = ["create", "update", "delete"]
+b_to_a = ["create", "update", "delete"]
+conflict = "last_writer_wins"
+[contacts.mappings]
+record_id = "id"
+full_name = "name"
+email_address = "email"
+status = "status"
+[contacts.filters]
+status = { in = ["active", "pending"] }
+"""
+
+
+def pg_side(pg: PgSchema) -> str:  # noqa: F811
+    return (f'{{ connector = "postgres", dsn = "{pg.dsn}", table = "{pg.table()}", '
+            'key = "id" }')
+
+
+def pg_rows(pg: PgSchema) -> dict[str, tuple[str, str, str]]:  # noqa: F811
+    return {str(r[0]): (r[1], r[2], r[3]) for r in pg.run(
+        f"SELECT id, name, email, status FROM {pg.table()}")}
+
+
+def ok(result: subprocess.CompletedProcess[str], code: int = 0) -> str:
+    assert result.returncode == code, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_sqlite_and_postgres_both_ways_with_renames_filters_and_deletes(
+        tmp_path: Path, pg: PgSchema) -> None:  # noqa: F811
+    rows = [(i, f"User {i}", f"u{i}@example.com", "active" if i % 5 else "inactive")
+            for i in range(1, 21)]
+    make_users(tmp_path / "a.sqlite", rows)
+    pg.run(PG_TABLE.format(t=pg.table()))
+    write_config(tmp_path, SQLITE_A, pg_side(pg), rules=RENAMED)
+    out = ok(run_once(tmp_path))
+    assert "a->b 16 synced" in out
+    assert set(pg_rows(pg)) == {str(i) for i in range(1, 21) if i % 5}
+    assert pg_rows(pg)["3"] == ("User 3", "u3@example.com", "active")
+
+    a = tmp_path / "a.sqlite"
+    sql(a, "UPDATE users SET full_name = 'Renamed' WHERE record_id = 3")
+    sql(a, "DELETE FROM users WHERE record_id = 4")
+    pg.run(f"UPDATE {pg.table()} SET email = 'seven@pg.org', updated_at = now() WHERE id = 7")
+    pg.run(f"INSERT INTO {pg.table()} (id, name, email, status) "
+           "VALUES (200, 'From PG', 'p@x.org', 'pending')")
+    pg.run(f"DELETE FROM {pg.table()} WHERE id = 8")
+    out = ok(run_once(tmp_path))
+    assert "a->b 2 synced" in out and "b->a 3 synced" in out, out
+
+    on_pg, on_a = pg_rows(pg), users(a)
+    assert on_pg["3"][0] == "Renamed" and "4" not in on_pg and "8" not in on_pg
+    assert on_a["7"][1] == "seven@pg.org" and on_a["200"] == ("From PG", "p@x.org", "pending")
+    assert "8" not in on_a
+    out = ok(run_once(tmp_path))  # a third pass: nothing to write either way
+    assert "a->b 0 synced" in out and "b->a 0 synced" in out, out
+
+
+def test_kill_9_during_a_sync_into_postgres_loses_and_duplicates_nothing(
+        tmp_path: Path, pg: PgSchema) -> None:  # noqa: F811
+    total = 6000
+    make_users(tmp_path / "a.sqlite",
+               [(i, f"User {i}", f"u{i}@x.org", "active") for i in range(1, total + 1)])
+    pg.run(PG_TABLE.format(t=pg.table()))
+    write_config(tmp_path, SQLITE_A, pg_side(pg), rules=RENAMED,
+                 settings="batch_size = 200\npage_size = 400\n")
+    rng = random.Random(13)
+    kills = 0
+    for remaining in range(4, 0, -1):
+        done = pg.run(f"SELECT count(*) FROM {pg.table()}")[0][0]
+        kill_at = done + rng.randint(1, max(1, (total - done) // (remaining + 1)))
+        proc = subprocess.Popen(recsyncd_cmd(tmp_path, tmp_path / "state", "--once"),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if pg.run(f"SELECT count(*) FROM {pg.table()}")[0][0] >= kill_at:
+                proc.kill()
+                kills += 1
+                break
+            try:
+                proc.wait(timeout=0.005)  # the polling interval, and notice of an exit
+                break
+            except subprocess.TimeoutExpired:
+                pass
+        proc.wait()
+    assert kills, "recsyncd finished before the first kill point"
+    ok(run_once(tmp_path))
+    on_pg = pg_rows(pg)
+    assert len(on_pg) == total
+    assert on_pg == {str(i): (f"User {i}", f"u{i}@x.org", "active") for i in range(1, total + 1)}
+    assert len(users(tmp_path / "a.sqlite")) == total  # nothing came back as a new row
+
+
+def test_a_change_in_postgres_reaches_the_other_side_at_once_with_a_long_poll(
+        tmp_path: Path, pg: PgSchema) -> None:  # noqa: F811
+    make_users(tmp_path / "a.sqlite", [(1, "User 1", "u1@x.org", "active")])
+    pg.run(PG_TABLE.format(t=pg.table()))
+    write_config(tmp_path, SQLITE_A, pg_side(pg), rules=RENAMED,
+                 settings="poll_interval = 30\nflush_interval = 0.05\n")
+    proc = subprocess.Popen(recsyncd_cmd(tmp_path, tmp_path / "state"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: "1" in pg_rows(pg), timeout=60, what="the first sync")
+        # the poll interval is 30 s: only the NOTIFY can bring these within the wait
+        for i in range(2, 6):
+            pg.run(f"INSERT INTO {pg.table()} (id, name, email, status) "
+                   f"VALUES ({i}, 'PG {i}', 'p{i}@x.org', 'active')")
+            wait_for(lambda i=i: str(i) in users(tmp_path / "a.sqlite"), timeout=10,
+                     what=f"row {i} in SQLite well before the next poll")
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
