@@ -207,7 +207,9 @@ def test_install_false_never_touches_the_schema_and_names_the_setup_command(
     conn = make(pg, install=False)
     with pytest.raises(ConnectorConfigError, match="recsync crms setup postgres --print-sql"):
         conn.open()
-    assert pg.run("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'recsync%%'") == [(0,)]
+    assert pg.run("SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                  "WHERE c.relnamespace = %s::regnamespace AND tgname LIKE 'recsync%%'",
+                  (pg.schema,)) == [(0,)]
     assert pg.run(f"SELECT to_regclass('{pg.schema}.recsync_changelog_users')") == [(None,)]
 
 
@@ -275,3 +277,33 @@ def test_values_of_every_common_type_round_trip_exactly(pg: PgSchema) -> None:  
         assert conn.fetch([record["id"]])[record["id"]] == record
     finally:
         conn.close()
+
+
+def test_the_printed_setup_sql_is_what_an_install_false_side_needs(pg: PgSchema) -> None:  # noqa: F811
+    import subprocess
+    import sys
+
+    pg.run(USERS.format(t=pg.table()))
+    printed = subprocess.run(
+        [sys.executable, "-m", "recsync.cli", "crms", "setup", "postgres", "--print-sql",
+         "--table", pg.table(), "--key", "record_id"],
+        capture_output=True, text=True, check=True).stdout
+    with pg.connect() as dba:  # the DBA runs it with their own client
+        dba.execute(printed.encode())
+    conn = make(pg, install=False)
+    conn.open()
+    try:
+        _, cursor = drain(conn, None)
+        pg.run(f"INSERT INTO {pg.table()} VALUES (1, 'Ann', 'active')")
+        pages, _ = drain(conn, cursor)
+        assert seen(pages) == {"1": "upsert:Ann"}
+    finally:
+        conn.close()
+    removed = subprocess.run(
+        [sys.executable, "-m", "recsync.cli", "crms", "setup", "postgres", "--dsn", pg.dsn,
+         "--uninstall", "--table", pg.table(), "--key", "record_id"],
+        capture_output=True, text=True)
+    assert removed.returncode == 0, removed.stderr
+    assert pg.run("SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                  "WHERE c.relnamespace = %s::regnamespace AND tgname LIKE 'recsync%%'",
+                  (pg.schema,)) == [(0,)]
