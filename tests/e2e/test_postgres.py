@@ -143,3 +143,49 @@ def test_a_change_in_postgres_reaches_the_other_side_at_once_with_a_long_poll(
         proc.terminate()
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
+
+
+PG_SF_RULES = """
+[contacts]
+a_to_b = ["create", "update", "delete"]
+b_to_a = ["create", "update", "delete"]
+[contacts.mappings]
+id = "Record_Id__c"
+name = "LastName"
+email = "Email"
+status = "Status__c"
+"""
+
+
+def test_postgres_and_mock_salesforce_both_ways(tmp_path: Path, pg: PgSchema) -> None:  # noqa: F811
+    from recsync.connectors.mock.salesforce import SalesforceMock
+
+    mock = SalesforceMock()
+    mock.start()
+    try:
+        pg.run(PG_TABLE.format(t=pg.table()))
+        pg.run(f"INSERT INTO {pg.table()} (id, name, email, status) SELECT i, 'User ' || i, "
+               "'u' || i || '@x.org', 'active' FROM generate_series(1, 5) i")
+        side_b = ('{ connector = "salesforce", mock = true, key = "Record_Id__c", '
+                  f'instance_url = "{mock.url}", daily_reserve = 0 }}')
+        write_config(tmp_path, pg_side(pg), side_b, rules=PG_SF_RULES)
+        ok(run_once(tmp_path))
+
+        def contacts() -> dict[str, tuple[str, str, str]]:
+            return {str(r["Record_Id__c"]): (r["LastName"], r["Email"], r["Status__c"])
+                    for r in mock.list_records()}
+
+        assert contacts() == {str(i): (f"User {i}", f"u{i}@x.org", "active")
+                              for i in range(1, 6)}
+        pg.run(f"UPDATE {pg.table()} SET name = 'Renamed', updated_at = now() WHERE id = 2")
+        pg.run(f"DELETE FROM {pg.table()} WHERE id = 3")
+        mock.push({"record_id": "77", "full_name": "From SF", "email_address": "sf@x.org",
+                   "status": "pending"})
+        out = ok(run_once(tmp_path))
+        assert "a->b 2 synced" in out and "b->a 1 synced" in out, out
+        assert contacts()["2"][0] == "Renamed" and "3" not in contacts()
+        assert pg_rows(pg)["77"] == ("From SF", "sf@x.org", "pending")
+        out = ok(run_once(tmp_path))
+        assert "a->b 0 synced, b->a 0 synced" in out, out
+    finally:
+        mock.stop()
