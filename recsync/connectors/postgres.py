@@ -39,9 +39,10 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import psycopg
+from msgspec import Meta
 from psycopg import errors as pgerr
 from psycopg import sql
 
@@ -72,16 +73,31 @@ def mask_dsn(text: str) -> str:
 class PostgresConfig(ConnectorConfig, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """One table of a PostgreSQL database (``table`` may be ``schema.table``)."""
 
-    table: str
-    dsn: str = ""  # postgresql://user:password@host:5432/db, or key=value pairs
-    dsn_env: str = ""  # else this environment variable, else $CREDENTIALS_DIRECTORY/dsn
-    tracking: Literal["log", "column"] = "log"
-    updated_column: str = "updated_at"
-    install: bool = True  # false: never touch the schema (a DBA runs `crms setup`)
-    listen: bool = True  # LISTEN for the triggers' NOTIFY and poll at once
-    changelog_retention: float = 86400.0
-    relist_interval: float = 3600.0  # column mode: list the table this often, for deletes
-    connect_timeout: float = 10.0
+    table: Annotated[str, Meta(description="the table: name or schema.name")]
+    dsn: Annotated[str, Meta(description=(
+        "connection URL (postgresql://user:password@host:5432/db) or key=value string; "
+        "secret, never shown"))] = ""
+    dsn_env: Annotated[str, Meta(description=(
+        "else the environment variable holding it; else the file $CREDENTIALS_DIRECTORY/"
+        "<dsn_env or 'dsn'>"))] = ""
+    tracking: Annotated[Literal["log", "column"], Meta(description=(
+        "log: triggers fill a change-log table (exact, sees deletes); column: rows whose "
+        "updated_column grew, plus periodic listings for deletes"))] = "log"
+    updated_column: Annotated[str, Meta(description=(
+        "the last-modified column (column tracking; also used for last-writer-wins)"))] = (
+        "updated_at")
+    install: Annotated[bool, Meta(description=(
+        "install the change-log table and triggers when missing; false: never touch the "
+        "schema (run `recsync crms setup postgres --print-sql` as a DBA)"))] = True
+    listen: Annotated[bool, Meta(description=(
+        "LISTEN for the triggers' NOTIFY and read at once (polling stays the safety "
+        "net)"))] = True
+    changelog_retention: Annotated[float, Meta(ge=0, description=(
+        "seconds change-log rows are kept after this pipeline read them"))] = 86400.0
+    relist_interval: Annotated[float, Meta(ge=0, description=(
+        "column tracking: list the whole table this often (seconds; 0 = never) to find "
+        "deletes"))] = 3600.0
+    connect_timeout: Annotated[float, Meta(gt=0, description="seconds")] = 10.0
 
     def __repr__(self) -> str:
         shown = [f"{n}={('***' if n in _SECRETS and getattr(self, n) else getattr(self, n))!r}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -307,3 +308,46 @@ def test_the_printed_setup_sql_is_what_an_install_false_side_needs(pg: PgSchema)
     assert pg.run("SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
                   "WHERE c.relnamespace = %s::regnamespace AND tgname LIKE 'recsync%%'",
                   (pg.schema,)) == [(0,)]
+
+
+def _terminate(pg: PgSchema, pid: int) -> None:  # noqa: F811
+    pg.run("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+def test_a_dropped_connection_is_a_retryable_error_then_reconnects(
+        users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
+    _, cursor = drain(users, None)
+    _terminate(pg, users.conn.info.backend_pid)  # what admin_shutdown / a restart does
+    with pytest.raises(ConnectorError) as err:
+        users.write([WriteOp("5", "upsert", {"record_id": 5, "full_name": "Eve"})])
+    assert not isinstance(err.value, ConnectorConfigError)  # transient: the breaker counts it
+    again = users.write([WriteOp("5", "upsert", {"record_id": 5, "full_name": "Eve"})])
+    assert [r.error for r in again] == [None]
+    pg.run(f"INSERT INTO {pg.table()} VALUES (6, 'Fay', 'active')")
+    pages, _ = drain(users, cursor)
+    assert seen(pages) == {"6": "upsert:Fay"}
+
+
+def test_the_listener_reconnects_after_its_connection_is_killed(pg: PgSchema) -> None:  # noqa: F811
+    pg.run(USERS.format(t=pg.table()))
+    conn = make(pg, listen=True)
+    woken = threading.Event()
+    conn.watch(woken.set)
+    conn.open()
+    try:
+        listener = conn._listener
+        assert listener is not None and listener.listening.wait(10)
+        pids = pg.run("SELECT pid FROM pg_stat_activity WHERE query LIKE %s",
+                      (f'LISTEN "{conn.names.channel}"%',))
+        assert pids
+        for (pid,) in pids:
+            _terminate(pg, pid)
+        deadline = time.monotonic() + 20
+        while listener.listening.is_set() and time.monotonic() < deadline:
+            woken.wait(0.01)  # polling interval until it notices the loss
+        assert listener.listening.wait(20), "the listener did not reconnect"
+        woken.clear()
+        pg.run(f"INSERT INTO {pg.table()} VALUES (1, 'Ann', 'active')")
+        assert woken.wait(10)
+    finally:
+        conn.close()
