@@ -9,7 +9,8 @@ Write: a value goes into the column as PostgreSQL's text input of it, so "12.50"
 numeric or "2024-01-02T10:00:00+00:00" into a timestamptz is taken exactly. For a json
 column a dict or list is JSON, and text that parses as JSON is that JSON (a CSV cell holds
 a JSON object as its text); for an array column a JSON list text is the list. An empty
-string into a column that is not text is NULL (a CSV cell cannot tell them apart).
+string is NULL, except in a NOT NULL text column (a CSV cell cannot tell them apart, and
+the content hash counts them equal too).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 import psycopg
 from psycopg.adapt import Buffer, Loader
 from psycopg.types.json import Jsonb
+
+from recsync.rules import text_form
 
 _TEXT_TYPES = {"text", "character varying", "character", "name", "citext"}
 
@@ -52,6 +55,8 @@ def configure(conn: psycopg.Connection[Any]) -> None:
 
 
 def _to_json(value: Any) -> Any:
+    if value is None or value == "":
+        return None
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -61,6 +66,8 @@ def _to_json(value: Any) -> Any:
 
 
 def _to_array(value: Any) -> Any:
+    if value == "":
+        return None
     if isinstance(value, str) and value.startswith("["):
         try:
             loaded = json.loads(value)
@@ -74,16 +81,24 @@ def _blank_is_null(value: Any) -> Any:
     return None if value == "" else value
 
 
-def _nested_text(value: Any) -> Any:
-    return json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else value
+def _text(value: Any) -> Any:
+    if value is None or value.__class__ is str:
+        return value
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return text_form(value)  # 303.0 -> "303", True -> "true": what the content hash saw
 
 
-def writer_for(type_name: str) -> Callable[[Any], Any] | None:
+def _nullable_text(value: Any) -> Any:
+    return None if value == "" else _text(value)
+
+
+def writer_for(type_name: str, not_null: bool = False) -> Callable[[Any], Any] | None:
     """How to adapt a record's value for a column of ``type_name`` (None: as it is)."""
     if type_name in ("json", "jsonb"):
         return _to_json
     if type_name.endswith("[]"):
         return _to_array
     if type_name in _TEXT_TYPES or type_name.startswith(("character varying", "character(")):
-        return _nested_text
+        return _text if not_null else _nullable_text
     return _blank_is_null

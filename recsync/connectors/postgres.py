@@ -222,10 +222,11 @@ class PostgresConnector(Connector):
                 f"Table {self.names.schema}.{self.names.table} does not exist in "
                 f"{self.system_id}; check 'table' of the postgres connector.")
         rows = conn.execute(
-            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "SELECT attname, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute "
             "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped "
             "ORDER BY attnum", (table,)).fetchall()
-        self._columns = {name: typ for name, typ in rows}
+        self._columns = {name: typ for name, typ, _nn in rows}
+        not_null = {name for name, _typ, nn in rows if nn}
         self._colmap = {c.lower(): c for c in self._columns}
         key = self._colmap.get(self.cfg.key.lower())
         if key is None:
@@ -248,7 +249,8 @@ class PostgresConnector(Connector):
                 f"Table {self.names.schema}.{self.names.table} has no column "
                 f"{self.cfg.updated_column!r}, which tracking = \"column\" needs "
                 "(set 'updated_column').")
-        self._writers = {c: pgtypes.writer_for(t) for c, t in self._columns.items()}
+        self._writers = {c: pgtypes.writer_for(t, c in not_null)
+                         for c, t in self._columns.items()}
         self._stages.clear()
 
     def _capture_missing(self, conn: psycopg.Connection[Any]) -> str | None:
