@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.crm_bench
 	$(BIN)/python -m bench.tui_bench
 	$(BIN)/python -m bench.demo_latency_bench
+	$(BIN)/python -m bench.pg_bench
 
 clean:
 	rm -rf $(VENV) state run logs .pytest_cache .mypy_cache .ruff_cache

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
+import pykka
+
 from recsync import rules as rules_mod
 from recsync.actors.base import FailureSink, PipelineActor
 from recsync.actors.health import SideHealth
-from recsync.actors.protocol import BatchDone, Call, Housekeep, PageRead, ReadPage, WriteBatch
+from recsync.actors.protocol import (
+    BatchDone,
+    Call,
+    Housekeep,
+    PageRead,
+    Poll,
+    ReadPage,
+    WriteBatch,
+)
 from recsync.clock import Clock
 from recsync.config import SideConfig
 from recsync.connectors import Connector, get_connector_class
@@ -63,6 +74,8 @@ class ConnectorActor(PipelineActor):
     def setup(self) -> None:
         cls = get_connector_class(self.side_config.connector)
         self.connector = cls(self.side_config.options, self.base_dir)
+        self.connector.origin = self.pipeline
+        self.connector.watch(self._wake_poller)
         self.opened = False
         try:
             self._ensure_open()
@@ -74,6 +87,13 @@ class ConnectorActor(PipelineActor):
             self.health.error(str(exc))
             log.warning("connector not reachable yet", extra={
                 "pipeline": self.pipeline, "side": self.side, "error": str(exc)})
+
+    def _wake_poller(self) -> None:
+        """The system said this side changed: the poller reads it now (any thread)."""
+        ref = self.peers.refs.get(f"poller_{self.side}")
+        if ref is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                ref.tell(Poll(wake=True))
 
     def _ensure_open(self) -> None:
         assert self.connector is not None

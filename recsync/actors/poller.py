@@ -46,13 +46,17 @@ class PollerActor(PipelineActor):
         # what the connector warned about (a rebuilt table, a reset change log): the last
         # few, for status, each {"side", "at" (epoch seconds), "text"}
         self.warnings: list[dict[str, Any]] = []
+        self.woken = False  # a wake-up came during a cycle: run another one after it
         self.handles(Poll, self._poll)
         self.handles(PageRead, self._page_read)
         self.handles(Committed, self._committed)
 
     def _poll(self, msg: Poll) -> None:
+        if msg.wake and self.busy:
+            self.woken = True
         if self.busy or self.paused or self.clock.time() < self.retry_at:
             return
+        self.woken = False
         if msg.full:
             self.cursor = None
         self.busy = True
@@ -109,6 +113,9 @@ class PollerActor(PipelineActor):
     def _cycle_done(self) -> None:
         self.busy = False
         self.last_cycle_started = self.cycle_started
+        if self.woken:
+            self.woken = False
+            self.actor_ref.tell(Poll(wake=True))
 
     # asked by the pipeline
     def progress(self) -> dict[str, Any]:

@@ -19,9 +19,14 @@ from recsync.rules import RuleSet
 
 
 class Poll(msgspec.Struct, frozen=True):
-    """Tick or `sync now`: start a poll cycle if none is running. ``full`` re-reads all."""
+    """Tick or `sync now`: start a poll cycle if none is running. ``full`` re-reads all.
+
+    ``wake``: the system said the side changed; one arriving during a cycle starts another
+    cycle right after it, so the change is not left for the next tick.
+    """
 
     full: bool = False
+    wake: bool = False
 
 
 class ReadPage(msgspec.Struct, frozen=True):

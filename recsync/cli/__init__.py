@@ -36,6 +36,33 @@ def _name(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
+def crms_setup(args: argparse.Namespace) -> int:
+    """`recsync crms setup postgres`: print or run the change-tracking SQL."""
+    from recsync.connectors.pgsql import TableNames, setup_sql, split_table, uninstall_sql
+
+    try:
+        names = TableNames(*split_table(args.table))
+    except ValueError as exc:
+        raise UsageError(f"--table: {exc}") from exc
+    script = uninstall_sql(names) if args.uninstall else setup_sql(names, args.key)
+    if args.print_sql:
+        print(script, end="")
+        return 0
+    import psycopg
+
+    from recsync.connectors.postgres import mask_dsn
+
+    try:
+        with psycopg.connect(args.dsn, autocommit=True) as conn:
+            conn.execute(script.encode())
+    except psycopg.Error as exc:
+        print(f"recsync: setting up {args.table} failed: {mask_dsn(str(exc).strip())}",
+              file=sys.stderr)
+        return 1
+    print(f"{'removed' if args.uninstall else 'installed'} change tracking on {args.table}")
+    return 0
+
+
 def _client(args: argparse.Namespace) -> ControlClient:
     return ControlClient(
         args.endpoint,
@@ -64,6 +91,8 @@ def _run(args: argparse.Namespace) -> int:
         return serve_mock(args.kind, args.port, args.data)
     if name == "logs":
         return show_logs(args)
+    if name == "crms setup":
+        return crms_setup(args)
     if name == "events":
         with _client(args) as client:
             client.request(p.StatsGet())  # fail fast (exit 3) when recsyncd is not there

@@ -268,6 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
     add(crms_sub, "list", "the registered connectors")
     p = add(crms_sub, "schema", "the JSON Schema of a connector's configuration")
     p.add_argument("name", metavar="NAME")
+    p = add(crms_sub, "setup", "the SQL that sets up change tracking on a database table",
+            "With --print-sql it prints the SQL for a DBA to run (for a side with "
+            "install = false); with --dsn it runs it. No daemon needed.")
+    p.add_argument("name", metavar="NAME", choices=["postgres"], help="postgres")
+    p.add_argument("--table", required=True, help="the table, schema.table or table")
+    p.add_argument("--key", required=True, help="its unique key column")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--print-sql", action="store_true", help="print the SQL")
+    how.add_argument("--dsn", help="run the SQL on this database")
+    p.add_argument("--uninstall", action="store_true",
+                   help="the SQL that removes what setup added instead")
 
     add(sub, "stats", "per pipeline: queue, in flight, totals, rate, circuits, rate limits")
     sub.add_parser("tui", help="live dashboard", description="live dashboard",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,6 +35,9 @@ class Connector(abc.ABC):
     #: A local resource (a file or database we own) has no API budget: its side is not
     #: rate limited unless the side's own config sets ``rate_limit``.
     local: ClassVar[bool] = False
+    # who writes through this instance (the pipeline id, set by its connector actor): a
+    # system that can tag its writes with it lets the reader skip its own echoes
+    origin: str = ""
 
     def __init__(self, config: Any, base_dir: Path) -> None:
         """``config`` is the connector's Config Struct, or a mapping converted into one.
@@ -65,6 +69,10 @@ class Connector(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and files."""
+
+    def watch(self, wake: Callable[[], None]) -> None:  # noqa: B027 - optional hook
+        """Call ``wake()`` (from any thread) whenever the system says it may have changed,
+        so the side is read at once; polling stays the safety net. Optional."""
 
     @abc.abstractmethod
     def read_changes(self, cursor: str | None, limit: int) -> ChangePage:
