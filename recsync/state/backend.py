@@ -523,11 +523,15 @@ class SqlBackend:
         items = [ItemRow(*r) for r in self.x(
             "SELECT direction, state, attempts, last_error, op FROM queue WHERE {W}key = ? "
             "ORDER BY state = 'failed' DESC", (key,))]
-        history = [tuple(r) for r in self.x(
-            "SELECT at, event, detail, direction FROM history WHERE {W}key = ? "
-            "ORDER BY id DESC LIMIT ?", (key, history_limit))]
         return RecordRows(None if link is None else tuple(link), items,  # type: ignore[arg-type]
-                          history)  # type: ignore[arg-type]
+                          self.history_of(key, history_limit))
+
+    def history_of(self, key: str, limit: int) -> list[tuple[float, str, str | None,
+                                                             str | None]]:
+        """A record's newest ``limit`` history entries, newest first."""
+        return [tuple(r) for r in self.x(  # type: ignore[misc]
+            "SELECT at, event, detail, direction FROM history WHERE {W}key = ? "
+            "ORDER BY id DESC LIMIT ?", (key, limit))]
 
     # history retention --------------------------------------------------------------------------
     def prune_history(self, cutoff: float, since: int, per_record: int) -> tuple[int, int]:
@@ -584,12 +588,11 @@ class SqliteBackend(SqlBackend):
     def close(self) -> None:
         self.db.close()
 
-    def record(self, key: str, history_limit: int) -> RecordRows:
+    def history_of(self, key: str, limit: int) -> list[tuple[float, str, str | None,
+                                                             str | None]]:
         try:
-            return super().record(key, history_limit)
+            return super().history_of(key, limit)
         except sqlite3.OperationalError:  # a state file of an earlier recsync, not opened yet
-            rows = super().record(key, 0)
-            history = [(*r, None) for r in self.db.execute(
+            return [(*r, None) for r in self.db.execute(
                 "SELECT at, event, detail FROM history WHERE key = ? ORDER BY id DESC "
-                "LIMIT ?", (key, history_limit))]
-            return rows._replace(history=history)
+                "LIMIT ?", (key, limit))]

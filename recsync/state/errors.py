@@ -66,7 +66,8 @@ def _disk_full(folder: Path) -> bool:
 
 
 class _HasPath(Protocol):
-    path: Path
+    @property
+    def path(self) -> Path | str: ...
 
 
 S = TypeVar("S", bound=_HasPath)
@@ -74,14 +75,14 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def backend_error(path: Path, exc: BaseException) -> StateError | None:
+def backend_error(path: Path | str, exc: BaseException) -> StateError | None:
     """The recsync error for a failure of a state backend (None: not one of theirs).
 
     ``path`` is a state file, or (PostgreSQL) the server and pipeline as shown to users.
     A lost or refused connection to PostgreSQL, or the server out of room, is transient.
     """
     if isinstance(exc, (sqlite3.Error, OSError)):
-        return state_error(path, exc)
+        return state_error(Path(path), exc)
     psycopg = sys.modules.get("psycopg")  # only loaded when a PostgreSQL state is used
     if psycopg is None or not isinstance(exc, psycopg.Error):
         return None

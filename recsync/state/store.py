@@ -123,9 +123,10 @@ class Store:
 
     def __init__(self, where: Path | SqlBackend, clock: Clock | None = None) -> None:
         self.clock = clock or SystemClock()
+        self.path: Path | str
         if isinstance(where, SqlBackend):
             self.backend = where
-            self.path = Path(where.where)
+            self.path = where.where
         else:
             self.path = where
             try:
