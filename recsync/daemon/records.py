@@ -18,7 +18,7 @@ StateRef = Path | SqlBackend  # a state file, or a pipeline's rows on a backend
 
 
 @contextmanager
-def _reader(where: StateRef) -> Iterator[SqlBackend | None]:
+def state_reader(where: StateRef) -> Iterator[SqlBackend | None]:
     if isinstance(where, SqlBackend):
         yield where
         return
@@ -44,7 +44,7 @@ def _quiet(exc: Exception) -> bool:
 def pipeline_counts(where: StateRef) -> dict[str, int]:
     """Queued and failed items, and the synced/conflict totals of one pipeline."""
     out = dict(EMPTY_COUNTS)
-    with _reader(where) as db:
+    with state_reader(where) as db:
         if db is None:
             return out
         try:
@@ -61,7 +61,7 @@ def pipeline_counts(where: StateRef) -> dict[str, int]:
 
 def pipeline_cursors(where: StateRef) -> dict[str, str | None]:
     """The committed read position of each side (connector-specific text)."""
-    with _reader(where) as db:
+    with state_reader(where) as db:
         if db is None:
             return {}
         try:
@@ -73,7 +73,7 @@ def pipeline_cursors(where: StateRef) -> dict[str, str | None]:
 
 
 def failed_records(where: StateRef, pipeline: str, limit: int) -> list[FailedRecord]:
-    with _reader(where) as db:
+    with state_reader(where) as db:
         if db is None or limit <= 0:
             return []
         rows = db.failed(limit)
@@ -86,7 +86,7 @@ def record_status(where: StateRef, pipeline: str, key: str,
 
     Which sides hold it: what the last sync or sighting left in the links, overridden by a
     pending change (seen on its source side: an upsert there means it is there)."""
-    with _reader(where) as db:
+    with state_reader(where) as db:
         if db is None:
             return None
         link, items, rows = db.record(key, history_limit)
