@@ -284,7 +284,8 @@ def _build(
             pipe = _pipeline(customer, name, table, ppath, csettings, rules, lookup, base_dir)
             pipelines[pipe.id] = pipe
     return AppConfig(pipelines=pipelines, rules=dict(rules), defaults=defaults, customers=customers,
-                     settings_doc=doc, cluster=cluster)
+                     settings_doc={k: v for k, v in doc.items() if k != "cluster"},
+                     cluster=cluster)
 
 
 _STATE_SCHEMES = ("postgresql://", "postgres://")
