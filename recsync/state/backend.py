@@ -209,6 +209,7 @@ class SqlBackend:
 
     def __init__(self) -> None:
         self._sql: dict[str, str] = {}
+        self._rows_sql: dict[tuple[str, str, int], str] = {}
         w = f"{self._scope} AND " if self._scope else ""
         self._marks = {"{W}": w, "{WH}": f" WHERE {self._scope}" if self._scope else "",
                        "{K}": "pipeline, " if self._scope else ""}
@@ -229,6 +230,10 @@ class SqlBackend:
 
     def x(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run one statement; its cursor."""
+        return self._run(self._text(sql), params)
+
+    def _run(self, sql: str, params: Sequence[Any]) -> Any:
+        """Run a statement already in this dialect."""
         raise NotImplementedError
 
     def xm(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -252,12 +257,14 @@ class SqlBackend:
         if not rows:
             return
         width = len(rows[0])
-        one = "(" + ", ".join("?" * width) + ")"
         per = max(1, self._max_params // max(1, width))
         for start, size in row_chunks(len(rows), per):
-            sql = f"{head} VALUES {', '.join([one] * size)} {tail}"
-            params = [v for row in rows[start : start + size] for v in row]
-            self.x(sql, params)
+            sql = self._rows_sql.get((head, tail, size))
+            if sql is None:
+                one = "(" + ", ".join("?" * width) + ")"
+                sql = self._rows_sql[(head, tail, size)] = self._text(
+                    f"{head} VALUES {', '.join([one] * size)} {tail}")
+            self._run(sql, [v for row in rows[start : start + size] for v in row])
 
     def _in(self, sql: str, keys: Sequence[str], before: Sequence[Any] = (),
             after: Sequence[Any] = ()) -> Iterator[Any]:
@@ -566,8 +573,8 @@ class SqliteBackend(SqlBackend):
         self._readonly = readonly
         self.db: sqlite3.Connection = connect(path, readonly=readonly)
 
-    def x(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        return self.db.execute(self._text(sql), params)
+    def _run(self, sql: str, params: Sequence[Any]) -> Any:
+        return self.db.execute(sql, params)
 
     def xm(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:

@@ -135,11 +135,11 @@ class PostgresBackend(SqlBackend):
     def _placeholders(self, sql: str) -> str:
         return sql.replace("%", "%%").replace("?", "%s")
 
-    def x(self, sql: str, params: Sequence[Any] = ()) -> Any:
+    def _run(self, sql: str, params: Sequence[Any]) -> Any:
         if self._lock is None:
-            return self.conn.execute(self._text(sql), list(params))
+            return self.conn.execute(sql, list(params))
         with self._lock:  # a shared reader: fetch before the next one runs
-            cur = self.conn.execute(self._text(sql), list(params))
+            cur = self.conn.execute(sql, list(params))
             return _Fetched(cur.fetchall() if cur.description else [], cur.rowcount)
 
     def xm(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
