@@ -11,7 +11,7 @@ statement names its pipeline (``{W}``). Readers (the control plane) share a conn
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -19,10 +19,18 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from recsync.dsn import mask_dsn
-from recsync.state.backend import SqlBackend
+from recsync.state.backend import Done, SqlBackend
 
 SCHEMA = "recsync"
 _LOCK_ID = 0x72656373  # pg_advisory_xact_lock while the schema is created
+_FLOAT = ("modified", "observed", "next_at", "enqueued_at", "updated_at", "at", "a_modified",
+          "b_modified", "a_written", "b_written", "synced_at")
+_TEXT = ("key", "direction", "op", "hash", "src_hash", "state", "event", "detail", "a_hash",
+         "b_hash", "old_key", "side", "cursor", "name", "last_error")
+_TYPES = {**dict.fromkeys(_FLOAT, "float8"), **dict.fromkeys(_TEXT, "text"),
+          "gen": "bigint", "attempts": "integer", "content": "bytea"}
+_CASTS: dict[str, Callable[[Any], Any]] = {"float8": float, "text": str, "bigint": int,
+                                           "integer": int, "bytea": bytes}
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS {s}.meta (
@@ -109,6 +117,11 @@ def connect(dsn: str, schema: str = SCHEMA, pipeline: str | None = None,
         create_schema(conn, schema)
         conn.execute(f"SET search_path = {_ident(schema)}")
         conn.execute("SELECT set_config('recsync.pipeline', %s, false)", (pipeline or "",))
+        # As a state file's synchronous = NORMAL: a commit does not wait for its WAL to
+        # reach the disk. A crash of recsyncd loses nothing; one of the server may lose
+        # the last commits (under a second), never consistency, and a pipeline then
+        # reads again from the cursor before them (writes are upserts).
+        conn.execute("SET synchronous_commit = off")
     except BaseException:
         conn.close()
         raise
@@ -131,6 +144,37 @@ class PostgresBackend(SqlBackend):
         self._own = conn is None
         self.conn = connect(dsn, schema, pipeline) if conn is None else conn
         self._lock = lock
+        self._casts: dict[str, list[Callable[[Any], Any]]] = {}
+
+    # many rows: one array per column (a statement with few parameters, planned once) ---
+    def rows(self, head: str, rows: Sequence[Sequence[Any]], tail: str = "") -> None:
+        """``head SELECT * FROM unnest(<one array per column>) tail``: ``head`` is an
+        INSERT naming its columns."""
+        if not rows:
+            return
+        sql = self._rows_sql.get((head, tail, 0))
+        if sql is None:
+            columns = [c.strip() for c in head[head.index("(") + 1 : head.rindex(")")]
+                       .split(",")]
+            arrays = ", ".join(f"?::{_TYPES[c]}[]" for c in columns)
+            sql = self._rows_sql[(head, tail, 0)] = self._text(
+                f"{head} SELECT * FROM unnest({arrays}) {tail}")
+            self._casts[sql] = [_CASTS[_TYPES[c]] for c in columns]
+        casts = self._casts[sql]
+        self._run(sql, [[v if v is None else cast(v) for v in column]
+                        for cast, column in zip(casts, zip(*rows, strict=True), strict=True)])
+
+    def _in(self, sql: str, keys: Sequence[str], before: Sequence[Any] = (),
+            after: Sequence[Any] = ()) -> Iterator[Any]:
+        if keys:
+            yield self.x(sql.replace(" IN {IN}", " = ANY(?::text[])"),
+                         (*before, list(keys), *after))
+
+    def unqueue_done(self, rows: Sequence[Done]) -> None:
+        if rows:
+            self.x("DELETE FROM queue WHERE {W}(direction, key, gen) IN (SELECT * FROM "
+                   "unnest(?::text[], ?::text[], ?::bigint[]))",
+                   [list(c) for c in zip(*rows, strict=True)])
 
     def _placeholders(self, sql: str) -> str:
         return sql.replace("%", "%%").replace("?", "%s")

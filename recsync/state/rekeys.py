@@ -13,21 +13,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from recsync.messages import Direction, ItemOutcome, Side
-from recsync.state.backend import HistoryRow, SqlBackend
+from recsync.state.backend import HistoryRow, StateBackend
 
 
-def pending(db: SqlBackend) -> bool:
+def pending(db: StateBackend) -> bool:
     return bool(db.x("SELECT EXISTS (SELECT 1 FROM rekeys{WH})").fetchone()[0])
 
 
-def old_keys(db: SqlBackend, keys: Sequence[str]) -> set[str]:
+def old_keys(db: StateBackend, keys: Sequence[str]) -> set[str]:
     """The ``keys`` that are a source's old key of a record waiting for its new one."""
     olds = {r[0] for r in db.x("SELECT old_key FROM rekeys{WH}")}
     return olds.intersection(keys)
 
 
 def link_new_keys(
-    db: SqlBackend, outcomes: Sequence[ItemOutcome], target: Side, back: Direction,
+    db: StateBackend, outcomes: Sequence[ItemOutcome], target: Side, back: Direction,
     written_at: float, now: float,
 ) -> list[HistoryRow]:
     """Link each record under its new key (the target holds its content now, the source
@@ -57,6 +57,6 @@ def link_new_keys(
     return history
 
 
-def written_back(db: SqlBackend, direction: Direction, keys: Sequence[str]) -> None:
+def written_back(db: StateBackend, direction: Direction, keys: Sequence[str]) -> None:
     """The new keys of ``keys`` reached the source: nothing is waiting any more."""
     db.unqueue_rekeys(direction, keys)

@@ -29,8 +29,8 @@ from recsync.state.backend import (
     LinkSeen,
     NewItem,
     Retry,
-    SqlBackend,
     SqliteBackend,
+    StateBackend,
     Written,
 )
 from recsync.state.errors import backend_error, state_error, translate
@@ -121,10 +121,11 @@ class Store:
     other backend (PostgreSQL: ``recsync.state.pgbackend``).
     """
 
-    def __init__(self, where: Path | SqlBackend, clock: Clock | None = None) -> None:
+    def __init__(self, where: Path | StateBackend, clock: Clock | None = None) -> None:
         self.clock = clock or SystemClock()
         self.path: Path | str
-        if isinstance(where, SqlBackend):
+        self.backend: StateBackend
+        if not isinstance(where, Path):
             self.backend = where
             self.path = where.where
         else:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from recsync.messages import Direction, Side, Unreadable
-from recsync.state.backend import SqlBackend
+from recsync.state.backend import StateBackend
 
 OP = "unreadable"
 _SEEN = "u"  # listing_seen.side prefix of the unreadable records a listing met
@@ -25,16 +25,16 @@ def hidden_meta(side: Side) -> str:
     return f"listing_hidden_{side}"
 
 
-def start_listing(db: SqlBackend, side: Side) -> None:
+def start_listing(db: StateBackend, side: Side) -> None:
     db.clear_listing(_SEEN + side)
     db.delete_meta(hidden_meta(side))
 
 
-def listing_hid_keys(db: SqlBackend, side: Side) -> bool:
+def listing_hid_keys(db: StateBackend, side: Side) -> bool:
     return bool(db.meta(hidden_meta(side)))
 
 
-def end_listing(db: SqlBackend, side: Side, direction: Direction) -> None:
+def end_listing(db: StateBackend, side: Side, direction: Direction) -> None:
     """The listing is done: the unreadable records it did not meet were fixed."""
     db.x("DELETE FROM queue WHERE {W}direction = ? AND op = ? AND key NOT IN "
          "(SELECT key FROM listing_seen WHERE {W}side = ?)", (direction, OP, _SEEN + side))
@@ -42,7 +42,7 @@ def end_listing(db: SqlBackend, side: Side, direction: Direction) -> None:
 
 
 def record(
-    db: SqlBackend, side: Side, direction: Direction, items: Sequence[Unreadable],
+    db: StateBackend, side: Side, direction: Direction, items: Sequence[Unreadable],
     replace: bool, observed: float, now: float, gen: int,
 ) -> list[Unreadable]:
     """Record ``items`` as failed rows (``replace``: and drop the side's others); the new
@@ -69,7 +69,7 @@ def record(
     return [u for k, u in wanted.items() if k not in existing]
 
 
-def drop(db: SqlBackend, keys: Sequence[str] | None) -> list[tuple[Direction, str]]:
+def drop(db: StateBackend, keys: Sequence[str] | None) -> list[tuple[Direction, str]]:
     """Drop the unreadable records among the failed ``keys`` (all when None); the
     (direction, key) of each (their sides must be listed again)."""
     rows = [(r[0], r[1]) for r in db.x("SELECT direction, key FROM queue WHERE {W}op = ?",

@@ -11,7 +11,7 @@ from recsync.daemon.records import failed_records, pipeline_counts, pipeline_cur
 from recsync.errors import RecsyncError
 from recsync.messages import ItemOutcome, Prepared
 from recsync.rules import RuleSet, content_hash
-from recsync.state.backend import SqlBackend
+from recsync.state.backend import StateBackend
 from recsync.state.store import RetryPolicy, Store
 from tests.state.conftest import OpenStore
 
@@ -65,10 +65,10 @@ class Fenced(RecsyncError):
 def test_a_fence_runs_in_every_state_transaction_and_refuses_it(
     store: Store, clock: FakeClock
 ) -> None:
-    calls: list[SqlBackend] = []
+    calls: list[StateBackend] = []
     owner = {"ok": True}
 
-    def fence(db: SqlBackend) -> None:
+    def fence(db: StateBackend) -> None:
         calls.append(db)
         if not owner["ok"]:
             raise Fenced("pipeline cust/pipe is owned by another node")
