@@ -1,7 +1,11 @@
 """The durable store of one pipeline: queue, links, cursors, history (see ``schema``).
 
+The sync decisions (echo, stale, conflicts, direct pages, listing deletes, the mass-delete
+guard) are made here, once; the rows are read and written by a state backend
+(``recsync.state.backend``): a SQLite file per pipeline, or PostgreSQL (``[cluster]``).
+
 Only the pipeline's queue actor writes it, from one thread. Every method that changes
-state runs in one transaction, so ``kill -9`` at any point leaves a consistent file.
+state runs in one transaction, so ``kill -9`` at any point leaves a consistent state.
 """
 
 from __future__ import annotations
