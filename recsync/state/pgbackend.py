@@ -11,10 +11,11 @@ statement names its pipeline (``{W}``). Readers (the control plane) share a conn
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import msgspec
 import psycopg
 from psycopg.types.json import Jsonb
 
@@ -29,8 +30,7 @@ _TEXT = ("key", "direction", "op", "hash", "src_hash", "state", "event", "detail
          "b_hash", "old_key", "side", "cursor", "name", "last_error")
 _TYPES = {**dict.fromkeys(_FLOAT, "float8"), **dict.fromkeys(_TEXT, "text"),
           "gen": "bigint", "attempts": "integer", "content": "bytea"}
-_CASTS: dict[str, Callable[[Any], Any]] = {"float8": float, "text": str, "bigint": int,
-                                           "integer": int, "bytea": bytes}
+_json = msgspec.json.Encoder().encode
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS {s}.meta (
@@ -144,25 +144,29 @@ class PostgresBackend(SqlBackend):
         self._own = conn is None
         self.conn = connect(dsn, schema, pipeline) if conn is None else conn
         self._lock = lock
-        self._casts: dict[str, list[Callable[[Any], Any]]] = {}
+        self._blobs: dict[str, list[int]] = {}  # bytea columns of a rows() statement
 
-    # many rows: one array per column (a statement with few parameters, planned once) ---
+    # many rows: one JSON array parameter (a statement planned once, parsed in C) ---------
     def rows(self, head: str, rows: Sequence[Sequence[Any]], tail: str = "") -> None:
-        """``head SELECT * FROM unnest(<one array per column>) tail``: ``head`` is an
-        INSERT naming its columns."""
+        """``head SELECT <columns> FROM json_array_elements(<the rows>) tail``: ``head``
+        is an INSERT naming its columns."""
         if not rows:
             return
         sql = self._rows_sql.get((head, tail, 0))
         if sql is None:
             columns = [c.strip() for c in head[head.index("(") + 1 : head.rindex(")")]
                        .split(",")]
-            arrays = ", ".join(f"?::{_TYPES[c]}[]" for c in columns)
+            picks = ", ".join(
+                f"decode(r->>{n}, 'hex')" if _TYPES[c] == "bytea" else f"(r->>{n})::{_TYPES[c]}"
+                for n, c in enumerate(columns))
             sql = self._rows_sql[(head, tail, 0)] = self._text(
-                f"{head} SELECT * FROM unnest({arrays}) {tail}")
-            self._casts[sql] = [_CASTS[_TYPES[c]] for c in columns]
-        casts = self._casts[sql]
-        self._run(sql, [[v if v is None else cast(v) for v in column]
-                        for cast, column in zip(casts, zip(*rows, strict=True), strict=True)])
+                f"{head} SELECT {picks} FROM json_array_elements(?::json) AS r {tail}")
+            self._blobs[sql] = [n for n, c in enumerate(columns) if _TYPES[c] == "bytea"]
+        blobs = self._blobs[sql]
+        if blobs:
+            rows = [[v.hex() if n in blobs and v is not None else v for n, v in enumerate(row)]
+                    for row in rows]
+        self._run(sql, [_json(rows).decode()])
 
     def _in(self, sql: str, keys: Sequence[str], before: Sequence[Any] = (),
             after: Sequence[Any] = ()) -> Iterator[Any]:
