@@ -25,6 +25,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from itertools import chain
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -52,7 +53,7 @@ class LinkRow(NamedTuple):
     b_modified: float | None
     a_written: float | None
     b_written: float | None
-    stale: bool
+    stale: int  # nonzero: hashes of rules that have changed since
 
     def hash_on(self, side: Side) -> str | None:
         return self.a_hash if side == "a" else self.b_hash
@@ -72,7 +73,7 @@ class QueuedRow(NamedTuple):
     state: str
     src_hash: str | None
     direction: str
-    tried: bool  # a write of it was attempted (attempts or an error)
+    tried: int  # nonzero: a write of it was attempted (attempts or an error)
 
 
 class NewItem(NamedTuple):
@@ -195,7 +196,7 @@ class StateBackend(Protocol):
     def bump(self, name: str, by: int) -> None: ...
     def delete_meta(self, name: str) -> None: ...
     def totals(self) -> dict[str, int]: ...
-    def add_history(self, rows: Iterable[HistoryRow], at: float,
+    def add_history(self, rows: Iterable[tuple[str, str, str | None]], at: float,
                     direction: str | None) -> None: ...
     def cursor(self, side: Side) -> str | None: ...
     def cursors(self) -> dict[str, str | None]: ...
@@ -206,7 +207,8 @@ class StateBackend(Protocol):
     def linked_count(self, side: Side) -> int: ...
     def any_link(self) -> bool: ...
     def on_side(self, side: Side, keys: Sequence[str]) -> set[str]: ...
-    def save_links(self, side: Side, rows: Sequence[LinkSeen]) -> None: ...
+    def save_links(self, side: Side,
+                   rows: Sequence[tuple[str, str | None, float | None]]) -> None: ...
     def set_hashes(self, side: Side, rows: Sequence[tuple[str, str | None]]) -> None: ...
     def write_links(self, target: Side, rows: Sequence[Written]) -> None: ...
     def superseded(self, target: Side, key: str, hash: str | None,
@@ -260,6 +262,7 @@ class SqlBackend:
     def __init__(self) -> None:
         self._sql: dict[str, str] = {}
         self._rows_sql: dict[tuple[str, str, int], str] = {}
+        self._in_sql: dict[tuple[str, int], str] = {}
         w = f"{self._scope} AND " if self._scope else ""
         self._marks = {"{W}": w, "{WH}": f" WHERE {self._scope}" if self._scope else "",
                        "{K}": "pipeline, " if self._scope else ""}
@@ -314,14 +317,17 @@ class SqlBackend:
                 one = "(" + ", ".join("?" * width) + ")"
                 sql = self._rows_sql[(head, tail, size)] = self._text(
                     f"{head} VALUES {', '.join([one] * size)} {tail}")
-            self._run(sql, [v for row in rows[start : start + size] for v in row])
+            self._run(sql, list(chain.from_iterable(rows[start : start + size])))
 
     def _in(self, sql: str, keys: Sequence[str], before: Sequence[Any] = (),
             after: Sequence[Any] = ()) -> Iterator[Any]:
         """``sql`` with ``{IN}`` as ``(?, ...)`` over ``keys`` in chunks; each cursor."""
         for part in chunks(keys):
-            yield self.x(sql.replace("{IN}", "(" + ",".join("?" * len(part)) + ")"),
-                         (*before, *part, *after))
+            text = self._in_sql.get((sql, len(part)))
+            if text is None:
+                text = self._in_sql[(sql, len(part))] = self._text(
+                    sql.replace("{IN}", "(" + ",".join("?" * len(part)) + ")"))
+            yield self._run(text, (*before, *part, *after))
 
     # meta, cursors, history ------------------------------------------------------------------
     def max_gen(self) -> int:
@@ -349,8 +355,9 @@ class SqlBackend:
             "SELECT name, value FROM meta WHERE {W}(name LIKE 'synced_%' OR "
             "name LIKE 'failed_%' OR name = 'conflicts')")}
 
-    def add_history(self, rows: Iterable[HistoryRow], at: float,
+    def add_history(self, rows: Iterable[tuple[str, str, str | None]], at: float,
                     direction: str | None) -> None:
+        """History rows (key, event, detail: ``HistoryRow`` or a plain tuple)."""
         self.rows("INSERT INTO history (key, at, event, detail, direction)",
                   [(k, at, e, d, direction) for k, e, d in rows])
 
@@ -372,8 +379,8 @@ class SqlBackend:
         for cur in self._in(
                 "SELECT key, a_hash, b_hash, a_modified, b_modified, a_written, b_written, "
                 "stale FROM links WHERE {W}key IN {IN}", keys):
-            for r in cur:
-                found[r[0]] = LinkRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]))
+            for link in map(LinkRow._make, cur):
+                found[link.key] = link
         return found
 
     def link_hashes(self, keys: Sequence[str]) -> dict[str, tuple[str | None, str | None]]:
@@ -394,8 +401,9 @@ class SqlBackend:
             found.update(r[0] for r in cur)
         return found
 
-    def save_links(self, side: Side, rows: Sequence[LinkSeen]) -> None:
-        """A side's hash and modified time as seen there."""
+    def save_links(self, side: Side,
+                   rows: Sequence[tuple[str, str | None, float | None]]) -> None:
+        """A side's hash and modified time as seen there (``LinkSeen`` rows)."""
         self.rows(f"INSERT INTO links (key, {side}_hash, {side}_modified)", rows,
                   f"ON CONFLICT ({{K}}key) DO UPDATE SET {side}_hash = excluded.{side}_hash, "
                   f"{side}_modified = excluded.{side}_modified")
@@ -462,9 +470,8 @@ class SqlBackend:
                 "SELECT key, op, content, hash, modified, state, src_hash, direction, "
                 "attempts > 0 OR last_error IS NOT NULL FROM queue "
                 "WHERE {W}direction IN ('a_to_b', 'b_to_a') AND key IN {IN}", keys):
-            for r in cur:
-                found[(r[7], r[0])] = QueuedRow(r[0], r[1], _bytes(r[2]), r[3], r[4], r[5],
-                                                r[6], r[7], bool(r[8]))
+            for row in map(QueuedRow._make, cur):
+                found[(row.direction, row.key)] = row
         return found
 
     _QUEUE_INSERT = ("INSERT INTO queue (direction, key, op, content, hash, src_hash, "
@@ -532,7 +539,7 @@ class SqlBackend:
             f"FROM queue q LEFT JOIN links l ON l.key = q.key{join} "
             f"WHERE {scope}q.direction = ? AND q.state = 'ready' AND q.next_at <= ? "
             "ORDER BY q.next_at LIMIT ?", (direction, now, limit)).fetchall()
-        return [LeasedRow(r[0], r[1], _bytes(r[2]), *r[3:]) for r in rows]
+        return list(map(LeasedRow._make, rows))
 
     def failed_keys(self) -> list[str]:
         """The failed items' keys (not the unreadable records')."""
@@ -607,10 +614,6 @@ class SqlBackend:
                 "FROM history WHERE {W}key IN (SELECT key FROM history WHERE {W}id > ?)) "
                 "AS ranked WHERE n > ?)", (since, per_record)).rowcount)
         return gone, top
-
-
-def _bytes(value: Any) -> bytes | None:
-    return None if value is None else bytes(value)
 
 
 class SqliteBackend(SqlBackend):

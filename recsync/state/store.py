@@ -28,9 +28,7 @@ from recsync.state import unreadable as unreadable_mod
 from recsync.state.backend import (
     CHUNK,
     Done,
-    HistoryRow,
     LinkRow,
-    LinkSeen,
     NewItem,
     Retry,
     SqliteBackend,
@@ -169,7 +167,7 @@ class Store:
 
     def _history(self, rows: Iterable[tuple[str, str, str | None]],
                  direction: str | None = None) -> None:
-        self.backend.add_history([HistoryRow(*r) for r in rows], self.clock.time(), direction)
+        self.backend.add_history(rows, self.clock.time(), direction)
 
     @translate
     def cursor(self, side: Side) -> str | None:
@@ -441,8 +439,7 @@ class Store:
 
     def _save_links(self, rows: list[tuple[str, Side, str | None, float]]) -> None:
         for side in ("a", "b"):
-            self.backend.save_links(side, [LinkSeen(k, h, m) for k, s, h, m in rows
-                                           if s == side])
+            self.backend.save_links(side, [(k, h, m) for k, s, h, m in rows if s == side])
 
     # ---- lease and results --------------------------------------------------------------
     @translate
