@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -312,7 +312,8 @@ class Store:
         pending = db.queued(keys) if queued else {}
         now = self.clock.time()
         link_rows: list[tuple[str, Side, str | None, float]] = []
-        queue_rows: list[_Change] = []
+        # (direction, key, content, hash, src_hash, modified, observed): see ``_row``
+        queue_rows: list[tuple[str, str, Any, str | None, str | None, float, float]] = []
         drop: list[tuple[str, str]] = []
         history: list[tuple[str, str, str | None]] = []
         allowed = rules_mod.compile_rules(ruleset).op_allowed
@@ -347,8 +348,8 @@ class Store:
                             # A write of it was tried and may have landed after all (a
                             # dropped answer): a delete instead, a no-op if it did not.
                             stats.queued += 1
-                            queue_rows.append(_Change(direction, c.key, None, None, None,
-                                                      c.modified, observed))
+                            queue_rows.append((direction, c.key, None, None, None,
+                                               c.modified, observed))
                         else:
                             drop.append((direction, c.key))  # cancel the queued create
                     if same is None or c.key not in in_flight_same:
@@ -376,24 +377,24 @@ class Store:
                 if winner != side:  # merged: both sides get the merge
                     content = result
                     chash = rules_mod.content_hash(result) if result is not None else None
-                    queue_rows.append(_Change(back, c.key, content, chash, None, now, now))
+                    queue_rows.append((back, c.key, content, chash, None, now, now))
                     src_hash = None
             if c.op == "delete" or content is None:
                 stats.deletes += 1
                 if other_hash is not None:
                     stats.linked_deletes += 1
             stats.queued += 1
-            queue_rows.append(_Change(direction, c.key, content, chash, src_hash, c.modified,
-                                      observed))
+            queue_rows.append((direction, c.key, content, chash, src_hash, c.modified,
+                               observed))
         self._save_links(link_rows)
         # Deletes never go direct: their link change above is committed now, and a page
         # that came back as a listing after a crash could no longer find them.
         if (0 < len(queue_rows) <= direct_limit and not queued and not drop and not history
                 and not stats.deletes and not in_flight_same and not in_flight_opposite):
             stats.direct = [
-                WorkItem(r.key, "upsert", r.content, r.hash, r.modified, self._next_gen(), 0,
-                         _expected(links.get(r.key), o), r.src_hash)
-                for r in queue_rows
+                WorkItem(key, "upsert", content, chash, mod, self._next_gen(), 0,
+                         _expected(links.get(key), o), src_hash)
+                for _d, key, content, chash, src_hash, mod, _obs in queue_rows
             ]
             return
         db.unqueue(drop)
@@ -721,18 +722,6 @@ class Store:
 
 class _Declined(Exception):
     """``direct_only``: the page would not go direct (rolls its transaction back)."""
-
-
-class _Change(NamedTuple):
-    """A change to queue, before it is encoded (see ``Store._row``)."""
-
-    direction: str
-    key: str
-    content: dict[str, Any] | None
-    hash: str | None
-    src_hash: str | None
-    modified: float
-    observed: float
 
 
 @dataclass(frozen=True)
