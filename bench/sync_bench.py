@@ -66,9 +66,11 @@ def raw_copy(source: Path, target: Path) -> float:
     return len(rows) / elapsed
 
 
-def run_pipeline(folder: Path, target: str, rows: int, batch: int) -> tuple[float, float, float]:
+def run_pipeline(folder: Path, target: str, rows: int, batch: int,
+                 state: str = "") -> tuple[float, float, float]:
     """Sync ``rows`` through recsyncd --once; (records/s by the daemon's clock, records/s
-    wall clock including process start, peak RSS in MiB)."""
+    wall clock including process start, peak RSS in MiB). ``state``: a PostgreSQL URL
+    for ``[cluster] state`` (the pipeline's state there instead of a SQLite file)."""
     sides = {
         "sqlite": '{ connector = "sqlite", path = "b.sqlite", table = "users", '
                   'key = "record_id" }',
@@ -80,7 +82,8 @@ def run_pipeline(folder: Path, target: str, rows: int, batch: int) -> tuple[floa
             db.execute(USERS)
         db.close()
     (folder / "rules.toml").write_text(RULES)
-    (folder / "customer_settings.toml").write_text(textwrap.dedent(f"""
+    cluster = f'[cluster]\nstate = "{state}"\n' if state else ""
+    (folder / "customer_settings.toml").write_text(cluster + textwrap.dedent(f"""
         [defaults]
         batch_size = {batch}
         page_size = {batch}
@@ -89,7 +92,7 @@ def run_pipeline(folder: Path, target: str, rows: int, batch: int) -> tuple[floa
         [defaults.rate_limit]
         max_requests = 1000000
         window_seconds = 1
-        [customers.bench.pipelines.p]
+        [customers.{folder.name}.pipelines.p]
         rules = "contacts"
         a = {{ connector = "sqlite", path = "a.sqlite", table = "users", key = "record_id" }}
         b = {sides[target]}
@@ -119,7 +122,12 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3,
                         help="pipeline runs per target; the median ratio is reported")
+    parser.add_argument("--pg-state", default="", metavar="URL",
+                        help="instead: the initial load sqlite -> sqlite with [cluster] state "
+                             "= URL against the same with SQLite state files, interleaved")
     args = parser.parse_args()
+    if args.pg_state:
+        return pg_state(args)
     with tempfile.TemporaryDirectory(prefix="recsync-bench-") as tmp:
         base = Path(tmp)
         source = base / "source.sqlite"
@@ -161,6 +169,42 @@ def main() -> int:
         print(f"targets: pipeline >= 1/6 of raw copy: {'met' if worst >= 1 / 6 else 'MISSED'} "
               f"(worst median {worst:.3f} at {args.rows} rows); peak RSS < 200 MiB: "
               f"{'met' if max(rss.values()) < 200 else 'MISSED'}")
+    return 0
+
+
+def pg_state(args: argparse.Namespace) -> int:
+    """The initial load with the state in PostgreSQL, as a share of the SQLite state's."""
+    import psycopg
+
+    rates: dict[str, list[float]] = {"sqlite": [], "postgresql": []}
+    with tempfile.TemporaryDirectory(prefix="recsync-bench-") as tmp:
+        base = Path(tmp)
+        source = base / "source.sqlite"
+        make_source(source, args.rows)
+        for i in range(args.rounds):
+            for kind in rates:
+                folder = base / f"r{i}{kind[:2]}{os.getpid()}"
+                folder.mkdir()
+                os.link(source, folder / "a.sqlite")
+                state = args.pg_state if kind == "postgresql" else ""
+                try:
+                    rate, _wall, _rss = run_pipeline(folder, "sqlite", args.rows, args.batch,
+                                                     state)
+                finally:
+                    if state:
+                        with psycopg.connect(state, autocommit=True) as conn:
+                            for table in ("meta", "cursors", "links", "queue", "history",
+                                          "listing_seen", "rekeys"):
+                                conn.execute(f"DELETE FROM recsync.{table} WHERE pipeline = "
+                                             f"%s", (f"{folder.name}/p",))
+                rates[kind].append(rate)
+                print(f"recsyncd sqlite -> sqlite, {args.rows} rows, {kind} state: "
+                      f"{rate:,.0f} records/s")
+    lite = sorted(rates["sqlite"])[len(rates["sqlite"]) // 2]
+    pg = sorted(rates["postgresql"])[len(rates["postgresql"]) // 2]
+    print(f"median of {args.rounds}: PostgreSQL state {pg:,.0f} records/s, SQLite state "
+          f"{lite:,.0f} records/s: {pg / lite:.2f} of the SQLite state's rate "
+          f"(target >= 1/3: {'met' if pg / lite >= 1 / 3 else 'MISSED'})")
     return 0
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "SETTINGS_FILE",
     "AppConfig",
     "CircuitBreakerSettings",
+    "ClusterConfig",
     "ConnectorLookup",
     "PipelineConfig",
     "RateLimitSettings",
@@ -121,13 +122,59 @@ class PipelineConfig(msgspec.Struct, frozen=True, kw_only=True):
         return f"{self.customer}/{self.name}"
 
 
+class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``[cluster]``: the pipelines' state in PostgreSQL (several recsyncd share it).
+
+    ``state`` is a connection URL, or ``state_env`` the environment variable holding it
+    (read when the daemon starts; the URL's password is never shown)."""
+
+    state: Annotated[str, Meta(description=(
+        "PostgreSQL URL of the shared state (postgresql://user:password@host:5432/db); "
+        "secret, never shown"))] = ""
+    state_env: Annotated[str, Meta(description=(
+        "environment variable holding the state URL, instead of state"))] = ""
+    redis: Annotated[str, Meta(description=(
+        "Redis URL of the shared API budget (redis://host:6379/0); optional"))] = ""
+    lease_ttl: Annotated[Positive, Meta(description=(
+        "seconds a node's lease on a pipeline lasts without renewal"))] = 15.0
+
+    def state_url(self) -> str:
+        """The state URL (``state``, else ``$state_env``).
+
+        Raises:
+            ConfigError: ``state_env`` names a variable that is not set.
+        """
+        if self.state:
+            return self.state
+        value = os.environ.get(self.state_env, "")
+        if not value:
+            raise ConfigError(f"{SETTINGS_FILE}: cluster.state_env names environment variable "
+                              f"{self.state_env!r}, which is not set; set it to the state's "
+                              "PostgreSQL URL (postgresql://user:password@host:5432/db)")
+        return value
+
+    def shown(self) -> str:
+        """Where the state is, for logs and status (the password masked)."""
+        from recsync.dsn import mask_dsn
+
+        return mask_dsn(self.state) if self.state else f"${self.state_env}"
+
+    def __repr__(self) -> str:
+        return (f"ClusterConfig(state={self.shown()!r}, redis={self.redis!r}, "
+                f"lease_ttl={self.lease_ttl!r})")
+
+
 class AppConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """The whole configuration. ``customers`` holds each customer's merged settings."""
+    """The whole configuration. ``customers`` holds each customer's merged settings.
+
+    ``cluster`` is None without a ``[cluster]`` table: one node, a SQLite state file per
+    pipeline."""
 
     pipelines: dict[str, PipelineConfig]
     rules: dict[str, RuleSet]
     defaults: Settings
     customers: dict[str, Settings] = {}
+    cluster: ClusterConfig | None = None
     # customer_settings.toml as parsed: where each setting came from (`recsync config show`)
     settings_doc: dict[str, Any] = {}
 
@@ -216,8 +263,9 @@ def _build(
     doc: dict[str, Any], rules: Mapping[str, RuleSet], base_dir: str, lookup: ConnectorLookup
 ) -> AppConfig:
     for key in doc:
-        if key not in ("defaults", "customers"):
-            raise _Problem((key,), _unknown_key((key,), ["defaults", "customers"]))
+        if key not in ("defaults", "customers", "cluster"):
+            raise _Problem((key,), _unknown_key((key,), ["defaults", "customers", "cluster"]))
+    cluster = _cluster(doc["cluster"]) if "cluster" in doc else None
     defaults_raw = _table(doc.get("defaults", {}), ("defaults",))
     defaults = _apply(Settings(), defaults_raw, ("defaults",))
     pipelines: dict[str, PipelineConfig] = {}
@@ -236,7 +284,32 @@ def _build(
             pipe = _pipeline(customer, name, table, ppath, csettings, rules, lookup, base_dir)
             pipelines[pipe.id] = pipe
     return AppConfig(pipelines=pipelines, rules=dict(rules), defaults=defaults, customers=customers,
-                     settings_doc=doc)
+                     settings_doc={k: v for k, v in doc.items() if k != "cluster"},
+                     cluster=cluster)
+
+
+_STATE_SCHEMES = ("postgresql://", "postgres://")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _cluster(raw: Any) -> ClusterConfig:
+    path: KeyPath = ("cluster",)
+    cluster = _convert(_table(raw, path), ClusterConfig, path)
+    if bool(cluster.state) == bool(cluster.state_env):
+        raise _Problem((*path, "state") if cluster.state else path,
+                       "cluster: set one of 'state' (a PostgreSQL URL) or 'state_env' (the "
+                       "environment variable holding it)"
+                       + (", not both" if cluster.state else ""))
+    if cluster.state and not cluster.state.startswith(_STATE_SCHEMES):
+        raise _Problem((*path, "state"), "cluster.state: must be a PostgreSQL URL "
+                       "(postgresql://user:password@host:5432/db), got "
+                       f"{cluster.shown()!r}")
+    if cluster.redis and not cluster.redis.startswith(_REDIS_SCHEMES):
+        from recsync.dsn import mask_dsn
+
+        raise _Problem((*path, "redis"), "cluster.redis: must be a Redis URL "
+                       f"(redis://host:6379/0), got {mask_dsn(cluster.redis)!r}")
+    return cluster
 
 
 def _pipeline(

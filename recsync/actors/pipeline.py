@@ -24,6 +24,7 @@ from recsync.connectors import get_connector_class
 from recsync.errors import RecsyncError, StateUnavailable
 from recsync.messages import ChangePage, Side
 from recsync.rules import RuleSet
+from recsync.state.access import StateAccess
 from recsync.state.paths import state_file_name
 
 log = logging.getLogger(__name__)
@@ -63,11 +64,12 @@ class Pipeline:
     def __init__(
         self, config: PipelineConfig, ruleset: RuleSet, *, state_dir: Path, systems: Systems,
         scheduler: Scheduler, clock: Clock, report: FailureSink,
-        on_event: EventSink | None = None,
+        on_event: EventSink | None = None, state: StateAccess | None = None,
     ) -> None:
         self.config = config
         self.ruleset = ruleset
         self.state_path = state_file(state_dir, config.id)
+        self.state_access = state
         self.systems = systems
         self.scheduler = scheduler
         self.clock = clock
@@ -127,7 +129,7 @@ class Pipeline:
             peers.refs["queue"] = QueueActor.start(
                 *common, state_path=self.state_path, settings=s, ruleset=self.ruleset,
                 peers=peers, clock=self.clock, safe_start=self.restarts > 0,
-                on_event=self.on_event)
+                on_event=self.on_event, state=self.state_access)
             for role in ("rate_limiter", "connector_a", "connector_b", "queue"):
                 peers.refs[role].ask(Ping(), timeout=ASK_TIMEOUT)
             cursors: dict[str, str | None] = peers.refs["queue"].ask(  # type: ignore[assignment]

@@ -15,6 +15,7 @@ from recsync.clock import Clock
 from recsync.config import Settings
 from recsync.messages import Direction, WorkItem
 from recsync.rules import RuleSet
+from recsync.state.access import StateAccess
 from recsync.state.store import DirectPage, MassDeleteBlocked, RepairItem, RetryPolicy, Store
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,11 @@ class QueueActor(PipelineActor):
         state_path: Path, settings: Settings, ruleset: RuleSet, peers: Any, clock: Clock,
         safe_start: bool = False,
         on_event: EventSink | None = None,
+        state: StateAccess | None = None,
     ) -> None:
         super().__init__(pipeline, incarnation, report)
         self.state_path = state_path
+        self.state = state  # None: the state file at state_path
         self.settings = settings
         self.ruleset = ruleset
         self.peers = peers
@@ -68,7 +71,8 @@ class QueueActor(PipelineActor):
         self.handles(BatchDone, self._batch_done)
 
     def setup(self) -> None:
-        self.store = Store(self.state_path, self.clock)
+        self.store = (Store(self.state_path, self.clock) if self.state is None
+                      else self.state.open_store(self.pipeline, self.clock))
         self.store.use_rules(rules_fingerprint(self.ruleset))
         self.prune_history()
 

@@ -32,6 +32,7 @@ from recsync.config import PipelineConfig
 from recsync.errors import RecsyncError
 from recsync.messages import ChangePage, Side
 from recsync.rules import RuleSet
+from recsync.state.access import StateAccess
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,11 @@ class Supervisor(pykka.ThreadingActor):
         self, state_dir: Path, *, scheduler: Scheduler, clock: Clock | None = None,
         policy: RestartPolicy | None = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        state: StateAccess | None = None,
     ) -> None:
         super().__init__()
         self.state_dir = state_dir
+        self.state = state  # None: a state file per pipeline in state_dir
         self.scheduler = scheduler
         self.clock = clock or SystemClock()
         self.policy = policy or RestartPolicy()
@@ -78,7 +81,7 @@ class Supervisor(pykka.ThreadingActor):
         pipeline = Pipeline(
             config, ruleset, state_dir=self.state_dir, systems=self.systems,
             scheduler=self.scheduler, clock=self.clock, report=self._report,
-            on_event=self.on_event)
+            on_event=self.on_event, state=self.state)
         self.pipelines[config.id] = pipeline
         self.restart_times[config.id] = deque()
         self.backoffs[config.id] = 0

@@ -50,7 +50,7 @@ def crms_setup(args: argparse.Namespace) -> int:
         return 0
     import psycopg
 
-    from recsync.connectors.postgres import mask_dsn
+    from recsync.dsn import mask_dsn
 
     try:
         with psycopg.connect(args.dsn, autocommit=True) as conn:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,23 +50,16 @@ from recsync.connectors.base import Connector, ConnectorConfig
 from recsync.connectors.credentials import resolve_secret
 from recsync.connectors.pglisten import Listener
 from recsync.connectors.pgsql import CHECK_SQL, TableNames, setup_sql, split_table
+from recsync.dsn import mask_dsn
 from recsync.errors import ConnectorConfigError, ConnectorError
 from recsync.messages import Change, ChangePage, Record, WriteOp, WriteResult, key_text
 
 log = logging.getLogger(__name__)
 
 _SECRETS = ("dsn",)
-_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@", re.I)
-_PASSWORD_PAIR = re.compile(r"(?P<head>\bpassword\s*=\s*)('[^']*'|\S+)", re.I)
 # errors about the database or the connection, not about a record: retry the batch
 _TRANSIENT = (pgerr.OperationalError, pgerr.SerializationFailure, pgerr.DeadlockDetected,
               pgerr.AdminShutdown, pgerr.LockNotAvailable, pgerr.InterfaceError)
-
-
-def mask_dsn(text: str) -> str:
-    """``text`` with any password of a connection URL or key=value DSN replaced."""
-    text = _PASSWORD_IN_URL.sub(lambda m: m.group("head") + "***@", text)
-    return _PASSWORD_PAIR.sub(lambda m: m.group("head") + "***", text)
 
 
 class PostgresConfig(ConnectorConfig, frozen=True, forbid_unknown_fields=True, kw_only=True):

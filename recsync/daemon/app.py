@@ -14,7 +14,6 @@ from typing import Any
 import msgspec
 import pykka
 
-from recsync.actors.pipeline import state_file
 from recsync.actors.scheduler import Scheduler
 from recsync.actors.supervisor import RestartPolicy, Supervisor
 from recsync.clock import Clock, SystemClock
@@ -25,6 +24,7 @@ from recsync.daemon.records import pipeline_counts
 from recsync.daemon.reload import diff_configs
 from recsync.daemon.sides import side_statuses
 from recsync.errors import ConfigError, ControlError
+from recsync.state.access import StateAccess
 from recsync.state.paths import migrate_state_files
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,8 @@ class Daemon:
         self._proxy: tuple[Any, Any] | None = None
         self._polled_idle = False
         self._warned: dict[str, float] = {}  # per pipeline: the newest warning published
+        # where the pipelines' state is: files in state_dir, or [cluster] state
+        self.state = StateAccess(self.state_dir, self.config.cluster)
 
     @property
     def proxy(self) -> Any:
@@ -101,11 +103,15 @@ class Daemon:
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._migrate_state_files(self.config)
+        if self.config.cluster is None:
+            self._migrate_state_files(self.config)
+        else:
+            log.info("pipeline state in %s", self.state.shown)
         self.scheduler.start()
         self.supervisor = Supervisor.start(self.state_dir, scheduler=self.scheduler,
                                            clock=self.clock, policy=self.policy,
-                                           on_event=self._on_supervisor_event)
+                                           on_event=self._on_supervisor_event,
+                                           state=self.state)
         for pid, cfg in self.config.pipelines.items():
             state = self.proxy.start_pipeline(cfg, self.config.rules[cfg.rules]).get()
             log.info("pipeline %s", state, extra={"pipeline": pid})
@@ -174,7 +180,7 @@ class Daemon:
         out = []
         for pid, cfg in self.config.pipelines.items():
             prog, h = progress.get(pid, {}), health.get(pid, {})
-            counts = pipeline_counts(state_file(self.state_dir, cfg.id))
+            counts = pipeline_counts(self.state.reader(cfg.id))
             self._counts_cache[pid] = counts
             synced = counts["synced_a_to_b"] + counts["synced_b_to_a"]
             last_t, last_n = self._totals.get(pid, (now, synced))
@@ -244,6 +250,7 @@ class Daemon:
             pass
         self.supervisor = None
         self.scheduler.stop()
+        self.state.close()
 
     # -- configuration -----------------------------------------------------------------------
     def replace_pipelines(self, updated: dict[str, PipelineConfig]) -> None:
@@ -256,6 +263,10 @@ class Daemon:
         with self._reload_lock:
             try:
                 new = load_config(self.config_dir)
+                if new.cluster != self.config.cluster:
+                    raise ConfigError(
+                        "customer_settings.toml: [cluster] changed; where the state lives "
+                        "changes only with a restart of recsyncd")
             except ConfigError as exc:
                 self.config_error = str(exc)
                 log.error("configuration rejected", extra={"error": str(exc)})
@@ -267,7 +278,8 @@ class Daemon:
             diff = diff_configs(self.config, new)
             for pid in diff.removed:
                 self.proxy.stop_pipeline(pid).get()
-            self._migrate_state_files(new)  # with the removed ones' files closed
+            if new.cluster is None:
+                self._migrate_state_files(new)  # with the removed ones' files closed
             for pid in diff.added:
                 cfg = new.pipelines[pid]
                 self.proxy.start_pipeline(cfg, new.rules[cfg.rules]).get()

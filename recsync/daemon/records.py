@@ -1,95 +1,101 @@
-"""Read-only queries on pipeline state files (own WAL reader connections, no actors)."""
+"""Read-only queries on pipeline state (no actors): a state file through its own WAL
+reader connection, or any state backend (``recsync.state.backend``) given."""
 
 from __future__ import annotations
 
 import sqlite3
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from recsync.daemon.protocol import FailedRecord, HistoryEntry, RecordStatus
-from recsync.state.schema import connect
+from recsync.state.backend import SqlBackend, SqliteBackend
+from recsync.state.errors import backend_error
 
 EMPTY_COUNTS = {"queued": 0, "failed": 0, "synced_a_to_b": 0, "synced_b_to_a": 0,
                 "conflicts": 0}
+StateRef = Path | SqlBackend  # a state file, or a pipeline's rows on a backend
 
 
-def _reader(path: Path) -> sqlite3.Connection | None:
-    if not path.exists():
-        return None
+@contextmanager
+def state_reader(where: StateRef) -> Iterator[SqlBackend | None]:
+    if isinstance(where, SqlBackend):
+        yield where
+        return
+    if not where.exists():
+        yield None
+        return
     try:
-        return connect(path, readonly=True)
+        backend = SqliteBackend(where, readonly=True)
     except sqlite3.Error:
-        return None
+        yield None
+        return
+    try:
+        yield backend
+    finally:
+        backend.close()
 
 
-def pipeline_counts(path: Path) -> dict[str, int]:
+def _quiet(exc: Exception) -> bool:
+    """A state being created, or out of reach for now: its counts are zero."""
+    return backend_error(Path("state"), exc) is not None
+
+
+def pipeline_counts(where: StateRef) -> dict[str, int]:
     """Queued and failed items, and the synced/conflict totals of one pipeline."""
-    conn = _reader(path)
-    if conn is None:
-        return dict(EMPTY_COUNTS)
     out = dict(EMPTY_COUNTS)
-    with closing(conn):
+    with state_reader(where) as db:
+        if db is None:
+            return out
         try:
-            for state, n in conn.execute("SELECT state, COUNT(*) FROM queue GROUP BY state"):
+            for _direction, state, n in db.queue_counts():
                 out["failed" if state == "failed" else "queued"] += n
-            for name, value in conn.execute(
-                "SELECT name, value FROM meta WHERE name IN "
-                "('synced_a_to_b', 'synced_b_to_a', 'conflicts')"
-            ):
-                out[name] = int(value)
-        except sqlite3.Error:
-            pass  # a state file being created: counts are zero for now
+            for name, value in db.totals().items():
+                if name in out:
+                    out[name] = value
+        except Exception as exc:
+            if not _quiet(exc):
+                raise
     return out
 
 
-def pipeline_cursors(path: Path) -> dict[str, str | None]:
+def pipeline_cursors(where: StateRef) -> dict[str, str | None]:
     """The committed read position of each side (connector-specific text)."""
-    conn = _reader(path)
-    if conn is None:
-        return {}
-    with closing(conn):
+    with state_reader(where) as db:
+        if db is None:
+            return {}
         try:
-            return {side: cursor for side, cursor in conn.execute(
-                "SELECT side, cursor FROM cursors ORDER BY side")}
-        except sqlite3.Error:
+            return db.cursors()
+        except Exception as exc:
+            if not _quiet(exc):
+                raise
             return {}
 
 
-def failed_records(path: Path, pipeline: str, limit: int) -> list[FailedRecord]:
-    conn = _reader(path)
-    if conn is None or limit <= 0:
-        return []
-    with closing(conn):
-        rows = conn.execute(
-            "SELECT key, direction, attempts, last_error, updated_at FROM queue "
-            "WHERE state = 'failed' ORDER BY updated_at DESC LIMIT ?", (limit,)
-        ).fetchall()
-    return [FailedRecord(pipeline, r[0], r[1], r[2], r[3], r[4]) for r in rows]
+def failed_records(where: StateRef, pipeline: str, limit: int) -> list[FailedRecord]:
+    with state_reader(where) as db:
+        if db is None or limit <= 0:
+            return []
+        rows = db.failed(limit)
+    return [FailedRecord(pipeline, *r) for r in rows]
 
 
-def record_status(path: Path, pipeline: str, key: str,
+def record_status(where: StateRef, pipeline: str, key: str,
                   history_limit: int = 50) -> RecordStatus | None:
     """A record's state in one pipeline: queued, failed or synced, with its history.
 
     Which sides hold it: what the last sync or sighting left in the links, overridden by a
     pending change (seen on its source side: an upsert there means it is there)."""
-    conn = _reader(path)
-    if conn is None:
-        return None
-    with closing(conn):
-        link = conn.execute(
-            "SELECT a_hash, b_hash, synced_at FROM links WHERE key = ?", (key,)
-        ).fetchone()
-        items = conn.execute(
-            "SELECT direction, state, attempts, last_error, op FROM queue WHERE key = ? "
-            "ORDER BY state = 'failed' DESC", (key,)
-        ).fetchall()
-        history = _history(conn, key, history_limit)
+    with state_reader(where) as db:
+        if db is None:
+            return None
+        link, items, rows = db.record(key, history_limit)
+    history = [HistoryEntry(*r) for r in rows]
     if link is None and not items and not history:
         return None
     on = {"a": bool(link and link[0]), "b": bool(link and link[1])}
     for item in items:
-        on["a" if item[0] == "a_to_b" else "b"] = item[4] != "delete"
+        on["a" if item.direction == "a_to_b" else "b"] = item.op != "delete"
     if items:
         direction, state, attempts, error, _op = items[0]
         state = "failed" if state == "failed" else "queued"
@@ -100,16 +106,3 @@ def record_status(path: Path, pipeline: str, key: str,
         pipeline=pipeline, key=key, state=state, direction=direction, attempts=attempts,
         last_error=error, on_a=on["a"], on_b=on["b"],
         synced_at=link[2] if link else None, history=history[::-1])
-
-
-def _history(conn: sqlite3.Connection, key: str, limit: int) -> list[HistoryEntry]:
-    """The newest ``limit`` entries, newest first."""
-    try:
-        rows = conn.execute(
-            "SELECT at, event, detail, direction FROM history WHERE key = ? "
-            "ORDER BY id DESC LIMIT ?", (key, limit)).fetchall()
-    except sqlite3.OperationalError:  # a state file of an earlier recsync, not opened yet
-        rows = [(*r, None) for r in conn.execute(
-            "SELECT at, event, detail FROM history WHERE key = ? ORDER BY id DESC LIMIT ?",
-            (key, limit))]
-    return [HistoryEntry(r[0], r[1], r[2], r[3]) for r in rows]

@@ -21,7 +21,6 @@ import msgspec
 import tomli_w
 
 from recsync import rules as rules_mod
-from recsync.actors.pipeline import state_file
 from recsync.config import (
     RULES_FILE,
     SETTINGS_FILE,
@@ -37,6 +36,7 @@ from recsync.daemon import protocol as p
 from recsync.daemon.configshow import pipeline_settings
 from recsync.daemon.plans import faults_to_set, other_side_plan
 from recsync.daemon.records import (
+    StateRef,
     failed_records,
     pipeline_counts,
     pipeline_cursors,
@@ -104,8 +104,8 @@ class ControlService:
                                           f"({names}); name one with --pipeline.")
         return chosen
 
-    def _state_path(self, cfg: PipelineConfig) -> Path:
-        return state_file(self.daemon.state_dir, cfg.id)
+    def _state_path(self, cfg: PipelineConfig) -> StateRef:
+        return self.daemon.state.reader(cfg.id)  # type: ignore[no-any-return]
 
     def _ask(self, pid: str, role: str, name: str, *args: Any) -> Any:
         return self.daemon.proxy.ask_actor(pid, role, name, *args).get()

@@ -15,21 +15,18 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from contextlib import closing
-from pathlib import Path
 from typing import Any
 
 import pykka
 
-from recsync.actors.pipeline import state_file
 from recsync.actors.protocol import Call
 from recsync.config import PipelineConfig
 from recsync.daemon import protocol as p
+from recsync.daemon.records import StateRef, state_reader
 from recsync.errors import ConnectorConfigError, ConnectorError, ControlError, RecsyncError
 from recsync.messages import Side
 from recsync.rules import CompiledRules, compile_rules, content_hash
-from recsync.state.schema import connect
-from recsync.state.store import CHUNK, RepairItem
+from recsync.state.store import RepairItem
 from recsync.verify import CATEGORIES, Comparison, Fix, Link, Seen, compare
 
 log = logging.getLogger(__name__)
@@ -82,11 +79,11 @@ class Verifier:
             a = self._list(cfg, rules, "a")
             b = self._list(cfg, rules, "b")
             self._progress(cfg.id, "comparing", None, len(a) + len(b), None, force=True)
-            path = state_file(self.daemon.state_dir, cfg.id)
+            where = self.daemon.state.reader(cfg.id)
             # the links matter only for records not the same on both sides
             candidates = [k for k, s in a.items() if (k not in b or b[k].hash != s.hash)]
             candidates += [k for k in b if k not in a]
-            links, pending = _state(path, candidates)
+            links, pending = _state(where, candidates)
             result = compare(rules, a, b, links, pending)
             repaired = None
             if repair and result.fixes:
@@ -209,18 +206,12 @@ def _wait_until(retry_at: float | None, pid: str) -> None:
     threading.Event().wait(max(0.05, delay))
 
 
-def _state(path: Path, keys: list[str]) -> tuple[dict[str, Link], set[str]]:
-    """The links of ``keys`` and the keys with queued work (not failed), read through a
-    read-only connection of our own."""
-    links: dict[str, Link] = {}
-    if not path.exists():
-        return links, set()
-    with closing(connect(path, readonly=True)) as db:
-        pending = {r[0] for r in db.execute("SELECT key FROM queue WHERE state != 'failed'")}
-        for i in range(0, len(keys), CHUNK):
-            part = keys[i:i + CHUNK]
-            marks = ",".join("?" * len(part))
-            for key, a_hash, b_hash in db.execute(
-                    f"SELECT key, a_hash, b_hash FROM links WHERE key IN ({marks})", part):
-                links[key] = Link(a_hash, b_hash)
+def _state(where: StateRef, keys: list[str]) -> tuple[dict[str, Link], set[str]]:
+    """The links of ``keys`` and the keys with queued work (not failed), read through the
+    control plane's reader of the pipeline's state."""
+    with state_reader(where) as db:
+        if db is None:
+            return {}, set()
+        pending = db.pending_keys()
+        links = {k: Link(a, b) for k, (a, b) in db.link_hashes(keys).items()}
     return links, pending

@@ -11,6 +11,7 @@ import errno
 import functools
 import os
 import sqlite3
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Concatenate, ParamSpec, Protocol, TypeVar
@@ -65,7 +66,8 @@ def _disk_full(folder: Path) -> bool:
 
 
 class _HasPath(Protocol):
-    path: Path
+    @property
+    def path(self) -> Path | str: ...
 
 
 S = TypeVar("S", bound=_HasPath)
@@ -73,14 +75,37 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+def backend_error(path: Path | str, exc: BaseException) -> StateError | None:
+    """The recsync error for a failure of a state backend (None: not one of theirs).
+
+    ``path`` is a state file, or (PostgreSQL) the server and pipeline as shown to users.
+    A lost or refused connection to PostgreSQL, or the server out of room, is transient.
+    """
+    if isinstance(exc, (sqlite3.Error, OSError)):
+        return state_error(Path(path), exc)
+    psycopg = sys.modules.get("psycopg")  # only loaded when a PostgreSQL state is used
+    if psycopg is None or not isinstance(exc, psycopg.Error):
+        return None
+    reason = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, (psycopg.OperationalError, psycopg.errors.DiskFull,
+                        psycopg.errors.InsufficientResources)):
+        return StateUnavailable(f"{path}: {reason}; the pipeline waits and resumes by itself "
+                                "once the PostgreSQL server can be reached and written")
+    return StateError(f"{path}: {reason}")
+
+
 def translate(fn: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P], R]:
-    """Method decorator: SQLite and OS errors leave as ``state_error(self.path, ...)``."""
+    """Method decorator: errors of the state backend (SQLite, OS, PostgreSQL) leave as
+    ``backend_error(self.path, ...)``."""
 
     def wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(self, *args, **kwargs)
-        except (sqlite3.Error, OSError) as exc:
-            raise state_error(self.path, exc) from exc
+        except Exception as exc:
+            translated = backend_error(self.path, exc)
+            if translated is None:
+                raise
+            raise translated from exc
 
     functools.update_wrapper(wrapper, fn)
     return wrapper

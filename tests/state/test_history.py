@@ -13,6 +13,7 @@ from recsync.daemon.records import record_status
 from recsync.messages import ItemOutcome
 from recsync.rules import RuleSet
 from recsync.state.store import DirectPage, RetryPolicy, Store
+from tests.state.conftest import OpenStore
 from tests.state.test_store import change, sync_all
 
 RULES = RuleSet(
@@ -29,15 +30,15 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: FakeClock) -> Iterator[Store]:
-    s = Store(tmp_path / "state.sqlite", clock)
+def store(open_store: OpenStore, clock: FakeClock) -> Iterator[Store]:
+    s = open_store(clock)
     yield s
     s.close()
 
 
 def history(store: Store, key: str) -> list[tuple[str, str | None, str | None]]:
-    return store.db.execute("SELECT event, direction, detail FROM history WHERE key = ? "
-                            "ORDER BY id", (key,)).fetchall()
+    return store.backend.query("SELECT event, direction, detail FROM history WHERE key = ? "
+                            "ORDER BY id", (key,))
 
 
 def test_creates_updates_and_deletes_both_ways_are_recorded(
@@ -60,7 +61,7 @@ def test_creates_updates_and_deletes_both_ways_are_recorded(
         ("create", "a_to_b", None), ("update", "a_to_b", None), ("update", "b_to_a", None),
         ("delete", "a_to_b", None)]
     assert history(store, "2") == [("create", "b_to_a", None)]
-    times = [r[0] for r in store.db.execute("SELECT at FROM history WHERE key = '1'")]
+    times = [r[0] for r in store.backend.query("SELECT at FROM history WHERE key = '1'")]
     assert times == sorted(times) and times[0] < times[-1]
 
 
@@ -105,14 +106,14 @@ def test_history_is_kept_per_record_and_by_age(store: Store, clock: FakeClock) -
     assert len(history(store, "1")) == 8
     assert store.prune_history(per_record=3, days=30) == 10
     assert [d for _e, d, _x in history(store, "1")] == ["a_to_b"] * 3
-    events = store.db.execute("SELECT event FROM history WHERE key = '1' ORDER BY id")
+    events = store.backend.query("SELECT event FROM history WHERE key = '1' ORDER BY id")
     assert [e for (e,) in events] == ["update"] * 3  # the newest three
     assert store.prune_history(per_record=3, days=30) == 0  # nothing new: nothing to do
     clock.advance(2 * 86400)
     store.enqueue("a", [change("3", "new")], "a9", clock.time(), RULES)
     sync_all(store, "a_to_b", clock)
     assert store.prune_history(per_record=3, days=1) == 6  # older than a day
-    assert store.db.execute("SELECT key FROM history").fetchall() == [("3",)]
+    assert store.backend.query("SELECT key FROM history") == [("3",)]
     # a smaller limit applies to every record, not only to those with news
     for n in range(3):
         store.enqueue("a", [change("3", f"x{n}")], f"b{n}", clock.time(), RULES)
@@ -123,24 +124,25 @@ def test_history_is_kept_per_record_and_by_age(store: Store, clock: FakeClock) -
 
 
 def test_status_of_a_failed_create_says_it_is_on_its_source_side(
-    store: Store, clock: FakeClock, tmp_path: Path
+    store: Store, clock: FakeClock, open_store: OpenStore
 ) -> None:
+    state = open_store.reader()
     store.enqueue("a", [change("1", "Ada")], "a1", clock.time(), RULES)
     (item,) = store.lease("a_to_b", 10, frozenset())
     store.apply("a_to_b", [ItemOutcome("1", item.gen, "rejected", "refused by b")],
                 RetryPolicy(), clock.time())
     store.enqueue("b", [change("2", "Bob")], "b1", clock.time(), RULES)
-    rec = record_status(tmp_path / "state.sqlite", "t/p", "1")
+    rec = record_status(state, "t/p", "1")
     assert rec is not None and rec.state == "failed"
     assert (rec.on_a, rec.on_b) == (True, False)
     assert [(h.event, h.direction) for h in rec.history] == [("failed", "a_to_b")]
-    queued = record_status(tmp_path / "state.sqlite", "t/p", "2")
+    queued = record_status(state, "t/p", "2")
     assert queued is not None and (queued.on_a, queued.on_b) == (False, True)
     # a pending delete from a: gone from a, still on b
     sync_all(store, "b_to_a", clock)
     clock.advance(1)
     store.enqueue("a", [change("2", None)], "a2", clock.time(), RULES)
-    gone = record_status(tmp_path / "state.sqlite", "t/p", "2")
+    gone = record_status(state, "t/p", "2")
     assert gone is not None and (gone.on_a, gone.on_b) == (False, True)
 
 

@@ -12,6 +12,7 @@ from recsync.messages import ItemOutcome, Prepared
 from recsync.rules import RuleSet, content_hash
 from recsync.state.store import MassDeleteBlocked, RetryPolicy, Store
 from tests.diskfull import fill, small_disk
+from tests.state.conftest import OpenStore
 
 RULES = RuleSet(
     name="t",
@@ -34,8 +35,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: FakeClock) -> Store:
-    s = Store(tmp_path / "state.sqlite", clock)
+def store(open_store: OpenStore, clock: FakeClock) -> Store:
+    s = open_store(clock)
     yield s
     s.close()
 
@@ -110,7 +111,7 @@ def test_conflict_with_pending_change_last_writer_wins(store: Store, clock: Fake
     assert store.lease("a_to_b", 10, frozenset()) == []
     (item,) = store.lease("b_to_a", 10, frozenset())
     assert item.content == {"id": "1", "name": "From B"}
-    history = store.db.execute("SELECT event, detail FROM history WHERE key='1'").fetchall()
+    history = store.backend.query("SELECT event, detail FROM history WHERE key='1'")
     assert ("conflict", "b and a both changed; b wins") in history
 
 
@@ -128,7 +129,7 @@ def test_transient_failures_back_off_then_fail_after_max_attempts(
             assert store.lease("a_to_b", 10, frozenset()) == []  # backing off
             clock.advance(2 ** attempt)
     assert stats.failed == 1
-    row = store.db.execute("SELECT state, attempts, last_error FROM queue").fetchone()
+    row = store.backend.query("SELECT state, attempts, last_error FROM queue")[0]
     assert row == ("failed", 3, "timeout")
     assert store.pending() == 0
     assert store.retry_failed(["1"]) == 1
@@ -214,7 +215,7 @@ def test_merged_write_queues_the_merge_for_the_source_too(
     store.apply("a_to_b", [out], RetryPolicy(), clock.time() + 0.01)
     (back,) = store.lease("b_to_a", 10, frozenset())
     assert back.content == merged
-    link = store.db.execute("SELECT b_hash FROM links WHERE key = '1'").fetchone()
+    link = store.backend.query("SELECT b_hash FROM links WHERE key = '1'")[0]
     assert link == (content_hash(merged),)
 
 
@@ -345,7 +346,7 @@ def test_deleting_never_synced_records_cancels_their_creates_and_is_not_guarded(
     assert (stats.deletes, stats.linked_deletes) == (20, 0)
     assert store.cursor("a") == "c3"
     # untried creates are cancelled; a tried one may have landed: a delete instead
-    rows = store.db.execute("SELECT key, op FROM queue ORDER BY key").fetchall()
+    rows = store.backend.query("SELECT key, op FROM queue ORDER BY key")
     assert rows == sorted((i.key, "delete") for i in tried)
     # deletes of linked records still count
     with pytest.raises(MassDeleteBlocked) as err:

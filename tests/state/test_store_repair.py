@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -11,6 +10,7 @@ from recsync.clock import FakeClock
 from recsync.messages import ItemOutcome, Prepared
 from recsync.rules import RuleSet, content_hash
 from recsync.state.store import MassDeleteBlocked, RepairItem, RetryPolicy, Store
+from tests.state.conftest import OpenStore
 
 RULES = RuleSet(name="t", a_to_b=["create", "update", "delete"], b_to_a=["create", "update"],
                 mappings={"id": "id", "name": "name"})
@@ -26,8 +26,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: FakeClock) -> Iterator[Store]:
-    s = Store(tmp_path / "state.sqlite", clock)
+def store(open_store: OpenStore, clock: FakeClock) -> Iterator[Store]:
+    s = open_store(clock)
     yield s
     s.close()
 
@@ -56,7 +56,7 @@ def test_a_record_the_target_lost_is_queued_again_as_new_to_it(
     assert (item.key, item.op, item.content, item.expected_hash) == (
         "1", "upsert", content("1", "N1"), None)
     assert store.pending_keys() == {"1"}
-    history = store.db.execute("SELECT event, detail FROM history WHERE key = '1'").fetchall()
+    history = store.backend.query("SELECT event, detail FROM history WHERE key = '1'")
     assert ("repair", "verify: missing_b") in history
 
 

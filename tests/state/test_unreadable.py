@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -11,6 +10,7 @@ from recsync.clock import FakeClock
 from recsync.messages import Unreadable
 from recsync.rules import RuleSet
 from recsync.state.store import Store
+from tests.state.conftest import OpenStore
 from tests.state.test_store import change, sync_all
 
 RULES = RuleSet(
@@ -27,16 +27,16 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: FakeClock) -> Iterator[Store]:
-    s = Store(tmp_path / "state.sqlite", clock)
+def store(open_store: OpenStore, clock: FakeClock) -> Iterator[Store]:
+    s = open_store(clock)
     yield s
     s.close()
 
 
 def failed(store: Store) -> list[tuple[str, str, str]]:
-    return store.db.execute(
+    return store.backend.query(
         "SELECT direction, key, last_error FROM queue WHERE state = 'failed' ORDER BY key"
-    ).fetchall()
+    )
 
 
 def listing(store: Store, clock: FakeClock, keys: list[str], bad: list[Unreadable]) -> int:
@@ -76,7 +76,7 @@ def test_a_complete_set_replaces_the_recorded_one_and_a_retry_drops_them(
     store.enqueue("a", [], "c1", clock.time(), RULES, unreadable=rows, unreadable_all=True)
     store.enqueue("a", [], "c2", clock.time(), RULES, unreadable=rows[1:], unreadable_all=True)
     assert [k for _d, k, _e in failed(store)] == ["t rowid 2"]
-    history = store.db.execute("SELECT key, event FROM history ORDER BY id").fetchall()
+    history = store.backend.query("SELECT key, event FROM history ORDER BY id")
     assert history == [("t rowid 1", "failed"), ("t rowid 2", "failed")]  # once each
     assert store.retry_failed(None) == 0  # nothing to write again: they are no work
     assert store.drop_unreadable(None) == (1, {"a"})

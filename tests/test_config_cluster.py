@@ -1,0 +1,66 @@
+"""``[cluster]``: parsed, validated, and its password never shown."""
+
+from __future__ import annotations
+
+import pytest
+
+from recsync.config import ClusterConfig
+from recsync.errors import ConfigError, StateUnavailable
+from recsync.state.access import StateAccess
+from tests.test_config import SETTINGS, load, settings_error
+
+
+def test_without_a_cluster_table_the_state_is_in_files() -> None:
+    assert load().cluster is None
+
+
+def test_cluster_table_parsed_with_defaults() -> None:
+    config = load('[cluster]\nstate = "postgresql://recsync:s3cret@db:5432/recsync"\n'
+                  + SETTINGS)
+    assert config.cluster == ClusterConfig(state="postgresql://recsync:s3cret@db:5432/recsync")
+    assert config.cluster.lease_ttl == 15.0 and config.cluster.redis == ""
+    assert config.cluster.state_url() == "postgresql://recsync:s3cret@db:5432/recsync"
+    # shown (logs, status, repr) with the password masked
+    assert "s3cret" not in config.cluster.shown() and "s3cret" not in repr(config)
+    assert config.cluster.shown() == "postgresql://recsync:***@db:5432/recsync"
+
+
+def test_state_env_is_read_when_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = load('[cluster]\nstate_env = "RS_STATE"\nredis = "redis://127.0.0.1:6379/0"\n'
+                  'lease_ttl = 4.5\n' + SETTINGS)
+    assert config.cluster is not None and config.cluster.lease_ttl == 4.5
+    monkeypatch.delenv("RS_STATE", raising=False)
+    with pytest.raises(ConfigError, match=r"RS_STATE.*not set"):
+        config.cluster.state_url()
+    monkeypatch.setenv("RS_STATE", "postgresql://x@db/y")
+    assert config.cluster.state_url() == "postgresql://x@db/y"
+
+
+@pytest.mark.parametrize(("table", "expected"), [
+    ("lease_ttl = 3", "line 1: cluster: set one of 'state'"),
+    ('state = "postgresql://a@b/c"\nstate_env = "X"', "line 2: cluster: set one of 'state' "
+                                                     "(a PostgreSQL URL) or 'state_env'"),
+    ('state = "mysql://u:hunter2@db/x"', "line 2: cluster.state: must be a PostgreSQL URL"),
+    ('state_env = "X"\nlease_ttl = 0', "line 3: cluster.lease_ttl: must be greater than 0"),
+    ('state_env = "X"\nredis = "http://u:hunter2@r"', "line 3: cluster.redis: must be a Redis"),
+    ('state_env = "X"\nleasettl = 3', "unknown key 'cluster.leasettl'; did you mean "
+                                      "'lease_ttl'?"),
+])
+def test_bad_cluster_tables_are_named(table: str, expected: str) -> None:
+    text = settings_error(f"[cluster]\n{table}\n" + SETTINGS)
+    assert expected in text
+    assert "hunter2" not in text
+
+
+def test_an_unreachable_state_server_is_transient_and_masked(tmp_path: object) -> None:
+    from pathlib import Path
+
+    url = "postgresql://recsync:hunter2@127.0.0.1:1/recsync"
+    access = StateAccess(Path(str(tmp_path)), ClusterConfig(state=url))
+    from recsync.clock import FakeClock
+
+    with pytest.raises(StateUnavailable) as err:
+        access.open_store("c/p", FakeClock())
+    assert "hunter2" not in str(err.value) and "c/p" in str(err.value)
+    with pytest.raises(StateUnavailable):
+        access.reader("c/p")
