@@ -1,8 +1,11 @@
 """Bulk API 2.0 ingest jobs of the mock Salesforce (``/jobs/ingest``).
 
-Jobs are processed synchronously when the client sets ``UploadComplete``; they are then
-``JobComplete`` at once. In CSV data an empty value leaves a field unchanged and ``#N/A``
-clears it, as in the real API.
+With ``polls`` 0 (the default) jobs are processed synchronously when the client sets
+``UploadComplete``; they are then ``JobComplete`` at once. With ``polls`` N a job goes
+``UploadComplete`` -> ``InProgress`` -> ``JobComplete`` as Salesforce's do: it is processed
+at the N-th status read after ``UploadComplete`` (``polls`` may be changed at any time, e.g.
+set very high to hold jobs in progress and back to 0 to let them finish). In CSV data an
+empty value leaves a field unchanged and ``#N/A`` clears it, as in the real API.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ def _csv(rows: list[list[str]]) -> Response:
 
 
 class BulkJobs:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, polls: int = 0) -> None:
         self.store = store
+        self.polls = polls
+        self.reads: dict[str, int] = {}  # status reads of each job since UploadComplete
         self.jobs: dict[str, dict[str, Any]] = {}
         self.data: dict[str, list[bytes]] = {}
         self.results: dict[str, tuple[list[list[str]], list[list[str]]]] = {}
@@ -56,6 +61,12 @@ class BulkJobs:
         jid = job["id"]
         if len(rest) == 1:
             if method == "GET":
+                if job["state"] in ("UploadComplete", "InProgress"):
+                    n = self.reads[jid] = self.reads.get(jid, 0) + 1
+                    if n >= self.polls:
+                        self._process(job)
+                    else:
+                        job["state"] = "InProgress"
                 return _json(200, job)
             if method == "DELETE":
                 self.jobs.pop(jid, None)
@@ -65,7 +76,8 @@ class BulkJobs:
                 state = (data or {}).get("state")
                 if state == "UploadComplete" and job["state"] == "Open":
                     job["state"] = "UploadComplete"
-                    self._process(job)
+                    if self.polls <= 0:
+                        self._process(job)
                 elif state == "Aborted" and job["state"] in ("Open", "UploadComplete"):
                     job["state"] = "Aborted"
                 else:

@@ -528,6 +528,8 @@ class Store:
         policy: RetryPolicy,
         written_at: float,
         direct: DirectPage | None = None,
+        jobs: Sequence[str] = (),
+        note: str | None = None,
     ) -> ApplyStats:
         """Record what became of a leased batch, atomically.
 
@@ -535,6 +537,9 @@ class Store:
         before it may predate the write and lose to it (the writer checked for conflicts).
         For a page ``enqueue`` passed on directly, ``direct`` brings its items and cursor:
         the items that did not sync are queued (to retry, or failed) and the cursor saved.
+        ``jobs``: the bulk jobs these outcomes come from, taken off the journal
+        (``bulk_jobs``) in the same transaction; ``note`` is the history detail of the
+        records written (which job wrote them).
         """
         stats = ApplyStats()
         now = self.clock.time()
@@ -586,7 +591,7 @@ class Store:
                             requeue.append(
                                 self._row(back, o.key, o.content, o.hash, o.hash, now, now))
                     else:
-                        history.append((o.key, op, None))
+                        history.append((o.key, op, note))
                 elif o.status == "superseded":
                     stats.conflicts += 1
                     if direct is None:
@@ -657,6 +662,8 @@ class Store:
                                                         now))
                 self._rekeys = True
             self._put_queue(requeue, now)
+            if jobs:
+                db.executemany("DELETE FROM bulk_jobs WHERE job_id = ?", [(j,) for j in jobs])
             self._history(history, direction)
             self._bump(f"synced_{direction}", stats.synced)
             self._bump(f"failed_{direction}", stats.failed)
@@ -729,6 +736,14 @@ class Store:
             "SELECT MIN(next_at) FROM queue WHERE state = 'ready'"
         ).fetchone()
         return None if row[0] is None else float(row[0])
+
+    @translate
+    def ready_count(self, direction: Direction, limit: int) -> int:
+        """How many items of ``direction`` are due now, counted up to ``limit``."""
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM queue WHERE direction = ? AND "
+            "state = 'ready' AND next_at <= ? LIMIT ?)", (direction, self.clock.time(), limit))
+        return int(row.fetchone()[0])
 
     @translate
     def has_pending(self) -> bool:

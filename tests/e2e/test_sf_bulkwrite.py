@@ -1,0 +1,139 @@
+"""End to end: a real `recsyncd` backfills the mock Salesforce from SQLite through Bulk API
+2.0 ingest jobs (the backlog over ``bulk_threshold``), with the same results as sObject
+Collections, per-row failures, and a kill -9 while a job is in flight."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+from recsync.mock.salesforce import SalesforceMock
+from tests.e2e.helpers import make_users, sql, wait_for, write_config
+from tests.e2e.test_crm import SQLITE_A, Crm, ok, once, seed_rows, start_once, state_rows
+
+N = 10_000
+# one way, as a backfill: Salesforce is not read (what it costs to read it back is the
+# reading's, one request per 2,000 records)
+ONE_WAY = """
+[contacts]
+a_to_b = ["create", "update", "delete"]
+b_to_a = []
+conflict = "last_writer_wins"
+[contacts.mappings]
+record_id = "Record_Id__c"
+full_name = "LastName"
+email_address = "Email"
+status = "Status__c"
+[contacts.filters]
+status = { in = ["active", "pending"] }
+"""
+
+
+def setup_pipeline(folder: Path, crm: Crm, rows: list[tuple[object, ...]],
+                   settings: str = "") -> None:
+    make_users(folder / "a.sqlite", rows)
+    write_config(folder, SQLITE_A, crm.side_b, rules=ONE_WAY, settings=settings)
+
+
+def _run(tmp_path: Path, rows: list[tuple[object, ...]], settings: str = "",
+         code: int = 0) -> tuple[SalesforceMock, Crm, str, int]:
+    mock = SalesforceMock()
+    mock.start()
+    crm = Crm("salesforce", mock)
+    setup_pipeline(tmp_path, crm, rows, settings=settings)
+    before = mock.request_count
+    out = ok(once(tmp_path, timeout=240), code)
+    return mock, crm, out, mock.request_count - before
+
+
+def _jobs(mock: SalesforceMock) -> list[dict[str, object]]:
+    with mock.lock:
+        return [dict(j) for j in mock.bulk.jobs.values()]
+
+
+def test_backfill_goes_through_one_bulk_job_with_the_results_of_collections(
+        tmp_path: Path) -> None:
+    rows = seed_rows(N)
+    bulk, crm, out, used = _run(tmp_path / "bulk", rows)
+    try:
+        synced = sum(1 for r in rows if r[3] != "inactive")
+        assert f"a->b {synced} synced" in out, out
+        assert used <= 10, f"{used} API requests for {N} records"
+        assert [j["operation"] for j in _jobs(bulk)] == ["upsert"]
+        assert not crm.duplicates()
+        got = crm.rows()
+        # the job id is in each record's history
+        jid = str(_jobs(bulk)[0]["id"])
+        hist = state_rows(tmp_path / "bulk", "SELECT detail FROM history WHERE key = '1'")
+        assert (f"Bulk API 2.0 job {jid}",) in hist
+    finally:
+        bulk.stop()
+    coll, crm2, out2, used2 = _run(tmp_path / "coll", rows, settings="bulk_threshold = 0")
+    try:
+        assert f"a->b {synced} synced" in out2, out2
+        assert _jobs(coll) == [] and used2 > 40  # Collections of 200
+        assert crm2.rows() == got
+    finally:
+        coll.stop()
+
+
+def test_rows_salesforce_refuses_become_failed_records_with_its_error(tmp_path: Path) -> None:
+    rows = [(i, f"User {i}", "not-an-email" if i % 1000 == 3 else f"u{i}@example.com",
+             "active") for i in range(1, 2501)]
+    mock, crm, out, _used = _run(tmp_path, rows, code=1)  # 1: records failed
+    try:
+        assert "a->b 2497 synced" in out and "3 failed" in out, out
+        assert len(_jobs(mock)) == 1
+        failed = state_rows(tmp_path, "SELECT key, last_error FROM queue WHERE state = 'failed'")
+        assert sorted(k for k, _e in failed) == ["1003", "2003", "3"]
+        for _k, err in failed:
+            assert "INVALID_EMAIL_ADDRESS" in err and "Bulk API 2.0 job" in err, err
+        assert len(crm.rows()) == 2497
+    finally:
+        mock.stop()
+
+
+def test_after_a_bulk_backfill_a_trickle_goes_through_collections(tmp_path: Path) -> None:
+    rows = [(i, f"User {i}", f"u{i}@example.com", "active") for i in range(1, 2501)]
+    mock, crm, out, _used = _run(tmp_path, rows)
+    try:
+        assert "a->b 2500 synced" in out and len(_jobs(mock)) == 1, out
+        sql(tmp_path / "a.sqlite", "UPDATE users SET full_name = 'Trickle' WHERE record_id < 4")
+        before = mock.request_count
+        out = ok(once(tmp_path))
+        assert "a->b 3 synced" in out, out
+        assert len(_jobs(mock)) == 1  # no new job: one Collections request
+        # token, describe, the check of the target for changes, one collection
+        assert mock.request_count - before <= 4
+        assert [crm.rows()[k][0] for k in ("1", "2", "3", "4")] == ["Trickle"] * 3 + ["User 4"]
+    finally:
+        mock.stop()
+
+
+def test_kill_while_a_job_is_in_progress_finds_it_again_by_id(tmp_path: Path) -> None:
+    mock = SalesforceMock(bulk_ingest_polls=10**9)  # jobs stay InProgress until released
+    mock.start()
+    try:
+        crm = Crm("salesforce", mock)
+        rows = [(i, f"User {i}", f"u{i}@example.com", "active") for i in range(1, 3001)]
+        setup_pipeline(tmp_path, crm, rows)
+        proc = start_once(tmp_path, timeout=120)
+        try:
+            wait_for(lambda: any(j["state"] == "InProgress" for j in _jobs(mock)), 60)
+            journal = state_rows(tmp_path, "SELECT job_id, operation, rows FROM bulk_jobs")
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+        (jid, op, keys), = journal
+        assert op == "upsert" and len(json.loads(keys)) == 3000
+        assert crm.rows() == {}  # nothing written yet
+        mock.bulk.polls = 0  # Salesforce finishes the job
+        out = ok(once(tmp_path, timeout=120))
+        assert "a->b 3000 synced" in out, out
+        assert [j["id"] for j in _jobs(mock)] == [jid]  # found again, none submitted twice
+        assert len(crm.rows()) == 3000 and not crm.duplicates()
+        assert state_rows(tmp_path, "SELECT COUNT(*) FROM bulk_jobs") == [(0,)]
+        assert sql(tmp_path / "a.sqlite", "SELECT COUNT(*) FROM users") == [(3000,)]
+    finally:
+        mock.stop()
