@@ -75,7 +75,7 @@ from simple_salesforce.exceptions import (
 from recsync.connectors.base import BulkWrite, Connector, ConnectorConfig
 from recsync.connectors.credentials import resolve_secret
 from recsync.connectors.sf_bulkread import BulkRead
-from recsync.connectors.sf_bulkwrite import BulkWriter
+from recsync.connectors.sf_bulkwrite import BulkWriter, key_chunks
 from recsync.errors import ConnectorConfigError, ConnectorError, RateLimited
 from recsync.messages import Change, ChangePage, Record, WriteOp, WriteResult, key_text
 from recsync.state.bulkjobs import BulkJournal
@@ -219,6 +219,8 @@ class SalesforceConnector(Connector):
         self._types: dict[str, str] = {}
         self._bulk_read = BulkRead(self)
         self._bulk_write = BulkWriter(self)
+        # the keys the last fetch asked for and the Ids it found under them
+        self._fetched: tuple[set[str], dict[str, list[str]]] = (set(), {})
         self._writable: set[str] | None = None
         self._readonly: set[str] = set()
         self._usage: tuple[int, int] | None = None
@@ -618,13 +620,24 @@ class SalesforceConnector(Connector):
     def fetch(self, keys: list[str]) -> dict[str, Record]:
         out: dict[str, Record] = {}
         wanted = {key_text(k) for k in keys}
-        for chunk in self._chunks(sorted(wanted)):
+        ids: dict[str, list[str]] = {}
+        for chunk in key_chunks(sorted(wanted)):
             for rec in self._lookup(chunk, self._fields):
                 rec.pop("attributes", None)
                 k = key_text(rec.get(self.key))
                 if k in wanted:
                     out[k] = rec
+                    ids.setdefault(k, []).append(str(rec["Id"]))
+        self._fetched = (wanted, ids)
         return out
+
+    def fetched_ids(self, keys: list[str]) -> dict[str, list[str]] | None:
+        """The Ids under ``keys`` when the last ``fetch`` asked for all of them (the
+        check of the target before a write), else None."""
+        wanted, ids = self._fetched
+        if not wanted.issuperset(keys):
+            return None
+        return {k: ids[k] for k in keys if k in ids}
 
     def rekey(self, pairs: list[tuple[str, str]]) -> list[WriteResult]:
         """Write the key the other side made into the external id of the records held
@@ -670,6 +683,7 @@ class SalesforceConnector(Connector):
     # ------------------------------------------------------------------ writing
 
     def write(self, ops: list[WriteOp]) -> list[WriteResult]:
+        self._fetched = (set(), {})
         results: dict[int, WriteResult] = {}
         last: dict[str, int] = {}  # key -> index of its last upsert (earlier ones share it)
         upserts: list[tuple[int, WriteOp]] = []
@@ -703,7 +717,10 @@ class SalesforceConnector(Connector):
 
     def write_bulk(self, ops: list[WriteOp], journal: BulkJournal, scope: str) -> BulkWrite:
         """A backlog through Bulk API 2.0 ingest jobs (see sf_bulkwrite.py)."""
-        return self._bulk_write.write(ops, journal, scope)
+        try:
+            return self._bulk_write.write(ops, journal, scope)
+        finally:
+            self._fetched = (set(), {})  # what a write may have changed
 
     def bulk_progress(self) -> dict[str, Any] | None:
         return self._bulk_write.progress

@@ -30,6 +30,7 @@ import time
 import zlib
 from collections.abc import Callable
 from typing import Any, Protocol
+from urllib.parse import quote_plus
 
 from simple_salesforce.util import call_salesforce
 
@@ -42,7 +43,9 @@ log = logging.getLogger(__name__)
 _DONE = ("JobComplete", "Failed", "Aborted")
 _MAX_PAUSE = 5.0
 _MAX_CSV = 100_000_000  # bytes of CSV per job (Salesforce takes 150 MB base64-encoded)
-_MAX_SOQL = 12_000  # characters of a lookup query (it goes in the URL)
+# URL-encoded bytes of the keys of one lookup query: a query goes in the URL, which
+# Salesforce takes up to 16,384 bytes long
+_MAX_SOQL = 12_000
 _GONE = ("ENTITY_IS_DELETED", "INVALID_CROSS_REFERENCE_KEY", "NOT_FOUND")
 _RETRYABLE = ("UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "REQUEST_RUNNING_TOO_LONG")
 
@@ -61,6 +64,8 @@ class _Host(Protocol):
     def _record(self, op: WriteOp) -> dict[str, Any]: ...
 
     def _lookup(self, keys: list[str], fields: list[str]) -> list[dict[str, Any]]: ...
+
+    def fetched_ids(self, keys: list[str]) -> dict[str, list[str]] | None: ...
 
 
 def _cell(value: Any) -> str:
@@ -86,6 +91,25 @@ def _csv(header: list[str], rows: list[list[str]]) -> bytes:
 
 def _soql_str(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def key_chunks(keys: list[str]) -> list[list[str]]:
+    """``keys`` in parts for SOQL ``IN`` lookups as long as a query URL takes
+    (_MAX_SOQL characters of quoted keys): a lookup of 10,000 short keys is a handful
+    of requests, not one per 200."""
+    chunks: list[list[str]] = []
+    chunk: list[str] = []
+    size = 0
+    for k in keys:
+        n = len(quote_plus(_soql_str(k))) + 4  # and ", "
+        if chunk and size + n > _MAX_SOQL:
+            chunks.append(chunk)
+            chunk, size = [], 0
+        chunk.append(k)
+        size += n
+    if chunk:
+        chunks.append(chunk)
+    return chunks
 
 
 class BulkWriter:
@@ -189,23 +213,14 @@ class BulkWriter:
         return parts
 
     def _ids(self, keys: list[str]) -> dict[str, list[str]]:
-        """The Ids of the records held under ``keys`` (SOQL ``IN`` queries as long as a
-        URL takes)."""
+        """The Ids of the records held under ``keys`` (those the check of the target
+        just read are known already)."""
         host = self.host
+        known = host.fetched_ids(keys)
+        if known is not None:
+            return known
         out: dict[str, list[str]] = {}
-        chunk: list[str] = []
-        size = 0
-        chunks: list[list[str]] = []
-        for k in keys:
-            n = len(_soql_str(k)) + 2
-            if chunk and size + n > _MAX_SOQL:
-                chunks.append(chunk)
-                chunk, size = [], 0
-            chunk.append(k)
-            size += n
-        if chunk:
-            chunks.append(chunk)
-        for part in chunks:
+        for part in key_chunks(keys):
             for rec in host._lookup(part, ["Id", host.key]):
                 out.setdefault(key_text(rec[host.key]), []).append(str(rec["Id"]))
         return out

@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 from recsync.mock.salesforce import SalesforceMock
+from recsync.state.bulkjobs import BulkJournal
 from tests.e2e.helpers import make_users, sql, wait_for, write_config
 from tests.e2e.test_crm import SQLITE_A, Crm, ok, once, seed_rows, start_once, state_rows
 
@@ -135,5 +136,50 @@ def test_kill_while_a_job_is_in_progress_finds_it_again_by_id(tmp_path: Path) ->
         assert len(crm.rows()) == 3000 and not crm.duplicates()
         assert state_rows(tmp_path, "SELECT COUNT(*) FROM bulk_jobs") == [(0,)]
         assert sql(tmp_path / "a.sqlite", "SELECT COUNT(*) FROM users") == [(3000,)]
+    finally:
+        mock.stop()
+
+
+def test_a_job_left_open_by_a_kill_is_aborted_and_its_records_sent_once(
+        tmp_path: Path) -> None:
+    """Killed after Salesforce gave the job an id (journaled) and before UploadComplete:
+    nothing of it ran, so it is aborted and its records go out in one new job."""
+    mock = SalesforceMock()
+    mock.start()
+    try:
+        crm = Crm("salesforce", mock)
+        rows = [(i, f"User {i}", f"u{i}@example.com", "active") for i in range(1, 3001)]
+        setup_pipeline(tmp_path, crm, rows)
+        with mock.lock:
+            _s, _h, body = mock.bulk.route("POST", [], {
+                "object": "Contact", "operation": "upsert",
+                "externalIdFieldName": "Record_Id__c"}, b"")
+        left_open = json.loads(body)["id"]
+        journal = BulkJournal(tmp_path / "state" / "test__p.sqlite")
+        journal.add(left_open, "a_to_b", "upsert", {str(i): "0" for i in range(1, 3001)})
+        journal.close()
+        out = ok(once(tmp_path, timeout=120))
+        assert "a->b 3000 synced" in out, out
+        states = {str(j["id"]): j["state"] for j in _jobs(mock)}
+        assert states.pop(left_open) == "Aborted"
+        assert list(states.values()) == ["JobComplete"]
+        assert len(crm.rows()) == 3000 and not crm.duplicates()
+        assert state_rows(tmp_path, "SELECT COUNT(*) FROM bulk_jobs") == [(0,)]
+    finally:
+        mock.stop()
+
+
+def test_a_large_delete_goes_out_as_one_bulk_delete_job(tmp_path: Path) -> None:
+    rows = [(i, f"User {i}", f"u{i}@example.com", "active") for i in range(1, 6001)]
+    mock, crm, out, _used = _run(tmp_path, rows)
+    try:
+        assert "a->b 6000 synced" in out, out
+        sql(tmp_path / "a.sqlite", "DELETE FROM users WHERE record_id <= 2500")
+        before = mock.request_count
+        out = ok(once(tmp_path, timeout=120))
+        assert "a->b 2500 synced" in out, out
+        assert [j["operation"] for j in _jobs(mock)] == ["upsert", "delete"]
+        assert sorted(map(int, crm.rows())) == list(range(2501, 6001))
+        assert mock.request_count - before <= 12  # Collections: 13 lookups + 13 deletes
     finally:
         mock.stop()
