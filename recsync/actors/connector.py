@@ -80,6 +80,7 @@ class ConnectorActor(PipelineActor):
         cls = get_connector_class(self.side_config.connector)
         self.connector = cls(self.side_config.options, self.base_dir)
         self.connector.origin = self.pipeline
+        self.connector.on_bulk_progress = self.health.bulk
         self.connector.watch(self._wake_poller)
         self.opened = False
         try:
@@ -292,7 +293,10 @@ class ConnectorActor(PipelineActor):
         if batch.bulk and ops and self.connector.bulk_writes and self.state_path is not None:
             if self.journal is None:
                 self.journal = BulkJournal(self.state_path, self.clock)
-            done = self.connector.write_bulk(ops, self.journal, batch.direction)
+            try:
+                done = self.connector.write_bulk(ops, self.journal, batch.direction)
+            finally:
+                self.health.bulk(None)  # status shows a bulk job while it is under way
             results, self._bulk_done = done.results, (list(done.jobs), done.note)
         else:
             results = self.connector.write(ops) if ops else []

@@ -52,6 +52,8 @@ class Connector(abc.ABC):
     #: the connector writes a large backlog as bulk jobs (``write_bulk``): the queue
     #: leases up to ``bulk_batch_size`` records at once for it past ``bulk_threshold``
     bulk_writes: ClassVar[bool] = False
+    #: called (from the connector's thread) with the bulk write's progress as it goes
+    on_bulk_progress: Callable[[dict[str, Any]], None] | None = None
 
     def __init__(self, config: Any, base_dir: Path) -> None:
         """``config`` is the connector's Config Struct, or a mapping converted into one.

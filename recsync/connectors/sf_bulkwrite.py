@@ -65,6 +65,8 @@ class _Host(Protocol):
 
     def _lookup(self, keys: list[str], fields: list[str]) -> list[dict[str, Any]]: ...
 
+    on_bulk_progress: Callable[[dict[str, Any]], None] | None
+
     def fetched_ids(self, keys: list[str]) -> dict[str, list[str]] | None: ...
 
 
@@ -345,6 +347,9 @@ class BulkWriter:
                  else len(job.rows))
         self.progress = {"job": job.job_id, "operation": job.operation, "state": state,
                          "processed": processed, "failed": failed, "total": total}
+        report = self.host.on_bulk_progress
+        if report is not None:
+            report(self.progress)
         log.info(
             "Bulk write to %s on %s: job %s (%s) %s, %d of %d rows processed, %d failed",
             self.host.obj, self.host.system_id, job.job_id, job.operation, state, processed,

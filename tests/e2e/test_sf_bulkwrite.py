@@ -12,6 +12,7 @@ from recsync.mock.salesforce import SalesforceMock
 from recsync.state.bulkjobs import BulkJournal
 from tests.e2e.helpers import make_users, sql, wait_for, write_config
 from tests.e2e.test_crm import SQLITE_A, Crm, ok, once, seed_rows, start_once, state_rows
+from tests.e2e.test_status_truth import start as start_daemon
 
 N = 10_000
 # one way, as a backfill: Salesforce is not read (what it costs to read it back is the
@@ -182,4 +183,31 @@ def test_a_large_delete_goes_out_as_one_bulk_delete_job(tmp_path: Path) -> None:
         assert sorted(map(int, crm.rows())) == list(range(2501, 6001))
         assert mock.request_count - before <= 12  # Collections: 13 lookups + 13 deletes
     finally:
+        mock.stop()
+
+
+def test_status_shows_the_bulk_job_under_way(tmp_path: Path) -> None:
+    mock = SalesforceMock(bulk_ingest_polls=10**9)  # the job stays InProgress until released
+    mock.start()
+    crm = Crm("salesforce", mock)
+    rows = [(i, f"User {i}", f"u{i}@example.com", "active") for i in range(1, 3001)]
+    setup_pipeline(tmp_path, crm, rows)
+    daemon = start_daemon(tmp_path)
+    try:
+        def bulk() -> dict[str, object] | None:
+            side = daemon.status()["test/p"]["sides"]["b"]
+            job = side.get("bulk")
+            return job if job and job["state"] == "InProgress" else None
+
+        job = wait_for(bulk, 60, "the bulk job in status")
+        assert job["operation"] == "upsert" and job["total"] == 3000
+        assert job["job"] == _jobs(mock)[0]["id"]
+        text = daemon.cli("status").stdout
+        assert f"bulk upsert job {job['job']} InProgress: 0 of 3000 rows processed" in text
+        mock.bulk.polls = 0
+        wait_for(lambda: daemon.status()["test/p"]["synced_a_to_b"] == 3000, 60, "the sync")
+        assert daemon.status()["test/p"]["sides"]["b"].get("bulk") is None
+    finally:
+        daemon.proc.terminate()
+        daemon.proc.wait(30)
         mock.stop()
