@@ -171,10 +171,9 @@ class QueueActor(PipelineActor):
         if self.in_flight[direction] is not None:
             return
         opposite = self.in_flight["b_to_a" if direction == "a_to_b" else "a_to_b"]
-        limit = self._bulk_limit(direction)
+        limit, bulk = self._bulk_limit(direction)
         if limit == 0:
             return  # a backfill being read: gathered into bulk jobs
-        bulk = limit > self.settings.batch_size
         items = self.store.lease(direction, limit, opposite or frozenset())
         self.added[direction] = 0
         if items:
@@ -193,20 +192,23 @@ class QueueActor(PipelineActor):
         target = "b" if direction == "a_to_b" else "a"
         return target in self.bulk_targets and self.settings.bulk_threshold > 0
 
-    def _bulk_limit(self, direction: Direction) -> int:
-        """How many items to lease: ``batch_size`` normally; ``bulk_batch_size`` when the
-        backlog ready for a target that takes bulk writes exceeds ``bulk_threshold`` (one
-        bulk job costs a handful of API requests, Collections one per 200 records); 0 while
-        a backfill is being read and fewer than ``bulk_batch_size`` are gathered."""
+    def _bulk_limit(self, direction: Direction) -> tuple[int, bool]:
+        """How many items to lease and whether as a bulk batch: ``batch_size`` normally;
+        ``bulk_batch_size`` when the backlog ready for a target that takes bulk writes
+        exceeds ``bulk_threshold`` (one bulk job costs a handful of API requests,
+        Collections one per 200 records); 0 while a backfill is being read and fewer than
+        ``bulk_batch_size`` are gathered."""
         assert self.store is not None
         s = self.settings
         if not self._bulk_on(direction):
-            return s.batch_size
+            return s.batch_size, False
         big = max(s.bulk_batch_size, s.batch_size)
         ready = self.store.ready_count(direction, big)
         if self._backfilling(direction) and ready < big:
-            return 0
-        return big if ready > s.bulk_threshold and big > s.batch_size else s.batch_size
+            return 0, False
+        if ready > s.bulk_threshold or self.store.bulk_jobs_pending(direction):
+            return big, True  # (a job left in flight by a crash is finished by a bulk batch)
+        return s.batch_size, False
 
     def _send_batch(self, direction: Direction, items: list[WorkItem],
                     keys: frozenset[str] | None = None, bulk: bool = False) -> None:

@@ -746,6 +746,14 @@ class Store:
         return int(row.fetchone()[0])
 
     @translate
+    def bulk_jobs_pending(self, direction: Direction) -> bool:
+        """Whether a bulk job of ``direction`` is journaled and not applied (a run ended
+        while it was in flight): the next batch is leased as a bulk one, to finish it."""
+        row = self.db.execute("SELECT EXISTS (SELECT 1 FROM bulk_jobs WHERE scope = ?)",
+                              (direction,))
+        return bool(row.fetchone()[0])
+
+    @translate
     def has_pending(self) -> bool:
         row = self.db.execute("SELECT EXISTS (SELECT 1 FROM queue WHERE state != 'failed')")
         return bool(row.fetchone()[0])

@@ -8,10 +8,21 @@ import json
 import signal
 from pathlib import Path
 
+import pytest
+
 from recsync.mock.salesforce import SalesforceMock
 from recsync.state.bulkjobs import BulkJournal
 from tests.e2e.helpers import make_users, sql, wait_for, write_config
-from tests.e2e.test_crm import SQLITE_A, Crm, ok, once, seed_rows, start_once, state_rows
+from tests.e2e.test_crm import (
+    SQLITE_A,
+    SUMMARY_ZERO,
+    Crm,
+    ok,
+    once,
+    seed_rows,
+    start_once,
+    state_rows,
+)
 from tests.e2e.test_status_truth import start as start_daemon
 
 N = 10_000
@@ -113,13 +124,16 @@ def test_after_a_bulk_backfill_a_trickle_goes_through_collections(tmp_path: Path
         mock.stop()
 
 
-def test_kill_while_a_job_is_in_progress_finds_it_again_by_id(tmp_path: Path) -> None:
+@pytest.mark.parametrize("n", [3000, 1500])
+def test_kill_while_a_job_is_in_progress_finds_it_again_by_id(tmp_path: Path, n: int) -> None:
+    """1500: the backlog is under bulk_threshold after the restart (raised to 2,000 in the
+    meantime), and the job in flight is finished all the same."""
     mock = SalesforceMock(bulk_ingest_polls=10**9)  # jobs stay InProgress until released
     mock.start()
     try:
         crm = Crm("salesforce", mock)
-        rows = [(i, f"User {i}", f"u{i}@example.com", "active") for i in range(1, 3001)]
-        setup_pipeline(tmp_path, crm, rows)
+        rows = [(i, f"User {i}", f"u{i}@example.com", "active") for i in range(1, n + 1)]
+        setup_pipeline(tmp_path, crm, rows, settings="bulk_threshold = 1000")
         proc = start_once(tmp_path, timeout=120)
         try:
             wait_for(lambda: any(j["state"] == "InProgress" for j in _jobs(mock)), 60)
@@ -128,15 +142,32 @@ def test_kill_while_a_job_is_in_progress_finds_it_again_by_id(tmp_path: Path) ->
             proc.send_signal(signal.SIGKILL)
             proc.wait(30)
         (jid, op, keys), = journal
-        assert op == "upsert" and len(json.loads(keys)) == 3000
+        assert op == "upsert" and len(json.loads(keys)) == n
         assert crm.rows() == {}  # nothing written yet
+        write_config(tmp_path, SQLITE_A, crm.side_b, rules=ONE_WAY)  # bulk_threshold 2000
         mock.bulk.polls = 0  # Salesforce finishes the job
         out = ok(once(tmp_path, timeout=120))
-        assert "a->b 3000 synced" in out, out
+        assert f"a->b {n} synced" in out, out
         assert [j["id"] for j in _jobs(mock)] == [jid]  # found again, none submitted twice
-        assert len(crm.rows()) == 3000 and not crm.duplicates()
+        assert len(crm.rows()) == n and not crm.duplicates()
         assert state_rows(tmp_path, "SELECT COUNT(*) FROM bulk_jobs") == [(0,)]
-        assert sql(tmp_path / "a.sqlite", "SELECT COUNT(*) FROM users") == [(3000,)]
+        assert sql(tmp_path / "a.sqlite", "SELECT COUNT(*) FROM users") == [(n,)]
+    finally:
+        mock.stop()
+
+
+def test_echoes_of_a_bulk_backfill_are_not_written_back(tmp_path: Path) -> None:
+    mock = SalesforceMock()
+    mock.start()
+    try:
+        crm = Crm("salesforce", mock)
+        rows = [(i, f"User {i}", f"u{i}@example.com", "active") for i in range(1, 2501)]
+        make_users(tmp_path / "a.sqlite", rows)
+        write_config(tmp_path, SQLITE_A, crm.side_b, rules=crm.rules())  # both ways
+        assert "a->b 2500 synced, b->a 0 synced" in ok(once(tmp_path, timeout=120))
+        assert len(_jobs(mock)) == 1
+        assert SUMMARY_ZERO in ok(once(tmp_path, timeout=120))  # a second pass: nothing
+        assert sql(tmp_path / "a.sqlite", "SELECT COUNT(*) FROM users") == [(2500,)]
     finally:
         mock.stop()
 
