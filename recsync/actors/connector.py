@@ -113,10 +113,6 @@ class ConnectorActor(PipelineActor):
         if self.connector is not None and self.opened:
             self.connector.close()
 
-    def bulk_progress(self) -> dict[str, Any] | None:
-        """The bulk write under way on this side (see Connector.bulk_progress)."""
-        return None if self.connector is None else self.connector.bulk_progress()
-
     def _dispatch(self, message: tuple[Any, ...]) -> None:
         request, reply_to = message
         if isinstance(request, ReadPage):

@@ -165,10 +165,6 @@ class Connector(abc.ABC):
         """
         return BulkWrite(self.write(ops))
 
-    def bulk_progress(self) -> dict[str, Any] | None:
-        """The bulk write under way (job, state, rows processed of total), or None."""
-        return None
-
     def list_records(self, position: str | None, limit: int) -> tuple[list[Change], str | None]:
         """One page of a full listing of the side's current records (for `recsync verify`):
         up to ``limit`` upserts after ``position`` (None: from the start), and the position

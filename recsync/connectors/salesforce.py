@@ -722,9 +722,6 @@ class SalesforceConnector(Connector):
         finally:
             self._fetched = (set(), {})  # what a write may have changed
 
-    def bulk_progress(self) -> dict[str, Any] | None:
-        return self._bulk_write.progress
-
     def _each_chunk(
         self,
         send: Callable[[list[tuple[int, WriteOp]], dict[int, WriteResult]], None],

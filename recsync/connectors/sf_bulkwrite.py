@@ -41,7 +41,10 @@ from recsync.state.bulkjobs import BulkJob, BulkJournal
 
 log = logging.getLogger(__name__)
 _DONE = ("JobComplete", "Failed", "Aborted")
-_MAX_PAUSE = 5.0
+# status reads of a running job: after 0.5 s, then doubling up to every 10 s (a job of a
+# minute costs about 9 of them)
+_FIRST_PAUSE = 0.5
+_MAX_PAUSE = 10.0
 _MAX_CSV = 100_000_000  # bytes of CSV per job (Salesforce takes 150 MB base64-encoded)
 # URL-encoded bytes of the keys of one lookup query: a query goes in the URL, which
 # Salesforce takes up to 16,384 bytes long
@@ -291,7 +294,7 @@ class BulkWriter:
                 return None
             if state in _DONE:
                 break
-            self.sleep(min(_MAX_PAUSE, 0.05 * 2**polls))
+            self.sleep(min(_MAX_PAUSE, _FIRST_PAUSE * 2**polls))
             polls += 1
         by_id: dict[str, str] = {}
         if job.operation == "delete":
