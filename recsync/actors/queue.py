@@ -155,8 +155,10 @@ class QueueActor(PipelineActor):
         elif stats.queued:
             self.last_activity = self.clock.monotonic()
             self.added[direction] += stats.queued
-            if self.added[direction] >= s.batch_size or (was_reading and not msg.more):
+            if self.added[direction] >= s.batch_size:
                 self._flush(direction)
+        if was_reading and not msg.more:  # the backfill's read ended: write what it gathered
+            self._flush(direction)
         if stats.conflicts:
             log.info("conflicts resolved", extra={"pipeline": self.pipeline,
                                                    "count": stats.conflicts})
