@@ -17,8 +17,10 @@ for and its per-row results are taken for the records it holds unchanged, so the
 not submitted twice.
 
 Per-row results: a row in ``failedResults`` becomes a failed record with Salesforce's
-``sf__Error`` (``UNABLE_TO_LOCK_ROW`` and the like are retried); rows in
-``unprocessedrecords`` are retried; a deleted row that was already gone counts as deleted.
+``sf__Error`` (``UNABLE_TO_LOCK_ROW`` and the like are retried); rows a job did not process
+(it failed or was aborted: not in its ``successfulResults``) are retried; a deleted row
+that was already gone counts as deleted. A job complete with every row processed and none
+failed needs no results read at all.
 """
 
 from __future__ import annotations

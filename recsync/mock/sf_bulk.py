@@ -95,12 +95,28 @@ class BulkJobs:
                 return _csv([["sf__Id", "sf__Created", *header], *ok])
             if rest[1] == "failedResults":
                 return _csv([["sf__Id", "sf__Error", *header], *failed])
-            if rest[1] == "unprocessedrecords":
-                return _csv([header])
+            if rest[1] == "unprocessedrecords":  # uploaded, never processed (aborted)
+                return _csv([header, *self._unprocessed(jid, job)])
         raise SfError(404, "NOT_FOUND", "The requested resource does not exist")
 
     def data_header(self, jid: str) -> list[str]:
+        if jid not in self.headers:
+            rows = self._uploaded(jid)
+            return rows[0] if rows else []
         return list(self.headers.get(jid, []))
+
+    def _uploaded(self, jid: str) -> list[list[str]]:
+        """The CSV rows uploaded to a job not processed yet (header first)."""
+        out: list[list[str]] = []
+        for chunk in self.data.get(jid, []):
+            part = [r for r in csv.reader(io.StringIO(chunk.decode("utf-8-sig"))) if r]
+            out.extend(part if not out else part[1:])
+        return out
+
+    def _unprocessed(self, jid: str, job: dict[str, Any]) -> list[list[str]]:
+        if job["state"] != "Aborted":
+            return []
+        return self._uploaded(jid)[1:]
 
     def _create(self, spec: dict[str, Any]) -> Response:
         op = spec.get("operation")
