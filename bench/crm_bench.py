@@ -4,9 +4,12 @@ In one run, against one SalesforceMock started in this process:
 (a) a plain per-record simple-salesforce loop, what a user would write by hand
     (``sf.Contact.upsert(f"Record_Id__c/{i}", {...})``): records/s;
 (b) ``recsyncd --once`` (a subprocess) syncing N SQLite users to the mock (side b =
-    salesforce at the mock's instance_url, batch_size 2000, a high rate limit): records/s
-    from the daemon's summary line ("in X s") and API requests per 1,000 records (the
-    mock's request count over the run);
+    salesforce at the mock's instance_url, batch_size 2000, a high rate limit) through
+    sObject Collections (``bulk_threshold = 0``): records/s from the daemon's summary line
+    ("in X s") and API requests per 1,000 records (the mock's request count over the run);
+(c) the same backfill with the default ``bulk_threshold``: Bulk API 2.0 ingest jobs, its
+    API requests per 1,000 records (target: at most 1), against
+(d) a hand-written simple-salesforce ``bulk2.Contact.upsert`` of the same records;
 then the ratio (b)/(a) against the targets.
 
 These machines are shared and their speed drifts from minute to minute, so (a) and (b)
@@ -36,6 +39,7 @@ from recsync.mock.salesforce import SalesforceMock
 
 TARGET_RATIO = 30.0
 TARGET_REQUESTS = 6.0
+TARGET_BULK_REQUESTS = 1.0
 RULES = """
 [contacts]
 a_to_b = ["create", "update", "delete"]
@@ -91,7 +95,33 @@ def loop(mock: SalesforceMock, n: int) -> float:
     return n / elapsed
 
 
-def daemon(mock: SalesforceMock, n: int, folder: Path) -> tuple[float, int, str]:
+def _client(mock: SalesforceMock) -> tuple[Any, requests.Session]:
+    s = requests.Session()
+    s.mount("https://", _Plain())
+    tok = s.post(
+        mock.url + "/services/oauth2/token",
+        data={"grant_type": "client_credentials", "client_id": "b", "client_secret": "b"},
+    ).json()
+    sf: Any = Salesforce(instance_url=tok["instance_url"], session_id=tok["access_token"],
+                         session=s, version="59.0")
+    return sf, s
+
+
+def hand_bulk(mock: SalesforceMock, n: int) -> int:
+    """(d) API requests of one hand-written simple-salesforce Bulk API 2.0 upsert."""
+    sf, s = _client(mock)
+    before = mock.request_count
+    sf.bulk2.Contact.upsert(
+        records=[{"Record_Id__c": f"hand{i}", "LastName": f"User {i}",
+                  "Email": f"u{i}@example.com", "Status__c": "active"} for i in range(n)],
+        external_id_field="Record_Id__c", wait=0.05)
+    used = mock.request_count - before
+    s.close()
+    return used
+
+
+def daemon(mock: SalesforceMock, n: int, folder: Path,
+           extra: str = "") -> tuple[float, int, str]:
     """(b) records/s from recsyncd's summary line, and the API requests it made."""
     with sqlite3.connect(folder / "a.sqlite") as db:
         db.execute(USERS)
@@ -108,6 +138,7 @@ def daemon(mock: SalesforceMock, n: int, folder: Path) -> tuple[float, int, str]
         page_size = 2000
         flush_interval = 0.05
         poll_interval = 2.0
+        {extra}
         [defaults.rate_limit]
         max_requests = 1000000
         window_seconds = 1
@@ -163,7 +194,7 @@ def main() -> None:
 
     loops: list[float] = []
     runs: list[float] = []
-    worst_requests = 0
+    worst_requests = worst_bulk = hand = 0
     for _ in range(args.rounds):
         # a fresh mock per round: every run starts from an empty org
         mock = SalesforceMock(daily_limit=10_000_000)
@@ -173,26 +204,45 @@ def main() -> None:
             print(f"(a) per-record simple-salesforce loop: {loops[-1]:,.0f} records/s "
                   f"({args.loop_records} records)", flush=True)
             with tempfile.TemporaryDirectory() as tmp:
-                rate, reqs, line = daemon(mock, args.records, Path(tmp))
+                rate, reqs, line = daemon(mock, args.records, Path(tmp), "bulk_threshold = 0")
         finally:
             mock.stop()
+        mock = SalesforceMock(daily_limit=10_000_000)  # (c) and (d) on an empty org too
+        mock.start()
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                _rate, bulk_reqs, bulk_line = daemon(mock, args.records, Path(tmp))
+            hand = hand_bulk(mock, args.records)
+        finally:
+            mock.stop()
+        worst_bulk = max(worst_bulk, bulk_reqs)
         runs.append(rate)
         worst_requests = max(worst_requests, reqs)
         print(f"(b) recsyncd --once SQLite -> Salesforce: {rate:,.0f} records/s "
               f"({args.records} records; {reqs} API requests = "
               f"{reqs * 1000 / args.records:.1f} per 1,000 records)")
-        print(f"    summary: {line}", flush=True)
+        print(f"    summary: {line}")
+        print(f"(c) recsyncd --once through Bulk API 2.0: {bulk_reqs} API requests = "
+              f"{bulk_reqs * 1000 / args.records:.1f} per 1,000 records; (d) a hand-written "
+              f"simple-salesforce bulk2 upsert: {hand} = "
+              f"{hand * 1000 / args.records:.1f} per 1,000")
+        print(f"    summary: {bulk_line}", flush=True)
     rate_loop, rate = statistics.median(loops), statistics.median(runs)
     per_k = worst_requests * 1000 / args.records
     print(f"medians of {args.rounds} rounds: (a) {rate_loop:,.0f} records/s, "
           f"(b) {rate:,.0f} records/s; most requests in a run: {per_k:.1f} per 1,000 records")
+    bulk_k = worst_bulk * 1000 / args.records
+    print(f"Bulk API 2.0 requests: {worst_bulk} for {args.records} records "
+          f"({bulk_k:.1f} per 1,000; the most in a run)")
     ratio = rate / rate_loop
     print(f"ratio (b)/(a): {ratio:.1f}x")
     print(
         f"targets: ratio >= {TARGET_RATIO:.0f}x "
         f"({'met' if ratio >= TARGET_RATIO else 'NOT met'}), "
         f"<= {TARGET_REQUESTS:.0f} requests per 1,000 records "
-        f"({'met' if per_k <= TARGET_REQUESTS else 'NOT met'})"
+        f"({'met' if per_k <= TARGET_REQUESTS else 'NOT met'}), "
+        f"Bulk <= {TARGET_BULK_REQUESTS:.0f} per 1,000 "
+        f"({'met' if bulk_k <= TARGET_BULK_REQUESTS else 'NOT met'})"
     )
 
 

@@ -86,6 +86,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     reconcile_interval: Positive = 300.0
     history_per_record: AtLeastOne = 50  # history entries kept per record (newest)
     history_days: Positive = 30.0  # and none older than this
+    # a direction's backlog for a side that takes bulk writes (Salesforce) above this many
+    # records goes out as Bulk API 2.0 jobs of up to bulk_batch_size records; 0 = never
+    bulk_threshold: Annotated[int, Meta(ge=0)] = 2000
+    bulk_batch_size: Annotated[int, Meta(ge=1, le=150000)] = 10000
     rate_limit: RateLimitSettings = msgspec.field(default_factory=RateLimitSettings)
     circuit_breaker: CircuitBreakerSettings = msgspec.field(default_factory=CircuitBreakerSettings)
 

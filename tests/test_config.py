@@ -675,3 +675,14 @@ def test_a_path_may_name_environment_variables(monkeypatch: pytest.MonkeyPatch) 
         f"customer_settings.toml, line {line_of(text, 'STATE_DIRECTORY')}: "
         "customers.demo.pipelines.contacts.b.path uses ${STATE_DIRECTORY}, an environment "
         "variable that is not set")
+
+
+def test_bulk_settings_are_validated_like_the_others() -> None:
+    s = Settings()
+    assert (s.bulk_threshold, s.bulk_batch_size) == (2000, 10000)
+    assert settings_with_overrides(s, bulk_threshold=0).bulk_threshold == 0  # off
+    with pytest.raises(ConfigError, match=r"^invalid settings override: bulk_threshold: must "
+                       r"be at least 0, got -1$"):
+        settings_with_overrides(s, bulk_threshold=-1)
+    with pytest.raises(ConfigError, match=r"bulk_batch_size: must be at most 150000"):
+        settings_with_overrides(s, bulk_batch_size=200000)

@@ -36,6 +36,8 @@ from recsync.messages import (
     WriteResult,
 )
 from recsync.resilience import CircuitBreaker
+from recsync.state.access import StateAccess
+from recsync.state.bulkjobs import BulkJournal
 
 log = logging.getLogger(__name__)
 _error = attrgetter("error")
@@ -56,6 +58,8 @@ class ConnectorActor(PipelineActor):
         breaker: CircuitBreaker,
         clock: Clock,
         health: SideHealth | None = None,
+        state_path: Path | None = None,
+        state: StateAccess | None = None,
     ) -> None:
         super().__init__(pipeline, incarnation, report)
         self.role = f"connector_{side}"
@@ -69,12 +73,17 @@ class ConnectorActor(PipelineActor):
         self.connector: Connector | None = None
         self.opened = False
         self.requests = 0
+        self.state_path = state_path
+        self.state_access = state
+        self.journal: BulkJournal | None = None  # opened by the first bulk batch
+        self._bulk_done: tuple[list[str], str | None] = ([], None)
         self.handles(tuple, self._dispatch)
 
     def setup(self) -> None:
         cls = get_connector_class(self.side_config.connector)
         self.connector = cls(self.side_config.options, self.base_dir)
         self.connector.origin = self.pipeline
+        self.connector.on_bulk_progress = self.health.bulk
         self.connector.watch(self._wake_poller)
         self.opened = False
         try:
@@ -102,6 +111,8 @@ class ConnectorActor(PipelineActor):
             self.opened = True
 
     def on_stop(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
         if self.connector is not None and self.opened:
             self.connector.close()
 
@@ -236,6 +247,7 @@ class ConnectorActor(PipelineActor):
         retry_at = self._gate()
         if retry_at is not None:
             return self._all(batch, "deferred", None, retry_at)
+        self._bulk_done = ([], None)
         try:
             self._ensure_open()
             outcomes = self._write_checked(batch)
@@ -251,7 +263,8 @@ class ConnectorActor(PipelineActor):
             return self._all(batch, "retry", str(exc), None)
         self.breaker.record_success()
         self._report_budget()
-        return BatchDone(batch.direction, outcomes, self.clock.time())
+        jobs, note = self._bulk_done
+        return BatchDone(batch.direction, outcomes, self.clock.time(), jobs, note)
 
     def _all(self, batch: WriteBatch, status: Any, error: str | None,
              retry_at: float | None) -> BatchDone:
@@ -276,7 +289,17 @@ class ConnectorActor(PipelineActor):
                 if fields.get(key_field) is None:
                     fields = {**fields, key_field: item.key}
                 ops.append(WriteOp(item.key, "upsert", fields))
-        results = self.connector.write(ops) if ops else []
+        if batch.bulk and ops and self.connector.bulk_writes and self.state_path is not None:
+            if self.journal is None:
+                access = self.state_access or StateAccess(self.state_path.parent)
+                self.journal = BulkJournal(access.open_backend(self.pipeline), self.clock)
+            try:
+                done = self.connector.write_bulk(ops, self.journal, batch.direction)
+            finally:
+                self.health.bulk(None)  # status shows a bulk job while it is under way
+            results, self._bulk_done = done.results, (list(done.jobs), done.note)
+        else:
+            results = self.connector.write(ops) if ops else []
         if refused:
             written = iter(results)
             results = [refused.get(t[0].key) or next(written) for t in to_write]

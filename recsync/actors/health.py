@@ -21,13 +21,23 @@ class SideHealth:
         self._lock = threading.Lock()
         self._error: str | None = None
         self._at: float | None = None
+        self._bulk: dict[str, Any] | None = None
 
     def error(self, text: str) -> None:
         """Remember ``text`` as the side's last error (wall time now)."""
         with self._lock:
             self._error, self._at = text, self.clock.time()
 
-    def snapshot(self) -> dict[str, Any]:
-        """``last_error`` and ``last_error_at`` (None, None: no error seen)."""
+    def bulk(self, progress: dict[str, Any] | None) -> None:
+        """The side's bulk write job now (job, operation, state, processed, failed, total)."""
         with self._lock:
-            return {"last_error": self._error, "last_error_at": self._at}
+            self._bulk = dict(progress) if progress is not None else None
+
+    def snapshot(self) -> dict[str, Any]:
+        """``last_error`` and ``last_error_at`` (None, None: no error seen), and ``bulk``:
+        the last bulk write job (None: none)."""
+        with self._lock:
+            out: dict[str, Any] = {"last_error": self._error, "last_error_at": self._at}
+            if self._bulk is not None:
+                out["bulk"] = dict(self._bulk)
+            return out

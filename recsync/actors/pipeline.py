@@ -108,6 +108,11 @@ class Pipeline:
         return self.systems.get(system_id, side_limit(side_cfg, cls.local, settings),
                                 settings.circuit_breaker)
 
+    def _bulk_targets(self) -> frozenset[str]:
+        """The sides whose connector takes bulk writes (see QueueActor._bulk_limit)."""
+        return frozenset(side for side, cfg in (("a", self.config.a), ("b", self.config.b))
+                         if get_connector_class(cfg.connector).bulk_writes)
+
     def start(self) -> None:
         """Start every actor in order and ping it; on failure stop what started and raise."""
         self.incarnation += 1
@@ -125,11 +130,13 @@ class Pipeline:
                 peers.refs[f"connector_{side}"] = ConnectorActor.start(
                     *common, side=side, side_config=cfg.a if side == "a" else cfg.b,
                     base_dir=Path(cfg.base_dir), peers=peers, breaker=limits[side][1],
-                    clock=self.clock, health=self.side_health[side])
+                    clock=self.clock, health=self.side_health[side],
+                    state_path=self.state_path, state=self.state_access)
             peers.refs["queue"] = QueueActor.start(
                 *common, state_path=self.state_path, settings=s, ruleset=self.ruleset,
                 peers=peers, clock=self.clock, safe_start=self.restarts > 0,
-                on_event=self.on_event, state=self.state_access)
+                on_event=self.on_event, state=self.state_access,
+                bulk_targets=self._bulk_targets())
             for role in ("rate_limiter", "connector_a", "connector_b", "queue"):
                 peers.refs[role].ask(Ping(), timeout=ASK_TIMEOUT)
             cursors: dict[str, str | None] = peers.refs["queue"].ask(  # type: ignore[assignment]

@@ -86,12 +86,16 @@ class WriteBatch(msgspec.Struct, frozen=True):
     direction: Direction
     items: list[WorkItem]
     ruleset: RuleSet
+    bulk: bool = False  # a backlog: write it as bulk jobs (Connector.write_bulk)
 
 
 class BatchDone(msgspec.Struct, frozen=True):
     direction: Direction
     outcomes: list[ItemOutcome]
     written_at: float
+    # bulk jobs whose results these outcomes are: their journal rows go with the outcomes
+    jobs: list[str] = []
+    note: str | None = None  # history detail of the records written (e.g. the bulk job)
 
 
 class Crash(msgspec.Struct, frozen=True):

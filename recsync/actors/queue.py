@@ -39,6 +39,7 @@ class QueueActor(PipelineActor):
         safe_start: bool = False,
         on_event: EventSink | None = None,
         state: StateAccess | None = None,
+        bulk_targets: frozenset[str] = frozenset(),
     ) -> None:
         super().__init__(pipeline, incarnation, report)
         self.state_path = state_path
@@ -49,6 +50,10 @@ class QueueActor(PipelineActor):
         self.clock = clock
         self.on_event = on_event or no_events
         self.store: Store | None = None
+        # sides whose connector takes bulk writes (see _bulk_limit), and per direction when
+        # its source last gave a page with more to come (None: its last read ended)
+        self.bulk_targets = bulk_targets
+        self.reading: dict[Direction, float | None] = dict.fromkeys(DIRECTIONS)
         self.in_flight: dict[Direction, frozenset[str] | None] = dict.fromkeys(DIRECTIONS)
         self.added: dict[Direction, int] = dict.fromkeys(DIRECTIONS, 0)
         self.last_activity = clock.monotonic()
@@ -109,10 +114,14 @@ class QueueActor(PipelineActor):
             return True
         poller = self.peers.ref(f"poller_{msg.side}")
         s = self.settings
+        was_reading = self._backfilling(direction)
+        if not msg.event:
+            self.reading[direction] = self.clock.monotonic() if msg.more else None
         # A page goes direct only while nothing else is queued or moving: other work could
-        # conflict with it, and the store then takes the safe path.
+        # conflict with it, and the store then takes the safe path. A backfill for a side
+        # that takes bulk writes is gathered into bulk jobs instead.
         direct_limit = (0 if msg.event or any(self.in_flight.values()) or not self.direct_ok
-                        else s.batch_size)
+                        or self._backfilling(direction) else s.batch_size)
         try:
             stats = self.store.enqueue(
                 msg.side, msg.changes, msg.cursor, msg.observed, msg.ruleset,
@@ -152,6 +161,8 @@ class QueueActor(PipelineActor):
             self.added[direction] += stats.queued
             if self.added[direction] >= s.batch_size:
                 self._flush(direction)
+        if was_reading and not msg.more:  # the backfill's read ended: write what it gathered
+            self._flush(direction)
         if stats.conflicts:
             log.info("conflicts resolved", extra={"pipeline": self.pipeline,
                                                    "count": stats.conflicts})
@@ -166,16 +177,50 @@ class QueueActor(PipelineActor):
         if self.in_flight[direction] is not None:
             return
         opposite = self.in_flight["b_to_a" if direction == "a_to_b" else "a_to_b"]
-        items = self.store.lease(direction, self.settings.batch_size, opposite or frozenset())
+        limit, bulk = self._bulk_limit(direction)
+        if limit == 0:
+            return  # a backfill being read: gathered into bulk jobs
+        items = self.store.lease(direction, limit, opposite or frozenset())
         self.added[direction] = 0
         if items:
-            self._send_batch(direction, items)
+            self._send_batch(direction, items, bulk=bulk)
+
+    def _backfilling(self, direction: Direction) -> bool:
+        """The source of ``direction`` is reading a backlog (its last page said more) for a
+        target that takes bulk writes. A read that stalls (no page for a while) is over."""
+        since = self.reading[direction]
+        if since is None or not self._bulk_on(direction):
+            return False
+        window = max(5.0, 2 * self.settings.poll_interval)
+        return self.clock.monotonic() - since < window
+
+    def _bulk_on(self, direction: Direction) -> bool:
+        target = "b" if direction == "a_to_b" else "a"
+        return target in self.bulk_targets and self.settings.bulk_threshold > 0
+
+    def _bulk_limit(self, direction: Direction) -> tuple[int, bool]:
+        """How many items to lease and whether as a bulk batch: ``batch_size`` normally;
+        ``bulk_batch_size`` when the backlog ready for a target that takes bulk writes
+        exceeds ``bulk_threshold`` (one bulk job costs a handful of API requests,
+        Collections one per 200 records); 0 while a backfill is being read and fewer than
+        ``bulk_batch_size`` are gathered."""
+        assert self.store is not None
+        s = self.settings
+        if not self._bulk_on(direction):
+            return s.batch_size, False
+        big = max(s.bulk_batch_size, s.batch_size)
+        ready = self.store.ready_count(direction, big)
+        if self._backfilling(direction) and ready < big:
+            return 0, False
+        if ready > s.bulk_threshold or self.store.bulk_jobs_pending(direction):
+            return big, True  # (a job left in flight by a crash is finished by a bulk batch)
+        return s.batch_size, False
 
     def _send_batch(self, direction: Direction, items: list[WorkItem],
-                    keys: frozenset[str] | None = None) -> None:
+                    keys: frozenset[str] | None = None, bulk: bool = False) -> None:
         self.in_flight[direction] = frozenset([i.key for i in items]) if keys is None else keys
         target = "connector_b" if direction == "a_to_b" else "connector_a"
-        batch = WriteBatch(direction, items, self.ruleset)
+        batch = WriteBatch(direction, items, self.ruleset, bulk)
         self.send(self.peers.ref(target), (batch, self.actor_ref))
 
     def _batch_done(self, msg: BatchDone) -> None:
@@ -187,7 +232,7 @@ class QueueActor(PipelineActor):
         # links the two: saving it would only delay the writer (see _next_page_early).
         early = direct is not None and self._next_page_early(msg, direct)
         stats = self.store.apply(msg.direction, msg.outcomes, self.policy, msg.written_at,
-                                 direct)
+                                 direct, msg.jobs, msg.note)
         self.direct_ok = self.direct_ok or stats.synced > 0
         full = len(msg.outcomes) >= self.settings.batch_size
         self.last_activity = self.clock.monotonic()

@@ -165,7 +165,16 @@ def side_text(side: dict[str, Any]) -> str:
         parts.append(f"mass delete held: {side['held_delete']}")
     if side.get("last_error"):
         parts.append(f"last error {when(side.get('last_error_at'))}: {side['last_error']}")
+    if side.get("bulk"):
+        parts.append(bulk_text(side["bulk"]))
     return "; ".join(parts)
+
+
+def bulk_text(job: dict[str, Any]) -> str:
+    """``bulk upsert job 750... InProgress: 4000 of 10000 rows processed, 3 failed``."""
+    return (f"bulk {job.get('operation')} job {job.get('job')} {job.get('state')}: "
+            f"{job.get('processed')} of {job.get('total')} rows processed, "
+            f"{job.get('failed')} failed")
 
 
 def side_lines(pipes: Sequence[dict[str, Any]]) -> list[str]:

@@ -11,6 +11,7 @@ import msgspec
 
 from recsync.errors import ConnectorConfigError
 from recsync.messages import Change, ChangePage, Record, WriteOp, WriteResult
+from recsync.state.bulkjobs import BulkJournal
 
 
 class ConnectorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -20,6 +21,16 @@ class ConnectorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     """
 
     key: str
+
+
+class BulkWrite(msgspec.Struct, frozen=True):
+    """What ``Connector.write_bulk`` did: one result per op, in order; the ids of the bulk
+    jobs the results come from (the queue takes them off the journal with the outcomes);
+    the history detail of the records written (``None``: nothing to say)."""
+
+    results: list[WriteResult]
+    jobs: list[str] = []
+    note: str | None = None
 
 
 class Connector(abc.ABC):
@@ -38,6 +49,11 @@ class Connector(abc.ABC):
     # who writes through this instance (the pipeline id, set by its connector actor): a
     # system that can tag its writes with it lets the reader skip its own echoes
     origin: str = ""
+    #: the connector writes a large backlog as bulk jobs (``write_bulk``): the queue
+    #: leases up to ``bulk_batch_size`` records at once for it past ``bulk_threshold``
+    bulk_writes: ClassVar[bool] = False
+    #: called (from the connector's thread) with the bulk write's progress as it goes
+    on_bulk_progress: Callable[[dict[str, Any]], None] | None = None
 
     def __init__(self, config: Any, base_dir: Path) -> None:
         """``config`` is the connector's Config Struct, or a mapping converted into one.
@@ -136,6 +152,18 @@ class Connector(abc.ABC):
             ConnectorError: the whole batch failed transiently (nothing or all may be applied;
                 writes are idempotent so a retry is safe).
         """
+
+    def write_bulk(self, ops: list[WriteOp], journal: BulkJournal, scope: str) -> BulkWrite:
+        """Write a backlog (the queue leased it as one bulk batch): like ``write``, through
+        the system's bulk interface. A job is noted in ``journal`` under ``scope`` (the
+        direction) once it has an id and before its data goes out; jobs of ``scope`` found
+        there (a run killed while they were in flight) are finished and their results used
+        instead of writing the same records again. By default: ``write``.
+
+        Raises:
+            ConnectorError: transient failure (a job noted in the journal is found again).
+        """
+        return BulkWrite(self.write(ops))
 
     def list_records(self, position: str | None, limit: int) -> tuple[list[Change], str | None]:
         """One page of a full listing of the side's current records (for `recsync verify`):

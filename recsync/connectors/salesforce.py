@@ -25,7 +25,9 @@ query job instead (see sf_bulkread.py); 0 turns that off.
 
 Writing
 -------
-Upserts by external id in sObject Collections of 200 (``PATCH
+A backlog the queue leased as one bulk batch (over the pipeline's ``bulk_threshold``) goes
+out as Bulk API 2.0 ingest jobs, found again by id after a crash (see sf_bulkwrite.py).
+Otherwise: upserts by external id in sObject Collections of 200 (``PATCH
 composite/sobjects/{Obj}/{key}``, allOrNone false; no read before writing), or one Bulk API
 2.0 ingest job when a write call holds ``bulk_threshold`` upserts or more. Deletes look the
 Ids up by external id (one SOQL ``IN`` query per 200) and then ``DELETE composite/sobjects``;
@@ -70,11 +72,13 @@ from simple_salesforce.exceptions import (
     SalesforceRefusedRequest,
 )
 
-from recsync.connectors.base import Connector, ConnectorConfig
+from recsync.connectors.base import BulkWrite, Connector, ConnectorConfig
 from recsync.connectors.credentials import resolve_secret
 from recsync.connectors.sf_bulkread import BulkRead
+from recsync.connectors.sf_bulkwrite import BulkWriter, key_chunks
 from recsync.errors import ConnectorConfigError, ConnectorError, RateLimited
 from recsync.messages import Change, ChangePage, Record, WriteOp, WriteResult, key_text
+from recsync.state.bulkjobs import BulkJournal
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -199,6 +203,7 @@ class SalesforceConnector(Connector):
 
     name: ClassVar[str] = "salesforce"
     Config: ClassVar[type[ConnectorConfig]] = SalesforceConfig
+    bulk_writes: ClassVar[bool] = True
 
     def __init__(self, config: Any, base_dir: Path) -> None:
         super().__init__(config, base_dir)
@@ -213,6 +218,9 @@ class SalesforceConnector(Connector):
         self._fields: list[str] = []
         self._types: dict[str, str] = {}
         self._bulk_read = BulkRead(self)
+        self._bulk_write = BulkWriter(self)
+        # the keys the last fetch asked for and the Ids it found under them
+        self._fetched: tuple[set[str], dict[str, list[str]]] = (set(), {})
         self._writable: set[str] | None = None
         self._readonly: set[str] = set()
         self._usage: tuple[int, int] | None = None
@@ -612,13 +620,24 @@ class SalesforceConnector(Connector):
     def fetch(self, keys: list[str]) -> dict[str, Record]:
         out: dict[str, Record] = {}
         wanted = {key_text(k) for k in keys}
-        for chunk in self._chunks(sorted(wanted)):
+        ids: dict[str, list[str]] = {}
+        for chunk in key_chunks(sorted(wanted)):
             for rec in self._lookup(chunk, self._fields):
                 rec.pop("attributes", None)
                 k = key_text(rec.get(self.key))
                 if k in wanted:
                     out[k] = rec
+                    ids.setdefault(k, []).append(str(rec["Id"]))
+        self._fetched = (wanted, ids)
         return out
+
+    def fetched_ids(self, keys: list[str]) -> dict[str, list[str]] | None:
+        """The Ids under ``keys`` when the last ``fetch`` asked for all of them (the
+        check of the target before a write), else None."""
+        wanted, ids = self._fetched
+        if not wanted.issuperset(keys):
+            return None
+        return {k: ids[k] for k in keys if k in ids}
 
     def rekey(self, pairs: list[tuple[str, str]]) -> list[WriteResult]:
         """Write the key the other side made into the external id of the records held
@@ -664,6 +683,7 @@ class SalesforceConnector(Connector):
     # ------------------------------------------------------------------ writing
 
     def write(self, ops: list[WriteOp]) -> list[WriteResult]:
+        self._fetched = (set(), {})
         results: dict[int, WriteResult] = {}
         last: dict[str, int] = {}  # key -> index of its last upsert (earlier ones share it)
         upserts: list[tuple[int, WriteOp]] = []
@@ -694,6 +714,13 @@ class SalesforceConnector(Connector):
             out.append(WriteResult(op.key, r.error, r.retryable, r.retry_after) if r
                        else WriteResult(op.key))
         return out
+
+    def write_bulk(self, ops: list[WriteOp], journal: BulkJournal, scope: str) -> BulkWrite:
+        """A backlog through Bulk API 2.0 ingest jobs (see sf_bulkwrite.py)."""
+        try:
+            return self._bulk_write.write(ops, journal, scope)
+        finally:
+            self._fetched = (set(), {})  # what a write may have changed
 
     def _each_chunk(
         self,

@@ -214,6 +214,17 @@ class Event(msgspec.Struct, frozen=True):
 # ---- results (documented by `recsync schema`) ---------------------------------------------
 
 
+class BulkJobStatus(msgspec.Struct, frozen=True):
+    """The last bulk write job of a side (Salesforce Bulk API 2.0 ingest)."""
+
+    job: str
+    operation: str  # upsert, delete
+    state: str  # Open, UploadComplete, InProgress, JobComplete, Failed, Aborted
+    processed: int  # rows Salesforce has processed (failed ones included)
+    failed: int
+    total: int  # rows of the job
+
+
 class SideStatus(msgspec.Struct, frozen=True):
     """What holds up one side of a pipeline, if anything (wall-clock times)."""
 
@@ -223,6 +234,7 @@ class SideStatus(msgspec.Struct, frozen=True):
     held_delete: str | None = None  # why the mass-delete guard holds the side's polling
     last_error: str | None = None  # the last error met reading or writing the side
     last_error_at: float | None = None
+    bulk: BulkJobStatus | None = None  # the side's last bulk write job
 
 
 class PipelineStatus(msgspec.Struct, frozen=True):

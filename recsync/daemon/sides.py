@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from recsync.daemon.logs import redact_text
-from recsync.daemon.protocol import SideStatus
+import msgspec
 
-__all__ = ["BAD_STATES", "side_statuses"]
+from recsync.daemon.logs import redact_text
+from recsync.daemon.protocol import BulkJobStatus, SideStatus
+
+__all__ = ["BAD_STATES", "bulk_text", "side_statuses"]
 
 # `recsync status` exits non-zero while a pipeline is in one of these (see the README)
 BAD_STATES = ("error", "held", "fatal")
@@ -30,9 +32,17 @@ def side_statuses(health: dict[str, Any], now: float) -> dict[str, SideStatus]:
             held_delete=held.get(side),
             last_error=redact_text(error) if error else None,
             last_error_at=h.get("last_error_at") if error else None,
+            bulk=msgspec.convert(h["bulk"], BulkJobStatus) if h.get("bulk") else None,
         )
     return out
 
 
 def _future(ts: Any, now: float) -> float | None:
     return float(ts) if isinstance(ts, int | float) and ts > now else None
+
+
+def bulk_text(job: dict[str, Any]) -> str:
+    """``bulk upsert job 750... InProgress: 4000 of 10000 rows processed, 3 failed``."""
+    return (f"bulk {job.get('operation')} job {job.get('job')} {job.get('state')}: "
+            f"{job.get('processed')} of {job.get('total')} rows processed, "
+            f"{job.get('failed')} failed")

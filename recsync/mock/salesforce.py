@@ -67,6 +67,7 @@ class SalesforceMock:
         clock: Callable[[], float] = time.time,
         users: dict[str, str] | None = None,
         bulk_query_polls: int = 1,
+        bulk_ingest_polls: int = 0,
         **faults: Any,
     ) -> None:
         self.host, self.port = host, port
@@ -78,7 +79,7 @@ class SalesforceMock:
         self.users = dict(users) if users is not None else None
         self.lock = threading.RLock()
         self.store = Store(tuple(sobjects), clock)
-        self.bulk = BulkJobs(self.store)
+        self.bulk = BulkJobs(self.store, polls=bulk_ingest_polls)
         self.bulk_query = BulkQueries(self.store, polls=bulk_query_polls)
         self.request_count = 0
         self.logins: list[tuple[str, str]] = []  # (how, username) of each user login

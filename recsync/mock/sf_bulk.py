@@ -1,8 +1,11 @@
 """Bulk API 2.0 ingest jobs of the mock Salesforce (``/jobs/ingest``).
 
-Jobs are processed synchronously when the client sets ``UploadComplete``; they are then
-``JobComplete`` at once. In CSV data an empty value leaves a field unchanged and ``#N/A``
-clears it, as in the real API.
+With ``polls`` 0 (the default) jobs are processed synchronously when the client sets
+``UploadComplete``; they are then ``JobComplete`` at once. With ``polls`` N a job goes
+``UploadComplete`` -> ``InProgress`` -> ``JobComplete`` as Salesforce's do: it is processed
+at the N-th status read after ``UploadComplete`` (``polls`` may be changed at any time, e.g.
+set very high to hold jobs in progress and back to 0 to let them finish). In CSV data an
+empty value leaves a field unchanged and ``#N/A`` clears it, as in the real API.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ def _csv(rows: list[list[str]]) -> Response:
 
 
 class BulkJobs:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, polls: int = 0) -> None:
         self.store = store
+        self.polls = polls
+        self.reads: dict[str, int] = {}  # status reads of each job since UploadComplete
         self.jobs: dict[str, dict[str, Any]] = {}
         self.data: dict[str, list[bytes]] = {}
         self.results: dict[str, tuple[list[list[str]], list[list[str]]]] = {}
@@ -56,6 +61,12 @@ class BulkJobs:
         jid = job["id"]
         if len(rest) == 1:
             if method == "GET":
+                if job["state"] in ("UploadComplete", "InProgress"):
+                    n = self.reads[jid] = self.reads.get(jid, 0) + 1
+                    if n >= self.polls:
+                        self._process(job)
+                    else:
+                        job["state"] = "InProgress"
                 return _json(200, job)
             if method == "DELETE":
                 self.jobs.pop(jid, None)
@@ -65,7 +76,8 @@ class BulkJobs:
                 state = (data or {}).get("state")
                 if state == "UploadComplete" and job["state"] == "Open":
                     job["state"] = "UploadComplete"
-                    self._process(job)
+                    if self.polls <= 0:
+                        self._process(job)
                 elif state == "Aborted" and job["state"] in ("Open", "UploadComplete"):
                     job["state"] = "Aborted"
                 else:
@@ -83,12 +95,28 @@ class BulkJobs:
                 return _csv([["sf__Id", "sf__Created", *header], *ok])
             if rest[1] == "failedResults":
                 return _csv([["sf__Id", "sf__Error", *header], *failed])
-            if rest[1] == "unprocessedrecords":
-                return _csv([header])
+            if rest[1] == "unprocessedrecords":  # uploaded, never processed (aborted)
+                return _csv([header, *self._unprocessed(jid, job)])
         raise SfError(404, "NOT_FOUND", "The requested resource does not exist")
 
     def data_header(self, jid: str) -> list[str]:
+        if jid not in self.headers:
+            rows = self._uploaded(jid)
+            return rows[0] if rows else []
         return list(self.headers.get(jid, []))
+
+    def _uploaded(self, jid: str) -> list[list[str]]:
+        """The CSV rows uploaded to a job not processed yet (header first)."""
+        out: list[list[str]] = []
+        for chunk in self.data.get(jid, []):
+            part = [r for r in csv.reader(io.StringIO(chunk.decode("utf-8-sig"))) if r]
+            out.extend(part if not out else part[1:])
+        return out
+
+    def _unprocessed(self, jid: str, job: dict[str, Any]) -> list[list[str]]:
+        if job["state"] != "Aborted":
+            return []
+        return self._uploaded(jid)[1:]
 
     def _create(self, spec: dict[str, Any]) -> Response:
         op = spec.get("operation")

@@ -14,7 +14,7 @@ from typing import Any
 
 from recsync.clock import Clock
 from recsync.config import ClusterConfig
-from recsync.state.backend import Fence, SqlBackend
+from recsync.state.backend import Fence, SqlBackend, SqliteBackend
 from recsync.state.errors import backend_error
 from recsync.state.paths import state_file_name
 from recsync.state.store import Store
@@ -50,6 +50,23 @@ class StateAccess:
         """
         if self.cluster is None:
             return Store(self.state_file(pipeline_id), clock)
+        return Store(self.open_backend(pipeline_id), clock)
+
+    def open_backend(self, pipeline_id: str) -> SqlBackend:
+        """A connection of its own to the pipeline's state (e.g. a connector's journal).
+
+        Raises:
+            StateError: the state cannot be opened (``StateUnavailable``: for now).
+        """
+        if self.cluster is None:
+            path = self.state_file(pipeline_id)
+            try:
+                return SqliteBackend(path)
+            except Exception as exc:
+                error = backend_error(f"state file {path}", exc)
+                if error is None:
+                    raise
+                raise error from exc
         from recsync.state.pgbackend import SCHEMA, PostgresBackend
 
         try:
@@ -61,7 +78,7 @@ class StateAccess:
                 raise
             raise error from exc
         backend.fence = self.fence
-        return Store(backend, clock)
+        return backend
 
     def reader(self, pipeline_id: str) -> Path | SqlBackend:
         """What the control plane reads a pipeline's state through.

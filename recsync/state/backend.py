@@ -239,6 +239,12 @@ class StateBackend(Protocol):
     def retry_keys(self, keys: Sequence[str], now: float) -> int: ...
     # reads (the store's and the control plane's)
     def queue_counts(self) -> list[tuple[str, str, int]]: ...
+    def ready_count(self, direction: str, now: float, limit: int) -> int: ...
+    def bulk_pending(self, scope: str) -> bool: ...
+    def bulk_jobs(self, scope: str) -> list[tuple[str, str, str, str, float]]: ...
+    def add_bulk_job(self, job_id: str, scope: str, operation: str, rows: str,
+                     at: float) -> None: ...
+    def drop_bulk_jobs(self, job_ids: Sequence[str]) -> None: ...
     def next_due(self) -> float | None: ...
     def has_pending(self) -> bool: ...
     def pending_count(self) -> int: ...
@@ -463,6 +469,33 @@ class SqlBackend:
     def has_ready(self, direction: str) -> bool:
         return bool(self.x("SELECT EXISTS (SELECT 1 FROM queue WHERE {W}direction = ? "
                            "AND state = 'ready')", (direction,)).fetchone()[0])
+
+    def ready_count(self, direction: str, now: float, limit: int) -> int:
+        """How many items of ``direction`` are due at ``now``, counted up to ``limit``."""
+        return int(self.x(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM queue WHERE {W}direction = ? AND "
+            "state = 'ready' AND next_at <= ? LIMIT ?) due", (direction, now, limit),
+        ).fetchone()[0])
+
+    # the journal of bulk jobs in flight (``recsync.state.bulkjobs``) -------------------------
+    def bulk_pending(self, scope: str) -> bool:
+        return bool(self.x("SELECT EXISTS (SELECT 1 FROM bulk_jobs WHERE {W}scope = ?)",
+                           (scope,)).fetchone()[0])
+
+    def bulk_jobs(self, scope: str) -> list[tuple[str, str, str, str, float]]:
+        return [tuple(r) for r in self.x(  # type: ignore[misc]
+            "SELECT job_id, scope, operation, rows, created_at FROM bulk_jobs "
+            "WHERE {W}scope = ? ORDER BY created_at, job_id", (scope,)).fetchall()]
+
+    def add_bulk_job(self, job_id: str, scope: str, operation: str, rows: str,
+                     at: float) -> None:
+        self.x("DELETE FROM bulk_jobs WHERE {W}job_id = ?", (job_id,))
+        self.x("INSERT INTO bulk_jobs (job_id, scope, operation, rows, created_at) "
+               "VALUES (?, ?, ?, ?, ?)", (job_id, scope, operation, rows, at))
+
+    def drop_bulk_jobs(self, job_ids: Sequence[str]) -> None:
+        for _ in self._in("DELETE FROM bulk_jobs WHERE {W}job_id IN {IN}", list(job_ids)):
+            pass
 
     def queued(self, keys: Sequence[str]) -> dict[tuple[str, str], QueuedRow]:
         found: dict[tuple[str, str], QueuedRow] = {}

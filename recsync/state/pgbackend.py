@@ -83,6 +83,11 @@ CREATE INDEX IF NOT EXISTS history_key ON {s}.history (pipeline, key, id);
 CREATE TABLE IF NOT EXISTS {s}.listing_seen (
     pipeline TEXT NOT NULL DEFAULT current_setting('recsync.pipeline'),
     side TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (pipeline, side, key));
+CREATE TABLE IF NOT EXISTS {s}.bulk_jobs (
+    pipeline TEXT NOT NULL DEFAULT current_setting('recsync.pipeline'),
+    job_id TEXT NOT NULL, scope TEXT NOT NULL, operation TEXT NOT NULL,
+    rows TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (pipeline, job_id));
 CREATE TABLE IF NOT EXISTS {s}.rekeys (
     pipeline TEXT NOT NULL DEFAULT current_setting('recsync.pipeline'),
     direction TEXT NOT NULL, key TEXT NOT NULL, old_key TEXT NOT NULL,

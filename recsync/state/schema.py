@@ -14,6 +14,10 @@ Tables:
   direction), conflicts and who won, failures, retries; pruned by ``Store.prune_history``.
 - ``listing_seen``: keys seen by a full listing in progress, to find deletes at its end.
 - ``meta``: counters and flags (synced totals, mass-delete guard).
+- ``bulk_jobs``: bulk write jobs submitted to a target and not yet applied here (job id,
+  the direction, the operation, each record's key with a mark of what was sent), written by
+  the connector before the job's data is uploaded and deleted with the job's outcomes, so a
+  job in flight at a crash is found again by its id instead of being submitted twice.
 - ``rekeys``: records a target created under a key of its own: the queued write of that
   key back to the source (``direction``, new ``key``) and the key the source holds now.
 """
@@ -67,6 +71,10 @@ CREATE TABLE IF NOT EXISTS history (
 CREATE INDEX IF NOT EXISTS history_key ON history (key, id);
 CREATE TABLE IF NOT EXISTS listing_seen (
     side TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (side, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS bulk_jobs (
+    job_id TEXT PRIMARY KEY, scope TEXT NOT NULL, operation TEXT NOT NULL,
+    rows TEXT NOT NULL, created_at REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rekeys (
     direction TEXT NOT NULL, key TEXT NOT NULL, old_key TEXT NOT NULL,

@@ -467,6 +467,8 @@ class Store:
         policy: RetryPolicy,
         written_at: float,
         direct: DirectPage | None = None,
+        jobs: Sequence[str] = (),
+        note: str | None = None,
     ) -> ApplyStats:
         """Record what became of a leased batch, atomically.
 
@@ -474,6 +476,9 @@ class Store:
         before it may predate the write and lose to it (the writer checked for conflicts).
         For a page ``enqueue`` passed on directly, ``direct`` brings its items and cursor:
         the items that did not sync are queued (to retry, or failed) and the cursor saved.
+        ``jobs``: the bulk jobs these outcomes come from, taken off the journal
+        (``bulk_jobs``) in the same transaction; ``note`` is the history detail of the
+        records written (which job wrote them).
         """
         stats = ApplyStats()
         now = self.clock.time()
@@ -516,7 +521,7 @@ class Store:
                             requeue.append(
                                 self._row(back, o.key, o.content, o.hash, o.hash, now, now))
                     else:
-                        history.append((o.key, op, None))
+                        history.append((o.key, op, note))
                 elif o.status == "superseded":
                     stats.conflicts += 1
                     if direct is None:
@@ -561,6 +566,8 @@ class Store:
                                                         now))
                 self._rekeys = True
             db.put_queue(requeue, now)
+            if jobs:
+                db.drop_bulk_jobs(jobs)
             self._history(history, direction)
             db.bump(f"synced_{direction}", stats.synced)
             db.bump(f"failed_{direction}", stats.failed)
@@ -598,6 +605,17 @@ class Store:
     @translate
     def next_due(self) -> float | None:
         return self.backend.next_due()
+
+    @translate
+    def ready_count(self, direction: Direction, limit: int) -> int:
+        """How many items of ``direction`` are due now, counted up to ``limit``."""
+        return self.backend.ready_count(direction, self.clock.time(), limit)
+
+    @translate
+    def bulk_jobs_pending(self, direction: Direction) -> bool:
+        """Whether a bulk job of ``direction`` is journaled and not applied (a run ended
+        while it was in flight): the next batch is leased as a bulk one, to finish it."""
+        return self.backend.bulk_pending(direction)
 
     @translate
     def has_pending(self) -> bool:

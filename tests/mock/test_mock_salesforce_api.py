@@ -158,3 +158,47 @@ def test_unsupported_soql_is_malformed_query_with_the_position(
     assert f"ERROR at Row:1:Column:{column}" in message and what in message
     line, caret = message.split("\n")[:2]
     assert line == q and caret == " " * (column - 1) + "^"
+
+
+# ---------------------------------------------------------------- Bulk API 2.0 ingest
+
+
+def _csv_call(mock: SalesforceMock, path: str, data: bytes) -> requests.Response:
+    return requests.put(mock.url + V + path, data=data, timeout=10, headers={
+        "Authorization": "Bearer " + mock.token, "Content-Type": "text/csv"})
+
+
+def test_ingest_job_goes_through_the_states_of_the_docs_and_gives_its_results() -> None:
+    mock = SalesforceMock(bulk_ingest_polls=2)
+    mock.start()
+    try:
+        job = _call(mock, "POST", "/jobs/ingest", {
+            "object": "Contact", "operation": "upsert", "externalIdFieldName": "Record_Id__c",
+            "contentType": "CSV", "lineEnding": "LF"}).json()
+        assert job["state"] == "Open"
+        jid = job["id"]
+        data = b"Record_Id__c,LastName,Email\nk1,One,one@x.org\nk2,Two,not an email\n"
+        assert _csv_call(mock, f"/jobs/ingest/{jid}/batches", data).status_code == 201
+        done = _call(mock, "PATCH", f"/jobs/ingest/{jid}", {"state": "UploadComplete"})
+        assert done.json()["state"] == "UploadComplete"
+        assert _call(mock, "GET", f"/jobs/ingest/{jid}").json()["state"] == "InProgress"
+        info = _call(mock, "GET", f"/jobs/ingest/{jid}").json()
+        assert (info["state"], info["numberRecordsProcessed"],
+                info["numberRecordsFailed"]) == ("JobComplete", 2, 1)
+        ok = _call(mock, "GET", f"/jobs/ingest/{jid}/successfulResults").text.splitlines()
+        assert ok[0] == "sf__Id,sf__Created,Record_Id__c,LastName,Email"
+        assert ok[1].endswith(",true,k1,One,one@x.org") and len(ok) == 2
+        bad = _call(mock, "GET", f"/jobs/ingest/{jid}/failedResults").text.splitlines()
+        assert bad[0] == "sf__Id,sf__Error,Record_Id__c,LastName,Email"
+        assert bad[1].startswith(",INVALID_EMAIL_ADDRESS:") and bad[1].endswith(",k2,Two,"
+                                                                               "not an email")
+        # a job aborted after its upload lists its rows as unprocessed
+        job2 = _call(mock, "POST", "/jobs/ingest", {"object": "Contact", "operation": "upsert",
+                                                    "externalIdFieldName": "Record_Id__c"})
+        jid2 = job2.json()["id"]
+        _csv_call(mock, f"/jobs/ingest/{jid2}/batches", data)
+        _call(mock, "PATCH", f"/jobs/ingest/{jid2}", {"state": "Aborted"})
+        left = _call(mock, "GET", f"/jobs/ingest/{jid2}/unprocessedrecords").text.splitlines()
+        assert left == data.decode().splitlines()
+    finally:
+        mock.stop()

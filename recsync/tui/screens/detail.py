@@ -17,6 +17,7 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Label, Sparkline, Static
 
 from recsync.daemon import protocol as p
+from recsync.daemon.sides import bulk_text
 from recsync.tui.model import NA, Model, PipelineView, clock, plain
 from recsync.tui.screens.control import PipelineScreen
 
@@ -36,6 +37,8 @@ def sides_text(sides: dict[str, dict[str, Any]]) -> str:
             parts.append(f"mass delete held: {data['held_delete']}")
         if data.get("last_error"):
             parts.append(f"last error {clock(data.get('last_error_at'))}: {data['last_error']}")
+        if data.get("bulk"):
+            parts.append(bulk_text(data["bulk"]))
         if parts:
             lines.append(f"[b]Side {side}[/b]: " + escape("; ".join(parts)))
     return "\n".join(lines)
