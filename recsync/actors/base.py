@@ -8,6 +8,7 @@ from typing import Any
 
 import pykka
 
+from recsync.actors.dispatch import PooledActor
 from recsync.actors.protocol import Call, ChildFailed, Crash, Ping
 from recsync.errors import ConnectorConfigError
 
@@ -16,7 +17,7 @@ log = logging.getLogger(__name__)
 FailureSink = Callable[[ChildFailed], None]
 
 
-class PipelineActor(pykka.ThreadingActor):
+class PipelineActor(PooledActor):
     """An actor of one pipeline incarnation.
 
     pykka calls ``on_failure`` when a ``tell`` handler raises, but an exception in
@@ -24,7 +25,6 @@ class PipelineActor(pykka.ThreadingActor):
     supervisor hears about it through ``report`` and decides what to restart.
     """
 
-    use_daemon_thread = True
     role = "actor"
 
     def __init__(self, pipeline: str, incarnation: int, report: FailureSink) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from recsync import rules as rules_mod
 from recsync.actors.base import FailureSink, PipelineActor
+from recsync.actors.dispatch import IO
 from recsync.actors.protocol import BatchDone, Call, Housekeep, PageRead, ReadPage, WriteBatch
 from recsync.clock import Clock
 from recsync.config import SideConfig
@@ -22,6 +23,7 @@ _error = attrgetter("error")
 
 
 class ConnectorActor(PipelineActor):
+    dispatcher = IO  # it waits on databases, files and HTTP: never on the compute pool
     def __init__(
         self,
         pipeline: str,
