@@ -151,11 +151,14 @@ class Pipeline:
             self.scheduler.call_every(s.flush_interval, lambda: _tell(queue, Flush())),
         ]
 
-    def stop_actors(self, timeout: float = 30.0) -> None:
-        """Cancel timers, then stop the actors in reverse start order."""
+    def cancel_timers(self) -> None:
         for timer in self.timers:
             timer.cancel()
         self.timers = []
+
+    def stop_actors(self, timeout: float = 30.0) -> None:
+        """Cancel timers, then stop the actors in reverse start order."""
+        self.cancel_timers()
         for role in reversed(START_ORDER):
             ref = self.peers.refs.get(role)
             if ref is not None and ref.is_alive():
@@ -171,6 +174,10 @@ class Pipeline:
 
     def ask(self, role: str, name: str, *args: Any, timeout: float = ASK_TIMEOUT) -> Any:
         return self.peers.ref(role).ask(Call(name, args), timeout=timeout)
+
+    def ask_later(self, role: str, name: str, *args: Any) -> pykka.Future[Any]:
+        """Like ``ask``, but returns the future at once."""
+        return self.peers.ref(role).ask(Call(name, args), block=False)
 
     def tell(self, role: str, message: Any) -> None:
         ref = self.peers.refs.get(role)

@@ -10,6 +10,7 @@ One pipeline's failure never touches another.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 
 import pykka
 
-from recsync.actors.pipeline import Pipeline, PipelineStartError
+from recsync.actors.pipeline import ASK_TIMEOUT, START_ORDER, Pipeline, PipelineStartError
 from recsync.actors.protocol import ChildFailed, Crash, Poll, RestartPipeline
 from recsync.actors.scheduler import Scheduler
 from recsync.actors.systems import Systems
@@ -104,9 +105,29 @@ class Supervisor(pykka.ThreadingActor):
             pipeline.stop()
             self._event("pipeline_state", pipeline)
 
-    def stop_all(self) -> None:
-        for pid in list(self.pipelines):
-            self.stop_pipeline(pid)
+    def stop_all(self, timeout: float = 30.0) -> None:
+        """Stop every pipeline: role by role in reverse start order, each role of all
+        pipelines at once (a thousand pipelines stop as fast as one)."""
+        pipelines = list(self.pipelines.values())
+        self.pipelines.clear()
+        for pipeline in pipelines:
+            pipeline.cancel_timers()
+        for role in reversed(START_ORDER):
+            waiting = []
+            for pipeline in pipelines:
+                ref = pipeline.peers.refs.get(role)
+                if ref is not None and ref.is_alive():
+                    waiting.append((pipeline, ref.stop(block=False)))
+            deadline = time.monotonic() + timeout
+            for pipeline, future in waiting:
+                try:
+                    future.get(timeout=max(0.0, deadline - time.monotonic()))
+                except pykka.Timeout:
+                    log.error("actor did not stop in time",
+                              extra={"pipeline": pipeline.id, "actor": role})
+        for pipeline in pipelines:
+            pipeline.state = "stopped"
+            self._event("pipeline_state", pipeline)
 
     def on_stop(self) -> None:
         self.stop_all()
@@ -242,14 +263,22 @@ class Supervisor(pykka.ThreadingActor):
         self.pipelines[pipeline_id].tell(role, Crash("injected crash"))
 
     def call_all(self, role: str, name: str, *args: Any) -> dict[str, Any]:
-        """Ask every live pipeline's ``role`` actor to run ``name``; dead ones are left out."""
-        out = {}
+        """Ask every live pipeline's ``role`` actor to run ``name``, all at once; dead ones
+        and ones that do not answer in time are left out."""
+        asked = {}
         for pid, p in self.pipelines.items():
             if _live(p):
                 try:
-                    out[pid] = p.ask(role, name, *args)
-                except (pykka.ActorDeadError, pykka.Timeout):
+                    asked[pid] = p.ask_later(role, name, *args)
+                except pykka.ActorDeadError:
                     continue
+        out = {}
+        deadline = time.monotonic() + ASK_TIMEOUT
+        for pid, future in asked.items():
+            try:
+                out[pid] = future.get(timeout=max(0.0, deadline - time.monotonic()))
+            except (pykka.ActorDeadError, pykka.Timeout):
+                continue
         return out
 
     def progress_all(self) -> dict[str, dict[str, Any]]:
@@ -271,12 +300,12 @@ class Supervisor(pykka.ThreadingActor):
             p.poll_now()
 
     def pause_all(self) -> None:
+        for side in ("a", "b"):
+            self.call_all(f"poller_{side}", "set_paused", True)
         for p in self.pipelines.values():
             if _live(p):
-                try:
-                    p.set_paused(True)
-                except (pykka.ActorDeadError, pykka.Timeout):
-                    continue
+                p.paused = True
+                p.state = "paused"
 
     def in_flight_total(self) -> int:
         return sum(int(v["in_flight"]) for v in self.call_all("queue", "progress").values())
