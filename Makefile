@@ -27,8 +27,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.sync_bench
 	$(BIN)/python -m bench.control_bench
+	$(BIN)/python -m bench.front_bench
 	$(BIN)/python -m bench.crm_bench
 	$(BIN)/python -m bench.tui_bench
+	$(BIN)/python -m bench.demo_latency_bench
+	$(BIN)/python -m bench.pg_bench
 
 clean:
 	rm -rf $(VENV) state run logs .pytest_cache .mypy_cache .ruff_cache

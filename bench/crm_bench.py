@@ -32,7 +32,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from simple_salesforce.api import Salesforce
 
-from recsync.connectors.mock.salesforce import SalesforceMock
+from recsync.mock.salesforce import SalesforceMock
 
 TARGET_RATIO = 30.0
 TARGET_REQUESTS = 6.0

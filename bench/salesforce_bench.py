@@ -24,9 +24,9 @@ import requests
 from requests.adapters import HTTPAdapter
 from simple_salesforce.api import Salesforce
 
-from recsync.connectors.mock.salesforce import SalesforceMock
 from recsync.connectors.salesforce import SalesforceConnector
 from recsync.messages import WriteOp
+from recsync.mock.salesforce import SalesforceMock
 
 
 class _Bare(BaseHTTPRequestHandler):

@@ -148,7 +148,7 @@ async def measure(folder: Path, cpu_seconds: float, presses: int) -> dict[str, A
         latencies, round_trips = [], []
 
         def view() -> tuple[str, int | None]:
-            tables = app.screen.query("DataTable")
+            tables = app.screen.query("LiveTable, DataTable")
             return type(app.screen).__name__, tables.first().cursor_row if tables else None
 
         # The screen update is when the app hands a rendered frame to its driver (App._display;

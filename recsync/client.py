@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -144,7 +144,10 @@ class ControlClient:
                 f"recsyncd did not answer on {self.endpoint} within {self.timeout:g}s; "
                 "is it running?"
             )
-        frames = sock.recv_multipart()
+        return self._result(sock.recv_multipart())
+
+    def _result(self, frames: list[bytes]) -> Any:
+        """The result of a reply, or its error raised as a ControlError."""
         try:
             reply = protocol.reply_decoder.decode(frames[-1])
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -159,6 +162,36 @@ class ControlClient:
                 raise ControlError("INTERNAL", "recsyncd sent an error reply without a reason.")
             raise ControlError(reply.error.code, reply.error.message)
         return reply.result
+
+    def request_following(
+        self, cmd: protocol.Command, sub: Subscription,
+        on_event: Callable[[protocol.Event], None],
+    ) -> Any:
+        """Send a long-running command and pass the events of ``sub`` to ``on_event`` while
+        it runs. ``timeout`` bounds the silence, not the command: each event restarts it."""
+        payload = protocol.encoder.encode(protocol.Request(protocol.API_VERSION, cmd))  # type: ignore[arg-type]
+        sock = self._socket()
+        events = sub.socket
+        sock.send_multipart([b"", payload])
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(events, zmq.POLLIN)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._drop()
+                raise DaemonUnreachable(
+                    f"recsyncd sent neither progress nor an answer on {self.endpoint} for "
+                    f"{self.timeout:g}s; is it running?")
+            ready = dict(poller.poll(int(min(left, 0.2) * 1000) + 1))
+            if events in ready:
+                event = sub.read_one()
+                if event is not None:
+                    on_event(event)
+                    deadline = time.monotonic() + self.timeout
+            if sock in ready:
+                return self._result(sock.recv_multipart())
 
     def subscribe(self, kinds: Iterable[str] | None = None) -> Subscription:
         """Follow the event stream (every kind, or only ``kinds``)."""
@@ -226,6 +259,19 @@ class Subscription:
             self.gaps += event.seq - self.last_seq - 1
         self.last_seq = event.seq
         return event
+
+    @property
+    def socket(self) -> zmq.Socket[bytes]:
+        if self._sock is None:
+            raise ValueError("This subscription is closed.")
+        return self._sock
+
+    def read_one(self) -> protocol.Event | None:
+        """One waiting event, without blocking (None: none, or not one subscribed to)."""
+        try:
+            return self._read(self.socket) if self.socket.poll(0, zmq.POLLIN) else None
+        except zmq.Again:
+            return None
 
     def __iter__(self) -> Iterator[protocol.Event]:
         return self

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 import tomllib
 import types
@@ -82,6 +83,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     mass_delete_threshold: Annotated[float, Meta(ge=0, le=1)] = 0.5
     mass_delete_min: Annotated[int, Meta(ge=0)] = 10
     reconcile_interval: Positive = 300.0
+    history_per_record: AtLeastOne = 50  # history entries kept per record (newest)
+    history_days: Positive = 30.0  # and none older than this
     rate_limit: RateLimitSettings = msgspec.field(default_factory=RateLimitSettings)
     circuit_breaker: CircuitBreakerSettings = msgspec.field(default_factory=CircuitBreakerSettings)
 
@@ -91,6 +94,10 @@ class SideConfig(msgspec.Struct, frozen=True):
 
     connector: str
     options: Any
+    #: the side's own request budget (``rate_limit = { max_requests, window_seconds }`` in
+    #: the side table); None: a CRM side uses the pipeline's settings, a local side
+    #: (SQLite, files) is not throttled
+    rate_limit: RateLimitSettings | None = None
 
     @property
     def key(self) -> str:
@@ -121,6 +128,8 @@ class AppConfig(msgspec.Struct, frozen=True, kw_only=True):
     rules: dict[str, RuleSet]
     defaults: Settings
     customers: dict[str, Settings] = {}
+    # customer_settings.toml as parsed: where each setting came from (`recsync config show`)
+    settings_doc: dict[str, Any] = {}
 
 
 # --------------------------------------------------------------------------- public API
@@ -226,7 +235,8 @@ def _build(
             table = _table(praw, ppath)
             pipe = _pipeline(customer, name, table, ppath, csettings, rules, lookup, base_dir)
             pipelines[pipe.id] = pipe
-    return AppConfig(pipelines=pipelines, rules=dict(rules), defaults=defaults, customers=customers)
+    return AppConfig(pipelines=pipelines, rules=dict(rules), defaults=defaults, customers=customers,
+                     settings_doc=doc)
 
 
 def _pipeline(
@@ -272,6 +282,11 @@ def _side(raw: Any, path: KeyPath, lookup: ConnectorLookup) -> SideConfig:
     if "connector" not in table:
         raise _Problem(path, f"{_fmt(path)} is missing required key 'connector'")
     name = table.pop("connector")
+    limit_raw = table.pop("rate_limit", None)
+    limit = None
+    if limit_raw is not None:
+        lpath: KeyPath = (*path, "rate_limit")
+        limit = _convert(_table(limit_raw, lpath), RateLimitSettings, lpath)
     cpath = (*path, "connector")
     if not isinstance(name, str):
         raise _Problem(cpath, _wrong_type(cpath, "a string", name))
@@ -287,7 +302,30 @@ def _side(raw: Any, path: KeyPath, lookup: ConnectorLookup) -> SideConfig:
     config_type = getattr(cls, "Config", None)
     if not (isinstance(config_type, type) and issubclass(config_type, msgspec.Struct)):
         raise _Problem(cpath, f"{_fmt(cpath)}: connector '{name}' has no Config Struct")
-    return SideConfig(connector=name, options=_convert(table, config_type, path, ("connector",)))
+    options = _convert(table, config_type, path, ("connector", "rate_limit"))
+    return SideConfig(connector=name, options=_expand_path(options, path), rate_limit=limit)
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_path(options: Any, path: KeyPath) -> Any:
+    """A connector's ``path`` option with ``${NAME}`` replaced by the environment variable
+    (recsyncd sets ``STATE_DIRECTORY`` to its state folder), so a config can put the files
+    recsync writes in the writable state folder without naming it."""
+    value = getattr(options, "path", None)
+    if not isinstance(value, str) or "${" not in value:
+        return options
+
+    def var(m: re.Match[str]) -> str:
+        found = os.environ.get(m.group(1))
+        if found is None:
+            ppath = (*path, "path")
+            raise _Problem(ppath, f"{_fmt(ppath)} uses ${{{m.group(1)}}}, an environment "
+                                  "variable that is not set")
+        return found
+
+    return msgspec.structs.replace(options, path=_VAR.sub(var, value))
 
 
 def _apply(

@@ -27,6 +27,13 @@ def seed(path: Path, count: int = 50, *, start_id: int = 1, seed_value: int = 7)
 
     Rows that exist already are left alone; returns the number of rows inserted.
     """
+    return len(seed_ids(path, count, start_id=start_id, seed_value=seed_value)[0])
+
+
+def seed_ids(
+    path: Path, count: int = 50, *, start_id: int = 1, seed_value: int = 7
+) -> tuple[list[int], list[int]]:
+    """Like :func:`seed`; returns the record_ids inserted and those already there."""
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed_value + start_id)
     now = time.time()
@@ -37,10 +44,13 @@ def seed(path: Path, count: int = 50, *, start_id: int = 1, seed_value: int = 7)
                      rng.choice(STATUSES), now))
     with sqlite3.connect(path) as conn:
         conn.execute(USERS_TABLE)
-        before = conn.total_changes
+        existing = [r[0] for r in conn.execute(
+            "SELECT record_id FROM users WHERE record_id BETWEEN ? AND ? ORDER BY record_id",
+            (start_id, start_id + count - 1))]
         conn.executemany(
             "INSERT OR IGNORE INTO users (record_id, full_name, email_address, status, "
             "updated_at) VALUES (?, ?, ?, ?, ?)", rows)
-        inserted = conn.total_changes - before
     conn.close()
-    return inserted
+    there = set(existing)
+    inserted = [rid for rid in range(start_id, start_id + count) if rid not in there]
+    return inserted, existing

@@ -55,3 +55,12 @@ class DaemonUnreachable(ControlError):
 
     def __init__(self, message: str) -> None:
         super().__init__("UNAVAILABLE", message)
+
+
+class StateError(RecsyncError):
+    """A pipeline's state file could not be read or written (names the file)."""
+
+
+class StateUnavailable(StateError):
+    """The state storage cannot take writes for now (disk full, I/O error, read-only or
+    unreachable folder): the pipeline waits and resumes by itself once it can."""

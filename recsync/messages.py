@@ -43,11 +43,28 @@ class Change(msgspec.Struct, frozen=True, array_like=True, gc=False):
     modified_at: float
 
 
+class Unreadable(msgspec.Struct, frozen=True, array_like=True):
+    """A record a side holds that cannot be read (a line that is not JSON, a row with no
+    key): a failed record named ``where`` (file:line, table rowid) until it is fixed.
+
+    ``hides_key``: the record may be a linked one whose key could not be read, so a listing
+    that met it must not take the records it did not list as deleted.
+    """
+
+    where: str
+    reason: str
+    hides_key: bool = True
+
+
 class ChangePage(msgspec.Struct, frozen=True):
     """A page of changes read from one side, and the cursor that is safe after it.
 
     When ``listing`` is set the page is part of a full listing of the side; on the page
     with ``listing_done`` every linked record not listed is taken as deleted.
+
+    ``unreadable``: records met on the page that cannot be read; with ``unreadable_all``
+    they are every unreadable record of the side (the ones recorded before and not in the
+    list were fixed). ``warning``: something an operator must know (shown in status).
     """
 
     changes: list[Change]
@@ -56,6 +73,9 @@ class ChangePage(msgspec.Struct, frozen=True):
     listing: bool = False
     listing_start: bool = False
     listing_done: bool = False
+    unreadable: list[Unreadable] = []
+    unreadable_all: bool = False
+    warning: str | None = None
 
 
 class WriteOp(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -78,6 +98,9 @@ class WriteResult(msgspec.Struct, frozen=True, array_like=True, gc=False):
     error: str | None = None
     retryable: bool = False
     retry_after: float | None = None
+    # the target created the record under a key of its own (the one given was not a
+    # key it can hold, e.g. a CRM's placeholder for an INTEGER PRIMARY KEY)
+    new_key: str | None = None
 
 
 class Prepared(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -107,6 +130,9 @@ class WorkItem(msgspec.Struct, frozen=True, array_like=True, gc=False):
     attempts: int
     expected_hash: str | None
     src_hash: str | None = None
+    # the record is held on the target under this key: change it to ``key`` (the key the
+    # other side made for it), then write
+    rekey_from: str | None = None
 
 
 ItemStatus = Literal["synced", "retry", "rejected", "deferred", "superseded"]
@@ -131,3 +157,4 @@ class ItemOutcome(msgspec.Struct, frozen=True, array_like=True, gc=False):
     hash: str | None = None
     winner: str | None = None
     src_hash: str | None = None  # the source's content hash, when the source holds it
+    new_key: str | None = None  # the target made its own key for the record (WriteResult)

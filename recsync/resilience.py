@@ -14,7 +14,8 @@ from typing import Literal
 
 from recsync.clock import Clock, SystemClock
 
-__all__ = ["BreakerState", "CircuitBreaker", "RateLimiter", "backoff_cap", "backoff_delay"]
+__all__ = ["BreakerState", "CircuitBreaker", "RateLimiter", "backoff_cap", "backoff_delay",
+           "write_reserve_for"]
 
 # Float slack: a wait computed as ``t - now`` and then slept (or advanced) must count as
 # elapsed even when ``now + (t - now)`` rounds to a hair below ``t``.
@@ -33,6 +34,10 @@ class RateLimiter:
       (Salesforce ``Sforce-Limit-Info: api-usage=USED/MAX``, Outreach
       ``X-RateLimit-Remaining``/``X-RateLimit-Reset``). Acquires that would leave fewer
       than ``reserve`` remote calls wait until the reported reset.
+
+    ``write_reserve`` requests of the window are kept for writes: a read (a poll) waits
+    once the window holds ``max_requests - write_reserve``, so polling never holds up the
+    writes of queued changes.
     """
 
     def __init__(
@@ -42,13 +47,16 @@ class RateLimiter:
         clock: Clock | None = None,
         *,
         reserve: int = 0,
+        write_reserve: int = 0,
     ) -> None:
         _check_limits(max_requests, window_seconds, reserve)
+        _check_write_reserve(max_requests, write_reserve)
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._lock = threading.Lock()
         self._max = max_requests
         self._window = float(window_seconds)
         self._reserve = reserve
+        self._write_reserve = write_reserve
         self._log: deque[float] = deque()  # monotonic timestamps, one per request
         self._blocked_until = 0.0  # monotonic
         self._remote_remaining: int | None = None
@@ -58,18 +66,20 @@ class RateLimiter:
     def clock(self) -> Clock:
         return self._clock
 
-    def try_acquire(self, n: int = 1) -> float:
+    def try_acquire(self, n: int = 1, *, read: bool = False) -> float:
         """Take ``n`` requests if they fit now: return 0.0 and record them.
 
         Otherwise record nothing and return the seconds to wait until they would fit
-        (assuming no one else acquires meanwhile).
+        (assuming no one else acquires meanwhile). A ``read`` fits only below the
+        ``write_reserve``.
         """
         if n < 1:
             raise ValueError(f"n must be at least 1, not {n}")
         with self._lock:
-            if n > self._max:
+            cap = self._max - (self._write_reserve if read else 0)
+            if n > cap:
                 raise ValueError(
-                    f"{n} requests can never fit a window of {self._max}; split the batch"
+                    f"{n} requests can never fit a window of {cap}; split the batch"
                 )
             now = self._clock.monotonic()
             self._prune(now)
@@ -79,7 +89,7 @@ class RateLimiter:
                     self._remote_remaining = None
                 elif self._remote_remaining - n < self._reserve:
                     wait = max(wait, self._remote_until - now)
-            excess = len(self._log) + n - self._max
+            excess = len(self._log) + n - cap
             if excess > 0:
                 wait = max(wait, self._log[excess - 1] + self._window - now)
             if wait > _EPS:
@@ -90,15 +100,36 @@ class RateLimiter:
             return 0.0
 
     def reconfigure(
-        self, max_requests: int, window_seconds: float, *, reserve: int | None = None
+        self, max_requests: int, window_seconds: float, *, reserve: int | None = None,
+        write_reserve: int | None = None,
     ) -> None:
         """Change the limits live; requests already made keep counting."""
         new_reserve = self._reserve if reserve is None else reserve
+        new_write = self._write_reserve if write_reserve is None else write_reserve
         _check_limits(max_requests, window_seconds, new_reserve)
+        _check_write_reserve(max_requests, new_write)
         with self._lock:
             self._max = max_requests
             self._window = float(window_seconds)
             self._reserve = new_reserve
+            self._write_reserve = new_write
+
+    def wait_seconds(self, n: int = 1) -> float:
+        """Seconds until ``n`` requests would fit (0.0: now), without taking them.
+
+        Counts a Retry-After block, a remote budget kept in reserve and a full window.
+        """
+        with self._lock:
+            now = self._clock.monotonic()
+            self._prune(now)
+            wait = self._blocked_until - now
+            if (self._remote_remaining is not None and now + _EPS < self._remote_until
+                    and self._remote_remaining - n < self._reserve):
+                wait = max(wait, self._remote_until - now)
+            excess = len(self._log) + n - self._max
+            if excess > 0:
+                wait = max(wait, self._log[excess - 1] + self._window - now)
+            return wait if wait > _EPS else 0.0
 
     def usage(self) -> tuple[int, int]:
         """``(requests in the current window, max_requests)``."""
@@ -145,6 +176,17 @@ def _check_limits(max_requests: int, window_seconds: float, reserve: int) -> Non
         raise ValueError(f"window_seconds must be positive, not {window_seconds}")
     if reserve < 0:
         raise ValueError(f"reserve must not be negative, not {reserve}")
+
+
+def _check_write_reserve(max_requests: int, write_reserve: int) -> None:
+    if not 0 <= write_reserve < max_requests:
+        raise ValueError(f"write_reserve must be from 0 to max_requests - 1 ({max_requests - 1}),"
+                         f" not {write_reserve}")
+
+
+def write_reserve_for(max_requests: int) -> int:
+    """The share of a budget kept for writes: a quarter of it (none below 4 requests)."""
+    return max_requests // 4
 
 
 class CircuitBreaker:

@@ -201,7 +201,7 @@ CASES = [
     (["pause", "acme"], p.Pause("acme"), "paused acme/main"),
     (["resume", "acme", "--pipeline", "main"], p.Resume("acme", "main"), "resumed acme/main"),
     (
-        ["deletes", "confirm", "acme", "main", "b"],
+        ["deletes", "confirm", "acme", "--pipeline", "main", "--side", "b"],
         p.ConfirmDeletes("acme", "main", "b"),
         "acme/main: the held deletes on side b go through once",
     ),
@@ -243,7 +243,7 @@ def test_an_unexpected_result_shape_is_shown_as_json(
     assert main([*ep, "status"]) == 0
     assert json.loads(capsys.readouterr().out) == {"pipelines": [{"odd": 1}]}
     assert main([*ep, "pause", "acme"]) == 0
-    assert capsys.readouterr().out == "paused no pipeline\n"
+    assert capsys.readouterr().out == "no running pipeline of customer acme: nothing paused\n"
 
 
 def test_rules_set_sends_the_file(
@@ -409,5 +409,5 @@ def test_events_human_and_json(daemon: Any, capsys: pytest.CaptureFixture[str]) 
 def test_demo_seed_still_works(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "demo.sqlite"
     assert main(["demo", "seed", "--count", "3", "--start-id", "10", "--path", str(path)]) == 0
-    assert capsys.readouterr().out == f"{path}: 3 demo users inserted (0 already there)\n"
+    assert capsys.readouterr().out == f"{path}: inserted 3 demo users (record_id 10-12)\n"
     assert main(["demo", "seed", "--count", "-1", "--path", str(path)]) == 2

@@ -643,3 +643,35 @@ def test_repository_config_files_load_with_real_connectors() -> None:
         "email_address": "email",
         "status": "status",
     }
+
+
+def test_a_side_may_set_its_own_rate_limit() -> None:
+    ok = SETTINGS.replace('key = "record_id" }\nb', 'key = "record_id", '
+                          'rate_limit = { max_requests = 5, window_seconds = 2 } }\nb')
+    config = load(ok)
+    side = config.pipelines["demo/contacts"].a
+    assert side.rate_limit is not None
+    assert (side.rate_limit.max_requests, side.rate_limit.window_seconds) == (5, 2.0)
+    assert config.pipelines["demo/contacts"].b.rate_limit is None
+    bad = ok.replace("max_requests = 5", "max_requests = 0")
+    assert settings_error(bad) == (
+        f"customer_settings.toml, line {line_of(bad, 'max_requests = 0')}: "
+        "customers.demo.pipelines.contacts.a.rate_limit.max_requests: must be at least 1, "
+        "got 0"
+    )
+    typo = SETTINGS.replace('key = "record_id" }\nb', 'key = "record_id", rate_limt = {} }\nb')
+    assert settings_error(typo).endswith(
+        "unknown key 'customers.demo.pipelines.contacts.a.rate_limt'; did you mean 'rate_limit'?")
+
+
+def test_a_path_may_name_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = SETTINGS.replace('path = "data/contacts.csv"',
+                            'path = "${STATE_DIRECTORY}/data/contacts.csv"')
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/recsync")
+    side = load(text).pipelines["demo/contacts"].b
+    assert side.options.path == "/var/lib/recsync/data/contacts.csv"
+    monkeypatch.delenv("STATE_DIRECTORY")
+    assert settings_error(text) == (
+        f"customer_settings.toml, line {line_of(text, 'STATE_DIRECTORY')}: "
+        "customers.demo.pipelines.contacts.b.path uses ${STATE_DIRECTORY}, an environment "
+        "variable that is not set")

@@ -347,3 +347,40 @@ def test_backoff_rejects_bad_arguments() -> None:
         backoff_delay(0, 1.0, 10.0)
     with pytest.raises(ValueError):
         backoff_delay(1, -1.0, 10.0)
+
+
+def test_wait_seconds_tells_the_wait_without_taking_requests() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(2, 10.0, clock)
+    assert limiter.wait_seconds() == 0.0
+    assert limiter.try_acquire() == 0.0
+    clock.advance(4.0)
+    assert limiter.try_acquire() == 0.0
+    assert limiter.wait_seconds() == pytest.approx(6.0)  # the window is full
+    assert limiter.usage() == (2, 2)  # asking took nothing
+    clock.advance(6.0)
+    assert limiter.wait_seconds() == 0.0
+    limiter.block_until(30.0)  # a Retry-After
+    assert limiter.wait_seconds() == pytest.approx(30.0)
+    assert limiter.try_acquire() == pytest.approx(30.0)
+
+
+def test_reads_leave_the_write_reserve_to_writes() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(4, 10.0, clock, write_reserve=1)
+    for _ in range(3):
+        assert limiter.try_acquire(read=True) == 0.0  # t=0
+    clock.advance(1)
+    # the fourth request of the window is a write's: a poll waits for the first to leave
+    assert limiter.try_acquire(read=True) == pytest.approx(9.0)
+    assert limiter.try_acquire() == 0.0
+    assert limiter.usage() == (4, 4)
+    assert limiter.try_acquire() == pytest.approx(9.0)
+    clock.advance(9)  # t=10: the three reads leave
+    assert limiter.try_acquire(read=True) == 0.0
+    limiter.reconfigure(4, 10.0, write_reserve=0)
+    assert limiter.try_acquire(read=True) == 0.0
+    with pytest.raises(ValueError, match="write_reserve"):
+        RateLimiter(4, 10.0, clock, write_reserve=4)
+    with pytest.raises(ValueError, match="never fit"):
+        RateLimiter(4, 10.0, clock, write_reserve=2).try_acquire(3, read=True)

@@ -10,11 +10,17 @@ import pykka
 
 from recsync.actors.dispatch import PooledActor
 from recsync.actors.protocol import Call, ChildFailed, Crash, Ping
-from recsync.errors import ConnectorConfigError
+from recsync.errors import ConnectorConfigError, StateUnavailable
 
 log = logging.getLogger(__name__)
 
 FailureSink = Callable[[ChildFailed], None]
+# publishes one event (kind, data) on the control socket, from any actor's thread
+EventSink = Callable[[str, dict[str, Any]], None]
+
+
+def no_events(kind: str, data: dict[str, Any]) -> None:
+    """The EventSink of actors started without one."""
 
 
 class PipelineActor(PooledActor):
@@ -59,12 +65,14 @@ class PipelineActor(PooledActor):
 
     def _report_failure(self, exc: BaseException | None, fatal: bool = False) -> None:
         error = str(exc) or type(exc).__name__
+        transient = isinstance(exc, StateUnavailable)
         log.error(
             "actor failed",
             extra={"pipeline": self.pipeline, "actor": self.role, "error": error},
-            exc_info=not fatal,
+            exc_info=not (fatal or transient),
         )
-        self._report(ChildFailed(self.pipeline, self.incarnation, self.role, error, fatal))
+        self._report(ChildFailed(self.pipeline, self.incarnation, self.role, error, fatal,
+                                 transient))
 
     def on_receive(self, message: Any) -> Any:
         handler = self._handlers.get(type(message))

@@ -2,24 +2,45 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
+import pykka
+
 from recsync import rules as rules_mod
 from recsync.actors.base import FailureSink, PipelineActor
 from recsync.actors.dispatch import IO
-from recsync.actors.protocol import BatchDone, Call, Housekeep, PageRead, ReadPage, WriteBatch
+from recsync.actors.health import SideHealth
+from recsync.actors.protocol import (
+    BatchDone,
+    Call,
+    Housekeep,
+    PageRead,
+    Poll,
+    ReadPage,
+    WriteBatch,
+)
 from recsync.clock import Clock
 from recsync.config import SideConfig
 from recsync.connectors import Connector, get_connector_class
 from recsync.errors import ConnectorConfigError, ConnectorError, RateLimited
-from recsync.messages import Direction, ItemOutcome, Record, Side, WorkItem, WriteOp
+from recsync.messages import (
+    Direction,
+    ItemOutcome,
+    Record,
+    Side,
+    WorkItem,
+    WriteOp,
+    WriteResult,
+)
 from recsync.resilience import CircuitBreaker
 
 log = logging.getLogger(__name__)
 _error = attrgetter("error")
+_new_key = attrgetter("new_key")
 
 
 class ConnectorActor(PipelineActor):
@@ -36,9 +57,11 @@ class ConnectorActor(PipelineActor):
         peers: Any,
         breaker: CircuitBreaker,
         clock: Clock,
+        health: SideHealth | None = None,
     ) -> None:
         super().__init__(pipeline, incarnation, report)
         self.role = f"connector_{side}"
+        self.health = health or SideHealth(clock)
         self.side = side
         self.side_config = side_config
         self.base_dir = base_dir
@@ -53,6 +76,8 @@ class ConnectorActor(PipelineActor):
     def setup(self) -> None:
         cls = get_connector_class(self.side_config.connector)
         self.connector = cls(self.side_config.options, self.base_dir)
+        self.connector.origin = self.pipeline
+        self.connector.watch(self._wake_poller)
         self.opened = False
         try:
             self._ensure_open()
@@ -61,8 +86,16 @@ class ConnectorActor(PipelineActor):
         except ConnectorError as exc:
             # The system is down right now: start anyway and open on the next call, so an
             # outage at start-up is retried like any other instead of failing the pipeline.
+            self.health.error(str(exc))
             log.warning("connector not reachable yet", extra={
                 "pipeline": self.pipeline, "side": self.side, "error": str(exc)})
+
+    def _wake_poller(self) -> None:
+        """The system said this side changed: the poller reads it now (any thread)."""
+        ref = self.peers.refs.get(f"poller_{self.side}")
+        if ref is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                ref.tell(Poll(wake=True))
 
     def _ensure_open(self) -> None:
         assert self.connector is not None
@@ -89,26 +122,81 @@ class ConnectorActor(PipelineActor):
             self._ensure_open()
             self.connector.housekeep()
         except ConnectorError as exc:
+            self.health.error(str(exc))
             log.warning("housekeeping failed", extra={"pipeline": self.pipeline,
                                                       "side": self.side, "error": str(exc)})
 
     def fetch_records(self, keys: list[str]) -> dict[str, Any]:
         """Current records for ``keys`` (asked by `sync event --op read`)."""
         assert self.connector is not None
-        retry_at = self._gate()
+        retry_at = self._gate(read=True)
         if retry_at is not None:
             raise ConnectorError(f"side {self.side} is rate limited or its circuit is open; "
                                  "try again shortly")
         self._ensure_open()
         return self.connector.fetch(keys)
 
-    def _gate(self) -> float | None:
-        """None when a call may go out now, else the wall time to try again."""
+    def list_page(self, position: str | None, limit: int) -> tuple[Any, str | None, float | None]:
+        """A page of the side's full listing (asked by `recsync verify`): (changes, next
+        position, None), or (None, position, wall time to try again) while the rate limit
+        or the circuit breaker holds calls back."""
+        assert self.connector is not None
+        retry_at = self._gate(read=True)
+        if retry_at is not None:
+            return None, position, retry_at
+        try:
+            self._ensure_open()
+            changes, after = self.connector.list_records(position, limit)
+        except RateLimited as exc:
+            self._limited(exc)
+            return None, position, self.clock.time() + (exc.retry_after or 1.0)
+        except ConnectorConfigError:
+            raise
+        except ConnectorError:
+            self.breaker.record_failure()
+            raise
+        self.breaker.record_success()
+        self._report_budget()
+        return changes, after, None
+
+    def fetch_page(self, keys: list[str]) -> tuple[dict[str, Any] | None, float | None]:
+        """Current records for ``keys`` (asked by `recsync verify --repair`): (records,
+        None), or (None, wall time to try again) while calls are held back."""
+        assert self.connector is not None
+        retry_at = self._gate(read=True)
+        if retry_at is not None:
+            return None, retry_at
+        try:
+            self._ensure_open()
+            found = self.connector.fetch(keys)
+        except RateLimited as exc:
+            self._limited(exc)
+            return None, self.clock.time() + (exc.retry_after or 1.0)
+        except ConnectorConfigError:
+            raise
+        except ConnectorError:
+            self.breaker.record_failure()
+            raise
+        self.breaker.record_success()
+        return found, None
+
+    def count_records(self) -> int | None:
+        """The side's record count when the system says so cheaply (verify's progress)."""
+        assert self.connector is not None
+        try:
+            self._ensure_open()
+            return self.connector.count_records()
+        except ConnectorError:
+            return None
+
+    def _gate(self, read: bool = False) -> float | None:
+        """None when a call may go out now, else the wall time to try again. A ``read``
+        (poll, fetch) leaves the budget's write reserve to the writes."""
         if not self.breaker.allow():
             reopen = self.breaker.retry_at or self.clock.monotonic()
             return self.clock.time() + max(0.0, reopen - self.clock.monotonic())
         # A half-open probe refused here is given up by the breaker after its timeout.
-        wait = float(self.peers.ref("rate_limiter").ask(Call("acquire", (self.side,))))
+        wait = float(self.peers.ref("rate_limiter").ask(Call("acquire", (self.side, 1, read))))
         if wait > 0:
             return self.clock.time() + wait
         self.requests += 1
@@ -116,7 +204,7 @@ class ConnectorActor(PipelineActor):
 
     def _read(self, request: ReadPage) -> PageRead:
         assert self.connector is not None
-        retry_at = self._gate()
+        retry_at = self._gate(read=True)
         if retry_at is not None:
             return PageRead(None, request.observed, "waiting for rate limit or circuit",
                             retry_at)
@@ -128,6 +216,7 @@ class ConnectorActor(PipelineActor):
             return PageRead(None, request.observed, str(exc), self.clock.time() + 1.0)
         except ConnectorError as exc:
             self.breaker.record_failure()
+            self.health.error(str(exc))
             return PageRead(None, request.observed, str(exc))
         self.breaker.record_success()
         self._report_budget()
@@ -158,6 +247,7 @@ class ConnectorActor(PipelineActor):
                                                                             or 1.0))
         except ConnectorError as exc:
             self.breaker.record_failure()
+            self.health.error(str(exc))
             log.warning("write failed", extra={"pipeline": self.pipeline, "side": self.side,
                                                "error": str(exc), "records": len(batch.items)})
             return self._all(batch, "retry", str(exc), None)
@@ -177,7 +267,10 @@ class ConnectorActor(PipelineActor):
         superseded, to_write, plain = self._check_target(batch)
         ops = []
         to_side = rules_mod.compile_rules(batch.ruleset).to_side
+        refused = self._rekey([t[0] for t in to_write])
         for item, content, _h, _w in to_write:
+            if item.key in refused:
+                continue
             if content is None:
                 ops.append(WriteOp(item.key, "delete", None))
             else:
@@ -186,14 +279,20 @@ class ConnectorActor(PipelineActor):
                     fields = {**fields, key_field: item.key}
                 ops.append(WriteOp(item.key, "upsert", fields))
         results = self.connector.write(ops) if ops else []
-        if plain and set(map(_error, results)) <= {None}:  # the usual batch, in one pass
+        if refused:
+            written = iter(results)
+            results = [refused.get(t[0].key) or next(written) for t in to_write]
+        if (plain and set(map(_error, results)) <= {None}
+                and not any(map(_new_key, results))):  # the usual batch, in one pass
             return [ItemOutcome(i.key, i.gen, "synced", None, None, None, chash, None, i.src_hash)
                     for i, _c, chash, _w in to_write]
         now, wait = self.clock.time(), 0.0
         outcomes: list[ItemOutcome] = []
         add = outcomes.append
         for (item, content, chash, winner), res in zip(to_write, results, strict=True):
-            if res.error is None:
+            if res.error is None and res.new_key is not None and content is not None:
+                add(self._made_key(item, content, res.new_key, batch))
+            elif res.error is None:
                 if winner is None:  # the usual case; positional, as it is the fastest
                     add(ItemOutcome(item.key, item.gen, "synced", None, None, None, chash, None,
                                     item.src_hash))
@@ -209,6 +308,7 @@ class ConnectorActor(PipelineActor):
             else:
                 add(ItemOutcome(item.key, item.gen, "retry" if res.retryable else "rejected",
                                 res.error))
+                self.health.error(f"record {item.key}: {res.error}")
         if wait:
             self.peers.ref("rate_limiter").tell(Call("block", (self.side, wait)))
         if not superseded:
@@ -216,6 +316,30 @@ class ConnectorActor(PipelineActor):
         by_key = {t[0].key: o for t, o in zip(to_write, outcomes, strict=True)}
         by_key.update(superseded)
         return [by_key[i.key] for i in batch.items]
+
+    def _rekey(self, items: list[WorkItem]) -> dict[str, WriteResult]:
+        """Give the records the other side made a key for that key here first (see
+        ``WorkItem.rekey_from``); the results of those that could not be, by key."""
+        assert self.connector is not None
+        todo = [(i.rekey_from, i.key) for i in items if i.rekey_from is not None]
+        if not todo:
+            return {}
+        return {r.key: r for r in self.connector.rekey(todo) if r.error is not None}
+
+    def _made_key(self, item: WorkItem, content: Record, new_key: str,
+                  batch: WriteBatch) -> ItemOutcome:
+        """The target created the record under a key of its own: its content now holds
+        that key (the store links it under the new key and writes the key back)."""
+        key_field = self.side_config.options.key
+        if self.side == "b":  # the A-space field that maps to the target's key field
+            key_field = next((a for a, b in batch.ruleset.mappings.items() if b == key_field),
+                             key_field)
+        made = {**content, key_field: new_key} if key_field in content else content
+        log.info("record created under a new key", extra={
+            "pipeline": self.pipeline, "side": self.side, "record": item.key,
+            "new_key": new_key})
+        return ItemOutcome(item.key, item.gen, "synced", hash=rules_mod.content_hash(made),
+                           content=made, src_hash=item.src_hash, new_key=new_key)
 
     def _check_target(self, batch: WriteBatch) -> tuple[
             dict[str, ItemOutcome], list[tuple[WorkItem, Record | None, str | None, str | None]],

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
 import pykka
 
-from recsync.actors.base import FailureSink
+from recsync.actors.base import EventSink, FailureSink, no_events
 from recsync.actors.connector import ConnectorActor
+from recsync.actors.health import SideHealth
 from recsync.actors.poller import PollerActor
 from recsync.actors.protocol import Call, ChildFailed, Flush, Ping, Poll, Prepare
 from recsync.actors.queue import QueueActor
@@ -19,11 +19,12 @@ from recsync.actors.rules import RulesActor
 from recsync.actors.scheduler import Scheduler, TimerHandle
 from recsync.actors.systems import Systems
 from recsync.clock import Clock
-from recsync.config import PipelineConfig
+from recsync.config import PipelineConfig, RateLimitSettings, Settings, SideConfig
 from recsync.connectors import get_connector_class
-from recsync.errors import RecsyncError
+from recsync.errors import RecsyncError, StateUnavailable
 from recsync.messages import ChangePage, Side
 from recsync.rules import RuleSet
+from recsync.state.paths import state_file_name
 
 log = logging.getLogger(__name__)
 START_ORDER = ("rate_limiter", "connector_a", "connector_b", "queue", "rules", "poller_a",
@@ -32,11 +33,13 @@ ASK_TIMEOUT = 10.0
 
 
 class PipelineStartError(RecsyncError):
-    """A pipeline's actors could not all start; ``fatal`` when a restart cannot help."""
+    """A pipeline's actors could not all start; ``fatal`` when a restart cannot help,
+    ``transient`` when its state storage is unavailable for now (wait, then start again)."""
 
-    def __init__(self, message: str, fatal: bool = False) -> None:
+    def __init__(self, message: str, fatal: bool = False, transient: bool = False) -> None:
         super().__init__(message)
         self.fatal = fatal
+        self.transient = transient
 
 
 class Peers:
@@ -50,8 +53,8 @@ class Peers:
 
 
 def state_file(state_dir: Path, pipeline_id: str) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", pipeline_id.replace("/", "__"))
-    return state_dir / f"{safe}.sqlite"
+    """The pipeline's own state file (never shared: see ``recsync.state.paths``)."""
+    return state_dir / state_file_name(pipeline_id)
 
 
 class Pipeline:
@@ -60,6 +63,7 @@ class Pipeline:
     def __init__(
         self, config: PipelineConfig, ruleset: RuleSet, *, state_dir: Path, systems: Systems,
         scheduler: Scheduler, clock: Clock, report: FailureSink,
+        on_event: EventSink | None = None,
     ) -> None:
         self.config = config
         self.ruleset = ruleset
@@ -68,6 +72,7 @@ class Pipeline:
         self.scheduler = scheduler
         self.clock = clock
         self._supervisor_report = report
+        self.on_event = on_event or no_events
         self.start_failure: ChildFailed | None = None
         self.incarnation = 0
         self.peers = Peers()
@@ -77,6 +82,8 @@ class Pipeline:
         self.restarts = 0
         self.paused = False
         self.limits: dict[str, tuple[Any, Any]] = {}
+        # last errors per side, kept across incarnations (shown by `recsync status`)
+        self.side_health = {"a": SideHealth(clock), "b": SideHealth(clock)}
 
     @property
     def id(self) -> str:
@@ -86,13 +93,18 @@ class Pipeline:
         """Failure sink of the actors: remembers why a start failed, tells the supervisor."""
         if self.state == "starting" and failure.incarnation == self.incarnation:
             self.start_failure = self.start_failure or failure
+        side = failure.actor.rpartition("_")[2]
+        if side in self.side_health:
+            self.side_health[side].error(f"{failure.actor}: {failure.error}")
         self._supervisor_report(failure)
 
     def _system(self, side: Side) -> tuple[Any, Any]:
         side_cfg = self.config.a if side == "a" else self.config.b
         cls = get_connector_class(side_cfg.connector)
         system_id = cls(side_cfg.options, Path(self.config.base_dir)).system_id
-        return self.systems.get(system_id, self.config.settings)
+        settings = self.config.settings
+        return self.systems.get(system_id, side_limit(side_cfg, cls.local, settings),
+                                settings.circuit_breaker)
 
     def start(self) -> None:
         """Start every actor in order and ping it; on failure stop what started and raise."""
@@ -111,10 +123,11 @@ class Pipeline:
                 peers.refs[f"connector_{side}"] = ConnectorActor.start(
                     *common, side=side, side_config=cfg.a if side == "a" else cfg.b,
                     base_dir=Path(cfg.base_dir), peers=peers, breaker=limits[side][1],
-                    clock=self.clock)
+                    clock=self.clock, health=self.side_health[side])
             peers.refs["queue"] = QueueActor.start(
                 *common, state_path=self.state_path, settings=s, ruleset=self.ruleset,
-                peers=peers, clock=self.clock)
+                peers=peers, clock=self.clock, safe_start=self.restarts > 0,
+                on_event=self.on_event)
             for role in ("rate_limiter", "connector_a", "connector_b", "queue"):
                 peers.refs[role].ask(Ping(), timeout=ASK_TIMEOUT)
             cursors: dict[str, str | None] = peers.refs["queue"].ask(  # type: ignore[assignment]
@@ -131,8 +144,10 @@ class Pipeline:
             failure = self.start_failure
             if failure is not None:
                 raise PipelineStartError(f"{failure.actor}: {failure.error}",
-                                         fatal=failure.fatal) from exc
-            raise PipelineStartError(str(exc) or type(exc).__name__) from exc
+                                         fatal=failure.fatal,
+                                         transient=failure.transient) from exc
+            raise PipelineStartError(str(exc) or type(exc).__name__,
+                                     transient=isinstance(exc, StateUnavailable)) from exc
         self._start_timers()
         if self.paused:
             self.set_paused(True)
@@ -232,6 +247,14 @@ class Pipeline:
         pollers = {side: self.ask(f"poller_{side}", "progress") for side in ("a", "b")}
         queue = self.ask("queue", "progress")
         return {"queue": queue, "pollers": pollers}
+
+
+def side_limit(side_cfg: SideConfig, local: bool, settings: Settings) -> RateLimitSettings | None:
+    """The request budget a side draws on: its own ``rate_limit`` when it sets one, else
+    the pipeline's for a CRM; a local side (SQLite, files) has no API budget: None."""
+    if side_cfg.rate_limit is not None:
+        return side_cfg.rate_limit
+    return None if local else settings.rate_limit
 
 
 def _syncs_from(ruleset: RuleSet, side: str) -> bool:

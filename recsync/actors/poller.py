@@ -18,6 +18,7 @@ from recsync.clock import Clock
 from recsync.messages import Side
 
 log = logging.getLogger(__name__)
+MAX_WARNINGS = 5
 
 
 class PollerActor(PipelineActor):
@@ -42,13 +43,20 @@ class PollerActor(PipelineActor):
         self.last_error: str | None = None
         self.retry_at = 0.0
         self.pages = 0
+        # what the connector warned about (a rebuilt table, a reset change log): the last
+        # few, for status, each {"side", "at" (epoch seconds), "text"}
+        self.warnings: list[dict[str, Any]] = []
+        self.woken = False  # a wake-up came during a cycle: run another one after it
         self.handles(Poll, self._poll)
         self.handles(PageRead, self._page_read)
         self.handles(Committed, self._committed)
 
     def _poll(self, msg: Poll) -> None:
+        if msg.wake and self.busy:
+            self.woken = True
         if self.busy or self.paused or self.clock.time() < self.retry_at:
             return
+        self.woken = False
         if msg.full:
             self.cursor = None
         self.busy = True
@@ -75,7 +83,10 @@ class PollerActor(PipelineActor):
             self.busy = False  # the next tick tries again
             return
         self.last_error = None
-        if not page.changes and not page.listing and page.cursor == self.cursor:
+        if page.warning:
+            self._warn(page.warning)
+        if (not page.changes and not page.listing and not page.unreadable
+                and page.cursor == self.cursor):
             self._cycle_done()
             return
         self.pages += 1
@@ -93,14 +104,24 @@ class PollerActor(PipelineActor):
         else:
             self._cycle_done()
 
+    def _warn(self, text: str) -> None:
+        log.warning("side needs attention", extra={"pipeline": self.pipeline,
+                                                   "side": self.side, "error": text})
+        self.warnings = [*self.warnings[-(MAX_WARNINGS - 1):],
+                         {"side": self.side, "at": self.clock.time(), "text": text}]
+
     def _cycle_done(self) -> None:
         self.busy = False
         self.last_cycle_started = self.cycle_started
+        if self.woken:
+            self.woken = False
+            self.actor_ref.tell(Poll(wake=True))
 
     # asked by the pipeline
     def progress(self) -> dict[str, Any]:
         return {"busy": self.busy, "last_cycle_started": self.last_cycle_started,
-                "error": self.last_error, "paused": self.paused, "cursor": self.cursor}
+                "error": self.last_error, "paused": self.paused, "cursor": self.cursor,
+                "warnings": list(self.warnings)}
 
     def set_paused(self, paused: bool) -> None:
         self.paused = paused

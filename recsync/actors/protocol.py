@@ -6,14 +6,27 @@ from typing import Any
 
 import msgspec
 
-from recsync.messages import ChangePage, Direction, ItemOutcome, Prepared, Side, WorkItem
+from recsync.messages import (
+    ChangePage,
+    Direction,
+    ItemOutcome,
+    Prepared,
+    Side,
+    Unreadable,
+    WorkItem,
+)
 from recsync.rules import RuleSet
 
 
 class Poll(msgspec.Struct, frozen=True):
-    """Tick or `sync now`: start a poll cycle if none is running. ``full`` re-reads all."""
+    """Tick or `sync now`: start a poll cycle if none is running. ``full`` re-reads all.
+
+    ``wake``: the system said the side changed; one arriving during a cycle starts another
+    cycle right after it, so the change is not left for the next tick.
+    """
 
     full: bool = False
+    wake: bool = False
 
 
 class ReadPage(msgspec.Struct, frozen=True):
@@ -52,6 +65,8 @@ class Enqueue(msgspec.Struct, frozen=True):
     listing_done: bool
     more: bool
     event: bool = False
+    unreadable: list[Unreadable] = []  # see ChangePage
+    unreadable_all: bool = False
 
 
 class Committed(msgspec.Struct, frozen=True):
@@ -95,10 +110,14 @@ class ChildFailed(msgspec.Struct, frozen=True):
     actor: str
     error: str
     fatal: bool = False  # a configuration problem: restarting cannot help
+    # the state storage is unavailable for now (disk full, I/O error, read-only folder):
+    # wait and start again, however often, never fatal
+    transient: bool = False
 
 
 class RestartPipeline(msgspec.Struct, frozen=True):
     pipeline: str
+    waited: bool = False  # after waiting for the state storage: not a crash restart
 
 
 class Call(msgspec.Struct, frozen=True):

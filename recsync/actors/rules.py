@@ -32,4 +32,4 @@ class RulesActor(PipelineActor):
         page = msg.page
         self.send(self.peers.ref("queue"), Enqueue(
             side, out, page.cursor, msg.observed, rs, page.listing_start, page.listing_done,
-            page.more, msg.event))
+            page.more, msg.event, page.unreadable, page.unreadable_all))

@@ -5,6 +5,11 @@ fresh set of actors resumes exactly where the old one stopped. At most ``max_res
 restarts in ``within`` seconds; past that the pipeline waits in ``backoff`` and tries
 again, and after ``max_backoffs`` such rounds it is ``fatal`` (stopped until reload).
 One pipeline's failure never touches another.
+
+A failure of the state storage (disk full, I/O error, read-only folder: ``transient``)
+is no crash: the pipeline waits in ``backoff`` with the reason as its error, starts again
+after ``backoff`` seconds, doubling up to ``max_wait``, for as long as it takes, and runs
+on by itself once the storage takes writes again.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class RestartPolicy:
     within: float = 60.0
     backoff: float = 5.0
     max_backoffs: int = 3
+    max_wait: float = 60.0  # longest wait between starts while the state storage fails
 
 
 class Supervisor(pykka.ThreadingActor):
@@ -58,6 +64,7 @@ class Supervisor(pykka.ThreadingActor):
         self.restart_times: dict[str, deque[float]] = {}
         self.backoffs: dict[str, int] = {}
         self.last_failure: dict[str, float] = {}
+        self.storage_waits: dict[str, int] = {}
         self.on_event = on_event or (lambda kind, data: None)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -71,7 +78,8 @@ class Supervisor(pykka.ThreadingActor):
         """Start a pipeline; returns its state (running, or error with the reason logged)."""
         pipeline = Pipeline(
             config, ruleset, state_dir=self.state_dir, systems=self.systems,
-            scheduler=self.scheduler, clock=self.clock, report=self._report)
+            scheduler=self.scheduler, clock=self.clock, report=self._report,
+            on_event=self.on_event)
         self.pipelines[config.id] = pipeline
         self.restart_times[config.id] = deque()
         self.backoffs[config.id] = 0
@@ -83,6 +91,9 @@ class Supervisor(pykka.ThreadingActor):
             pipeline.start()
         except Exception as exc:
             pipeline.error = str(exc) or type(exc).__name__
+            if isinstance(exc, PipelineStartError) and exc.transient:
+                self._wait_for_storage(pipeline)
+                return False
             fatal = isinstance(exc, PipelineStartError) and exc.fatal
             if fatal or (isinstance(exc, RecsyncError) and not isinstance(exc, PipelineStartError)):
                 pipeline.state = "error"
@@ -139,7 +150,12 @@ class Supervisor(pykka.ThreadingActor):
         elif isinstance(message, RestartPipeline):
             pipeline = self.pipelines.get(message.pipeline)
             if pipeline is not None and pipeline.state == "backoff":
-                self._restart(pipeline)
+                if message.waited:
+                    pipeline.restarts += 1
+                    pipeline.state = "restarting"
+                    self._try_start(pipeline)
+                else:
+                    self._restart(pipeline)
         return None
 
     def _child_failed(self, failure: ChildFailed) -> None:
@@ -155,7 +171,29 @@ class Supervisor(pykka.ThreadingActor):
             pipeline.state = "error"
             self._event("pipeline_state", pipeline)
             return
+        if failure.transient:
+            self._wait_for_storage(pipeline)
+            return
         self._restart(pipeline)
+
+    def _wait_for_storage(self, pipeline: Pipeline) -> None:
+        """The state storage failed (``pipeline.error`` says how): wait, then start again.
+        The waits double from ``backoff`` up to ``max_wait``; never fatal."""
+        pipeline.stop_actors()
+        now = self.clock.monotonic()
+        quiet = self.policy.within + self.policy.max_wait  # the last wait, then a while fine
+        if now - self.last_failure.get(pipeline.id, now) > quiet:
+            self.storage_waits[pipeline.id] = 0  # it ran well for a while: start short again
+        self.last_failure[pipeline.id] = now
+        waits = self.storage_waits[pipeline.id] = self.storage_waits.get(pipeline.id, 0) + 1
+        delay = min(self.policy.backoff * 2 ** (waits - 1), self.policy.max_wait)
+        pipeline.state = "backoff"
+        log.warning("pipeline waits for its state storage",
+                    extra={"pipeline": pipeline.id, "error": pipeline.error, "seconds": delay})
+        self._event("pipeline_state", pipeline)
+        ref = self.actor_ref
+        self.scheduler.call_later(
+            delay, lambda: _safe_tell(ref, RestartPipeline(pipeline.id, waited=True)))
 
     def _restart(self, pipeline: Pipeline) -> None:
         pipeline.stop_actors()
@@ -226,6 +264,13 @@ class Supervisor(pykka.ThreadingActor):
         self._event("pipeline_state", pipeline)
         return pipeline.state
 
+    def change_paused(self, pipeline_id: str, paused: bool) -> bool:
+        """Pause or resume a pipeline; False (and nothing done) when it already was."""
+        if self.pipelines[pipeline_id].paused == paused:
+            return False
+        self.set_paused(pipeline_id, paused)
+        return True
+
     def sync_now(self, pipeline_id: str, sides: tuple[str, ...], full: bool) -> None:
         pipeline = self.pipelines[pipeline_id]
         for side in sides:
@@ -240,6 +285,15 @@ class Supervisor(pykka.ThreadingActor):
             raise PipelineStartError(f"pipeline {pipeline_id} is {pipeline.state}")
         return pipeline.ask(role, name, *args)
 
+    def peer_ref(self, pipeline_id: str, role: str) -> pykka.ActorRef[Any]:
+        """The current ref of one actor of a live pipeline, to ask it directly (a long
+        task, such as `recsync verify`, then never holds the supervisor up)."""
+        pipeline = self.pipelines.get(pipeline_id)
+        if pipeline is None or not _live(pipeline):
+            state = pipeline.state if pipeline is not None else "not started"
+            raise PipelineStartError(f"pipeline {pipeline_id} is {state}")
+        return pipeline.peers.ref(role)
+
     def allow_deletes(self, pipeline_id: str, side: Side) -> None:
         pipeline = self.pipelines[pipeline_id]
         pipeline.ask("queue", "allow_deletes", side)
@@ -250,13 +304,27 @@ class Supervisor(pykka.ThreadingActor):
         """Per pipeline: state, and breaker and budget of each side (for stats)."""
         out: dict[str, Any] = {}
         for pid, p in self.pipelines.items():
-            circuit, budget = {}, {}
+            circuit, budget, sides = {}, {}, {}
             for side, (limiter, breaker) in p.limits.items():
                 circuit[side] = breaker.state
-                budget[side] = limiter.usage()
+                if limiter is not None:  # an unthrottled local side has none
+                    budget[side] = limiter.usage()
+                sides[side] = self._side_health(p, side, limiter, breaker)
             out[pid] = {"state": p.state, "error": p.error, "restarts": p.restarts,
-                        "circuit": circuit, "rate_limit": budget}
+                        "circuit": circuit, "rate_limit": budget, "sides": sides}
         return out
+
+    def _side_health(self, p: Pipeline, side: str, limiter: Any, breaker: Any) -> dict[str, Any]:
+        """Circuit, rate-limit wait (wall times) and last error of one side."""
+        now, mono = self.clock.time(), self.clock.monotonic()
+        state = breaker.state
+        retry = breaker.retry_at
+        wait = limiter.wait_seconds() if limiter is not None else 0.0
+        return {"circuit": state,
+                "circuit_retry_at": (now + max(0.0, retry - mono)
+                                     if state == "open" and retry is not None else None),
+                "rate_limited_until": now + wait if wait > 0 else None,
+                **p.side_health[side].snapshot()}
 
     def inject_crash(self, pipeline_id: str, role: str) -> None:
         """Fault injection: make one actor of a pipeline fail as a bug would."""

@@ -1,7 +1,8 @@
 """`recsync`: operate recsyncd through its control socket.
 
 Exit codes: 0 ok, 1 recsyncd answered with an error (printed as ``recsync: <message>
-[<CODE>]``), 2 usage error, 3 recsyncd unreachable.
+[<CODE>]``), 2 usage error, 3 recsyncd unreachable, 4 (``status`` without a record) a
+pipeline is in error, held or fatal.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ import threading
 from pathlib import Path
 
 from recsync import demo
-from recsync.cli import output
+from recsync.cli import output, verify
 from recsync.cli.commands import BUILDERS, UsageError, follow_events, human, wait_backfill
 from recsync.cli.parser import build_parser
 from recsync.client import ControlClient, load_curve_keys
 from recsync.daemon import protocol as p
+from recsync.daemon.sides import BAD_STATES
 from recsync.errors import ControlError, DaemonUnreachable, RecsyncError
 
 __all__ = ["build_parser", "main"]
+STATUS_BAD = 4  # `status`: a pipeline is in error, held or fatal
 
 
 def _name(args: argparse.Namespace) -> str:
@@ -31,6 +34,33 @@ def _name(args: argparse.Namespace) -> str:
     if sub:
         parts.append(sub)
     return " ".join(parts)
+
+
+def crms_setup(args: argparse.Namespace) -> int:
+    """`recsync crms setup postgres`: print or run the change-tracking SQL."""
+    from recsync.connectors.pgsql import TableNames, setup_sql, split_table, uninstall_sql
+
+    try:
+        names = TableNames(*split_table(args.table))
+    except ValueError as exc:
+        raise UsageError(f"--table: {exc}") from exc
+    script = uninstall_sql(names) if args.uninstall else setup_sql(names, args.key)
+    if args.print_sql:
+        print(script, end="")
+        return 0
+    import psycopg
+
+    from recsync.connectors.postgres import mask_dsn
+
+    try:
+        with psycopg.connect(args.dsn, autocommit=True) as conn:
+            conn.execute(script.encode())
+    except psycopg.Error as exc:
+        print(f"recsync: setting up {args.table} failed: {mask_dsn(str(exc).strip())}",
+              file=sys.stderr)
+        return 1
+    print(f"{'removed' if args.uninstall else 'installed'} change tracking on {args.table}")
+    return 0
 
 
 def _client(args: argparse.Namespace) -> ControlClient:
@@ -50,8 +80,8 @@ def _run(args: argparse.Namespace) -> int:
     if name == "demo seed":
         if args.count < 0:
             raise UsageError("--count must be 0 or more")
-        n = demo.seed(args.path, args.count, start_id=args.start_id)
-        print(f"{args.path}: {n} demo users inserted ({args.count - n} already there)")
+        print(output.seeded(args.path, *demo.seed_ids(args.path, args.count,
+                                                         start_id=args.start_id)))
         return 0
     if name == "tui":
         from recsync.tui import run
@@ -59,10 +89,21 @@ def _run(args: argparse.Namespace) -> int:
         return run(args.endpoint, args.event_endpoint)
     if name == "mock serve":
         return serve_mock(args.kind, args.port, args.data)
+    if name == "logs":
+        return show_logs(args)
+    if name == "crms setup":
+        return crms_setup(args)
     if name == "events":
         with _client(args) as client:
             client.request(p.StatsGet())  # fail fast (exit 3) when recsyncd is not there
             return follow_events(client, args.kind, args.count, args.json, sys.stdout, sys.stderr)
+    if name == "verify":
+        if args.pipeline and not args.customer:
+            raise UsageError("--pipeline needs a CUSTOMER")
+        if args.keys < 0:
+            raise UsageError("--keys must be 0 or more")
+        with _client(args) as client:
+            return verify.run(client, verify.build(args), args.json, sys.stdout, sys.stderr)
     cmd = BUILDERS[name](args)  # before connecting: usage errors come first
     with _client(args) as client:
         result = client.request(cmd)
@@ -77,12 +118,21 @@ def _run(args: argparse.Namespace) -> int:
                 )
             return 0
     print(output.to_json(result) if args.json else human(cmd, result))
-    return 0
+    return status_exit(cmd, result)
+
+
+def status_exit(cmd: p.Command, result: object) -> int:
+    """4 when `status` (the overview) shows a pipeline in error, held or fatal, else 0."""
+    if not isinstance(cmd, p.StatusGet) or cmd.record_id is not None:
+        return 0
+    pipes = result.get("pipelines") if isinstance(result, dict) else None
+    bad = [r for r in pipes or [] if isinstance(r, dict) and r.get("state") in BAD_STATES]
+    return STATUS_BAD if bad else 0
 
 
 def serve_mock(kind: str, port: int, data: Path | None) -> int:
     """`recsync mock serve`: a mock CRM in the foreground until Ctrl-C."""
-    from recsync.connectors import mock
+    from recsync import mock
 
     server = mock.create(kind, port=port, data=data)
     server.start()
@@ -97,6 +147,21 @@ def serve_mock(kind: str, port: int, data: Path | None) -> int:
     finally:
         server.stop()
     return 0
+
+
+def show_logs(args: argparse.Namespace) -> int:
+    """`recsync logs`: the daemon's log, readable; no daemon needed."""
+    from recsync.cli import logs
+
+    if args.unit and args.file:
+        raise UsageError("--unit goes with --journal, not with --file")
+    source = logs.find_source(args.file, args.journal, args.unit, args.endpoint)
+    keep = logs.Filter(args.pipeline, args.level)
+    try:
+        return logs.run(source, follow=args.follow, lines=args.lines, keep=keep,
+                        as_json=args.json, out=sys.stdout)
+    except KeyboardInterrupt:
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from typing import Any, TextIO
 import msgspec
 
 from recsync.cli import output
+from recsync.cli.reading import bulk_reads
 from recsync.client import ControlClient
 from recsync.daemon import protocol as p
 from recsync.errors import ControlError
@@ -105,8 +106,10 @@ BUILDERS: dict[str, Callable[[argparse.Namespace], p.Command]] = {
     "stats": lambda a: p.StatsGet(),
     "mock push": lambda a: p.MockPush(a.kind, record_json(a.record)),
     "mock list": lambda a: p.MockList(a.kind),
+    "config show": lambda a: p.ConfigShow(a.customer, a.pipeline),
     "mock faults": lambda a: p.MockFaults(
-        a.kind, a.error_rate, a.latency, a.status_429_retry_after, a.limit_after, a.drop_rate),
+        a.kind, a.error_rate, a.latency, a.status_429_retry_after, a.limit_after, a.drop_rate,
+        a.clear),
 }
 
 
@@ -161,10 +164,12 @@ def _human(cmd: p.Command, result: Any) -> str:
             )
         case p.SyncEvent(side=side):
             if isinstance(result, dict) and {"pipeline", "key", "op"} <= result.keys():
-                return (
+                line = (
                     f"{result['pipeline']}: {result['op']} of record {result['key']} "
                     f"from side {side} submitted"
                 )
+                plan = result.get("other_side")
+                return f"{line}; {plan}" if plan else line
             return output.generic(result)
         case p.SyncNow():
             return f"polling now: {_pipelines(result)}"
@@ -182,16 +187,18 @@ def _human(cmd: p.Command, result: Any) -> str:
                 )
                 return f"{head}\n{output.reload(result)}"
             return output.generic(result)
-        case p.Pause():
-            return f"paused {_pipelines(result)}"
-        case p.Resume():
-            return f"resumed {_pipelines(result)}"
-        case p.ConfirmDeletes(side=side):
-            return f"{_pipelines(result)}: the held deletes on side {side} go through once"
+        case p.Pause() | p.Resume():
+            return output.paused(cmd, result)
+        case p.ConfirmDeletes():
+            return output.confirmed(cmd, result)
+        case p.MockFaults(kind=kind):
+            return output.faults(kind, result)
         case p.CrmsList():
             return output.crms(result)
         case p.CrmsSchema():
             return output.to_json(result)
+        case p.ConfigShow():
+            return output.config_show(result)
     return output.generic(result)
 
 
@@ -212,11 +219,18 @@ class Progress:
         self.last_at = 0.0
 
     def show(self, done: int, remaining: int, elapsed: float) -> None:
-        total = done + remaining
+        self._draw(done, done + remaining, "written", elapsed)
+
+    def show_reading(self, read: int, total: int, elapsed: float) -> None:
+        """The read phase of a backfill (a Bulk API query job), before anything is queued."""
+        self._draw(read, total, "read (bulk query job)", elapsed)
+
+    def _draw(self, done: int, total: int, what: str, elapsed: float) -> None:
+        remaining = total - done
         fraction = done / total if total else 1.0
         filled = round(fraction * self.width)
         bar = "#" * filled + "-" * (self.width - filled)
-        line = f"[{bar}] {fraction:4.0%}  {done}/{total} written  {elapsed:.0f}s"
+        line = f"[{bar}] {fraction:4.0%}  {done}/{total} {what}  {elapsed:.0f}s"
         now = time.monotonic()
         if self.tty:
             self.stream.write("\r" + line.ljust(self.shown))  # blank out a longer last line
@@ -282,10 +296,14 @@ def wait_backfill(
             base = synced(rows) if base is None else base
             done = max(0, synced(rows) - base)
             remaining = sum(int(r["queued"]) + int(r["in_flight"]) for r in rows)
-            seen_work = seen_work or remaining > 0 or done > 0
+            reading = bulk_reads(rows)  # a side still reading through a bulk query job
+            seen_work = seen_work or remaining > 0 or done > 0 or reading is not None
             elapsed = time.monotonic() - t0
-            progress.show(done, remaining, elapsed)
-            if not remaining and (seen_work or elapsed >= grace):
+            if reading is not None and not remaining:
+                progress.show_reading(*reading, elapsed)
+            else:
+                progress.show(done, remaining, elapsed)
+            if not remaining and reading is None and (seen_work or elapsed >= grace):
                 return {
                     "pipelines": sorted(r["pipeline"] for r in rows),
                     "written": done,

@@ -137,11 +137,46 @@ def status(result: dict[str, Any]) -> str:
         errors = [f"  {p['pipeline']}: {p['error']}" for p in pipes if p.get("error")]
         if errors:
             out.append("errors:\n" + "\n".join(errors))
+        warned = [f"  {p['pipeline']}: {w}" for p in pipes for w in p.get("warnings") or []]
+        if warned:
+            out.append("warnings:\n" + "\n".join(warned))
+        sides = side_lines(pipes)
+        if sides:
+            out.append("sides:\n" + "\n".join(sides))
     if result.get("records"):
         out.append("\n\n".join(record(rec) for rec in result["records"]))
     if not pipes and not result.get("records"):
         out.append("no pipelines")
     return "\n".join(out)
+
+
+def side_text(side: dict[str, Any]) -> str:
+    """What holds up one side, in a line ('' when nothing does)."""
+    parts = []
+    circuit = side.get("circuit") or "closed"
+    if circuit != "closed":
+        text = f"circuit {circuit.replace('_', '-')}"
+        if side.get("circuit_retry_at"):
+            text += f" (next probe {when(side['circuit_retry_at'])})"
+        parts.append(text)
+    if side.get("rate_limited_until"):
+        parts.append(f"rate limited until {when(side['rate_limited_until'])}")
+    if side.get("held_delete"):
+        parts.append(f"mass delete held: {side['held_delete']}")
+    if side.get("last_error"):
+        parts.append(f"last error {when(side.get('last_error_at'))}: {side['last_error']}")
+    return "; ".join(parts)
+
+
+def side_lines(pipes: Sequence[dict[str, Any]]) -> list[str]:
+    """``  PIPELINE side X: ...`` for every side something holds up or went wrong on."""
+    out = []
+    for p in pipes:
+        for name, side in sorted((p.get("sides") or {}).items()):
+            text = side_text(side) if isinstance(side, dict) else ""
+            if text:
+                out.append(f"  {p['pipeline']} side {name}: {text}")
+    return out
 
 
 def record(rec: dict[str, Any]) -> str:
@@ -160,7 +195,9 @@ def record(rec: dict[str, Any]) -> str:
     history = rec.get("history") or []
     if history:
         lines = [
-            f"  {when(h['at'])}  {h['event']}" + (f"  {h['detail']}" if h.get("detail") else "")
+            f"  {when(h['at'])}  {h['event']}"
+            + (f" {h['direction'].replace('_to_', '->')}" if h.get("direction") else "")
+            + (f"  {h['detail']}" if h.get("detail") else "")
             for h in history
         ]
         text += "\nhistory:\n" + "\n".join(lines)
@@ -296,3 +333,98 @@ def event_line(event: Any) -> str:
         for k, v in data.items()
     )
     return f"{head}  {fields}".rstrip()
+
+
+def config_show(rows: Any) -> str:
+    """Per pipeline: every setting, its value and where it came from; then the sides."""
+    if not isinstance(rows, list) or not rows:
+        return "no pipelines"
+    out = []
+    for r in rows:
+        lines = [[name, v["value"], v["where"]] for name, v in r["settings"].items()]
+        for side, options in sorted(r["sides"].items()):
+            lines += [[f"{side}.{name}", v["value"], v["where"]] for name, v in options.items()]
+        body = table(["SETTING", "VALUE", "FROM"], [[n, _value(v), w] for n, v, w in lines])
+        out.append(f"{r['pipeline']} (rules {r['rules']})\n{body}")
+    return "\n\n".join(out)
+
+
+def _value(value: Any) -> str:
+    """A setting's value as TOML spells it."""
+    if isinstance(value, str):
+        return value if value else '""'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | dict):
+        return msgspec.json.encode(value).decode()
+    return cell(value)
+
+
+def _scope(customer: str, pipeline: str | None) -> str:
+    return f"{customer}/{pipeline}" if pipeline else f"customer {customer}"
+
+
+def paused(cmd: Any, result: dict[str, Any]) -> str:
+    """`pause` / `resume`: the pipelines that changed, or that none did."""
+    verb = "paused" if type(cmd).__name__ == "Pause" else "resumed"
+    listed = (result.get("pipelines") if isinstance(result, dict) else None) or []
+    if listed:
+        return f"{verb} {', '.join(listed)}"
+    was = "running" if verb == "paused" else "paused"
+    return f"no {was} pipeline of {_scope(cmd.customer, cmd.pipeline)}: nothing {verb}"
+
+
+def confirmed(cmd: Any, result: dict[str, Any]) -> str:
+    """`deletes confirm`: whose held deletes go through, or that nothing is held."""
+    listed = (result.get("pipelines") if isinstance(result, dict) else None) or []
+    side = f" on side {cmd.side}" if cmd.side else ""
+    if not listed:
+        return (f"nothing is held by the mass-delete guard{side} in "
+                f"{_scope(cmd.customer, cmd.pipeline)}: nothing to confirm")
+    return f"{', '.join(listed)}: the held deletes{side} go through once"
+
+
+def exact(value: Any) -> str:
+    """A fault value as given: 0.02 stays 0.02; None is off."""
+    if value is None:
+        return "off"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def faults(kind: str, result: dict[str, Any]) -> str:
+    """`mock faults`: every fault of the mock now in force, values exactly."""
+    width = max((len(k) for k in result), default=0) + 1
+    lines = [f"mock {kind} faults now:"]
+    lines += [f"  {(k + ':').ljust(width)} {exact(v)}" for k, v in result.items()]
+    return "\n".join(lines)
+
+
+def id_ranges(ids: Sequence[int]) -> str:
+    """[1, 2, 3, 7] -> "1-3, 7"."""
+    parts: list[str] = []
+    ordered = sorted(ids)
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ", ".join(parts)
+
+
+def seeded(path: Any, inserted: Sequence[int], existing: Sequence[int]) -> str:
+    """`demo seed`: the record_ids inserted, and those left as they were."""
+    if inserted:
+        line = (f"{path}: inserted {len(inserted)} demo user{'s' if len(inserted) != 1 else ''}"
+                f" (record_id {id_ranges(inserted)})")
+    else:
+        line = f"{path}: inserted no demo user"
+    if existing:
+        line += (f"; {len(existing)} already there, left as they were "
+                 f"(record_id {id_ranges(existing)})")
+    return line

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import msgspec
 
 from recsync.errors import ConnectorConfigError
-from recsync.messages import ChangePage, Record, WriteOp, WriteResult
+from recsync.messages import Change, ChangePage, Record, WriteOp, WriteResult
 
 
 class ConnectorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -31,6 +32,12 @@ class Connector(abc.ABC):
 
     name: ClassVar[str]
     Config: ClassVar[type[ConnectorConfig]]
+    #: A local resource (a file or database we own) has no API budget: its side is not
+    #: rate limited unless the side's own config sets ``rate_limit``.
+    local: ClassVar[bool] = False
+    # who writes through this instance (the pipeline id, set by its connector actor): a
+    # system that can tag its writes with it lets the reader skip its own echoes
+    origin: str = ""
 
     def __init__(self, config: Any, base_dir: Path) -> None:
         """``config`` is the connector's Config Struct, or a mapping converted into one.
@@ -62,6 +69,10 @@ class Connector(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and files."""
+
+    def watch(self, wake: Callable[[], None]) -> None:  # noqa: B027 - optional hook
+        """Call ``wake()`` (from any thread) whenever the system says it may have changed,
+        so the side is read at once; polling stays the safety net. Optional."""
 
     @abc.abstractmethod
     def read_changes(self, cursor: str | None, limit: int) -> ChangePage:
@@ -99,6 +110,21 @@ class Connector(abc.ABC):
         """
         return None
 
+    def rekey(self, pairs: list[tuple[str, str]]) -> list[WriteResult]:
+        """For each (old, new): the record held under key ``old`` gets key ``new`` (the
+        other side created it under a key of its own); one result per pair, keyed by
+        ``new``. A record not found under ``old`` succeeds (the write that follows puts it
+        under ``new``). By default a connector cannot change keys.
+
+        Raises:
+            ConnectorError: transient failure.
+        """
+        return [
+            WriteResult(new, f"The {self.name} connector cannot change the key of record "
+                             f"{old!r} to {new!r}.", retryable=False)
+            for old, new in pairs
+        ]
+
     @abc.abstractmethod
     def write(self, ops: list[WriteOp]) -> list[WriteResult]:
         """Apply a batch of upserts and deletes; one result per op, in order.
@@ -110,3 +136,22 @@ class Connector(abc.ABC):
             ConnectorError: the whole batch failed transiently (nothing or all may be applied;
                 writes are idempotent so a retry is safe).
         """
+
+    def list_records(self, position: str | None, limit: int) -> tuple[list[Change], str | None]:
+        """One page of a full listing of the side's current records (for `recsync verify`):
+        up to ``limit`` upserts after ``position`` (None: from the start), and the position
+        of the next page (None: this was the last). It only reads: no cursor, change log or
+        own-write state of the connector changes.
+
+        Raises:
+            ConnectorConfigError: this connector cannot list its records.
+            ConnectorError: transient failure, or the listing was interrupted (start again).
+        """
+        raise ConnectorConfigError(
+            f"The {self.name} connector cannot list its records, so `recsync verify` cannot "
+            "check this side.")
+
+    def count_records(self) -> int | None:
+        """How many records a full listing holds, when the system says so cheaply (None:
+        unknown). Only shown as the total of `recsync verify`'s progress."""
+        return None

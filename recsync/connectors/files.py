@@ -56,7 +56,15 @@ from recsync.connectors.csvappend import (
 from recsync.connectors.filelines import BOM, LINE, LineBlocks, OutFile, cell_text
 from recsync.connectors.keyindex import KeyIndex
 from recsync.errors import ConnectorConfigError, ConnectorError
-from recsync.messages import Change, ChangePage, Record, WriteOp, WriteResult, key_text
+from recsync.messages import (
+    Change,
+    ChangePage,
+    Record,
+    Unreadable,
+    WriteOp,
+    WriteResult,
+    key_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +120,7 @@ class FileConnector(Connector):
 
     name: ClassVar[str] = "file"
     Config: ClassVar[type[ConnectorConfig]] = FileConfig
+    local: ClassVar[bool] = True
 
     def __init__(self, config: Any, base_dir: Path) -> None:
         super().__init__(config, base_dir)
@@ -123,11 +132,13 @@ class FileConnector(Connector):
         self.encoding = config.encoding
         self.counts: collections.Counter[str] = collections.Counter()
         self._listing: _Listing | None = None
+        self._verify_listing: _Listing | None = None  # list_records' own handle
         # the keys of the version we last wrote: new records are added without a scan
         self._keys = KeyIndex()
         self._layout: CsvLayout | None = None  # of the version we last wrote, if plain
         self._own: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._warned = 0
+        self._bad: list[Unreadable] = []  # lines of the listing that could not be read
         self._new_bom = False
         key_only = msgspec.defstruct(
             "_KeyOnly", [("k", int | float | str | bool | None, None)], rename={"k": config.key}
@@ -198,6 +209,7 @@ class FileConnector(Connector):
 
     def close(self) -> None:
         self._end_listing()
+        self._end_verify_listing()
         self._keys.clear()
         self._layout = None
 
@@ -244,6 +256,7 @@ class FileConnector(Connector):
             raise ConnectorError(f"Cannot open {self.path}: {exc}.") from exc
         st = os.fstat(fh.fileno())
         self._warned = 0
+        self._bad = []
         lst = _Listing(
             fh, self._records(fh), _sig(st), st.st_mtime_ns / 1e9, base, next(_listing_ids)
         )
@@ -297,6 +310,7 @@ class FileConnector(Connector):
         else:
             cursor = f"{lst.base}|{lst.tag}.{lst.page}"
             lst.last_cursor = cursor
+        bad, self._bad = self._bad, []
         return ChangePage(
             list(page.values()),
             cursor,
@@ -304,12 +318,19 @@ class FileConnector(Connector):
             listing=True,
             listing_start=start,
             listing_done=done,
+            unreadable=bad,
         )
 
-    def _malformed(self, lineno: int, why: str, report: bool) -> None:
+    def _malformed(self, lineno: int, why: str, report: bool, hides_key: bool = True) -> None:
+        """Count, log and report a line that is no record; ``hides_key``: it may hold a
+        linked record whose key could not be read (no listing delete while it is bad)."""
         if not report:
             return
         self.counts["malformed_lines"] += 1
+        self._bad.append(Unreadable(
+            f"{self.cfg.path}:{lineno}",
+            f"Line {lineno} of {self.path} cannot be read: {why}; fix the line (it is not "
+            "synced until then).", hides_key))
         self._warned += 1
         if self._warned <= _MAX_WARNINGS:
             log.warning("Skipping line %d of %s: %s", lineno, self.path, why)
@@ -358,7 +379,7 @@ class FileConnector(Connector):
                 row += [""] * (width - len(row))
             k = row[kidx]
             if not k:
-                self._malformed(start, f"no value in key column {self.key!r}", report)
+                self._malformed(start, f"no value in key column {self.key!r}", report, False)
                 continue
             yield k, dict(zip(header, row, strict=False))
 
@@ -394,7 +415,8 @@ class FileConnector(Connector):
                     continue
                 kv = obj.get(key)
                 if kv is None or kv == "" or isinstance(kv, dict | list):
-                    self._malformed(lineno, f"no usable value for key {key!r}", report)
+                    self._malformed(lineno, f"no usable value for key {key!r}", report,
+                                    isinstance(kv, dict | list))
                     continue
                 yield key_text(kv), obj
 
@@ -411,6 +433,51 @@ class FileConnector(Connector):
         except OSError as exc:
             raise ConnectorError(f"Cannot read {self.path}: {exc}.") from exc
         return out
+
+    def list_records(self, position: str | None, limit: int) -> tuple[list[Change], str | None]:
+        """The file in pages, from a handle of its own (a poll's listing is not disturbed).
+        A page's position is only good for the next call: anything else starts over."""
+        lst = self._verify_listing
+        if position is None:
+            self._end_verify_listing()
+            try:
+                fh = open(self.path, "rb")  # noqa: SIM115 - kept open across pages
+            except FileNotFoundError:
+                return [], None
+            except OSError as exc:
+                raise ConnectorError(f"Cannot open {self.path}: {exc}.") from exc
+            st = os.fstat(fh.fileno())
+            lst = self._verify_listing = _Listing(
+                fh, self._records(fh, report=False), _sig(st), st.st_mtime_ns / 1e9, "",
+                next(_listing_ids))
+        elif lst is None or position != lst.last_cursor:
+            raise ConnectorError(f"The listing of {self.path} for verify was interrupted; "
+                                 "run verify again.")
+        changes: list[Change] = []
+        try:
+            for k, rec in itertools.islice(lst.records, max(1, limit)):
+                changes.append(Change(k, "upsert", rec, lst.mtime))
+            lst.pending = next(lst.records, None)
+        except OSError as exc:
+            self._end_verify_listing()
+            raise ConnectorError(f"Cannot read {self.path}: {exc}.") from exc
+        except BaseException:
+            self._end_verify_listing()
+            raise
+        if lst.pending is None:
+            self._end_verify_listing()
+            return changes, None
+        lst.records = itertools.chain([lst.pending], lst.records)
+        lst.pending = None
+        lst.page += 1
+        lst.last_cursor = f"verify|{lst.tag}.{lst.page}"
+        return changes, lst.last_cursor
+
+    def _end_verify_listing(self) -> None:
+        if self._verify_listing is not None:
+            with contextlib.suppress(OSError):
+                self._verify_listing.fh.close()
+            self._verify_listing = None
 
     # ------------------------------------------------------------------ writing
 

@@ -172,7 +172,7 @@ class OutreachConnector(Connector):
 
     def open(self) -> None:
         if self.cfg.mock:
-            from recsync.connectors import mock
+            from recsync import mock
 
             server: Any = mock.embedded("outreach")
             self.base_url = server.url
@@ -473,6 +473,24 @@ class OutreachConnector(Connector):
             listing_done=listing and not nxt,
         )
 
+    def list_records(self, position: str | None, limit: int) -> tuple[list[Change], str | None]:
+        """Every prospect by id, following ``links.next`` (the position is that link).
+        Prospects without an externalId are left out: the next poll gives them one."""
+        size = max(1, min(limit, self.cfg.page_size, 1000))
+        url = position or f"{self.base_url}/api/v2/prospects?sort=id&page%5Bsize%5D={size}"
+        if not url.startswith(self.base_url + "/"):
+            raise ConnectorError(f"The listing of Outreach at {self.base_url} for verify was "
+                                 "interrupted; run verify again.")
+        body = self._json(self._request("GET", url), "listing prospects")
+        changes: list[Change] = []
+        for res in body.get("data") or []:
+            rec = flatten(res)
+            if rec["externalId"]:
+                changes.append(Change(str(rec["externalId"]), "upsert", rec,
+                                      parse_time(rec.get("updatedAt")) or time.time()))
+        nxt = (body.get("links") or {}).get("next")
+        return changes, str(nxt) if nxt else None
+
     def _rescan(self, state: dict[str, Any], limit: int) -> ChangePage:
         """Start the interrupted scan again (a listing from the start, a poll from ts)."""
         log.info("Outreach page cursor for %s is no longer usable; scanning again", self.base_url)
@@ -601,6 +619,28 @@ class OutreachConnector(Connector):
         with contextlib.suppress(ValueError, KeyError, TypeError):
             self._ids[op.key] = int(resp.json()["data"]["id"])
         return WriteResult(op.key)
+
+    def rekey(self, pairs: list[tuple[str, str]]) -> list[WriteResult]:
+        """Write the key the other side made into the externalId of the prospects held
+        under a placeholder (``or-<id>``)."""
+        out: list[WriteResult] = []
+        for old, new in pairs:
+            pid = self._ids.get(old)
+            if pid is None:
+                rec = self._lookup(old)
+                pid = None if rec is None else int(rec["id"])
+            if pid is not None:
+                body = {"data": {"type": "prospect", "id": pid,
+                                 "attributes": {"externalId": new}}}
+                resp = self._request("PATCH", f"/api/v2/prospects/{pid}", json=body)
+                if not resp.ok and resp.status_code != 404:
+                    out.append(self._rejected(WriteOp(new, "upsert", None), resp))
+                    continue
+                self._ids.pop(old, None)
+                if resp.ok:
+                    self._ids[new] = pid
+            out.append(WriteResult(new))
+        return out
 
     def _rejected(self, op: WriteOp, resp: requests.Response) -> WriteResult:
         return WriteResult(

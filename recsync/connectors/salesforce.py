@@ -19,6 +19,10 @@ read. When more than ``_MAX_SEEN`` records share one second the cursor switches 
 form ``{"ts": T, "id": I}`` (``SystemModstamp > T OR (SystemModstamp = T AND Id > I)``); a record
 with a lower Id changed later within that same second is then only seen at its next change.
 
+The first full read (no cursor: a first sync or ``sync now --full``) of an sObject with
+``bulk_read_threshold`` records or more (``SELECT COUNT()``) goes through one Bulk API 2.0
+query job instead (see sf_bulkread.py); 0 turns that off.
+
 Writing
 -------
 Upserts by external id in sObject Collections of 200 (``PATCH
@@ -31,7 +35,9 @@ collections at once (Salesforce allows 25 concurrent requests per org).
 Credentials come from the config, from environment variables named by the ``*_env``
 fields, or from ``$CREDENTIALS_DIRECTORY/<name>`` files (systemd credentials). They never
 appear in repr, logs or error messages. ``mock = true`` talks to the embedded mock server
-(or to the mock at ``instance_url`` when given, e.g. one started by ``recsync mock serve``).
+(or to the mock at ``instance_url`` when given, e.g. one started by ``recsync mock serve``);
+a mock side with ``username`` and ``password`` logs in as a real one does (simple-salesforce's
+SOAP login with the security token, or the OAuth password grant with client id and secret).
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ from simple_salesforce.exceptions import (
 
 from recsync.connectors.base import Connector, ConnectorConfig
 from recsync.connectors.credentials import resolve_secret
+from recsync.connectors.sf_bulkread import BulkRead
 from recsync.errors import ConnectorConfigError, ConnectorError, RateLimited
 from recsync.messages import Change, ChangePage, Record, WriteOp, WriteResult, key_text
 
@@ -74,10 +81,15 @@ T = TypeVar("T")
 _CHUNK = 200
 _MAX_SEEN = 500
 _USAGE_FRESH = 60.0  # seconds the last Sforce-Limit-Info is trusted for daily_reserve
-_SECRETS = ("username", "password", "security_token", "client_id", "client_secret")
+# The username names the org user (it shows in system ids, errors and logs): not a secret.
+_SECRETS = ("password", "security_token", "client_id", "client_secret")
 _GONE = ("ENTITY_IS_DELETED", "INVALID_CROSS_REFERENCE_KEY", "NOT_FOUND")
 _RETRYABLE = ("UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "REQUEST_RUNNING_TOO_LONG")
 _ALWAYS = ("Id", "IsDeleted", "SystemModstamp")
+# a mock side with a username logs in through simple-salesforce's own login calls, sent
+# to https://{_MOCK_DOMAIN}.salesforce.com, which the adapter sends to the mock instead
+_MOCK_DOMAIN = "recsync-mock"
+_MOCK_LOGIN = f"https://{_MOCK_DOMAIN}.salesforce.com"
 
 
 class SalesforceConfig(ConnectorConfig, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -100,6 +112,7 @@ class SalesforceConfig(ConnectorConfig, frozen=True, forbid_unknown_fields=True,
     api_version: str = "59.0"
     page_size: int = 2000
     bulk_threshold: int = 10000
+    bulk_read_threshold: int = 50000
     parallel_requests: int = 4
     timeout: float = 30.0
     daily_reserve: int = 1000
@@ -123,15 +136,21 @@ class SalesforceConfig(ConnectorConfig, frozen=True, forbid_unknown_fields=True,
 
 
 class _Adapter(HTTPAdapter):
-    """Default timeout; for a mock, ``https://host:port`` becomes ``http://host:port``."""
+    """Default timeout; for a mock, ``https://host:port`` becomes ``http://host:port`` and
+    simple-salesforce's login host (``https://{domain}.salesforce.com``) the mock's URL."""
 
-    def __init__(self, timeout: float, plain_netloc: str | None, connections: int) -> None:
+    def __init__(
+        self, timeout: float, plain_netloc: str | None, connections: int, login_to: str = ""
+    ) -> None:
         super().__init__(pool_maxsize=max(4, connections))
         self.timeout = timeout
         self.prefix = f"https://{plain_netloc}" if plain_netloc else None
+        self.login_to = login_to
 
     def send(self, request: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        if self.prefix and request.url and request.url.startswith(self.prefix):
+        if self.login_to and request.url and request.url.startswith(_MOCK_LOGIN):
+            request.url = self.login_to + request.url[len(_MOCK_LOGIN) :]
+        elif self.prefix and request.url and request.url.startswith(self.prefix):
             request.url = "http://" + request.url[len("https://") :]
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.timeout
@@ -192,6 +211,8 @@ class SalesforceConnector(Connector):
         self._pool: ThreadPoolExecutor | None = None
         self._mock_url = ""
         self._fields: list[str] = []
+        self._types: dict[str, str] = {}
+        self._bulk_read = BulkRead(self)
         self._writable: set[str] | None = None
         self._readonly: set[str] = set()
         self._usage: tuple[int, int] | None = None
@@ -222,7 +243,7 @@ class SalesforceConnector(Connector):
             if self.cfg.instance_url:
                 self._mock_url = self.cfg.instance_url.rstrip("/")
             else:
-                from recsync.connectors.mock import embedded
+                from recsync.mock import embedded
 
                 self._mock_url = embedded("salesforce").url
         self._connect()
@@ -247,6 +268,7 @@ class SalesforceConnector(Connector):
             n for n, f in fields.items() if f.get("createable") or f.get("updateable")
         }
         self._readonly = {n for n in fields if n not in self._writable}
+        self._types = {n: str(f.get("type") or "string") for n, f in fields.items()}
         wanted = list(self.cfg.fields) or list(fields)
         for name in (*_ALWAYS, self.key):
             if name not in wanted:
@@ -264,13 +286,14 @@ class SalesforceConnector(Connector):
             s = requests.Session()
             netloc = urlsplit(self._mock_url).netloc if self._mock_url else None
             n = self.cfg.parallel_requests
-            s.mount("https://", _Adapter(self.cfg.timeout, netloc, n))
+            s.mount("https://", _Adapter(self.cfg.timeout, netloc, n, self._mock_url))
             s.mount("http://", _Adapter(self.cfg.timeout, None, n))
             s.hooks["response"].append(self._on_response)
             self._session = s
         s = self._session
+        user, pwd = self._secret("username"), self._secret("password")
         try:
-            if self._mock_url:
+            if self._mock_url and not (user and pwd):
                 resp = s.post(
                     self._mock_url + "/services/oauth2/token",
                     data={
@@ -297,9 +320,8 @@ class SalesforceConnector(Connector):
                 "session": s,
                 "object_pairs_hook": None,
                 "version": self.cfg.api_version,
-                "domain": self.cfg.domain,
+                "domain": _MOCK_DOMAIN if self._mock_url else self.cfg.domain,
             }
-            user, pwd = self._secret("username"), self._secret("password")
             cid, csec = self._secret("client_id"), self._secret("client_secret")
             if user and pwd:
                 kwargs.update(username=user, password=pwd)
@@ -315,7 +337,7 @@ class SalesforceConnector(Connector):
                     "The salesforce connector needs username and password (and "
                     "security_token), or client_id and client_secret; none are set."
                 )
-            if self.cfg.instance_url:
+            if self.cfg.instance_url and not self._mock_url:
                 kwargs["instance_url"] = self.cfg.instance_url
             self._sf = Salesforce(**kwargs)
         except SalesforceError as exc:
@@ -440,6 +462,8 @@ class SalesforceConnector(Connector):
             state = json.loads(cursor)
         except ValueError:
             state = None
+        if isinstance(state, dict) and isinstance(state.get("bulk"), dict):
+            return state
         if not isinstance(state, dict) or not isinstance(state.get("ts"), str):
             log.warning(
                 "Ignoring unusable cursor %r for %s; reading from the beginning",
@@ -449,9 +473,22 @@ class SalesforceConnector(Connector):
             return {}
         return state
 
+    def read_progress(self) -> dict[str, Any] | None:
+        """How the bulk full read in progress is going (job, phase, read, total), or None."""
+        return self._bulk_read.progress
+
     def read_changes(self, cursor: str | None, limit: int) -> ChangePage:
         state = self._parse_cursor(cursor)
         limit = max(1, limit)
+        if "bulk" in state and cursor is not None:
+            return self._bulk_read.step(cursor, state["bulk"], limit, self._types,
+                                        self._bulk_changes)
+        if not state and self.cfg.bulk_read_threshold > 0:
+            total = int(self._call(
+                lambda sf: sf.query(f"SELECT COUNT() FROM {self.obj}")
+            )["totalSize"])
+            if total >= self.cfg.bulk_read_threshold:
+                return self._bulk_read.start(self._fields, total)
         ts: str | None = state.get("ts")
         seen: set[str] = set(state.get("seen") or [])
         after_id: str | None = state.get("id")
@@ -514,6 +551,39 @@ class SalesforceConnector(Connector):
             more=more,
         )
 
+    def list_records(self, position: str | None, limit: int) -> tuple[list[Change], str | None]:
+        """The sObject's live records by Id (keyset pages of ``query``, not queryAll).
+        Records without a key yet are left out: the next poll gives them one."""
+        limit = max(1, min(limit, 2000))
+        where = f" WHERE Id > {_soql_str(position)}" if position else ""
+        soql = (f"SELECT {', '.join(self._fields)} FROM {self.obj}{where} "
+                f"ORDER BY Id LIMIT {limit}")
+        result = self._call(lambda sf: sf.query(soql))
+        rows = list(result["records"])
+        while not result.get("done", True):
+            result = self._more(result["nextRecordsUrl"])
+            rows.extend(result["records"])
+        changes: list[Change] = []
+        for rec in rows:
+            rec.pop("attributes", None)
+            kval = rec.get(self.key)
+            if kval is None or rec.get("IsDeleted"):
+                continue
+            when = _sf_epoch(rec.get("SystemModstamp")) or 0.0
+            changes.append(Change(key_text(kval), "upsert", rec, when))
+        return changes, (rows[-1]["Id"] if len(rows) >= limit else None)
+
+    def _bulk_changes(self, rows: list[dict[str, Any]]) -> list[Change]:
+        """A page of a bulk full read (records that exist) as upsert changes."""
+        self._give_keys(rows)
+        changes = []
+        for rec in rows:
+            kval = rec.get(self.key)
+            if kval is not None and not rec.get("IsDeleted"):
+                when = _sf_epoch(rec.get("SystemModstamp")) or 0.0
+                changes.append(Change(key_text(kval), "upsert", rec, when))
+        return changes
+
     def _give_keys(self, rows: list[dict[str, Any]]) -> None:
         """Records a user created by hand get ``key = "sf-" + Id`` (one update per 200)."""
         todo = [r for r in rows if r.get(self.key) is None and not r.get("IsDeleted")]
@@ -549,6 +619,27 @@ class SalesforceConnector(Connector):
                 if k in wanted:
                     out[k] = rec
         return out
+
+    def rekey(self, pairs: list[tuple[str, str]]) -> list[WriteResult]:
+        """Write the key the other side made into the external id of the records held
+        under a placeholder key (``sf-<Id>``): found by it, then updated by Id."""
+        results = {new: WriteResult(new) for _old, new in pairs}
+        found: dict[str, str] = {}
+        for chunk in self._chunks([old for old, _new in pairs]):
+            for rec in self._lookup(chunk, ["Id", self.key]):
+                found[key_text(rec[self.key])] = rec["Id"]
+        todo = [(new, found[old]) for old, new in pairs if old in found]
+        for part in self._chunks(todo):
+            body = {
+                "allOrNone": False,
+                "records": [{"attributes": {"type": self.obj}, "Id": rid, self.key: new}
+                            for new, rid in part],
+            }
+            res = self._call(partial(_restful, "composite/sobjects", "PATCH", body))
+            for (new, _rid), out in zip(part, res or [], strict=False):
+                if not out.get("success"):
+                    results[new] = self._rejected(new, out.get("errors") or [])
+        return [results[new] for _old, new in pairs]
 
     def _lookup(self, keys: list[str], fields: list[str]) -> list[dict[str, Any]]:
         soql = (

@@ -20,6 +20,15 @@ they are behind the committed cursor AND older than ``changelog_retention`` (a d
 default), so several pipelines can read one table: each has a day to catch up, and one
 that was away longer finds the gap and re-lists the table.
 
+Every read first compares ``PRAGMA schema_version`` with the last one seen; after a schema
+change the table is inspected again and missing triggers are put back. When the table,
+its log or a trigger was replaced or dropped (SQLite's documented way to rebuild a table
+drops its triggers), the changes made meanwhile were not logged: the table is listed again
+(the engine compares the listing with its links) and the page carries a ``warning``. A
+reader that puts triggers back next to an existing log also logs a ``gap`` row, so every
+other reader of the table, now or after a restart, lists it again too; a log whose
+sequence restarted below a reader's position (dropped and created again) does the same.
+
 Limits of triggers: rows removed by ``INSERT OR REPLACE`` conflicts on a *different*
 unique column are not logged (SQLite fires no delete trigger for them unless
 ``recursive_triggers`` is on).
@@ -61,9 +70,19 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import msgspec
+
 from recsync.connectors.base import Connector, ConnectorConfig
 from recsync.errors import ConnectorConfigError, ConnectorError
-from recsync.messages import Change, ChangePage, Record, WriteOp, WriteResult, key_text
+from recsync.messages import (
+    Change,
+    ChangePage,
+    Record,
+    Unreadable,
+    WriteOp,
+    WriteResult,
+    key_text,
+)
 from recsync.sqlbulk import execute_rows, values_marks
 
 log = logging.getLogger(__name__)
@@ -75,6 +94,7 @@ _Todo = tuple[int, WriteOp, tuple[str, ...], Any]
 _NOW = "(julianday('now') - 2440587.5) * 86400.0"
 _OWN_RANGES_KEPT = 10_000  # our write transactions remembered as log ranges
 _ROWID_ALIASES = ("rowid", "_rowid_", "oid")
+_GAP = "gap"  # change-log op: changes before it may not have been logged
 
 
 class SqliteConfig(ConnectorConfig, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -142,6 +162,15 @@ def _epoch(value: Any) -> float | None:
     return f / 1000.0 if abs(f) > 1e11 else f
 
 
+def _int_text(key: str) -> bool:
+    """True when ``key`` is the text of an integer (a key an INTEGER column can hold)."""
+    try:
+        int(key)
+    except ValueError:
+        return False
+    return True
+
+
 def _is_record_error(exc: BaseException) -> bool:
     """True when ``exc`` is about one record's values, not about the database."""
     if isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError | OverflowError):
@@ -156,6 +185,7 @@ class SqliteConnector(Connector):
 
     name: ClassVar[str] = "sqlite"
     Config: ClassVar[type[ConnectorConfig]] = SqliteConfig
+    local: ClassVar[bool] = True
 
     def __init__(self, config: Any, base_dir: Path) -> None:
         super().__init__(config, base_dir)
@@ -169,6 +199,7 @@ class SqliteConnector(Connector):
         self._colmap: dict[str, str] = {}
         self._key = config.key
         self._key_affinity = "NUMERIC"
+        self._makes_keys = False  # the key column is an INTEGER PRIMARY KEY (the rowid)
         self._unique = False
         self._order = "rowid"
         self._updated: str | None = None
@@ -179,6 +210,12 @@ class SqliteConnector(Connector):
         self._own_writes: list[tuple[int, int]] = []
         self._shapes: dict[tuple[str, ...], tuple[tuple[str, ...], bool, bool]] = {}
         self._pruned_at = -math.inf
+        # the schema as last checked (see _check_schema): PRAGMA schema_version, and the
+        # table, change log and triggers as they were then
+        self._schema_version: int | None = None
+        self._objects_seen: dict[str, Any] | None = None
+        # why the next read must list the table again (capture was off), if it must
+        self._relist_why: str | None = None
 
     @property
     def system_id(self) -> str:
@@ -207,6 +244,7 @@ class SqliteConnector(Connector):
             self._inspect(db)
             if self.cfg.tracking == "triggers":
                 self._install_triggers(db)
+            self._remember_schema(db)
         except sqlite3.OperationalError as exc:
             self.close()
             raise self._op_error(exc, "opening the table") from exc
@@ -257,6 +295,8 @@ class SqliteConnector(Connector):
             except sqlite3.OperationalError:
                 self._unique = False
         self._order = self._pick_order(db)
+        decl = (next(r[2] for r in info if r[1] == key) or "").strip().upper()
+        self._makes_keys = pks == [key] and decl == "INTEGER" and self._order != _q(key)
         self._chunk = max(1, min(db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 2, 10000))
 
     def _has_unique_index(self, db: sqlite3.Connection, key: str) -> bool:
@@ -291,6 +331,15 @@ class SqliteConnector(Connector):
         present = {r[0] for r in db.execute("SELECT name FROM sqlite_master").fetchall()}
         if names <= present:
             return
+        gap = self.log_table in present
+        if gap:
+            # the log is there but a trigger is not (a table rebuilt the documented way
+            # drops its triggers): changes made since were never logged
+            self._relist_why = (
+                f"the change-log triggers on table {t!r} in {self.path} were missing "
+                "(dropped with the table when it was rebuilt?); they were put back, and the "
+                "table is listed again to sync the changes made while they were missing"
+            )
         lt, k, qt = _q(self.log_table), _q(self._key), _q(t)
         ins = f'INSERT INTO {lt} (op, "key", changed_at)'
         db.execute("BEGIN IMMEDIATE")
@@ -312,11 +361,51 @@ class SqliteConnector(Connector):
                 f"CREATE TRIGGER IF NOT EXISTS {_q(f'recsync_{t}_ad')} AFTER DELETE ON {qt} "
                 f"BEGIN {ins} VALUES ('delete', OLD.{k}, {_NOW}); END"
             )
+            if gap:  # tells every reader of the log, now or after a restart, to list again
+                db.execute(f"{ins} VALUES ('{_GAP}', NULL, {_NOW})")
             db.execute("COMMIT")
         except BaseException:
             self._rollback()
             raise
         log.info("Installed recsync change-log triggers on %s in %s", t, self.path)
+
+    def _objects(self, db: sqlite3.Connection) -> dict[str, Any]:
+        """The table and change log (by root page: a rebuilt table has a new one) and the
+        triggers (by SQL) that change capture depends on."""
+        t = self.table
+        names = [t.lower(), self.log_table.lower(),
+                 *(f"recsync_{t}_{s}".lower() for s in ("ai", "au", "ad"))]
+        rows = db.execute(
+            "SELECT lower(name), type, rootpage, sql FROM sqlite_master WHERE lower(name) IN "
+            f"({','.join('?' * len(names))})", names).fetchall()
+        return {name: rootpage if kind == "table" else sql for name, kind, rootpage, sql in rows}
+
+    def _remember_schema(self, db: sqlite3.Connection) -> None:
+        self._schema_version = int(db.execute("PRAGMA schema_version").fetchone()[0])
+        self._objects_seen = self._objects(db)
+
+    def _check_schema(self) -> None:
+        """Every read, cheaply (``PRAGMA schema_version``): after a schema change, inspect
+        the table again and, in trigger mode, put back triggers that went missing; when
+        the table, its change log or a trigger was replaced or dropped, changes may have
+        gone unlogged, so the next read lists the table again (``_relist_why``)."""
+        db = self.db
+        if int(db.execute("PRAGMA schema_version").fetchone()[0]) == self._schema_version:
+            return
+        before = self._objects_seen
+        self._inspect(db)
+        self._sql_cache.clear()
+        self._shapes.clear()
+        if self.cfg.tracking == "triggers":
+            now = self._objects(db)
+            self._install_triggers(db)
+            if before is not None and now != before and self._relist_why is None:
+                self._relist_why = (
+                    f"table {self.table!r} or its change log in {self.path} was rebuilt or "
+                    "replaced; change capture was checked and the table is listed again to "
+                    "sync the changes made meanwhile"
+                )
+        self._remember_schema(db)
 
     def close(self) -> None:
         if self._db is not None:
@@ -401,7 +490,16 @@ class SqliteConnector(Connector):
         state = self._parse_cursor(cursor)
         limit = max(1, limit)
         try:
+            self._check_schema()
             if self.cfg.tracking == "triggers":
+                why, self._relist_why = self._relist_why, None
+                if why is None and isinstance(state.get("seq"), int):
+                    why = self._log_reset(state["seq"])
+                if why is not None and state:
+                    log.warning("Listing %s again: %s", self.system_id, why)
+                    self._own_writes = []  # their log positions mean nothing now
+                    page = self._start_listing(limit)
+                    return msgspec.structs.replace(page, warning=why)
                 if isinstance(state.get("seq"), int):
                     self._prune(state["seq"])
                 if "scan_after" in state:
@@ -482,7 +580,8 @@ class SqliteConnector(Connector):
         cols = [d[0] for d in cur.description][:-1]
         done = len(rows) <= limit
         rows = rows[:limit]
-        changes = self._to_changes(rows, cols, time.time())
+        nulls: list[Any] = []
+        changes = self._to_changes(rows, cols, time.time(), nulls)
         rest = {k: v for k, v in state.items() if k not in ("scan_after", "relist")}
         more = not done
         if done and self.cfg.tracking == "triggers":
@@ -497,13 +596,30 @@ class SqliteConnector(Connector):
             listing=True,
             listing_start=start,
             listing_done=done,
+            unreadable=[self._null_key(r) for r in nulls],
         )
 
+    def _null_key(self, rowid: Any) -> Unreadable:
+        return Unreadable(
+            f"{self.table} rowid {rowid}",
+            f"Row {rowid} of table {self.table!r} in {self.path} has no value (NULL) in key "
+            f"column {self._key!r}; give it one (it is not synced until then).",
+            hides_key=False)
+
+    def _null_keys(self) -> list[Unreadable]:
+        """Every row of the table without a key (at most 1000)."""
+        rows = self.db.execute(
+            f"SELECT {self._order} FROM {_q(self.table)} WHERE {_q(self._key)} IS NULL "
+            f"ORDER BY {self._order} LIMIT 1000").fetchall()
+        return [self._null_key(r[0]) for r in rows]
+
     def _to_changes(
-        self, rows: Sequence[Sequence[Any]], cols: list[str], default_ts: float
+        self, rows: Sequence[Sequence[Any]], cols: list[str], default_ts: float,
+        nulls: list[Any] | None = None,
     ) -> list[Change]:
         """Changes from table rows whose first ``len(cols)`` values are the columns ``cols``
-        (any values after them are not part of the record)."""
+        (any values after them are not part of the record); ``nulls`` gets the last value
+        (the paging column) of each row without a key."""
         kidx = cols.index(self._key)
         uidx = cols.index(self._updated) if self._updated in cols else None
         out: list[Change] = []
@@ -511,6 +627,8 @@ class SqliteConnector(Connector):
         for r in rows:
             k = r[kidx]
             if k is None:
+                if nulls is not None:
+                    nulls.append(r[-1])
                 continue
             ts = None
             if uidx is not None:
@@ -523,6 +641,20 @@ class SqliteConnector(Connector):
                 k if kc is str else str(k) if kc is int else key_text(k),
                 "upsert", dict(zip(cols, r)), default_ts if ts is None else ts))  # noqa: B905
         return out
+
+    def _log_reset(self, seq: int) -> str | None:
+        """Why the change log cannot be read from ``seq``: it was dropped and created again
+        (its sequence restarted below the cursor), or None."""
+        row = self.db.execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = ?", (self.log_table,)
+        ).fetchone()
+        if (int(row[0]) if row else 0) >= seq:
+            return None
+        return (
+            f"the change log {self.log_table!r} in {self.path} was dropped or emptied and "
+            "created again (its sequence is behind this pipeline's position); the table is "
+            "listed again to sync the changes it lost"
+        )
 
     def _log_gap(self, seq: int) -> bool:
         """True when log rows after ``seq`` were pruned before we read them."""
@@ -548,7 +680,7 @@ class SqliteConnector(Connector):
             if lo <= seq < hi:
                 seq = hi
         rows = self.db.execute(
-            f'SELECT seq, "key", changed_at FROM {_q(self.log_table)} '
+            f'SELECT seq, "key", changed_at, op FROM {_q(self.log_table)} '
             "WHERE seq > ? ORDER BY seq LIMIT ?",
             (seq, limit + 1),
         ).fetchall()
@@ -556,16 +688,28 @@ class SqliteConnector(Connector):
         rows = rows[:limit]
         if not rows:
             return ChangePage([], _dump({"seq": seq}))
+        if any(r[3] == _GAP for r in rows):
+            why = (f"the change-log triggers on table {self.table!r} in {self.path} were "
+                   "missing for a while (put back by another reader of the table); the table "
+                   "is listed again to sync the changes made meanwhile")
+            log.warning("Listing %s again: %s", self.system_id, why)
+            return msgspec.structs.replace(self._start_listing(limit), warning=why)
         last = rows[-1][0]
         if own:
             rows = _without_ranges(rows, own)
             if not rows:
                 return ChangePage([], _dump({"seq": last}), more=more)
         latest: dict[Any, float] = {}
-        for _seq, k, at in rows:
+        keyless = False
+        for _seq, k, at, _op in rows:
             if k is not None:
                 latest.pop(k, None)
                 latest[k] = at
+            else:
+                keyless = True
+        # a row got, lost or changed without a key: report every keyless row there is now
+        extra: dict[str, Any] = (
+            {"unreadable": self._null_keys(), "unreadable_all": True} if keyless else {})
         current = self._rows_by_values(list(latest))
         changes: list[Change] = []
         upd = self._updated
@@ -579,7 +723,7 @@ class SqliteConnector(Connector):
                 # the application forgot to bump must not make the change look old
                 ts = _epoch(row.get(upd)) if upd is not None else None
                 changes.append(Change(kt, "upsert", row, max(at, ts or 0.0)))
-        return ChangePage(changes, _dump({"seq": last}), more=more)
+        return ChangePage(changes, _dump({"seq": last}), more=more, **extra)
 
     def _column_page(self, ts: Any, key: Any, limit: int, listed_at: Any) -> ChangePage:
         u, k = _q(self._updated or ""), _q(self._key)
@@ -657,6 +801,33 @@ class SqliteConnector(Connector):
             raise ConnectorError(f"SQLite error reading {self.path}: {exc}.") from exc
         return {k: v for k, v in found.items() if k in wanted}
 
+    def list_records(self, position: str | None, limit: int) -> tuple[list[Change], str | None]:
+        """The table in pages by rowid (or key), like a listing, without touching the log."""
+        after = json.loads(position) if position else None
+        limit = max(1, limit)
+        o = self._order
+        where = f"WHERE {o} > ?" if after is not None else ""
+        params: tuple[Any, ...] = (after, limit + 1) if after is not None else (limit + 1,)
+        try:
+            cur = self.db.execute(self._select(where, f"ORDER BY {o} LIMIT ?", f", {o}"),
+                                  params)
+            rows = cur.fetchall()
+        except sqlite3.OperationalError as exc:
+            raise self._op_error(exc, "listing the table") from exc
+        except sqlite3.DatabaseError as exc:
+            raise ConnectorError(f"SQLite error reading {self.path}: {exc}.") from exc
+        cols = [d[0] for d in cur.description][:-1]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        changes = self._to_changes(rows, cols, time.time())
+        return changes, json.dumps(rows[-1][-1]) if more else None
+
+    def count_records(self) -> int | None:
+        try:
+            return int(self.db.execute(f"SELECT COUNT(*) FROM {_q(self.table)}").fetchone()[0])
+        except sqlite3.Error:
+            return None
+
     # ------------------------------------------------------------------ writing
 
     def write(self, ops: list[WriteOp]) -> list[WriteResult]:
@@ -668,6 +839,7 @@ class SqliteConnector(Connector):
             else now
         )
         todo: list[_Todo] = []
+        made: list[_Todo] = []
         for i, op in enumerate(ops):
             if op.kind == "delete":
                 todo.append((i, op, (), None))
@@ -685,6 +857,10 @@ class SqliteConnector(Connector):
                     retryable=False,
                 )
                 continue
+            if self._makes_keys and not _int_text(op.key):
+                # a key this table cannot hold (a CRM's placeholder): a new row, new key
+                made.append((i, op, names, stamp if stamped else None))
+                continue
             # the row changes now: updated_at says so (added to the values, not to fields)
             todo.append((i, op, names, stamp if stamped else None))
         db = self.db
@@ -700,6 +876,8 @@ class SqliteConnector(Connector):
                 db.execute("BEGIN IMMEDIATE")
                 before = self._log_top()
                 self._apply_rows(todo, results)
+            if made:
+                self._insert_new_keys(made, results)
             after = self._log_top()
             db.execute("COMMIT")
             if before is not None and after is not None and after > before:
@@ -825,6 +1003,41 @@ class SqliteConnector(Connector):
         if db.execute(self._sql("update", names), values + where).rowcount == 0:
             db.execute(self._sql("insert", names), values)
 
+    def _insert_new_keys(self, made: list[_Todo], results: list[WriteResult | None]) -> None:
+        """Insert records whose key the table cannot hold without it: SQLite gives each a
+        new rowid, which becomes its key (``WriteResult.new_key``)."""
+        db = self.db
+        for i, op, names, stamp in made:
+            assert op.fields is not None
+            fields = names if stamp is None else names[:-1]
+            cols = tuple(n for n in fields if self._colmap[n.lower()] != self._key)
+            values = tuple(op.fields[n] for n in cols) + (() if stamp is None else (stamp,))
+            if stamp is not None:
+                cols = (*cols, names[-1])
+            db.execute("SAVEPOINT recsync_row")
+            try:
+                rowid = db.execute(self._sql("insert", cols), values).lastrowid
+            except Exception as exc:
+                if not _is_record_error(exc):
+                    raise
+                db.execute("ROLLBACK TO recsync_row")
+                results[i] = WriteResult(
+                    op.key, f"SQLite refused record {op.key!r} for table {self.table!r}: {exc}.",
+                    retryable=False)
+            else:
+                results[i] = WriteResult(op.key, new_key=str(rowid))
+            db.execute("RELEASE recsync_row")
+
+    def _refusal(self, key: str, exc: BaseException) -> str:
+        if self._key_affinity == "INTEGER" and not _int_text(key):
+            return (
+                f"Record {key!r} cannot be written to table {self.table!r}: its key column "
+                f"{self._key!r} holds integers, {key!r} is not one, and the table cannot make "
+                "keys itself (the column is not an INTEGER PRIMARY KEY); give the record a "
+                f"{self._key!r} value on the other side ({exc})."
+            )
+        return f"SQLite refused record {key!r} for table {self.table!r}: {exc}."
+
     def _apply_rows(self, todo: list[_Todo], results: list[WriteResult | None]) -> None:
         """Slow path after a refused record: one SAVEPOINT per op, refusals reported."""
         db = self.db
@@ -836,9 +1049,5 @@ class SqliteConnector(Connector):
                 if not _is_record_error(exc):
                     raise
                 db.execute("ROLLBACK TO recsync_row")
-                results[i] = WriteResult(
-                    op.key,
-                    f"SQLite refused record {op.key!r} for table {self.table!r}: {exc}.",
-                    retryable=False,
-                )
+                results[i] = WriteResult(op.key, self._refusal(op.key, exc), retryable=False)
             db.execute("RELEASE recsync_row")

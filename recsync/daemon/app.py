@@ -4,6 +4,7 @@ socket, reloads config, reports to systemd, drains on stop."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,9 +20,12 @@ from recsync.actors.supervisor import RestartPolicy, Supervisor
 from recsync.clock import Clock, SystemClock
 from recsync.config import AppConfig, PipelineConfig, load_config
 from recsync.daemon import protocol as p
+from recsync.daemon.logs import redact_text
 from recsync.daemon.records import pipeline_counts
 from recsync.daemon.reload import diff_configs
+from recsync.daemon.sides import side_statuses
 from recsync.errors import ConfigError, ControlError
+from recsync.state.paths import migrate_state_files
 
 log = logging.getLogger(__name__)
 DONE_STATES = ("error", "fatal")
@@ -38,6 +42,7 @@ class PipelineReport:
     pending: int = 0
     error: str | None = None
     done: bool = False
+    warnings: list[str] = field(default_factory=list)
 
     def line(self, seconds: float) -> str:
         if self.state in DONE_STATES:
@@ -47,6 +52,8 @@ class PipelineReport:
                 f"{self.conflicts} conflicts, {self.pending} pending, in {seconds:.2f} s")
         if self.error:
             text += f" ({self.error})"
+        for warning in self.warnings:
+            text += f"; warning: {warning}"
         return text
 
 
@@ -81,6 +88,7 @@ class Daemon:
         self._reload_lock = threading.Lock()
         self._proxy: tuple[Any, Any] | None = None
         self._polled_idle = False
+        self._warned: dict[str, float] = {}  # per pipeline: the newest warning published
 
     @property
     def proxy(self) -> Any:
@@ -93,6 +101,7 @@ class Daemon:
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._migrate_state_files(self.config)
         self.scheduler.start()
         self.supervisor = Supervisor.start(self.state_dir, scheduler=self.scheduler,
                                            clock=self.clock, policy=self.policy,
@@ -102,7 +111,23 @@ class Daemon:
             log.info("pipeline %s", state, extra={"pipeline": pid})
         self.baseline = {pid: r for pid, r in self._counts().items()}
 
+    def _migrate_state_files(self, config: AppConfig) -> None:
+        """Old-named state files of ``config``'s pipelines get their unambiguous names."""
+        try:
+            notes = migrate_state_files(self.state_dir, config.pipelines)
+        except (OSError, sqlite3.Error) as exc:
+            log.error("state files not renamed", extra={"error": f"{self.state_dir}: {exc}"})
+            return
+        for note in notes:
+            if "renamed" in note:
+                log.info(note)
+            else:
+                log.warning(note)
+
     def _on_supervisor_event(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "record_failed":  # from a queue actor: about a record, not the pipeline
+            self.publish(kind, {**data, "error": redact_text(str(data.get("error")))})
+            return
         pid = data.get("pipeline")
         if pid:
             self.states[pid] = {**self.states.get(pid, {}), **data}
@@ -158,16 +183,33 @@ class Daemon:
             queue = prog.get("queue") or {}
             state = "held" if queue.get("held") else h.get("state", "stopped")
             self.states[pid] = {**self.states.get(pid, {}), **h, "state": state,
-                                "in_flight": queue.get("in_flight", 0)}
+                                "in_flight": queue.get("in_flight", 0),
+                                "warnings": self._warnings(pid, prog),
+                                "held": dict(queue.get("held") or {})}
             out.append(p.PipelineStats(
                 pipeline=pid, state=state, queued=counts["queued"],
                 in_flight=int(queue.get("in_flight", 0)), synced=synced,
                 failed=counts["failed"], rate=round(max(rate, 0.0), 1),
                 circuit=h.get("circuit", {}), rate_limit=h.get("rate_limit", {}),
-                restarts=int(h.get("restarts", 0))))
+                restarts=int(h.get("restarts", 0)),
+                sides=side_statuses(self.states[pid], self.clock.time())))
         self._stats = out
         self.write_snapshot()
         self.publish("stats", {"pipelines": msgspec.to_builtins(out)})
+
+    def _warnings(self, pid: str, prog: dict[str, Any]) -> list[str]:
+        """The pipeline's recent side warnings as status lines; new ones are published
+        as ``sync_warning`` events."""
+        seen = self._warned.get(pid, 0.0)
+        lines, newest = [], seen
+        for w in _side_warnings(prog):
+            lines.append(f"side {w['side']}: {w['text']}")
+            if w["at"] > seen:
+                newest = max(newest, w["at"])
+                self.publish("sync_warning", {"pipeline": pid, "side": w["side"],
+                                              "at": w["at"], "warning": w["text"]})
+        self._warned[pid] = newest
+        return lines
 
     def counts_snapshot(self) -> dict[str, dict[str, int]]:
         return dict(self._counts_cache)
@@ -225,6 +267,7 @@ class Daemon:
             diff = diff_configs(self.config, new)
             for pid in diff.removed:
                 self.proxy.stop_pipeline(pid).get()
+            self._migrate_state_files(new)  # with the removed ones' files closed
             for pid in diff.added:
                 cfg = new.pipelines[pid]
                 self.proxy.start_pipeline(cfg, new.rules[cfg.rules]).get()
@@ -286,6 +329,7 @@ class Daemon:
             rep.conflicts = delta("total_conflicts")
             rep.failed = now.get("failed_a_to_b", 0) + now.get("failed_b_to_a", 0)
             rep.done = _caught_up(prog)
+            rep.warnings = [f"side {w['side']}: {w['text']}" for w in _side_warnings(prog)]
             queue = prog.get("queue") or {}
             rep.pending = sum(v for k, v in now.items() if k.startswith("ready_"))
             if queue.get("held"):
@@ -297,6 +341,13 @@ class Daemon:
                 self._polled_idle = True
             out.append(rep)
         return out
+
+
+def _side_warnings(prog: dict[str, Any]) -> list[dict[str, Any]]:
+    """The warnings the pollers of a pipeline hold, oldest first."""
+    found = [w for poller in (prog.get("pollers") or {}).values()
+             for w in poller.get("warnings") or []]
+    return sorted(found, key=lambda w: float(w["at"]))
 
 
 def _caught_up(prog: dict[str, Any]) -> bool:

@@ -126,6 +126,7 @@ class ControlServer:
         curve: CurveConfig | None = None,
         max_frame: int = protocol.MAX_FRAME,
         workers: int = 4,
+        reply_hwm: int | None = None,
     ) -> None:
         self.handler = handler
         self.inline = inline
@@ -134,6 +135,10 @@ class ControlServer:
         self.curve = curve
         self.max_frame = max_frame
         self.workers = workers
+        # replies queued per peer before more are dropped (None: ZeroMQ's 1000); 0 (no
+        # limit) for the internal socket, whose one peer, the control front, carries the
+        # replies of every client and always reads them
+        self.reply_hwm = reply_hwm
         self._lock = threading.Lock()  # guards _push, _seq, _state
         self._seq = 0
         self._state = "new"  # new -> running -> stopped
@@ -179,6 +184,8 @@ class ControlServer:
         for sock in (router, pub, pull):
             sock.linger = 0
         router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        if self.reply_hwm is not None:
+            router.setsockopt(zmq.SNDHWM, self.reply_hwm)
         # a hard cap far above max_frame: such peers are dropped, not read into memory
         router.setsockopt(zmq.MAXMSGSIZE, max(self.max_frame * 4, 1 << 16))
         pull.setsockopt(zmq.RCVHWM, 0)
@@ -312,8 +319,14 @@ class ControlServer:
     def _on_request(self, router: zmq.Socket[bytes], frames: list[bytes]) -> None:
         if len(frames) < 2:
             return  # nothing to answer to
-        # DEALER clients send [body]; REQ clients [b"", body]
-        cut = 2 if len(frames) >= 3 and frames[1] == b"" else 1
+        # DEALER clients send [body]; REQ clients [b"", body]; the control front sends
+        # [client, b"", *client's frames]: the envelope is everything up to the last empty
+        # frame before the body, and goes back in front of the reply
+        cut = 1
+        for i in range(len(frames) - 2, 0, -1):  # the body is one frame at least
+            if frames[i] == b"":
+                cut = i + 1
+                break
         envelope, body = frames[:cut], frames[cut:]
         if len(body) != 1:
             reply = protocol.fault(

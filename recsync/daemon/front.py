@@ -4,17 +4,21 @@ recsyncd's actors keep its interpreter busy; a query answered inside the daemon 
 the GIL and slows the sync. The front runs in its own process: it answers the pipeline
 overview (`status` without a record, `stats`) from the snapshot the daemon writes every
 second and on every pipeline state change, and passes every other request, byte for byte,
-to the daemon's internal control socket, one DEALER per client so replies find their way
-back. Started by recsyncd for ipc:// endpoints (tcp:// with CURVE stays in-process).
+to the daemon's internal control socket through one DEALER, with the client's identity so
+replies find their way back (see Front). Started and kept running by recsyncd for ipc://
+endpoints (tcp:// with CURVE stays in-process): see recsync.daemon.frontproc.
 
     python -m recsync.daemon.front PUBLIC_ENDPOINT INTERNAL_ENDPOINT SNAPSHOT_FILE
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import signal
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +26,12 @@ import msgspec
 import zmq
 
 from recsync.daemon import protocol
+from recsync.daemon.logs import setup_logging
 from recsync.daemon.runtime import check_endpoint, ipc_path
+from recsync.errors import RecsyncError
 
+log = logging.getLogger("recsyncd.front")
+QUEUE_LIMIT = 1000  # requests waiting for the daemon; past it a client is told "busy"
 _snapshot_decoder = msgspec.msgpack.Decoder(dict[str, Any])
 
 
@@ -38,7 +46,7 @@ class Snapshot:
     def reply(self, kind: str) -> bytes | None:
         try:
             st = os.stat(self.path)
-        except FileNotFoundError:
+        except OSError:  # not written yet, or its folder is going away
             return None
         sig = (st.st_ino, st.st_mtime_ns)
         if sig != self._sig:
@@ -68,68 +76,134 @@ def _fast_kind(body: bytes) -> str | None:
     return None
 
 
-def serve(public: str, internal: str, snapshot_file: Path) -> None:
-    check_endpoint(public, curve=False)
-    ctx = zmq.Context()
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    router.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME * 4)
-    router.bind(public)
-    path = ipc_path(public)
-    if path is not None:
-        os.chmod(path, 0o600)
-    snapshot = Snapshot(snapshot_file)
-    dealers: dict[bytes, zmq.Socket[bytes]] = {}
-    owners: dict[zmq.Socket[bytes], bytes] = {}
-    poller = zmq.Poller()
-    poller.register(router, zmq.POLLIN)
+class Front:
+    """The front's sockets: the public ROUTER, and ONE DEALER to the daemon for every client.
+
+    A request the snapshot cannot answer goes to the daemon as ``[client, b"", *frames]``;
+    the daemon's bridge keeps everything up to the last empty frame as the reply's
+    envelope, so the reply comes back as ``[client, b"", *reply]`` and is routed to the
+    client by the first frame. One DEALER, whatever the number of clients: the descriptors
+    of both processes stay flat (a socket per client ran out of them after ~500 clients).
+    """
+
+    def __init__(self, public: str, internal: str, snapshot_file: Path) -> None:
+        self.public = public
+        self.snapshot = Snapshot(snapshot_file)
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME * 4)
+        self.dealer = self.ctx.socket(zmq.DEALER)
+        self.dealer.setsockopt(zmq.LINGER, 0)
+        self.dealer.setsockopt(zmq.SNDHWM, QUEUE_LIMIT)
+        self.dealer.setsockopt(zmq.RCVHWM, 0)
+        self.dealer.connect(internal)
+        self.path = ipc_path(public)
+        self.errors = 0
+
+    def bind(self) -> None:
+        check_endpoint(self.public, curve=False)
+        self.router.bind(self.public)
+        if self.path is not None:
+            os.chmod(self.path, 0o600)
+
+    def close(self) -> None:
+        self.ctx.destroy(linger=0)
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+    def run(self, running: Callable[[], bool]) -> None:
+        """Serve while ``running()``; an error with one message is logged and skipped."""
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.dealer, zmq.POLLIN)
+        while running():
+            try:
+                ready = dict(poller.poll(200))
+            except zmq.ZMQError as exc:
+                if exc.errno == errno.EINTR:
+                    continue
+                raise
+            if self.router in ready:
+                for frames in _drain(self.router, 64):
+                    self._guarded(self.from_client, frames)
+            if self.dealer in ready:
+                for frames in _drain(self.dealer, 256):
+                    self._guarded(self.from_daemon, frames)
+
+    def _guarded(self, step: Callable[[list[bytes]], None], frames: list[bytes]) -> None:
+        try:
+            step(frames)
+        except Exception as exc:
+            self.errors += 1
+            log.exception("control front: a message was not passed on",
+                          extra={"error": str(exc) or type(exc).__name__,
+                                 "errors": self.errors})
+
+    def from_client(self, frames: list[bytes]) -> None:
+        identity, rest = frames[0], frames[1:]
+        if not rest:
+            return
+        kind = _fast_kind(rest[-1]) if len(rest) <= 2 else None
+        reply = self.snapshot.reply(kind) if kind else None
+        if reply is not None:
+            self.router.send_multipart([identity, *rest[:-1], reply], zmq.NOBLOCK)
+            return
+        try:
+            self.dealer.send_multipart([identity, b"", *rest], zmq.NOBLOCK)
+        except zmq.Again:
+            busy = protocol.fault(
+                "UNAVAILABLE",
+                f"recsyncd is busy: {QUEUE_LIMIT} requests are waiting; try again shortly.")
+            self.router.send_multipart(
+                [identity, *rest[:-1], protocol.encoder.encode(busy)], zmq.NOBLOCK)
+
+    def from_daemon(self, frames: list[bytes]) -> None:
+        if len(frames) < 3 or frames[1] != b"":
+            log.warning("control front: a reply without a client was dropped",
+                        extra={"frames": len(frames)})
+            return
+        self.router.send_multipart([frames[0], *frames[2:]], zmq.NOBLOCK)
+
+
+def _drain(sock: zmq.Socket[bytes], limit: int) -> Iterator[list[bytes]]:
+    """Up to ``limit`` messages waiting on ``sock``, without blocking."""
+    for _ in range(limit):
+        try:
+            yield sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+
+
+def serve(public: str, internal: str, snapshot_file: Path) -> int:
+    """Run the front until SIGTERM or until recsyncd is gone; the exit status.
+
+    Log lines go to stdout as JSON; recsyncd reads them into its own log. An error outside
+    the handling of one message ends the front with status 1 (after logging it), and
+    recsyncd starts a new one.
+    """
+    front = Front(public, internal, snapshot_file)
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("now", True))
     parent = os.getppid()
-    print("ready", flush=True)
     try:
-        while not stop["now"] and os.getppid() == parent:  # recsyncd gone (kill -9): leave
-            for sock in dict(poller.poll(200)):
-                if sock is router:
-                    _from_client(router, snapshot, dealers, owners, poller, ctx, internal)
-                else:
-                    frames = sock.recv_multipart()
-                    router.send_multipart([owners[sock], *frames], zmq.NOBLOCK)
-    except zmq.ZMQError:
-        pass
+        try:
+            front.bind()
+        except (RecsyncError, zmq.ZMQError) as exc:
+            text = exc.strerror if isinstance(exc, zmq.ZMQError) else str(exc)
+            log.error("control front cannot listen", extra={"endpoint": public,
+                                                             "error": text})
+            return 2
+        print("ready", flush=True)
+        # recsyncd gone (kill -9): leave, and free the socket for the next recsyncd
+        front.run(lambda: not stop["now"] and os.getppid() == parent)
+        return 0
+    except BaseException as exc:
+        log.critical("control front crashed", exc_info=True,
+                     extra={"error": str(exc) or type(exc).__name__})
+        return 1
     finally:
-        for sock in [router, *dealers.values()]:
-            sock.close(0)
-        ctx.term()
-        if path is not None:
-            path.unlink(missing_ok=True)
-
-
-def _from_client(
-    router: zmq.Socket[bytes], snapshot: Snapshot, dealers: dict[bytes, zmq.Socket[bytes]],
-    owners: dict[zmq.Socket[bytes], bytes], poller: zmq.Poller, ctx: zmq.Context[Any],
-    internal: str,
-) -> None:
-    frames = router.recv_multipart()
-    identity, rest = frames[0], frames[1:]
-    kind = _fast_kind(rest[-1]) if rest and len(rest) <= 2 else None
-    reply = snapshot.reply(kind) if kind else None
-    if reply is not None:
-        router.send_multipart([identity, *rest[:-1], reply], zmq.NOBLOCK)
-        return
-    dealer = dealers.get(identity)
-    if dealer is None:
-        if len(dealers) > 1000:  # forget the oldest clients; they reconnect as new ones
-            old_id, old = next(iter(dealers.items()))
-            poller.unregister(old)
-            old.close(0)
-            del dealers[old_id], owners[old]
-        dealer = ctx.socket(zmq.DEALER)
-        dealer.setsockopt(zmq.LINGER, 0)
-        dealer.connect(internal)
-        poller.register(dealer, zmq.POLLIN)
-        dealers[identity], owners[dealer] = dealer, identity
-    dealer.send_multipart(rest)
+        front.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 3:
         print(__doc__, file=sys.stderr)
         return 2
-    serve(args[0], args[1], Path(args[2]))
-    return 0
+    setup_logging(os.environ.get("RECSYNC_LOG_LEVEL", "info"), sys.stdout)
+    return serve(args[0], args[1], Path(args[2]))
 
 
 if __name__ == "__main__":

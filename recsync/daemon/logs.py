@@ -26,11 +26,16 @@ import msgspec
 
 __all__ = [
     "LOG_FILE_NAME",
+    "LOG_NOTE",
     "JsonFormatter",
+    "LogLocation",
     "default_log_file",
+    "journal_unit",
+    "read_log_note",
     "redact",
     "redact_text",
     "setup_logging",
+    "write_log_note",
 ]
 
 LOG_FILE_NAME = "record_sync.log"
@@ -172,3 +177,67 @@ def setup_logging(
             "cannot write the log file; logging to the stream only",
             extra={"error": file_error},
         )
+
+
+# ---- where the log is (for `recsync logs`) -----------------------------------------------
+
+LOG_NOTE = "logs.json"  # in the runtime directory, beside the control sockets
+
+
+class LogLocation(msgspec.Struct, frozen=True):
+    """Where a serving recsyncd logs: its JSON log file and, under systemd, its unit."""
+
+    file: str | None = None
+    journal_unit: str | None = None  # e.g. "recsyncd.service": read with journalctl -u
+
+
+def journal_unit(env: dict[str, str] | None = None, cgroup: Path = Path("/proc/self/cgroup")
+                 ) -> str | None:
+    """The systemd unit whose journal has our stdout/stderr, or None when not under one.
+
+    systemd sets ``JOURNAL_STREAM=DEV:INODE`` for a service whose output goes to the
+    journal; it is ours only while stdout or stderr is still that stream. The unit is the
+    ``*.service`` of our cgroup (``recsyncd.service`` when it cannot be read).
+    """
+    env = dict(os.environ) if env is None else env
+    stream = env.get("JOURNAL_STREAM", "")
+    if not stream:
+        return None
+    ours = False
+    for fd in (1, 2):
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        if f"{st.st_dev}:{st.st_ino}" == stream:
+            ours = True
+    if not ours:
+        return None
+    try:
+        for line in cgroup.read_text().splitlines():
+            for part in reversed(line.rpartition(":")[2].split("/")):
+                if part.endswith(".service"):
+                    return part
+    except OSError:
+        pass
+    return "recsyncd.service"
+
+
+def write_log_note(folder: Path, location: LogLocation) -> None:
+    """Write ``folder/logs.json`` for `recsync logs`; a failure is logged, never raised."""
+    path = folder / LOG_NOTE
+    try:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(msgspec.json.encode(location))
+        tmp.replace(path)
+    except OSError as exc:
+        logging.getLogger(__name__).warning(
+            "cannot write where the log is", extra={"path": str(path), "error": exc.strerror})
+
+
+def read_log_note(folder: Path) -> LogLocation | None:
+    """What a recsyncd serving from ``folder`` wrote there, or None."""
+    try:
+        return msgspec.json.decode((folder / LOG_NOTE).read_bytes(), type=LogLocation)
+    except (OSError, msgspec.DecodeError):
+        return None

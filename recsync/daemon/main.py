@@ -7,7 +7,6 @@ import gc
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -17,10 +16,18 @@ import msgspec
 
 from recsync.config import AppConfig, load_config
 from recsync.daemon.app import Daemon
-from recsync.daemon.logs import default_log_file, setup_logging
+from recsync.daemon.frontproc import FrontProcess
+from recsync.daemon.logs import (
+    LogLocation,
+    default_log_file,
+    journal_unit,
+    setup_logging,
+    write_log_note,
+)
 from recsync.daemon.notify import Notifier, Watchdog
 from recsync.daemon.reload import ConfigWatcher
 from recsync.errors import ConfigError, RecsyncError
+from recsync.state.lock import StateDirLock
 
 log = logging.getLogger("recsyncd")
 
@@ -66,17 +73,28 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging("warning", sys.stderr)
     else:
         setup_logging(args.log_level, sys.stdout, log_file=args.log_file or default_log_file())
+    # ${STATE_DIRECTORY} in a connector's path names the state folder in use, however given
+    os.environ["STATE_DIRECTORY"] = str(args.state_dir.resolve())
     try:
         config = load_config(args.config_dir)
     except ConfigError as exc:
         print(f"recsyncd: {exc}", file=sys.stderr)
         return 2
-    daemon = Daemon(config, args.state_dir, config_dir=args.config_dir)
-    start_embedded_mocks(config, args.state_dir)
-    tune_gc()
-    if args.once:
-        return _run_once(daemon, args)
-    return _serve(daemon, args)
+    lock = StateDirLock(args.state_dir)
+    try:
+        lock.acquire()  # before anything in the state directory is touched
+    except RecsyncError as exc:
+        print(f"recsyncd: {exc}", file=sys.stderr)
+        return 2
+    try:
+        daemon = Daemon(config, args.state_dir, config_dir=args.config_dir)
+        start_embedded_mocks(config, args.state_dir)
+        tune_gc()
+        if args.once:
+            return _run_once(daemon, args)
+        return _serve(daemon, args)
+    finally:
+        lock.release()
 
 
 # Pages of records in flight are thousands of young objects that the cyclic collector
@@ -95,7 +113,7 @@ def tune_gc() -> None:
 def start_embedded_mocks(config: AppConfig, state_dir: Path) -> None:
     """Start the mock CRMs that `mock = true` sides use, keeping their records in the state
     folder: the links recsyncd keeps there must find the same records after a restart."""
-    from recsync.connectors import mock
+    from recsync import mock
 
     kinds = {side.connector for cfg in config.pipelines.values() for side in (cfg.a, cfg.b)
              if side.connector in mock.KINDS and getattr(side.options, "mock", False)
@@ -106,18 +124,10 @@ def start_embedded_mocks(config: AppConfig, state_dir: Path) -> None:
         log.info("embedded mock started", extra={"mock": kind, "url": server.url})
 
 
-def _start_front(public: str, internal: str, snapshot: Path) -> subprocess.Popen[str] | None:
-    """Start the control front process; None (after saying why) when it cannot start."""
-    front = subprocess.Popen(
-        [sys.executable, "-m", "recsync.daemon.front", public, internal, str(snapshot)],
-        stdout=subprocess.PIPE, text=True, start_new_session=True)
-    assert front.stdout is not None
-    if front.stdout.readline().strip() != "ready":
-        front.kill()
-        print(f"recsyncd: the control front could not bind {public} (see above)",
-              file=sys.stderr)
-        return None
-    return front
+def note_logs(args: argparse.Namespace, folder: Path) -> None:
+    """Tell `recsync logs` where the log is: the journal of our unit, and the file."""
+    log_file = (args.log_file or default_log_file()).absolute()
+    write_log_note(folder, LogLocation(file=str(log_file), journal_unit=journal_unit()))
 
 
 def _install_signals(daemon: Daemon, wake: threading.Event | None = None,
@@ -164,7 +174,7 @@ def _run_once(daemon: Daemon, args: argparse.Namespace) -> int:
         return 1 if bad else 0
     finally:
         daemon.stop()
-        from recsync.connectors import mock
+        from recsync import mock
 
         mock.stop_all()
 
@@ -206,14 +216,22 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
                    if public is not None else endpoints[0])
         server = ControlServer(service.handle, inline=service.inline,
                                command_endpoint=command, event_endpoint=endpoints[1],
-                               curve=curve)
+                               curve=curve, reply_hwm=0 if public is not None else None)
         server.start()
     except RecsyncError as exc:
         print(f"recsyncd: {exc}", file=sys.stderr)
         return 2
     daemon.server, daemon.endpoints = server, endpoints
+    note_logs(args, public.parent if public is not None else runtime_dir())
     daemon.start()
-    front = None
+    front: FrontProcess | None = None
+    failure: list[str] = []
+
+    def give_up(reason: str) -> None:  # the front cannot be kept running: exit non-zero
+        failure.append(reason)
+        daemon.stopping.set()
+        wake.set()
+
     if public is not None:
         daemon.snapshot_path = public.with_name("status.snapshot")
         daemon.status_builder = lambda: {
@@ -221,8 +239,11 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
             "stats": msgspec.to_builtins(daemon.stats_snapshot()),
         }
         daemon.write_snapshot()
-        front = _start_front(endpoints[0], command, daemon.snapshot_path)
-        if front is None:
+        front = FrontProcess(endpoints[0], command, daemon.snapshot_path,
+                             on_give_up=give_up)
+        if not front.start():
+            print(f"recsyncd: the control front could not listen on {endpoints[0]} (see the "
+                  "log)", file=sys.stderr)
             daemon.stop()
             server.stop()
             return 2
@@ -263,15 +284,18 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
         watcher.stop()
         watchdog.stop()
         if front is not None:
-            front.terminate()
-            front.wait(timeout=10)
+            front.stop()
         daemon.stop()
         server.stop()
-        from recsync.connectors import mock
+        from recsync import mock
 
         mock.stop_all()
         notifier.close()
         log.info("recsyncd stopped: in-flight batches drained")
+    if failure:
+        log.critical("recsyncd exits with status 1", extra={"error": failure[0]})
+        print(f"recsyncd: {failure[0]}", file=sys.stderr)
+        return 1
     return 0
 
 

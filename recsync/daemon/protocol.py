@@ -112,8 +112,8 @@ class ConfirmDeletes(Command, frozen=True, tag="deletes.confirm"):
     """Let a pass held by the mass-delete guard go through once."""
 
     customer: str
-    pipeline: str
-    side: Side
+    pipeline: str | None = None  # None: every pipeline of the customer
+    side: Side | None = None  # None: every held side
 
 
 class CrmsList(Command, frozen=True, tag="crms.list"):
@@ -130,6 +130,13 @@ class StatsGet(Command, frozen=True, tag="stats.get"):
 
 class SnapshotGet(Command, frozen=True, tag="snapshot.get"):
     """Everything a live client needs, and the last event sequence number it includes."""
+
+
+class ConfigShow(Command, frozen=True, tag="config.show"):
+    """The effective settings of pipelines, each value with where it came from."""
+
+    customer: str | None = None
+    pipeline: str | None = None
 
 
 MockKind = Literal["salesforce", "outreach"]
@@ -155,6 +162,17 @@ class MockFaults(Command, frozen=True, tag="mock.faults"):
     status_429_retry_after: float | None = None
     limit_after: int | None = None
     drop_rate: float | None = None
+    clear: bool = False  # first turn every fault off
+
+
+class VerifyRun(Command, frozen=True, tag="verify.run"):
+    """Compare both sides of pipelines under their rules; ``repair`` queues the syncs that
+    make them agree. Progress goes out as ``verify_progress`` events."""
+
+    customer: str | None = None  # None: every pipeline
+    pipeline: str | None = None
+    repair: bool = False
+    limit: int = 10  # keys shown per category
 
 
 class Request(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -163,14 +181,14 @@ class Request(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         StatusGet | FailedList | RetryRecord | RetryFailed | SyncEvent | SyncNow
         | ConfigOverride | RulesShow | RulesSet | RulesTest | Reload | Pause | Resume
         | ConfirmDeletes | CrmsList | CrmsSchema | StatsGet | SnapshotGet | MockPush
-        | MockList | MockFaults
+        | MockList | MockFaults | VerifyRun | ConfigShow
     )
 
 
 COMMANDS: tuple[type[Command], ...] = (
     StatusGet, FailedList, RetryRecord, RetryFailed, SyncEvent, SyncNow, ConfigOverride,
     RulesShow, RulesSet, RulesTest, Reload, Pause, Resume, ConfirmDeletes, CrmsList,
-    CrmsSchema, StatsGet, SnapshotGet, MockPush, MockList, MockFaults,
+    CrmsSchema, StatsGet, SnapshotGet, MockPush, MockList, MockFaults, VerifyRun, ConfigShow,
 )
 
 
@@ -189,11 +207,22 @@ class Reply(msgspec.Struct, frozen=True):
 class Event(msgspec.Struct, frozen=True):
     seq: int
     ts: float
-    kind: str  # stats, pipeline_state, record_failed, config_reloaded, config_rejected, ...
+    kind: str  # one of EVENT_KINDS
     data: dict[str, Any]
 
 
 # ---- results (documented by `recsync schema`) ---------------------------------------------
+
+
+class SideStatus(msgspec.Struct, frozen=True):
+    """What holds up one side of a pipeline, if anything (wall-clock times)."""
+
+    circuit: str = "closed"  # closed, open, half_open (the breaker of the side's system)
+    circuit_retry_at: float | None = None  # while open: when the next probe may go out
+    rate_limited_until: float | None = None  # a Retry-After, a full window, a reserve
+    held_delete: str | None = None  # why the mass-delete guard holds the side's polling
+    last_error: str | None = None  # the last error met reading or writing the side
+    last_error_at: float | None = None
 
 
 class PipelineStatus(msgspec.Struct, frozen=True):
@@ -212,12 +241,20 @@ class PipelineStatus(msgspec.Struct, frozen=True):
     conflicts: int
     restarts: int
     cursors: dict[str, str | None] = {}  # side -> the committed read position
+    # what a side warned about lately ("side a: ..."): a rebuilt table, a reset change log
+    warnings: list[str] = []
+    sides: dict[str, SideStatus] = {}  # side -> circuit, rate-limit wait, held, last error
+    # the node running the pipeline; None: the daemon that answers (one node today)
+    node: str | None = None
+    # effective values of the live-tunable settings, named as in `config.override`
+    settings: dict[str, float] = {}
 
 
 class HistoryEntry(msgspec.Struct, frozen=True):
     at: float
-    event: str
+    event: str  # create, update, delete (a sync), conflict, retry, failed, manual_retry
     detail: str | None
+    direction: str | None = None  # a_to_b or b_to_a
 
 
 class RecordStatus(msgspec.Struct, frozen=True):
@@ -271,11 +308,61 @@ class PipelineStats(msgspec.Struct, frozen=True):
     circuit: dict[str, str]  # side -> closed/open/half_open
     rate_limit: dict[str, tuple[int, int]]  # side -> (used, max) in the window
     restarts: int
+    sides: dict[str, SideStatus] = {}
+
+
+class SettingValue(msgspec.Struct, frozen=True):
+    value: Any
+    source: str  # default, defaults, customer, pipeline, override
+    where: str  # e.g. "customer_settings.toml [customers.acme]", "built-in default"
+
+
+class PipelineSettings(msgspec.Struct, frozen=True):
+    """`config show`: one pipeline's effective settings and side options (secrets masked)."""
+
+    pipeline: str
+    customer: str
+    name: str
+    rules: str
+    settings: dict[str, SettingValue]  # nested tables flattened: "rate_limit.max_requests"
+    sides: dict[str, dict[str, SettingValue]]  # side -> "connector" and its options
+
+
+class VerifyCategory(msgspec.Struct, frozen=True):
+    count: int
+    keys: list[str]  # the first keys, in key order
+
+
+class VerifyRepair(msgspec.Struct, frozen=True):
+    queued: dict[str, int]  # direction -> syncs queued
+    skipped: int  # records with other work queued meanwhile: left to it
+    held: str | None  # the mass-delete guard held the repair: why, and what to do
+
+
+class VerifyResult(msgspec.Struct, frozen=True):
+    """One pipeline's comparison. ``missing_a``: linked records side A no longer holds;
+    ``extra_a``: records only side A holds, never linked; likewise for B; ``different``:
+    on both sides with different content. ``pending``: records with queued work (not
+    compared); ``ignored``: differences the rules leave alone (filters, directions)."""
+
+    pipeline: str
+    agree: bool
+    a_records: int
+    b_records: int
+    missing_a: VerifyCategory
+    missing_b: VerifyCategory
+    extra_a: VerifyCategory
+    extra_b: VerifyCategory
+    different: VerifyCategory
+    pending: int
+    ignored: int
+    seconds: float
+    repair: VerifyRepair | None = None
 
 
 RESULT_TYPES: tuple[type[msgspec.Struct], ...] = (
     StatusResult, PipelineStatus, RecordStatus, FailedRecord, ReloadResult, CountResult,
-    PipelineStats, Event,
+    PipelineStats, Event, VerifyResult, SideStatus, SettingValue, PipelineSettings,
 )
 
 request_decoder = msgspec.msgpack.Decoder(Request)
@@ -303,3 +390,14 @@ def json_schema() -> dict[str, Any]:
         "title": f"recsync control protocol v{API_VERSION}",
         "$defs": components,
     }
+
+
+# Every kind of event recsyncd publishes, and when (`recsync events --kind` takes these):
+EVENT_KINDS: tuple[str, ...] = (
+    "stats",  # every second: {pipelines: [PipelineStats]}
+    "pipeline_state",  # a pipeline started, stopped, paused, restarted, backed off, failed
+    "actor_failed",  # an actor of a pipeline crashed: {pipeline, actor, error, ...}
+    "record_failed",  # a record gave up after max_attempts: {pipeline, key, direction, error}
+    "config_reloaded",  # the TOML files were reloaded: ReloadResult
+    "config_rejected",  # a reload was refused: {error}; the running configuration stays
+)

@@ -67,8 +67,12 @@ def failed_records(path: Path, pipeline: str, limit: int) -> list[FailedRecord]:
     return [FailedRecord(pipeline, r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
 
-def record_status(path: Path, pipeline: str, key: str) -> RecordStatus | None:
-    """A record's state in one pipeline: queued, failed or synced, with its history."""
+def record_status(path: Path, pipeline: str, key: str,
+                  history_limit: int = 50) -> RecordStatus | None:
+    """A record's state in one pipeline: queued, failed or synced, with its history.
+
+    Which sides hold it: what the last sync or sighting left in the links, overridden by a
+    pending change (seen on its source side: an upsert there means it is there)."""
     conn = _reader(path)
     if conn is None:
         return None
@@ -77,21 +81,35 @@ def record_status(path: Path, pipeline: str, key: str) -> RecordStatus | None:
             "SELECT a_hash, b_hash, synced_at FROM links WHERE key = ?", (key,)
         ).fetchone()
         items = conn.execute(
-            "SELECT direction, state, attempts, last_error FROM queue WHERE key = ? "
+            "SELECT direction, state, attempts, last_error, op FROM queue WHERE key = ? "
             "ORDER BY state = 'failed' DESC", (key,)
         ).fetchall()
-        history = [HistoryEntry(r[0], r[1], r[2]) for r in conn.execute(
-            "SELECT at, event, detail FROM history WHERE key = ? ORDER BY id DESC LIMIT 50",
-            (key,))]
+        history = _history(conn, key, history_limit)
     if link is None and not items and not history:
         return None
+    on = {"a": bool(link and link[0]), "b": bool(link and link[1])}
+    for item in items:
+        on["a" if item[0] == "a_to_b" else "b"] = item[4] != "delete"
     if items:
-        direction, state, attempts, error = items[0]
+        direction, state, attempts, error, _op = items[0]
         state = "failed" if state == "failed" else "queued"
     else:
         direction, attempts, error = None, 0, None
         state = "synced" if link is not None and link[2] is not None else "unknown"
     return RecordStatus(
         pipeline=pipeline, key=key, state=state, direction=direction, attempts=attempts,
-        last_error=error, on_a=bool(link and link[0]), on_b=bool(link and link[1]),
+        last_error=error, on_a=on["a"], on_b=on["b"],
         synced_at=link[2] if link else None, history=history[::-1])
+
+
+def _history(conn: sqlite3.Connection, key: str, limit: int) -> list[HistoryEntry]:
+    """The newest ``limit`` entries, newest first."""
+    try:
+        rows = conn.execute(
+            "SELECT at, event, detail, direction FROM history WHERE key = ? "
+            "ORDER BY id DESC LIMIT ?", (key, limit)).fetchall()
+    except sqlite3.OperationalError:  # a state file of an earlier recsync, not opened yet
+        rows = [(*r, None) for r in conn.execute(
+            "SELECT at, event, detail FROM history WHERE key = ? ORDER BY id DESC LIMIT ?",
+            (key, limit))]
+    return [HistoryEntry(r[0], r[1], r[2], r[3]) for r in rows]

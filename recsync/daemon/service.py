@@ -27,24 +27,29 @@ from recsync.config import (
     SETTINGS_FILE,
     AppConfig,
     PipelineConfig,
+    Settings,
     load_config,
     load_rules_text,
     settings_with_overrides,
 )
 from recsync.connectors import connector_names, get_connector_class
 from recsync.daemon import protocol as p
+from recsync.daemon.configshow import pipeline_settings
+from recsync.daemon.plans import faults_to_set, other_side_plan
 from recsync.daemon.records import (
     failed_records,
     pipeline_counts,
     pipeline_cursors,
     record_status,
 )
+from recsync.daemon.sides import side_statuses
+from recsync.daemon.verifier import Verifier
 from recsync.errors import ConfigError, ControlError, RecsyncError
 from recsync.messages import Change, ChangePage, key_text
 
 log = logging.getLogger(__name__)
 INLINE = (p.StatusGet, p.FailedList, p.StatsGet, p.SnapshotGet, p.RulesShow, p.RulesTest,
-          p.CrmsList, p.CrmsSchema)
+          p.CrmsList, p.CrmsSchema, p.ConfigShow)
 
 
 class ControlService:
@@ -61,7 +66,8 @@ class ControlService:
             p.CrmsList: self.crms_list, p.CrmsSchema: self.crms_schema,
             p.StatsGet: self.stats, p.SnapshotGet: self.snapshot,
             p.MockPush: self.mock_push, p.MockList: self.mock_list,
-            p.MockFaults: self.mock_faults,
+            p.MockFaults: self.mock_faults, p.VerifyRun: self.verify_run,
+            p.ConfigShow: self.config_show,
         }
 
     @staticmethod
@@ -111,7 +117,8 @@ class ControlService:
                                   config_error=self.daemon.config_error)
         records = []
         for cfg in self.config.pipelines.values():
-            found = record_status(self._state_path(cfg), cfg.id, key_text(cmd.record_id))
+            found = record_status(self._state_path(cfg), cfg.id, key_text(cmd.record_id),
+                                  cfg.settings.history_per_record)
             if found is not None:
                 records.append(found)
         if not records:
@@ -135,7 +142,10 @@ class ControlService:
                 failed=counts["failed"], synced_a_to_b=counts["synced_a_to_b"],
                 synced_b_to_a=counts["synced_b_to_a"], conflicts=counts["conflicts"],
                 restarts=int(h.get("restarts", 0)),
-                cursors=pipeline_cursors(self._state_path(cfg))))
+                cursors=pipeline_cursors(self._state_path(cfg)),
+                warnings=list(h.get("warnings", [])),
+                sides=side_statuses(h, self.daemon.clock.time()),
+                settings=live_settings(cfg.settings)))
         return out
 
     def failed(self, cmd: p.FailedList) -> list[p.FailedRecord]:
@@ -162,6 +172,19 @@ class ControlService:
             "last_reload": self.daemon.last_reload,
         }
 
+    def config_show(self, cmd: p.ConfigShow) -> list[p.PipelineSettings]:
+        config = self.config
+        if cmd.customer is None and cmd.pipeline is None:
+            chosen = [config.pipelines[pid] for pid in sorted(config.pipelines)]
+        elif cmd.customer is None:
+            chosen = [c for pid, c in sorted(config.pipelines.items()) if c.name == cmd.pipeline]
+            if not chosen:
+                raise ControlError("NOT_FOUND", f"no customer has a pipeline {cmd.pipeline!r}; "
+                                                "see `recsync status` for the list.")
+        else:
+            chosen = sorted(self._pipelines(cmd.customer, cmd.pipeline), key=lambda c: c.id)
+        return [pipeline_settings(config, c) for c in chosen]
+
     def rules_show(self, cmd: p.RulesShow) -> dict[str, Any]:
         sets = self.config.rules
         if cmd.name is not None:
@@ -174,7 +197,8 @@ class ControlService:
     def rules_test(self, cmd: p.RulesTest) -> dict[str, Any]:
         ruleset = self.config.rules.get(cmd.name)
         if ruleset is None:
-            raise ControlError("NOT_FOUND", f"no rule set {cmd.name!r} in rules.toml.")
+            raise ControlError("NOT_FOUND", f"no rule set {cmd.name!r} in rules.toml; "
+                                            f"there are: {', '.join(sorted(self.config.rules))}.")
         return rules_mod.explain(ruleset, cmd.side, cmd.record)
 
     def crms_list(self, _cmd: p.CrmsList) -> list[dict[str, str]]:
@@ -194,7 +218,7 @@ class ControlService:
     # -- embedded mock CRMs ----------------------------------------------------------------
     @staticmethod
     def _mock(kind: str) -> Any:
-        from recsync.connectors import mock
+        from recsync import mock
 
         server = mock.running().get(kind)
         if server is None:
@@ -214,9 +238,16 @@ class ControlService:
         return self._mock(cmd.kind).list_records()  # type: ignore[no-any-return]
 
     def mock_faults(self, cmd: p.MockFaults) -> dict[str, Any]:
-        faults = {k: v for k, v in msgspec.structs.asdict(cmd).items()
-                  if k != "kind" and v is not None}
-        return self._mock(cmd.kind).set_faults(**faults)  # type: ignore[no-any-return]
+        requested = {k: v for k, v in msgspec.structs.asdict(cmd).items()
+                     if k not in ("kind", "clear") and v is not None}
+        server = self._mock(cmd.kind)
+        known: dict[str, Any] = server.set_faults()
+        unknown = sorted(set(requested) - set(known))
+        if unknown:
+            raise ControlError("INVALID", f"the mock {cmd.kind} has no fault {unknown[0]!r}; "
+                                          f"it has: {', '.join(known)}.")
+        return server.set_faults(  # type: ignore[no-any-return]
+            **faults_to_set(requested, cmd.clear, known))
 
     # -- actions ---------------------------------------------------------------------------
     def retry(self, cmd: p.RetryRecord) -> p.CountResult:
@@ -256,10 +287,14 @@ class ControlService:
             record = found.get(key)
         op: Literal["upsert", "delete"] = (
             "delete" if cmd.op == "delete" or record is None else "upsert")
+        found_status = record_status(self._state_path(cfg), cfg.id, key)
+        linked = found_status is not None and (
+            found_status.on_b if cmd.side == "a" else found_status.on_a)
+        plan = other_side_plan(cfg, self.config.rules[cfg.rules], cmd.side, op, record, linked)
         change = Change(key, op, None if op == "delete" else record,
                         self.daemon.clock.time())
         self.daemon.proxy.submit(cfg.id, cmd.side, ChangePage([change], None)).get()
-        return {"pipeline": cfg.id, "key": key, "op": op, "side": cmd.side}
+        return {"pipeline": cfg.id, "key": key, "op": op, "side": cmd.side, "other_side": plan}
 
     def sync_now(self, cmd: p.SyncNow) -> p.CountResult:
         chosen = self._pipelines(cmd.customer, cmd.pipeline)
@@ -275,15 +310,30 @@ class ControlService:
         return self._set_paused(cmd.customer, cmd.pipeline, False)
 
     def _set_paused(self, customer: str, pipeline: str | None, paused: bool) -> p.CountResult:
+        """Pause (resume) the chosen pipelines; counts only those that were not (were)
+        paused."""
         chosen = self._pipelines(customer, pipeline)
-        for cfg in chosen:
-            self.daemon.proxy.set_paused(cfg.id, paused).get()
-        return p.CountResult(len(chosen), [c.id for c in chosen])
+        changed = [cfg.id for cfg in chosen
+                   if self.daemon.proxy.change_paused(cfg.id, paused).get()]
+        return p.CountResult(len(changed), changed)
 
     def confirm_deletes(self, cmd: p.ConfirmDeletes) -> p.CountResult:
-        (cfg,) = self._pipelines(cmd.customer, cmd.pipeline, one=True)
-        self.daemon.proxy.allow_deletes(cfg.id, cmd.side).get()
-        return p.CountResult(1, [cfg.id])
+        """Let the passes the mass-delete guard holds go through once: on the chosen
+        pipelines, on ``cmd.side`` or every held side. Nothing held: nothing changes."""
+        confirmed: list[str] = []
+        sides = 0
+        for cfg in self._pipelines(cmd.customer, cmd.pipeline):
+            try:
+                held = self._ask(cfg.id, "queue", "progress").get("held") or {}
+            except RecsyncError:  # not running: its guard holds nothing now
+                continue
+            for side in sorted(held):
+                if cmd.side in (None, side):
+                    self.daemon.proxy.allow_deletes(cfg.id, side).get()
+                    sides += 1
+                    if cfg.id not in confirmed:
+                        confirmed.append(cfg.id)
+        return p.CountResult(sides, confirmed)
 
     def config_override(self, cmd: p.ConfigOverride) -> p.CountResult:
         overrides: dict[str, Any] = {
@@ -338,6 +388,17 @@ class ControlService:
             return self.daemon.reload_config()  # type: ignore[no-any-return]
 
 
+    # -- verify ----------------------------------------------------------------------------
+    def verify_run(self, cmd: p.VerifyRun) -> list[p.VerifyResult]:
+        """Compare (and repair) pipelines; runs long, on a worker thread (not inline)."""
+        if cmd.customer is None and cmd.pipeline is not None:
+            raise ControlError("INVALID", "--pipeline needs a CUSTOMER.")
+        if cmd.limit < 0:
+            raise ControlError("INVALID", f"limit must be 0 or more, not {cmd.limit}.")
+        chosen = (self._pipelines(cmd.customer, cmd.pipeline) if cmd.customer else
+                  [c for _, c in sorted(self.config.pipelines.items())])
+        return Verifier(self.daemon).run(cmd, chosen)
+
 def load_config_text_check(config_dir: Path, settings_text: str | None,
                            rules_text: str | None) -> AppConfig:
     """Validate a would-be pair of config files (in a scratch copy) before writing them."""
@@ -367,3 +428,14 @@ def atomic_write(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def live_settings(settings: Settings) -> dict[str, float]:
+    """The settings `config.override` can change, by its field names (for status output)."""
+    return {
+        "batch_size": settings.batch_size,
+        "flush_interval": settings.flush_interval,
+        "poll_interval": settings.poll_interval,
+        "rate_limit_max": settings.rate_limit.max_requests,
+        "rate_limit_window": settings.rate_limit.window_seconds,
+    }

@@ -10,9 +10,12 @@ Tables:
   one); ``state`` is ready or failed (the dead letter, kept with its error). Which items
   are in flight only the running queue actor knows: after a restart none is.
   ``src_hash`` is the source's content hash when the item was observed there.
-- ``history``: notable events of a record (failures, conflicts, retries, deletes).
+- ``history``: what happened to a record: every sync (create, update, delete; its
+  direction), conflicts and who won, failures, retries; pruned by ``Store.prune_history``.
 - ``listing_seen``: keys seen by a full listing in progress, to find deletes at its end.
 - ``meta``: counters and flags (synced totals, mass-delete guard).
+- ``rekeys``: records a target created under a key of its own: the queued write of that
+  key back to the source (``direction``, new ``key``) and the key the source holds now.
 """
 
 from __future__ import annotations
@@ -58,11 +61,16 @@ CREATE TABLE IF NOT EXISTS history (
     key TEXT NOT NULL,
     at REAL NOT NULL,
     event TEXT NOT NULL,
-    detail TEXT
+    detail TEXT,
+    direction TEXT
 );
 CREATE INDEX IF NOT EXISTS history_key ON history (key, id);
 CREATE TABLE IF NOT EXISTS listing_seen (
     side TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (side, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rekeys (
+    direction TEXT NOT NULL, key TEXT NOT NULL, old_key TEXT NOT NULL,
+    PRIMARY KEY (direction, key)
 ) WITHOUT ROWID;
 """
 
@@ -84,7 +92,20 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     conn.execute("PRAGMA temp_store = MEMORY")
     conn.execute("PRAGMA cache_size = -16000")
     conn.executescript(SCHEMA)
+    _add_columns(conn)
     conn.execute(
         "INSERT OR IGNORE INTO meta (name, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
     )
     return conn
+
+
+# Columns added after a table was first created: (table, column, declaration).
+ADDED_COLUMNS = (("history", "direction", "TEXT"),)
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    """Bring a state file of an earlier recsync up to date (in place, nothing lost)."""
+    for table, column, decl in ADDED_COLUMNS:
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")

@@ -7,6 +7,7 @@ state runs in one transaction, so ``kill -9`` at any point leaves a consistent f
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +17,13 @@ import msgspec
 
 from recsync import rules as rules_mod
 from recsync.clock import Clock, SystemClock
-from recsync.messages import Direction, ItemOutcome, Prepared, Side, WorkItem
+from recsync.messages import Direction, ItemOutcome, Prepared, Side, Unreadable, WorkItem
 from recsync.resilience import backoff_delay
 from recsync.rules import RuleSet
 from recsync.sqlbulk import execute_rows, values_marks
+from recsync.state import rekeys as rekeys_mod
+from recsync.state import unreadable as unreadable_mod
+from recsync.state.errors import rollback, state_error, translate
 from recsync.state.schema import connect
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -52,12 +56,20 @@ class EnqueueStats:
     stale: int = 0
     conflicts: int = 0
     deletes: int = 0
+    # Deletes of records linked on the other side: what the mass-delete guard counts. A
+    # delete of a record the other side never got deletes nothing there.
+    linked_deletes: int = 0
     guarded: int = 0  # deletes held back by the mass-delete guard
     # Set when the page went to the write lane directly (see ``enqueue``): the items to
     # write now; nothing of them, nor the cursor, is on disk until ``apply`` gets them back.
     direct: list[WorkItem] | None = None
     # With ``direct_only``: the page would not have gone direct, and nothing was recorded.
     declined: bool = False
+    # records of the page that cannot be read and were not recorded as failed before
+    unreadable: list[Unreadable] = field(default_factory=list)
+    # the listing that ended met an unreadable record that may be a linked one: the
+    # records it did not list were not taken as deleted
+    deletes_skipped: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,10 +116,14 @@ class Store:
     def __init__(self, path: Path, clock: Clock | None = None) -> None:
         self.path = path
         self.clock = clock or SystemClock()
-        self.db = connect(path)
-        row = self.db.execute("SELECT COALESCE(MAX(gen), 0) FROM queue").fetchone()
+        try:
+            self.db = connect(path)
+            row = self.db.execute("SELECT COALESCE(MAX(gen), 0) FROM queue").fetchone()
+        except (sqlite3.Error, OSError) as exc:
+            raise state_error(path, exc) from exc
         self._gen = int(row[0])
         self._sql_cache: dict[tuple[str, str, int], str] = {}
+        self._rekeys = rekeys_mod.pending(self.db)  # see recsync.state.rekeys
 
     def close(self) -> None:
         self.db.close()
@@ -132,6 +148,7 @@ class Store:
         self._gen += 1
         return self._gen
 
+    @translate
     def meta(self, name: str, default: Any = None) -> Any:
         row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         return default if row is None else row[0]
@@ -147,13 +164,13 @@ class Store:
                 (name, by),
             )
 
-    def _history(self, rows: Iterable[tuple[str, str, str | None]]) -> None:
+    def _history(self, rows: Iterable[tuple[str, str, str | None]],
+                 direction: str | None = None) -> None:
         now = self.clock.time()
-        self.db.executemany(
-            "INSERT INTO history (key, at, event, detail) VALUES (?, ?, ?, ?)",
-            [(k, now, e, d) for k, e, d in rows],
-        )
+        self._rows([(k, now, e, d, direction) for k, e, d in rows],
+                   "INSERT INTO history (key, at, event, detail, direction)")
 
+    @translate
     def cursor(self, side: Side) -> str | None:
         row = self.db.execute("SELECT cursor FROM cursors WHERE side = ?", (side,)).fetchone()
         return None if row is None else row[0]
@@ -176,7 +193,8 @@ class Store:
         for part in _chunks(keys):
             marks = ",".join("?" * len(part))
             for row in self.db.execute(
-                "SELECT key, op, content, hash, modified, state, src_hash, direction FROM queue "
+                "SELECT key, op, content, hash, modified, state, src_hash, direction, "
+                "attempts > 0 OR last_error IS NOT NULL FROM queue "
                 f"WHERE direction IN ('a_to_b', 'b_to_a') AND key IN ({marks})",
                 part,
             ):
@@ -184,6 +202,7 @@ class Store:
         return found
 
     # ---- enqueue ------------------------------------------------------------------------
+    @translate
     def enqueue(
         self,
         side: Side,
@@ -200,6 +219,8 @@ class Store:
         save_cursor: bool = True,
         direct_limit: int = 0,
         direct_only: bool = False,
+        unreadable: Sequence[Unreadable] = (),
+        unreadable_all: bool = False,
     ) -> EnqueueStats:
         """Record a page of changes from ``side`` and the cursor after it, atomically.
 
@@ -216,15 +237,20 @@ class Store:
         With ``direct_only``, a page that would not go direct is not recorded at all
         (``stats.declined``): the caller enqueues it again later.
 
+        ``unreadable`` records become failed records (see ``recsync.state.unreadable``).
+
         Raises:
             MassDeleteBlocked: the page (or the end of a listing) would delete more than
-                ``mass_delete_share`` of the records linked on the other side.
+                ``mass_delete_share`` of the records linked on the other side. Only deletes
+                of such records count: a delete of a record the other side never got
+                cancels its queued create (deletes nothing there).
         """
         stats = EnqueueStats()
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
             if listing_start:
+                unreadable_mod.start_listing(db, side)
                 db.execute("DELETE FROM listing_seen WHERE side = ?", (side,))
                 # With nothing linked on this side yet, the listing cannot find deletes:
                 # skip tracking its keys (the initial load of a big table).
@@ -233,12 +259,21 @@ class Store:
             if listing_since:
                 db.executemany("INSERT OR IGNORE INTO listing_seen VALUES (?, ?)",
                                [(side, c.key) for c in changes])
+            if unreadable or unreadable_all:
+                stats.unreadable = unreadable_mod.record(
+                    db, side, direction_from(side), unreadable, unreadable_all, observed,
+                    self.clock.time(), self._next_gen())
+                self._history((u.where, "failed", u.reason) for u in stats.unreadable)
+                self._bump(f"failed_{direction_from(side)}", len(stats.unreadable))
             # a record named twice in one page: its later change is what the side holds
             work = list({c.key: c for c in changes}.values())
             if listing_done:
-                if listing_since:
+                if listing_since and unreadable_mod.listing_hid_keys(db, side):
+                    stats.deletes_skipped = True
+                elif listing_since:
                     direct_limit = 0  # found deletes cannot be read again after a crash
                     work.extend(self._unlisted_deletes(side, observed, listing_since))
+                unreadable_mod.end_listing(db, side, direction_from(side))
                 db.execute("DELETE FROM listing_seen WHERE side = ?", (side,))
                 self._set_meta(f"listing_{side}", 0)
             flying = in_flight or {}
@@ -247,13 +282,13 @@ class Store:
                 flying.get(direction_from(side), frozenset()),
                 flying.get(direction_from(other(side)), frozenset()), direct_limit)
             if direct_only and stats.direct is None:
-                db.execute("ROLLBACK")
+                rollback(db)
                 return EnqueueStats(declined=True)
-            if mass_delete_share > 0 and stats.deletes >= mass_delete_min:
+            if mass_delete_share > 0 and stats.linked_deletes >= mass_delete_min:
                 total = self._linked_count(other(side))
                 allowed = int(self.meta(f"allow_deletes_{side}", 0) or 0)
-                if stats.deletes > mass_delete_share * total and not allowed:
-                    raise MassDeleteBlocked(side, stats.deletes, total)
+                if stats.linked_deletes > mass_delete_share * total and not allowed:
+                    raise MassDeleteBlocked(side, stats.linked_deletes, total)
                 if allowed:
                     self._set_meta(f"allow_deletes_{side}", 0)
             if save_cursor and stats.direct is None:
@@ -262,7 +297,7 @@ class Store:
                 )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            rollback(db)
             raise
         return stats
 
@@ -292,6 +327,11 @@ class Store:
         in_flight_opposite: frozenset[str],
         direct_limit: int = 0,
     ) -> None:
+        if self._rekeys:
+            waiting = rekeys_mod.old_keys(self.db, [c.key for c in changes])
+            if waiting:  # the write of the record's new key carries its content
+                stats.stale += len(waiting)
+                changes = [c for c in changes if c.key not in waiting]
         if not changes:
             return
         o = other(side)
@@ -338,8 +378,15 @@ class Store:
                     link_rows.append((c.key, side, None, c.modified))
                 if other_hash is None:  # the other side never got it
                     if same is not None and c.key not in in_flight_same:
-                        drop.append((direction, c.key))
                         stats.deletes += 1
+                        if same[8] and same[1] == "upsert" and allowed(direction, "delete"):
+                            # A write of it was tried and may have landed after all (a
+                            # dropped answer): a delete instead, a no-op if it did not.
+                            stats.queued += 1
+                            queue_rows.append((direction, c.key, None, None, None,
+                                               c.modified, observed))
+                        else:
+                            drop.append((direction, c.key))  # cancel the queued create
                     if same is None or c.key not in in_flight_same:
                         continue
                 op = "delete"
@@ -369,6 +416,8 @@ class Store:
                     src_hash = None
             if c.op == "delete" or content is None:
                 stats.deletes += 1
+                if other_hash is not None:
+                    stats.linked_deletes += 1
             stats.queued += 1
             queue_rows.append((direction, c.key, content, chash, src_hash, c.modified, observed))
         self._save_links(link_rows)
@@ -385,7 +434,7 @@ class Store:
         self.db.executemany("DELETE FROM queue WHERE direction = ? AND key = ?", drop)
         self._put_queue([self._row(*r) for r in queue_rows], now)
         if history:
-            self._history(history)
+            self._history(history, direction)
         self._bump("conflicts", stats.conflicts)
 
     def _all_new_direct(
@@ -445,6 +494,7 @@ class Store:
                 f"{side}_modified = excluded.{side}_modified")
 
     # ---- lease and results --------------------------------------------------------------
+    @translate
     def lease(self, direction: Direction, limit: int, exclude: frozenset[str]) -> list[WorkItem]:
         """Up to ``limit`` due items (oldest due first), skipping keys in ``exclude``.
 
@@ -453,9 +503,11 @@ class Store:
         """
         now = self.clock.time()
         target = "b" if direction == "a_to_b" else "a"
+        rekey = ("(SELECT r.old_key FROM rekeys r WHERE r.direction = q.direction "
+                 "AND r.key = q.key)" if self._rekeys else "NULL")
         rows = self.db.execute(
             "SELECT q.key, q.op, q.content, q.hash, q.modified, q.gen, q.attempts, "
-            f"CASE WHEN l.stale THEN NULL ELSE l.{target}_hash END, q.src_hash "
+            f"CASE WHEN l.stale THEN NULL ELSE l.{target}_hash END, q.src_hash, {rekey} "
             "FROM queue q LEFT JOIN links l ON l.key = q.key "
             "WHERE q.direction = ? AND q.state = 'ready' AND q.next_at <= ? "
             "ORDER BY q.next_at LIMIT ?",
@@ -463,11 +515,12 @@ class Store:
         ).fetchall()
         return [
             WorkItem(r[0], r[1], None if r[2] is None else _decode(r[2]), r[3], r[4], r[5], r[6],
-                     r[7], r[8])
+                     r[7], r[8], r[9])
             for r in rows
             if r[0] not in exclude
         ][:limit]
 
+    @translate
     def apply(
         self,
         direction: Direction,
@@ -504,22 +557,36 @@ class Store:
         requeue: list[tuple[Any, ...]] = []
         history: list[tuple[str, str, str | None]] = []
         retry_rows: list[tuple[Any, ...]] = []
+        made: list[ItemOutcome] = []  # created on the target under a key of its own
         db.execute("BEGIN IMMEDIATE")
         try:
+            on_target = self._on_side(target, [o.key for o in outcomes if o.status == "synced"])
             if direct is not None:
                 self._queue_unsynced(direction, outcomes, direct, now)
             for o in outcomes:
-                if o.status == "synced":
+                if o.status == "synced" and o.new_key is not None:
+                    stats.synced += 1
+                    if direct is None:
+                        done.append((direction, o.key, o.gen))
+                    made.append(o)
+                    requeue.append(self._row(back, o.new_key, o.content, o.hash, o.hash, now,
+                                             now))
+                elif o.status == "synced":
                     stats.synced += 1
                     if direct is None:
                         done.append((direction, o.key, o.gen))
                     written.append((o.key, o.hash, written_at, now, o.src_hash))
+                    op = ("delete" if o.hash is None
+                          else "update" if o.key in on_target else "create")
                     if o.winner is not None:
                         stats.conflicts += 1
                         history.append((o.key, "conflict", f"found at write; {o.winner} wins"))
+                        history.append((o.key, op, f"after a conflict: {o.winner} wins"))
                         if o.winner == "merged":
                             requeue.append(
                                 self._row(back, o.key, o.content, o.hash, o.hash, now, now))
+                    else:
+                        history.append((o.key, op, None))
                 elif o.status == "superseded":
                     stats.conflicts += 1
                     if direct is None:
@@ -583,8 +650,14 @@ class Store:
                     "(SELECT value FROM json_each(?))",
                     (json.dumps(gone),),
                 )
+            if self._rekeys and written:
+                rekeys_mod.written_back(db, direction, [w[0] for w in written])
+            if made:
+                history.extend(rekeys_mod.link_new_keys(db, made, target, back, written_at,
+                                                        now))
+                self._rekeys = True
             self._put_queue(requeue, now)
-            self._history(history)
+            self._history(history, direction)
             self._bump(f"synced_{direction}", stats.synced)
             self._bump(f"failed_{direction}", stats.failed)
             self._bump("conflicts", stats.conflicts)
@@ -593,7 +666,7 @@ class Store:
                            (direct.side, direct.cursor))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            rollback(db)
             raise
         return stats
 
@@ -612,6 +685,21 @@ class Store:
                              i.modified, direct.observed, o.gen, "ready", 0, now, now, now))
         self._rows(rows, _QUEUE_INSERT, "ON CONFLICT (direction, key) DO NOTHING")
 
+    def _on_side(self, side: Side, keys: Sequence[str]) -> set[str]:
+        """Which of ``keys`` the links know to be on ``side`` (before a write changes it)."""
+        found: set[str] = set()
+        if not keys or not self._any_link():
+            return found
+        for part in _chunks(keys):
+            marks = ",".join("?" * len(part))
+            found.update(r[0] for r in self.db.execute(
+                f"SELECT key FROM links WHERE {side}_hash IS NOT NULL AND key IN ({marks})",
+                part))
+        return found
+
+    def _any_link(self) -> bool:
+        return bool(self.db.execute("SELECT EXISTS (SELECT 1 FROM links)").fetchone()[0])
+
     def _has_ready(self, direction: Direction) -> bool:
         row = self.db.execute(
             "SELECT EXISTS (SELECT 1 FROM queue WHERE direction = ? AND state = 'ready')",
@@ -620,6 +708,7 @@ class Store:
         return bool(row.fetchone()[0])
 
     # ---- queries ------------------------------------------------------------------------
+    @translate
     def counts(self) -> dict[str, int]:
         """Queue depth by state and direction, plus totals kept in meta."""
         out: dict[str, int] = {}
@@ -634,39 +723,66 @@ class Store:
             out[f"total_{name}"] = int(value)
         return out
 
+    @translate
     def next_due(self) -> float | None:
         row = self.db.execute(
             "SELECT MIN(next_at) FROM queue WHERE state = 'ready'"
         ).fetchone()
         return None if row[0] is None else float(row[0])
 
+    @translate
     def has_pending(self) -> bool:
         row = self.db.execute("SELECT EXISTS (SELECT 1 FROM queue WHERE state != 'failed')")
         return bool(row.fetchone()[0])
 
+    @translate
     def pending(self) -> int:
         """Items not yet synced and not failed (ready, waiting for a retry, or in flight)."""
         row = self.db.execute("SELECT COUNT(*) FROM queue WHERE state != 'failed'").fetchone()
         return int(row[0])
 
+    @translate
+    def drop_unreadable(self, keys: Sequence[str] | None = None) -> tuple[int, set[Side]]:
+        """Drop the failed unreadable records among ``keys`` (all when None): how many,
+        and the sides they were on, which must be listed again (see
+        ``recsync.state.unreadable``)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            dropped = unreadable_mod.drop(self.db, keys)
+            self._history((k, "manual_retry", "listed again") for _d, k in dropped)
+            self.db.execute("COMMIT")
+        except BaseException:
+            rollback(self.db)
+            raise
+        return len(dropped), {"a" if d == "a_to_b" else "b" for d, _k in dropped}
+
+    @translate
     def retry_failed(self, keys: Sequence[str] | None = None) -> int:
         """Make failed items ready again with fresh attempts (all when ``keys`` is None)."""
         now = self.clock.time()
         self.db.execute("BEGIN IMMEDIATE")
-        if keys is None:
-            keys = [r[0] for r in self.db.execute("SELECT key FROM queue WHERE state='failed'")]
-        n = 0
-        for part in _chunks(list(keys)):
-            marks = ",".join("?" * len(part))
-            n += self.db.execute(
-                "UPDATE queue SET state = 'ready', attempts = 0, next_at = ?, updated_at = ? "
-                f"WHERE state = 'failed' AND key IN ({marks})",
-                (now, now, *part),
-            ).rowcount
-        self._history((k, "manual_retry", None) for k in keys)
-        self.db.execute("COMMIT")
+        try:
+            if keys is None:
+                keys = [r[0] for r in
+                        self.db.execute("SELECT key FROM queue WHERE state = 'failed' "
+                                           "AND op != 'unreadable'")]
+            n = 0
+            for part in _chunks(list(keys)):
+                marks = ",".join("?" * len(part))
+                n += self.db.execute(
+                    "UPDATE queue SET state = 'ready', attempts = 0, next_at = ?, "
+                    f"updated_at = ? WHERE state = 'failed' AND op != 'unreadable' "
+                    f"AND key IN ({marks})",
+                    (now, now, *part),
+                ).rowcount
+            self._history((k, "manual_retry", None) for k in keys)
+            self.db.execute("COMMIT")
+        except BaseException:
+            rollback(self.db)
+            raise
         return n
 
+    @translate
     def use_rules(self, fingerprint: str) -> bool:
         """Note the rules in force; when they changed, mark every link's hashes stale.
 
@@ -675,10 +791,126 @@ class Store:
         if self.meta("rules_fingerprint") == fingerprint:
             return False
         self.db.execute("BEGIN IMMEDIATE")
-        self.db.execute("UPDATE links SET stale = 1 WHERE stale = 0")
-        self._set_meta("rules_fingerprint", fingerprint)
-        self.db.execute("COMMIT")
+        try:
+            self.db.execute("UPDATE links SET stale = 1 WHERE stale = 0")
+            self._set_meta("rules_fingerprint", fingerprint)
+            self.db.execute("COMMIT")
+        except BaseException:
+            rollback(self.db)
+            raise
         return True
 
+    @translate
     def allow_mass_delete(self, side: Side) -> None:
         self._set_meta(f"allow_deletes_{side}", 1)
+
+    @translate
+    def prune_history(self, per_record: int, days: float) -> int:
+        """Drop history older than ``days`` and all but the newest ``per_record`` entries of
+        each record; returns how many went. Records are looked at when they got entries
+        since the last prune (all of them when ``per_record`` changed), so a prune costs
+        in proportion to the recent activity, not to the size of the history."""
+        db = self.db
+        cutoff = self.clock.time() - days * 86400.0
+        since = int(self.meta("history_pruned_id", 0) or 0)
+        if self.meta("history_pruned_limit") != per_record:
+            since = 0
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            top = int(db.execute("SELECT COALESCE(MAX(id), 0) FROM history").fetchone()[0])
+            # ids grow with time: the old entries are the first ones
+            row = db.execute("SELECT id FROM history WHERE at >= ? ORDER BY id LIMIT 1",
+                             (cutoff,)).fetchone()
+            gone = db.execute("DELETE FROM history WHERE id < ?",
+                              (top + 1 if row is None else row[0],)).rowcount
+            if top > since:
+                gone += db.execute(
+                    "DELETE FROM history WHERE id IN (SELECT id FROM ("
+                    "SELECT id, ROW_NUMBER() OVER (PARTITION BY key ORDER BY id DESC) AS n "
+                    "FROM history WHERE key IN (SELECT key FROM history WHERE id > ?)) "
+                    "WHERE n > ?)", (since, per_record)).rowcount
+            self._set_meta("history_pruned_id", top)
+            self._set_meta("history_pruned_limit", per_record)
+            db.execute("COMMIT")
+        except BaseException:
+            rollback(db)
+            raise
+        return gone
+
+    # ---- repair (`recsync verify --repair`) -----------------------------------------------
+    @translate
+    def repair(
+        self,
+        items: Sequence[RepairItem],
+        *,
+        mass_delete_share: float = 0.0,
+        mass_delete_min: int = 10,
+    ) -> dict[str, int]:
+        """Queue the syncs ``recsync verify`` found missing, atomically; returns how many
+        were queued per direction.
+
+        Each item's link is first set to what verify saw on each side (so the writer's
+        conflict check compares the target with that, and echo suppression knows the
+        source's content); then the item is queued as any change is, replacing queued or
+        failed work of the same record and direction.
+
+        Raises:
+            MassDeleteBlocked: the deletes of one direction are more than
+                ``mass_delete_share`` of the records linked on its target (nothing queued).
+        """
+        db = self.db
+        now = self.clock.time()
+        deletes: dict[Direction, int] = {"a_to_b": 0, "b_to_a": 0}
+        for item in items:
+            if item.content is None:
+                deletes[item.direction] += 1
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for direction, count in deletes.items():
+                source: Side = "a" if direction == "a_to_b" else "b"
+                if mass_delete_share <= 0 or count < mass_delete_min:
+                    continue
+                total = self._linked_count(other(source))
+                allowed = int(self.meta(f"allow_deletes_{source}", 0) or 0)
+                if count > mass_delete_share * total and not allowed:
+                    raise MassDeleteBlocked(source, count, total)
+                if allowed:
+                    self._set_meta(f"allow_deletes_{source}", 0)
+            for side in ("a", "b"):
+                self._rows(
+                    [(i.key, i.a_hash if side == "a" else i.b_hash) for i in items],
+                    f"INSERT INTO links (key, {side}_hash)",
+                    f"ON CONFLICT (key) DO UPDATE SET {side}_hash = excluded.{side}_hash, "
+                    "stale = 0")
+            self._put_queue(
+                [self._row(i.direction, i.key, i.content, i.hash,
+                           i.hash if i.content is not None else None, i.modified, now)
+                 for i in items], now)
+            self._history((i.key, "repair", i.detail) for i in items)
+            db.execute("COMMIT")
+        except BaseException:
+            rollback(db)
+            raise
+        queued = {"a_to_b": 0, "b_to_a": 0}
+        for item in items:
+            queued[item.direction] += 1
+        return queued
+
+    def pending_keys(self) -> set[str]:
+        """Keys with work queued and not failed (being synced)."""
+        return {r[0] for r in self.db.execute("SELECT key FROM queue WHERE state != 'failed'")}
+
+
+@dataclass(frozen=True)
+class RepairItem:
+    """One sync ``Store.repair`` queues: write ``content`` (A-space; None: delete) in
+    ``direction``; ``a_hash``/``b_hash`` are what verify saw on each side (None: absent)."""
+
+    direction: Direction
+    key: str
+    content: dict[str, Any] | None
+    hash: str | None
+    modified: float
+    a_hash: str | None
+    b_hash: str | None
+    detail: str = ""

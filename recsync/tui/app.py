@@ -71,7 +71,7 @@ class RecsyncApp(App[None]):
     }
     DEFAULT_MODE = "overview"
     BINDINGS = [
-        Binding("o", "switch_mode('overview')", "Overview"),
+        Binding("o", "overview", "Overview"),
         Binding("f", "switch_mode('failed')", "Failed"),
         Binding("r", "switch_mode('rules')", "Rules"),
         Binding("s", "switch_mode('settings')", "Settings"),
@@ -177,6 +177,15 @@ class RecsyncApp(App[None]):
     # ---- navigation ----------------------------------------------------------------------
     def open_pipeline(self, pipeline: str) -> None:
         self.push_screen(DetailScreen(pipeline))
+
+    def action_overview(self) -> None:
+        """Back to the overview table from any screen or dialog."""
+        while len(self.screen_stack) > 1:
+            self.pop_screen()  # dialogs and pushed screens of this mode: closed
+        if self.current_mode != "overview":
+            self.switch_mode("overview")
+        while len(self.screen_stack) > 1:
+            self.pop_screen()  # the detail screen opened from the overview
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

@@ -16,6 +16,7 @@ HISTORY = 180  # stats samples kept per pipeline (one a second: three minutes)
 EVENTS = 100  # recent events kept per pipeline
 SPARK = "▁▂▃▄▅▆▇█"
 NA = "n/a"
+LOCAL = "local"  # the owner node when the status names none (a single daemon)
 
 
 def sparkline(values: list[float], width: int = 12) -> str:
@@ -34,6 +35,28 @@ def clock(ts: float | None) -> str:
     if ts is None:
         return NA
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+
+
+STATUS_FIELDS = (  # the PipelineStatus fields the dashboard knows by name
+    "pipeline",
+    "customer",
+    "name",
+    "a",
+    "b",
+    "state",
+    "error",
+    "queued",
+    "in_flight",
+    "failed",
+    "synced_a_to_b",
+    "synced_b_to_a",
+    "conflicts",
+    "restarts",
+    "cursors",
+    "node",
+    "settings",
+    "sides",
+)
 
 
 @dataclass
@@ -61,6 +84,15 @@ class PipelineView:
     events: deque[tuple[float, str, str]] = field(default_factory=lambda: deque(maxlen=EVENTS))
     actors: dict[str, int] = field(default_factory=dict)  # actor -> failures seen
     cursors: dict[str, str | None] = field(default_factory=dict)
+    # side -> circuit, circuit_retry_at, rate_limited_until, held_delete, last_error(_at)
+    sides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    node: str | None = None  # the owner node; None: the daemon the dashboard talks to
+    settings: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def node_text(self) -> str:
+        return self.node or LOCAL
 
     @property
     def systems(self) -> str:
@@ -83,25 +115,18 @@ class PipelineView:
         return " ".join(parts)
 
     def apply_status(self, data: dict[str, Any]) -> None:
-        for key in (
-            "customer",
-            "name",
-            "a",
-            "b",
-            "state",
-            "error",
-            "queued",
-            "in_flight",
-            "failed",
-            "synced_a_to_b",
-            "synced_b_to_a",
-            "conflicts",
-            "restarts",
-            "cursors",
-        ):
+        for key in STATUS_FIELDS[1:]:
             if key in data:
                 setattr(self, key, data[key])
         self.synced = int(data.get("synced_a_to_b", 0)) + int(data.get("synced_b_to_a", 0))
+        # fields this dashboard does not know yet (a newer daemon): shown as they are
+        self.extra = {k: v for k, v in data.items() if k not in STATUS_FIELDS}
+        self._apply_sides(data)
+
+    def _apply_sides(self, data: dict[str, Any]) -> None:
+        sides = data.get("sides")
+        if isinstance(sides, dict):
+            self.sides = {str(k): dict(v) for k, v in sides.items() if isinstance(v, dict)}
 
     def apply_stats(self, data: dict[str, Any], sample: bool = True) -> None:
         self.has_stats = True
@@ -110,6 +135,7 @@ class PipelineView:
                 setattr(self, key, data[key])
         self.circuit = dict(data.get("circuit") or {})
         self.rate_limit = {k: list(v) for k, v in (data.get("rate_limit") or {}).items()}
+        self._apply_sides(data)
         if sample:
             self.rates.append(float(data.get("rate", 0.0)))
 
@@ -149,6 +175,16 @@ class Model:
         self.last_reload = snap.get("last_reload")
         self.config_error = status.get("config_error")
         self.snapshots += 1
+        self.version += 1
+
+    def apply_status(self, status: dict[str, Any]) -> None:
+        """A ``status.get`` answer: the counts, cursors and errors of every pipeline."""
+        for row in status.get("pipelines") or []:
+            view = self.pipelines.get(row.get("pipeline", ""))
+            if view is not None:
+                view.apply_status(row)
+        if "config_error" in status:
+            self.config_error = status["config_error"]
         self.version += 1
 
     def apply_event(self, event: dict[str, Any]) -> None:
@@ -200,7 +236,8 @@ def describe(kind: str, data: dict[str, Any]) -> str:
         return f"configuration rejected: {data.get('error')}"
     if kind == "config_reloaded":
         return "configuration reloaded: " + reload_summary(data)
-    return ", ".join(f"{k}={v}" for k, v in sorted(data.items()) if k != "pipeline") or kind
+    items = sorted(data.items())
+    return ", ".join(f"{k} {plain(v)}" for k, v in items if k != "pipeline") or kind
 
 
 def reload_summary(data: dict[str, Any]) -> str:
@@ -209,3 +246,19 @@ def reload_summary(data: dict[str, Any]) -> str:
         for key in ("added", "changed", "removed", "rules_changed")
     ]
     return "; ".join(parts)
+
+
+def plain(value: Any) -> str:
+    """A value as a user writes it: ``active, pending``, ``in active, pending``, ``true``,
+    ``60``; never a Python repr (no brackets, braces or quotes)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+    if isinstance(value, dict):
+        return "; ".join(f"{k} {plain(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, list | tuple | set | frozenset):
+        return ", ".join(plain(v) for v in value) or "-"
+    return str(value)

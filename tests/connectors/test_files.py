@@ -638,3 +638,22 @@ def test_a_record_added_after_a_last_line_without_break_gets_that_lines_break(
     c.write([WriteOp("1", "upsert", {"id": "1", "name": "A2"})])  # updated in place
     c.write([WriteOp("3", "upsert", {"id": "3", "name": "C"})])  # added at the end
     assert path.read_bytes() == b"id,name\r\n1,A2\r\n2,B\n4,D\n3,C\r\n"
+
+
+def test_lines_that_cannot_be_read_are_reported_with_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "people.csv").write_bytes(b"id,name\n1,Ann\n2,B\xffb\n3,Cid\n")
+    pages, _ = drain(make(tmp_path), None, 1)
+    assert set(records(pages)) == {"1", "3"}
+    bad = [u for p in pages for u in p.unreadable]
+    assert [u.where for u in bad] == ["people.csv:3"]
+    assert "Line 3 of" in bad[0].reason and "not valid utf-8" in bad[0].reason
+    assert bad[0].hides_key
+    (tmp_path / "people.jsonl").write_text('{"id": 1}\n{not json\n\n{"id": 2}\n')
+    pages, _ = drain(make(tmp_path, "people.jsonl"), None, 10)
+    assert [(u.where, "not valid JSON" in u.reason) for p in pages for u in p.unreadable] == [
+        ("people.jsonl:2", True)]
+    # a line without a key is no record whose key was lost: deletes are still found
+    (tmp_path / "people.csv").write_text("id,name\n1,Ann\n,Nobody\n")
+    pages, _ = drain(make(tmp_path), None, 10)
+    assert [(u.where, u.hides_key) for p in pages for u in p.unreadable] == [
+        ("people.csv:3", False)]

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from recsync.connectors.mock.outreach import OutreachMock
 from recsync.connectors.outreach import OutreachConnector
 from recsync.connectors.registry import get_connector_class
 from recsync.errors import ConnectorConfigError, ConnectorError, RateLimited
 from recsync.messages import ChangePage, WriteOp
+from recsync.mock.outreach import OutreachMock
 
 
 @pytest.fixture
@@ -304,7 +304,7 @@ def test_credentials_from_env_and_credentials_directory(
 
 
 def test_mock_mode_uses_embedded_server(tmp_path: Path) -> None:
-    from recsync.connectors import mock
+    from recsync import mock
 
     try:
         conn = OutreachConnector({"mock": True}, tmp_path)

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from recsync.connectors.mock.salesforce import SalesforceMock
 from recsync.connectors.registry import get_connector_class
 from recsync.connectors.salesforce import SalesforceConfig, SalesforceConnector
 from recsync.errors import ConnectorConfigError, ConnectorError, RateLimited
 from recsync.messages import WriteOp
+from recsync.mock.salesforce import SalesforceMock
 
 KEY = "Record_Id__c"
 
@@ -330,3 +330,13 @@ def test_collections_sent_in_parallel_write_every_record_once(
     rows = mock.list_records()
     assert sorted(int(r[KEY]) for r in rows) == list(range(1000))
     assert all(r["Email"] == f"u{r[KEY]}@example.com" for r in rows)
+
+
+def test_the_username_is_shown_as_everywhere_else(tmp_path: Path) -> None:
+    """The username names the org user in system ids, errors and logs: it is not a secret,
+    so the config shows it too (and the password stays hidden)."""
+    cfg = SalesforceConfig(key=KEY, username="alice@x.com", password="hunter2-secret")
+    conn = SalesforceConnector(cfg, tmp_path)
+    assert "username='alice@x.com'" in repr(cfg)
+    assert "alice@x.com" in conn.system_id
+    assert "hunter2" not in repr(cfg) and "hunter2" not in conn.system_id

@@ -627,3 +627,168 @@ def test_own_writes_are_not_read_back_from_the_log(conn: SqliteConnector, db_pat
     user_sql(db_path, "UPDATE contacts SET name = 'theirs' WHERE id = 1")
     page = conn.read_changes(cursor, 100)
     assert [(c.key, c.fields and c.fields["name"]) for c in page.changes] == [("1", "theirs")]
+
+
+# ---------------------------------------------------------------- schema changes
+
+
+def rebuild_contacts(path: Path, extra: str = "") -> None:
+    """SQLite's documented way to change a table's schema: new table, copy, drop, rename
+    (which drops the table's triggers with it); then ``extra`` statements."""
+    db = sqlite3.connect(path)
+    db.executescript(
+        "BEGIN;"
+        "CREATE TABLE new_contacts (id INTEGER PRIMARY KEY, email TEXT, name TEXT, "
+        "score INTEGER, updated_at TEXT, phone TEXT);"
+        "INSERT INTO new_contacts (id, email, name, score, updated_at) "
+        "SELECT id, email, name, score, updated_at FROM contacts;"
+        "DROP TABLE contacts;"
+        "ALTER TABLE new_contacts RENAME TO contacts;"
+        "COMMIT;" + extra
+    )
+    db.close()
+
+
+CHANGES_WITHOUT_CAPTURE = (
+    "INSERT INTO contacts (id, email) VALUES (11, 'new@x.org');"
+    "UPDATE contacts SET name = 'Renamed' WHERE id = 2;"
+    "DELETE FROM contacts WHERE id = 3;"
+)
+
+
+def test_rebuilt_table_gets_its_triggers_back_and_is_listed_again(
+    conn: SqliteConnector, db_path: Path
+) -> None:
+    cursor = listed(conn)
+    # a schema change that keeps the table and its triggers: read from the log as usual
+    user_sql(db_path, "CREATE INDEX contacts_email ON contacts (email)")
+    user_sql(db_path, "UPDATE contacts SET name = 'indexed' WHERE id = 5")
+    page = conn.read_changes(cursor, 100)
+    assert not page.listing and page.warning is None
+    assert [c.key for c in page.changes] == ["5"]
+    cursor = page.cursor
+    rebuild_contacts(db_path, CHANGES_WITHOUT_CAPTURE)
+    assert not {n for _t, n in schema(db_path) if n.startswith("recsync_contacts_")}
+    pages, cursor = drain(conn, cursor, 100)
+    first = pages[0]
+    assert first.listing and first.listing_start and first.warning
+    assert "rebuilt" in first.warning
+    listed_rows = {c.key: c.fields for p in pages if p.listing for c in p.changes}
+    assert "3" not in listed_rows and listed_rows["11"]["email"] == "new@x.org"  # type: ignore[index]
+    assert listed_rows["2"]["name"] == "Renamed"  # type: ignore[index]
+    assert {("trigger", f"recsync_contacts_{s}") for s in ("ai", "au", "ad")} <= schema(db_path)
+    # capture is on again: the next change comes from the log, with the new column
+    user_sql(db_path, "UPDATE contacts SET phone = '555' WHERE id = 4")
+    page = conn.read_changes(cursor, 100)
+    assert not page.listing and page.warning is None
+    assert [(c.key, c.fields["phone"]) for c in page.changes] == [("4", "555")]  # type: ignore[index]
+
+
+def test_table_rebuilt_while_recsync_was_stopped_is_listed_again_by_every_reader(
+    tmp_path: Path, db_path: Path
+) -> None:
+    # two pipelines read the table; the first to start puts the triggers back
+    first, second = opened(tmp_path), opened(tmp_path)
+    cursors = [listed(first), listed(second)]
+    first.close()
+    second.close()
+    rebuild_contacts(db_path, CHANGES_WITHOUT_CAPTURE)
+    first, second = opened(tmp_path), opened(tmp_path)
+    for c, cursor in zip((first, second), cursors, strict=True):
+        pages, after = drain(c, cursor, 100)
+        assert pages[0].listing_start and pages[0].warning
+        assert "missing" in pages[0].warning
+        assert "11" in {ch.key for p in pages for ch in p.changes}
+        # once listed, the log is read as usual
+        assert c.read_changes(after, 100).warning is None
+        c.close()
+
+
+@pytest.mark.parametrize("running", [True, False])
+def test_change_log_dropped_and_created_again_is_noticed(
+    tmp_path: Path, db_path: Path, running: bool
+) -> None:
+    c = opened(tmp_path)
+    cursor = listed(c)
+    for i in range(3):  # the log moves on: the cursor is at seq 3
+        user_sql(db_path, "UPDATE contacts SET name = ? WHERE id = 1", (str(i),))
+    cursor = c.read_changes(cursor, 100).cursor
+    assert json.loads(cursor or "")["seq"] == 3
+    if not running:
+        c.close()
+    db = sqlite3.connect(db_path)
+    db.executescript(
+        "DROP TABLE recsync_changelog_contacts;"
+        "CREATE TABLE recsync_changelog_contacts (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+        'op TEXT NOT NULL, "key", changed_at REAL NOT NULL);'
+        "UPDATE contacts SET name = 'lost?' WHERE id = 6;"
+    )
+    db.close()
+    if not running:
+        c = opened(tmp_path)
+    pages, _ = drain(c, cursor, 100)
+    assert pages[0].listing_start and pages[0].warning
+    assert "change log" in pages[0].warning
+    got = {ch.key: ch.fields for p in pages for ch in p.changes}
+    assert got["6"]["name"] == "lost?"  # type: ignore[index]
+    c.close()
+
+
+# ---------------------------------------------------------------- rows without a key
+
+
+def test_rows_without_a_key_are_reported_unreadable_with_their_rowid(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE contacts (code TEXT, name TEXT);"
+        "INSERT INTO contacts VALUES ('a', 'Ann'), (NULL, 'No key'), ('c', 'Cid');")
+    db.close()
+    c = SqliteConnector(SqliteConfig(path="db.sqlite", table="contacts", key="code"), tmp_path)
+    c.open()
+    page = c.read_changes(None, 100)
+    assert [ch.key for ch in page.changes] == ["a", "c"]
+    (bad,) = page.unreadable
+    assert bad.where == "contacts rowid 2" and not bad.hides_key
+    assert "NULL" in bad.reason and "'code'" in bad.reason
+    # from the change log: the whole set of keyless rows, each time one changes
+    user_sql(path, "INSERT INTO contacts VALUES (NULL, 'Another')")
+    page = c.read_changes(page.cursor, 100)
+    assert page.unreadable_all
+    assert [u.where for u in page.unreadable] == ["contacts rowid 2", "contacts rowid 4"]
+    user_sql(path, "UPDATE contacts SET code = 'b' WHERE rowid = 2")
+    page = c.read_changes(page.cursor, 100)
+    assert [ch.key for ch in page.changes] == ["b"]
+    assert page.unreadable_all and [u.where for u in page.unreadable] == ["contacts rowid 4"]
+    c.close()
+
+
+# ---------------------------------------------------------------- keys made by the table
+
+
+def test_a_key_an_integer_primary_key_cannot_hold_gets_a_new_rowid(
+    conn: SqliteConnector, db_path: Path
+) -> None:
+    cursor = listed(conn)
+    res = conn.write([
+        WriteOp("sf-003A", "upsert", {"id": "sf-003A", "name": "From CRM", "email": "c@x.org"}),
+        WriteOp("4", "upsert", {"id": 4, "name": "Four"}),
+    ])
+    assert [(r.error, r.new_key) for r in res] == [(None, "11"), (None, None)]
+    assert conn.fetch(["11"])["11"]["name"] == "From CRM"
+    db = sqlite3.connect(db_path)
+    assert db.execute("SELECT count(*) FROM contacts WHERE id = 'sf-003A'").fetchone() == (0,)
+    db.close()
+    # our own insert is no change to read back
+    assert conn.read_changes(cursor, 100).changes == []
+
+
+def test_a_key_a_table_cannot_hold_nor_make_is_refused_saying_so(tmp_path: Path) -> None:
+    make_db(tmp_path / "db.sqlite",
+            "CREATE TABLE contacts (id INTEGER NOT NULL UNIQUE, name TEXT) STRICT")
+    c = connector(tmp_path)
+    c.open()
+    (res,) = c.write([WriteOp("sf-003A", "upsert", {"id": "sf-003A", "name": "x"})])
+    assert res.error and res.new_key is None and not res.retryable
+    assert "cannot make keys itself" in res.error and "not an INTEGER PRIMARY KEY" in res.error
+    c.close()

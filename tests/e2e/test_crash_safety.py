@@ -138,7 +138,7 @@ def _kill_when(proc: subprocess.Popen[bytes], progress: Callable[[], int], at: i
 def _count(path: Path) -> int:
     if not path.exists():
         return 0
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    conn = sqlite3.connect(path, timeout=5)
     try:
         return int(conn.execute("SELECT COUNT(*) FROM users").fetchone()[0])
     finally:

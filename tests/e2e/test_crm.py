@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from recsync.connectors.mock.outreach import OutreachMock
-from recsync.connectors.mock.salesforce import SalesforceMock
+from recsync.mock.outreach import OutreachMock
+from recsync.mock.salesforce import SalesforceMock
 from tests.e2e.helpers import make_users, recsyncd_cmd, sql, users, wait_for, write_config
 
 SQLITE_A = '{ connector = "sqlite", path = "a.sqlite", table = "users", key = "record_id" }'
@@ -491,3 +491,62 @@ def test_expired_token_during_a_run_is_renewed(tmp_path: Path, crm: Crm) -> None
     assert seen < len(want), "the run ended before the token was expired"
     assert crm.rows() == want
     assert not crm.duplicates()
+
+
+# ---------------------------------------------------------------------------- keys made by A
+
+
+def push_without_key(crm: Crm, name: str, email: str) -> None:
+    """A record created by hand in the CRM: no external id (Record_Id__c, externalId)."""
+    if crm.kind == "salesforce":
+        crm.mock.push({"LastName": name, "Email": email, "Status__c": "active"})
+    else:
+        crm.mock.push({"lastName": name, "email": email})
+
+
+def test_a_crm_record_without_the_a_key_becomes_a_new_row_whose_key_goes_back(
+    tmp_path: Path, crm: Crm
+) -> None:
+    a = setup_pipeline(tmp_path, crm, seed_rows(3))
+    ok(once(tmp_path))
+    push_without_key(crm, "No Key", "nokey@crm.org")
+    out = ok(once(tmp_path))
+    assert "b->a 1 synced" in out and "0 failed" in out, out
+    (row,) = sql(a, "SELECT record_id, full_name, email_address FROM users "
+                    "WHERE email_address = 'nokey@crm.org'")
+    assert row[0] == 4 and row[1] == "No Key"  # a new key from the INTEGER PRIMARY KEY
+    email = "Email" if crm.kind == "salesforce" else "email"
+    (record,) = [r for r in crm.records() if r[email] == "nokey@crm.org"]
+    assert crm.key_of(record) == "4" and not crm.duplicates()
+    links = state_rows(tmp_path, "SELECT key, a_hash IS NOT NULL, b_hash IS NOT NULL "
+                                 "FROM links WHERE key NOT IN ('1', '2', '3')")
+    assert links == [("4", 1, 1)]
+    # settled: nothing more to write, and a change on either side syncs under the new key
+    assert SUMMARY_ZERO in ok(once(tmp_path))
+    crm.push(4, "Renamed in CRM", "nokey@crm.org")
+    ok(once(tmp_path))
+    assert users(a)["4"][0] == "Renamed in CRM"
+    assert crm.rows() == expected(users(a), crm.kind)
+
+
+def test_a_contact_without_the_a_key_fails_saying_why_when_a_cannot_make_keys(
+    tmp_path: Path, salesforce: Crm
+) -> None:
+    strict = """
+    CREATE TABLE users (
+        record_id INTEGER NOT NULL UNIQUE,
+        full_name TEXT NOT NULL,
+        email_address TEXT,
+        status TEXT NOT NULL DEFAULT 'active'
+    ) STRICT
+    """
+    make_users(tmp_path / "a.sqlite", seed_rows(2), schema=strict)
+    write_config(tmp_path, SQLITE_A, salesforce.side_b, rules=salesforce.rules())
+    ok(once(tmp_path))
+    salesforce.mock.push({"LastName": "No Key", "Email": "nokey@crm.org", "Status__c": "active"})
+    out = ok(once(tmp_path), code=1)
+    assert "1 failed" in out, out
+    ((key, error),) = state_rows(tmp_path, "SELECT key, last_error FROM queue "
+                                           "WHERE state = 'failed'")
+    assert key.startswith("sf-")
+    assert "cannot make keys itself" in error and "not an INTEGER PRIMARY KEY" in error

@@ -218,8 +218,9 @@ def test_config_override_persist_writes_the_settings_file(service: Service) -> N
                 "--rate-limit", "50/10", "--persist")
     text = (service.folder / "customer_settings.toml").read_text()
     assert "batch_size = 7" in text and "max_requests = 50" in text
-    wait_for(lambda: any(s["rate_limit"]["a"][1] == 50 for s in service.json("stats")),
-             what="the new budget in stats")
+    # the budget is the CRMs': both sides here are SQLite files, which it never throttles
+    wait_for(lambda: service.json("stats"), what="stats")
+    assert all(s["rate_limit"] == {} for s in service.json("stats"))
 
 
 def test_hot_reload_of_both_files_valid_and_invalid(service: Service) -> None:
@@ -227,6 +228,10 @@ def test_hot_reload_of_both_files_valid_and_invalid(service: Service) -> None:
     events = subprocess.Popen(
         [sys.executable, "-m", "recsync.cli", "--endpoint", service.endpoint, "--json",
          "events"], stdout=subprocess.PIPE, text=True)
+    assert events.stdout is not None
+    # subscribed once the first event (a stats tick, every second) is in: on a busy machine
+    # the client may start after the rejection below, and miss it
+    first = events.stdout.readline()
     try:
         wait_for(lambda: synced(service), what="the first sync")
         broken = settings.read_text().replace("batch_size = 100", "batch_size = 'many'")
@@ -259,6 +264,7 @@ def test_hot_reload_of_both_files_valid_and_invalid(service: Service) -> None:
     finally:
         events.terminate()
         out, _ = events.communicate(timeout=10)
+    out = first + out
     kinds = [json.loads(line)["kind"] for line in out.splitlines() if line.strip()]
     assert "config_rejected" in kinds and "config_reloaded" in kinds
     seqs = [json.loads(line)["seq"] for line in out.splitlines() if line.strip()]
@@ -344,8 +350,8 @@ def test_remaining_commands_through_the_cli(service: Service) -> None:
     done = service.json("sync", "now", "acme", "--full")
     assert done["pipelines"] == ["acme/people"]
     assert users(service.folder / "b.sqlite")["9"][0] == "Full"
-    confirm = service.json("deletes", "confirm", "acme", "people", "a")
-    assert confirm["pipelines"] == ["acme/people"]
+    confirm = service.json("deletes", "confirm", "acme", "--pipeline", "people", "--side", "a")
+    assert confirm == {"count": 0, "pipelines": []}  # nothing is held
     missing = service.cli("pause", "nobody", check=False)
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
 

@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 
 from recsync.clock import FakeClock
+from recsync.errors import StateUnavailable
 from recsync.messages import ItemOutcome, Prepared
 from recsync.rules import RuleSet, content_hash
 from recsync.state.store import MassDeleteBlocked, RetryPolicy, Store
+from tests.diskfull import fill, small_disk
 
 RULES = RuleSet(
     name="t",
@@ -323,3 +325,73 @@ def test_a_record_named_twice_in_a_page_ends_as_its_later_change(
                           clock.time(), RULES, direct_limit=10)
     assert stats.direct is None and stats.unchanged == 1
     assert store.lease("a_to_b", 10, frozenset()) == []
+
+
+def test_deleting_never_synced_records_cancels_their_creates_and_is_not_guarded(
+    store: Store, clock: FakeClock
+) -> None:
+    store.enqueue("a", [change(str(k), f"n{k}") for k in range(10)], "c1", clock.time(), RULES)
+    sync_all(store, "a_to_b", clock)  # 10 linked on b
+    clock.advance(1)
+    # 20 creates queued while b is down; the first 5 were tried and refused.
+    store.enqueue("a", [change(str(k), f"n{k}") for k in range(100, 120)], "c2", clock.time(),
+                  RULES)
+    tried = store.lease("a_to_b", 5, frozenset())
+    store.apply("a_to_b", [ItemOutcome(i.key, i.gen, "retry", error="HTTP 503") for i in tried],
+                RetryPolicy(), clock.time())
+    clock.advance(1)
+    stats = store.enqueue("a", [change(str(k), None) for k in range(100, 120)], "c3",
+                          clock.time(), RULES, mass_delete_share=0.5, mass_delete_min=5)
+    assert (stats.deletes, stats.linked_deletes) == (20, 0)
+    assert store.cursor("a") == "c3"
+    # untried creates are cancelled; a tried one may have landed: a delete instead
+    rows = store.db.execute("SELECT key, op FROM queue ORDER BY key").fetchall()
+    assert rows == sorted((i.key, "delete") for i in tried)
+    # deletes of linked records still count
+    with pytest.raises(MassDeleteBlocked) as err:
+        store.enqueue("a", [change(str(k), None) for k in range(6)], "c4", clock.time(), RULES,
+                      mass_delete_share=0.5, mass_delete_min=5)
+    assert (err.value.count, err.value.total) == (6, 10)
+
+
+def test_a_full_state_disk_is_reported_as_such_and_changes_nothing(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """SQLITE_FULL for real, through SQLite's page cap on the store's connection."""
+    path = tmp_path / "state.sqlite"
+    store = Store(path, clock)
+    store.enqueue("a", [change("1", "Ada")], "c1", clock.time(), RULES)
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count = {pages}")
+    big = [change(str(k), "x" * 500) for k in range(100, 300)]
+    with pytest.raises(StateUnavailable, match="database or disk is full") as err:
+        store.enqueue("a", big, "c2", clock.time(), RULES)
+    assert str(path) in str(err.value)
+    assert not store.db.in_transaction
+    assert store.cursor("a") == "c1" and store.pending() == 1
+    store.db.execute("PRAGMA max_page_count = 1073741823")  # space again
+    store.enqueue("a", big, "c2", clock.time(), RULES)
+    assert store.cursor("a") == "c2" and store.pending() == 201
+    store.close()
+
+
+def test_a_disk_full_at_commit_raises_the_real_error_not_the_rollback_one(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """The WAL cannot grow at COMMIT: SQLite rolls back by itself; its error must stay."""
+    with small_disk(tmp_path / "disk") as disk:
+        store = Store(disk / "state.sqlite", clock)
+        store.enqueue("a", [change("1", "Ada")], "c1", clock.time(), RULES)
+        filler = fill(disk)
+        with pytest.raises(StateUnavailable, match="database or disk is full") as err:
+            for n in range(2, 200):
+                store.enqueue("a", [change(f"{n}-{k}", "x" * 500) for k in range(50)],
+                              f"c{n}", clock.time(), RULES)
+        assert "no transaction is active" not in str(err.value)
+        assert str(disk / "state.sqlite") in str(err.value)
+        cursor, pending = store.cursor("a"), store.pending()
+        assert pending == 1 + 50 * (int(str(cursor)[1:]) - 1)  # the failed page left nothing
+        filler.unlink()
+        store.enqueue("a", [change("z", "Zed")], "cz", clock.time(), RULES)
+        assert store.cursor("a") == "cz" and store.pending() == pending + 1
+        store.close()

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from recsync.client import ControlClient
 from recsync.daemon import protocol as p
 from recsync.daemon.control import ControlServer
@@ -32,6 +34,13 @@ def pipeline_status(customer: str, name: str, **over: Any) -> p.PipelineStatus:
         conflicts=0,
         restarts=0,
         cursors={"a": '{"seq":4711}', "b": '{"ts":"2026-01-02T03:04:05.000+0000","seen":[]}'},
+        settings={
+            "batch_size": 200,
+            "flush_interval": 1.0,
+            "poll_interval": 2.0,
+            "rate_limit_max": 100,
+            "rate_limit_window": 60.0,
+        },
     )
     base.update(over)
     return p.PipelineStatus(**base)
@@ -179,9 +188,41 @@ class FakeDaemon:
             return p.CountResult(len(self.failed))
         if isinstance(cmd, p.ConfigOverride):
             return p.CountResult(1, [f"{cmd.customer}/{cmd.pipeline}"])
+        if isinstance(cmd, p.Pause | p.Resume):
+            return self.set_state(cmd, "paused" if isinstance(cmd, p.Pause) else "running")
+        if isinstance(cmd, p.SyncNow):
+            return p.CountResult(1, [self.find(cmd.customer, cmd.pipeline).pipeline])
         if isinstance(cmd, p.Reload):
             raise ControlError("INVALID", self.config_error or "nothing")
         raise ControlError("UNKNOWN_COMMAND", type(cmd).__name__)
+
+    def find(self, customer: str, name: str | None) -> p.PipelineStatus:
+        for status in self.status:
+            if status.customer == customer and status.name == name:
+                return status
+        raise ControlError("NOT_FOUND", f"no pipeline {customer}/{name}")
+
+    def set_state(self, cmd: p.Pause | p.Resume, state: str) -> p.CountResult:
+        """Pause or resume: the state changes, and the events tell the dashboard."""
+        found = self.find(cmd.customer, cmd.pipeline)
+        self.change(found.pipeline, state=state)
+        return p.CountResult(1, [found.pipeline])
+
+    def change(self, pipeline: str, **fields: Any) -> p.PipelineStatus:
+        """Change a pipeline's status (as the next status.get shows it); publish its
+        ``pipeline_state`` event when the state or error changes, and a stats event."""
+        i = next(n for n, s in enumerate(self.status) if s.pipeline == pipeline)
+        old = self.status[i]
+        new = self.status[i] = msgspec.structs.replace(old, **fields)
+        self.stats[i] = pipeline_stats(new, rate=self.stats[i].rate)
+        if (new.state, new.error) != (old.state, old.error):
+            self.server.publish(
+                "pipeline_state",
+                {"pipeline": pipeline, "state": new.state, "error": new.error,
+                 "restarts": new.restarts},
+            )
+        self.server.publish("stats", {"pipelines": msgspec.to_builtins(self.stats)})
+        return new
 
     def __enter__(self) -> FakeDaemon:
         self.server.start()

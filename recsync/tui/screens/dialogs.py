@@ -13,7 +13,7 @@ HELP = """\
 
 | Key | Where | Does |
 |---|---|---|
-| `o` | anywhere | overview of all pipelines |
+| `o` | anywhere | back to the overview (closes dialogs; not while typing in a field) |
 | `f` | anywhere | failed records |
 | `r` | anywhere | rule sets and the last reload |
 | `s` | anywhere | live settings of a pipeline |
@@ -23,6 +23,8 @@ HELP = """\
 | `enter` | failed | open the record (error and history) |
 | `t` / `T` | failed | retry the record / all shown (asks first) |
 | `l` | rules | reload the configuration from disk |
+| `p` | overview, detail | pause the pipeline, or resume it when paused |
+| `n` | overview, detail | sync the pipeline now |
 | `escape` | detail, dialogs | back |
 
 Everything can be clicked with the mouse too. The header shows the daemon's endpoint and
@@ -30,8 +32,12 @@ whether the dashboard is connected; it reconnects by itself after a daemon resta
 """
 
 
+# a modal screen hides the app's bindings: each dialog repeats `o` itself
+TO_OVERVIEW = Binding("o", "app.overview", "Overview")
+
+
 class ConfirmScreen(ModalScreen[bool]):
-    BINDINGS = [Binding("escape", "no", "Cancel"), Binding("y", "yes", "Yes")]
+    BINDINGS = [Binding("escape", "no", "Cancel"), Binding("y", "yes", "Yes"), TO_OVERVIEW]
 
     def __init__(self, question: str) -> None:
         super().__init__()
@@ -55,7 +61,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
 
 class HelpScreen(ModalScreen[None]):
-    BINDINGS = [Binding("escape,q,question_mark", "close", "Close")]
+    BINDINGS = [Binding("escape,q,question_mark", "close", "Close"), TO_OVERVIEW]
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help", classes="dialog"):

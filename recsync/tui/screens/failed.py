@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -12,11 +13,20 @@ from textual.widget import Widget
 from textual.widgets import Button, DataTable, Label, Select, Static
 
 from recsync.daemon import protocol as p
-from recsync.tui.model import NA, Model, clock
+from recsync.tui.model import NA, Model, clock, plain
 from recsync.tui.screens.base import DashboardScreen
-from recsync.tui.screens.dialogs import ConfirmScreen
+from recsync.tui.screens.dialogs import TO_OVERVIEW, ConfirmScreen
+from recsync.tui.widgets.table import Column, LiveTable
 
 ALL = "*"
+COLUMNS = (  # the error takes the width left; it shows in full in the record dialog
+    Column("pipeline", "Pipeline", 16, 0, min_width=8),
+    Column("key", "Key", 10, 0, min_width=4),
+    Column("direction", "Dir", 6, 2),
+    Column("attempts", "Tries", 5, 1, right=True),
+    Column("updated", "Updated (UTC)", 19, 3),
+    Column("error", "Error", 40, 0, min_width=12, fill=True),
+)
 
 
 class FailedScreen(DashboardScreen):
@@ -37,8 +47,6 @@ class FailedScreen(DashboardScreen):
         self.fetches = 0  # completed list fetches (tests wait on it)
 
     def body(self) -> list[Widget]:
-        table: DataTable[str] = DataTable(id="failed-table", cursor_type="row", zebra_stripes=True)
-        table.add_columns("Pipeline", "Key", "Dir", "Tries", "Updated (UTC)", "Error")
         return [
             Horizontal(
                 Label("Customer", classes="field-label"),
@@ -48,7 +56,7 @@ class FailedScreen(DashboardScreen):
                 id="failed-bar",
             ),
             Static(id="failed-summary"),
-            table,
+            LiveTable(COLUMNS, id="failed-table"),
         ]
 
     def show(self, model: Model) -> None:
@@ -70,19 +78,19 @@ class FailedScreen(DashboardScreen):
     def _loaded(self, result: Any) -> None:
         self.records = list(result or [])
         self.fetches += 1
-        table: DataTable[str] = self.query_one("#failed-table", DataTable)
-        table.clear()
-        for rec in self.records:
-            error = (rec.get("last_error") or NA).replace("\n", " ")
-            table.add_row(
-                rec["pipeline"],
-                rec["key"],
-                rec["direction"],
-                str(rec["attempts"]),
-                clock(rec.get("updated_at")),
-                error,
-                key=f"{rec['pipeline']}|{rec['key']}",
-            )
+        self.query_one("#failed-table", LiveTable).set_rows(
+            {
+                f"{rec['pipeline']}|{rec['key']}": (
+                    rec["pipeline"],
+                    rec["key"],
+                    rec["direction"],
+                    str(rec["attempts"]),
+                    clock(rec.get("updated_at")),
+                    " ".join((rec.get("last_error") or NA).split()),
+                )
+                for rec in self.records
+            }
+        )
         who = f"customer {self.customer}" if self.customer else "all customers"
         self.query_one("#failed-summary", Static).update(
             f"{len(self.records)} failed record(s), {who}"
@@ -97,12 +105,12 @@ class FailedScreen(DashboardScreen):
             self.action_reload()
 
     def current(self) -> dict[str, Any] | None:
-        table: DataTable[str] = self.query_one("#failed-table", DataTable)
-        if not self.records or table.cursor_row < 0:
+        table = self.query_one("#failed-table", LiveTable)
+        if not self.records:
             return None
         return self.records[min(table.cursor_row, len(self.records) - 1)]
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+    def on_live_table_selected(self, event: LiveTable.Selected) -> None:
         rec = self.current()
         if rec is not None:
             self.app.push_screen(RecordScreen(rec["key"]))
@@ -145,7 +153,7 @@ class FailedScreen(DashboardScreen):
 class RecordScreen(ModalScreen[None]):
     """One record: its state, error and history (StatusGet(record_id))."""
 
-    BINDINGS = [Binding("escape", "close", "Close"), Binding("t", "retry", "Retry")]
+    BINDINGS = [Binding("escape", "close", "Close"), Binding("t", "retry", "Retry"), TO_OVERVIEW]
 
     def __init__(self, key: str) -> None:
         super().__init__()
@@ -180,10 +188,11 @@ class RecordScreen(ModalScreen[None]):
         lines = []
         for rec in records:
             lines.append(
-                f"[b]{rec['pipeline']}[/b] key {rec['key']}: [b]{rec['state']}[/b] "
-                f"direction {rec.get('direction') or NA}, attempts {rec['attempts']}, "
-                f"on a {rec['on_a']}, on b {rec['on_b']}, synced {clock(rec.get('synced_at'))}\n"
-                f"error: {rec.get('last_error') or 'none'}"
+                f"[b]{escape(rec['pipeline'])}[/b] key {escape(rec['key'])}: "
+                f"[b]{escape(rec['state'])}[/b] direction {rec.get('direction') or NA}, "
+                f"attempts {rec['attempts']}, on a {plain(rec['on_a'])}, "
+                f"on b {plain(rec['on_b'])}, synced {clock(rec.get('synced_at'))}\n"
+                f"error: {escape(rec.get('last_error') or 'none')}"
             )
             for h in rec.get("history") or []:
                 table.add_row(clock(h.get("at")), h.get("event", ""), h.get("detail") or "")

@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
-from textual.binding import Binding
 from textual.widget import Widget
-from textual.widgets import DataTable
 
 from recsync.tui.model import Model, PipelineView, sparkline
-from recsync.tui.screens.base import DashboardScreen
+from recsync.tui.screens.control import PipelineScreen
+from recsync.tui.widgets.table import Column, LiveTable
 
-COLUMNS = (  # fixed widths: no measuring of every cell, and the same layout every time
-    ("customer", "Customer", 10),
-    ("pipeline", "Pipeline", 10),
-    ("systems", "Systems", 17),
-    ("state", "State", 10),
-    ("queued", "Queue", 6),
-    ("in_flight", "InFl", 4),
-    ("synced", "Synced", 8),
-    ("failed", "Failed", 6),
-    ("rate", "Rec/s", 7),
-    ("trend", "Trend", 12),
-    ("circuit", "Circuit", 19),
-    ("rate_limit", "RateLim", 12),
-    ("restarts", "Rst", 4),
+# priority 0 always shows; on a narrow terminal the highest numbers drop first
+COLUMNS = (
+    Column("customer", "Customer", 10, 0, min_width=6),
+    Column("pipeline", "Pipeline", 10, 0, min_width=6),
+    Column("systems", "Systems", 17, 5, min_width=9),
+    Column("state", "State", 10, 0, min_width=7),
+    Column("queued", "Queue", 6, 1, right=True),
+    Column("in_flight", "InFl", 4, 6, right=True),
+    Column("synced", "Synced", 8, 2, right=True),
+    Column("failed", "Failed", 6, 1, right=True),
+    Column("rate", "Rec/s", 7, 3, right=True),
+    Column("trend", "Trend", 12, 8, min_width=6),
+    Column("circuit", "Circuit", 19, 9, min_width=9),
+    Column("rate_limit", "RateLim", 12, 10, min_width=7),
+    Column("restarts", "Rst", 4, 4, right=True),
+    Column("node", "Node", 8, 7, min_width=5),
 )
 
 
@@ -41,55 +42,36 @@ def row(view: PipelineView) -> tuple[str, ...]:
         view.circuit_text,
         view.rate_limit_text,
         str(view.restarts),
+        view.node_text,
     )
 
 
-class OverviewScreen(DashboardScreen):
+class OverviewScreen(PipelineScreen):
     TITLE_TEXT = "Overview"
     AUTO_FOCUS = "#pipelines"
-    BINDINGS = [Binding("enter", "open", "Detail", show=True)]
 
     def __init__(self) -> None:
         super().__init__()
-        self._rows: dict[str, tuple[str, ...]] = {}
         self._version = -1
 
     def body(self) -> list[Widget]:
-        table: DataTable[str] = DataTable(id="pipelines", cursor_type="row", zebra_stripes=True)
-        for key, label, width in COLUMNS:
-            table.add_column(label, key=key, width=width)
-        return [table]
+        return [LiveTable(COLUMNS, id="pipelines")]
+
+    @property
+    def table(self) -> LiveTable:
+        return self.query_one("#pipelines", LiveTable)
 
     def show(self, model: Model) -> None:
         if model.version == self._version:
             return
         self._version = model.version
-        table: DataTable[str] = self.query_one("#pipelines", DataTable)
-        rows = {pid: row(view) for pid, view in sorted(model.pipelines.items())}
-        if list(rows) != list(self._rows):
-            cursor = table.cursor_row
-            table.clear()
-            for pid, cells in rows.items():
-                table.add_row(*cells, key=pid)
-            if rows:
-                table.move_cursor(row=min(cursor, len(rows) - 1))
-        else:
-            for pid, cells in rows.items():
-                old = self._rows[pid]
-                for (key, _, _), new, was in zip(COLUMNS, cells, old, strict=True):
-                    if new != was:
-                        table.update_cell(pid, key, new)
-        self._rows = rows
+        self.table.set_rows({pid: row(view) for pid, view in sorted(model.pipelines.items())})
 
     def selected(self) -> str | None:
-        table: DataTable[str] = self.query_one("#pipelines", DataTable)
-        if not self._rows or table.cursor_row < 0:
-            return None
-        return list(self._rows)[min(table.cursor_row, len(self._rows) - 1)]
+        return self.table.cursor_key
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        if event.row_key.value:
-            self.dash.open_pipeline(event.row_key.value)
+    def on_live_table_selected(self, event: LiveTable.Selected) -> None:
+        self.dash.open_pipeline(event.key)
 
     def action_open(self) -> None:
         pid = self.selected()

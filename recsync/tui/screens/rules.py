@@ -10,8 +10,19 @@ from textual.widget import Widget
 from textual.widgets import Button, Static
 
 from recsync.daemon import protocol as p
-from recsync.tui.model import Model, clock, reload_summary
+from recsync.tui.model import Model, clock, plain, reload_summary
 from recsync.tui.screens.base import DashboardScreen
+
+
+def rule_lines(key: str, value: Any) -> list[str]:
+    """One setting of a rule set as a user writes it (``status in active, pending``)."""
+    if not isinstance(value, dict):
+        return [f"  {key}: {plain(value)}"]
+    if not value:
+        return [f"  {key}: -"]
+    # mappings: side-A field → side-B field; filters: `status in active, pending`
+    sep = {"mappings": " → ", "filters": " "}.get(key, ": ")
+    return [f"  {key}:"] + [f"    {k}{sep}{plain(v)}" for k, v in sorted(value.items())]
 
 
 class RulesScreen(DashboardScreen):
@@ -64,11 +75,9 @@ class RulesScreen(DashboardScreen):
         for name, rs in sorted(self.rules.items()):
             lines.append(f"[{name}]")
             for key, value in sorted(rs.items()):
-                if isinstance(value, dict):
-                    inner = ", ".join(f"{k} → {v}" for k, v in sorted(value.items())) or "-"
-                    lines.append(f"  {key}: {inner}")
-                else:
-                    lines.append(f"  {key}: {value}")
+                if key == "name":
+                    continue  # the heading
+                lines.extend(rule_lines(key, value))
         self.query_one("#rules-text", Static).update("\n".join(lines) or "no rule sets")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:

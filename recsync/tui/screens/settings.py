@@ -10,7 +10,7 @@ from textual.widget import Widget
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from recsync.daemon import protocol as p
-from recsync.tui.model import Model
+from recsync.tui.model import Model, plain
 from recsync.tui.screens.base import DashboardScreen
 
 FIELDS: tuple[tuple[str, str, Literal["integer", "number"]], ...] = (
@@ -30,6 +30,7 @@ class SettingsScreen(DashboardScreen):
         super().__init__()
         self._pipelines: list[str] = []
         self.applied: list[dict[str, Any]] = []  # results of the overrides sent
+        self.refreshed = 0  # status answers after an apply (tests wait on it)
 
     def body(self) -> list[Widget]:
         grid = Grid(
@@ -55,22 +56,40 @@ class SettingsScreen(DashboardScreen):
                     Static(id="settings-result"),
                     id="settings-bar",
                 ),
-                Static("Empty fields keep their value. Changes apply at once.", classes="hint"),
+                Static(
+                    "Empty fields keep their current value. Changes apply at once.",
+                    classes="hint",
+                ),
                 id="settings-body",
             )
         ]
 
     def show(self, model: Model) -> None:
         pids = sorted(model.pipelines)
+        select: Select[str] = self.query_one("#settings-pipeline", Select)
         if pids != self._pipelines:
             self._pipelines = pids
-            select: Select[str] = self.query_one("#settings-pipeline", Select)
             current = select.value
             select.set_options([(pid, pid) for pid in pids])
             if isinstance(current, str) and current in pids:
                 select.value = current
             elif pids:
                 select.value = pids[0]
+        self.show_current(model, select.value)
+
+    def show_current(self, model: Model, pid: object) -> None:
+        """The effective values of the chosen pipeline, in each field's placeholder."""
+        view = model.pipelines.get(pid) if isinstance(pid, str) else None
+        current = view.settings if view is not None else {}
+        for name, _label, _kind in FIELDS:
+            value = current.get(name)
+            text = f"{plain(value)} (current)" if value is not None else "unchanged"
+            field = self.query_one(f"#settings-{name}", Input)
+            if field.placeholder != text:
+                field.placeholder = text
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        self.show_current(self.dash.model, event.value)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "settings-apply":
@@ -110,8 +129,16 @@ class SettingsScreen(DashboardScreen):
         def done(answer: Any) -> None:
             self.applied.append({"cmd": cmd, "result": answer})
             result.update(f"[green]applied[/] to {cmd.customer}/{cmd.pipeline or '*'}")
+            for name, _label, _kind in FIELDS:
+                self.query_one(f"#settings-{name}", Input).value = ""
+            self.dash.call(p.StatusGet(), self._status)  # the new effective values
 
         def failed(message: str) -> None:
             result.update(f"[red]rejected[/]: {message}")
 
         self.dash.call(cmd, done, on_error=failed)
+
+    def _status(self, answer: Any) -> None:
+        self.dash.model.apply_status(answer or {})
+        self.refreshed += 1
+        self.dash.refresh_views()

@@ -14,6 +14,7 @@ class ConnectionHeader(Static):
     def __init__(self, title: str) -> None:
         super().__init__(id="header")
         self.title_text = title
+        self._shown: Text | None = None
 
     def show(self, model: Model) -> None:
         text = Text()
@@ -25,6 +26,9 @@ class ConnectionHeader(Static):
             text.append("● connected", style="bold green")
         else:
             text.append(f"○ {model.connection_note}", style="bold red")
+        if text == self._shown:
+            return  # an update would re-layout the whole screen for nothing
+        self._shown = text
         self.set_class(model.connected, "-connected")
         self.set_class(not model.connected, "-disconnected")
-        self.update(text)
+        self.update(text, layout=False)  # one line, always

@@ -1,8 +1,9 @@
 """Mock Outreach API v2 server: prospects over JSON:API, OAuth refresh-token rotation,
 hourly rate limit headers, and injectable faults (see shared/reference/crm-apis.md).
 
-Served by a stdlib ``ThreadingHTTPServer`` on loopback with HTTP/1.1 keep-alive,
-TCP_NODELAY and every response written in one send (the Nagle + delayed-ACK pitfall).
+Served by recsync.mock.httpserver (the same HTTP/1.1 framing as the Salesforce mock:
+chunked and Content-Length bodies, ``Expect: 100-continue``, keep-alive, 400 and a closed
+connection for a malformed request), TCP_NODELAY and one send per response.
 
 Credentials: ``client_id``/``client_secret`` are fixed per mock; ``refresh_token`` is the
 one currently valid (each grant rotates it and the old one stops working). With ``data``
@@ -19,15 +20,15 @@ import json
 import os
 import random
 import secrets
-import socket
 import tempfile
 import threading
 import time
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
+
+from recsync.mock.httpserver import HttpServer, Request, Response
 
 JSONAPI = "application/vnd.api+json"
 _STR_ATTRS = ("firstName", "lastName", "title", "externalId")
@@ -78,16 +79,25 @@ class ApiError(Exception):
         detail: str,
         pointer: str | None = None,
         headers: dict[str, str] | None = None,
+        header: str | None = None,
     ) -> None:
         super().__init__(detail)
         self.status, self.code, self.title, self.detail = status, code, title, detail
         self.pointer = pointer
+        self.header = header  # the request header at fault (JSON:API source.header)
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
-        err: dict[str, Any] = {"id": self.code, "title": self.title, "detail": self.detail}
+        err: dict[str, Any] = {
+            "id": self.code,
+            "status": str(self.status),
+            "title": self.title,
+            "detail": self.detail,
+        }
         if self.pointer:
             err["source"] = {"pointer": self.pointer}
+        elif self.header:
+            err["source"] = {"header": self.header}
         return {"errors": [err]}
 
 
@@ -148,8 +158,7 @@ class OutreachMock:
             "drop_rate": 0.0,
             "error_status": 503,
         }
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: HttpServer | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -167,23 +176,21 @@ class OutreachMock:
         if self._server is not None:
             return
         self._load()
-        server = ThreadingHTTPServer((self.host, self.port), _make_handler(self))
-        server.daemon_threads = True
-        self.port = server.server_address[1]
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, args=(0.05,), name="outreach-mock", daemon=True
+        server = HttpServer(
+            self.host,
+            self.port,
+            lambda req: _serve(self, req),
+            name="outreach-mock",
+            error_body=_http_error,
         )
-        self._thread.start()
+        server.start()
+        self.port = server.port
+        self._server = server
 
     def stop(self) -> None:
         server, self._server = self._server, None
         if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+            server.stop()
 
     def _load(self) -> None:
         if self.data is None or not self.data.exists():
@@ -498,155 +505,131 @@ class OutreachMock:
         return out
 
 
-def _make_handler(mock: OutreachMock) -> type[BaseHTTPRequestHandler]:
-    class Handler(_Handler):
-        pass
+def _response(status: int, body: Any, headers: dict[str, str], ctype: str = JSONAPI) -> Response:
+    out = dict(headers)
+    if body is not None:
+        out["Content-Type"] = ctype
+    return status, out, b"" if body is None else json.dumps(body).encode()
 
-    Handler.mock = mock
-    return Handler
+
+def _http_error(status: int, message: str) -> Response:
+    """A request the HTTP layer refused (malformed, too large) as a JSON:API error."""
+    code = {413: "requestTooLarge", 431: "requestTooLarge"}.get(status, "badRequest")
+    title = "Internal Server Error" if status >= 500 else "Bad Request"
+    if status >= 500:
+        code = "serverError"
+    return _response(status, ApiError(status, code, title, message).body(), {})
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "OutreachMock/1.0"
-    mock: OutreachMock
-
-    def setup(self) -> None:
-        super().setup()
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self._handle()
-
-    def do_POST(self) -> None:
-        self._handle()
-
-    def do_PATCH(self) -> None:
-        self._handle()
-
-    def do_DELETE(self) -> None:
-        self._handle()
-
-    def _send(self, status: int, body: Any, headers: dict[str, str], ctype: str = JSONAPI) -> None:
-        """The whole response (status line, headers, body) in one send."""
-        payload = b"" if body is None else json.dumps(body).encode()
-        self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        if body is not None:
-            self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(payload)))
-        self._headers_buffer.append(b"\r\n" + payload)  # type: ignore[attr-defined]
-        self.flush_headers()
-
-    def _handle(self) -> None:
-        m = self.mock
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        with m._lock:
-            m.request_count += 1
-            faults = dict(m._faults)
-        if faults["latency"]:
-            time.sleep(float(faults["latency"]))
-        if faults["drop_rate"] and random.random() < faults["drop_rate"]:
-            self.close_connection = True
-            with contextlib.suppress(OSError):
-                self.connection.shutdown(socket.SHUT_RDWR)
-            return
-        parts = urlsplit(self.path)
-        path = parts.path.rstrip("/")
-        params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-        headers: dict[str, str] = {}
-        try:
-            if path == "/oauth/token" and self.command == "POST":
-                ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+def _serve(m: OutreachMock, req: Request) -> Response | None:
+    """One framed HTTP request (see recsync.mock.httpserver); None drops the connection."""
+    raw = req.body
+    with m._lock:
+        m.request_count += 1
+        faults = dict(m._faults)
+    if faults["latency"]:
+        time.sleep(float(faults["latency"]))
+    if faults["drop_rate"] and random.random() < faults["drop_rate"]:
+        return None
+    parts = urlsplit(req.target)
+    path = parts.path.rstrip("/")
+    params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    headers: dict[str, str] = {}
+    try:
+        if path == "/oauth/token" and req.method == "POST":
+            ctype = (req.headers.get("Content-Type") or "").split(";")[0].strip()
+            try:
                 if ctype == "application/json":
                     form = json.loads(raw or b"{}")
                 else:
                     form = {k: v[-1] for k, v in parse_qs(raw.decode()).items()}
-                headers = m.count_request(count=False)[0]
-                self._send(200, m.grant(form), headers, "application/json")
-                return
-            headers, over = m.count_request()
-            retry = faults["status_429_retry_after"]
-            if retry is not None:
-                headers["Retry-After"] = str(retry)
-                over = True
-            if over:
+            except ValueError as exc:
                 raise ApiError(
-                    429,
-                    "rateLimitExceeded",
-                    "Rate Limit Exceeded",
-                    "You have exceeded your permitted rate limit; retry later.",
-                )
-            if faults["error_rate"] and random.random() < faults["error_rate"]:
-                status = int(faults["error_status"])
-                raise ApiError(
-                    status, "serverError", "Service Unavailable", f"Injected fault (HTTP {status})."
-                )
-            m.check_token(self.headers.get("Authorization"))
-            status, body = self._route(path, params, raw)
-            self._send(status, body, headers)
-        except ApiError as err:
-            if err.status in (400, 401) and path == "/oauth/token":
-                body = {"error": err.code, "error_description": err.detail}
-                self._send(err.status, body, headers, "application/json")
-                return
-            self._send(err.status, err.body(), {**headers, **err.headers})
-        except Exception as exc:  # a bug in the mock: answer 500 rather than hang
-            self._send(
-                500, ApiError(500, "serverError", "Internal Server Error", str(exc)).body(), headers
-            )
-
-    def _body(self, raw: bytes) -> Any:
-        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
-        if ctype != JSONAPI:
+                    400, "invalid_request", "Bad Request", "The request body cannot be parsed."
+                ) from exc
+            headers = m.count_request(count=False)[0]
+            return _response(200, m.grant(form), headers, "application/json")
+        headers, over = m.count_request()
+        retry = faults["status_429_retry_after"]
+        if retry is not None:
+            headers["Retry-After"] = str(retry)
+            over = True
+        if over:
             raise ApiError(
-                415,
-                "unsupportedMediaType",
-                "Unsupported Media Type",
-                f"Content-Type must be {JSONAPI}.",
+                429,
+                "rateLimitExceeded",
+                "Rate Limit Exceeded",
+                "You have exceeded your permitted rate limit; retry later.",
             )
-        try:
-            return json.loads(raw)
-        except ValueError as exc:
-            raise ApiError(400, "badRequest", "Bad Request", "Body is not valid JSON.") from exc
+        if faults["error_rate"] and random.random() < faults["error_rate"]:
+            status = int(faults["error_status"])
+            raise ApiError(
+                status, "serverError", "Service Unavailable", f"Injected fault (HTTP {status})."
+            )
+        m.check_token(req.headers.get("Authorization"))
+        status, body = _route(m, req, path, params)
+        return _response(status, body, headers)
+    except ApiError as err:
+        if err.status in (400, 401) and path == "/oauth/token":
+            body = {"error": err.code, "error_description": err.detail}
+            return _response(err.status, body, headers, "application/json")
+        return _response(err.status, err.body(), {**headers, **err.headers})
+    except Exception as exc:  # a bug in the mock: answer 500 rather than hang
+        return _response(
+            500, ApiError(500, "serverError", "Internal Server Error", str(exc)).body(), headers
+        )
 
-    def _route(self, path: str, params: dict[str, str], raw: bytes) -> tuple[int, Any]:
-        m, cmd = self.mock, self.command
-        if path == "/api/v2/prospects":
-            if cmd == "GET":
-                data, nxt = m.query(params)
-                links: dict[str, str] = {}
-                if nxt is not None:
-                    keep = {k: v for k, v in params.items() if k != "page[after]"}
-                    keep["page[after]"] = nxt
-                    links["next"] = f"{m.url}/api/v2/prospects?{urlencode(keep)}"
-                return 200, {"data": data, "links": links, "meta": {"count": len(data)}}
-            if cmd == "POST":
-                attrs = m.validate(self._body(raw), create=True)
-                with m._lock:
-                    pid = m.create(attrs)
-                    return 201, {"data": m.resource(pid)}
-        elif path.startswith("/api/v2/prospects/"):
-            ident = path.rsplit("/", 1)[1]
-            if not ident.isdigit():
-                raise _not_found(ident)
-            pid = int(ident)
+
+def _body(req: Request) -> Any:
+    ctype = (req.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    if ctype != JSONAPI:
+        raise ApiError(
+            415,
+            "unsupportedMediaType",
+            "Unsupported Media Type",
+            f"Content-Type must be {JSONAPI}, not {ctype or 'missing'}.",
+            header="Content-Type",
+        )
+    try:
+        return json.loads(req.body)
+    except ValueError as exc:
+        raise ApiError(400, "badRequest", "Bad Request", "Body is not valid JSON.") from exc
+
+
+def _route(
+    m: OutreachMock, req: Request, path: str, params: dict[str, str]
+) -> tuple[int, Any]:
+    cmd = req.method
+    if path == "/api/v2/prospects":
+        if cmd == "GET":
+            data, nxt = m.query(params)
+            links: dict[str, str] = {}
+            if nxt is not None:
+                keep = {k: v for k, v in params.items() if k != "page[after]"}
+                keep["page[after]"] = nxt
+                links["next"] = f"{m.url}/api/v2/prospects?{urlencode(keep)}"
+            return 200, {"data": data, "links": links, "meta": {"count": len(data)}}
+        if cmd == "POST":
+            attrs = m.validate(_body(req), create=True)
             with m._lock:
-                if cmd == "GET":
-                    if pid not in m._prospects:
-                        raise _not_found(pid)
-                    return 200, {"data": m.resource(pid)}
-                if cmd == "PATCH":
-                    if pid not in m._prospects:
-                        raise _not_found(pid)
-                    m.update(pid, m.validate(self._body(raw), create=False, pid=pid))
-                    return 200, {"data": m.resource(pid)}
-                if cmd == "DELETE":
-                    m.delete(pid)
-                    return 204, None
-        raise ApiError(404, "resourceNotFound", "Resource Not Found", f"No route for {cmd} {path}.")
+                pid = m.create(attrs)
+                return 201, {"data": m.resource(pid)}
+    elif path.startswith("/api/v2/prospects/"):
+        ident = path.rsplit("/", 1)[1]
+        if not ident.isdigit():
+            raise _not_found(ident)
+        pid = int(ident)
+        with m._lock:
+            if cmd == "GET":
+                if pid not in m._prospects:
+                    raise _not_found(pid)
+                return 200, {"data": m.resource(pid)}
+            if cmd == "PATCH":
+                if pid not in m._prospects:
+                    raise _not_found(pid)
+                m.update(pid, m.validate(_body(req), create=False, pid=pid))
+                return 200, {"data": m.resource(pid)}
+            if cmd == "DELETE":
+                m.delete(pid)
+                return 204, None
+    raise ApiError(404, "resourceNotFound", "Resource Not Found", f"No route for {cmd} {path}.")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from recsync.connectors.mock import soql
+from recsync.mock import soql
 
 Record = dict[str, Any]
 _B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -192,6 +192,14 @@ class Store:
                     idx.pop(ov.lower(), None)
             if nv is not None and new is not None:
                 idx.setdefault(nv.lower(), []).append(new["Id"])
+
+    def canonical(self, obj: str, values: Record) -> Record:
+        """``values`` with field names in their canonical spelling (Salesforce field names
+        are case-insensitive: ``id``, ``lastname``); names the object lacks stay as given."""
+        fs, low = self.fields[obj], self.lower[obj]
+        if all(k in fs or k == "attributes" for k in values):
+            return values
+        return {k if k in fs else low.get(k.lower(), k): v for k, v in values.items()}
 
     def _find(self, obj: str, rid: str) -> Record:
         rec = self.data[obj].get(rid) if len(rid) == 18 else None
@@ -430,6 +438,7 @@ class Store:
         if len(ids) > 1:
             raise SfError(300, "MULTIPLE_CHOICES", "More than one record found")
         name = field if field in self.fields[obj] else self.lower[obj][field.lower()]
+        values = self.canonical(obj, values)
         try:
             if name != "Id" and values.get(name) != value:
                 values = {**values, name: value}
@@ -482,6 +491,7 @@ class Store:
         seen: dict[str, int] = {}
         if op == "upsert" and obj is not None and field is not None:
             name = self.lower[obj].get(field.lower(), field)
+            records = [self.canonical(obj, r) if isinstance(r, dict) else r for r in records]
             for r in records:
                 v = r.get(name) if isinstance(r, dict) else None
                 if v is not None:
@@ -512,7 +522,7 @@ class Store:
             if not isinstance(r, dict):
                 raise _RecErr("INVALID_INPUT", "Each record must be an object")
             if op == "delete":
-                rid = str(r["Id"])
+                rid = str(next((v for k, v in r.items() if k.lower() == "id"), ""))
                 for o in self.data:
                     rec = self.data[o].get(rid if len(rid) != 15 else with_checksum(rid))
                     if rec is not None:
@@ -525,6 +535,7 @@ class Store:
             if not isinstance(otype, str):
                 raise _RecErr("INVALID_TYPE", "sObject type must be given in attributes")
             o = self.object_name(otype)
+            r = self.canonical(o, r)
             if op == "create":
                 rec = self._insert(o, self._clean(o, r, True))
                 return {"id": rec["Id"], "success": True, "errors": []}

@@ -20,9 +20,9 @@ from simple_salesforce.exceptions import (
     SalesforceResourceNotFound,
 )
 
-from recsync.connectors.mock import create
-from recsync.connectors.mock.salesforce import SalesforceMock
-from recsync.connectors.mock.sf_store import with_checksum
+from recsync.mock import create
+from recsync.mock.salesforce import SalesforceMock
+from recsync.mock.sf_store import with_checksum
 
 
 class _Plain(HTTPAdapter):

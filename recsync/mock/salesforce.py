@@ -14,38 +14,24 @@ import collections
 import json
 import os
 import random
+import re
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import msgspec
 
-from recsync.connectors.mock import soql
-from recsync.connectors.mock.sf_bulk import BulkJobs
-from recsync.connectors.mock.sf_store import SfError, Store
+from recsync.mock import sf_soap, soql
+from recsync.mock.httpserver import HttpServer, Request
+from recsync.mock.sf_bulk import BulkJobs
+from recsync.mock.sf_bulk_query import BulkQueries
+from recsync.mock.sf_store import SfError, Store
 
 API_VERSIONS = ("v59.0", "v60.0", "v58.0", "v57.0", "v56.0", "v55.0", "v52.0")
-_REASONS = {
-    200: "OK",
-    201: "Created",
-    204: "No Content",
-    300: "Multiple Choices",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    429: "Too Many Requests",
-    500: "Server Error",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-}
 Response = tuple[int, dict[str, str], bytes]
 _FAULTS = (
     "error_rate",
@@ -66,55 +52,6 @@ def _json(status: int, obj: Any) -> Response:
     return status, {"Content-Type": "application/json;charset=UTF-8"}, msgspec.json.encode(obj)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    block_on_close = False
-
-    def __init__(self, addr: tuple[str, int], mock: SalesforceMock) -> None:
-        self.mock = mock
-        self.conns: set[socket.socket] = set()
-        self.conns_lock = threading.Lock()
-        super().__init__(addr, _Handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self.server.conns_lock:
-            self.server.conns.add(self.connection)
-
-    def finish(self) -> None:
-        with self.server.conns_lock:
-            self.server.conns.discard(self.connection)
-        super().finish()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        resp = self.server.mock.handle(self.command, self.path, self.headers, body)
-        if resp is None:  # a dropped connection
-            self.close_connection = True
-            return
-        status, headers, payload = resp
-        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}"]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
-        lines.append(f"Content-Length: {len(payload)}")
-        lines.append(f"Date: {self.date_time_string()}")
-        if self.close_connection:
-            lines.append("Connection: close")
-        self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload)
-
-    do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
-
-
 class SalesforceMock:
     """A mock Salesforce org on ``url`` (plain HTTP). Thread-safe."""
 
@@ -128,16 +65,23 @@ class SalesforceMock:
         daily_limit: int = 100000,
         sobjects: tuple[str, ...] | list[str] = ("Contact", "Account", "Lead"),
         clock: Callable[[], float] = time.time,
+        users: dict[str, str] | None = None,
+        bulk_query_polls: int = 1,
         **faults: Any,
     ) -> None:
         self.host, self.port = host, port
         self.data = Path(data) if data is not None else None
         self.page_size = page_size
         self.daily_limit = daily_limit
+        # username -> password with the security token appended (what SOAP login and the
+        # OAuth password grant send); None: any non-empty username and password log in
+        self.users = dict(users) if users is not None else None
         self.lock = threading.RLock()
         self.store = Store(tuple(sobjects), clock)
         self.bulk = BulkJobs(self.store)
+        self.bulk_query = BulkQueries(self.store, polls=bulk_query_polls)
         self.request_count = 0
+        self.logins: list[tuple[str, str]] = []  # (how, username) of each user login
         self._usage: collections.deque[float] = collections.deque()
         self._cap: int | None = None
         self._tokens: set[str] = set()
@@ -151,8 +95,7 @@ class SalesforceMock:
             "error_status": 503,
         }
         self._rng = random.Random()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: HttpServer | None = None
         if faults:
             self.set_faults(**faults)
 
@@ -166,31 +109,18 @@ class SalesforceMock:
         if self.data is not None and self.data.is_file():
             with self.lock:
                 self.store.load(json.loads(self.data.read_text("utf-8")))
-        self._server = _Server((self.host, self.port), self)
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name=f"sf-mock-{self.port}",
-            daemon=True,
+        server = HttpServer(
+            self.host, self.port, self.serve, name="sf-mock", error_body=self._http_error
         )
-        self._thread.start()
+        server.start()
+        self.port = server.port
+        self._server = server
 
     def stop(self) -> None:
         server, self._server = self._server, None
         if server is None:
             return
-        server.shutdown()
-        server.server_close()
-        with server.conns_lock:
-            conns = list(server.conns)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        if self._thread is not None:
-            self._thread.join(5)
+        server.stop()
 
     def _save(self) -> None:
         if self.data is None:
@@ -258,6 +188,17 @@ class SalesforceMock:
 
     # ------------------------------------------------------------------ HTTP
 
+    def serve(self, req: Request) -> Response | None:
+        """One framed HTTP request (see recsync.mock.httpserver); None drops the connection."""
+        return self.handle(req.method, req.target, req.headers, req.body)
+
+    @staticmethod
+    def _http_error(status: int, message: str) -> Response:
+        code = "REQUEST_TOO_LARGE" if status == 413 else "BAD_REQUEST"
+        if status >= 500:
+            code = "UNKNOWN_EXCEPTION"
+        return _err(status, code, message)
+
     def handle(self, method: str, target: str, headers: Any, body: bytes) -> Response | None:
         with self.lock:
             self.request_count += 1
@@ -282,6 +223,8 @@ class SalesforceMock:
         params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         if path == "/services/oauth2/token" and method == "POST":
             return self._oauth(body)
+        if path.startswith("/services/Soap/u/") and method == "POST":
+            return self._soap_login(path.split("/")[4], body)
         segs = path.split("/")
         if len(segs) < 4 or segs[1:3] != ["services", "data"]:
             return _err(404, "NOT_FOUND", "The requested resource does not exist")
@@ -308,9 +251,8 @@ class SalesforceMock:
         try:
             data: Any = None
             ctype = headers.get("Content-Type") or ""
-            is_json = ctype.startswith("application/json") or (
-                method in ("POST", "PATCH") and rest[:1] != ["jobs"]
-            )
+            # every POST and PATCH body is JSON (the Bulk CSV upload is a PUT)
+            is_json = ctype.startswith("application/json") or method in ("POST", "PATCH")
             if body and is_json:
                 data = msgspec.json.decode(body)
             with self.lock:
@@ -326,7 +268,10 @@ class SalesforceMock:
         form = {k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
         grant = form.get("grant_type", "")
         if grant == "password":
-            ok = bool(form.get("username")) and bool(form.get("password"))
+            ok = self.login_ok(form.get("username", ""), form.get("password", ""))
+            if ok:
+                with self.lock:
+                    self.logins.append(("oauth-password", form["username"]))
         elif grant == "client_credentials":
             ok = bool(form.get("client_id")) and bool(form.get("client_secret"))
         else:
@@ -355,6 +300,31 @@ class SalesforceMock:
                 "signature": secrets.token_hex(8),
             },
         )
+
+    def login_ok(self, username: str, password: str) -> bool:
+        """Whether ``password`` (security token appended) logs ``username`` in."""
+        if not username or not password:
+            return False
+        if self.users is None:
+            return True
+        known = self.users.get(username)
+        return known is not None and secrets.compare_digest(known.encode(), password.encode())
+
+    def _soap_login(self, version: str, body: bytes) -> Response:
+        """The partner SOAP ``login`` call (username + password + security token)."""
+        if not re.fullmatch(r"\d+\.\d+", version):
+            return sf_soap.fault("UNSUPPORTED_API_VERSION", f"Invalid Api version: {version}")
+        try:
+            username, password = sf_soap.parse_login(body)
+        except ValueError as exc:
+            return sf_soap.fault("INVALID_REQUEST", str(exc), client=True)
+        if not self.login_ok(username, password):
+            return sf_soap.invalid_login()
+        tok = secrets.token_hex(24)
+        with self.lock:
+            self._tokens.add(tok)
+            self.logins.append(("soap", username))
+        return sf_soap.login_response(self.url, version, tok, username)
 
     def _route(
         self,
@@ -415,6 +385,8 @@ class SalesforceMock:
                     return _json(201 if res["created"] else 200, res)
         if head == "composite" and n >= 2 and rest[1] == "sobjects":
             return self._collections(method, rest, params, data, version)
+        if head == "jobs" and n >= 2 and rest[1] == "query":
+            return self.bulk_query.route(method, rest[2:], data, params, version)
         if head == "jobs" and n >= 2 and rest[1] == "ingest":
             return self.bulk.route(method, rest[2:], data if isinstance(data, dict) else None, body)
         return _err(404, "NOT_FOUND", "The requested resource does not exist")
@@ -428,6 +400,12 @@ class SalesforceMock:
         if not include_deleted:
             rows = [r for r in rows if not r["IsDeleted"]]
         found = soql.run(query, rows)
+        if query.count_only:  # SELECT COUNT() FROM ...: the count is totalSize
+            return _json(200, {"totalSize": len(found), "done": True, "records": []})
+        if query.aggregates:
+            return _json(
+                200, {"totalSize": 1, "done": True, "records": [soql.aggregate(query, found)]}
+            )
         out = [st.project(query.obj, r, query.fields, version) for r in found]
         return self._page(version, out, 0, size)
 
@@ -467,6 +445,8 @@ class SalesforceMock:
             ids = [i for i in params.get("ids", "").split(",") if i]
             fields = params.get("fields")
             return _json(200, [st.get_or_none(obj, i, version, fields) for i in ids])
+        if method == "POST" and len(rest) == 3:  # retrieve with a request body
+            return self._retrieve(st.object_name(rest[2]), data, version)
         if not isinstance(data, dict) or not isinstance(data.get("records"), list):
             raise SfError(400, "JSON_PARSER_ERROR", "Expected an object with 'records'.")
         records = data["records"]
@@ -480,3 +460,28 @@ class SalesforceMock:
             return _json(200, st.batch("upsert", obj, rest[3], records, all_or_none))
         return _err(405, "METHOD_NOT_ALLOWED", f"HTTP Method '{method}' not allowed.")
 
+
+    def _retrieve(self, obj: str, data: Any, version: str) -> Response:
+        """``POST composite/sobjects/{type}`` with ``{"ids": [...], "fields": [...]}``: the
+        records in the order asked, null for an id that is unknown or deleted."""
+        if not isinstance(data, dict):
+            raise SfError(400, "JSON_PARSER_ERROR", "Expected an object with 'ids' and 'fields'.")
+        ids, fields = data.get("ids"), data.get("fields")
+        for name, value in (("ids", ids), ("fields", fields)):
+            if not isinstance(value, list) or not value or not all(
+                isinstance(v, str) for v in value
+            ):
+                raise SfError(
+                    400, "INVALID_FIELD", f"'{name}' must be a non-empty list of strings."
+                )
+        assert isinstance(ids, list) and isinstance(fields, list)
+        if len(ids) > 2000:
+            raise SfError(400, "EXCEEDED_ID_LIMIT", "Cannot retrieve more than 2000 records.")
+        st = self.store
+        unknown = [f for f in fields if f.lower() not in st.lower[obj]]
+        if unknown:
+            raise SfError(
+                400, "INVALID_FIELD", f"No such column '{unknown[0]}' on entity '{obj}'."
+            )
+        names = ",".join(fields)
+        return _json(200, [st.get_or_none(obj, str(i), version, names) for i in ids])

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import requests
 
-from recsync.connectors import mock as mock_registry
-from recsync.connectors.mock.outreach import OutreachMock
+from recsync import mock as mock_registry
+from recsync.mock.outreach import OutreachMock
 
 JSONAPI = "application/vnd.api+json"
 

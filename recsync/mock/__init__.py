@@ -39,11 +39,11 @@ def create(
 ) -> MockServer:
     """A new (not started) mock server of ``kind``."""
     if kind == "salesforce":
-        from recsync.connectors.mock.salesforce import SalesforceMock
+        from recsync.mock.salesforce import SalesforceMock
 
         return SalesforceMock(host=host, port=port, data=data, **options)
     if kind == "outreach":
-        from recsync.connectors.mock.outreach import OutreachMock
+        from recsync.mock.outreach import OutreachMock
 
         return OutreachMock(host=host, port=port, data=data, **options)
     raise ConfigError(f"Unknown mock {kind!r}; there are: {', '.join(KINDS)}.")

@@ -1,9 +1,13 @@
 """The SOQL subset of the mock Salesforce: a tokenizer, a recursive-descent parser, an evaluator.
 
 ``SELECT f, ... FROM Obj [WHERE cond] [ORDER BY f [ASC|DESC] [NULLS FIRST|LAST], ...]
-[LIMIT n]``; conditions combine ``= != <> < <= > >= IN NOT IN LIKE`` with AND, OR, NOT and
-parentheses; literals are 'strings', numbers, true, false, null, dates and unquoted
-datetimes (``Z`` or ``+hh:mm``). Field names are case-insensitive.
+[LIMIT n]``, or the aggregates ``SELECT COUNT() FROM ...`` (the count is ``totalSize``) and
+``SELECT COUNT(f) [alias], COUNT_DISTINCT(f) [alias] FROM ...`` (one AggregateResult row,
+``expr0``... without an alias); no GROUP BY. A MALFORMED_QUERY error shows the position as
+Salesforce does (``ERROR at Row:1:Column:N``). Conditions combine
+``= != <> < <= > >= IN NOT IN LIKE`` with AND, OR, NOT and parentheses; literals are
+'strings', numbers, true, false, null, dates and unquoted datetimes (``Z`` or ``+hh:mm``).
+Field names are case-insensitive.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ Pred = Callable[[Record], bool]
 class SoqlError(Exception):
     """A query the mock refuses: ``code`` is MALFORMED_QUERY or INVALID_FIELD / INVALID_TYPE."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, pos: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.pos = pos  # where in the query (MALFORMED_QUERY), as Salesforce shows it
 
 
 _TOKEN = re.compile(
@@ -74,10 +79,22 @@ def tokenize(q: str) -> list[Tok]:
             break
         m = _TOKEN.match(q, pos)
         if m is None or m.lastgroup is None:
-            raise SoqlError("MALFORMED_QUERY", f"unexpected token: '{q[pos:].strip()[:20]}'")
+            start = len(q[:pos]) + len(q[pos:]) - len(q[pos:].lstrip())
+            raise SoqlError(
+                "MALFORMED_QUERY", f"unexpected token: '{q[pos:].strip()[:20]}'", start
+            )
         out.append(Tok(m.lastgroup, m.group(m.lastgroup), m.start(m.lastgroup)))
         pos = m.end()
     return out
+
+
+@dataclass
+class Aggregate:
+    """``COUNT(field)`` / ``COUNT_DISTINCT(field)`` in the SELECT list, named ``alias``."""
+
+    func: str
+    field: str
+    alias: str
 
 
 @dataclass
@@ -87,10 +104,16 @@ class Query:
     where: Pred | None = None
     order: list[tuple[str, bool, bool]] = field(default_factory=list)  # name, desc, nulls_last
     limit: int | None = None
+    count_only: bool = False  # SELECT COUNT() FROM ...: totalSize, no records
+    aggregates: list[Aggregate] = field(default_factory=list)  # one AggregateResult row
+
+
+_AGGREGATES = ("COUNT", "COUNT_DISTINCT")
 
 
 class _Parser:
     def __init__(self, q: str, schema: dict[str, dict[str, str]]) -> None:
+        self.q = q
         self.toks = tokenize(q)
         self.i = 0
         self.schema = schema  # object name -> {lower field name: canonical name}
@@ -110,17 +133,22 @@ class _Parser:
             return True
         return False
 
+    def bad(self, message: str, tok: Tok | None = None) -> SoqlError:
+        """MALFORMED_QUERY at ``tok`` (default: the next token, or the end of the query)."""
+        tok = tok or self.peek()
+        return SoqlError("MALFORMED_QUERY", message, tok.pos if tok else len(self.q))
+
     def expect_kw(self, word: str) -> None:
         if not self.kw(word):
             t = self.peek()
             got = t.text if t else "end of query"
-            raise SoqlError("MALFORMED_QUERY", f"expecting '{word}', unexpected token: '{got}'")
+            raise self.bad(f"expecting '{word}', unexpected token: '{got}'")
 
     def take(self, kind: str) -> Tok:
         t = self.peek()
         if t is None or t.kind != kind:
             got = t.text if t else "end of query"
-            raise SoqlError("MALFORMED_QUERY", f"unexpected token: '{got}'")
+            raise self.bad(f"unexpected token: '{got}'")
         self.i += 1
         return t
 
@@ -142,11 +170,46 @@ class _Parser:
         return name
 
     # -- grammar
+    def select_item(self, raw: list[str], aggs: list[tuple[str, Tok | None, str | None]]) -> None:
+        """One item of the SELECT list: a field, ``COUNT()``, or ``COUNT(f) [alias]``."""
+        tok = self.take("name")
+        nxt = self.peek()
+        if nxt is None or nxt.kind != "punct" or nxt.text != "(":
+            raw.append(tok.text)
+            return
+        func = tok.text.upper()
+        if func not in _AGGREGATES:
+            raise self.bad(f"unsupported function: '{tok.text}'", tok)
+        self.i += 1
+        arg = None if func == "COUNT" and self.punct(")") else self.take("name")
+        if arg is not None and not self.punct(")"):
+            raise self.bad("expecting ')'")
+        alias = None
+        t = self.peek()
+        if t is not None and t.kind == "name" and t.text.upper() != "FROM":
+            alias = t.text
+            self.i += 1
+        if arg is None and alias is not None:
+            raise self.bad(f"unexpected token: '{alias}'", t)
+        aggs.append((func, arg, alias))
+
     def parse(self) -> Query:
         self.expect_kw("SELECT")
-        raw: list[str] = [self.take("name").text]
+        raw: list[str] = []
+        aggs: list[tuple[str, Tok | None, str | None]] = []
+        select_at = self.peek()
+        self.select_item(raw, aggs)
         while self.punct(","):
-            raw.append(self.take("name").text)
+            self.select_item(raw, aggs)
+        count_only = any(arg is None for _, arg, _ in aggs)
+        if count_only and (raw or len(aggs) > 1):
+            raise self.bad("COUNT() must be the only element in the SELECT list", select_at)
+        if aggs and raw:
+            raise self.bad(
+                f"Field must be grouped or aggregated: {raw[0]} (GROUP BY is not supported "
+                "by the mock)",
+                select_at,
+            )
         self.expect_kw("FROM")
         obj_tok = self.take("name")
         objs = {o.lower(): o for o in self.schema}
@@ -160,10 +223,18 @@ class _Parser:
         self.obj = obj
         self.fmap = {k: v for k, v in self.schema[obj].items() if not k.startswith("#")}
         self.types = {v: self.schema[obj].get("#" + v, "string") for v in self.fmap.values()}
-        query = Query(obj, [self.field_name(f) for f in raw])
+        query = Query(obj, [self.field_name(f) for f in raw], count_only=count_only)
+        for n, (func, arg, alias) in enumerate(aggs):
+            if arg is not None:
+                query.aggregates.append(
+                    Aggregate(func, self.field_name(arg.text), alias or f"expr{n}")
+                )
         if self.kw("WHERE"):
             query.where = self.or_expr()
         if self.kw("ORDER"):
+            if aggs:
+                raise self.bad("ORDER BY of an aggregate query is not supported by the mock",
+                               self.toks[self.i - 1])
             self.expect_kw("BY")
             while True:
                 name = self.field_name(self.take("name").text)
@@ -182,7 +253,7 @@ class _Parser:
             query.limit = int(self.take("num").text)
         t = self.peek()
         if t is not None:
-            raise SoqlError("MALFORMED_QUERY", f"unexpected token: '{t.text}'")
+            raise self.bad(f"unexpected token: '{t.text}'")
         return query
 
     def or_expr(self) -> Pred:
@@ -208,7 +279,7 @@ class _Parser:
         if self.punct("("):
             inner = self.or_expr()
             if not self.punct(")"):
-                raise SoqlError("MALFORMED_QUERY", "expecting ')'")
+                raise self.bad("expecting ')'")
             return inner
         return self.condition()
 
@@ -218,18 +289,18 @@ class _Parser:
         negate = self.kw("NOT")
         if self.kw("IN"):
             if not self.punct("("):
-                raise SoqlError("MALFORMED_QUERY", "expecting '(' after IN")
+                raise self.bad("expecting '(' after IN")
             values = [self.literal(ftype)]
             while self.punct(","):
                 values.append(self.literal(ftype))
             if not self.punct(")"):
-                raise SoqlError("MALFORMED_QUERY", "expecting ')'")
+                raise self.bad("expecting ')'")
             vset = set(values)
             if negate:
                 return lambda r: r.get(name) not in vset
             return lambda r: r.get(name) in vset
         if negate:
-            raise SoqlError("MALFORMED_QUERY", "expecting 'IN' after 'NOT'")
+            raise self.bad("expecting 'IN' after 'NOT'")
         if self.kw("LIKE"):
             pattern = self.literal("string")
             rx = re.compile(
@@ -244,7 +315,7 @@ class _Parser:
     def literal(self, ftype: str) -> Any:
         t = self.peek()
         if t is None:
-            raise SoqlError("MALFORMED_QUERY", "unexpected end of query")
+            raise self.bad("unexpected end of query")
         self.i += 1
         if t.kind == "str":
             body = re.sub(r"\\(.)", lambda m: _ESC.get(m.group(1), m.group(1)), t.text[1:-1])
@@ -263,14 +334,14 @@ class _Parser:
             try:
                 return ts_text(parse_ts(text))
             except ValueError as exc:
-                raise SoqlError("MALFORMED_QUERY", f"invalid datetime: {t.text}") from exc
+                raise self.bad(f"invalid datetime: {t.text}", t) from exc
         if t.kind == "name":
             word = t.text.lower()
             if word in ("true", "false"):
                 return word == "true"
             if word == "null":
                 return None
-        raise SoqlError("MALFORMED_QUERY", f"unexpected token: '{t.text}'")
+        raise self.bad(f"unexpected token: '{t.text}'", t)
 
 
 def _compare(name: str, op: str, value: Any) -> Pred:
@@ -301,8 +372,36 @@ def _compare(name: str, op: str, value: Any) -> Pred:
 
 
 def parse(q: str, schema: dict[str, dict[str, str]]) -> Query:
-    """Parse ``q``; ``schema`` maps object names to {lower name: name, "#Name": type}."""
-    return _Parser(q, schema).parse()
+    """Parse ``q``; ``schema`` maps object names to {lower name: name, "#Name": type}.
+
+    A MALFORMED_QUERY error's message shows where, as Salesforce's does: the query's line,
+    a caret under the position, ``ERROR at Row:R:Column:C``, then what is wrong.
+    """
+    try:
+        return _Parser(q, schema).parse()
+    except SoqlError as exc:
+        if exc.code != "MALFORMED_QUERY" or exc.pos is None:
+            raise
+        before = q[: exc.pos]
+        row = before.count("\n") + 1
+        col = exc.pos - (before.rfind("\n") + 1)
+        line = q.split("\n")[row - 1]
+        exc.message = (
+            f"{line}\n{' ' * col}^\nERROR at Row:{row}:Column:{col + 1}\n{exc.message}"
+        )
+        exc.args = (exc.message,)
+        raise
+
+
+def aggregate(query: Query, rows: list[Record]) -> Record:
+    """The one AggregateResult row of an aggregate query over the matching ``rows``."""
+    out: Record = {"attributes": {"type": "AggregateResult"}}
+    for agg in query.aggregates:
+        values = [r.get(agg.field) for r in rows if r.get(agg.field) is not None]
+        if agg.func == "COUNT_DISTINCT":
+            values = list({str(v).lower() if isinstance(v, str) else v for v in values})
+        out[agg.alias] = len(values)
+    return out
 
 
 def run(query: Query, rows: list[Record]) -> list[Record]:

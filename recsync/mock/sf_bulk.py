@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from recsync.connectors.mock.sf_store import SfError, Store, now_text, sf_id
+from recsync.mock.sf_store import SfError, Store, now_text, sf_id
 
 Response = tuple[int, dict[str, str], bytes]
 _OPS = ("insert", "upsert", "update", "delete", "hardDelete")
@@ -142,8 +142,10 @@ class BulkJobs:
             rows.extend(r for r in part[1:] if r)
         self.headers[jid] = header
         op = {"insert": "create", "hardDelete": "delete"}.get(job["operation"], job["operation"])
-        ext = job.get("externalIdFieldName")
         obj = job["object"]
+        ext = job.get("externalIdFieldName")
+        if ext:
+            ext = self.store.lower[obj].get(str(ext).lower(), ext)
         seen: dict[str, int] = {}
         records: list[dict[str, Any]] = []
         for row in rows:
@@ -152,6 +154,7 @@ class BulkJobs:
                 if value == "":
                     continue
                 rec[name] = None if value == "#N/A" else value
+            rec = self.store.canonical(obj, rec)
             records.append(rec)
             if op == "upsert" and ext and rec.get(ext) is not None:
                 v = str(rec[ext]).lower()

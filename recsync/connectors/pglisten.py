@@ -1,0 +1,59 @@
+"""LISTEN for a table's NOTIFY on a connection of its own, and wake the poller.
+
+The thread reconnects by itself after the server restarts or the connection drops
+(polling is the safety net meanwhile), and stops when asked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+
+import psycopg
+from psycopg import sql
+
+log = logging.getLogger(__name__)
+
+
+class Listener:
+    def __init__(self, dsn: str, channel: str, wake: Callable[[], None], *,
+                 connect_timeout: float = 10.0, retry_delay: float = 1.0) -> None:
+        self._dsn = dsn
+        self._channel = channel
+        self._wake = wake
+        self._connect_timeout = connect_timeout
+        self._retry_delay = retry_delay
+        self._stop = threading.Event()
+        self.listening = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"pg-listen-{channel}",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._dsn, autocommit=True,
+                                     connect_timeout=max(1, int(self._connect_timeout))) as conn:
+                    conn.execute(sql.SQL("LISTEN {c}").format(c=sql.Identifier(self._channel)))
+                    self.listening.set()
+                    self._wake()  # anything that happened while not listening
+                    while not self._stop.is_set():
+                        for _note in conn.notifies(timeout=0.5, stop_after=1):
+                            self._wake()
+            except psycopg.Error as exc:
+                log.debug("LISTEN connection lost; reconnecting", extra={
+                    "channel": self._channel, "error": type(exc).__name__})
+            except Exception:  # the wake callback failed: keep listening
+                log.exception("LISTEN wake-up failed", extra={"channel": self._channel})
+            finally:
+                self.listening.clear()
+            with contextlib.suppress(Exception):
+                self._stop.wait(self._retry_delay)

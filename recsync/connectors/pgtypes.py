@@ -1,0 +1,104 @@
+"""PostgreSQL values in and out of recsync records, without losing precision.
+
+Read: numeric comes as its exact text (never a float); date, timestamp and timestamptz as
+ISO 8601 text (timestamptz in UTC, ``+00:00``); uuid, time and interval as text; jsonb and
+json as JSON values (dict, list, ...); arrays as lists. Integers, booleans, floats and
+text are Python's own.
+
+Write: a value goes into the column as PostgreSQL's text input of it, so "12.50" into a
+numeric or "2024-01-02T10:00:00+00:00" into a timestamptz is taken exactly. For a json
+column a dict or list is JSON, and text that parses as JSON is that JSON (a CSV cell holds
+a JSON object as its text); for an array column a JSON list text is the list. An empty
+string is NULL, except in a NOT NULL text column (a CSV cell cannot tell them apart, and
+the content hash counts them equal too).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg.adapt import Buffer, Loader
+from psycopg.types.json import Jsonb
+
+from recsync.rules import text_form
+
+_TEXT_TYPES = {"text", "character varying", "character", "name", "citext"}
+
+
+class _AsText(Loader):
+    def load(self, data: Buffer) -> str:
+        return bytes(data).decode()
+
+
+class _IsoTimestamp(Loader):
+    """'2024-01-02 10:00:00' -> '2024-01-02T10:00:00'; '...+00' -> '...+00:00'."""
+
+    def load(self, data: Buffer) -> str:
+        text = bytes(data).decode().replace(" ", "T", 1)
+        if len(text) > 3 and text[-3] in "+-" and text[-2:].isdigit():
+            text += ":00"
+        return text
+
+
+def configure(conn: psycopg.Connection[Any]) -> None:
+    """Session settings and loaders that make values come out as described above."""
+    for name in ("numeric", "date", "time", "timetz", "uuid", "interval", "money"):
+        conn.adapters.register_loader(name, _AsText)
+    for name in ("timestamp", "timestamptz"):
+        conn.adapters.register_loader(name, _IsoTimestamp)
+    conn.execute("SET TimeZone = 'UTC'")
+    conn.execute("SET DateStyle = 'ISO, YMD'")
+    conn.execute("SET IntervalStyle = 'iso_8601'")
+
+
+def _to_json(value: Any) -> Any:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass
+    return Jsonb(value)
+
+
+def _to_array(value: Any) -> Any:
+    if value == "":
+        return None
+    if isinstance(value, str) and value.startswith("["):
+        try:
+            loaded = json.loads(value)
+        except ValueError:
+            return value
+        return loaded if isinstance(loaded, list) else value
+    return value
+
+
+def _blank_is_null(value: Any) -> Any:
+    return None if value == "" else value
+
+
+def _text(value: Any) -> Any:
+    if value is None or value.__class__ is str:
+        return value
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return text_form(value)  # 303.0 -> "303", True -> "true": what the content hash saw
+
+
+def _nullable_text(value: Any) -> Any:
+    return None if value == "" else _text(value)
+
+
+def writer_for(type_name: str, not_null: bool = False) -> Callable[[Any], Any] | None:
+    """How to adapt a record's value for a column of ``type_name`` (None: as it is)."""
+    if type_name in ("json", "jsonb"):
+        return _to_json
+    if type_name.endswith("[]"):
+        return _to_array
+    if type_name in _TEXT_TYPES or type_name.startswith(("character varying", "character(")):
+        return _text if not_null else _nullable_text
+    return _blank_is_null

@@ -1,0 +1,573 @@
+"""PostgreSQL connector: one table of a PostgreSQL database, keyed by one unique column.
+
+Change tracking (``tracking``)
+------------------------------
+``"log"`` (default): triggers fill a change-log table (see :mod:`recsync.connectors.pgsql`
+for every object added). PostgreSQL has many concurrent writers, so a bare ``seq > cursor``
+would lose changes: a transaction that took seq 1 can commit after seq 2 was read. Each
+log row carries its transaction id instead, and a read takes only rows of transactions
+below the current snapshot's ``xmin`` (every transaction below it has ended, so no row
+below it can still appear), in (xid, seq) order after the cursor's (xid, seq). A long
+open transaction delays the changes of later ones until it ends; it never loses any.
+Sequence gaps (rolled-back inserts) mean nothing. Rows our own write transactions logged
+(``SET LOCAL recsync.origin``) are skipped; content hashes stay the backstop.
+
+Every read first checks that the triggers and the log are still there (one catalog
+query). A table rebuilt under recsync, or a dropped log, is noticed: the objects are
+installed again (``install = true``) and the whole table is listed against the links, so
+changes made while capture was off are found.
+
+``"column"``: no objects are added; rows whose ``updated_column`` is greater than the
+cursor are read, and the whole table is listed every ``relist_interval`` seconds to find
+deletes (and rows a late-committing transaction stamped with an older time).
+
+Cursors are compact JSON: ``{"xid": X, "seq": S}`` (log mode), ``{"ts": T, "key": K,
+"listed_at": L}`` (column mode), with ``"list_after": K`` while a listing is in progress.
+
+Writes: one transaction per batch: COPY into a temporary table, ``INSERT ... ON CONFLICT
+(key) DO UPDATE`` from it, and one ``DELETE ... WHERE key = ANY(...)``. If PostgreSQL
+refuses the batch for one record's values (constraint, type), the batch runs again with a
+savepoint per record, so that record fails alone with PostgreSQL's message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+import psycopg
+from msgspec import Meta
+from psycopg import errors as pgerr
+from psycopg import sql
+
+from recsync.connectors import pgtypes
+from recsync.connectors.base import Connector, ConnectorConfig
+from recsync.connectors.credentials import resolve_secret
+from recsync.connectors.pglisten import Listener
+from recsync.connectors.pgsql import CHECK_SQL, TableNames, setup_sql, split_table
+from recsync.errors import ConnectorConfigError, ConnectorError
+from recsync.messages import Change, ChangePage, Record, WriteOp, WriteResult, key_text
+
+log = logging.getLogger(__name__)
+
+_SECRETS = ("dsn",)
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@", re.I)
+_PASSWORD_PAIR = re.compile(r"(?P<head>\bpassword\s*=\s*)('[^']*'|\S+)", re.I)
+# errors about the database or the connection, not about a record: retry the batch
+_TRANSIENT = (pgerr.OperationalError, pgerr.SerializationFailure, pgerr.DeadlockDetected,
+              pgerr.AdminShutdown, pgerr.LockNotAvailable, pgerr.InterfaceError)
+
+
+def mask_dsn(text: str) -> str:
+    """``text`` with any password of a connection URL or key=value DSN replaced."""
+    text = _PASSWORD_IN_URL.sub(lambda m: m.group("head") + "***@", text)
+    return _PASSWORD_PAIR.sub(lambda m: m.group("head") + "***", text)
+
+
+class PostgresConfig(ConnectorConfig, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One table of a PostgreSQL database (``table`` may be ``schema.table``)."""
+
+    table: Annotated[str, Meta(description="the table: name or schema.name")]
+    dsn: Annotated[str, Meta(description=(
+        "connection URL (postgresql://user:password@host:5432/db) or key=value string; "
+        "secret, never shown"))] = ""
+    dsn_env: Annotated[str, Meta(description=(
+        "else the environment variable holding it; else the file $CREDENTIALS_DIRECTORY/"
+        "<dsn_env or 'dsn'>"))] = ""
+    tracking: Annotated[Literal["log", "column"], Meta(description=(
+        "log: triggers fill a change-log table (exact, sees deletes); column: rows whose "
+        "updated_column grew, plus periodic listings for deletes"))] = "log"
+    updated_column: Annotated[str, Meta(description=(
+        "the last-modified column (column tracking; also used for last-writer-wins)"))] = (
+        "updated_at")
+    install: Annotated[bool, Meta(description=(
+        "install the change-log table and triggers when missing; false: never touch the "
+        "schema (run `recsync crms setup postgres --print-sql` as a DBA)"))] = True
+    listen: Annotated[bool, Meta(description=(
+        "LISTEN for the triggers' NOTIFY and read at once (polling stays the safety "
+        "net)"))] = True
+    changelog_retention: Annotated[float, Meta(ge=0, description=(
+        "seconds change-log rows are kept after this pipeline read them"))] = 86400.0
+    relist_interval: Annotated[float, Meta(ge=0, description=(
+        "column tracking: list the whole table this often (seconds; 0 = never) to find "
+        "deletes"))] = 3600.0
+    connect_timeout: Annotated[float, Meta(gt=0, description="seconds")] = 10.0
+
+    def __repr__(self) -> str:
+        shown = [f"{n}={('***' if n in _SECRETS and getattr(self, n) else getattr(self, n))!r}"
+                 for n in self.__struct_fields__]
+        return f"PostgresConfig({', '.join(shown)})"
+
+    __str__ = __repr__
+
+
+def _dump(state: dict[str, Any]) -> str:
+    return json.dumps(state, separators=(",", ":"))
+
+
+def _epoch(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        from datetime import UTC, datetime
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+    return None
+
+
+class PostgresConnector(Connector):
+    """Reads and writes one table of a PostgreSQL database."""
+
+    name: ClassVar[str] = "postgres"
+    Config: ClassVar[type[ConnectorConfig]] = PostgresConfig
+    local: ClassVar[bool] = True  # a database we own: no API budget
+
+    def __init__(self, config: Any, base_dir: Path) -> None:
+        super().__init__(config, base_dir)
+        self.cfg: PostgresConfig = self.config
+        try:
+            schema, table = split_table(self.cfg.table)
+        except ValueError as exc:
+            raise ConnectorConfigError(
+                f"Invalid 'table' of the postgres connector: {exc}.") from exc
+        self.names = TableNames(schema, table)
+        self._conn: psycopg.Connection[Any] | None = None
+        self._listener: Listener | None = None
+        self._wake: Callable[[], None] | None = None
+        self._columns: dict[str, str] = {}  # column -> type name
+        self._colmap: dict[str, str] = {}  # lower-case -> column
+        self._key = self.cfg.key
+        self._key_type = "text"
+        self._updated: str | None = None
+        self._writers: dict[str, Callable[[Any], Any] | None] = {}
+        self._stages: dict[tuple[str, ...], str] = {}
+        self._pruned_at = -float("inf")
+        self.warning: str | None = None
+
+    # ------------------------------------------------------------------ identity
+
+    def _dsn(self) -> str:
+        dsn = resolve_secret(self.cfg.dsn, self.cfg.dsn_env, self.cfg.dsn_env or "dsn")
+        if not dsn:
+            where = f"${self.cfg.dsn_env}" if self.cfg.dsn_env else "'dsn'"
+            raise ConnectorConfigError(
+                f"The postgres connector for {self.cfg.table!r} has no connection string: set "
+                f"{where}, or put it in $CREDENTIALS_DIRECTORY/{self.cfg.dsn_env or 'dsn'}.")
+        return dsn
+
+    @property
+    def system_id(self) -> str:
+        try:
+            info = psycopg.conninfo.conninfo_to_dict(self._dsn())
+        except (psycopg.ProgrammingError, ConnectorConfigError):
+            return f"postgres:{self.cfg.table}"
+        host = info.get("host") or "localhost"
+        return f"postgres:{host}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
+
+    @property
+    def where(self) -> str:
+        return f"table {self.names.schema}.{self.names.table} ({self.system_id})"
+
+    # ------------------------------------------------------------------ open / close
+
+    def open(self) -> None:
+        dsn = self._dsn()
+        try:
+            conn = psycopg.connect(dsn, autocommit=True,
+                                   connect_timeout=max(1, int(self.cfg.connect_timeout)))
+        except psycopg.Error as exc:
+            raise ConnectorError(
+                f"Cannot connect to PostgreSQL for {self.where}: {mask_dsn(str(exc))}") from exc
+        self._conn = conn
+        try:
+            pgtypes.configure(conn)
+            self._inspect(conn)
+            if self.cfg.tracking == "log":
+                self._ensure_capture(conn, at_open=True)
+        except psycopg.Error as exc:
+            self.close()
+            raise self._error(exc, "opening the table") from exc
+        except BaseException:
+            self.close()
+            raise
+        if self.cfg.tracking == "log" and self.cfg.listen:
+            self._listener = Listener(dsn, self.names.channel, self._notified,
+                                      connect_timeout=self.cfg.connect_timeout)
+            self._listener.start()
+
+    def watch(self, wake: Callable[[], None]) -> None:
+        """Call ``wake()`` (from the listener's thread) when the table may have changed."""
+        self._wake = wake
+
+    def _notified(self) -> None:
+        wake = self._wake
+        if wake is not None:
+            wake()
+
+    def _inspect(self, conn: psycopg.Connection[Any]) -> None:
+        table = self.names.qualified
+        if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone() == (None,):
+            raise ConnectorConfigError(
+                f"Table {self.names.schema}.{self.names.table} does not exist in "
+                f"{self.system_id}; check 'table' of the postgres connector.")
+        rows = conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute "
+            "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped "
+            "ORDER BY attnum", (table,)).fetchall()
+        self._columns = {name: typ for name, typ, _nn in rows}
+        not_null = {name for name, _typ, nn in rows if nn}
+        self._colmap = {c.lower(): c for c in self._columns}
+        key = self._colmap.get(self.cfg.key.lower())
+        if key is None:
+            raise ConnectorConfigError(
+                f"Table {self.names.schema}.{self.names.table} has no key column "
+                f"{self.cfg.key!r} (columns: {', '.join(self._columns)}).")
+        self._key, self._key_type = key, self._columns[key]
+        unique = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a "
+            "ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+            "WHERE i.indrelid = to_regclass(%s) AND i.indisunique AND i.indnkeyatts = 1 "
+            "AND i.indpred IS NULL AND a.attname = %s)", (table, key)).fetchone()
+        if not unique or not unique[0]:
+            raise ConnectorConfigError(
+                f"Key column {key!r} of {self.names.schema}.{self.names.table} is not unique; "
+                "recsync upserts by key, so it needs a primary key or unique index on it.")
+        self._updated = self._colmap.get(self.cfg.updated_column.lower())
+        if self.cfg.tracking == "column" and self._updated is None:
+            raise ConnectorConfigError(
+                f"Table {self.names.schema}.{self.names.table} has no column "
+                f"{self.cfg.updated_column!r}, which tracking = \"column\" needs "
+                "(set 'updated_column').")
+        self._writers = {c: pgtypes.writer_for(t, c in not_null)
+                         for c, t in self._columns.items()}
+        self._stages.clear()
+
+    def _capture_missing(self, conn: psycopg.Connection[Any]) -> str | None:
+        """What of the trigger tracking is missing, or None when all of it is there."""
+        row = conn.execute(CHECK_SQL, {
+            "log": self.names.log, "table": self.names.qualified,
+            "triggers": list(self.names.trigger_names)}).fetchone()
+        has_log, triggers = bool(row and row[0]), int(row[1]) if row else 0
+        if has_log and triggers == 3:
+            return None
+        missing = [] if has_log else [f"the change-log table {self.names.log_name}"]
+        if triggers < 3:
+            missing.append(f"{3 - triggers} of its 3 triggers")
+        return " and ".join(missing)
+
+    def _ensure_capture(self, conn: psycopg.Connection[Any], at_open: bool) -> bool:
+        """Install the triggers and log if missing; True when they were missing."""
+        missing = self._capture_missing(conn)
+        if missing is None:
+            return False
+        if not self.cfg.install:
+            raise ConnectorConfigError(
+                f"Change tracking on {self.where} is not set up ({missing} missing) and "
+                "install = false; have a DBA run the SQL that `recsync crms setup postgres "
+                f"--print-sql --table {self.cfg.table} --key {self._key}` prints.")
+        conn.execute(setup_sql(self.names, self._key).encode())  # type: ignore[call-overload]
+        if not at_open:
+            self.warning = (f"change capture on {self.where} was gone ({missing}); "
+                            "reinstalled it and listed the table again to catch up")
+            log.warning("change capture was gone; reinstalled, listing the table",
+                        extra={"table": self.cfg.table, "missing": missing})
+        else:
+            log.info("Installed recsync change tracking on %s", self.cfg.table)
+        return True
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            raise ConnectorError(f"The postgres connector for {self.where} is not open.")
+        return self._conn
+
+    def _error(self, exc: BaseException, doing: str) -> ConnectorError:
+        msg = mask_dsn(str(exc).strip())
+        if isinstance(exc, pgerr.UndefinedTable | pgerr.UndefinedColumn):
+            return ConnectorError(
+                f"{self.where} was dropped or altered ({msg}) while {doing}; restore it or "
+                "fix the postgres connector config.")
+        if isinstance(exc, pgerr.InsufficientPrivilege):
+            return ConnectorConfigError(
+                f"PostgreSQL refused {doing} on {self.where}: {msg}. Grant the role what the "
+                "README's PostgreSQL section lists.")
+        if self._conn is not None and self._conn.closed:
+            self._conn = None  # reconnect on the next call
+        return ConnectorError(f"PostgreSQL error on {self.where} while {doing}: {msg}")
+
+    def _reconnect(self) -> None:
+        if self._conn is None or self._conn.closed:
+            self.close()
+            self.open()
+
+    # ------------------------------------------------------------------ reading
+
+    def read_changes(self, cursor: str | None, limit: int) -> ChangePage:
+        limit = max(1, limit)
+        try:
+            self._reconnect()
+            state = self._parse_cursor(cursor)
+            if self.cfg.tracking == "log":
+                if self._ensure_capture(self.conn, at_open=False):
+                    state = {}
+                if "list_after" in state:
+                    return self._list_page(state, limit, start=False)
+                if "xid" not in state or state.get("relist"):
+                    return self._start_listing(limit)
+                self._prune(state)
+                return self._log_page(state, limit)
+            if "list_after" in state:
+                return self._list_page(state, limit, start=False)
+            if "ts" not in state or state.get("relist") or self._relist_due(state):
+                return self._start_listing(limit)
+            return self._column_page(state, limit)
+        except psycopg.Error as exc:
+            with contextlib.suppress(psycopg.Error):
+                if self._conn is not None and not self._conn.closed:
+                    self._conn.rollback()
+            raise self._error(exc, "reading changes") from exc
+
+    @staticmethod
+    def relist_cursor(cursor: str | None) -> str:
+        """A cursor that makes the next ``read_changes`` list the whole table."""
+        state: dict[str, Any] = {}
+        if cursor:
+            with contextlib.suppress(ValueError):
+                loaded = json.loads(cursor)
+                if isinstance(loaded, dict):
+                    state = {k: v for k, v in loaded.items() if k != "list_after"}
+        state["relist"] = True
+        return _dump(state)
+
+    def _parse_cursor(self, cursor: str | None) -> dict[str, Any]:
+        if cursor is None:
+            return {}
+        try:
+            state = json.loads(cursor)
+        except ValueError:
+            state = None
+        need = "xid" if self.cfg.tracking == "log" else "ts"
+        if not isinstance(state, dict) or (need not in state and "list_after" not in state
+                                           and not state.get("relist")):
+            log.warning("Ignoring unusable cursor %r for %s; listing the table", cursor,
+                        self.where)
+            return {}
+        return state
+
+    def _snapshot(self) -> None:
+        self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+
+    def _end(self) -> None:
+        self.conn.execute("COMMIT")
+
+    def _log_position(self) -> dict[str, Any]:
+        """The last log row that no running transaction can still precede."""
+        row = self.conn.execute(
+            f"SELECT xid::text::bigint, seq FROM {self.names.log} "
+            "WHERE xid < pg_snapshot_xmin(pg_current_snapshot()) "
+            "ORDER BY xid DESC, seq DESC LIMIT 1").fetchone()
+        return {"xid": int(row[0]), "seq": int(row[1])} if row else {"xid": 0, "seq": 0}
+
+    def _start_listing(self, limit: int) -> ChangePage:
+        state: dict[str, Any]
+        self._snapshot()
+        try:
+            if self.cfg.tracking == "log":
+                state = self._log_position()
+            else:
+                u, k = sql.Identifier(self._updated or ""), sql.Identifier(self._key)
+                row = self.conn.execute(sql.SQL(
+                    "SELECT {u}::text, {k}::text FROM {t} WHERE {u} IS NOT NULL "
+                    "ORDER BY {u} DESC, {k} DESC LIMIT 1").format(
+                        u=u, k=k, t=sql.SQL(self.names.qualified))).fetchone()
+                state = {"ts": row[0] if row else None, "key": row[1] if row else None,
+                         "listed_at": time.time()}
+        finally:
+            self._end()
+        state["list_after"] = None
+        return self._list_page(state, limit, start=True)
+
+    def _select_rows(self, where: sql.Composable, order: sql.Composable,
+                     params: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
+        query = sql.SQL("SELECT * FROM {t} {w} {o}").format(
+            t=sql.SQL(self.names.qualified), w=where, o=order)
+        cur = self.conn.execute(query, params)
+        cols = [d.name for d in cur.description or ()]
+        return cols, cur.fetchall()
+
+    def _key_cast(self) -> sql.Composable:
+        return sql.SQL(self._key_type)  # format_type() output: already a valid type name
+
+    def _list_page(self, state: dict[str, Any], limit: int, start: bool) -> ChangePage:
+        after = state.get("list_after")
+        k = sql.Identifier(self._key)
+        where: sql.Composable = sql.SQL("")
+        if after is not None:
+            where = sql.SQL("WHERE {k} > %(after)s::{kt}").format(k=k, kt=self._key_cast())
+        cols, rows = self._select_rows(
+            where, sql.SQL("ORDER BY {k} LIMIT %(n)s").format(k=k),
+            {"after": after, "n": limit + 1})
+        done = len(rows) <= limit
+        rows = rows[:limit]
+        changes = self._to_changes(cols, rows, time.time())
+        rest = {n: v for n, v in state.items() if n not in ("list_after", "relist")}
+        if not done:
+            rest["list_after"] = changes[-1].key if changes else after
+        more = not done
+        if done and self.cfg.tracking == "log":
+            more = True  # then read the log from the listing's start: changes made since
+        return ChangePage(changes, _dump(rest), more=more, listing=True,
+                          listing_start=start, listing_done=done)
+
+    def _to_changes(self, cols: list[str], rows: list[tuple[Any, ...]],
+                    default_ts: float) -> list[Change]:
+        kidx = cols.index(self._key)
+        uidx = cols.index(self._updated) if self._updated in cols else None
+        out: list[Change] = []
+        for r in rows:
+            ts = _epoch(r[uidx]) if uidx is not None else None
+            out.append(Change(key_text(r[kidx]), "upsert", dict(zip(cols, r, strict=True)),
+                              default_ts if ts is None else ts))
+        return out
+
+    def _log_page(self, state: dict[str, Any], limit: int) -> ChangePage:
+        xid, seq = int(state["xid"]), int(state["seq"])
+        self._snapshot()
+        try:
+            rows = self.conn.execute(
+                f"SELECT xid::text::bigint, seq, key, origin, "
+                f"extract(epoch FROM changed_at)::float8 FROM {self.names.log} "
+                "WHERE (xid, seq) > (%s::text::xid8, %s) "
+                "AND xid < pg_snapshot_xmin(pg_current_snapshot()) "
+                "ORDER BY xid, seq LIMIT %s", (str(xid), seq, limit + 1)).fetchall()
+            more = len(rows) > limit
+            rows = rows[:limit]
+            if not rows:
+                return ChangePage([], _dump({"xid": xid, "seq": seq}))
+            last = {"xid": int(rows[-1][0]), "seq": int(rows[-1][1])}
+            latest: dict[str, float] = {}
+            for _x, _s, k, origin, at in rows:
+                if k is not None and origin != self.origin:
+                    latest.pop(k, None)
+                    latest[k] = at
+            current = self._rows_by_keys(list(latest)) if latest else {}
+        finally:
+            self._end()
+        changes: list[Change] = []
+        for k, at in latest.items():
+            row = current.get(k)
+            if row is None:
+                changes.append(Change(k, "delete", None, at))
+            else:
+                ts = _epoch(row.get(self._updated)) if self._updated else None
+                changes.append(Change(k, "upsert", row, max(at, ts or 0.0)))
+        return ChangePage(changes, _dump(last), more=more)
+
+    def _rows_by_keys(self, keys: list[str]) -> dict[str, Record]:
+        cols, rows = self._select_rows(
+            sql.SQL("WHERE {k} = ANY(%(keys)s::text[]::{kt}[])").format(
+                k=sql.Identifier(self._key), kt=self._key_cast()),
+            sql.SQL(""), {"keys": keys})
+        kidx = cols.index(self._key)
+        return {key_text(r[kidx]): dict(zip(cols, r, strict=True)) for r in rows}
+
+    def _prune(self, state: dict[str, Any]) -> None:
+        """Drop log rows this pipeline has read once they are older than the retention."""
+        now = time.monotonic()
+        if now - self._pruned_at < min(60.0, self.cfg.changelog_retention / 10):
+            return
+        self._pruned_at = now
+        self.conn.execute(
+            f"DELETE FROM {self.names.log} WHERE (xid, seq) <= (%s::text::xid8, %s) "
+            "AND changed_at < now() - make_interval(secs => %s)",
+            (str(state["xid"]), int(state["seq"]), self.cfg.changelog_retention))
+
+    def housekeep(self) -> None:
+        """Nobody reads this side: keep the log our writes fill to the retention window."""
+        if self.cfg.tracking != "log":
+            return
+        try:
+            self._reconnect()
+            self.conn.execute(
+                f"DELETE FROM {self.names.log} WHERE changed_at < now() - "
+                "make_interval(secs => %s)", (self.cfg.changelog_retention,))
+        except psycopg.Error as exc:
+            raise self._error(exc, "pruning the change log") from exc
+
+    def _relist_due(self, state: dict[str, Any]) -> bool:
+        every, listed = self.cfg.relist_interval, state.get("listed_at")
+        since = listed if isinstance(listed, int | float) else 0.0
+        return every > 0 and time.time() - since >= every
+
+    def _column_page(self, state: dict[str, Any], limit: int) -> ChangePage:
+        ts, key = state.get("ts"), state.get("key")
+        u, k = sql.Identifier(self._updated or ""), sql.Identifier(self._key)
+        if ts is None:
+            where = sql.SQL("WHERE {u} IS NOT NULL").format(u=u)
+        else:
+            where = sql.SQL(
+                "WHERE {u} >= %(ts)s::text::{ut} AND ({u} > %(ts)s::text::{ut} "
+                "OR {k} > %(key)s::{kt})").format(
+                    u=u, k=k, kt=self._key_cast(),
+                    ut=sql.SQL(self._columns[self._updated or ""]))
+        cols, rows = self._select_rows(
+            where, sql.SQL("ORDER BY {u}, {k} LIMIT %(n)s").format(u=u, k=k),
+            {"ts": ts, "key": key, "n": limit + 1})
+        more = len(rows) > limit
+        rows = rows[:limit]
+        if not rows:
+            return ChangePage([], _dump(state))
+        changes = self._to_changes(cols, rows, time.time())
+        last = rows[-1]
+        ui = cols.index(self._updated or "")
+        cursor = {"ts": str(last[ui]), "key": changes[-1].key,
+                  "listed_at": state.get("listed_at")}
+        return ChangePage(changes, _dump(cursor), more=more)
+
+    def fetch(self, keys: list[str]) -> dict[str, Record]:
+        try:
+            self._reconnect()
+            return self._rows_by_keys(list(set(keys)))
+        except psycopg.Error as exc:
+            raise self._error(exc, "fetching records") from exc
+
+    def record_modified(self, record: Record) -> float | None:
+        return _epoch(record.get(self._updated)) if self._updated else None
+
+    # ------------------------------------------------------------------ writing
+
+    def write(self, ops: list[WriteOp]) -> list[WriteResult]:
+        from recsync.connectors.pgwrite import write_batch
+        try:
+            self._reconnect()
+            return write_batch(self, ops)
+        except _TRANSIENT as exc:
+            with contextlib.suppress(psycopg.Error):
+                if self._conn is not None and not self._conn.closed:
+                    self._conn.rollback()
+            raise self._error(exc, "writing records") from exc
+        except psycopg.Error as exc:
+            with contextlib.suppress(psycopg.Error):
+                if self._conn is not None and not self._conn.closed:
+                    self._conn.rollback()
+            raise self._error(exc, "writing records") from exc

@@ -1,0 +1,353 @@
+"""The postgres connector against the machine's PostgreSQL: capture, watermark, writes."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from recsync.connectors.postgres import PostgresConnector
+from recsync.errors import ConnectorConfigError, ConnectorError
+from recsync.messages import ChangePage, WriteOp
+from tests.pgfixture import PgSchema, pg  # noqa: F401 - the fixture
+
+USERS = """
+CREATE TABLE {t} (
+    record_id integer PRIMARY KEY,
+    full_name text NOT NULL,
+    status text DEFAULT 'active'
+)
+"""
+
+
+def make(pg: PgSchema, **options: Any) -> PostgresConnector:  # noqa: F811
+    conn = PostgresConnector({"dsn": pg.dsn, "table": pg.table(), "key": "record_id",
+                              "listen": False, **options}, Path("."))
+    conn.origin = "test/p"
+    return conn
+
+
+@pytest.fixture
+def users(pg: PgSchema) -> Iterator[PostgresConnector]:  # noqa: F811
+    pg.run(USERS.format(t=pg.table()))
+    pg.run(f"INSERT INTO {pg.table()} VALUES (1, 'Ann', 'active'), (2, 'Bob', 'active')")
+    conn = make(pg)
+    conn.open()
+    yield conn
+    conn.close()
+
+
+def drain(conn: PostgresConnector, cursor: str | None) -> tuple[list[ChangePage], str | None]:
+    pages = []
+    while True:
+        page = conn.read_changes(cursor, 100)
+        pages.append(page)
+        cursor = page.cursor
+        if not page.more:
+            return pages, cursor
+
+
+def seen(pages: list[ChangePage]) -> dict[str, str]:
+    """key -> 'upsert:<name>' or 'delete' of the last change of each key."""
+    out = {}
+    for page in pages:
+        for ch in page.changes:
+            out[ch.key] = "delete" if ch.op == "delete" else f"upsert:{ch.fields['full_name']}"
+    return out
+
+
+def test_first_read_lists_the_table_then_the_log_has_every_kind_of_change(
+        users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
+    pages, cursor = drain(users, None)
+    assert pages[0].listing and pages[0].listing_start
+    assert seen(pages) == {"1": "upsert:Ann", "2": "upsert:Bob"}
+    pg.run(f"INSERT INTO {pg.table()} VALUES (3, 'Cy', 'active')")
+    pg.run(f"UPDATE {pg.table()} SET full_name = 'Annie' WHERE record_id = 1")
+    pg.run(f"DELETE FROM {pg.table()} WHERE record_id = 2")
+    pg.run(f"UPDATE {pg.table()} SET record_id = 30 WHERE record_id = 3")
+    pages, cursor = drain(users, cursor)
+    assert not any(p.listing for p in pages)
+    assert seen(pages) == {"1": "upsert:Annie", "2": "delete", "3": "delete",
+                           "30": "upsert:Cy"}
+    pages, _ = drain(users, cursor)
+    assert seen(pages) == {}
+
+
+def test_a_transaction_that_commits_after_a_later_one_is_not_lost(
+        users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
+    _, cursor = drain(users, None)
+    t1, t2 = pg.connect(), pg.connect()
+    try:
+        t1.execute("BEGIN")
+        t1.execute(f"INSERT INTO {pg.table()} VALUES (10, 'first seq', 'active')")  # seq 1
+        t2.execute("BEGIN")
+        t2.execute(f"INSERT INTO {pg.table()} VALUES (11, 'second seq', 'active')")  # seq 2
+        t2.execute("COMMIT")
+        log = f"{pg.schema}.recsync_changelog_users"
+        seq1 = t1.execute(f"SELECT seq FROM {log} WHERE key = '10'").fetchone()
+        seq2 = pg.run(f"SELECT seq FROM {log} WHERE key = '11'")
+        assert seq1 is not None and seq1[0] < seq2[0][0]  # T1 took the lower sequence number
+        pages, cursor = drain(users, cursor)  # T1 still open: T2's change waits for it
+        assert seen(pages) == {}
+        t1.execute("COMMIT")
+    finally:
+        t1.close()
+        t2.close()
+    pages, cursor = drain(users, cursor)
+    assert seen(pages) == {"10": "upsert:first seq", "11": "upsert:second seq"}
+
+
+def test_a_long_open_transaction_delays_changes_without_losing_them(
+        users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
+    _, cursor = drain(users, None)
+    long = pg.connect()
+    try:
+        long.execute("BEGIN")
+        long.execute(f"UPDATE {pg.table()} SET status = 'pending' WHERE record_id = 2")
+        for i in range(20, 25):  # committed meanwhile, in their own transactions
+            pg.run(f"INSERT INTO {pg.table()} VALUES ({i}, 'n{i}', 'active')")
+        for _ in range(3):
+            pages, cursor = drain(users, cursor)
+            assert seen(pages) == {}
+        long.execute("COMMIT")
+    finally:
+        long.close()
+    pages, _ = drain(users, cursor)
+    assert set(seen(pages)) == {"2", "20", "21", "22", "23", "24"}
+
+
+def test_a_rolled_back_insert_leaves_a_sequence_gap_that_is_not_a_reason_to_relist(
+        users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
+    _, cursor = drain(users, None)
+    with pg.connect() as conn:
+        conn.execute("BEGIN")
+        conn.execute(f"INSERT INTO {pg.table()} VALUES (40, 'gone', 'active')")
+        conn.execute("ROLLBACK")
+    pg.run(f"INSERT INTO {pg.table()} VALUES (41, 'kept', 'active')")
+    pages, _ = drain(users, cursor)
+    assert not any(p.listing for p in pages)
+    assert seen(pages) == {"41": "upsert:kept"}
+
+
+def test_our_own_writes_are_not_read_back_but_other_writes_in_between_are(
+        users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
+    _, cursor = drain(users, None)
+    results = users.write([
+        WriteOp("5", "upsert", {"record_id": 5, "full_name": "Eve", "status": "active"}),
+        WriteOp("1", "upsert", {"record_id": 1, "full_name": "Ann B", "status": "active"}),
+        WriteOp("2", "delete", None),
+    ])
+    assert [r.error for r in results] == [None, None, None]
+    pg.run(f"UPDATE {pg.table()} SET full_name = 'Ann C' WHERE record_id = 1")
+    pages, _ = drain(users, cursor)
+    assert seen(pages) == {"1": "upsert:Ann C"}
+    assert pg.run(f"SELECT record_id, full_name FROM {pg.table()} ORDER BY 1") == [
+        (1, "Ann C"), (5, "Eve")]
+
+
+def test_truncate_is_read_as_a_delete_of_every_row(
+        users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
+    _, cursor = drain(users, None)
+    pg.run(f"TRUNCATE {pg.table()}")
+    pages, _ = drain(users, cursor)
+    assert seen(pages) == {"1": "delete", "2": "delete"}
+
+
+def test_one_refused_record_fails_alone_with_postgresqls_message(
+        users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
+    results = users.write([
+        WriteOp("6", "upsert", {"record_id": 6, "full_name": "Fay"}),
+        WriteOp("7", "upsert", {"record_id": 7, "full_name": None}),
+        WriteOp("x", "upsert", {"record_id": "not a number", "full_name": "X"}),
+        WriteOp("8", "upsert", {"record_id": 8, "full_name": "Gil"}),
+    ])
+    assert results[0].error is None and results[3].error is None
+    assert results[1].error and "null value" in results[1].error and not results[1].retryable
+    assert results[2].error and "integer" in results[2].error
+    assert pg.run(f"SELECT record_id FROM {pg.table()} ORDER BY 1") == [(1,), (2,), (6,), (8,)]
+
+
+def test_dropped_triggers_are_reinstalled_and_the_table_listed_again(
+        users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
+    _, cursor = drain(users, None)
+    # a schema change the usual way: build a new table, copy, drop, rename
+    pg.run(f"CREATE TABLE {pg.table('users_new')} (record_id integer PRIMARY KEY, "
+           "full_name text NOT NULL, status text, email text)")
+    pg.run(f"INSERT INTO {pg.table('users_new')} SELECT record_id, full_name, status "
+           f"FROM {pg.table()}")
+    pg.run(f"DROP TABLE {pg.table()}")
+    pg.run(f"ALTER TABLE {pg.table('users_new')} RENAME TO users")
+    pg.run(f"UPDATE {pg.table()} SET full_name = 'changed unseen' WHERE record_id = 1")
+    pages, cursor = drain(users, cursor)
+    assert pages[0].listing and pages[0].listing_start
+    assert seen(pages)["1"] == "upsert:changed unseen"
+    assert users.warning and "reinstalled" in users.warning
+    pg.run(f"INSERT INTO {pg.table()} VALUES (9, 'after', 'active', NULL)")
+    pages, _ = drain(users, cursor)
+    assert seen(pages) == {"9": "upsert:after"}
+
+
+def test_a_dropped_change_log_is_recreated(users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
+    _, cursor = drain(users, None)
+    pg.run(f"DROP TABLE {pg.schema}.recsync_changelog_users")
+    pages, cursor = drain(users, cursor)
+    assert pages[0].listing
+    pg.run(f"DELETE FROM {pg.table()} WHERE record_id = 2")
+    pages, _ = drain(users, cursor)
+    assert seen(pages) == {"2": "delete"}
+
+
+def test_install_false_never_touches_the_schema_and_names_the_setup_command(
+        pg: PgSchema) -> None:  # noqa: F811
+    pg.run(USERS.format(t=pg.table()))
+    conn = make(pg, install=False)
+    with pytest.raises(ConnectorConfigError, match="recsync crms setup postgres --print-sql"):
+        conn.open()
+    assert pg.run("SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                  "WHERE c.relnamespace = %s::regnamespace AND tgname LIKE 'recsync%%'",
+                  (pg.schema,)) == [(0,)]
+    assert pg.run(f"SELECT to_regclass('{pg.schema}.recsync_changelog_users')") == [(None,)]
+
+
+def test_a_key_that_is_not_unique_is_refused_with_the_reason(pg: PgSchema) -> None:  # noqa: F811
+    pg.run(f"CREATE TABLE {pg.table()} (record_id integer, full_name text)")
+    with pytest.raises(ConnectorConfigError, match="not unique"):
+        make(pg).open()
+
+
+def test_the_password_of_the_dsn_is_never_in_an_error(pg: PgSchema) -> None:  # noqa: F811
+    conn = PostgresConnector({"dsn": "postgresql://bob:hunter2secret@127.0.0.1:1/test",
+                              "table": "users", "key": "id"}, Path("."))
+    with pytest.raises(ConnectorError) as err:
+        conn.open()
+    assert "hunter2secret" not in str(err.value)
+    assert "hunter2secret" not in repr(conn.config) and "hunter2secret" not in conn.system_id
+
+
+def test_listen_wakes_the_reader_when_another_session_commits(pg: PgSchema) -> None:  # noqa: F811
+    pg.run(USERS.format(t=pg.table()))
+    conn = make(pg, listen=True)
+    woken = threading.Event()
+    conn.watch(woken.set)
+    conn.open()
+    try:
+        assert conn._listener is not None and conn._listener.listening.wait(10)
+        woken.clear()
+        pg.run(f"INSERT INTO {pg.table()} VALUES (1, 'Ann', 'active')")
+        assert woken.wait(10), "no wake-up after a committed insert"
+    finally:
+        conn.close()
+
+
+TYPED = """
+CREATE TABLE {t} (
+    id uuid PRIMARY KEY,
+    small smallint, big bigint, amount numeric(12, 4), flag boolean,
+    born date, seen_at timestamp, stamped timestamptz, tags text[], doc jsonb,
+    label varchar(40)
+)
+"""
+
+
+def test_values_of_every_common_type_round_trip_exactly(pg: PgSchema) -> None:  # noqa: F811
+    pg.run(TYPED.format(t=pg.table()))
+    conn = PostgresConnector({"dsn": pg.dsn, "table": pg.table(), "key": "id",
+                              "listen": False}, Path("."))
+    conn.open()
+    try:
+        record = {
+            "id": "5f0c6f3e-8d7b-4c1a-9a57-0e2b9d1c4a11", "small": 7, "big": 9007199254740993,
+            "amount": "12345678.1230", "flag": True, "born": "1990-02-28",
+            "seen_at": "2024-01-02T03:04:05.123456", "stamped": "2024-01-02T03:04:05+00:00",
+            "tags": ["a", "b c"], "doc": {"n": 1, "list": [1, "x"], "deep": {"ok": True}},
+            "label": "plain",
+        }
+        assert conn.write([WriteOp(record["id"], "upsert", record)])[0].error is None
+        got = conn.fetch([record["id"]])[record["id"]]
+        assert got == record
+        # as a CSV would give them back: every value its text
+        as_text = {k: (json.dumps(v) if isinstance(v, dict | list) else
+                       "true" if v is True else str(v)) for k, v in record.items()}
+        as_text["id"] = record["id"]
+        assert conn.write([WriteOp(record["id"], "upsert", as_text)])[0].error is None
+        assert conn.fetch([record["id"]])[record["id"]] == record
+    finally:
+        conn.close()
+
+
+def test_the_printed_setup_sql_is_what_an_install_false_side_needs(pg: PgSchema) -> None:  # noqa: F811
+    import subprocess
+    import sys
+
+    pg.run(USERS.format(t=pg.table()))
+    printed = subprocess.run(
+        [sys.executable, "-m", "recsync.cli", "crms", "setup", "postgres", "--print-sql",
+         "--table", pg.table(), "--key", "record_id"],
+        capture_output=True, text=True, check=True).stdout
+    with pg.connect() as dba:  # the DBA runs it with their own client
+        dba.execute(printed.encode())
+    conn = make(pg, install=False)
+    conn.open()
+    try:
+        _, cursor = drain(conn, None)
+        pg.run(f"INSERT INTO {pg.table()} VALUES (1, 'Ann', 'active')")
+        pages, _ = drain(conn, cursor)
+        assert seen(pages) == {"1": "upsert:Ann"}
+    finally:
+        conn.close()
+    removed = subprocess.run(
+        [sys.executable, "-m", "recsync.cli", "crms", "setup", "postgres", "--dsn", pg.dsn,
+         "--uninstall", "--table", pg.table(), "--key", "record_id"],
+        capture_output=True, text=True)
+    assert removed.returncode == 0, removed.stderr
+    assert pg.run("SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                  "WHERE c.relnamespace = %s::regnamespace AND tgname LIKE 'recsync%%'",
+                  (pg.schema,)) == [(0,)]
+
+
+def _terminate(pg: PgSchema, pid: int) -> None:  # noqa: F811
+    pg.run("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+def test_a_dropped_connection_is_a_retryable_error_then_reconnects(
+        users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
+    _, cursor = drain(users, None)
+    _terminate(pg, users.conn.info.backend_pid)  # what admin_shutdown / a restart does
+    with pytest.raises(ConnectorError) as err:
+        users.write([WriteOp("5", "upsert", {"record_id": 5, "full_name": "Eve"})])
+    assert not isinstance(err.value, ConnectorConfigError)  # transient: the breaker counts it
+    again = users.write([WriteOp("5", "upsert", {"record_id": 5, "full_name": "Eve"})])
+    assert [r.error for r in again] == [None]
+    pg.run(f"INSERT INTO {pg.table()} VALUES (6, 'Fay', 'active')")
+    pages, _ = drain(users, cursor)
+    assert seen(pages) == {"6": "upsert:Fay"}
+
+
+def test_the_listener_reconnects_after_its_connection_is_killed(pg: PgSchema) -> None:  # noqa: F811
+    pg.run(USERS.format(t=pg.table()))
+    conn = make(pg, listen=True)
+    woken = threading.Event()
+    conn.watch(woken.set)
+    conn.open()
+    try:
+        listener = conn._listener
+        assert listener is not None and listener.listening.wait(10)
+        pids = pg.run("SELECT pid FROM pg_stat_activity WHERE query LIKE %s",
+                      (f'LISTEN "{conn.names.channel}"%',))
+        assert pids
+        for (pid,) in pids:
+            _terminate(pg, pid)
+        deadline = time.monotonic() + 20
+        while listener.listening.is_set() and time.monotonic() < deadline:
+            woken.wait(0.01)  # polling interval until it notices the loss
+        assert listener.listening.wait(20), "the listener did not reconnect"
+        woken.clear()
+        pg.run(f"INSERT INTO {pg.table()} VALUES (1, 'Ann', 'active')")
+        assert woken.wait(10)
+    finally:
+        conn.close()

@@ -1,0 +1,259 @@
+"""End to end with a PostgreSQL side, through `recsyncd --once` and the running daemon."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import time
+from pathlib import Path
+
+from tests.e2e.helpers import (
+    make_users,
+    recsyncd_cmd,
+    run_once,
+    sql,
+    users,
+    wait_for,
+    write_config,
+)
+from tests.pgfixture import PgSchema, pg  # noqa: F401 - the fixture
+
+SQLITE_A = '{ connector = "sqlite", path = "a.sqlite", table = "users", key = "record_id" }'
+PG_TABLE = """
+CREATE TABLE {t} (
+    id integer PRIMARY KEY,
+    name text NOT NULL,
+    email text,
+    status text NOT NULL DEFAULT 'active',
+    updated_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+RENAMED = """
+[contacts]
+a_to_b = ["create", "update", "delete"]
+b_to_a = ["create", "update", "delete"]
+conflict = "last_writer_wins"
+[contacts.mappings]
+record_id = "id"
+full_name = "name"
+email_address = "email"
+status = "status"
+[contacts.filters]
+status = { in = ["active", "pending"] }
+"""
+
+
+def pg_side(pg: PgSchema) -> str:  # noqa: F811
+    return (f'{{ connector = "postgres", dsn = "{pg.dsn}", table = "{pg.table()}", '
+            'key = "id" }')
+
+
+def pg_rows(pg: PgSchema) -> dict[str, tuple[str, str, str]]:  # noqa: F811
+    return {str(r[0]): (r[1], r[2], r[3]) for r in pg.run(
+        f"SELECT id, name, email, status FROM {pg.table()}")}
+
+
+def ok(result: subprocess.CompletedProcess[str], code: int = 0) -> str:
+    assert result.returncode == code, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_sqlite_and_postgres_both_ways_with_renames_filters_and_deletes(
+        tmp_path: Path, pg: PgSchema) -> None:  # noqa: F811
+    rows = [(i, f"User {i}", f"u{i}@example.com", "active" if i % 5 else "inactive")
+            for i in range(1, 21)]
+    make_users(tmp_path / "a.sqlite", rows)
+    pg.run(PG_TABLE.format(t=pg.table()))
+    write_config(tmp_path, SQLITE_A, pg_side(pg), rules=RENAMED)
+    out = ok(run_once(tmp_path))
+    assert "a->b 16 synced" in out
+    assert set(pg_rows(pg)) == {str(i) for i in range(1, 21) if i % 5}
+    assert pg_rows(pg)["3"] == ("User 3", "u3@example.com", "active")
+
+    a = tmp_path / "a.sqlite"
+    sql(a, "UPDATE users SET full_name = 'Renamed' WHERE record_id = 3")
+    sql(a, "DELETE FROM users WHERE record_id = 4")
+    pg.run(f"UPDATE {pg.table()} SET email = 'seven@pg.org', updated_at = now() WHERE id = 7")
+    pg.run(f"INSERT INTO {pg.table()} (id, name, email, status) "
+           "VALUES (200, 'From PG', 'p@x.org', 'pending')")
+    pg.run(f"DELETE FROM {pg.table()} WHERE id = 8")
+    out = ok(run_once(tmp_path))
+    assert "a->b 2 synced" in out and "b->a 3 synced" in out, out
+
+    on_pg, on_a = pg_rows(pg), users(a)
+    assert on_pg["3"][0] == "Renamed" and "4" not in on_pg and "8" not in on_pg
+    assert on_a["7"][1] == "seven@pg.org" and on_a["200"] == ("From PG", "p@x.org", "pending")
+    assert "8" not in on_a
+    out = ok(run_once(tmp_path))  # a third pass: nothing to write either way
+    assert "a->b 0 synced" in out and "b->a 0 synced" in out, out
+
+
+def test_kill_9_during_a_sync_into_postgres_loses_and_duplicates_nothing(
+        tmp_path: Path, pg: PgSchema) -> None:  # noqa: F811
+    total = 6000
+    make_users(tmp_path / "a.sqlite",
+               [(i, f"User {i}", f"u{i}@x.org", "active") for i in range(1, total + 1)])
+    pg.run(PG_TABLE.format(t=pg.table()))
+    write_config(tmp_path, SQLITE_A, pg_side(pg), rules=RENAMED,
+                 settings="batch_size = 200\npage_size = 400\n")
+    rng = random.Random(13)
+    kills = 0
+    for remaining in range(4, 0, -1):
+        done = pg.run(f"SELECT count(*) FROM {pg.table()}")[0][0]
+        kill_at = done + rng.randint(1, max(1, (total - done) // (remaining + 1)))
+        proc = subprocess.Popen(recsyncd_cmd(tmp_path, tmp_path / "state", "--once"),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if pg.run(f"SELECT count(*) FROM {pg.table()}")[0][0] >= kill_at:
+                proc.kill()
+                kills += 1
+                break
+            try:
+                proc.wait(timeout=0.005)  # the polling interval, and notice of an exit
+                break
+            except subprocess.TimeoutExpired:
+                pass
+        proc.wait()
+    assert kills, "recsyncd finished before the first kill point"
+    ok(run_once(tmp_path))
+    on_pg = pg_rows(pg)
+    assert len(on_pg) == total
+    assert on_pg == {str(i): (f"User {i}", f"u{i}@x.org", "active") for i in range(1, total + 1)}
+    assert len(users(tmp_path / "a.sqlite")) == total  # nothing came back as a new row
+
+
+def test_a_change_in_postgres_reaches_the_other_side_at_once_with_a_long_poll(
+        tmp_path: Path, pg: PgSchema) -> None:  # noqa: F811
+    make_users(tmp_path / "a.sqlite", [(1, "User 1", "u1@x.org", "active")])
+    pg.run(PG_TABLE.format(t=pg.table()))
+    write_config(tmp_path, SQLITE_A, pg_side(pg), rules=RENAMED,
+                 settings="poll_interval = 30\nflush_interval = 0.05\n")
+    proc = subprocess.Popen(recsyncd_cmd(tmp_path, tmp_path / "state"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: "1" in pg_rows(pg), timeout=60, what="the first sync")
+        # the poll interval is 30 s: only the NOTIFY can bring these within the wait
+        for i in range(2, 6):
+            pg.run(f"INSERT INTO {pg.table()} (id, name, email, status) "
+                   f"VALUES ({i}, 'PG {i}', 'p{i}@x.org', 'active')")
+            wait_for(lambda i=i: str(i) in users(tmp_path / "a.sqlite"), timeout=10,
+                     what=f"row {i} in SQLite well before the next poll")
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+
+
+PG_SF_RULES = """
+[contacts]
+a_to_b = ["create", "update", "delete"]
+b_to_a = ["create", "update", "delete"]
+[contacts.mappings]
+id = "Record_Id__c"
+name = "LastName"
+email = "Email"
+status = "Status__c"
+"""
+
+
+def test_postgres_and_mock_salesforce_both_ways(tmp_path: Path, pg: PgSchema) -> None:  # noqa: F811
+    from recsync.mock.salesforce import SalesforceMock
+
+    mock = SalesforceMock()
+    mock.start()
+    try:
+        pg.run(PG_TABLE.format(t=pg.table()))
+        pg.run(f"INSERT INTO {pg.table()} (id, name, email, status) SELECT i, 'User ' || i, "
+               "'u' || i || '@x.org', 'active' FROM generate_series(1, 5) i")
+        side_b = ('{ connector = "salesforce", mock = true, key = "Record_Id__c", '
+                  f'instance_url = "{mock.url}", daily_reserve = 0 }}')
+        write_config(tmp_path, pg_side(pg), side_b, rules=PG_SF_RULES)
+        ok(run_once(tmp_path))
+
+        def contacts() -> dict[str, tuple[str, str, str]]:
+            return {str(r["Record_Id__c"]): (r["LastName"], r["Email"], r["Status__c"])
+                    for r in mock.list_records()}
+
+        assert contacts() == {str(i): (f"User {i}", f"u{i}@x.org", "active")
+                              for i in range(1, 6)}
+        pg.run(f"UPDATE {pg.table()} SET name = 'Renamed', updated_at = now() WHERE id = 2")
+        pg.run(f"DELETE FROM {pg.table()} WHERE id = 3")
+        mock.push({"record_id": "77", "full_name": "From SF", "email_address": "sf@x.org",
+                   "status": "pending"})
+        out = ok(run_once(tmp_path))
+        assert "a->b 2 synced" in out and "b->a 1 synced" in out, out
+        assert contacts()["2"][0] == "Renamed" and "3" not in contacts()
+        assert pg_rows(pg)["77"] == ("From SF", "sf@x.org", "pending")
+        out = ok(run_once(tmp_path))
+        assert "a->b 0 synced, b->a 0 synced" in out, out
+    finally:
+        mock.stop()
+
+
+TYPED = """
+CREATE TABLE {t} (
+    id uuid PRIMARY KEY, small smallint, big bigint, amount numeric(14, 4), flag boolean,
+    born date, seen_at timestamp, stamped timestamptz, tags text[], doc jsonb, label varchar(40)
+)
+"""
+TYPED_ROWS = """
+INSERT INTO {t} VALUES
+ ('5f0c6f3e-8d7b-4c1a-9a57-0e2b9d1c4a11', 7, 9007199254740993, 12345678.1230, true,
+  '1990-02-28', '2024-01-02 03:04:05.123456', '2024-01-02 03:04:05+02', '{{a,"b c"}}',
+  '{{"n": 1, "deep": {{"ok": true}}, "list": [1, "x"]}}', 'plain'),
+ ('0e9b1c2d-3f4a-4b5c-8d6e-7f8091a2b3c4', -3, -1, 0.0001, false, '2000-01-01',
+  '1999-12-31 23:59:59', '2030-06-30 12:00:00-07', '{{}}', '[1, 2]', 'quote " and , comma'),
+ ('a1b2c3d4-0000-4000-8000-000000000001', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+  NULL, NULL)
+"""
+ROUND_TRIP = """
+[copy]
+a_to_b = ["create", "update", "delete"]
+b_to_a = []
+[copy.mappings]
+id = "id"
+small = "small"
+big = "big"
+amount = "amount"
+flag = "flag"
+born = "born"
+seen_at = "seen_at"
+stamped = "stamped"
+tags = "tags"
+doc = "doc"
+label = "label"
+"""
+
+
+def test_postgres_to_csv_to_postgres_changes_no_value(tmp_path: Path, pg: PgSchema) -> None:  # noqa: F811
+    for name in ("src", "dst"):
+        pg.run(TYPED.format(t=pg.table(name)))
+    pg.run(TYPED_ROWS.format(t=pg.table("src")))
+
+    def side(name: str) -> str:
+        return (f'{{ connector = "postgres", dsn = "{pg.dsn}", table = "{pg.table(name)}", '
+                'key = "id" }')
+
+    csv_side = '{ connector = "file", path = "middle.csv", key = "id" }'
+    (tmp_path / "customer_settings.toml").write_text(f"""
+[defaults]
+flush_interval = 0.05
+poll_interval = 0.1
+[customers.t.pipelines.out]
+rules = "copy"
+a = {side("src")}
+b = {csv_side}
+[customers.t.pipelines.back]
+rules = "copy"
+a = {csv_side}
+b = {side("dst")}
+""")
+    (tmp_path / "rules.toml").write_text(ROUND_TRIP)
+    ok(run_once(tmp_path))
+    ok(run_once(tmp_path))  # the CSV written by the first pipeline is read by the second
+    src = pg.run(f"SELECT * FROM {pg.table('src')} ORDER BY id")
+    dst = pg.run(f"SELECT * FROM {pg.table('dst')} ORDER BY id")
+    assert len(src) == 3 and dst == src
+    out = ok(run_once(tmp_path))  # nothing written again: no value drifted on the way
+    assert out.count("a->b 0 synced") == 2, out

@@ -1,0 +1,170 @@
+"""Every sync of a record goes into its history (operation, direction, time, conflict
+winner), kept within history_per_record and history_days."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from recsync.clock import FakeClock
+from recsync.daemon.records import record_status
+from recsync.messages import ItemOutcome
+from recsync.rules import RuleSet
+from recsync.state.store import DirectPage, RetryPolicy, Store
+from tests.state.test_store import change, sync_all
+
+RULES = RuleSet(
+    name="t",
+    a_to_b=["create", "update", "delete"],
+    b_to_a=["create", "update", "delete"],
+    mappings={"id": "id", "name": "name"},
+)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(time=1000.0)
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: FakeClock) -> Iterator[Store]:
+    s = Store(tmp_path / "state.sqlite", clock)
+    yield s
+    s.close()
+
+
+def history(store: Store, key: str) -> list[tuple[str, str | None, str | None]]:
+    return store.db.execute("SELECT event, direction, detail FROM history WHERE key = ? "
+                            "ORDER BY id", (key,)).fetchall()
+
+
+def test_creates_updates_and_deletes_both_ways_are_recorded(
+    store: Store, clock: FakeClock
+) -> None:
+    store.enqueue("a", [change("1", "Ada")], "a1", clock.time(), RULES)
+    sync_all(store, "a_to_b", clock)
+    clock.advance(1)
+    store.enqueue("a", [change("1", "Ada L.")], "a2", clock.time(), RULES)
+    sync_all(store, "a_to_b", clock)
+    clock.advance(1)
+    store.enqueue("b", [change("1", "Ada Lovelace")], "b1", clock.time(), RULES)
+    sync_all(store, "b_to_a", clock)
+    store.enqueue("b", [change("2", "Bob")], "b2", clock.time(), RULES)
+    sync_all(store, "b_to_a", clock)
+    clock.advance(1)
+    store.enqueue("a", [change("1", None)], "a3", clock.time(), RULES)
+    sync_all(store, "a_to_b", clock)
+    assert history(store, "1") == [
+        ("create", "a_to_b", None), ("update", "a_to_b", None), ("update", "b_to_a", None),
+        ("delete", "a_to_b", None)]
+    assert history(store, "2") == [("create", "b_to_a", None)]
+    times = [r[0] for r in store.db.execute("SELECT at FROM history WHERE key = '1'")]
+    assert times == sorted(times) and times[0] < times[-1]
+
+
+def test_a_plain_page_sent_direct_is_recorded_too(store: Store, clock: FakeClock) -> None:
+    stats = store.enqueue("a", [change("1", "Ada"), change("2", "Bob")], "a1", clock.time(),
+                          RULES, direct_limit=100)
+    assert stats.direct is not None
+    page = DirectPage("a", "a1", clock.time(), {i.key: i for i in stats.direct})
+    outcomes = [ItemOutcome(i.key, i.gen, "synced", hash=i.hash, src_hash=i.src_hash)
+                for i in stats.direct]
+    store.apply("a_to_b", outcomes, RetryPolicy(), clock.time(), page)
+    assert history(store, "1") == [("create", "a_to_b", None)]
+    assert history(store, "2") == [("create", "a_to_b", None)]
+
+
+def test_the_conflict_winner_is_recorded_with_the_sync(store: Store, clock: FakeClock) -> None:
+    store.enqueue("a", [change("1", "Ada")], "a1", clock.time(), RULES)
+    sync_all(store, "a_to_b", clock)
+    clock.advance(1)
+    store.enqueue("a", [change("1", "From A", modified=2000.0)], "a2", clock.time(), RULES)
+    store.enqueue("b", [change("1", "From B", modified=3000.0)], "b1", clock.time(), RULES)
+    sync_all(store, "b_to_a", clock)
+    assert history(store, "1")[1:] == [
+        ("conflict", "b_to_a", "b and a both changed; b wins"), ("update", "b_to_a", None)]
+    # found by the writer: the sync entry says who won
+    clock.advance(1)
+    store.enqueue("a", [change("1", "Again")], "a3", clock.time(), RULES)
+    (item,) = store.lease("a_to_b", 10, frozenset())
+    won = ItemOutcome("1", item.gen, "synced", hash=item.hash, winner="a")
+    store.apply("a_to_b", [won], RetryPolicy(), clock.time())
+    assert history(store, "1")[-2:] == [
+        ("conflict", "a_to_b", "found at write; a wins"),
+        ("update", "a_to_b", "after a conflict: a wins")]
+
+
+def test_history_is_kept_per_record_and_by_age(store: Store, clock: FakeClock) -> None:
+    for n in range(8):
+        store.enqueue("a", [change("1", f"v{n}"), change("2", f"w{n}")], f"a{n}",
+                      clock.time(), RULES)
+        sync_all(store, "a_to_b", clock)
+        clock.advance(1)
+    assert len(history(store, "1")) == 8
+    assert store.prune_history(per_record=3, days=30) == 10
+    assert [d for _e, d, _x in history(store, "1")] == ["a_to_b"] * 3
+    events = store.db.execute("SELECT event FROM history WHERE key = '1' ORDER BY id")
+    assert [e for (e,) in events] == ["update"] * 3  # the newest three
+    assert store.prune_history(per_record=3, days=30) == 0  # nothing new: nothing to do
+    clock.advance(2 * 86400)
+    store.enqueue("a", [change("3", "new")], "a9", clock.time(), RULES)
+    sync_all(store, "a_to_b", clock)
+    assert store.prune_history(per_record=3, days=1) == 6  # older than a day
+    assert store.db.execute("SELECT key FROM history").fetchall() == [("3",)]
+    # a smaller limit applies to every record, not only to those with news
+    for n in range(3):
+        store.enqueue("a", [change("3", f"x{n}")], f"b{n}", clock.time(), RULES)
+        sync_all(store, "a_to_b", clock)
+    store.prune_history(per_record=3, days=1)
+    assert store.prune_history(per_record=1, days=1) == 2
+    assert len(history(store, "3")) == 1
+
+
+def test_status_of_a_failed_create_says_it_is_on_its_source_side(
+    store: Store, clock: FakeClock, tmp_path: Path
+) -> None:
+    store.enqueue("a", [change("1", "Ada")], "a1", clock.time(), RULES)
+    (item,) = store.lease("a_to_b", 10, frozenset())
+    store.apply("a_to_b", [ItemOutcome("1", item.gen, "rejected", "refused by b")],
+                RetryPolicy(), clock.time())
+    store.enqueue("b", [change("2", "Bob")], "b1", clock.time(), RULES)
+    rec = record_status(tmp_path / "state.sqlite", "t/p", "1")
+    assert rec is not None and rec.state == "failed"
+    assert (rec.on_a, rec.on_b) == (True, False)
+    assert [(h.event, h.direction) for h in rec.history] == [("failed", "a_to_b")]
+    queued = record_status(tmp_path / "state.sqlite", "t/p", "2")
+    assert queued is not None and (queued.on_a, queued.on_b) == (False, True)
+    # a pending delete from a: gone from a, still on b
+    sync_all(store, "b_to_a", clock)
+    clock.advance(1)
+    store.enqueue("a", [change("2", None)], "a2", clock.time(), RULES)
+    gone = record_status(tmp_path / "state.sqlite", "t/p", "2")
+    assert gone is not None and (gone.on_a, gone.on_b) == (False, True)
+
+
+def test_a_state_file_of_an_earlier_recsync_keeps_its_history(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    from recsync.state.schema import SCHEMA
+
+    assert ",\n    direction TEXT\n" in SCHEMA
+    with sqlite3.connect(path) as db:  # the tables as recsync created them before
+        db.executescript(SCHEMA.replace(",\n    direction TEXT\n", "\n"))
+        db.execute("INSERT INTO history (key, at, event, detail) "
+                   "VALUES ('1', 900, 'failed', 'boom')")
+    db.close()
+    old = record_status(path, "t/p", "1")  # read before recsync opened it to write
+    assert old is not None and [(h.event, h.direction) for h in old.history] == [
+        ("failed", None)]
+    store = Store(path, clock)
+    try:
+        store.enqueue("a", [change("1", "Ada")], "a1", clock.time(), RULES)
+        sync_all(store, "a_to_b", clock)
+        assert history(store, "1") == [("failed", None, "boom"), ("create", "a_to_b", None)]
+    finally:
+        store.close()
