@@ -90,6 +90,11 @@ class ConnectorActor(PipelineActor):
             log.warning("connector not reachable yet", extra={
                 "pipeline": self.pipeline, "side": self.side, "error": str(exc)})
 
+    def change_probe(self) -> Any:
+        """The connector's change probe (asked once by the pipeline for its poll timer)."""
+        assert self.connector is not None
+        return self.connector.change_probe()
+
     def _wake_poller(self) -> None:
         """The system said this side changed: the poller reads it now (any thread)."""
         ref = self.peers.refs.get(f"poller_{self.side}")

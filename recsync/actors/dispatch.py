@@ -128,7 +128,7 @@ def _default_workers() -> int:
 
 
 CPU = Dispatcher("actors", workers=_default_workers())
-IO = Dispatcher("actors-io", workers=4 * _default_workers())
+IO = Dispatcher("actors-io", workers=256)  # blocking I/O: grows with the work, idle ones retire
 
 
 class PooledFuture(ThreadingFuture[Any]):

@@ -18,6 +18,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,10 @@ class Supervisor(pykka.ThreadingActor):
         self.last_failure: dict[str, float] = {}
         self.storage_waits: dict[str, int] = {}
         self.on_event = on_event or (lambda kind, data: None)
+        # begin_pipeline: starts run on a pool and report back with StartDone
+        self.concurrent_starts = False
+        self._starter: ThreadPoolExecutor | None = None
+        self._starting: dict[str, Future[None]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _report(self, failure: ChildFailed) -> None:
@@ -86,10 +91,59 @@ class Supervisor(pykka.ThreadingActor):
         self._try_start(pipeline)
         return pipeline.state
 
+    def begin_pipeline(self, config: PipelineConfig, ruleset: RuleSet) -> None:
+        """Register a pipeline as ``starting`` and start it on the start pool: returns at
+        once. Starts run ``START_CONCURRENCY`` at a time, so a thousand pipelines start in
+        parallel, and one that is slow to start holds back no other."""
+        pipeline = Pipeline(
+            config, ruleset, state_dir=self.state_dir, systems=self.systems,
+            scheduler=self.scheduler, clock=self.clock, report=self._report,
+            on_event=self.on_event)
+        pipeline.state = "starting"
+        self.pipelines[config.id] = pipeline
+        self.restart_times[config.id] = deque()
+        self.backoffs[config.id] = 0
+        self.concurrent_starts = True
+        self._event("pipeline_state", pipeline)
+        self._try_start(pipeline)
+
+    def _start_later(self, pipeline: Pipeline) -> None:
+        ref = self.actor_ref
+
+        def run() -> None:
+            error: Exception | None = None
+            try:
+                pipeline.start()
+            except Exception as exc:  # reported to the supervisor, as a sync start would
+                error = exc
+            _safe_tell(ref, StartDone(pipeline, error))
+
+        pipeline.state = "starting"
+        if self._starter is None:
+            self._starter = ThreadPoolExecutor(START_CONCURRENCY, thread_name_prefix="start")
+        self._starting[pipeline.id] = self._starter.submit(run)
+
+    def _start_done(self, done: StartDone) -> None:
+        pipeline = done.pipeline
+        self._starting.pop(pipeline.id, None)
+        if self.pipelines.get(pipeline.id) is not pipeline:  # stopped or replaced meanwhile
+            if done.error is None:
+                pipeline.stop_actors()
+            return
+        self._finish_start(pipeline, done.error)
+
     def _try_start(self, pipeline: Pipeline) -> bool:
+        if self.concurrent_starts:
+            self._start_later(pipeline)
+            return False
         try:
             pipeline.start()
         except Exception as exc:
+            return self._finish_start(pipeline, exc)
+        return self._finish_start(pipeline, None)
+
+    def _finish_start(self, pipeline: Pipeline, exc: Exception | None) -> bool:
+        if exc is not None:
             pipeline.error = str(exc) or type(exc).__name__
             if isinstance(exc, PipelineStartError) and exc.transient:
                 self._wait_for_storage(pipeline)
@@ -119,6 +173,9 @@ class Supervisor(pykka.ThreadingActor):
     def stop_all(self, timeout: float = 30.0) -> None:
         """Stop every pipeline: role by role in reverse start order, each role of all
         pipelines at once (a thousand pipelines stop as fast as one)."""
+        if self._starter is not None:  # starts not begun are dropped; those running end
+            self._starter.shutdown(wait=True, cancel_futures=True)
+            self._starter = None
         pipelines = list(self.pipelines.values())
         self.pipelines.clear()
         for pipeline in pipelines:
@@ -145,7 +202,9 @@ class Supervisor(pykka.ThreadingActor):
 
     # -- failures ----------------------------------------------------------------------------
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, ChildFailed):
+        if isinstance(message, StartDone):
+            self._start_done(message)
+        elif isinstance(message, ChildFailed):
             self._child_failed(message)
         elif isinstance(message, RestartPipeline):
             pipeline = self.pipelines.get(message.pipeline)
@@ -349,15 +408,20 @@ class Supervisor(pykka.ThreadingActor):
                 continue
         return out
 
-    def progress_all(self) -> dict[str, dict[str, Any]]:
+    def progress_all(self, cached: bool = False) -> dict[str, dict[str, Any]]:
+        """Per pipeline: state, error, restarts and the live figures of its actors, asked
+        of them (``cached``: as they last published them, without asking)."""
         out: dict[str, dict[str, Any]] = {}
         for pid, p in self.pipelines.items():
             entry: dict[str, Any] = {"state": p.state, "error": p.error, "restarts": p.restarts}
             if _live(p):
-                try:
-                    entry.update(p.progress())
-                except (pykka.ActorDeadError, pykka.Timeout):
-                    entry["state"] = "restarting"
+                if cached:
+                    entry.update(p.last_progress())
+                else:
+                    try:
+                        entry.update(p.progress())
+                    except (pykka.ActorDeadError, pykka.Timeout):
+                        entry["state"] = "restarting"
             out[pid] = entry
         return out
 
@@ -377,6 +441,17 @@ class Supervisor(pykka.ThreadingActor):
 
     def in_flight_total(self) -> int:
         return sum(int(v["in_flight"]) for v in self.call_all("queue", "progress").values())
+
+
+@dataclass(frozen=True)
+class StartDone:
+    """A start begun by ``begin_pipeline`` ended (``error`` None: the pipeline runs)."""
+
+    pipeline: Pipeline
+    error: Exception | None
+
+
+START_CONCURRENCY = 16
 
 
 def _safe_tell(ref: pykka.ActorRef[Any], message: Any) -> None:

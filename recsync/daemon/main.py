@@ -223,7 +223,8 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
         return 2
     daemon.server, daemon.endpoints = server, endpoints
     note_logs(args, public.parent if public is not None else runtime_dir())
-    daemon.start()
+    daemon.serving = True
+    daemon.start(wait=False)  # the control socket answers at once; pipelines start behind it
     front: FrontProcess | None = None
     failure: list[str] = []
 

@@ -129,6 +129,7 @@ class ControlService:
     def _pipeline_statuses(self) -> list[p.PipelineStatus]:
         health = self.daemon.health()
         cached = self.daemon.counts_snapshot()
+        cursors = self.daemon.cursors_snapshot()
         out = []
         for pid, cfg in sorted(self.config.pipelines.items()):
             h = health.get(pid, {})
@@ -142,7 +143,8 @@ class ControlService:
                 failed=counts["failed"], synced_a_to_b=counts["synced_a_to_b"],
                 synced_b_to_a=counts["synced_b_to_a"], conflicts=counts["conflicts"],
                 restarts=int(h.get("restarts", 0)),
-                cursors=pipeline_cursors(self._state_path(cfg)),
+                cursors=(cursors[pid] if pid in cursors
+                         else pipeline_cursors(self._state_path(cfg))),
                 warnings=list(h.get("warnings", [])),
                 sides=side_statuses(h, self.daemon.clock.time()),
                 settings=live_settings(cfg.settings)))
