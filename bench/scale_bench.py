@@ -157,7 +157,6 @@ def measure(n: int, base: Path, changes: int) -> dict[str, Any]:
             db.execute("INSERT INTO users VALUES (?, ?, ?, 'active')",
                        (key, f"New {key}", f"n{key}@x.org"))
         db.close()
-        start = time.monotonic()
         took = wait_until(lambda i=i, key=key: csv_has(folder / f"b{i}.csv", key), 30,
                           every=0.01)
         lat.append(took if took is not None else float("inf"))
