@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 __all__ = ["CPU", "IO", "Dispatcher", "PooledActor"]
 
 
+_current = threading.local()  # .dispatcher: the pool whose worker this thread is
+
+
 class Dispatcher:
     """A pool of worker threads running the actors that have messages waiting.
 
@@ -54,7 +57,6 @@ class Dispatcher:
         self._threads = 0  # alive worker threads
         self._idle = 0  # of them waiting for work
         self._blocked = 0  # of them waiting on a future
-        self._local = threading.local()
         self._counter = 0
 
     # -- what actors call
@@ -68,7 +70,7 @@ class Dispatcher:
                 self._spawn()
 
     def in_worker(self) -> bool:
-        return getattr(self._local, "worker", False)
+        return getattr(_current, "dispatcher", None) is self
 
     @contextlib.contextmanager
     def blocking(self) -> Iterator[None]:
@@ -102,7 +104,7 @@ class Dispatcher:
         thread.start()
 
     def _work(self) -> None:
-        self._local.worker = True
+        _current.dispatcher = self
         while True:
             with self._cond:
                 while not self._ready:
@@ -135,11 +137,11 @@ class PooledFuture(ThreadingFuture[Any]):
     """A ThreadingFuture whose ``get`` tells the pool a worker is waiting."""
 
     def get(self, *, timeout: float | None = None) -> Any:
-        for dispatcher in (CPU, IO):
-            if dispatcher.in_worker():
-                with dispatcher.blocking():
-                    return super().get(timeout=timeout)
-        return super().get(timeout=timeout)
+        dispatcher: Dispatcher | None = getattr(_current, "dispatcher", None)
+        if dispatcher is None:
+            return super().get(timeout=timeout)
+        with dispatcher.blocking():
+            return super().get(timeout=timeout)
 
 
 def _refuse(envelope: Envelope[Any], actor: PooledActor) -> None:

@@ -78,6 +78,7 @@ class Pipeline:
         self.peers = Peers()
         self.timers: list[TimerHandle] = []
         self.figures: dict[str, Any] = {}  # what the queue and pollers last published
+        self.ticks: dict[str, PollTick | FlushTick] = {}  # this incarnation's timers
         self.state = "stopped"
         self.error: str | None = None
         self.restarts = 0
@@ -161,6 +162,7 @@ class Pipeline:
         ticks = [PollTick(self, side, self.ask(f"connector_{side}", "change_probe"))
                  for side in ("a", "b")]
         flush = FlushTick(self)
+        self.ticks = {"a": ticks[0], "b": ticks[1], "flush": flush}
         self.timers = [
             *(self.scheduler.call_every(s.poll_interval, tick, first_delay=0.0)
               for tick in ticks),
@@ -274,8 +276,10 @@ class PollTick:
         self.ref = pipeline.peers.ref(f"poller_{side}")
         self.seen: object = None
         self.skipped = 0
+        self.calls = 0
 
     def __call__(self) -> None:
+        self.calls += 1
         if self.probe is not None:
             seen = self.probe()
             poller = self.pipeline.figures.get(f"poller_{self.side}") or {}

@@ -18,7 +18,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import pykka
 from recsync.actors.pipeline import ASK_TIMEOUT, START_ORDER, Pipeline, PipelineStartError
 from recsync.actors.protocol import ChildFailed, Crash, Poll, RestartPipeline
 from recsync.actors.scheduler import Scheduler
+from recsync.actors.startpool import StartPool
 from recsync.actors.systems import Systems
 from recsync.clock import Clock, SystemClock
 from recsync.config import PipelineConfig
@@ -69,8 +69,7 @@ class Supervisor(pykka.ThreadingActor):
         self.on_event = on_event or (lambda kind, data: None)
         # begin_pipeline: starts run on a pool and report back with StartDone
         self.concurrent_starts = False
-        self._starter: ThreadPoolExecutor | None = None
-        self._starting: dict[str, Future[None]] = {}
+        self._starter: StartPool | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _report(self, failure: ChildFailed) -> None:
@@ -120,12 +119,11 @@ class Supervisor(pykka.ThreadingActor):
 
         pipeline.state = "starting"
         if self._starter is None:
-            self._starter = ThreadPoolExecutor(START_CONCURRENCY, thread_name_prefix="start")
-        self._starting[pipeline.id] = self._starter.submit(run)
+            self._starter = StartPool(START_CONCURRENCY)
+        self._starter.submit(run)
 
     def _start_done(self, done: StartDone) -> None:
         pipeline = done.pipeline
-        self._starting.pop(pipeline.id, None)
         if self.pipelines.get(pipeline.id) is not pipeline:  # stopped or replaced meanwhile
             if done.error is None:
                 pipeline.stop_actors()
@@ -173,8 +171,9 @@ class Supervisor(pykka.ThreadingActor):
     def stop_all(self, timeout: float = 30.0) -> None:
         """Stop every pipeline: role by role in reverse start order, each role of all
         pipelines at once (a thousand pipelines stop as fast as one)."""
-        if self._starter is not None:  # starts not begun are dropped; those running end
-            self._starter.shutdown(wait=True, cancel_futures=True)
+        if self._starter is not None:  # starts not begun are dropped; running ones may end
+            if not self._starter.close(timeout=START_WAIT_ON_STOP):
+                log.warning("pipeline starts still running at stop are left behind")
             self._starter = None
         pipelines = list(self.pipelines.values())
         self.pipelines.clear()
@@ -452,6 +451,7 @@ class StartDone:
 
 
 START_CONCURRENCY = 16
+START_WAIT_ON_STOP = 5.0  # seconds a stop waits for starts under way
 
 
 def _safe_tell(ref: pykka.ActorRef[Any], message: Any) -> None:
