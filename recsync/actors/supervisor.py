@@ -69,6 +69,7 @@ class Supervisor(pykka.ThreadingActor):
         self.on_event = on_event or (lambda kind, data: None)
         # begin_pipeline: starts run on a pool and report back with StartDone
         self.concurrent_starts = False
+        self.stopping = False  # quiesce(): a start that ends now is paused at once
         self._starter: StartPool | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -129,6 +130,8 @@ class Supervisor(pykka.ThreadingActor):
                 pipeline.stop_actors()
             return
         self._finish_start(pipeline, done.error)
+        if self.stopping and _live(pipeline):
+            pipeline.set_paused(True)
 
     def _try_start(self, pipeline: Pipeline) -> bool:
         if self.concurrent_starts:
@@ -167,6 +170,15 @@ class Supervisor(pykka.ThreadingActor):
         if pipeline is not None:
             pipeline.stop()
             self._event("pipeline_state", pipeline)
+
+    def quiesce(self) -> None:
+        """Before a stop: start no more pipelines (those not begun stay ``starting``),
+        let the starts under way end for a moment, and pause whatever then runs."""
+        self.stopping = True
+        if self._starter is not None:
+            if not self._starter.close(timeout=START_WAIT_ON_STOP):
+                log.warning("pipeline starts still running at stop are left behind")
+            self._starter = None
 
     def stop_all(self, timeout: float = 30.0) -> None:
         """Stop every pipeline: role by role in reverse start order, each role of all

@@ -96,7 +96,9 @@ class Daemon:
 
     @property
     def proxy(self) -> Any:
-        assert self.supervisor is not None
+        if self.supervisor is None:  # the control socket is served before the pipelines
+            raise ControlError("UNAVAILABLE", "recsyncd is starting (or stopping); try "
+                                              "again in a moment.")
         # making a pykka proxy introspects the actor (about a millisecond): make one
         if self._proxy is None or self._proxy[0] is not self.supervisor:
             self._proxy = (self.supervisor, self.supervisor.proxy())
@@ -265,6 +267,7 @@ class Daemon:
         if self.supervisor is None:
             return
         try:
+            self.proxy.quiesce().get()
             self.proxy.pause_all().get()
             deadline = time.monotonic() + drain_timeout
             while time.monotonic() < deadline:

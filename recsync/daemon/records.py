@@ -60,10 +60,13 @@ def failed_records(path: Path, pipeline: str, limit: int) -> list[FailedRecord]:
     if conn is None or limit <= 0:
         return []
     with closing(conn):
-        rows = conn.execute(
-            "SELECT key, direction, attempts, last_error, updated_at FROM queue "
-            "WHERE state = 'failed' ORDER BY updated_at DESC LIMIT ?", (limit,)
-        ).fetchall()
+        try:
+            rows = conn.execute(
+                "SELECT key, direction, attempts, last_error, updated_at FROM queue "
+                "WHERE state = 'failed' ORDER BY updated_at DESC LIMIT ?", (limit,)
+            ).fetchall()
+        except sqlite3.OperationalError:
+            return []  # a state file its pipeline is still creating (starting): none yet
     return [FailedRecord(pipeline, r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
 
@@ -77,13 +80,16 @@ def record_status(path: Path, pipeline: str, key: str,
     if conn is None:
         return None
     with closing(conn):
-        link = conn.execute(
-            "SELECT a_hash, b_hash, synced_at FROM links WHERE key = ?", (key,)
-        ).fetchone()
-        items = conn.execute(
-            "SELECT direction, state, attempts, last_error, op FROM queue WHERE key = ? "
-            "ORDER BY state = 'failed' DESC", (key,)
-        ).fetchall()
+        try:
+            link = conn.execute(
+                "SELECT a_hash, b_hash, synced_at FROM links WHERE key = ?", (key,)
+            ).fetchone()
+            items = conn.execute(
+                "SELECT direction, state, attempts, last_error, op FROM queue WHERE key = ? "
+                "ORDER BY state = 'failed' DESC", (key,)
+            ).fetchall()
+        except sqlite3.OperationalError:
+            return None  # a state file its pipeline is still creating (starting)
         history = _history(conn, key, history_limit)
     if link is None and not items and not history:
         return None
