@@ -190,7 +190,9 @@ def main() -> int:
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=10.0, help="CPU measuring window")
     parser.add_argument("--presses", type=int, default=35)
+    parser.add_argument("--pipelines", type=int, default=PIPELINES)
     args = parser.parse_args()
+    globals()["PIPELINES"] = args.pipelines
     if args.serve:
         serve(args.serve, args.seconds + 60)
         return 0
@@ -204,6 +206,8 @@ def main() -> int:
                 tmp,
                 "--seconds",
                 str(args.seconds),
+                "--pipelines",
+                str(args.pipelines),
             ],
             stdout=subprocess.PIPE,
             text=True,

@@ -8,6 +8,7 @@ from typing import Any
 
 import pykka
 
+from recsync.actors.dispatch import PooledActor
 from recsync.actors.protocol import Call, ChildFailed, Crash, Ping
 from recsync.errors import ConnectorConfigError, StateUnavailable
 
@@ -22,7 +23,7 @@ def no_events(kind: str, data: dict[str, Any]) -> None:
     """The EventSink of actors started without one."""
 
 
-class PipelineActor(pykka.ThreadingActor):
+class PipelineActor(PooledActor):
     """An actor of one pipeline incarnation.
 
     pykka calls ``on_failure`` when a ``tell`` handler raises, but an exception in
@@ -30,7 +31,6 @@ class PipelineActor(pykka.ThreadingActor):
     supervisor hears about it through ``report`` and decides what to restart.
     """
 
-    use_daemon_thread = True
     role = "actor"
 
     def __init__(self, pipeline: str, incarnation: int, report: FailureSink) -> None:
@@ -39,6 +39,10 @@ class PipelineActor(pykka.ThreadingActor):
         self.incarnation = incarnation
         self._report = report
         self._handlers: dict[type, Callable[[Any], Any]] = {}
+        # the pipeline's shared figures: an actor that has them (queue, pollers) writes its
+        # ``progress()`` there after every message, so status and stats read them without
+        # asking the actor (a thousand idle pipelines cost nothing to report on)
+        self.figures: dict[str, Any] | None = None
 
     def handles(self, message_type: type, handler: Callable[[Any], Any]) -> None:
         self._handlers[message_type] = handler
@@ -75,6 +79,19 @@ class PipelineActor(pykka.ThreadingActor):
                                  transient))
 
     def on_receive(self, message: Any) -> Any:
+        try:
+            return self._receive(message)
+        finally:
+            if self.figures is not None and not isinstance(message, Ping):
+                self.publish_figures()
+
+    def publish_figures(self) -> None:
+        assert self.figures is not None
+        progress = getattr(self, "progress", None)
+        if progress is not None:
+            self.figures[self.role] = progress()
+
+    def _receive(self, message: Any) -> Any:
         handler = self._handlers.get(type(message))
         if handler is not None:
             return handler(message)

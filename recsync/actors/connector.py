@@ -12,6 +12,7 @@ import pykka
 
 from recsync import rules as rules_mod
 from recsync.actors.base import FailureSink, PipelineActor
+from recsync.actors.dispatch import IO
 from recsync.actors.health import SideHealth
 from recsync.actors.protocol import (
     BatchDone,
@@ -45,6 +46,7 @@ _new_key = attrgetter("new_key")
 
 
 class ConnectorActor(PipelineActor):
+    dispatcher = IO  # it waits on databases, files and HTTP: never on the compute pool
     def __init__(
         self,
         pipeline: str,
@@ -96,6 +98,11 @@ class ConnectorActor(PipelineActor):
             self.health.error(str(exc))
             log.warning("connector not reachable yet", extra={
                 "pipeline": self.pipeline, "side": self.side, "error": str(exc)})
+
+    def change_probe(self) -> Any:
+        """The connector's change probe (asked once by the pipeline for its poll timer)."""
+        assert self.connector is not None
+        return self.connector.change_probe()
 
     def _wake_poller(self) -> None:
         """The system said this side changed: the poller reads it now (any thread)."""

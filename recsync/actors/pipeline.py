@@ -79,6 +79,8 @@ class Pipeline:
         self.incarnation = 0
         self.peers = Peers()
         self.timers: list[TimerHandle] = []
+        self.figures: dict[str, Any] = {}  # what the queue and pollers last published
+        self.ticks: dict[str, PollTick | FlushTick] = {}  # this incarnation's timers
         self.state = "stopped"
         self.error: str | None = None
         self.restarts = 0
@@ -136,7 +138,7 @@ class Pipeline:
                 *common, state_path=self.state_path, settings=s, ruleset=self.ruleset,
                 peers=peers, clock=self.clock, safe_start=self.restarts > 0,
                 on_event=self.on_event, state=self.state_access,
-                bulk_targets=self._bulk_targets())
+                bulk_targets=self._bulk_targets(), figures=self.figures)
             for role in ("rate_limiter", "connector_a", "connector_b", "queue"):
                 peers.refs[role].ask(Ping(), timeout=ASK_TIMEOUT)
             cursors: dict[str, str | None] = peers.refs["queue"].ask(  # type: ignore[assignment]
@@ -145,7 +147,8 @@ class Pipeline:
             for side in ("a", "b"):
                 peers.refs[f"poller_{side}"] = PollerActor.start(
                     *common, side=side, cursor=cursors[side], page_size=s.page_size,
-                    peers=peers, clock=self.clock, reads=_syncs_from(self.ruleset, side))
+                    peers=peers, clock=self.clock, reads=_syncs_from(self.ruleset, side),
+                    figures=self.figures)
             for role in ("rules", "poller_a", "poller_b"):
                 peers.refs[role].ask(Ping(), timeout=ASK_TIMEOUT)
         except Exception as exc:
@@ -165,21 +168,24 @@ class Pipeline:
 
     def _start_timers(self) -> None:
         s = self.config.settings
-        poll_a, poll_b = self.peers.ref("poller_a"), self.peers.ref("poller_b")
-        queue = self.peers.ref("queue")
+        ticks = [PollTick(self, side, self.ask(f"connector_{side}", "change_probe"))
+                 for side in ("a", "b")]
+        flush = FlushTick(self)
+        self.ticks = {"a": ticks[0], "b": ticks[1], "flush": flush}
         self.timers = [
-            self.scheduler.call_every(s.poll_interval, lambda: _tell(poll_a, Poll()),
-                                      first_delay=0.0),
-            self.scheduler.call_every(s.poll_interval, lambda: _tell(poll_b, Poll()),
-                                      first_delay=0.0),
-            self.scheduler.call_every(s.flush_interval, lambda: _tell(queue, Flush())),
+            *(self.scheduler.call_every(s.poll_interval, tick, first_delay=0.0)
+              for tick in ticks),
+            self.scheduler.call_every(s.flush_interval, flush),
         ]
 
-    def stop_actors(self, timeout: float = 30.0) -> None:
-        """Cancel timers, then stop the actors in reverse start order."""
+    def cancel_timers(self) -> None:
         for timer in self.timers:
             timer.cancel()
         self.timers = []
+
+    def stop_actors(self, timeout: float = 30.0) -> None:
+        """Cancel timers, then stop the actors in reverse start order."""
+        self.cancel_timers()
         for role in reversed(START_ORDER):
             ref = self.peers.refs.get(role)
             if ref is not None and ref.is_alive():
@@ -195,6 +201,10 @@ class Pipeline:
 
     def ask(self, role: str, name: str, *args: Any, timeout: float = ASK_TIMEOUT) -> Any:
         return self.peers.ref(role).ask(Call(name, args), timeout=timeout)
+
+    def ask_later(self, role: str, name: str, *args: Any) -> pykka.Future[Any]:
+        """Like ``ask``, but returns the future at once."""
+        return self.peers.ref(role).ask(Call(name, args), block=False)
 
     def tell(self, role: str, message: Any) -> None:
         ref = self.peers.refs.get(role)
@@ -249,6 +259,66 @@ class Pipeline:
         pollers = {side: self.ask(f"poller_{side}", "progress") for side in ("a", "b")}
         queue = self.ask("queue", "progress")
         return {"queue": queue, "pollers": pollers}
+
+    def last_progress(self) -> dict[str, Any]:
+        """The figures the queue and pollers last published (no asks; may be a moment old;
+        empty parts before they started)."""
+        figures = self.figures
+        return {"queue": dict(figures.get("queue") or {}),
+                "pollers": {side: dict(figures.get(f"poller_{side}") or {})
+                            for side in ("a", "b")}}
+
+
+# an idle side's poll or queue's flush is skipped (see PollTick, FlushTick), but not more
+# than this many times in a row: the safety net for whatever a probe cannot see
+FORCED_EVERY = 10
+FLUSH_FORCED_AFTER = 60.0  # seconds: the queue's periodic work (history pruning) still runs
+
+
+class PollTick:
+    """The poll timer of one side. With a change probe, a tick is skipped while the probe
+    says nothing changed since the last poll that ran and the poller is idle without an
+    error (a thousand idle pipelines then cost a stat() each per interval, no actor)."""
+
+    def __init__(self, pipeline: Pipeline, side: Side, probe: Any) -> None:
+        self.pipeline, self.side, self.probe = pipeline, side, probe
+        self.ref = pipeline.peers.ref(f"poller_{side}")
+        self.seen: object = None
+        self.skipped = 0
+        self.calls = 0
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.probe is not None:
+            seen = self.probe()
+            poller = self.pipeline.figures.get(f"poller_{self.side}") or {}
+            idle = (poller and not poller.get("busy") and not poller.get("error")
+                    and not poller.get("paused"))
+            if idle and seen == self.seen and self.skipped < FORCED_EVERY:
+                self.skipped += 1
+                return
+            # remembered only when this poll starts a cycle, which reads after the probe
+            self.seen, self.skipped = (seen if idle else None), 0
+        _tell(self.ref, Poll())
+
+
+class FlushTick:
+    """The flush timer: skipped while the queue last said it has nothing pending or in
+    flight, and at most ``FLUSH_FORCED_AFTER`` seconds in a row."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.ref = pipeline.peers.ref("queue")
+        self.sent = pipeline.clock.monotonic()
+
+    def __call__(self) -> None:
+        queue = self.pipeline.figures.get("queue") or {}
+        now = self.pipeline.clock.monotonic()
+        if (queue and not queue.get("pending") and not queue.get("in_flight")
+                and not queue.get("held") and now - self.sent < FLUSH_FORCED_AFTER):
+            return
+        self.sent = now
+        _tell(self.ref, Flush())
 
 
 def side_limit(side_cfg: SideConfig, local: bool, settings: Settings) -> RateLimitSettings | None:

@@ -26,9 +26,11 @@ class PollerActor(PipelineActor):
         self, pipeline: str, incarnation: int, report: FailureSink, *,
         side: Side, cursor: str | None, page_size: int, peers: Any, clock: Clock,
         reads: bool = True,
+        figures: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(pipeline, incarnation, report)
         self.role = f"poller_{side}"
+        self.figures = figures
         self.side = side
         self.cursor = cursor
         self.page_size = page_size

@@ -40,8 +40,12 @@ class QueueActor(PipelineActor):
         on_event: EventSink | None = None,
         state: StateAccess | None = None,
         bulk_targets: frozenset[str] = frozenset(),
+        figures: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(pipeline, incarnation, report)
+        self.figures = figures
+        self.version = 0  # bumped when the figures change: the stats re-count only those
+        self._published: tuple[Any, ...] | None = None
         self.state_path = state_path
         self.state = state  # None: the state file at state_path
         self.settings = settings
@@ -80,6 +84,8 @@ class QueueActor(PipelineActor):
                       else self.state.open_store(self.pipeline, self.clock))
         self.store.use_rules(rules_fingerprint(self.ruleset))
         self.prune_history()
+        if self.figures is not None:
+            self.publish_figures()
 
     def _tick(self, _msg: Flush) -> None:
         self._flush_all()
@@ -297,6 +303,20 @@ class QueueActor(PipelineActor):
             "held": dict(self.held),
         }
 
+    def publish_figures(self) -> None:
+        if self.store is None:
+            return
+        assert self.figures is not None
+        # rows the store changed, and what lives only in memory: nothing new, no queries
+        key = (self.store.db.total_changes, tuple(map(_size, self.in_flight.values())),
+               tuple(self.held.items()), len(self.waiting), self.last_activity)
+        if key == self._published:
+            return
+        self._published = key
+        self.version += 1
+        self.figures[self.role] = {**self.progress(), "version": self.version,
+                                   "cursors": self.cursors()}
+
     def counts(self) -> dict[str, int]:
         assert self.store is not None
         return self.store.counts()
@@ -352,3 +372,7 @@ class QueueActor(PipelineActor):
             self.last_activity = self.clock.monotonic()
             self._flush_all()
         return {"queued": queued, "skipped": len(items) - len(todo), "held": None}
+
+
+def _size(keys: frozenset[str] | None) -> int:
+    return 0 if keys is None else len(keys)

@@ -15,6 +15,7 @@ on by itself once the storage takes writes again.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,9 +24,10 @@ from typing import Any
 
 import pykka
 
-from recsync.actors.pipeline import Pipeline, PipelineStartError
+from recsync.actors.pipeline import ASK_TIMEOUT, START_ORDER, Pipeline, PipelineStartError
 from recsync.actors.protocol import ChildFailed, Crash, Poll, RestartPipeline
 from recsync.actors.scheduler import Scheduler
+from recsync.actors.startpool import StartPool
 from recsync.actors.systems import Systems
 from recsync.clock import Clock, SystemClock
 from recsync.config import PipelineConfig
@@ -68,6 +70,10 @@ class Supervisor(pykka.ThreadingActor):
         self.last_failure: dict[str, float] = {}
         self.storage_waits: dict[str, int] = {}
         self.on_event = on_event or (lambda kind, data: None)
+        # begin_pipeline: starts run on a pool and report back with StartDone
+        self.concurrent_starts = False
+        self.stopping = False  # quiesce(): a start that ends now is paused at once
+        self._starter: StartPool | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _report(self, failure: ChildFailed) -> None:
@@ -88,10 +94,60 @@ class Supervisor(pykka.ThreadingActor):
         self._try_start(pipeline)
         return pipeline.state
 
+    def begin_pipeline(self, config: PipelineConfig, ruleset: RuleSet) -> None:
+        """Register a pipeline as ``starting`` and start it on the start pool: returns at
+        once. Starts run ``START_CONCURRENCY`` at a time, so a thousand pipelines start in
+        parallel, and one that is slow to start holds back no other."""
+        pipeline = Pipeline(
+            config, ruleset, state_dir=self.state_dir, systems=self.systems,
+            scheduler=self.scheduler, clock=self.clock, report=self._report,
+            on_event=self.on_event)
+        pipeline.state = "starting"
+        self.pipelines[config.id] = pipeline
+        self.restart_times[config.id] = deque()
+        self.backoffs[config.id] = 0
+        self.concurrent_starts = True
+        self._event("pipeline_state", pipeline)
+        self._try_start(pipeline)
+
+    def _start_later(self, pipeline: Pipeline) -> None:
+        ref = self.actor_ref
+
+        def run() -> None:
+            error: Exception | None = None
+            try:
+                pipeline.start()
+            except Exception as exc:  # reported to the supervisor, as a sync start would
+                error = exc
+            _safe_tell(ref, StartDone(pipeline, error))
+
+        pipeline.state = "starting"
+        if self._starter is None:
+            self._starter = StartPool(START_CONCURRENCY)
+        self._starter.submit(run)
+
+    def _start_done(self, done: StartDone) -> None:
+        pipeline = done.pipeline
+        if self.pipelines.get(pipeline.id) is not pipeline:  # stopped or replaced meanwhile
+            if done.error is None:
+                pipeline.stop_actors()
+            return
+        self._finish_start(pipeline, done.error)
+        if self.stopping and _live(pipeline):
+            pipeline.set_paused(True)
+
     def _try_start(self, pipeline: Pipeline) -> bool:
+        if self.concurrent_starts:
+            self._start_later(pipeline)
+            return False
         try:
             pipeline.start()
         except Exception as exc:
+            return self._finish_start(pipeline, exc)
+        return self._finish_start(pipeline, None)
+
+    def _finish_start(self, pipeline: Pipeline, exc: Exception | None) -> bool:
+        if exc is not None:
             pipeline.error = str(exc) or type(exc).__name__
             if isinstance(exc, PipelineStartError) and exc.transient:
                 self._wait_for_storage(pipeline)
@@ -118,16 +174,51 @@ class Supervisor(pykka.ThreadingActor):
             pipeline.stop()
             self._event("pipeline_state", pipeline)
 
-    def stop_all(self) -> None:
-        for pid in list(self.pipelines):
-            self.stop_pipeline(pid)
+    def quiesce(self) -> None:
+        """Before a stop: start no more pipelines (those not begun stay ``starting``),
+        let the starts under way end for a moment, and pause whatever then runs."""
+        self.stopping = True
+        if self._starter is not None:
+            if not self._starter.close(timeout=START_WAIT_ON_STOP):
+                log.warning("pipeline starts still running at stop are left behind")
+            self._starter = None
+
+    def stop_all(self, timeout: float = 30.0) -> None:
+        """Stop every pipeline: role by role in reverse start order, each role of all
+        pipelines at once (a thousand pipelines stop as fast as one)."""
+        if self._starter is not None:  # starts not begun are dropped; running ones may end
+            if not self._starter.close(timeout=START_WAIT_ON_STOP):
+                log.warning("pipeline starts still running at stop are left behind")
+            self._starter = None
+        pipelines = list(self.pipelines.values())
+        self.pipelines.clear()
+        for pipeline in pipelines:
+            pipeline.cancel_timers()
+        for role in reversed(START_ORDER):
+            waiting = []
+            for pipeline in pipelines:
+                ref = pipeline.peers.refs.get(role)
+                if ref is not None and ref.is_alive():
+                    waiting.append((pipeline, ref.stop(block=False)))
+            deadline = time.monotonic() + timeout
+            for pipeline, future in waiting:
+                try:
+                    future.get(timeout=max(0.0, deadline - time.monotonic()))
+                except pykka.Timeout:
+                    log.error("actor did not stop in time",
+                              extra={"pipeline": pipeline.id, "actor": role})
+        for pipeline in pipelines:
+            pipeline.state = "stopped"
+            self._event("pipeline_state", pipeline)
 
     def on_stop(self) -> None:
         self.stop_all()
 
     # -- failures ----------------------------------------------------------------------------
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, ChildFailed):
+        if isinstance(message, StartDone):
+            self._start_done(message)
+        elif isinstance(message, ChildFailed):
             self._child_failed(message)
         elif isinstance(message, RestartPipeline):
             pipeline = self.pipelines.get(message.pipeline)
@@ -313,25 +404,38 @@ class Supervisor(pykka.ThreadingActor):
         self.pipelines[pipeline_id].tell(role, Crash("injected crash"))
 
     def call_all(self, role: str, name: str, *args: Any) -> dict[str, Any]:
-        """Ask every live pipeline's ``role`` actor to run ``name``; dead ones are left out."""
-        out = {}
+        """Ask every live pipeline's ``role`` actor to run ``name``, all at once; dead ones
+        and ones that do not answer in time are left out."""
+        asked = {}
         for pid, p in self.pipelines.items():
             if _live(p):
                 try:
-                    out[pid] = p.ask(role, name, *args)
-                except (pykka.ActorDeadError, pykka.Timeout):
+                    asked[pid] = p.ask_later(role, name, *args)
+                except pykka.ActorDeadError:
                     continue
+        out = {}
+        deadline = time.monotonic() + ASK_TIMEOUT
+        for pid, future in asked.items():
+            try:
+                out[pid] = future.get(timeout=max(0.0, deadline - time.monotonic()))
+            except (pykka.ActorDeadError, pykka.Timeout):
+                continue
         return out
 
-    def progress_all(self) -> dict[str, dict[str, Any]]:
+    def progress_all(self, cached: bool = False) -> dict[str, dict[str, Any]]:
+        """Per pipeline: state, error, restarts and the live figures of its actors, asked
+        of them (``cached``: as they last published them, without asking)."""
         out: dict[str, dict[str, Any]] = {}
         for pid, p in self.pipelines.items():
             entry: dict[str, Any] = {"state": p.state, "error": p.error, "restarts": p.restarts}
             if _live(p):
-                try:
-                    entry.update(p.progress())
-                except (pykka.ActorDeadError, pykka.Timeout):
-                    entry["state"] = "restarting"
+                if cached:
+                    entry.update(p.last_progress())
+                else:
+                    try:
+                        entry.update(p.progress())
+                    except (pykka.ActorDeadError, pykka.Timeout):
+                        entry["state"] = "restarting"
             out[pid] = entry
         return out
 
@@ -342,15 +446,27 @@ class Supervisor(pykka.ThreadingActor):
             p.poll_now()
 
     def pause_all(self) -> None:
+        for side in ("a", "b"):
+            self.call_all(f"poller_{side}", "set_paused", True)
         for p in self.pipelines.values():
             if _live(p):
-                try:
-                    p.set_paused(True)
-                except (pykka.ActorDeadError, pykka.Timeout):
-                    continue
+                p.paused = True
+                p.state = "paused"
 
     def in_flight_total(self) -> int:
         return sum(int(v["in_flight"]) for v in self.call_all("queue", "progress").values())
+
+
+@dataclass(frozen=True)
+class StartDone:
+    """A start begun by ``begin_pipeline`` ended (``error`` None: the pipeline runs)."""
+
+    pipeline: Pipeline
+    error: Exception | None
+
+
+START_CONCURRENCY = 16
+START_WAIT_ON_STOP = 5.0  # seconds a stop waits for starts under way
 
 
 def _safe_tell(ref: pykka.ActorRef[Any], message: Any) -> None:

@@ -86,6 +86,14 @@ class Connector(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and files."""
 
+    def change_probe(self) -> Callable[[], object] | None:
+        """A cheap function whose result changes whenever the side may have changed (a
+        file's size and times, say), or None when the system offers none. It is called
+        from the scheduler's thread before each poll; a poll is skipped while its result
+        stays the same (and at least every ``FORCED_POLL_EVERY`` intervals it is not). It
+        must be thread-safe and never raise."""
+        return None
+
     def watch(self, wake: Callable[[], None]) -> None:  # noqa: B027 - optional hook
         """Call ``wake()`` (from any thread) whenever the system says it may have changed,
         so the side is read at once; polling stays the safety net. Optional."""

@@ -55,6 +55,7 @@ from recsync.connectors.csvappend import (
 )
 from recsync.connectors.filelines import BOM, LINE, LineBlocks, OutFile, cell_text
 from recsync.connectors.keyindex import KeyIndex
+from recsync.connectors.probes import file_probe
 from recsync.errors import ConnectorConfigError, ConnectorError
 from recsync.messages import (
     Change,
@@ -162,6 +163,9 @@ class FileConnector(Connector):
     @property
     def system_id(self) -> str:
         return f"file:{self.path}"
+
+    def change_probe(self) -> Callable[[], object] | None:
+        return file_probe(self.path)
 
     # ------------------------------------------------------------------ open / close
 

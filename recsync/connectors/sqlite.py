@@ -64,7 +64,7 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from operator import itemgetter
 from pathlib import Path
@@ -73,6 +73,7 @@ from typing import Any, ClassVar, Literal
 import msgspec
 
 from recsync.connectors.base import Connector, ConnectorConfig
+from recsync.connectors.probes import sqlite_probe
 from recsync.errors import ConnectorConfigError, ConnectorError
 from recsync.messages import (
     Change,
@@ -220,6 +221,9 @@ class SqliteConnector(Connector):
     @property
     def system_id(self) -> str:
         return f"sqlite:{self.path}"
+
+    def change_probe(self) -> Callable[[], object] | None:
+        return sqlite_probe(self.path)
 
     # ------------------------------------------------------------------ open / close
 

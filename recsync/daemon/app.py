@@ -70,6 +70,10 @@ class Daemon:
         self.scheduler = Scheduler(self.clock)
         self.supervisor: pykka.ActorRef[Supervisor] | None = None
         self.baseline: dict[str, dict[str, int]] = {}
+        self.serving = False  # pipelines start in the background (the control plane first)
+        self._snapshot_wanted = threading.Event()
+        self._counted: dict[str, Any] = {}  # pipeline -> queue version its counts are of
+        self._cursors: dict[str, dict[str, str | None]] = {}
         self.config_error: str | None = None
         self.last_reload: dict[str, Any] | None = None
         self.endpoints: tuple[str, str] | None = None
@@ -94,14 +98,18 @@ class Daemon:
 
     @property
     def proxy(self) -> Any:
-        assert self.supervisor is not None
+        if self.supervisor is None:  # the control socket is served before the pipelines
+            raise ControlError("UNAVAILABLE", "recsyncd is starting (or stopping); try "
+                                              "again in a moment.")
         # making a pykka proxy introspects the actor (about a millisecond): make one
         if self._proxy is None or self._proxy[0] is not self.supervisor:
             self._proxy = (self.supervisor, self.supervisor.proxy())
         return self._proxy[1]
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
+        """Start the supervisor and every pipeline; with ``wait`` False the pipelines are
+        only begun (shown as ``starting``) and start in parallel while this returns."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if self.config.cluster is None:
             self._migrate_state_files(self.config)
@@ -112,6 +120,10 @@ class Daemon:
                                            clock=self.clock, policy=self.policy,
                                            on_event=self._on_supervisor_event,
                                            state=self.state)
+        if not wait:
+            for cfg in self.config.pipelines.values():
+                self.proxy.begin_pipeline(cfg, self.config.rules[cfg.rules]).get()
+            return
         for pid, cfg in self.config.pipelines.items():
             state = self.proxy.start_pipeline(cfg, self.config.rules[cfg.rules]).get()
             log.info("pipeline %s", state, extra={"pipeline": pid})
@@ -137,8 +149,16 @@ class Daemon:
         pid = data.get("pipeline")
         if pid:
             self.states[pid] = {**self.states.get(pid, {}), **data}
-            self.write_snapshot()
+            self._snapshot_wanted.set()  # written soon, once for a burst of events
         self.publish(kind, data)
+
+    def _snapshot_loop(self, coalesce: float = 0.1) -> None:
+        while not self.stopping.is_set():
+            self._snapshot_wanted.wait()
+            if self.stopping.wait(coalesce):
+                return
+            self._snapshot_wanted.clear()
+            self.write_snapshot()
 
     def write_snapshot(self) -> None:
         """Write the overview the control front serves (atomically; never raises)."""
@@ -161,7 +181,9 @@ class Daemon:
         return int(self.server.last_seq) if self.server is not None else 0
 
     def start_stats(self, interval: float = 1.0) -> None:
-        """A thread that refreshes live figures every ``interval`` and publishes them."""
+        """A thread that refreshes live figures every ``interval`` and publishes them, and
+        one that writes the status snapshot soon after pipeline events."""
+        threading.Thread(target=self._snapshot_loop, name="snapshot", daemon=True).start()
         def loop() -> None:
             while not self.stopping.wait(interval):
                 try:
@@ -173,20 +195,28 @@ class Daemon:
         self._stats_thread.start()
 
     def refresh_stats(self) -> None:
-        progress = self.proxy.progress_all().get(timeout=30)
+        # the figures the actors last published: no ask per pipeline, and a state file is
+        # read again only when its queue did something since (idle pipelines cost nothing)
+        progress = self.proxy.progress_all(cached=True).get(timeout=30)
         health = self.proxy.health().get(timeout=30)
         self.healthy_at = time.monotonic()
         now = self.clock.monotonic()
         out = []
         for pid, cfg in self.config.pipelines.items():
             prog, h = progress.get(pid, {}), health.get(pid, {})
-            counts = pipeline_counts(self.state.reader(cfg.id))
-            self._counts_cache[pid] = counts
+            queue = prog.get("queue") or {}
+            version = queue.get("version")
+            counts = self._counts_cache.get(pid)
+            if counts is None or version is None or version != self._counted.get(pid):
+                counts = pipeline_counts(self.state.reader(cfg.id))
+                self._counts_cache[pid] = counts
+                self._counted[pid] = version
+            if "cursors" in queue:
+                self._cursors[pid] = dict(queue["cursors"])
             synced = counts["synced_a_to_b"] + counts["synced_b_to_a"]
             last_t, last_n = self._totals.get(pid, (now, synced))
             rate = (synced - last_n) / (now - last_t) if now > last_t else 0.0
             self._totals[pid] = (now, synced)
-            queue = prog.get("queue") or {}
             state = "held" if queue.get("held") else h.get("state", "stopped")
             self.states[pid] = {**self.states.get(pid, {}), **h, "state": state,
                                 "in_flight": queue.get("in_flight", 0),
@@ -220,6 +250,10 @@ class Daemon:
     def counts_snapshot(self) -> dict[str, dict[str, int]]:
         return dict(self._counts_cache)
 
+    def cursors_snapshot(self) -> dict[str, dict[str, str | None]]:
+        """Each pipeline's committed cursors as its queue last published them."""
+        return dict(self._cursors)
+
     def stats_snapshot(self) -> list[p.PipelineStats]:
         return list(self._stats)
 
@@ -239,6 +273,7 @@ class Daemon:
         if self.supervisor is None:
             return
         try:
+            self.proxy.quiesce().get()
             self.proxy.pause_all().get()
             deadline = time.monotonic() + drain_timeout
             while time.monotonic() < deadline:
@@ -282,7 +317,10 @@ class Daemon:
                 self._migrate_state_files(new)  # with the removed ones' files closed
             for pid in diff.added:
                 cfg = new.pipelines[pid]
-                self.proxy.start_pipeline(cfg, new.rules[cfg.rules]).get()
+                if self.serving:
+                    self.proxy.begin_pipeline(cfg, new.rules[cfg.rules]).get()
+                else:
+                    self.proxy.start_pipeline(cfg, new.rules[cfg.rules]).get()
             for pid in diff.changed:
                 cfg = new.pipelines[pid]
                 if pid in diff.settings_only:

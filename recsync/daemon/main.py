@@ -223,7 +223,7 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
         return 2
     daemon.server, daemon.endpoints = server, endpoints
     note_logs(args, public.parent if public is not None else runtime_dir())
-    daemon.start()
+    daemon.serving = True
     front: FrontProcess | None = None
     failure: list[str] = []
 
@@ -232,7 +232,7 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
         daemon.stopping.set()
         wake.set()
 
-    if public is not None:
+    if public is not None and not daemon.stopping.is_set():
         daemon.snapshot_path = public.with_name("status.snapshot")
         daemon.status_builder = lambda: {
             "status": msgspec.to_builtins(service.status(StatusGet())),
@@ -247,6 +247,8 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
             daemon.stop()
             server.stop()
             return 2
+    # the control socket (and its front) answer first; the pipelines start behind them
+    daemon.start(wait=False)
     daemon.start_stats()
     watcher = ConfigWatcher(args.config_dir, daemon.reload_quietly)
     watcher.start()

@@ -76,7 +76,10 @@ def failed_records(where: StateRef, pipeline: str, limit: int) -> list[FailedRec
     with state_reader(where) as db:
         if db is None or limit <= 0:
             return []
-        rows = db.failed(limit)
+        try:
+            rows = db.failed(limit)
+        except sqlite3.OperationalError:
+            return []  # a state file its pipeline is still creating (starting): none yet
     return [FailedRecord(pipeline, *r) for r in rows]
 
 
@@ -89,7 +92,10 @@ def record_status(where: StateRef, pipeline: str, key: str,
     with state_reader(where) as db:
         if db is None:
             return None
-        link, items, rows = db.record(key, history_limit)
+        try:
+            link, items, rows = db.record(key, history_limit)
+        except sqlite3.OperationalError:
+            return None  # a state file its pipeline is still creating (starting)
     history = [HistoryEntry(*r) for r in rows]
     if link is None and not items and not history:
         return None

@@ -36,6 +36,7 @@ from recsync.daemon import protocol as p
 from recsync.daemon.configshow import pipeline_settings
 from recsync.daemon.plans import faults_to_set, other_side_plan
 from recsync.daemon.records import (
+    EMPTY_COUNTS,
     StateRef,
     failed_records,
     pipeline_counts,
@@ -129,12 +130,17 @@ class ControlService:
     def _pipeline_statuses(self) -> list[p.PipelineStatus]:
         health = self.daemon.health()
         cached = self.daemon.counts_snapshot()
+        cursors = self.daemon.cursors_snapshot()
         out = []
         for pid, cfg in sorted(self.config.pipelines.items()):
             h = health.get(pid, {})
             # figures of the last stats tick (at most a second old): a status query must
             # not scan a large queue while the pipeline is busy filling it
-            counts = cached.get(pid) or pipeline_counts(self._state_path(cfg))
+            starting = h.get("state", "starting") == "starting"
+            # a pipeline still starting has no figures yet: its state file is not opened
+            # (a thousand of them starting must not hold up `status`)
+            counts = cached.get(pid) or (dict(EMPTY_COUNTS) if starting else
+                                         pipeline_counts(self._state_path(cfg)))
             out.append(p.PipelineStatus(
                 pipeline=pid, customer=cfg.customer, name=cfg.name, a=cfg.a.connector,
                 b=cfg.b.connector, state=h.get("state", "stopped"), error=h.get("error"),
@@ -142,7 +148,8 @@ class ControlService:
                 failed=counts["failed"], synced_a_to_b=counts["synced_a_to_b"],
                 synced_b_to_a=counts["synced_b_to_a"], conflicts=counts["conflicts"],
                 restarts=int(h.get("restarts", 0)),
-                cursors=pipeline_cursors(self._state_path(cfg)),
+                cursors=(cursors[pid] if pid in cursors else {} if starting
+                         else pipeline_cursors(self._state_path(cfg))),
                 warnings=list(h.get("warnings", [])),
                 sides=side_statuses(h, self.daemon.clock.time()),
                 settings=live_settings(cfg.settings)))

@@ -91,7 +91,8 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA query_only = 1")
         return conn
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    # the queue actor uses it from whichever pool thread runs it, one message at a time
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode = WAL")
     # NORMAL keeps every committed transaction across a process crash (kill -9); only an
     # OS crash or power cut can lose the last transactions.
