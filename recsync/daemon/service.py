@@ -136,14 +136,17 @@ class ControlService:
             h = health.get(pid, {})
             # figures of the last stats tick (at most a second old): a status query must
             # not scan a large queue while the pipeline is busy filling it
-            starting = h.get("state", "starting") == "starting"
+            # a serving daemon begins every pipeline as `starting` (at once: not a moment
+            # later, when its event comes in)
+            unknown = "starting" if self.daemon.serving else "stopped"
+            starting = h.get("state", unknown) == "starting"
             # a pipeline still starting has no figures yet: its state file is not opened
             # (a thousand of them starting must not hold up `status`)
             counts = cached.get(pid) or (dict(EMPTY_COUNTS) if starting else
                                          pipeline_counts(self._state_path(cfg)))
             out.append(p.PipelineStatus(
                 pipeline=pid, customer=cfg.customer, name=cfg.name, a=cfg.a.connector,
-                b=cfg.b.connector, state=h.get("state", "stopped"), error=h.get("error"),
+                b=cfg.b.connector, state=h.get("state", unknown), error=h.get("error"),
                 queued=counts["queued"], in_flight=int(h.get("in_flight", 0)),
                 failed=counts["failed"], synced_a_to_b=counts["synced_a_to_b"],
                 synced_b_to_a=counts["synced_b_to_a"], conflicts=counts["conflicts"],

@@ -187,6 +187,7 @@ class StateBackend(Protocol):
     # transactions and statements
     def transaction(self) -> AbstractContextManager[None]: ...
     def close(self) -> None: ...
+    def changes(self) -> int: ...
     def x(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
     def xm(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
     # meta, cursors, history
@@ -266,6 +267,7 @@ class SqlBackend:
     _readonly = False
 
     def __init__(self) -> None:
+        self._commits = 0
         self._sql: dict[str, str] = {}
         self._rows_sql: dict[tuple[str, str, int], str] = {}
         self._in_sql: dict[tuple[str, int], str] = {}
@@ -310,6 +312,10 @@ class SqlBackend:
 
     def close(self) -> None:
         raise NotImplementedError
+
+    def changes(self) -> int:
+        """A number that grows whenever this connection changed the state (figures)."""
+        return self._commits
 
     def rows(self, head: str, rows: Sequence[Sequence[Any]], tail: str = "") -> None:
         """``head VALUES (...), (...) tail`` over ``rows``, many rows per statement."""
@@ -674,12 +680,16 @@ class SqliteBackend(SqlBackend):
                 self.fence(self)
             yield
             self.db.execute("COMMIT")
+            self._commits += 1
         except BaseException:
             rollback(self.db)
             raise
 
     def close(self) -> None:
         self.db.close()
+
+    def changes(self) -> int:
+        return self.db.total_changes  # autocommitted writes count too
 
     def history_of(self, key: str, limit: int) -> list[tuple[float, str, str | None,
                                                              str | None]]:

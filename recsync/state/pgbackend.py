@@ -206,6 +206,7 @@ class PostgresBackend(SqlBackend):
             if self.fence is not None:
                 self.fence(self)
             yield
+        self._commits += 1
 
     def close(self) -> None:
         if self._own:

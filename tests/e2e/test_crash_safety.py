@@ -141,6 +141,8 @@ def _count(path: Path) -> int:
     conn = sqlite3.connect(path, timeout=5)
     try:
         return int(conn.execute("SELECT COUNT(*) FROM users").fetchone()[0])
+    except sqlite3.OperationalError:
+        return -1  # the file caught mid-write by a kill ("disk I/O error"): look again
     finally:
         conn.close()
 
