@@ -634,7 +634,9 @@ class Store:
                 f"{source}_hash = COALESCE(excluded.{source}_hash, {source}_hash)",
             )
             # A newer change that arrived while the item was in flight stays queued.
-            self._rows(done, "DELETE FROM queue WHERE (direction, key, gen) IN (", ")")
+            # by primary key: a row-value IN (VALUES ...) would scan the whole queue
+            db.executemany("DELETE FROM queue WHERE direction = ? AND key = ? AND gen = ?",
+                           done)
             # Changes seen on the target before this write landed lost to it (the write
             # checked the target first), so they must not be written back.
             if self._has_ready(back):
