@@ -13,12 +13,15 @@ Without a default the record fails saying so.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 
 from recsync.connectors.sqltable import first_line, int_text
 from recsync.messages import WriteOp, WriteResult
@@ -27,6 +30,8 @@ if TYPE_CHECKING:
     from recsync.connectors.postgres import PostgresConnector
 
 _STAGE = "recsync_stage"
+_EMPTY_STAGE = sql.SQL("; DELETE FROM {s}").format(s=sql.Identifier(_STAGE))
+_COMMIT = sql.SQL("; COMMIT")
 _INTEGERS = ("smallint", "integer", "bigint")
 
 _Row = tuple[int, WriteOp]
@@ -97,26 +102,37 @@ def write_batch(c: PostgresConnector, ops: list[WriteOp]) -> list[WriteResult]:
                 for r, op in zip(results, ops, strict=True)]
     conn = c.conn
     _ensure_stage(c)
+    # few round trips per batch: BEGIN, the origin tag and the savepoint go as one query,
+    # and so do the last upsert and the COMMIT when nothing else follows
+    shapes = list(upserts.items())
+    commits = not deletes and not made
 
     def batch() -> None:
-        with conn.transaction():  # a savepoint: a refused batch is undone alone
-            for shape, rows in upserts.items():
-                _copy_upsert(c, shape, rows)
-            if deletes:
-                _delete(c, [op.key for _i, op in deletes])
+        for n, (shape, rows) in enumerate(shapes):
+            tail = (_EMPTY_STAGE if n < len(shapes) - 1 else _COMMIT if commits else None)
+            _copy_upsert(c, shape, rows, tail)
+        if deletes:
+            _delete(c, [op.key for _i, op in deletes])
 
-    with conn.transaction():
-        _tag(c)
+    def one_by_one() -> None:
+        conn.execute("ROLLBACK TO SAVEPOINT recsync_batch")
+        _one_by_one(c, upserts, deletes, results)
+
+    try:
+        conn.execute(sql.SQL("BEGIN; SELECT set_config('recsync.origin', {o}, true); "
+                             "SAVEPOINT recsync_batch").format(o=sql.Literal(c.origin or "-")))
         if upserts or deletes:
-            c._batch_or_rows(batch, partial(_one_by_one, c, upserts, deletes, results))
+            c._batch_or_rows(batch, one_by_one)
         if made:
             _insert_new_keys(c, made, results)
+        if conn.info.transaction_status != TransactionStatus.IDLE:
+            conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(psycopg.Error):
+            conn.rollback()
+        raise
     return [r if r is not None else WriteResult(op.key) for r, op in zip(results, ops,
                                                                          strict=True)]
-
-
-def _tag(c: PostgresConnector) -> None:
-    c.conn.execute("SELECT set_config('recsync.origin', %s, true)", (c.origin or "-",))
 
 
 def _ensure_stage(c: PostgresConnector) -> None:
@@ -153,17 +169,22 @@ def _upsert_sql(c: PostgresConnector, cols: tuple[str, ...], source: sql.Composa
         a=action)
 
 
-def _copy_upsert(c: PostgresConnector, shape: _Shape, rows: list[_Row]) -> None:
+def _copy_upsert(c: PostgresConnector, shape: _Shape, rows: list[_Row],
+                 tail: sql.Composable | None) -> None:
+    """COPY the rows into the stage (empty: ON COMMIT DELETE ROWS, and emptied after each
+    shape), upsert from it, then ``tail`` in the same query (no parameters: one round
+    trip; when the upsert fails the tail is not run)."""
     conn, stage, cols = c.conn, sql.Identifier(_STAGE), shape[1]
     collist = sql.SQL(", ").join(map(sql.Identifier, cols))
     with conn.cursor() as cur:
-        cur.execute(sql.SQL("TRUNCATE {s}").format(s=stage))
         with cur.copy(sql.SQL("COPY {s} ({cols}) FROM STDIN").format(s=stage, cols=collist)
                       ) as copy:
+            write_row = copy.write_row
             for values in _values(c, shape, rows):
-                copy.write_row(values)
-        cur.execute(_upsert_sql(c, cols, sql.SQL("SELECT {cols} FROM {s}").format(
-            cols=collist, s=stage)))
+                write_row(values)
+        upsert = _upsert_sql(c, cols, sql.SQL("SELECT {cols} FROM {s}").format(
+            cols=collist, s=stage))
+        cur.execute(upsert if tail is None else upsert + tail)
 
 
 def _delete(c: PostgresConnector, keys: list[str]) -> None:

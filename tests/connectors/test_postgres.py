@@ -42,7 +42,25 @@ def users(pg: PgSchema) -> Iterator[PostgresConnector]:  # noqa: F811
     conn.close()
 
 
-def drain(conn: PostgresConnector, cursor: str | None) -> tuple[list[ChangePage], str | None]:
+def settle(conn: PostgresConnector) -> None:
+    """Wait until every transaction running now has ended (other sessions on the shared
+    server too): a change committed before is then below the reader's watermark."""
+    row = conn.conn.execute("SELECT pg_current_xact_id()::text").fetchone()
+    assert row is not None
+    deadline = time.monotonic() + 30
+    while conn.conn.execute(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot()) > %s::text::xid8",
+            (row[0],)).fetchone() != (True,):
+        assert time.monotonic() < deadline, "a transaction on the server stays open"
+        threading.Event().wait(0.005)  # polling a condition with a deadline
+
+
+def drain(conn: PostgresConnector, cursor: str | None, wait: bool = True
+          ) -> tuple[list[ChangePage], str | None]:
+    """Read until the reader says there is no more; ``wait``: first let every running
+    transaction end (``settle``)."""
+    if wait:
+        settle(conn)
     pages = []
     while True:
         page = conn.read_changes(cursor, 100)
@@ -92,7 +110,7 @@ def test_a_transaction_that_commits_after_a_later_one_is_not_lost(
         seq1 = t1.execute(f"SELECT seq FROM {log} WHERE key = '10'").fetchone()
         seq2 = pg.run(f"SELECT seq FROM {log} WHERE key = '11'")
         assert seq1 is not None and seq1[0] < seq2[0][0]  # T1 took the lower sequence number
-        pages, cursor = drain(users, cursor)  # T1 still open: T2's change waits for it
+        pages, cursor = drain(users, cursor, wait=False)  # T1 still open: T2's change waits for it
         assert seen(pages) == {}
         t1.execute("COMMIT")
     finally:
@@ -112,7 +130,7 @@ def test_a_long_open_transaction_delays_changes_without_losing_them(
         for i in range(20, 25):  # committed meanwhile, in their own transactions
             pg.run(f"INSERT INTO {pg.table()} VALUES ({i}, 'n{i}', 'active')")
         for _ in range(3):
-            pages, cursor = drain(users, cursor)
+            pages, cursor = drain(users, cursor, wait=False)
             assert seen(pages) == {}
         long.execute("COMMIT")
     finally:
