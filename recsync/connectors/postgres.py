@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -63,6 +64,7 @@ _PASSWORD_PAIR = re.compile(r"(?P<head>\bpassword\s*=\s*)('[^']*'|\S+)", re.I)
 # runs again a record at a time; any other error (connection lost, admin shutdown,
 # serialization failure, deadlock, ...) fails the batch as retryable
 _RECORD_ERRORS = (pgerr.IntegrityError, pgerr.DataError)
+_HELD_FIRST, _HELD_MAX = 0.02, 5.0  # seconds: wake-ups while changes are held back
 
 
 def mask_dsn(text: str) -> str:
@@ -129,6 +131,9 @@ class PostgresConnector(SqlTableConnector):
         self._conn: psycopg.Connection[Any] | None = None
         self._listener: Listener | None = None
         self._wake: Callable[[], None] | None = None
+        # committed changes held back by the watermark: wake again after this long
+        self._held_delay = _HELD_FIRST
+        self._held_timer: threading.Timer | None = None
         self._columns: dict[str, str] = {}  # column -> type name
         self._colmap: dict[str, str] = {}  # lower-case -> column
         self._key = self.cfg.key
@@ -290,7 +295,24 @@ class PostgresConnector(SqlTableConnector):
             log.info("Installed recsync change tracking on %s", self.cfg.table)
         return True
 
+    def _held_back(self) -> None:
+        """Committed changes wait below the watermark for a transaction that began before
+        them (on any table: the server's traffic) to end; that end sends no NOTIFY, so
+        wake the reader again soon, less often the longer it lasts."""
+        if self._wake is None or self._listener is None:
+            return  # polling reads it
+        if self._held_timer is not None and self._held_timer.is_alive():
+            return
+        timer = threading.Timer(self._held_delay, self._notified)
+        timer.daemon = True
+        timer.start()
+        self._held_timer = timer
+        self._held_delay = min(self._held_delay * 2, _HELD_MAX)
+
     def close(self) -> None:
+        if self._held_timer is not None:
+            self._held_timer.cancel()
+            self._held_timer = None
         if self._listener is not None:
             self._listener.stop()
             self._listener = None
@@ -449,6 +471,8 @@ class PostgresConnector(SqlTableConnector):
                 "ORDER BY xid, seq LIMIT %s", (str(xid), seq, limit + 1)).fetchall()
             more = len(rows) > limit
             rows = rows[:limit]
+            if not more:
+                self._check_held()
             if not rows:
                 return ChangePage([], dump({"xid": xid, "seq": seq}))
             last = {"xid": int(rows[-1][0]), "seq": int(rows[-1][1])}
@@ -462,6 +486,19 @@ class PostgresConnector(SqlTableConnector):
         finally:
             self._end()
         return ChangePage(changes, dump(last), more=more, **extra)
+
+    def _check_held(self) -> None:
+        """In the read's snapshot: are other writers' committed log rows held back?"""
+        if self._listener is None:
+            return
+        row = self.conn.execute(
+            f"SELECT EXISTS (SELECT 1 FROM {self.names.log} "
+            "WHERE xid >= pg_snapshot_xmin(pg_current_snapshot()) "
+            "AND origin IS DISTINCT FROM %s)", (self.origin,)).fetchone()
+        if row and row[0]:
+            self._held_back()
+        else:
+            self._held_delay = _HELD_FIRST
 
     def _rows_by_keys(self, keys: list[Any]) -> dict[str, Record]:
         cols, rows = self._select_rows(

@@ -503,3 +503,33 @@ def test_a_key_a_table_cannot_hold_nor_make_is_refused_saying_so(
     assert "integer" in res[0].error
     assert res[1].error is None
     assert pg.run(f"SELECT record_id FROM {pg.table()} ORDER BY 1") == [(1,), (2,), (5,)]
+
+
+def test_a_change_held_back_by_another_transaction_is_read_when_it_ends_without_a_notify(
+        pg: PgSchema) -> None:  # noqa: F811
+    pg.run(USERS.format(t=pg.table()))
+    pg.run(f"CREATE TABLE {pg.table('other')} (n integer)")
+    conn = make(pg, listen=True)
+    woken = threading.Event()
+    conn.watch(woken.set)
+    conn.open()
+    blocker = pg.connect()
+    try:
+        assert conn._listener is not None and conn._listener.listening.wait(10)
+        _, cursor = drain(conn, None)
+        # another application's transaction, on another table, began before the change
+        blocker.execute("BEGIN")
+        blocker.execute(f"INSERT INTO {pg.table('other')} VALUES (1)")
+        woken.clear()
+        pg.run(f"INSERT INTO {pg.table()} VALUES (1, 'Ann', 'active')")
+        assert woken.wait(10)  # the NOTIFY
+        pages, cursor = drain(conn, cursor, wait=False)
+        assert seen(pages) == {}  # held back below the watermark
+        woken.clear()
+        blocker.execute("COMMIT")  # no NOTIFY: it did not touch the synced table
+        assert woken.wait(10), "the reader was not woken once the change could be read"
+        pages, _ = drain(conn, cursor)
+        assert seen(pages) == {"1": "upsert:Ann"}
+    finally:
+        blocker.close()
+        conn.close()
