@@ -64,7 +64,7 @@ _PASSWORD_PAIR = re.compile(r"(?P<head>\bpassword\s*=\s*)('[^']*'|\S+)", re.I)
 # runs again a record at a time; any other error (connection lost, admin shutdown,
 # serialization failure, deadlock, ...) fails the batch as retryable
 _RECORD_ERRORS = (pgerr.IntegrityError, pgerr.DataError)
-_HELD_FIRST, _HELD_MAX = 0.02, 5.0  # seconds: wake-ups while changes are held back
+_HELD_FIRST, _HELD_MAX = 0.02, 1.0  # seconds: wake-ups while changes are held back
 
 
 def mask_dsn(text: str) -> str:
@@ -307,7 +307,7 @@ class PostgresConnector(SqlTableConnector):
         timer.daemon = True
         timer.start()
         self._held_timer = timer
-        self._held_delay = min(self._held_delay * 2, _HELD_MAX)
+        self._held_delay = min(self._held_delay * 1.5, _HELD_MAX)
 
     def close(self) -> None:
         if self._held_timer is not None:
