@@ -4,25 +4,35 @@ A batch is one transaction tagged ``recsync.origin`` (so our own reader skips th
 rows it makes). When PostgreSQL refuses the batch because of one record's values (a
 constraint, a value of the wrong type), it runs again with a savepoint per record: that
 record fails alone with PostgreSQL's message and the rest go through.
+
+A record whose key the key column cannot hold (a CRM's placeholder ``sf-<Id>`` for an
+integer or uuid key) is inserted without its key when the column has a default (a
+sequence, an identity): PostgreSQL makes the key, returned as ``WriteResult.new_key``.
+Without a default the record fails saying so.
 """
 
 from __future__ import annotations
 
+import contextlib
+import uuid
 from collections.abc import Iterable, Iterator
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg import errors as pgerr
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 
+from recsync.connectors.sqltable import first_line, int_text
 from recsync.messages import WriteOp, WriteResult
 
 if TYPE_CHECKING:
     from recsync.connectors.postgres import PostgresConnector
 
 _STAGE = "recsync_stage"
-# one record's values were refused: the batch is retried a record at a time
-_RECORD_ERRORS = (pgerr.IntegrityError, pgerr.DataError)
+_EMPTY_STAGE = sql.SQL("; DELETE FROM {s}").format(s=sql.Identifier(_STAGE))
+_COMMIT = sql.SQL("; COMMIT")
+_INTEGERS = ("smallint", "integer", "bigint")
 
 _Row = tuple[int, WriteOp]
 # a record's field names that are columns, and those columns (in that order)
@@ -38,9 +48,28 @@ def _shape(c: PostgresConnector, fields: tuple[str, ...]) -> _Shape:
     return tuple(seen.values()), tuple(seen)
 
 
-def _is_record_error(exc: BaseException) -> bool:
-    return isinstance(exc, _RECORD_ERRORS) and not isinstance(
-        exc, pgerr.TransactionRollback)
+def _uuid_text(key: str) -> bool:
+    try:
+        uuid.UUID(key)
+    except ValueError:
+        return False
+    return True
+
+
+def _holds(c: PostgresConnector, key: str) -> bool:
+    """Whether the key column can hold ``key`` (integer and uuid columns are checked)."""
+    if c._key_type in _INTEGERS:
+        return int_text(key)
+    if c._key_type == "uuid":
+        return _uuid_text(key)
+    return True
+
+
+def _cannot_hold(c: PostgresConnector, key: str) -> str:
+    return (f"Record {key!r} cannot be written to {c.where}: its key column {c._key!r} "
+            f"holds {c._key_type} values, {key!r} is not one, and the table cannot make "
+            "keys itself (the column has no default: no sequence, identity or "
+            f"generated value); give the record a {c._key!r} value on the other side.")
 
 
 def write_batch(c: PostgresConnector, ops: list[WriteOp]) -> list[WriteResult]:
@@ -50,6 +79,7 @@ def write_batch(c: PostgresConnector, ops: list[WriteOp]) -> list[WriteResult]:
         last[op.key] = i
     upserts: dict[_Shape, list[_Row]] = {}
     deletes: list[_Row] = []
+    made: list[tuple[int, WriteOp, _Shape]] = []
     for key, i in last.items():
         op = ops[i]
         if op.kind == "delete":
@@ -60,26 +90,49 @@ def write_batch(c: PostgresConnector, ops: list[WriteOp]) -> list[WriteResult]:
             results[i] = WriteResult(
                 key, f"Record {key!r} has no value for key column {c._key!r} of {c.where}.")
             continue
+        if not _holds(c, key):
+            if c._makes_keys:  # a new row: PostgreSQL makes its key
+                made.append((i, op, shape))
+            else:
+                results[i] = WriteResult(key, _cannot_hold(c, key))
+            continue
         upserts.setdefault(shape, []).append((i, op))
+    if not upserts and not deletes and not made:
+        return [r if r is not None else WriteResult(op.key)
+                for r, op in zip(results, ops, strict=True)]
     conn = c.conn
     _ensure_stage(c)
-    try:
-        with conn.transaction():
-            _tag(c)
-            for shape, rows in upserts.items():
-                _copy_upsert(c, shape, rows)
-            if deletes:
-                _delete(c, [op.key for _i, op in deletes])
-    except Exception as exc:
-        if not _is_record_error(exc):
-            raise
+    # few round trips per batch: BEGIN, the origin tag and the savepoint go as one query,
+    # and so do the last upsert and the COMMIT when nothing else follows
+    shapes = list(upserts.items())
+    commits = not deletes and not made
+
+    def batch() -> None:
+        for n, (shape, rows) in enumerate(shapes):
+            tail = (_EMPTY_STAGE if n < len(shapes) - 1 else _COMMIT if commits else None)
+            _copy_upsert(c, shape, rows, tail)
+        if deletes:
+            _delete(c, [op.key for _i, op in deletes])
+
+    def one_by_one() -> None:
+        conn.execute("ROLLBACK TO SAVEPOINT recsync_batch")
         _one_by_one(c, upserts, deletes, results)
+
+    try:
+        conn.execute(sql.SQL("BEGIN; SELECT set_config('recsync.origin', {o}, true); "
+                             "SAVEPOINT recsync_batch").format(o=sql.Literal(c.origin or "-")))
+        if upserts or deletes:
+            c._batch_or_rows(batch, one_by_one)
+        if made:
+            _insert_new_keys(c, made, results)
+        if conn.info.transaction_status != TransactionStatus.IDLE:
+            conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(psycopg.Error):
+            conn.rollback()
+        raise
     return [r if r is not None else WriteResult(op.key) for r, op in zip(results, ops,
                                                                          strict=True)]
-
-
-def _tag(c: PostgresConnector) -> None:
-    c.conn.execute("SELECT set_config('recsync.origin', %s, true)", (c.origin or "-",))
 
 
 def _ensure_stage(c: PostgresConnector) -> None:
@@ -116,17 +169,22 @@ def _upsert_sql(c: PostgresConnector, cols: tuple[str, ...], source: sql.Composa
         a=action)
 
 
-def _copy_upsert(c: PostgresConnector, shape: _Shape, rows: list[_Row]) -> None:
+def _copy_upsert(c: PostgresConnector, shape: _Shape, rows: list[_Row],
+                 tail: sql.Composable | None) -> None:
+    """COPY the rows into the stage (empty: ON COMMIT DELETE ROWS, and emptied after each
+    shape), upsert from it, then ``tail`` in the same query (no parameters: one round
+    trip; when the upsert fails the tail is not run)."""
     conn, stage, cols = c.conn, sql.Identifier(_STAGE), shape[1]
     collist = sql.SQL(", ").join(map(sql.Identifier, cols))
     with conn.cursor() as cur:
-        cur.execute(sql.SQL("TRUNCATE {s}").format(s=stage))
         with cur.copy(sql.SQL("COPY {s} ({cols}) FROM STDIN").format(s=stage, cols=collist)
                       ) as copy:
+            write_row = copy.write_row
             for values in _values(c, shape, rows):
-                copy.write_row(values)
-        cur.execute(_upsert_sql(c, cols, sql.SQL("SELECT {cols} FROM {s}").format(
-            cols=collist, s=stage)))
+                write_row(values)
+        upsert = _upsert_sql(c, cols, sql.SQL("SELECT {cols} FROM {s}").format(
+            cols=collist, s=stage))
+        cur.execute(upsert if tail is None else upsert + tail)
 
 
 def _delete(c: PostgresConnector, keys: list[str]) -> None:
@@ -137,34 +195,52 @@ def _delete(c: PostgresConnector, keys: list[str]) -> None:
 
 def _one_by_one(c: PostgresConnector, upserts: dict[_Shape, list[_Row]],
                 deletes: list[_Row], results: list[WriteResult | None]) -> None:
-    conn = c.conn
-    with conn.transaction():
-        _tag(c)
-        for shape, rows in upserts.items():
-            cols = shape[1]
-            statement = _upsert_sql(c, cols, sql.SQL("VALUES ({m})").format(
-                m=sql.SQL(", ").join(sql.Placeholder() * len(cols))))
-            for (i, op), values in zip(rows, _values(c, shape, rows), strict=True):
-                try:
-                    with conn.transaction():
-                        conn.execute(statement, values)
-                except psycopg.Error as exc:
-                    if not _is_record_error(exc):
-                        raise
-                    results[i] = WriteResult(
-                        op.key, f"PostgreSQL refused record {op.key!r} for {c.where}: "
-                        f"{_first_line(exc)}.")
-        for i, op in deletes:
-            try:
-                with conn.transaction():
-                    _delete(c, [op.key])
-            except psycopg.Error as exc:
-                if not _is_record_error(exc):
-                    raise
-                results[i] = WriteResult(
-                    op.key, f"PostgreSQL refused deleting {op.key!r} from {c.where}: "
-                    f"{_first_line(exc)}.")
+    def refused(key: str, exc: BaseException) -> str:
+        return f"PostgreSQL refused record {key!r} for {c.where}: {first_line(exc)}."
+
+    def refused_delete(key: str, exc: BaseException) -> str:
+        return f"PostgreSQL refused deleting {key!r} from {c.where}: {first_line(exc)}."
+
+    for shape, rows in upserts.items():
+        cols = shape[1]
+        statement = _upsert_sql(c, cols, sql.SQL("VALUES ({m})").format(
+            m=sql.SQL(", ").join(sql.Placeholder() * len(cols))))
+        c._each_row(((i, op.key, partial(_execute, c, statement, values))
+                     for (i, op), values in zip(rows, _values(c, shape, rows), strict=True)),
+                    results, refused)
+    c._each_row(((i, op.key, partial(_delete, c, [op.key])) for i, op in deletes),
+                results, refused_delete)
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+def _insert_new_keys(c: PostgresConnector, made: list[tuple[int, WriteOp, _Shape]],
+                     results: list[WriteResult | None]) -> None:
+    """Insert records without the key they came with; the key PostgreSQL made for each
+    (the column's default) is its new key."""
+    for i, op, (fields, cols) in made:
+        keep = [n for n, col in enumerate(cols) if col != c._key]
+        shape = (tuple(fields[n] for n in keep), tuple(cols[n] for n in keep))
+        (values,) = _values(c, shape, [(i, op)])
+        names = sql.SQL(", ").join(map(sql.Identifier, shape[1]))
+        statement = (
+            sql.SQL("INSERT INTO {t} ({cols}) VALUES ({m}) RETURNING {k}::text").format(
+                t=sql.SQL(c.names.qualified), cols=names, k=sql.Identifier(c._key),
+                m=sql.SQL(", ").join(sql.Placeholder() * len(values)))
+            if shape[1] else
+            sql.SQL("INSERT INTO {t} DEFAULT VALUES RETURNING {k}::text").format(
+                t=sql.SQL(c.names.qualified), k=sql.Identifier(c._key)))
+        made_key: list[str] = []
+
+        def insert(statement: sql.Composed = statement,
+                   values: tuple[Any, ...] = values, out: list[str] = made_key) -> None:
+            row = c.conn.execute(statement, values).fetchone()
+            assert row is not None
+            out.append(row[0])
+
+        c._each_row([(i, op.key, insert)], results, lambda key, exc: (
+            f"PostgreSQL refused record {key!r} for {c.where}: {first_line(exc)}."))
+        if made_key:
+            results[i] = WriteResult(op.key, new_key=made_key[0])
+
+
+def _execute(c: PostgresConnector, statement: sql.Composed, values: tuple[Any, ...]) -> None:
+    c.conn.execute(statement, values)

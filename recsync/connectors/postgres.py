@@ -33,10 +33,10 @@ savepoint per record, so that record fails alone with PostgreSQL's message.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -46,20 +46,23 @@ from psycopg import errors as pgerr
 from psycopg import sql
 
 from recsync.connectors import pgtypes
-from recsync.connectors.base import Connector, ConnectorConfig
+from recsync.connectors.base import ConnectorConfig
 from recsync.connectors.credentials import resolve_secret
 from recsync.connectors.pglisten import Listener
 from recsync.connectors.pgsql import CHECK_SQL, TableNames, setup_sql, split_table
+from recsync.connectors.sqltable import SqlTableConnector, dump
 from recsync.dsn import mask_dsn
 from recsync.errors import ConnectorConfigError, ConnectorError
-from recsync.messages import Change, ChangePage, Record, WriteOp, WriteResult, key_text
+from recsync.messages import Change, ChangePage, Record, Unreadable, WriteOp, WriteResult, key_text
 
 log = logging.getLogger(__name__)
 
 _SECRETS = ("dsn",)
-# errors about the database or the connection, not about a record: retry the batch
-_TRANSIENT = (pgerr.OperationalError, pgerr.SerializationFailure, pgerr.DeadlockDetected,
-              pgerr.AdminShutdown, pgerr.LockNotAvailable, pgerr.InterfaceError)
+# one record's values were refused (a constraint, a value of the wrong type): the batch
+# runs again a record at a time; any other error (connection lost, admin shutdown,
+# serialization failure, deadlock, ...) fails the batch as retryable
+_RECORD_ERRORS = (pgerr.IntegrityError, pgerr.DataError)
+_HELD_FIRST, _HELD_MAX = 0.02, 1.0  # seconds: wake-ups while changes are held back
 
 
 class PostgresConfig(ConnectorConfig, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -99,31 +102,14 @@ class PostgresConfig(ConnectorConfig, frozen=True, forbid_unknown_fields=True, k
     __str__ = __repr__
 
 
-def _dump(state: dict[str, Any]) -> str:
-    return json.dumps(state, separators=(",", ":"))
-
-
-def _epoch(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        from datetime import UTC, datetime
-        try:
-            dt = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-        return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
-    return None
-
-
-class PostgresConnector(Connector):
+class PostgresConnector(SqlTableConnector):
     """Reads and writes one table of a PostgreSQL database."""
 
     name: ClassVar[str] = "postgres"
     Config: ClassVar[type[ConnectorConfig]] = PostgresConfig
     local: ClassVar[bool] = True  # a database we own: no API budget
+    LISTING: ClassVar[str] = "list_after"
+    LOG_FIELD: ClassVar[str] = "xid"
 
     def __init__(self, config: Any, base_dir: Path) -> None:
         super().__init__(config, base_dir)
@@ -137,6 +123,9 @@ class PostgresConnector(Connector):
         self._conn: psycopg.Connection[Any] | None = None
         self._listener: Listener | None = None
         self._wake: Callable[[], None] | None = None
+        # committed changes held back by the watermark: wake again after this long
+        self._held_delay = _HELD_FIRST
+        self._held_timer: threading.Timer | None = None
         self._columns: dict[str, str] = {}  # column -> type name
         self._colmap: dict[str, str] = {}  # lower-case -> column
         self._key = self.cfg.key
@@ -144,8 +133,15 @@ class PostgresConnector(Connector):
         self._updated: str | None = None
         self._writers: dict[str, Callable[[Any], Any] | None] = {}
         self._stages: dict[tuple[str, ...], str] = {}
-        self._pruned_at = -float("inf")
+        # the key column has a default (a sequence, an identity): PostgreSQL makes keys
+        self._makes_keys = False
+        # how a row is named when its key is NULL: its primary key, else its ctid
+        self._row_name: sql.Composable = sql.SQL("ctid::text")
         self.warning: str | None = None
+
+    @property
+    def log_tracking(self) -> bool:
+        return self.cfg.tracking == "log"
 
     # ------------------------------------------------------------------ identity
 
@@ -214,11 +210,13 @@ class PostgresConnector(Connector):
                 f"Table {self.names.schema}.{self.names.table} does not exist in "
                 f"{self.system_id}; check 'table' of the postgres connector.")
         rows = conn.execute(
-            "SELECT attname, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute "
+            "SELECT attname, format_type(atttypid, atttypmod), attnotnull, "
+            "atthasdef OR attidentity <> '' FROM pg_attribute "
             "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped "
             "ORDER BY attnum", (table,)).fetchall()
-        self._columns = {name: typ for name, typ, _nn in rows}
-        not_null = {name for name, _typ, nn in rows if nn}
+        self._columns = {name: typ for name, typ, _nn, _d in rows}
+        not_null = {name for name, _typ, nn, _d in rows if nn}
+        defaults = {name for name, _typ, _nn, d in rows if d}
         self._colmap = {c.lower(): c for c in self._columns}
         key = self._colmap.get(self.cfg.key.lower())
         if key is None:
@@ -226,6 +224,17 @@ class PostgresConnector(Connector):
                 f"Table {self.names.schema}.{self.names.table} has no key column "
                 f"{self.cfg.key!r} (columns: {', '.join(self._columns)}).")
         self._key, self._key_type = key, self._columns[key]
+        self._makes_keys = key in defaults
+        pk = [r[0] for r in conn.execute(
+            "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+            "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = to_regclass(%s) "
+            "AND i.indisprimary ORDER BY array_position(i.indkey::int2[], a.attnum)",
+            (table,)).fetchall()]
+        self._row_name = (
+            sql.SQL("ctid::text") if not pk or pk == [key] else
+            sql.SQL("{}::text").format(sql.Identifier(pk[0])) if len(pk) == 1 else
+            sql.SQL("ROW({})::text").format(sql.SQL(", ").join(map(sql.Identifier, pk))))
+        self._row_label = ("ctid" if not pk or pk == [key] else ", ".join(pk))
         unique = conn.execute(
             "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a "
             "ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
@@ -278,7 +287,24 @@ class PostgresConnector(Connector):
             log.info("Installed recsync change tracking on %s", self.cfg.table)
         return True
 
+    def _held_back(self) -> None:
+        """Committed changes wait below the watermark for a transaction that began before
+        them (on any table: the server's traffic) to end; that end sends no NOTIFY, so
+        wake the reader again soon, less often the longer it lasts."""
+        if self._wake is None or self._listener is None:
+            return  # polling reads it
+        if self._held_timer is not None and self._held_timer.is_alive():
+            return
+        timer = threading.Timer(self._held_delay, self._notified)
+        timer.daemon = True
+        timer.start()
+        self._held_timer = timer
+        self._held_delay = min(self._held_delay * 1.5, _HELD_MAX)
+
     def close(self) -> None:
+        if self._held_timer is not None:
+            self._held_timer.cancel()
+            self._held_timer = None
         if self._listener is not None:
             self._listener.stop()
             self._listener = None
@@ -292,6 +318,14 @@ class PostgresConnector(Connector):
         if self._conn is None or self._conn.closed:
             raise ConnectorError(f"The postgres connector for {self.where} is not open.")
         return self._conn
+
+    def _classify(self, exc: BaseException, doing: str) -> ConnectorError | None:
+        if not isinstance(exc, psycopg.Error):
+            return None
+        with contextlib.suppress(psycopg.Error):
+            if self._conn is not None and not self._conn.closed:
+                self._conn.rollback()
+        return self._error(exc, doing)
 
     def _error(self, exc: BaseException, doing: str) -> ConnectorError:
         msg = mask_dsn(str(exc).strip())
@@ -316,7 +350,7 @@ class PostgresConnector(Connector):
 
     def read_changes(self, cursor: str | None, limit: int) -> ChangePage:
         limit = max(1, limit)
-        try:
+        with self._failing("reading changes"):
             self._reconnect()
             state = self._parse_cursor(cursor)
             if self.cfg.tracking == "log":
@@ -333,38 +367,6 @@ class PostgresConnector(Connector):
             if "ts" not in state or state.get("relist") or self._relist_due(state):
                 return self._start_listing(limit)
             return self._column_page(state, limit)
-        except psycopg.Error as exc:
-            with contextlib.suppress(psycopg.Error):
-                if self._conn is not None and not self._conn.closed:
-                    self._conn.rollback()
-            raise self._error(exc, "reading changes") from exc
-
-    @staticmethod
-    def relist_cursor(cursor: str | None) -> str:
-        """A cursor that makes the next ``read_changes`` list the whole table."""
-        state: dict[str, Any] = {}
-        if cursor:
-            with contextlib.suppress(ValueError):
-                loaded = json.loads(cursor)
-                if isinstance(loaded, dict):
-                    state = {k: v for k, v in loaded.items() if k != "list_after"}
-        state["relist"] = True
-        return _dump(state)
-
-    def _parse_cursor(self, cursor: str | None) -> dict[str, Any]:
-        if cursor is None:
-            return {}
-        try:
-            state = json.loads(cursor)
-        except ValueError:
-            state = None
-        need = "xid" if self.cfg.tracking == "log" else "ts"
-        if not isinstance(state, dict) or (need not in state and "list_after" not in state
-                                           and not state.get("relist")):
-            log.warning("Ignoring unusable cursor %r for %s; listing the table", cursor,
-                        self.where)
-            return {}
-        return state
 
     def _snapshot(self) -> None:
         self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -390,7 +392,7 @@ class PostgresConnector(Connector):
                 u, k = sql.Identifier(self._updated or ""), sql.Identifier(self._key)
                 row = self.conn.execute(sql.SQL(
                     "SELECT {u}::text, {k}::text FROM {t} WHERE {u} IS NOT NULL "
-                    "ORDER BY {u} DESC, {k} DESC LIMIT 1").format(
+                    "AND {k} IS NOT NULL ORDER BY {u} DESC, {k} DESC LIMIT 1").format(
                         u=u, k=k, t=sql.SQL(self.names.qualified))).fetchone()
                 state = {"ts": row[0] if row else None, "key": row[1] if row else None,
                          "listed_at": time.time()}
@@ -400,47 +402,54 @@ class PostgresConnector(Connector):
         return self._list_page(state, limit, start=True)
 
     def _select_rows(self, where: sql.Composable, order: sql.Composable,
-                     params: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
-        query = sql.SQL("SELECT * FROM {t} {w} {o}").format(
-            t=sql.SQL(self.names.qualified), w=where, o=order)
+                     params: dict[str, Any], extra: sql.Composable | None = None
+                     ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """``SELECT *`` (then ``extra``, one value after the table's columns)."""
+        query = sql.SQL("SELECT *{x} FROM {t} {w} {o}").format(
+            x=extra or sql.SQL(""), t=sql.SQL(self.names.qualified), w=where, o=order)
         cur = self.conn.execute(query, params)
         cols = [d.name for d in cur.description or ()]
+        if extra is not None:
+            cols = cols[:-1]
         return cols, cur.fetchall()
 
     def _key_cast(self) -> sql.Composable:
         return sql.SQL(self._key_type)  # format_type() output: already a valid type name
 
-    def _list_page(self, state: dict[str, Any], limit: int, start: bool) -> ChangePage:
-        after = state.get("list_after")
+    def _page_rows(self, after: Any, n: int) -> tuple[list[str], Sequence[Sequence[Any]]]:
+        """Rows in key order (rows without a key: ``_null_keys_unpaged``), the key's text
+        last."""
         k = sql.Identifier(self._key)
-        where: sql.Composable = sql.SQL("")
+        where = sql.SQL("WHERE {k} IS NOT NULL").format(k=k)
         if after is not None:
-            where = sql.SQL("WHERE {k} > %(after)s::{kt}").format(k=k, kt=self._key_cast())
-        cols, rows = self._select_rows(
+            where = sql.SQL("WHERE {k} > %(after)s::text::{kt}").format(
+                k=k, kt=self._key_cast())
+        return self._select_rows(
             where, sql.SQL("ORDER BY {k} LIMIT %(n)s").format(k=k),
-            {"after": after, "n": limit + 1})
-        done = len(rows) <= limit
-        rows = rows[:limit]
-        changes = self._to_changes(cols, rows, time.time())
-        rest = {n: v for n, v in state.items() if n not in ("list_after", "relist")}
-        if not done:
-            rest["list_after"] = changes[-1].key if changes else after
-        more = not done
-        if done and self.cfg.tracking == "log":
-            more = True  # then read the log from the listing's start: changes made since
-        return ChangePage(changes, _dump(rest), more=more, listing=True,
-                          listing_start=start, listing_done=done)
+            {"after": after, "n": n}, sql.SQL(", {k}::text AS recsync_page").format(k=k))
 
-    def _to_changes(self, cols: list[str], rows: list[tuple[Any, ...]],
-                    default_ts: float) -> list[Change]:
-        kidx = cols.index(self._key)
-        uidx = cols.index(self._updated) if self._updated in cols else None
-        out: list[Change] = []
-        for r in rows:
-            ts = _epoch(r[uidx]) if uidx is not None else None
-            out.append(Change(key_text(r[kidx]), "upsert", dict(zip(cols, r, strict=True)),
-                              default_ts if ts is None else ts))
-        return out
+    def _list_page(self, state: dict[str, Any], limit: int, start: bool) -> ChangePage:
+        # log mode: then read the log from the listing's start (changes made since)
+        return self._listing_page(
+            state, limit, start, (lambda _rest: True) if self.cfg.tracking == "log" else None)
+
+    def _null_key(self, where: Any) -> Unreadable:
+        t = f"{self.names.schema}.{self.names.table}"
+        return Unreadable(
+            f"{t} {self._row_label} {where}",
+            f"Row {self._row_label} {where} of table {t} ({self.system_id}) has no value "
+            f"(NULL) in key column {self._key!r}; give it one (it is not synced until then).",
+            hides_key=False)
+
+    def _null_keys(self) -> list[Unreadable]:
+        rows = self.conn.execute(sql.SQL(
+            "SELECT {n} FROM {t} WHERE {k} IS NULL ORDER BY 1 LIMIT 1000").format(
+                n=self._row_name, t=sql.SQL(self.names.qualified),
+                k=sql.Identifier(self._key))).fetchall()
+        return [self._null_key(r[0]) for r in rows]
+
+    def _null_keys_unpaged(self) -> list[Unreadable]:
+        return self._null_keys()
 
     def _log_page(self, state: dict[str, Any], limit: int) -> ChangePage:
         xid, seq = int(state["xid"]), int(state["seq"])
@@ -454,28 +463,36 @@ class PostgresConnector(Connector):
                 "ORDER BY xid, seq LIMIT %s", (str(xid), seq, limit + 1)).fetchall()
             more = len(rows) > limit
             rows = rows[:limit]
+            if not more:
+                self._check_held()
             if not rows:
-                return ChangePage([], _dump({"xid": xid, "seq": seq}))
+                return ChangePage([], dump({"xid": xid, "seq": seq}))
             last = {"xid": int(rows[-1][0]), "seq": int(rows[-1][1])}
-            latest: dict[str, float] = {}
-            for _x, _s, k, origin, at in rows:
-                if k is not None and origin != self.origin:
-                    latest.pop(k, None)
-                    latest[k] = at
-            current = self._rows_by_keys(list(latest)) if latest else {}
+            theirs = [(k, at) for _x, _s, k, origin, at in rows if origin != self.origin]
+            entries = [(k, at) for k, at in theirs if k is not None]
+            # a row got, lost or changed without a key: every keyless row there is now
+            extra: dict[str, Any] = (
+                {"unreadable": self._null_keys(), "unreadable_all": True}
+                if len(entries) < len(theirs) else {})
+            changes = self._latest_changes(entries)
         finally:
             self._end()
-        changes: list[Change] = []
-        for k, at in latest.items():
-            row = current.get(k)
-            if row is None:
-                changes.append(Change(k, "delete", None, at))
-            else:
-                ts = _epoch(row.get(self._updated)) if self._updated else None
-                changes.append(Change(k, "upsert", row, max(at, ts or 0.0)))
-        return ChangePage(changes, _dump(last), more=more)
+        return ChangePage(changes, dump(last), more=more, **extra)
 
-    def _rows_by_keys(self, keys: list[str]) -> dict[str, Record]:
+    def _check_held(self) -> None:
+        """In the read's snapshot: are other writers' committed log rows held back?"""
+        if self._listener is None:
+            return
+        row = self.conn.execute(
+            f"SELECT EXISTS (SELECT 1 FROM {self.names.log} "
+            "WHERE xid >= pg_snapshot_xmin(pg_current_snapshot()) "
+            "AND origin IS DISTINCT FROM %s)", (self.origin,)).fetchone()
+        if row and row[0]:
+            self._held_back()
+        else:
+            self._held_delay = _HELD_FIRST
+
+    def _rows_by_keys(self, keys: list[Any]) -> dict[str, Record]:
         cols, rows = self._select_rows(
             sql.SQL("WHERE {k} = ANY(%(keys)s::text[]::{kt}[])").format(
                 k=sql.Identifier(self._key), kt=self._key_cast()),
@@ -485,10 +502,8 @@ class PostgresConnector(Connector):
 
     def _prune(self, state: dict[str, Any]) -> None:
         """Drop log rows this pipeline has read once they are older than the retention."""
-        now = time.monotonic()
-        if now - self._pruned_at < min(60.0, self.cfg.changelog_retention / 10):
+        if not self._prune_due():
             return
-        self._pruned_at = now
         self.conn.execute(
             f"DELETE FROM {self.names.log} WHERE (xid, seq) <= (%s::text::xid8, %s) "
             "AND changed_at < now() - make_interval(secs => %s)",
@@ -498,28 +513,21 @@ class PostgresConnector(Connector):
         """Nobody reads this side: keep the log our writes fill to the retention window."""
         if self.cfg.tracking != "log":
             return
-        try:
+        with self._failing("pruning the change log"):
             self._reconnect()
             self.conn.execute(
                 f"DELETE FROM {self.names.log} WHERE changed_at < now() - "
                 "make_interval(secs => %s)", (self.cfg.changelog_retention,))
-        except psycopg.Error as exc:
-            raise self._error(exc, "pruning the change log") from exc
-
-    def _relist_due(self, state: dict[str, Any]) -> bool:
-        every, listed = self.cfg.relist_interval, state.get("listed_at")
-        since = listed if isinstance(listed, int | float) else 0.0
-        return every > 0 and time.time() - since >= every
 
     def _column_page(self, state: dict[str, Any], limit: int) -> ChangePage:
         ts, key = state.get("ts"), state.get("key")
         u, k = sql.Identifier(self._updated or ""), sql.Identifier(self._key)
         if ts is None:
-            where = sql.SQL("WHERE {u} IS NOT NULL").format(u=u)
+            where = sql.SQL("WHERE {u} IS NOT NULL AND {k} IS NOT NULL").format(u=u, k=k)
         else:
             where = sql.SQL(
                 "WHERE {u} >= %(ts)s::text::{ut} AND ({u} > %(ts)s::text::{ut} "
-                "OR {k} > %(key)s::{kt})").format(
+                "OR {k} > %(key)s::{kt}) AND {k} IS NOT NULL").format(
                     u=u, k=k, kt=self._key_cast(),
                     ut=sql.SQL(self._columns[self._updated or ""]))
         cols, rows = self._select_rows(
@@ -528,38 +536,45 @@ class PostgresConnector(Connector):
         more = len(rows) > limit
         rows = rows[:limit]
         if not rows:
-            return ChangePage([], _dump(state))
-        changes = self._to_changes(cols, rows, time.time())
+            return ChangePage([], dump(state))
+        changes = self._to_changes(rows, cols, time.time())
         last = rows[-1]
         ui = cols.index(self._updated or "")
         cursor = {"ts": str(last[ui]), "key": changes[-1].key,
                   "listed_at": state.get("listed_at")}
-        return ChangePage(changes, _dump(cursor), more=more)
+        return ChangePage(changes, dump(cursor), more=more)
 
     def fetch(self, keys: list[str]) -> dict[str, Record]:
-        try:
+        with self._failing("fetching records"):
             self._reconnect()
             return self._rows_by_keys(list(set(keys)))
-        except psycopg.Error as exc:
-            raise self._error(exc, "fetching records") from exc
 
-    def record_modified(self, record: Record) -> float | None:
-        return _epoch(record.get(self._updated)) if self._updated else None
+    def list_records(self, position: str | None, limit: int) -> tuple[list[Change], str | None]:
+        with self._failing("listing the table"):
+            self._reconnect()
+        return super().list_records(position, limit)
+
+    def count_records(self) -> int | None:
+        try:
+            self._reconnect()
+            row = self.conn.execute(sql.SQL("SELECT count(*) FROM {t}").format(
+                t=sql.SQL(self.names.qualified))).fetchone()
+        except (psycopg.Error, ConnectorError):
+            return None
+        return int(row[0]) if row else None
 
     # ------------------------------------------------------------------ writing
 
     def write(self, ops: list[WriteOp]) -> list[WriteResult]:
         from recsync.connectors.pgwrite import write_batch
-        try:
+        with self._failing("writing records"):
             self._reconnect()
             return write_batch(self, ops)
-        except _TRANSIENT as exc:
-            with contextlib.suppress(psycopg.Error):
-                if self._conn is not None and not self._conn.closed:
-                    self._conn.rollback()
-            raise self._error(exc, "writing records") from exc
-        except psycopg.Error as exc:
-            with contextlib.suppress(psycopg.Error):
-                if self._conn is not None and not self._conn.closed:
-                    self._conn.rollback()
-            raise self._error(exc, "writing records") from exc
+
+    def _is_record_error(self, exc: BaseException) -> bool:
+        return isinstance(exc, _RECORD_ERRORS) and not isinstance(exc, pgerr.TransactionRollback)
+
+    @contextlib.contextmanager
+    def _savepoint(self) -> Iterator[None]:
+        with self.conn.transaction():
+            yield

@@ -59,24 +59,22 @@ ISO-8601 text, naive = UTC), else the log time (trigger mode) or the time read (
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import math
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import msgspec
 
-from recsync.connectors.base import Connector, ConnectorConfig
+from recsync.connectors.base import ConnectorConfig
 from recsync.connectors.probes import sqlite_probe
+from recsync.connectors.sqltable import SqlTableConnector, dump, int_text
 from recsync.errors import ConnectorConfigError, ConnectorError
 from recsync.messages import (
-    Change,
     ChangePage,
     Record,
     Unreadable,
@@ -128,10 +126,6 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _dump(state: dict[str, Any]) -> str:
-    return json.dumps(state, separators=(",", ":"))
-
-
 def _affinity(decl: str) -> str:
     d = decl.upper()
     if "INT" in d:
@@ -143,35 +137,6 @@ def _affinity(decl: str) -> str:
     return "REAL" if ("REAL" in d or "FLOA" in d or "DOUB" in d) else "NUMERIC"
 
 
-def _epoch(value: Any) -> float | None:
-    """An updated_at value as epoch seconds, or None when it is not a usable timestamp."""
-    if value is None or isinstance(value, bool | bytes):
-        return None
-    if isinstance(value, str):
-        try:
-            dt = datetime.fromisoformat(value.strip())
-        except ValueError:
-            try:
-                value = float(value)
-            except ValueError:
-                return None
-        else:
-            return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
-    f = float(value)
-    if not math.isfinite(f):
-        return None
-    return f / 1000.0 if abs(f) > 1e11 else f
-
-
-def _int_text(key: str) -> bool:
-    """True when ``key`` is the text of an integer (a key an INTEGER column can hold)."""
-    try:
-        int(key)
-    except ValueError:
-        return False
-    return True
-
-
 def _is_record_error(exc: BaseException) -> bool:
     """True when ``exc`` is about one record's values, not about the database."""
     if isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError | OverflowError):
@@ -181,12 +146,14 @@ def _is_record_error(exc: BaseException) -> bool:
     return False
 
 
-class SqliteConnector(Connector):
+class SqliteConnector(SqlTableConnector):
     """Reads and writes one table of a SQLite database file."""
 
     name: ClassVar[str] = "sqlite"
     Config: ClassVar[type[ConnectorConfig]] = SqliteConfig
     local: ClassVar[bool] = True
+    LISTING: ClassVar[str] = "scan_after"
+    LOG_FIELD: ClassVar[str] = "seq"
 
     def __init__(self, config: Any, base_dir: Path) -> None:
         super().__init__(config, base_dir)
@@ -210,7 +177,6 @@ class SqliteConnector(Connector):
         # (after, upto] ranges of change-log seqs written by our own transactions
         self._own_writes: list[tuple[int, int]] = []
         self._shapes: dict[tuple[str, ...], tuple[tuple[str, ...], bool, bool]] = {}
-        self._pruned_at = -math.inf
         # the schema as last checked (see _check_schema): PRAGMA schema_version, and the
         # table, change log and triggers as they were then
         self._schema_version: int | None = None
@@ -224,6 +190,14 @@ class SqliteConnector(Connector):
 
     def change_probe(self) -> Callable[[], object] | None:
         return sqlite_probe(self.path)
+
+    @property
+    def where(self) -> str:
+        return f"table {self.table!r} in SQLite database {self.path}"
+
+    @property
+    def log_tracking(self) -> bool:
+        return self.cfg.tracking == "triggers"
 
     # ------------------------------------------------------------------ open / close
 
@@ -304,10 +278,10 @@ class SqliteConnector(Connector):
         self._chunk = max(1, min(db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 2, 10000))
 
     def _has_unique_index(self, db: sqlite3.Connection, key: str) -> bool:
-        for _seq, name, unique, _origin, partial in db.execute(
+        for _seq, name, unique, _origin, part in db.execute(
             f"PRAGMA index_list({_q(self.table)})"
         ).fetchall():
-            if unique and not partial:
+            if unique and not part:
                 cols = [r[2] for r in db.execute(f"PRAGMA index_info({_q(name)})").fetchall()]
                 if cols == [key]:
                     return True
@@ -442,40 +416,34 @@ class SqliteConnector(Connector):
             )
         return ConnectorError(f"SQLite error on {self.path} while {doing}: {msg}.")
 
-    # ------------------------------------------------------------------ reading
+    def _classify(self, exc: BaseException, doing: str) -> ConnectorError | None:
+        if isinstance(exc, sqlite3.OperationalError):
+            return self._op_error(exc, doing)
+        if isinstance(exc, sqlite3.Error):
+            return ConnectorError(f"SQLite error on {self.path} while {doing}: {exc}.")
+        return None
 
-    @staticmethod
-    def relist_cursor(cursor: str | None) -> str:
-        """A cursor that makes the next ``read_changes`` start a full listing.
+    def _is_record_error(self, exc: BaseException) -> bool:
+        return _is_record_error(exc)
 
-        In column mode this is how deletes are found; the old cursor's log position is
-        kept so the change log can still be pruned.
-        """
-        state: dict[str, Any] = {}
-        if cursor:
-            with contextlib.suppress(ValueError):
-                loaded = json.loads(cursor)
-                if isinstance(loaded, dict):
-                    state = {k: v for k, v in loaded.items() if k != "scan_after"}
-        state["relist"] = True
-        return _dump(state)
-
-    def _parse_cursor(self, cursor: str | None) -> dict[str, Any]:
-        if cursor is None:
-            return {}
+    @contextlib.contextmanager
+    def _savepoint(self) -> Iterator[None]:
+        db = self.db
+        db.execute("SAVEPOINT recsync_row")
         try:
-            state = json.loads(cursor)
-        except ValueError:
-            state = None
-        need = "seq" if self.cfg.tracking == "triggers" else "ts"
-        if not isinstance(state, dict) or (need not in state and not state.get("relist")):
-            log.warning(
-                "Ignoring unusable cursor %r for %s; starting a full listing",
-                cursor,
-                self.system_id,
-            )
-            return {}
-        return state
+            yield
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK TO recsync_row")
+                db.execute("RELEASE recsync_row")
+            raise
+        db.execute("RELEASE recsync_row")
+
+    def _undo_batch(self) -> None:
+        self._rollback()
+        self.db.execute("BEGIN IMMEDIATE")
+
+    # ------------------------------------------------------------------ reading
 
     def housekeep(self) -> None:
         """Nobody reads this side, but the triggers log our writes: keep the log to the
@@ -487,13 +455,12 @@ class SqliteConnector(Connector):
             if top is not None:
                 self._prune(int(top))
         except sqlite3.Error as exc:
-            raise ConnectorError(f"SQLite error pruning the change log of {self.path}: "
-                                 f"{exc}.") from exc
+            raise self._op_error(exc, "pruning the change log") from exc
 
     def read_changes(self, cursor: str | None, limit: int) -> ChangePage:
         state = self._parse_cursor(cursor)
         limit = max(1, limit)
-        try:
+        with self._failing("reading changes"):
             self._check_schema()
             if self.cfg.tracking == "triggers":
                 why, self._relist_why = self._relist_why, None
@@ -517,18 +484,10 @@ class SqliteConnector(Connector):
                 return self._start_listing(limit)
             return self._column_page(state["ts"], state.get("key"), limit,
                                      state.get("listed_at"))
-        except sqlite3.OperationalError as exc:
-            raise self._op_error(exc, "reading changes") from exc
-        except sqlite3.DatabaseError as exc:
-            raise ConnectorError(f"SQLite error reading {self.path}: {exc}.") from exc
 
     def _prune(self, seq: int) -> None:
-        # every read would scan the log up to the cursor; a tenth of the retention is soon
-        # enough, and at least once a minute
-        now = time.monotonic()
-        if now - self._pruned_at < min(60.0, self.cfg.changelog_retention / 10):
+        if not self._prune_due():
             return
-        self._pruned_at = now
         lt = _q(self.log_table)
         try:
             low = self.db.execute(f"SELECT min(seq) FROM {lt}").fetchone()[0]
@@ -557,13 +516,6 @@ class SqliteConnector(Connector):
                      "listed_at": time.time()}
         return self._scan_page(state, limit, start=True)
 
-    def _relist_due(self, state: dict[str, Any]) -> bool:
-        """Column mode: time for the listing that finds deleted rows."""
-        every = self.cfg.relist_interval
-        listed = state.get("listed_at")
-        since = listed if isinstance(listed, int | float) else 0.0
-        return every > 0 and time.time() - since >= every
-
     def _select(self, where: str, order: str, extra: str = "") -> str:
         """``SELECT *`` (then ``extra``, a column list, after the table's columns)."""
         key = ("select", where, order, extra)
@@ -574,34 +526,22 @@ class SqliteConnector(Connector):
         return sql
 
     def _scan_page(self, state: dict[str, Any], limit: int, start: bool) -> ChangePage:
-        after = state.get("scan_after")
+        return self._listing_page(
+            state, limit, start, self._log_moved if self.cfg.tracking == "triggers" else None)
+
+    def _log_moved(self, rest: dict[str, Any]) -> bool:
+        """The change log grew past the listing's start: read it next."""
+        top = self.db.execute(f"SELECT max(seq) FROM {_q(self.log_table)}").fetchone()[0]
+        return top is not None and bool(top > rest.get("seq", 0))
+
+    def _page_rows(self, after: Any, n: int) -> tuple[list[str], Sequence[Sequence[Any]]]:
         o = self._order
         where = f"WHERE {o} > ?" if after is not None else ""
-        params: tuple[Any, ...] = (after, limit + 1) if after is not None else (limit + 1,)
+        params: tuple[Any, ...] = (after, n) if after is not None else (n,)
         # the paging column last: the record is the row without it, with no copy made
         cur = self.db.execute(self._select(where, f"ORDER BY {o} LIMIT ?", f", {o}"), params)
         rows = cur.fetchall()
-        cols = [d[0] for d in cur.description][:-1]
-        done = len(rows) <= limit
-        rows = rows[:limit]
-        nulls: list[Any] = []
-        changes = self._to_changes(rows, cols, time.time(), nulls)
-        rest = {k: v for k, v in state.items() if k not in ("scan_after", "relist")}
-        more = not done
-        if done and self.cfg.tracking == "triggers":
-            top = self.db.execute(f"SELECT max(seq) FROM {_q(self.log_table)}").fetchone()[0]
-            more = top is not None and top > rest.get("seq", 0)
-        if not done:
-            rest["scan_after"] = rows[-1][-1]
-        return ChangePage(
-            changes,
-            _dump(rest),
-            more=more,
-            listing=True,
-            listing_start=start,
-            listing_done=done,
-            unreadable=[self._null_key(r) for r in nulls],
-        )
+        return [d[0] for d in cur.description][:-1], rows
 
     def _null_key(self, rowid: Any) -> Unreadable:
         return Unreadable(
@@ -616,35 +556,6 @@ class SqliteConnector(Connector):
             f"SELECT {self._order} FROM {_q(self.table)} WHERE {_q(self._key)} IS NULL "
             f"ORDER BY {self._order} LIMIT 1000").fetchall()
         return [self._null_key(r[0]) for r in rows]
-
-    def _to_changes(
-        self, rows: Sequence[Sequence[Any]], cols: list[str], default_ts: float,
-        nulls: list[Any] | None = None,
-    ) -> list[Change]:
-        """Changes from table rows whose first ``len(cols)`` values are the columns ``cols``
-        (any values after them are not part of the record); ``nulls`` gets the last value
-        (the paging column) of each row without a key."""
-        kidx = cols.index(self._key)
-        uidx = cols.index(self._updated) if self._updated in cols else None
-        out: list[Change] = []
-        append = out.append
-        for r in rows:
-            k = r[kidx]
-            if k is None:
-                if nulls is not None:
-                    nulls.append(r[-1])
-                continue
-            ts = None
-            if uidx is not None:
-                ts = r[uidx]
-                # plain epoch seconds are the common case: skip the parsing
-                if ts.__class__ is not float or not 0 < ts < 1e11:
-                    ts = _epoch(ts)
-            kc = k.__class__
-            append(Change(
-                k if kc is str else str(k) if kc is int else key_text(k),
-                "upsert", dict(zip(cols, r)), default_ts if ts is None else ts))  # noqa: B905
-        return out
 
     def _log_reset(self, seq: int) -> str | None:
         """Why the change log cannot be read from ``seq``: it was dropped and created again
@@ -691,7 +602,7 @@ class SqliteConnector(Connector):
         more = len(rows) > limit
         rows = rows[:limit]
         if not rows:
-            return ChangePage([], _dump({"seq": seq}))
+            return ChangePage([], dump({"seq": seq}))
         if any(r[3] == _GAP for r in rows):
             why = (f"the change-log triggers on table {self.table!r} in {self.path} were "
                    "missing for a while (put back by another reader of the table); the table "
@@ -702,32 +613,14 @@ class SqliteConnector(Connector):
         if own:
             rows = _without_ranges(rows, own)
             if not rows:
-                return ChangePage([], _dump({"seq": last}), more=more)
-        latest: dict[Any, float] = {}
-        keyless = False
-        for _seq, k, at, _op in rows:
-            if k is not None:
-                latest.pop(k, None)
-                latest[k] = at
-            else:
-                keyless = True
+                return ChangePage([], dump({"seq": last}), more=more)
+        entries = [(k, at) for _seq, k, at, _op in rows if k is not None]
         # a row got, lost or changed without a key: report every keyless row there is now
         extra: dict[str, Any] = (
-            {"unreadable": self._null_keys(), "unreadable_all": True} if keyless else {})
-        current = self._rows_by_values(list(latest))
-        changes: list[Change] = []
-        upd = self._updated
-        for k, at in latest.items():
-            kt = key_text(k)
-            row = current.get(kt)
-            if row is None:
-                changes.append(Change(kt, "delete", None, at))
-            else:
-                # the log time is when the database saw the change; an updated_at column
-                # the application forgot to bump must not make the change look old
-                ts = _epoch(row.get(upd)) if upd is not None else None
-                changes.append(Change(kt, "upsert", row, max(at, ts or 0.0)))
-        return ChangePage(changes, _dump({"seq": last}), more=more, **extra)
+            {"unreadable": self._null_keys(), "unreadable_all": True}
+            if len(entries) < len(rows) else {})
+        changes = self._latest_changes(entries)
+        return ChangePage(changes, dump({"seq": last}), more=more, **extra)
 
     def _column_page(self, ts: Any, key: Any, limit: int, listed_at: Any) -> ChangePage:
         u, k = _q(self._updated or ""), _q(self._key)
@@ -745,12 +638,12 @@ class SqliteConnector(Connector):
         more = len(rows) > limit
         rows = rows[:limit]
         if not rows:
-            return ChangePage([], _dump({"ts": ts, "key": key, "listed_at": listed_at}))
+            return ChangePage([], dump({"ts": ts, "key": key, "listed_at": listed_at}))
         last = rows[-1]
         ui, ki = cols.index(self._updated or ""), cols.index(self._key)
         changes = self._to_changes(rows, cols, time.time())
         cursor = {"ts": last[ui], "key": last[ki], "listed_at": listed_at}
-        return ChangePage(changes, _dump(cursor), more=more)
+        return ChangePage(changes, dump(cursor), more=more)
 
     def _key_params(self, key: str) -> list[Any]:
         """Values to look ``key`` up by (a typeless column compares 303 and "303" unequal)."""
@@ -767,6 +660,9 @@ class SqliteConnector(Connector):
                 break
         return out
 
+    def _rows_by_keys(self, keys: list[Any]) -> dict[str, Record]:
+        return self._rows_by_values(keys)
+
     def _rows_by_values(self, values: list[Any]) -> dict[str, Record]:
         out: dict[str, Record] = {}
         for i in range(0, len(values), self._chunk):
@@ -781,7 +677,7 @@ class SqliteConnector(Connector):
 
     def record_modified(self, record: Record) -> float | None:
         """The later of the updated_at column and the record's last change-log entry."""
-        stamp = _epoch(record.get(self._updated)) if self._updated else None
+        stamp = super().record_modified(record)
         if self.cfg.tracking == "triggers" and record.get(self._key) is not None:
             try:
                 row = self.db.execute(
@@ -797,34 +693,9 @@ class SqliteConnector(Connector):
     def fetch(self, keys: list[str]) -> dict[str, Record]:
         wanted = set(keys)
         values = [v for k in wanted for v in self._key_params(k)]
-        try:
+        with self._failing("fetching records"):
             found = self._rows_by_values(values)
-        except sqlite3.OperationalError as exc:
-            raise self._op_error(exc, "fetching records") from exc
-        except sqlite3.DatabaseError as exc:
-            raise ConnectorError(f"SQLite error reading {self.path}: {exc}.") from exc
         return {k: v for k, v in found.items() if k in wanted}
-
-    def list_records(self, position: str | None, limit: int) -> tuple[list[Change], str | None]:
-        """The table in pages by rowid (or key), like a listing, without touching the log."""
-        after = json.loads(position) if position else None
-        limit = max(1, limit)
-        o = self._order
-        where = f"WHERE {o} > ?" if after is not None else ""
-        params: tuple[Any, ...] = (after, limit + 1) if after is not None else (limit + 1,)
-        try:
-            cur = self.db.execute(self._select(where, f"ORDER BY {o} LIMIT ?", f", {o}"),
-                                  params)
-            rows = cur.fetchall()
-        except sqlite3.OperationalError as exc:
-            raise self._op_error(exc, "listing the table") from exc
-        except sqlite3.DatabaseError as exc:
-            raise ConnectorError(f"SQLite error reading {self.path}: {exc}.") from exc
-        cols = [d[0] for d in cur.description][:-1]
-        more = len(rows) > limit
-        rows = rows[:limit]
-        changes = self._to_changes(rows, cols, time.time())
-        return changes, json.dumps(rows[-1][-1]) if more else None
 
     def count_records(self) -> int | None:
         try:
@@ -861,7 +732,7 @@ class SqliteConnector(Connector):
                     retryable=False,
                 )
                 continue
-            if self._makes_keys and not _int_text(op.key):
+            if self._makes_keys and not int_text(op.key):
                 # a key this table cannot hold (a CRM's placeholder): a new row, new key
                 made.append((i, op, names, stamp if stamped else None))
                 continue
@@ -871,15 +742,13 @@ class SqliteConnector(Connector):
         try:
             db.execute("BEGIN IMMEDIATE")
             before = self._log_top()
-            try:
-                self._apply_batch(todo)
-            except Exception as exc:
-                if not _is_record_error(exc):
-                    raise
-                self._rollback()
-                db.execute("BEGIN IMMEDIATE")
+
+            def one_by_one() -> None:
+                nonlocal before
                 before = self._log_top()
                 self._apply_rows(todo, results)
+
+            self._batch_or_rows(partial(self._apply_batch, todo), one_by_one)
             if made:
                 self._insert_new_keys(made, results)
             after = self._log_top()
@@ -887,15 +756,12 @@ class SqliteConnector(Connector):
             if before is not None and after is not None and after > before:
                 self._own_writes.append((before, after))
                 del self._own_writes[:-_OWN_RANGES_KEPT]  # older echoes: dropped by hash
-        except sqlite3.OperationalError as exc:
+        except BaseException as exc:
             self._rollback()
-            raise self._op_error(exc, "writing records") from exc
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise ConnectorError(f"SQLite error writing to {self.path}: {exc}.") from exc
-        except BaseException:
-            self._rollback()
-            raise
+            err = self._classify(exc, "writing records")
+            if err is None:
+                raise
+            raise err from exc
         return [
             r if r is not None else WriteResult(op.key) for r, op in zip(results, ops, strict=True)
         ]
@@ -1018,22 +884,20 @@ class SqliteConnector(Connector):
             values = tuple(op.fields[n] for n in cols) + (() if stamp is None else (stamp,))
             if stamp is not None:
                 cols = (*cols, names[-1])
-            db.execute("SAVEPOINT recsync_row")
             try:
-                rowid = db.execute(self._sql("insert", cols), values).lastrowid
+                with self._savepoint():
+                    rowid = db.execute(self._sql("insert", cols), values).lastrowid
             except Exception as exc:
                 if not _is_record_error(exc):
                     raise
-                db.execute("ROLLBACK TO recsync_row")
                 results[i] = WriteResult(
                     op.key, f"SQLite refused record {op.key!r} for table {self.table!r}: {exc}.",
                     retryable=False)
             else:
                 results[i] = WriteResult(op.key, new_key=str(rowid))
-            db.execute("RELEASE recsync_row")
 
     def _refusal(self, key: str, exc: BaseException) -> str:
-        if self._key_affinity == "INTEGER" and not _int_text(key):
+        if self._key_affinity == "INTEGER" and not int_text(key):
             return (
                 f"Record {key!r} cannot be written to table {self.table!r}: its key column "
                 f"{self._key!r} holds integers, {key!r} is not one, and the table cannot make "
@@ -1044,14 +908,5 @@ class SqliteConnector(Connector):
 
     def _apply_rows(self, todo: list[_Todo], results: list[WriteResult | None]) -> None:
         """Slow path after a refused record: one SAVEPOINT per op, refusals reported."""
-        db = self.db
-        for i, op, names, stamp in todo:
-            db.execute("SAVEPOINT recsync_row")
-            try:
-                self._apply_one(op, names, stamp)
-            except Exception as exc:
-                if not _is_record_error(exc):
-                    raise
-                db.execute("ROLLBACK TO recsync_row")
-                results[i] = WriteResult(op.key, self._refusal(op.key, exc), retryable=False)
-            db.execute("RELEASE recsync_row")
+        self._each_row(((i, op.key, partial(self._apply_one, op, names, stamp))
+                        for i, op, names, stamp in todo), results, self._refusal)

@@ -537,8 +537,11 @@ class SqlBackend:
         self.xm("DELETE FROM queue WHERE {W}direction = ? AND key = ?", pairs)
 
     def unqueue_done(self, rows: Sequence[Done]) -> None:
-        """Drop the items written (a newer change of the record, another gen, stays)."""
-        self.rows("DELETE FROM queue WHERE {W}(direction, key, gen) IN (", rows, ")")
+        """Drop the items written (a newer change of the record, another gen, stays).
+
+        By primary key, a row at a time: SQLite plans a row-value ``IN (VALUES ...)`` as a
+        scan of the whole queue, once per batch (quadratic on a long queue)."""
+        self.xm("DELETE FROM queue WHERE {W}direction = ? AND key = ? AND gen = ?", rows)
 
     def unqueue_older(self, direction: str, keys: Sequence[str], before: float) -> None:
         """Drop the ready items of ``keys`` observed before ``before``."""

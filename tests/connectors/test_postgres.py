@@ -42,7 +42,25 @@ def users(pg: PgSchema) -> Iterator[PostgresConnector]:  # noqa: F811
     conn.close()
 
 
-def drain(conn: PostgresConnector, cursor: str | None) -> tuple[list[ChangePage], str | None]:
+def settle(conn: PostgresConnector) -> None:
+    """Wait until every transaction running now has ended (other sessions on the shared
+    server too): a change committed before is then below the reader's watermark."""
+    row = conn.conn.execute("SELECT pg_current_xact_id()::text").fetchone()
+    assert row is not None
+    deadline = time.monotonic() + 30
+    while conn.conn.execute(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot()) > %s::text::xid8",
+            (row[0],)).fetchone() != (True,):
+        assert time.monotonic() < deadline, "a transaction on the server stays open"
+        threading.Event().wait(0.005)  # polling a condition with a deadline
+
+
+def drain(conn: PostgresConnector, cursor: str | None, wait: bool = True
+          ) -> tuple[list[ChangePage], str | None]:
+    """Read until the reader says there is no more; ``wait``: first let every running
+    transaction end (``settle``)."""
+    if wait:
+        settle(conn)
     pages = []
     while True:
         page = conn.read_changes(cursor, 100)
@@ -92,7 +110,7 @@ def test_a_transaction_that_commits_after_a_later_one_is_not_lost(
         seq1 = t1.execute(f"SELECT seq FROM {log} WHERE key = '10'").fetchone()
         seq2 = pg.run(f"SELECT seq FROM {log} WHERE key = '11'")
         assert seq1 is not None and seq1[0] < seq2[0][0]  # T1 took the lower sequence number
-        pages, cursor = drain(users, cursor)  # T1 still open: T2's change waits for it
+        pages, cursor = drain(users, cursor, wait=False)  # T1 still open: T2's change waits for it
         assert seen(pages) == {}
         t1.execute("COMMIT")
     finally:
@@ -112,7 +130,7 @@ def test_a_long_open_transaction_delays_changes_without_losing_them(
         for i in range(20, 25):  # committed meanwhile, in their own transactions
             pg.run(f"INSERT INTO {pg.table()} VALUES ({i}, 'n{i}', 'active')")
         for _ in range(3):
-            pages, cursor = drain(users, cursor)
+            pages, cursor = drain(users, cursor, wait=False)
             assert seen(pages) == {}
         long.execute("COMMIT")
     finally:
@@ -350,4 +368,168 @@ def test_the_listener_reconnects_after_its_connection_is_killed(pg: PgSchema) ->
         pg.run(f"INSERT INTO {pg.table()} VALUES (1, 'Ann', 'active')")
         assert woken.wait(10)
     finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------- listing for verify
+
+
+def test_list_records_pages_the_table_and_changes_nothing(
+        users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
+    pg.run(f"INSERT INTO {pg.table()} SELECT i, 'U' || i, 'active' FROM generate_series(3, 7) i")
+    _, cursor = drain(users, None)
+    found: dict[str, Any] = {}
+    position: str | None = None
+    pages = 0
+    while True:
+        changes, position = users.list_records(position, 3)
+        pages += 1
+        assert len(changes) <= 3
+        found.update({c.key: c.fields for c in changes})
+        if position is None:
+            break
+    assert pages == 3 and len(found) == 7
+    assert found["7"] == {"record_id": 7, "full_name": "U7", "status": "active"}
+    assert users.count_records() == 7
+    # the pipeline's own reading goes on where it was: nothing was consumed or logged
+    assert seen(drain(users, cursor)[0]) == {}
+    pg.run(f"UPDATE {pg.table()} SET full_name = 'Cy' WHERE record_id = 3")
+    assert seen(drain(users, cursor)[0]) == {"3": "upsert:Cy"}
+
+
+# ---------------------------------------------------------------- rows without a key
+
+KEYLESS = """
+CREATE TABLE {t} (
+    id serial PRIMARY KEY,
+    code text UNIQUE,
+    full_name text
+)
+"""
+
+
+def test_rows_without_a_key_are_reported_unreadable_by_their_primary_key(
+        pg: PgSchema) -> None:  # noqa: F811
+    pg.run(KEYLESS.format(t=pg.table()))
+    pg.run(f"INSERT INTO {pg.table()} (code, full_name) VALUES "
+           "('a', 'Ann'), (NULL, 'No key'), ('c', 'Cid')")
+    conn = PostgresConnector({"dsn": pg.dsn, "table": pg.table(), "key": "code",
+                              "listen": False}, Path("."))
+    conn.open()
+    try:
+        pages, cursor = drain(conn, None)
+        assert [ch.key for p in pages for ch in p.changes] == ["a", "c"]
+        (bad,) = [u for p in pages for u in p.unreadable]
+        assert bad.where == f"{pg.schema}.users id 2" and not bad.hides_key
+        assert "NULL" in bad.reason and "'code'" in bad.reason
+        # from the change log: the whole set of keyless rows, each time one changes
+        pg.run(f"INSERT INTO {pg.table()} (code, full_name) VALUES (NULL, 'Another')")
+        pages, cursor = drain(conn, cursor)
+        assert pages[0].unreadable_all
+        assert [u.where for u in pages[0].unreadable] == [
+            f"{pg.schema}.users id 2", f"{pg.schema}.users id 4"]
+        pg.run(f"UPDATE {pg.table()} SET code = 'b' WHERE id = 2")
+        pages, cursor = drain(conn, cursor)
+        assert [ch.key for ch in pages[0].changes] == ["b"]
+        assert pages[0].unreadable_all
+        assert [u.where for u in pages[0].unreadable] == [f"{pg.schema}.users id 4"]
+    finally:
+        conn.close()
+
+
+def test_a_keyless_row_of_a_table_without_a_primary_key_is_named_by_its_ctid(
+        pg: PgSchema) -> None:  # noqa: F811
+    pg.run(f"CREATE TABLE {pg.table()} (code text UNIQUE, full_name text)")
+    pg.run(f"INSERT INTO {pg.table()} VALUES ('a', 'Ann'), (NULL, 'No key')")
+    conn = PostgresConnector({"dsn": pg.dsn, "table": pg.table(), "key": "code",
+                              "listen": False, "tracking": "column",
+                              "updated_column": "full_name"}, Path("."))
+    conn.open()
+    try:
+        page = conn.read_changes(None, 100)
+        assert [ch.key for ch in page.changes] == ["a"] and page.listing_done
+        assert [u.where for u in page.unreadable] == [f"{pg.schema}.users ctid (0,2)"]
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------- keys made by the table
+
+SERIAL = """
+CREATE TABLE {t} (
+    record_id {key} PRIMARY KEY,
+    full_name text NOT NULL,
+    email text UNIQUE
+)
+"""
+
+
+@pytest.mark.parametrize("key", ["serial", "bigint GENERATED ALWAYS AS IDENTITY",
+                                 "uuid DEFAULT gen_random_uuid()"])
+def test_a_key_the_column_cannot_hold_is_made_by_its_default(
+        pg: PgSchema, key: str) -> None:  # noqa: F811
+    pg.run(SERIAL.format(t=pg.table(), key=key))
+    conn = make(pg)
+    conn.open()
+    try:
+        _, cursor = drain(conn, None)
+        res = conn.write([
+            WriteOp("sf-003A", "upsert", {"record_id": "sf-003A", "full_name": "From CRM",
+                                          "email": "c@x.org"}),
+            WriteOp("sf-003B", "upsert", {"record_id": "sf-003B", "full_name": "Dup",
+                                          "email": "c@x.org"}),
+        ])
+        assert res[0].error is None and res[0].new_key
+        made = res[0].new_key
+        assert res[1].new_key is None and res[1].error and "email" in res[1].error
+        assert not res[1].retryable
+        assert conn.fetch([made])[made]["full_name"] == "From CRM"
+        assert pg.run(f"SELECT record_id::text, full_name FROM {pg.table()}") == [
+            (made, "From CRM")]
+        # our own insert is no change to read back
+        assert seen(drain(conn, cursor)[0]) == {}
+    finally:
+        conn.close()
+
+
+def test_a_key_a_table_cannot_hold_nor_make_is_refused_saying_so(
+        users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
+    res = users.write([
+        WriteOp("sf-003A", "upsert", {"record_id": "sf-003A", "full_name": "x"}),
+        WriteOp("5", "upsert", {"record_id": 5, "full_name": "Eve"}),
+    ])
+    assert res[0].error and res[0].new_key is None and not res[0].retryable
+    assert "cannot make keys itself" in res[0].error and "'record_id'" in res[0].error
+    assert "integer" in res[0].error
+    assert res[1].error is None
+    assert pg.run(f"SELECT record_id FROM {pg.table()} ORDER BY 1") == [(1,), (2,), (5,)]
+
+
+def test_a_change_held_back_by_another_transaction_is_read_when_it_ends_without_a_notify(
+        pg: PgSchema) -> None:  # noqa: F811
+    pg.run(USERS.format(t=pg.table()))
+    pg.run(f"CREATE TABLE {pg.table('other')} (n integer)")
+    conn = make(pg, listen=True)
+    woken = threading.Event()
+    conn.watch(woken.set)
+    conn.open()
+    blocker = pg.connect()
+    try:
+        assert conn._listener is not None and conn._listener.listening.wait(10)
+        _, cursor = drain(conn, None)
+        # another application's transaction, on another table, began before the change
+        blocker.execute("BEGIN")
+        blocker.execute(f"INSERT INTO {pg.table('other')} VALUES (1)")
+        woken.clear()
+        pg.run(f"INSERT INTO {pg.table()} VALUES (1, 'Ann', 'active')")
+        assert woken.wait(10)  # the NOTIFY
+        pages, cursor = drain(conn, cursor, wait=False)
+        assert seen(pages) == {}  # held back below the watermark
+        woken.clear()
+        blocker.execute("COMMIT")  # no NOTIFY: it did not touch the synced table
+        assert woken.wait(10), "the reader was not woken once the change could be read"
+        pages, _ = drain(conn, cursor)
+        assert seen(pages) == {"1": "upsert:Ann"}
+    finally:
+        blocker.close()
         conn.close()

@@ -191,6 +191,35 @@ def test_postgres_and_mock_salesforce_both_ways(tmp_path: Path, pg: PgSchema) ->
         mock.stop()
 
 
+def test_a_contact_without_the_key_gets_one_from_the_postgres_sequence(
+        tmp_path: Path, pg: PgSchema) -> None:  # noqa: F811
+    from recsync.mock.salesforce import SalesforceMock
+
+    mock = SalesforceMock()
+    mock.start()
+    try:
+        pg.run(PG_TABLE.replace("id integer PRIMARY KEY", "id serial PRIMARY KEY")
+               .format(t=pg.table()))
+        pg.run(f"INSERT INTO {pg.table()} (name, email, status) SELECT 'User ' || i, "
+               "'u' || i || '@x.org', 'active' FROM generate_series(1, 3) i")
+        side_b = ('{ connector = "salesforce", mock = true, key = "Record_Id__c", '
+                  f'instance_url = "{mock.url}", daily_reserve = 0 }}')
+        write_config(tmp_path, pg_side(pg), side_b, rules=PG_SF_RULES)
+        ok(run_once(tmp_path))
+        # created by hand in the CRM: no Record_Id__c
+        mock.push({"LastName": "No Key", "Email": "nokey@crm.org", "Status__c": "active"})
+        out = ok(run_once(tmp_path))
+        assert "b->a 1 synced" in out and "0 failed" in out, out
+        assert pg_rows(pg)["4"] == ("No Key", "nokey@crm.org", "active")  # from the serial
+        (contact,) = [r for r in mock.list_records() if r["Email"] == "nokey@crm.org"]
+        assert contact["Record_Id__c"] == "4"
+        assert len(mock.list_records()) == 4 and len(pg_rows(pg)) == 4
+        out = ok(run_once(tmp_path))
+        assert "a->b 0 synced, b->a 0 synced" in out, out
+    finally:
+        mock.stop()
+
+
 TYPED = """
 CREATE TABLE {t} (
     id uuid PRIMARY KEY, small smallint, big bigint, amount numeric(14, 4), flag boolean,

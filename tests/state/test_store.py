@@ -10,6 +10,7 @@ from recsync.clock import FakeClock
 from recsync.errors import StateUnavailable
 from recsync.messages import ItemOutcome, Prepared
 from recsync.rules import RuleSet, content_hash
+from recsync.state.backend import SqliteBackend
 from recsync.state.store import MassDeleteBlocked, RetryPolicy, Store
 from tests.diskfull import fill, small_disk
 from tests.state.conftest import OpenStore
@@ -396,3 +397,35 @@ def test_a_disk_full_at_commit_raises_the_real_error_not_the_rollback_one(
         store.enqueue("a", [change("z", "Zed")], "cz", clock.time(), RULES)
         assert store.cursor("a") == "cz" and store.pending() == pending + 1
         store.close()
+
+
+def test_applying_a_batch_costs_the_same_however_long_the_queue_is(
+        store: Store, clock: FakeClock) -> None:
+    """The work of applying one batch's outcomes (counted in SQLite VM steps, which do not
+    depend on the machine's speed) must not grow with the queue behind it: a queue
+    scanned per batch makes a large sync quadratic."""
+    if not isinstance(store.backend, SqliteBackend):
+        pytest.skip("counts SQLite's VM steps (PostgreSQL joins the batch by its key index)")
+
+    def steps_to_apply(queued: int) -> int:
+        store.enqueue("a", [change(f"{queued}-{i}", "N") for i in range(queued)], "c",
+                      clock.time(), RULES)
+        items = store.lease("a_to_b", 20, frozenset())
+        outcomes = [ItemOutcome(i.key, i.gen, "synced", hash=i.hash, src_hash=i.src_hash)
+                    for i in items]
+        steps = [0]
+
+        def count() -> int:
+            steps[0] += 1
+            return 0
+
+        store.db.set_progress_handler(count, 100)
+        try:
+            store.apply("a_to_b", outcomes, RetryPolicy(), clock.time())
+        finally:
+            store.db.set_progress_handler(None, 0)
+        store.db.execute("DELETE FROM queue")
+        return steps[0]
+
+    small, large = steps_to_apply(200), steps_to_apply(20_000)
+    assert large < small * 2, (small, large)
