@@ -621,7 +621,8 @@ class Store:
                         retry_rows.append((1, now + delay, o.error, now, direction, o.key))
             db.executemany(
                 "UPDATE queue SET state = 'ready', attempts = attempts + ?, next_at = ?, "
-                "last_error = ?, updated_at = ? WHERE direction = ? AND key = ?",
+                "last_error = COALESCE(?, last_error), updated_at = ? "
+                "WHERE direction = ? AND key = ?",
                 retry_rows,
             )
             self._rows(
