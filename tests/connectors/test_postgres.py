@@ -229,6 +229,18 @@ def test_the_password_of_the_dsn_is_never_in_an_error(pg: PgSchema) -> None:  # 
     assert "hunter2secret" not in repr(conn.config) and "hunter2secret" not in conn.system_id
 
 
+def test_a_refused_connection_is_one_line_naming_host_and_port(pg: PgSchema) -> None:  # noqa: F811
+    """libpq's message has a hint on a second, tab-indented line; status tables, the
+    dashboard and `recsync failed` show the error on one line."""
+    conn = PostgresConnector({"dsn": "postgresql://bob@127.0.0.1:1/test",
+                              "table": "users", "key": "id"}, Path("."))
+    with pytest.raises(ConnectorError) as err:
+        conn.open()
+    text = str(err.value)
+    assert "\n" not in text and "\t" not in text, text
+    assert "127.0.0.1" in text and "port 1" in text and "Is the server running" in text
+
+
 def test_listen_wakes_the_reader_when_another_session_commits(pg: PgSchema) -> None:  # noqa: F811
     pg.run(USERS.format(t=pg.table()))
     conn = make(pg, listen=True)
