@@ -552,6 +552,32 @@ class PostgresConnector(Connector):
         except psycopg.Error as exc:
             raise self._error(exc, "fetching records") from exc
 
+    def list_records(self, position: str | None, limit: int) -> tuple[list[Change], str | None]:
+        """The table in pages by key (for `recsync verify`), without touching the log."""
+        k = sql.Identifier(self._key)
+        where: sql.Composable = sql.SQL("")
+        if position is not None:
+            where = sql.SQL("WHERE {k} > %(after)s::{kt}").format(k=k, kt=self._key_cast())
+        try:
+            self._reconnect()
+            cols, rows = self._select_rows(
+                where, sql.SQL("ORDER BY {k} LIMIT %(n)s").format(k=k),
+                {"after": position, "n": max(1, limit) + 1})
+        except psycopg.Error as exc:
+            raise self._error(exc, "listing the table") from exc
+        more = len(rows) > max(1, limit)
+        changes = self._to_changes(cols, rows[:max(1, limit)], time.time())
+        return changes, changes[-1].key if more else None
+
+    def count_records(self) -> int | None:
+        try:
+            self._reconnect()
+            row = self.conn.execute(sql.SQL("SELECT count(*) FROM {t}").format(
+                t=sql.SQL(self.names.qualified))).fetchone()
+        except (psycopg.Error, ConnectorError):
+            return None
+        return int(row[0]) if row else None
+
     def record_modified(self, record: Record) -> float | None:
         return _epoch(record.get(self._updated)) if self._updated else None
 
