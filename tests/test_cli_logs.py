@@ -122,6 +122,12 @@ class Lines:
                 return seen
 
 
+def _ctrl_c_default() -> None:
+    """The follower gets Ctrl-C (SIGINT) as at a terminal, even when the suite itself runs
+    with SIGINT ignored (started in the background by a script: `make test &`)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def follower(tmp_path: Path) -> Iterator[tuple[Path, Lines]]:
     path = tmp_path / "record_sync.log"
@@ -129,7 +135,8 @@ def follower(tmp_path: Path) -> Iterator[tuple[Path, Lines]]:
            for i, e in enumerate(ENTRIES)]
     path.write_text("".join(json.dumps(e) + "\n" for e in old))
     proc = subprocess.Popen([sys.executable, "-m", "recsync.cli", "logs", "-f", "-n", "2",
-                             "--file", str(path)], stdout=subprocess.PIPE, text=True)
+                             "--file", str(path)], stdout=subprocess.PIPE, text=True,
+                            preexec_fn=_ctrl_c_default)
     try:
         yield path, Lines(proc)
     finally:
@@ -186,7 +193,7 @@ def test_follows_a_real_recsyncd_found_through_its_runtime_directory(tmp_path: P
         assert "recsyncd ready" not in quiet.stdout
         follow = subprocess.Popen(
             [sys.executable, "-m", "recsync.cli", "--endpoint", endpoint, "logs", "-f"],
-            stdout=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_default)
         lines = Lines(follow)
         lines.until("recsyncd ready")
         assert cli("--endpoint", endpoint, "reload").returncode == 0

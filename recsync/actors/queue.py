@@ -140,7 +140,9 @@ class QueueActor(PipelineActor):
         except MassDeleteBlocked as exc:
             text = (f"side {exc.side} would delete {exc.count} of {exc.total} linked records in "
                     f"one pass (over mass_delete_threshold {s.mass_delete_threshold:g}); "
-                    f"polling of side {exc.side} is held until an operator confirms the deletes")
+                    f"polling of side {exc.side} is held until an operator confirms the deletes"
+                    f": `recsync deletes confirm {self.pipeline.partition('/')[0]} --pipeline "
+                    f"{self.pipeline.partition('/')[2]} --side {exc.side}`")
             self.held[exc.side] = text
             log.error("mass delete held", extra={"pipeline": self.pipeline, "error": text})
             if not msg.event:

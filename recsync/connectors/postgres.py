@@ -176,7 +176,8 @@ class PostgresConnector(SqlTableConnector):
                                    connect_timeout=max(1, int(self.cfg.connect_timeout)))
         except psycopg.Error as exc:
             raise ConnectorError(
-                f"Cannot connect to PostgreSQL for {self.where}: {mask_dsn(str(exc))}") from exc
+                f"Cannot connect to PostgreSQL for {self.where}: "
+                f"{' '.join(mask_dsn(str(exc)).split())}") from exc
         self._conn = conn
         try:
             pgtypes.configure(conn)
@@ -328,7 +329,7 @@ class PostgresConnector(SqlTableConnector):
         return self._error(exc, doing)
 
     def _error(self, exc: BaseException, doing: str) -> ConnectorError:
-        msg = mask_dsn(str(exc).strip())
+        msg = " ".join(mask_dsn(str(exc)).split())  # libpq puts hints on further lines
         if isinstance(exc, pgerr.UndefinedTable | pgerr.UndefinedColumn):
             return ConnectorError(
                 f"{self.where} was dropped or altered ({msg}) while {doing}; restore it or "

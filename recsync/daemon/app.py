@@ -239,7 +239,8 @@ class Daemon:
         seen = self._warned.get(pid, 0.0)
         lines, newest = [], seen
         for w in _side_warnings(prog):
-            lines.append(f"side {w['side']}: {w['text']}")
+            at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(w["at"])))
+            lines.append(f"side {w['side']}, {at}: {w['text']}")  # it stays: say when
             if w["at"] > seen:
                 newest = max(newest, w["at"])
                 self.publish("sync_warning", {"pipeline": pid, "side": w["side"],

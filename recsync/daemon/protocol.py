@@ -272,7 +272,7 @@ class HistoryEntry(msgspec.Struct, frozen=True):
 class RecordStatus(msgspec.Struct, frozen=True):
     pipeline: str
     key: str
-    state: str  # queued, failed, synced, unknown
+    state: str  # queued, failed, synced, deleted, unknown
     direction: str | None
     attempts: int
     last_error: str | None

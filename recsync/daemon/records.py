@@ -108,6 +108,8 @@ def record_status(where: StateRef, pipeline: str, key: str,
     else:
         direction, attempts, error = None, 0, None
         state = "synced" if link is not None and link[2] is not None else "unknown"
+        if link is None and history and history[0].event == "delete":
+            state = "deleted"  # synced away on both sides: the history says so
     return RecordStatus(
         pipeline=pipeline, key=key, state=state, direction=direction, attempts=attempts,
         last_error=error, on_a=on["a"], on_b=on["b"],

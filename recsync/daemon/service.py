@@ -256,8 +256,11 @@ class ControlService:
         if unknown:
             raise ControlError("INVALID", f"the mock {cmd.kind} has no fault {unknown[0]!r}; "
                                           f"it has: {', '.join(known)}.")
-        return server.set_faults(  # type: ignore[no-any-return]
-            **faults_to_set(requested, cmd.clear, known))
+        try:
+            return server.set_faults(  # type: ignore[no-any-return]
+                **faults_to_set(requested, cmd.clear, known))
+        except (ValueError, TypeError) as exc:
+            raise ControlError("INVALID", f"the mock {cmd.kind} refused the faults: {exc}") from exc
 
     # -- actions ---------------------------------------------------------------------------
     def retry(self, cmd: p.RetryRecord) -> p.CountResult:

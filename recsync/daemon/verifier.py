@@ -129,7 +129,7 @@ class Verifier:
         while True:
             changes, position, retry_at = self._ask(ref, "list_page", position, page_size)
             if changes is None:
-                _wait_until(retry_at, cfg.id)
+                self._wait(retry_at, cfg.id, f"listing {side}", side, len(seen), total)
                 continue
             for prepared in rules.prepare(side, changes):
                 seen[prepared.key] = Seen(prepared.hash or "", prepared.passes,
@@ -185,7 +185,7 @@ class Verifier:
             records, retry_at = self._ask(ref, "fetch_page", keys)
             if records is not None:
                 return records  # type: ignore[no-any-return]
-            _wait_until(retry_at, pid)
+            self._wait(retry_at, pid, "repairing", None, 0, None)
 
     def _progress(self, pid: str, phase: str, side: Side | None, done: int,
                   total: int | None, force: bool = False) -> None:
@@ -195,6 +195,21 @@ class Verifier:
         self._last_event = now
         self.publish("verify_progress", {"pipeline": pid, "phase": phase, "side": side,
                                          "done": done, "total": total})
+
+
+    def _wait(self, retry_at: float | None, pid: str, phase: str, side: Side | None,
+              done: int, total: int | None) -> None:
+        """Wait out a rate limit or an open circuit, telling the client it is waiting (an
+        event every second: its timeout bounds the silence, and a wait may be longer)."""
+        end = time.monotonic() + max(0.0, (retry_at or 0.0) - time.time())
+        if end - time.monotonic() > MAX_WAIT:
+            _wait_until(retry_at, pid)  # refuses, saying so
+        until = time.strftime("%H:%M:%S", time.localtime(retry_at or time.time()))
+        while (left := end - time.monotonic()) > 0:
+            self._progress(pid, f"{phase} (rate limit or circuit: waiting until {until})",
+                           side, done, total, force=True)
+            threading.Event().wait(min(left, 1.0))
+        threading.Event().wait(0.05)
 
 
 def _wait_until(retry_at: float | None, pid: str) -> None:

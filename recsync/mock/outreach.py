@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from recsync.mock.faults import check_fault
 from recsync.mock.httpserver import HttpServer, Request, Response
 
 JSONAPI = "application/vnd.api+json"
@@ -234,6 +235,8 @@ class OutreachMock:
             for name, value in faults.items():
                 if name not in self._faults:
                     raise ValueError(f"Unknown fault {name!r}; known: {', '.join(self._faults)}.")
+                check_fault(name, value)
+            for name, value in faults.items():
                 self._faults[name] = value
             return dict(self._faults)
 

@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import msgspec
 
 from recsync.mock import sf_soap, soql
+from recsync.mock.faults import check_fault
 from recsync.mock.httpserver import HttpServer, Request
 from recsync.mock.sf_bulk import BulkJobs
 from recsync.mock.sf_bulk_query import BulkQueries
@@ -166,6 +167,8 @@ class SalesforceMock:
             for name, value in faults.items():
                 if name not in _FAULTS:
                     raise TypeError(f"Unknown fault {name!r}; there are: {', '.join(_FAULTS)}.")
+                check_fault(name, value)
+            for name, value in faults.items():
                 self._faults[name] = value
             if "limit_after" in faults:
                 after = faults["limit_after"]

@@ -565,8 +565,10 @@ class SqlBackend:
                (attempts, error, now, direction, key, gen))
 
     def retry(self, rows: Sequence[Retry]) -> None:
+        # a deferral (no error of its own) keeps the error the record last met
         self.xm("UPDATE queue SET state = 'ready', attempts = attempts + ?, next_at = ?, "
-                "last_error = ?, updated_at = ? WHERE {W}direction = ? AND key = ?", rows)
+                "last_error = COALESCE(?, last_error), updated_at = ? "
+                "WHERE {W}direction = ? AND key = ?", rows)
 
     def lease(self, direction: Direction, now: float, limit: int,
               rekeys: bool) -> list[LeasedRow]:

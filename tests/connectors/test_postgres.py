@@ -247,6 +247,40 @@ def test_the_password_of_the_dsn_is_never_in_an_error(pg: PgSchema) -> None:  # 
     assert "hunter2secret" not in repr(conn.config) and "hunter2secret" not in conn.system_id
 
 
+def test_a_refused_connection_is_one_line_naming_host_and_port(pg: PgSchema) -> None:  # noqa: F811
+    """libpq's message has a hint on a second, tab-indented line; status tables, the
+    dashboard and `recsync failed` show the error on one line."""
+    conn = PostgresConnector({"dsn": "postgresql://bob@127.0.0.1:1/test",
+                              "table": "users", "key": "id"}, Path("."))
+    with pytest.raises(ConnectorError) as err:
+        conn.open()
+    text = str(err.value)
+    assert "\n" not in text and "\t" not in text, text
+    assert "127.0.0.1" in text and "port 1" in text and "Is the server running" in text
+
+
+def test_verify_can_list_the_table_in_pages_without_touching_the_cursor(
+    users: PostgresConnector, pg: PgSchema  # noqa: F811
+) -> None:
+    """`recsync verify` lists a side through list_records: every row once, in key order,
+    page after page; the change log and the cursor are not touched."""
+    pg.run(f"INSERT INTO {pg.table()} SELECT i, 'U' || i FROM generate_series(3, 12) i")
+    _pages, cursor = drain(users, None)
+    assert users.count_records() == 12
+    listed: list[str] = []
+    position: str | None = None
+    while True:
+        changes, position = users.list_records(position, 5)
+        assert len(changes) <= 5 and all(c.op == "upsert" for c in changes)
+        listed += [c.key for c in changes]
+        if position is None:
+            break
+    assert listed == [str(i) for i in range(1, 13)]
+    assert {c.key: c.fields["full_name"] for c in users.list_records(None, 100)[0]}["2"] == "Bob"
+    pg.run(f"UPDATE {pg.table()} SET full_name = 'Bobby' WHERE record_id = 2")
+    assert seen(drain(users, cursor)[0]) == {"2": "upsert:Bobby"}  # the log is intact
+
+
 def test_listen_wakes_the_reader_when_another_session_commits(pg: PgSchema) -> None:  # noqa: F811
     pg.run(USERS.format(t=pg.table()))
     conn = make(pg, listen=True)

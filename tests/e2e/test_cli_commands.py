@@ -158,6 +158,22 @@ def test_mock_faults_print_exactly_turn_429_off_and_clear(daemon: Daemon) -> Non
     assert "has no fault 'limit_after'" in bad.stderr
 
 
+def test_mock_faults_refuse_values_out_of_range_and_keep_the_faults(daemon: Daemon) -> None:
+    daemon.cli("mock", "faults", "salesforce", "--error-rate", "0.1")
+    for flag, value in (("--error-rate", "7"), ("--drop-rate", "-1"), ("--latency", "-3"),
+                        ("--latency", "1e308"), ("--error-rate", "nan"),
+                        ("--limit-after", "-2")):
+        bad = daemon.cli("mock", "faults", "salesforce", flag, value, code=1)
+        assert flag.lstrip("-").replace("-", "_") in bad.stderr, bad.stderr
+        assert "[INVALID]" in bad.stderr, bad.stderr
+    now = daemon.json("mock", "faults", "salesforce")
+    assert (now["error_rate"], now["drop_rate"], now["latency"]) == (0.1, 0.0, 0.0)
+    assert daemon.cli("mock", "faults", "outreach", "--latency", "-1", code=1).stderr
+    assert daemon.json("mock", "faults", "outreach")["latency"] == 0.0
+    names = daemon.json("mock", "list", "salesforce")  # the mock still answers
+    assert names
+
+
 def test_mock_commands_list_their_kinds() -> None:
     for command in ("serve", "push", "list", "faults"):
         assert "salesforce or outreach" in cli("mock", command, "--help").stdout

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -187,6 +188,8 @@ def test_table_rebuilt_while_the_daemon_runs_is_synced_and_status_warns(
         (pipe,) = wait_for(lambda: [p for p in daemon.json("status")["pipelines"]
                                     if p.get("warnings")], what="a warning in status")
         assert "rebuilt" in pipe["warnings"][0] and pipe["state"] == "running"
+        # it stays until recsyncd restarts: it says when it happened
+        assert re.match(r"side a, \d{4}-\d\d-\d\d \d\d:\d\d:\d\d: ", pipe["warnings"][0])
         assert "warnings:" in daemon.cli("status").stdout
         wait_for(lambda: any('"sync_warning"' in line for line in lines),
                  what="the sync_warning event")

@@ -164,6 +164,7 @@ def test_held_mass_delete_shows_and_status_exits_4_until_confirmed(
                   what="the guard to hold the pass")
     held = st["test/p"]["sides"]["a"]["held_delete"]
     assert "would delete 15 of 20" in held
+    assert "recsync deletes confirm test --pipeline p --side a" in held  # what to run
     human = daemon.cli("status")
     assert human.returncode == 4, human.stdout + human.stderr
     assert "test/p side a: mass delete held: side a would delete 15 of 20" in human.stdout

@@ -308,6 +308,27 @@ def test_progress_goes_out_as_events_while_sides_are_listed(
                         "total": None}
 
 
+def test_a_verify_held_up_by_a_rate_limit_tells_the_client_it_waits(
+        tmp_path: Path, running: list[Daemon]) -> None:
+    """A rate-limit wait can outlast the client's --timeout (which bounds the silence):
+    verify says it waits instead of leaving the client to give up (exit 3, 'is it
+    running?') while recsyncd verifies on."""
+    db = tmp_path / "a.sqlite"
+    make_users(db, [(i, f"User {i}", f"u{i}@x.org", "active") for i in range(1, 251)])
+    side_b = ('{ connector = "file", path = "b.csv", key = "record_id", '
+              'rate_limit = { max_requests = 4, window_seconds = 8 } }')
+    write_config(tmp_path, SQLITE_A, side_b, settings="page_size = 100\n")
+    daemon = start(tmp_path)
+    running.append(daemon)
+    wait_for(lambda: (tmp_path / "b.csv").exists() and len(read_csv(tmp_path / "b.csv")) == 250,
+             what="the first sync")
+    # three pages of b and 3 reads a window (a quarter is kept for writes): it must wait
+    result = daemon.cli("--timeout", "3", "verify", "test")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "test/p: sides agree" in result.stdout
+    assert "waiting until" in result.stderr
+
+
 def test_a_verify_waiting_on_a_side_leaves_the_control_socket_free_and_runs_alone(
         tmp_path: Path, running: list[Daemon], salesforce: SalesforceMock) -> None:
     db = tmp_path / "a.sqlite"

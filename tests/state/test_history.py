@@ -146,6 +146,20 @@ def test_status_of_a_failed_create_says_it_is_on_its_source_side(
     assert gone is not None and (gone.on_a, gone.on_b) == (False, True)
 
 
+def test_status_of_a_record_deleted_on_both_sides_says_deleted(
+    store: Store, clock: FakeClock, open_store: OpenStore
+) -> None:
+    store.enqueue("a", [change("1", "Ada")], "a1", clock.time(), RULES)
+    sync_all(store, "a_to_b", clock)
+    clock.advance(1)
+    store.enqueue("a", [change("1", None)], "a2", clock.time(), RULES)
+    sync_all(store, "a_to_b", clock)
+    rec = record_status(open_store.reader(), "t/p", "1")
+    assert rec is not None and (rec.on_a, rec.on_b) == (False, False)
+    assert rec.state == "deleted"  # not "unknown": its history says what became of it
+    assert rec.history[-1].event == "delete"
+
+
 def test_a_state_file_of_an_earlier_recsync_keeps_its_history(
     tmp_path: Path, clock: FakeClock
 ) -> None:

@@ -429,3 +429,29 @@ def test_applying_a_batch_costs_the_same_however_long_the_queue_is(
 
     small, large = steps_to_apply(200), steps_to_apply(20_000)
     assert large < small * 2, (small, large)
+
+
+def test_a_deferral_keeps_the_last_error_a_retry_met(
+        store: Store, clock: FakeClock, open_store: OpenStore) -> None:
+    """While the circuit is open, writes are deferred without an error of their own: the
+    record still shows why it is waiting (`recsync status ID`: last error)."""
+    from recsync.daemon.records import record_status
+
+    policy = RetryPolicy(max_attempts=8, base_delay=1.0, max_delay=10.0)
+    store.enqueue("a", [change("1", "Ada")], "c1", clock.time(), RULES)
+    (item,) = store.lease("a_to_b", 10, frozenset())
+    store.apply("a_to_b", [ItemOutcome("1", item.gen, "retry", error="HTTP 503")], policy,
+                clock.time())
+    clock.advance(5)
+    (item,) = store.lease("a_to_b", 10, frozenset())
+    store.apply("a_to_b", [ItemOutcome("1", item.gen, "deferred", retry_at=clock.time() + 30)],
+                policy, clock.time())
+    rec = record_status(open_store.reader(), "t/p", "1")
+    assert rec is not None and rec.state == "queued" and rec.attempts == 1
+    assert rec.last_error == "HTTP 503"
+    clock.advance(31)  # a deferral that says why replaces it
+    (item,) = store.lease("a_to_b", 10, frozenset())
+    store.apply("a_to_b", [ItemOutcome("1", item.gen, "deferred", error="rate limited",
+                                       retry_at=clock.time() + 1)], policy, clock.time())
+    rec = record_status(open_store.reader(), "t/p", "1")
+    assert rec is not None and rec.last_error == "rate limited"
