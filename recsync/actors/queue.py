@@ -350,6 +350,16 @@ class QueueActor(PipelineActor):
         like a held pass: ``held`` says why, until `recsync deletes confirm`.
         """
         assert self.store is not None
+        customer, _, name = self.pipeline.partition("/")
+        if self.held:  # deletes wait for an operator: a repair now could undo them
+            side, why = next(iter(self.held.items()))
+            text = (f"nothing was queued: the pipeline is held by the mass-delete guard on "
+                    f"side {side} ({why}); a repair now could bring back the records whose "
+                    f"deletes wait for your decision: confirm them (`recsync deletes confirm "
+                    f"{customer} --pipeline {name} --side {side}`) or restore the records, "
+                    "then verify again")
+            return {"queued": {"a_to_b": 0, "b_to_a": 0}, "skipped": len(items),
+                    "held": text}
         busy = self.store.pending_keys()
         for keys in self.in_flight.values():
             busy.update(keys or ())
@@ -360,7 +370,6 @@ class QueueActor(PipelineActor):
                                        mass_delete_min=s.mass_delete_min)
         except MassDeleteBlocked as exc:
             target = "b" if exc.side == "a" else "a"
-            customer, _, name = self.pipeline.partition("/")
             text = (f"verify --repair would delete {exc.count} of {exc.total} linked records "
                     f"on side {target} (over mass_delete_threshold "
                     f"{s.mass_delete_threshold:g}); nothing was queued: to let them "

@@ -381,3 +381,23 @@ def test_verify_of_a_pipeline_that_is_not_running_says_so(
     assert result.returncode == 1
     assert "pipeline test/p is error; verify needs the pipeline running" in result.stderr
     assert "[UNAVAILABLE]" in result.stderr
+
+
+def test_a_repair_while_deletes_are_held_queues_nothing_and_says_why(
+        tmp_path: Path, running: list[Daemon]) -> None:
+    db = tmp_path / "a.sqlite"
+    make_users(db, [(i, f"User {i}", f"u{i}@x.org", "active") for i in range(1, 21)])
+    write_config(tmp_path, SQLITE_A, CSV_B)  # b_to_a syncs creates: a repair could undo
+    daemon = start(tmp_path)
+    running.append(daemon)
+    csv_path = tmp_path / "b.csv"
+    wait_for(lambda: csv_path.exists() and len(read_csv(csv_path)) == 20,
+             what="the first sync")
+    sql(db, "DELETE FROM users WHERE record_id > 5")  # 15 of 20: the guard holds the pass
+    wait_for(lambda: daemon.status()["state"] == "held", what="the guard to hold")
+
+    repair = daemon.verify("--repair", code=1)["repair"]
+    assert repair["queued"] == {"a_to_b": 0, "b_to_a": 0}
+    assert "held by the mass-delete guard on side a" in repair["held"]
+    assert "recsync deletes confirm test --pipeline p --side a" in repair["held"]
+    assert len(users(db)) == 5 and len(read_csv(csv_path)) == 20  # nothing undone
