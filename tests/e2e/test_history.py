@@ -42,7 +42,9 @@ def record(d: Daemon, key: str) -> dict[str, object]:
 
 
 def events(rec: dict[str, object]) -> list[tuple[object, object]]:
-    return [(h["event"], h["direction"]) for h in rec["history"]]  # type: ignore[attr-defined]
+    """The syncs in the record's history (a retry a busy machine may add is not one)."""
+    return [(h["event"], h["direction"]) for h in rec["history"]  # type: ignore[attr-defined]
+            if h["event"] != "retry"]
 
 
 def test_every_sync_is_in_the_record_history(daemon: Daemon) -> None:
@@ -53,7 +55,7 @@ def test_every_sync_is_in_the_record_history(daemon: Daemon) -> None:
     wait_for(lambda: users(folder / "b.sqlite")["2"][0] == "Two", what="the update a->b")
     sql(folder / "b.sqlite", "UPDATE users SET full_name = 'Deux' WHERE record_id = 2")
     wait_for(lambda: users(folder / "a.sqlite")["2"][0] == "Deux", what="the update b->a")
-    rec = wait_for(lambda: len((r := record(daemon, "2"))["history"]) == 3 and r,  # type: ignore[arg-type]
+    rec = wait_for(lambda: len(events(r := record(daemon, "2"))) == 3 and r,
                    what="three entries")
     assert events(rec) == [("create", "a_to_b"), ("update", "a_to_b"), ("update", "b_to_a")]
     assert (rec["on_a"], rec["on_b"], rec["state"]) == (True, True, "synced")
@@ -62,9 +64,10 @@ def test_every_sync_is_in_the_record_history(daemon: Daemon) -> None:
     sql(folder / "a.sqlite", "DELETE FROM users WHERE record_id = 2")
     wait_for(lambda: "2" not in users(folder / "b.sqlite"), what="the delete")
     # history_per_record = 3: the newest three are shown
-    rec = wait_for(lambda: events(r := record(daemon, "2"))[-1] == ("delete", "a_to_b") and r,
-                   what="the delete in the history")
-    assert events(rec) == [("update", "a_to_b"), ("update", "b_to_a"), ("delete", "a_to_b")]
+    rec = wait_for(lambda: events(r := record(daemon, "2"))[-1:] == [("delete", "a_to_b")]
+                   and r, what="the delete in the history")
+    assert len(rec["history"]) == 3  # type: ignore[arg-type]
+    assert events(rec)[-2:] == [("update", "b_to_a"), ("delete", "a_to_b")]
     assert (rec["on_a"], rec["on_b"]) == (False, False)
 
 
