@@ -141,6 +141,9 @@ class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
         "Redis URL of the shared API budget (redis://host:6379/0); optional"))] = ""
     lease_ttl: Annotated[Positive, Meta(description=(
         "seconds a node's lease on a pipeline lasts without renewal"))] = 15.0
+    nodes_hint: Annotated[int, Meta(ge=1, description=(
+        "nodes sharing the API budgets, while Redis is unreachable: each keeps budget / "
+        "this many (until the live nodes are counted from the cluster's nodes table)"))] = 1
 
     def state_url(self) -> str:
         """The state URL (``state``, else ``$state_env``).

@@ -119,7 +119,7 @@ class Daemon:
         self.supervisor = Supervisor.start(self.state_dir, scheduler=self.scheduler,
                                            clock=self.clock, policy=self.policy,
                                            on_event=self._on_supervisor_event,
-                                           state=self.state)
+                                           state=self.state, **self._budget_options())
         if not wait:
             for cfg in self.config.pipelines.values():
                 self.proxy.begin_pipeline(cfg, self.config.rules[cfg.rules]).get()
@@ -128,6 +128,13 @@ class Daemon:
             state = self.proxy.start_pipeline(cfg, self.config.rules[cfg.rules]).get()
             log.info("pipeline %s", state, extra={"pipeline": pid})
         self.baseline = {pid: r for pid, r in self._counts().items()}
+
+    def _budget_options(self) -> dict[str, Any]:
+        """``[cluster] redis``: the CRM budgets shared by the nodes through Redis."""
+        cluster = self.config.cluster
+        if cluster is None:
+            return {}
+        return {"redis_url": cluster.redis, "nodes_hint": cluster.nodes_hint}
 
     def _migrate_state_files(self, config: AppConfig) -> None:
         """Old-named state files of ``config``'s pipelines get their unambiguous names."""
