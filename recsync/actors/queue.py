@@ -308,7 +308,9 @@ class QueueActor(PipelineActor):
             return
         assert self.figures is not None
         # rows the store changed, and what lives only in memory: nothing new, no queries
-        key = (self.store.db.total_changes, tuple(map(_size, self.in_flight.values())),
+        db = self.store.db  # a state file's connection; None: the state in PostgreSQL
+        changes = db.total_changes if db is not None else -self.version - 1  # always anew
+        key = (changes, tuple(map(_size, self.in_flight.values())),
                tuple(self.held.items()), len(self.waiting), self.last_activity)
         if key == self._published:
             return
