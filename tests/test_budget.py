@@ -76,7 +76,7 @@ def test_window_is_exact_under_concurrent_nodes(prefix: str) -> None:
     assert sum(got for got, _ in results) == 50
     refusals = [w for _, ws in results for w in ws]
     assert len(refusals) == 8 * 30 - 50
-    assert all(0 < w <= 60.0 for w in refusals)
+    assert all(0 < w <= 61.0 for w in refusals)  # the window, with its margin (1s)
     assert limiters[0].usage() == (50, 50)
 
 
