@@ -144,6 +144,9 @@ class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     nodes_hint: Annotated[int, Meta(ge=1, description=(
         "nodes sharing the API budgets, while Redis is unreachable: each keeps budget / "
         "this many (until the live nodes are counted from the cluster's nodes table)"))] = 1
+    metrics_port: Annotated[int, Meta(ge=0, le=65535, description=(
+        "port of each node's Prometheus metrics (0: none; recsyncd --metrics-port "
+        "overrides it, e.g. for several nodes on one host)"))] = 0
 
     def state_url(self) -> str:
         """The state URL (``state``, else ``$state_env``).
