@@ -170,7 +170,9 @@ class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
         return mask_dsn(self.state) if self.state else f"${self.state_env}"
 
     def __repr__(self) -> str:
-        return (f"ClusterConfig(state={self.shown()!r}, redis={self.redis!r}, "
+        from recsync.dsn import mask_dsn
+
+        return (f"ClusterConfig(state={self.shown()!r}, redis={mask_dsn(self.redis)!r}, "
                 f"lease_ttl={self.lease_ttl!r})")
 
 

@@ -7,7 +7,11 @@ are not gated yet (see the README), so the count at the mock is of the gated cal
 
 from __future__ import annotations
 
+import json
+import signal
+import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -20,7 +24,7 @@ import pytest
 
 from recsync.budget import redis_client
 from recsync.mock.salesforce import SalesforceMock
-from tests.e2e.helpers import _env, make_users, recsyncd_cmd, write_config
+from tests.e2e.helpers import _env, make_users, recsyncd_cmd, wait_for, write_config
 from tests.e2e.test_crm import SF_RULES, SQLITE_A, seed_rows
 from tests.pgfixture import PG_DSN, require_pg
 from tests.test_budget import REDIS_URL, require_redis
@@ -134,3 +138,52 @@ def test_three_nodes_share_one_salesforce_budget(tmp_path: Path,
 def test_most_in_any_window() -> None:
     assert most_in_any_window([0.0, 0.5, 1.0, 1.9, 2.0, 3.95], 2.0) == 4
     assert most_in_any_window([], 2.0) == 0
+
+
+def test_status_shows_the_fallback_while_redis_is_unreachable(
+        tmp_path: Path, mock: CountingSalesforce) -> None:
+    """[cluster] redis unreachable: the node keeps budget / nodes_hint and status says so."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    customer = f"c{uuid.uuid4().hex[:10]}"
+    make_users(tmp_path / "a.sqlite", seed_rows(5))
+    node_config(tmp_path, customer, mock, redis=True)
+    settings = tmp_path / "customer_settings.toml"
+    settings.write_text(settings.read_text().replace(
+        f'redis = "{REDIS_URL}"', f'redis = "redis://:hunter2@127.0.0.1:{closed}/0"'))
+    env = dict(_env(), RUNTIME_DIRECTORY=str(tmp_path / "run"),
+               LOGS_DIRECTORY=str(tmp_path / "logs"))
+    proc = subprocess.Popen(recsyncd_cmd(tmp_path, tmp_path / "state"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    endpoint = f"ipc://{tmp_path}/run/control.sock"
+
+    def cli(*args: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "recsync.cli", "--endpoint", endpoint,
+                                 *args], capture_output=True, text=True, timeout=60)
+        return result.stdout if result.returncode in (0, 1) else ""
+
+    def fallback_shown() -> str | None:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        out = cli("--json", "status")
+        if not out:
+            return None
+        pipes = json.loads(out)["pipelines"]
+        note = (pipes[0].get("sides", {}).get("b") or {}).get("budget") if pipes else None
+        return note if note and note.startswith("Redis unreachable") else None
+
+    try:
+        note = wait_for(fallback_shown, timeout=60, what="the budget fallback in status")
+        assert f"{MAX // NODES} of {MAX} per {WINDOW:g}s" in note
+        text = cli("status")
+        assert "budget: Redis unreachable" in text and "hunter2" not in text
+        wait_for(lambda: len(mock.list_records()) == 4, timeout=60,
+                 what="the records synced on the fallback share")
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            for table in TABLES:
+                conn.execute(f"DELETE FROM recsync.{table} WHERE pipeline = %s",
+                             (f"{customer}/p",))
