@@ -173,10 +173,11 @@ class RedisRateLimiter:
             if ms is None:  # Redis just went away: the fallback decides
                 return self.try_acquire(n, read=read)
             wait = int(ms) / 1000.0
-        if wait > 0:
-            self.limit_hits += 1
-        else:
-            self.acquired += n
+        with self._lock:
+            if wait > 0:
+                self.limit_hits += 1
+            else:
+                self.acquired += n
         return wait
 
     def wait_seconds(self, n: int = 1) -> float:
