@@ -141,6 +141,12 @@ class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
         "Redis URL of the shared API budget (redis://host:6379/0); optional"))] = ""
     lease_ttl: Annotated[Positive, Meta(description=(
         "seconds a node's lease on a pipeline lasts without renewal"))] = 15.0
+    nodes_hint: Annotated[int, Meta(ge=1, description=(
+        "nodes sharing the API budgets, while Redis is unreachable: each keeps budget / "
+        "this many (until the live nodes are counted from the cluster's nodes table)"))] = 1
+    metrics_port: Annotated[int, Meta(ge=0, le=65535, description=(
+        "port of each node's Prometheus metrics (0: none; recsyncd --metrics-port "
+        "overrides it, e.g. for several nodes on one host)"))] = 0
 
     def state_url(self) -> str:
         """The state URL (``state``, else ``$state_env``).
@@ -164,7 +170,9 @@ class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
         return mask_dsn(self.state) if self.state else f"${self.state_env}"
 
     def __repr__(self) -> str:
-        return (f"ClusterConfig(state={self.shown()!r}, redis={self.redis!r}, "
+        from recsync.dsn import mask_dsn
+
+        return (f"ClusterConfig(state={self.shown()!r}, redis={mask_dsn(self.redis)!r}, "
                 f"lease_ttl={self.lease_ttl!r})")
 
 

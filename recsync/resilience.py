@@ -61,6 +61,8 @@ class RateLimiter:
         self._blocked_until = 0.0  # monotonic
         self._remote_remaining: int | None = None
         self._remote_until = 0.0  # monotonic time the remote budget figure expires
+        self.acquired = 0  # requests taken so far (for metrics)
+        self.limit_hits = 0  # acquires told to wait (for metrics)
 
     @property
     def clock(self) -> Clock:
@@ -93,7 +95,9 @@ class RateLimiter:
             if excess > 0:
                 wait = max(wait, self._log[excess - 1] + self._window - now)
             if wait > _EPS:
+                self.limit_hits += 1
                 return wait
+            self.acquired += n
             self._log.extend([now] * n)
             if self._remote_remaining is not None:
                 self._remote_remaining -= n

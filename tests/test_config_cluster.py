@@ -19,6 +19,7 @@ def test_cluster_table_parsed_with_defaults() -> None:
                   + SETTINGS)
     assert config.cluster == ClusterConfig(state="postgresql://recsync:s3cret@db:5432/recsync")
     assert config.cluster.lease_ttl == 15.0 and config.cluster.redis == ""
+    assert config.cluster.nodes_hint == 1 and config.cluster.metrics_port == 0
     assert config.cluster.state_url() == "postgresql://recsync:s3cret@db:5432/recsync"
     # shown (logs, status, repr) with the password masked
     assert "s3cret" not in config.cluster.shown() and "s3cret" not in repr(config)
@@ -43,6 +44,9 @@ def test_state_env_is_read_when_used(monkeypatch: pytest.MonkeyPatch) -> None:
     ('state = "mysql://u:hunter2@db/x"', "line 2: cluster.state: must be a PostgreSQL URL"),
     ('state_env = "X"\nlease_ttl = 0', "line 3: cluster.lease_ttl: must be greater than 0"),
     ('state_env = "X"\nredis = "http://u:hunter2@r"', "line 3: cluster.redis: must be a Redis"),
+    ('state_env = "X"\nnodes_hint = 0', "line 3: cluster.nodes_hint: must be at least 1, got 0"),
+    ('state_env = "X"\nmetrics_port = 70000',
+     "line 3: cluster.metrics_port: must be at most 65535"),
     ('state_env = "X"\nleasettl = 3', "unknown key 'cluster.leasettl'; did you mean "
                                       "'lease_ttl'?"),
 ])
@@ -50,6 +54,14 @@ def test_bad_cluster_tables_are_named(table: str, expected: str) -> None:
     text = settings_error(f"[cluster]\n{table}\n" + SETTINGS)
     assert expected in text
     assert "hunter2" not in text
+
+
+def test_the_redis_password_is_masked() -> None:
+    config = load('[cluster]\nstate_env = "X"\nredis = "redis://:hunter2@r:6379/0"\n'
+                  'nodes_hint = 3\nmetrics_port = 9464\n' + SETTINGS)
+    assert config.cluster is not None and config.cluster.nodes_hint == 3
+    assert config.cluster.metrics_port == 9464
+    assert "hunter2" not in repr(config.cluster)
 
 
 def test_an_unreachable_state_server_is_transient_and_masked(tmp_path: object) -> None:

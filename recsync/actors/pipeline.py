@@ -108,7 +108,7 @@ class Pipeline:
         system_id = cls(side_cfg.options, Path(self.config.base_dir)).system_id
         settings = self.config.settings
         return self.systems.get(system_id, side_limit(side_cfg, cls.local, settings),
-                                settings.circuit_breaker)
+                                settings.circuit_breaker, shared=not cls.local)
 
     def _bulk_targets(self) -> frozenset[str]:
         """The sides whose connector takes bulk writes (see QueueActor._bulk_limit)."""

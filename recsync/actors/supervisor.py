@@ -55,7 +55,7 @@ class Supervisor(pykka.ThreadingActor):
         self, state_dir: Path, *, scheduler: Scheduler, clock: Clock | None = None,
         policy: RestartPolicy | None = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
-        state: StateAccess | None = None,
+        state: StateAccess | None = None, redis_url: str = "", nodes_hint: int = 1,
     ) -> None:
         super().__init__()
         self.state_dir = state_dir
@@ -63,7 +63,7 @@ class Supervisor(pykka.ThreadingActor):
         self.scheduler = scheduler
         self.clock = clock or SystemClock()
         self.policy = policy or RestartPolicy()
-        self.systems = Systems(self.clock)
+        self.systems = Systems(self.clock, redis_url=redis_url, nodes_hint=nodes_hint)
         self.pipelines: dict[str, Pipeline] = {}
         self.restart_times: dict[str, deque[float]] = {}
         self.backoffs: dict[str, int] = {}
@@ -397,6 +397,7 @@ class Supervisor(pykka.ThreadingActor):
                 "circuit_retry_at": (now + max(0.0, retry - mono)
                                      if state == "open" and retry is not None else None),
                 "rate_limited_until": now + wait if wait > 0 else None,
+                "budget": limiter.budget_note() if hasattr(limiter, "budget_note") else None,
                 **p.side_health[side].snapshot()}
 
     def inject_crash(self, pipeline_id: str, role: str) -> None:

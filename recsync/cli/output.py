@@ -161,6 +161,8 @@ def side_text(side: dict[str, Any]) -> str:
         parts.append(text)
     if side.get("rate_limited_until"):
         parts.append(f"rate limited until {when(side['rate_limited_until'])}")
+    if side.get("budget") and str(side["budget"]).startswith("Redis unreachable"):
+        parts.append(f"budget: {side['budget']}")
     if side.get("held_delete"):
         parts.append(f"mass delete held: {side['held_delete']}")
     if side.get("last_error"):

@@ -95,6 +95,9 @@ class Daemon:
         self._warned: dict[str, float] = {}  # per pipeline: the newest warning published
         # where the pipelines' state is: files in state_dir, or [cluster] state
         self.state = StateAccess(self.state_dir, self.config.cluster)
+        from recsync.daemon.metrics import LeaseMetrics
+
+        self.leases = LeaseMetrics()  # the lease code reports here (see daemon/metrics.py)
 
     @property
     def proxy(self) -> Any:
@@ -119,7 +122,7 @@ class Daemon:
         self.supervisor = Supervisor.start(self.state_dir, scheduler=self.scheduler,
                                            clock=self.clock, policy=self.policy,
                                            on_event=self._on_supervisor_event,
-                                           state=self.state)
+                                           state=self.state, **self._budget_options())
         if not wait:
             for cfg in self.config.pipelines.values():
                 self.proxy.begin_pipeline(cfg, self.config.rules[cfg.rules]).get()
@@ -128,6 +131,31 @@ class Daemon:
             state = self.proxy.start_pipeline(cfg, self.config.rules[cfg.rules]).get()
             log.info("pipeline %s", state, extra={"pipeline": pid})
         self.baseline = {pid: r for pid, r in self._counts().items()}
+
+    def metric_figures(self) -> dict[str, dict[str, int]]:
+        """Per pipeline: the totals and queue figures the stats thread last took."""
+        out = {}
+        for pid in list(self.config.pipelines):
+            counts = self._counts_cache.get(pid) or {}
+            out[pid] = {**{k: int(v) for k, v in counts.items()},
+                        "in_flight": int(self.states.get(pid, {}).get("in_flight", 0) or 0)}
+        return out
+
+    def metric_systems(self) -> dict[str, tuple[Any, Any]]:
+        """Per external system: (its limiter or None, its breaker)."""
+        if self.supervisor is None:
+            return {}
+        systems = self.proxy.systems.get(timeout=5)
+        breakers, limiters = dict(systems.breakers), dict(systems.limiters)
+        return {sid: (limiters.get(sid), breakers.get(sid))
+                for sid in sorted(set(breakers) | set(limiters))}
+
+    def _budget_options(self) -> dict[str, Any]:
+        """``[cluster] redis``: the CRM budgets shared by the nodes through Redis."""
+        cluster = self.config.cluster
+        if cluster is None:
+            return {}
+        return {"redis_url": cluster.redis, "nodes_hint": cluster.nodes_hint}
 
     def _migrate_state_files(self, config: AppConfig) -> None:
         """Old-named state files of ``config``'s pipelines get their unambiguous names."""

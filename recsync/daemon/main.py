@@ -7,10 +7,12 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -64,6 +66,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "./logs, record_sync.log)")
     parser.add_argument("--log-level", default=os.environ.get("RECSYNC_LOG_LEVEL", "info"),
                         choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--metrics-port", default=os.environ.get("RECSYNC_METRICS_PORT"),
+        help="serve Prometheus metrics on PORT (127.0.0.1) or HOST:PORT (default: "
+             "$RECSYNC_METRICS_PORT, else [cluster] metrics_port, else none)")
     return parser.parse_args(argv)
 
 
@@ -250,6 +256,13 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
     # the control socket (and its front) answer first; the pipelines start behind them
     daemon.start(wait=False)
     daemon.start_stats()
+    try:
+        metrics = start_metrics(daemon, args)
+    except RecsyncError as exc:
+        print(f"recsyncd: {exc}", file=sys.stderr)
+        daemon.stop()
+        server.stop()
+        return 2
     watcher = ConfigWatcher(args.config_dir, daemon.reload_quietly)
     watcher.start()
     watchdog = Watchdog(notifier, daemon.is_healthy)
@@ -287,6 +300,8 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
         watchdog.stop()
         if front is not None:
             front.stop()
+        if metrics is not None:
+            metrics.stop()
         daemon.stop()
         server.stop()
         from recsync import mock
@@ -303,3 +318,23 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def start_metrics(daemon: Daemon, args: argparse.Namespace) -> Any:
+    """The Prometheus metrics server (``--metrics-port``, else ``[cluster] metrics_port``),
+    started; None when neither asks for one."""
+    from recsync.daemon.metrics import MetricsServer, NodeCollector, parse_metrics_address
+
+    if args.metrics_port:
+        host, port = parse_metrics_address(str(args.metrics_port))
+    elif daemon.config.cluster is not None and daemon.config.cluster.metrics_port:
+        host, port = "0.0.0.0", daemon.config.cluster.metrics_port
+    else:
+        return None
+    node = os.environ.get("RECSYNC_NODE") or socket.gethostname()
+    collector = NodeCollector(node, daemon.metric_figures, daemon.metric_systems,
+                              daemon.leases)
+    metrics = MetricsServer(collector, host, port)
+    metrics.start()
+    print(f"recsyncd: metrics on http://{host}:{metrics.port}/metrics", file=sys.stderr)
+    return metrics

@@ -235,6 +235,8 @@ class SideStatus(msgspec.Struct, frozen=True):
     last_error: str | None = None  # the last error met reading or writing the side
     last_error_at: float | None = None
     bulk: BulkJobStatus | None = None  # the side's last bulk write job
+    # [cluster] redis: how the side's API budget is kept (shared, or this node's fallback)
+    budget: str | None = None
 
 
 class PipelineStatus(msgspec.Struct, frozen=True):

@@ -33,6 +33,7 @@ def side_statuses(health: dict[str, Any], now: float) -> dict[str, SideStatus]:
             last_error=redact_text(error) if error else None,
             last_error_at=h.get("last_error_at") if error else None,
             bulk=msgspec.convert(h["bulk"], BulkJobStatus) if h.get("bulk") else None,
+            budget=h.get("budget"),
         )
     return out
 

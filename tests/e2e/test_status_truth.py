@@ -137,7 +137,8 @@ def test_open_circuit_rate_limit_wait_and_last_error_show_per_side(
     assert "HTTP 50" in brk["last_error"] and brk["last_error_at"] >= t0
     assert st["test/broken"]["sides"]["a"] == {
         "circuit": "closed", "circuit_retry_at": None, "rate_limited_until": None,
-        "held_delete": None, "last_error": None, "last_error_at": None, "bulk": None}
+        "held_delete": None, "last_error": None, "last_error_at": None, "bulk": None,
+        "budget": None}
     human = daemon.cli("status")
     assert human.returncode == 0, human.stderr  # running: waiting is not failing
     assert "test/p side b: rate limited until" in human.stdout
