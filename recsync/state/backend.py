@@ -659,6 +659,11 @@ class SqliteBackend(SqlBackend):
         self._readonly = readonly
         self.db: sqlite3.Connection = connect(path, readonly=readonly)
 
+    @property
+    def total_changes(self) -> int:
+        """Rows changed through this connection (see ``Store.changes``)."""
+        return self.db.total_changes
+
     def _run(self, sql: str, params: Sequence[Any]) -> Any:
         return self.db.execute(sql, params)
 
