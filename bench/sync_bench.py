@@ -198,7 +198,7 @@ class Bench:
 
     def folder(self, name: str, rows: int | None = None) -> Path:
         self.n += 1
-        folder = self.base / f"{name}{self.n}"
+        folder = self.base / f"{name.replace(' ', '-').replace('/', 'x')}{self.n}"
         folder.mkdir()
         if rows is None or rows == self.rows:
             os.link(self.source, folder / "a.sqlite")
