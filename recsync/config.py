@@ -74,7 +74,7 @@ class CircuitBreakerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Tunables of a pipeline; any key may be set in defaults, per customer, per pipeline."""
 
-    batch_size: AtLeastOne = 200
+    batch_size: AtLeastOne = 1000  # = page_size: a page is written as one batch
     page_size: AtLeastOne = 1000
     flush_interval: Positive = 1.0
     poll_interval: Positive = 2.0

@@ -73,7 +73,7 @@ status = { in = ["active", "pending"] }
 
 SETTINGS = """\
 [defaults]
-batch_size = 200
+batch_size = 1000
 flush_interval = 1.0
 poll_interval = 2.0
 max_attempts = 8
@@ -153,7 +153,7 @@ def test_demo_config_loads(tmp_path: Path) -> None:
 
 def test_settings_defaults() -> None:
     s = Settings()
-    assert (s.batch_size, s.page_size, s.flush_interval, s.poll_interval) == (200, 1000, 1.0, 2.0)
+    assert (s.batch_size, s.page_size, s.flush_interval, s.poll_interval) == (1000, 1000, 1.0, 2.0)
     assert (s.max_attempts, s.retry_base_delay, s.retry_max_delay) == (8, 1.0, 300.0)
     assert (s.mass_delete_threshold, s.mass_delete_min, s.reconcile_interval) == (0.5, 10, 300.0)
     assert s.rate_limit == RateLimitSettings(max_requests=100, window_seconds=60.0)
@@ -208,11 +208,11 @@ b = { connector = "file", path = "other.jsonl", key = "id" }
     assert other.rate_limit == RateLimitSettings(max_requests=300, window_seconds=60.0)
     assert config.pipelines["big/other"].a.options.tracking == "column"
     assert config.customers["big"].batch_size == 500
-    assert config.pipelines["demo/contacts"].settings.batch_size == 200
+    assert config.pipelines["demo/contacts"].settings.batch_size == 1000
 
 
 def test_defaults_apply_to_every_customer() -> None:
-    config = load(SETTINGS.replace("batch_size = 200", "batch_size = 42"))
+    config = load(SETTINGS.replace("batch_size = 1000", "batch_size = 42"))
     assert config.defaults.batch_size == 42
     assert config.pipelines["demo/contacts"].settings.batch_size == 42
 
@@ -324,14 +324,14 @@ RULES_KEY = "customers.demo.pipelines.contacts.rules"
     ("old", "new", "key", "expected"),
     [
         (
-            "batch_size = 200",
+            "batch_size = 1000",
             'batch_size = "200"',
             "defaults.batch_size",
             "an integer, got a string",
         ),
-        ("batch_size = 200", "batch_size = 2.5", "defaults.batch_size", "an integer, got a float"),
+        ("batch_size = 1000", "batch_size = 2.5", "defaults.batch_size", "an integer, got a float"),
         (
-            "batch_size = 200",
+            "batch_size = 1000",
             "batch_size = true",
             "defaults.batch_size",
             "an integer, got a boolean",
@@ -420,7 +420,7 @@ ABOVE_0 = "must be greater than 0"
 @pytest.mark.parametrize(
     ("old", "new", "key", "expected"),
     [
-        ("batch_size = 200", "batch_size = 0", "defaults.batch_size", f"{AT_LEAST_1}, got 0"),
+        ("batch_size = 1000", "batch_size = 0", "defaults.batch_size", f"{AT_LEAST_1}, got 0"),
         ("max_attempts = 8", "max_attempts = -1", "defaults.max_attempts", f"{AT_LEAST_1}, got -1"),
         (
             "flush_interval = 1.0",

@@ -167,7 +167,9 @@ class QueueActor(PipelineActor):
         elif stats.queued:
             self.last_activity = self.clock.monotonic()
             self.added[direction] += stats.queued
-            if self.added[direction] >= s.batch_size:
+            # A writer with nothing in flight takes the work now: waiting for the flush
+            # tick only left it idle (a batch gathers while the one before it is written).
+            if self.added[direction] >= s.batch_size or self.in_flight[direction] is None:
                 self._flush(direction)
         if was_reading and not msg.more:  # the backfill's read ended: write what it gathered
             self._flush(direction)
@@ -242,7 +244,6 @@ class QueueActor(PipelineActor):
         stats = self.store.apply(msg.direction, msg.outcomes, self.policy, msg.written_at,
                                  direct, msg.jobs, msg.note)
         self.direct_ok = self.direct_ok or stats.synced > 0
-        full = len(msg.outcomes) >= self.settings.batch_size
         self.last_activity = self.clock.monotonic()
         for key, error in stats.failed_keys:
             log.error("record failed", extra={"pipeline": self.pipeline, "record": key,
@@ -252,7 +253,7 @@ class QueueActor(PipelineActor):
             waiting, self.waiting = self.waiting, []
             for page in waiting:
                 self._enqueue(page)
-        if (full or direct is not None) and stats.deferred == 0:
+        if stats.deferred == 0:  # what was queued meanwhile goes out now (see _enqueue)
             self._flush(msg.direction)
 
     def _next_page_early(self, msg: BatchDone, done: DirectPage) -> bool:

@@ -539,8 +539,9 @@ class SqlBackend:
     def unqueue_done(self, rows: Sequence[Done]) -> None:
         """Drop the items written (a newer change of the record, another gen, stays).
 
-        By primary key, a row at a time: SQLite plans a row-value ``IN (VALUES ...)`` as a
-        scan of the whole queue, once per batch (quadratic on a long queue)."""
+        One keyed DELETE per item: SQLite plans ``(direction, key, gen) IN (VALUES ...)``
+        as a scan of the whole queue, which made every batch cost O(queue) (100k updates
+        queued: a third of the daemon's CPU; see bench/sync_bench.py)."""
         self.xm("DELETE FROM queue WHERE {W}direction = ? AND key = ? AND gen = ?", rows)
 
     def unqueue_older(self, direction: str, keys: Sequence[str], before: float) -> None:
@@ -669,6 +670,11 @@ class SqliteBackend(SqlBackend):
         self.where = f"state file {path}"
         self._readonly = readonly
         self.db: sqlite3.Connection = connect(path, readonly=readonly)
+
+    @property
+    def total_changes(self) -> int:
+        """Rows changed through this connection (see ``Store.changes``)."""
+        return self.db.total_changes
 
     def _run(self, sql: str, params: Sequence[Any]) -> Any:
         return self.db.execute(sql, params)

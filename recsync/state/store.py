@@ -153,6 +153,12 @@ class Store:
         """The SQLite connection of a state file (tests and tools)."""
         return getattr(self.backend, "db", None)
 
+    @property
+    def changes(self) -> int:
+        """A count that grows whenever the state changes (rows written on a state file;
+        statements that write, on another backend): what the published figures key on."""
+        return self.backend.changes()
+
     def close(self) -> None:
         self.backend.close()
 

@@ -108,3 +108,34 @@ def test_a_page_read_ahead_that_must_be_queued_waits_for_the_outcome_before_it(
     assert {i.key for i in second.items} <= set(big) and len(second.items) == 10
     assert ref.proxy().counts().get()["total_synced_a_to_b"] == 2
     assert ref.proxy().cursors().get()["a"] == "c2"
+
+
+def test_work_queued_while_the_writer_is_idle_goes_out_without_a_flush_tick(
+    setup: tuple[Any, queue.Queue[Any], Path],
+) -> None:
+    """A change pushed by an event (always queued, never direct) and fewer than
+    batch_size: the writer has nothing in flight, so it gets it at once; no Flush tick is
+    ever sent here (the flush interval would otherwise leave the writer idle)."""
+    ref, writes, _state = setup
+    event = page(["1", "2", "3"], "e1")
+    ref.tell(Enqueue(event.side, event.changes, None, 1000.0, RULES, False, False, False,
+                     event=True))
+    batch = next_batch(writes)
+    assert [i.key for i in batch.items] == ["1", "2", "3"]
+
+
+def test_work_queued_behind_a_small_batch_goes_out_when_it_is_done(
+    setup: tuple[Any, queue.Queue[Any], Path],
+) -> None:
+    """An event's changes queued while a batch smaller than batch_size is in flight are
+    leased when its outcome comes back, not at the next flush tick (none is sent here)."""
+    ref, writes, _state = setup
+    for keys in (["1", "2"], ["7", "8"]):  # events: queued, never direct
+        event = page(keys, "e")
+        ref.tell(Enqueue(event.side, event.changes, None, 1000.0, RULES, False, False,
+                         False, event=True))
+    first = next_batch(writes)
+    assert [i.key for i in first.items] == ["1", "2"]  # leased at once: the writer was idle
+    ref.tell(synced(first, 1001.0))
+    second = next_batch(writes)
+    assert [i.key for i in second.items] == ["7", "8"]
