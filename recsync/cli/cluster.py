@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
+from recsync.cli.commands import UsageError
 from recsync.cluster.node import open_leases
 from recsync.config import load_config
-from recsync.cli.commands import UsageError
 
 
 def add_cluster_parser(parser: argparse.ArgumentParser) -> None:

@@ -44,6 +44,7 @@ class Coordinator:
         self.renewed_at = monotonic()
         self.owners: dict[str, str] = {}  # pipeline -> owner node, as last read
         self.lease_rows: list[LeaseRow] = []
+        self.share = 0  # ceil(pipelines / live nodes), as last computed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()
@@ -62,8 +63,18 @@ class Coordinator:
                 self.tick()
             except Exception:  # the node never dies of a coordination hiccup
                 log.exception("lease round failed")
-            if self._stop.wait(self.ttl / 3):
+            if self._stop.wait(self._next_round()):
                 return
+
+    def _next_round(self) -> float:
+        """Seconds to the next round: ttl/3, or sooner when a lease this node wants (under
+        its share) expires before that (a dead node's pipelines move at its expiry)."""
+        wait = self.ttl / 3
+        if len(self.leases.tokens) < self.share:
+            for row in self.lease_rows:
+                if row.live and row.node != self.node:
+                    wait = min(wait, max(0.02, row.expires_in + 0.02))
+        return wait
 
     def stop(self) -> None:
         """Stop coordinating (the daemon stops its pipelines, then calls ``leave``)."""
@@ -118,6 +129,7 @@ class Coordinator:
         pipelines = self.daemon.config.pipelines
         live = max(1, len(self.leases.live_nodes()))
         share = math.ceil(len(pipelines) / live) if pipelines else 0
+        self.share = share
         mine = [pid for pid in sorted(self.leases.tokens) if pid in pipelines]
         for pid in sorted(set(self.leases.tokens) - set(pipelines)):  # removed from config
             self._stop_pipeline(pid, None)

@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS {s}.nodes (
     heartbeat_at TIMESTAMPTZ NOT NULL);
 CREATE TABLE IF NOT EXISTS {s}.leases (
     pipeline TEXT PRIMARY KEY, node TEXT NOT NULL, token BIGINT NOT NULL,
-    expires_at TIMESTAMPTZ NOT NULL);
+    expires_at TIMESTAMPTZ NOT NULL, acquired_at TIMESTAMPTZ NOT NULL);
 """
 _LOCK_ID = 0x72656374  # pg_advisory_xact_lock while the tables are created
 
@@ -59,6 +59,8 @@ class LeaseRow:
     token: int
     expires_at: datetime
     live: bool  # not expired
+    acquired_at: datetime
+    expires_in: float  # seconds from the database's now
 
 
 def _ident(name: str) -> str:
@@ -147,10 +149,11 @@ class Leases:
         host_ok = (" AND coalesce((SELECT host FROM nodes WHERE nodes.node = l.node), "
                    "%(host)s) = %(host)s") if same_host else ""
         rows = self._x(
-            "INSERT INTO leases AS l (pipeline, node, token, expires_at) VALUES (%(p)s, "
-            "%(n)s, 1, {now} + make_interval(secs => %(ttl)s)) ON CONFLICT (pipeline) DO "
-            "UPDATE SET node = excluded.node, token = l.token + 1, "
-            "expires_at = excluded.expires_at WHERE l.expires_at <= {now}" + host_ok +
+            "INSERT INTO leases AS l (pipeline, node, token, expires_at, acquired_at) VALUES "
+            "(%(p)s, %(n)s, 1, {now} + make_interval(secs => %(ttl)s), {now}) "
+            "ON CONFLICT (pipeline) DO UPDATE SET node = excluded.node, token = l.token + 1, "
+            "expires_at = excluded.expires_at, acquired_at = excluded.acquired_at "
+            "WHERE l.expires_at <= {now}" + host_ok +
             " RETURNING token", {"p": pipeline, "n": self.node, "ttl": self.ttl,
                                  "host": self.host})
         if not rows:
@@ -176,11 +179,12 @@ class Leases:
         """Give the lease up (after the pipeline stopped): free for the others at once."""
         token = self.tokens.pop(pipeline, None)
         if token is not None:
-            self._x("UPDATE leases SET expires_at = '-infinity' WHERE pipeline = %s AND "
+            self._x("UPDATE leases SET expires_at = {now} WHERE pipeline = %s AND "
                     "node = %s AND token = %s", (pipeline, self.node, token))
 
     def leases(self) -> list[LeaseRow]:
-        rows = self._x("SELECT pipeline, node, token, expires_at, expires_at > {now} "
+        rows = self._x("SELECT pipeline, node, token, expires_at, expires_at > {now}, "
+                       "acquired_at, extract(epoch FROM expires_at - {now})::float8 "
                        "FROM leases ORDER BY pipeline")
         return [LeaseRow(*r) for r in rows]
 

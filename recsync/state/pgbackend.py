@@ -150,6 +150,7 @@ class PostgresBackend(SqlBackend):
         self.conn = connect(dsn, schema, pipeline) if conn is None else conn
         self._lock = lock
         self._blobs: dict[str, list[int]] = {}  # bytea columns of a rows() statement
+        self.changes = 0  # statements that may have changed rows
 
     # many rows: one JSON array parameter (a statement planned once, parsed in C) ---------
     def rows(self, head: str, rows: Sequence[Sequence[Any]], tail: str = "") -> None:
@@ -189,6 +190,8 @@ class PostgresBackend(SqlBackend):
         return sql.replace("%", "%%").replace("?", "%s")
 
     def _run(self, sql: str, params: Sequence[Any]) -> Any:
+        if not sql.lstrip().upper().startswith("SELECT"):
+            self.changes += 1  # as a state file's total_changes: the figures are refreshed
         if self._lock is None:
             return self.conn.execute(sql, list(params))
         with self._lock:  # a shared reader: fetch before the next one runs
@@ -197,6 +200,7 @@ class PostgresBackend(SqlBackend):
 
     def xm(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
+            self.changes += 1
             with self.conn.cursor() as cur:
                 cur.executemany(self._text(sql), rows)
 

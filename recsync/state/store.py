@@ -153,6 +153,12 @@ class Store:
         """The SQLite connection of a state file (tests and tools)."""
         return getattr(self.backend, "db", None)
 
+    @property
+    def changes(self) -> int:
+        """Rows changed so far (a state file's ``total_changes``; PostgreSQL: writes)."""
+        db = self.db
+        return int(db.total_changes if db is not None else getattr(self.backend, "changes", 0))
+
     def close(self) -> None:
         self.backend.close()
 

@@ -80,7 +80,7 @@ def machine(pg: PgSchema, leases: dict[str, Leases],
             held, mine = self.model.get(pipeline), leases[node].tokens.get(pipeline)
             leases[node].release(pipeline)
             if held is not None and held.node == node and held.token == mine:
-                held.expires = float("-inf")
+                held.expires = self.t
 
         @rule(seconds=st.floats(min_value=0.5, max_value=1.5 * TTL))
         def time_passes(self, seconds: float) -> None:  # every node frozen meanwhile
