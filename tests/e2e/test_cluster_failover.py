@@ -12,7 +12,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -294,6 +293,29 @@ def test_a_node_frozen_past_its_lease_writes_nothing_more(cluster: Cluster) -> N
         # n1 holds nothing it had (n2 owns both; n1 may get one back under a new token)
         lease = c.leases()[frozen[0]]
         assert lease[1] > token
+        assert_exact(c, 400)
+    finally:
+        stop_all(c)
+
+
+def test_a_node_joining_gets_its_fair_share_handed_over(cluster: Cluster) -> None:
+    c = cluster
+    setup(c, 2, 200)
+    try:
+        c.start("n1")
+        wait_for(lambda: len(c.owners()) == 2 and synced(c, 200), timeout=60,
+                 what="n1 running both pipelines")
+        assert set(c.owners().values()) == {c.node("n1")}
+        before = c.leases()
+        c.start("n2")
+        add_rows(c, 201, 400)
+        # ceil(2 / 2) = 1 each: n1 drains one pipeline and releases it, n2 takes it
+        wait_for(lambda: fair(c, ["n1", "n2"]) and c.node("n2") in c.owners().values(),
+                 timeout=30, what="n1 handing one pipeline over to n2")
+        after = c.leases()
+        handed = [p for p, v in after.items() if v[0] == c.node("n2")]
+        assert len(handed) == 1 and after[handed[0]][1] == before[handed[0]][1] + 1
+        wait_for(lambda: synced(c, 400), timeout=60, what="both syncing the new rows")
         assert_exact(c, 400)
     finally:
         stop_all(c)
