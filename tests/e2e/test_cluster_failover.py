@@ -326,6 +326,12 @@ def test_a_node_joining_gets_its_fair_share_handed_over(cluster: Cluster) -> Non
         after = c.leases()
         handed = [p for p, v in after.items() if v[0] == c.node("n2")]
         assert len(handed) == 1 and after[handed[0]][1] == before[handed[0]][1] + 1
+        listing = subprocess.run(
+            [sys.executable, "-m", "recsync.cli", "cluster", "--config-dir", str(c.folder)],
+            capture_output=True, text=True, timeout=60)
+        assert listing.returncode == 0, listing.stderr
+        assert f"{handed[0]}  {c.node('n2')}  {after[handed[0]][1]}  " in listing.stdout
+        assert f"{c.node('n1')}  " in listing.stdout and "1: " + handed[0] in listing.stdout
         wait_for(lambda: synced(c, 400), timeout=60, what="both syncing the new rows")
         assert_exact(c, 400)
     finally:
