@@ -296,10 +296,11 @@ def test_a_node_frozen_past_its_lease_writes_nothing_more(cluster: Cluster) -> N
                  "status", "--json"], capture_output=True, text=True, timeout=60)
             return {p["pipeline"]: p for p in json.loads(out.stdout)["pipelines"]}
 
-        # n1 says why it stopped the pipeline, and who runs it now
+        # n1 says why it stopped the pipeline (n1 may later get it back, under a new
+        # token, as the two nodes share the pipelines out again)
         shown = wait_for(lambda: (lambda s: s if "lease" in str(s["error"]) else None)(
             n1_status()[frozen[0]]), timeout=10, what="n1's status giving the reason")
-        assert shown["node"] == c.node("n2") and shown["state"] != "running"
+        assert shown["state"] != "running" and shown["node"] is not None
         wait_for(lambda: synced(c, 400), timeout=60, what="n2 syncing the new rows")
         # n1 holds nothing it had (n2 owns both; n1 may get one back under a new token)
         lease = c.leases()[frozen[0]]
