@@ -101,7 +101,7 @@ class Supervisor(pykka.ThreadingActor):
         pipeline = Pipeline(
             config, ruleset, state_dir=self.state_dir, systems=self.systems,
             scheduler=self.scheduler, clock=self.clock, report=self._report,
-            on_event=self.on_event)
+            on_event=self.on_event, state=self.state)
         pipeline.state = "starting"
         self.pipelines[config.id] = pipeline
         self.restart_times[config.id] = deque()

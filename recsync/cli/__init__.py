@@ -91,6 +91,10 @@ def _run(args: argparse.Namespace) -> int:
         return serve_mock(args.kind, args.port, args.data)
     if name == "logs":
         return show_logs(args)
+    if name == "cluster":
+        from recsync.cli.cluster import show_cluster
+
+        return show_cluster(args, sys.stdout)
     if name == "crms setup":
         return crms_setup(args)
     if name == "events":

@@ -294,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"only events of this kind (repeatable): {', '.join(EVENT_KINDS)}",
     )
     p.add_argument("--count", type=positive_int, metavar="N", help="stop after N events")
+    summary = "[cluster]: the nodes and the leases of the pipelines (no daemon needed)"
+    from recsync.cli.cluster import add_cluster_parser
+
+    add_cluster_parser(sub.add_parser("cluster", help=summary, description=summary,
+                                      parents=[_common(True)]))
     summary = "print the JSON Schema of every command and reply (no daemon needed)"
     sub.add_parser("schema", help=summary, description=summary)
     add_logs_parser(add(

@@ -98,6 +98,8 @@ class Daemon:
         from recsync.daemon.metrics import LeaseMetrics
 
         self.leases = LeaseMetrics()  # the lease code reports here (see daemon/metrics.py)
+        # with [cluster] and a --node: the leases decide which pipelines run here
+        self.coordinator: Any = None
 
     @property
     def proxy(self) -> Any:
@@ -123,6 +125,9 @@ class Daemon:
                                            clock=self.clock, policy=self.policy,
                                            on_event=self._on_supervisor_event,
                                            state=self.state, **self._budget_options())
+        if self.coordinator is not None:  # the pipelines whose lease this node gets
+            self.coordinator.start()
+            return
         if not wait:
             for cfg in self.config.pipelines.values():
                 self.proxy.begin_pipeline(cfg, self.config.rules[cfg.rules]).get()
@@ -299,6 +304,8 @@ class Daemon:
     def stop(self, drain_timeout: float = 30.0) -> None:
         """Stop polling, let in-flight batches finish (up to ``drain_timeout``), stop all."""
         self.stopping.set()
+        if self.coordinator is not None:
+            self.coordinator.stop()  # no more leases taken; released once stopped
         if self.supervisor is None:
             return
         try:
@@ -314,7 +321,39 @@ class Daemon:
             pass
         self.supervisor = None
         self.scheduler.stop()
+        if self.coordinator is not None:
+            self.coordinator.leave()
         self.state.close()
+
+    # -- cluster: the pipelines whose lease this node holds ----------------------------------
+    def owner_of(self, pid: str) -> str | None:
+        """The node running the pipeline (``[cluster]``), else None."""
+        return None if self.coordinator is None else self.coordinator.owner(pid)
+
+    def begin_owned(self, cfg: PipelineConfig) -> None:
+        """Start a pipeline whose lease this node just acquired."""
+        self.states.pop(cfg.id, None)
+        self.proxy.begin_pipeline(cfg, self.config.rules[cfg.rules]).get()
+
+    def stop_owned(self, pid: str, reason: str | None) -> None:
+        """Stop a pipeline here (its lease lost, or handed over); ``reason`` shown."""
+        try:
+            self.proxy.stop_pipeline(pid).get()
+        except (ControlError, pykka.ActorDeadError):
+            pass
+        self.states[pid] = {**self.states.get(pid, {}), "state": "stopped", "error": reason}
+        self.write_snapshot()
+
+    def drain_pipeline(self, pid: str, timeout: float) -> None:
+        """Pause a pipeline's polling and wait (up to ``timeout``) for its in-flight
+        batches to end."""
+        self.proxy.set_paused(pid, True).get()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            flights = self.proxy.call_all("queue", "progress").get()
+            if not int((flights.get(pid) or {}).get("in_flight", 0)):
+                return
+            time.sleep(0.05)  # drain wait between asks, not a test wait
 
     # -- configuration -----------------------------------------------------------------------
     def replace_pipelines(self, updated: dict[str, PipelineConfig]) -> None:
@@ -346,12 +385,17 @@ class Daemon:
                 self._migrate_state_files(new)  # with the removed ones' files closed
             for pid in diff.added:
                 cfg = new.pipelines[pid]
+                if self.coordinator is not None:
+                    continue  # started here once this node gets its lease
                 if self.serving:
                     self.proxy.begin_pipeline(cfg, new.rules[cfg.rules]).get()
                 else:
                     self.proxy.start_pipeline(cfg, new.rules[cfg.rules]).get()
             for pid in diff.changed:
                 cfg = new.pipelines[pid]
+                if self.coordinator is not None and self.owner_of(pid) != \
+                        self.coordinator.node:
+                    continue  # runs elsewhere (its owner reloads it)
                 if pid in diff.settings_only:
                     self.proxy.apply_settings(cfg).get()
                 elif pid in diff.rules_live:

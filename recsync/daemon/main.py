@@ -70,6 +70,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--metrics-port", default=os.environ.get("RECSYNC_METRICS_PORT"),
         help="serve Prometheus metrics on PORT (127.0.0.1) or HOST:PORT (default: "
              "$RECSYNC_METRICS_PORT, else [cluster] metrics_port, else none)")
+    parser.add_argument("--node", default=None,
+                        help="with [cluster]: this node's name, unique among the live ones "
+                             "(default: $RECSYNC_NODE, else the host name)")
     return parser.parse_args(argv)
 
 
@@ -204,6 +207,14 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
     from recsync.daemon.service import ControlService
 
     sys.setswitchinterval(SWITCH_INTERVAL)
+    if daemon.config.cluster is not None:
+        from recsync.cluster.node import join, node_name
+
+        try:
+            join(daemon, node_name(args.node))
+        except RecsyncError as exc:
+            print(f"recsyncd: {exc}", file=sys.stderr)
+            return 2
     notifier = Notifier.from_env()
     reload_requested, wake = threading.Event(), threading.Event()
     _install_signals(daemon, wake, reload_requested)

@@ -155,7 +155,7 @@ class ControlService:
                          else pipeline_cursors(self._state_path(cfg))),
                 warnings=list(h.get("warnings", [])),
                 sides=side_statuses(h, self.daemon.clock.time()),
-                settings=live_settings(cfg.settings)))
+                settings=live_settings(cfg.settings), node=self.daemon.owner_of(pid)))
         return out
 
     def failed(self, cmd: p.FailedList) -> list[p.FailedRecord]:

@@ -1,0 +1,55 @@
+"""`recsync cluster`: the nodes and leases of the ``[cluster]`` of a config folder, read
+from its PostgreSQL (no daemon needed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, TextIO
+
+from recsync.cli.commands import UsageError
+from recsync.cluster.node import open_leases
+from recsync.config import load_config
+
+
+def add_cluster_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config-dir", type=Path, default=Path("."),
+                        help="folder with customer_settings.toml (default: the current one)")
+
+
+def show_cluster(args: argparse.Namespace, out: TextIO) -> int:
+    config = load_config(args.config_dir)
+    if config.cluster is None:
+        raise UsageError(f"{args.config_dir / 'customer_settings.toml'} has no [cluster] "
+                         "section: this recsyncd runs alone")
+    leases = open_leases(config.cluster, "recsync-cli")
+    try:
+        nodes, rows = leases.nodes(), leases.leases()
+    finally:
+        leases.close()
+    owned: dict[str, list[str]] = {}
+    for r in rows:
+        if r.live:
+            owned.setdefault(r.node, []).append(r.pipeline)
+    data: dict[str, Any] = {
+        "nodes": [{"node": n.node, "host": n.host, "pid": n.pid, "boot": n.boot,
+                   "heartbeat_at": n.heartbeat_at.isoformat(), "live": n.live,
+                   "pipelines": owned.get(n.node, [])} for n in nodes],
+        "leases": [{"pipeline": r.pipeline, "node": r.node, "token": r.token,
+                    "expires_at": r.expires_at.isoformat(), "live": r.live} for r in rows],
+    }
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2), file=out)
+        return 0
+    print("NODE  HOST  PID  BOOT  LAST HEARTBEAT  PIPELINES", file=out)
+    for n in data["nodes"]:
+        state = "" if n["live"] else " (not live)"
+        print(f"{n['node']}{state}  {n['host']}  {n['pid']}  {n['boot'][:8]}  "
+              f"{n['heartbeat_at']}  {len(n['pipelines'])}: {', '.join(n['pipelines'])}",
+              file=out)
+    print("\nPIPELINE  OWNER  TOKEN  EXPIRES", file=out)
+    for r in data["leases"]:
+        expires = r["expires_at"] if r["live"] else f"{r['expires_at']} (expired)"
+        print(f"{r['pipeline']}  {r['node']}  {r['token']}  {expires}", file=out)
+    return 0

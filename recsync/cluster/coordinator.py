@@ -1,0 +1,198 @@
+"""A node's share of the pipelines: one thread that, every ttl/3, heartbeats, renews the
+leases it holds, stops the pipelines whose lease it lost, and takes or gives leases to reach
+its fair share, ceil(pipelines / live nodes).
+
+- A pipeline runs here only while this node holds its lease; it is begun right after the
+  lease is acquired (a new token) and stopped before the lease is released.
+- Could not renew for ttl/2 (the database unreachable, the process frozen): every pipeline
+  here stops (no more external writes); the leases expire at ttl and others take over.
+- Over its share: the extra pipelines are paused, their in-flight batches drained, then
+  stopped and released at once (no wait for the expiry).
+- A pipeline with a local-file side (SQLite, CSV) is only taken over from a node on the
+  same host (``nodes.host``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from recsync.cluster.leases import LeaseRow, Leases
+from recsync.config import PipelineConfig
+
+log = logging.getLogger(__name__)
+LOCAL_CONNECTORS = frozenset({"sqlite", "csv"})
+DRAIN_TIMEOUT = 30.0
+
+
+def has_local_side(cfg: PipelineConfig) -> bool:
+    """A side is a file on this host (it cannot move to another host)."""
+    return cfg.a.connector in LOCAL_CONNECTORS or cfg.b.connector in LOCAL_CONNECTORS
+
+
+class Coordinator:
+    """Keeps ``daemon``'s running pipelines equal to the leases ``leases`` holds."""
+
+    def __init__(self, leases: Leases, daemon: Any,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.leases, self.daemon, self.monotonic = leases, daemon, monotonic
+        self.ttl = leases.ttl
+        self.renewed_at = monotonic()
+        self.owners: dict[str, str] = {}  # pipeline -> owner node, as last read
+        self.lease_rows: list[LeaseRow] = []
+        self.share = 0  # ceil(pipelines / live nodes), as last computed
+        self.live = 1
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._mutex = threading.Lock()
+
+    @property
+    def node(self) -> str:
+        return self.leases.node
+
+    def start(self) -> None:
+        from recsync.budget import set_live_nodes_source
+
+        set_live_nodes_source(lambda: self.live)
+        self._thread = threading.Thread(target=self._loop, name="leases", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self.tick()
+            except Exception:  # the node never dies of a coordination hiccup
+                log.exception("lease round failed")
+            if self._stop.wait(self._next_round()):
+                return
+
+    def _next_round(self) -> float:
+        """Seconds to the next round: ttl/3, or sooner when a lease this node wants (under
+        its share) expires before that (a dead node's pipelines move at its expiry)."""
+        wait = self.ttl / 3
+        if len(self.leases.tokens) < self.share:
+            for row in self.lease_rows:
+                if row.live and row.node != self.node:
+                    wait = min(wait, max(0.02, row.expires_in + 0.02))
+        return wait
+
+    def stop(self) -> None:
+        """Stop coordinating (the daemon stops its pipelines, then calls ``leave``)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.ttl)
+
+    def leave(self) -> None:
+        try:
+            with self._mutex:
+                self.leases.leave()
+        except Exception as exc:
+            log.warning("leases not released at stop (they expire)",
+                        extra={"error": str(exc)})
+        self.leases.close()
+
+    # -- one round ---------------------------------------------------------------------------
+    def tick(self) -> None:
+        with self._mutex:
+            if self._stop.is_set():
+                return
+            try:
+                self._renew()
+            except Exception as exc:
+                log.warning("leases not renewed", extra={"error": str(exc)})
+                self._check_silence()
+                return
+            self._balance()
+            self._read()
+
+    def _renew(self) -> None:
+        started = self.monotonic()
+        if not self.leases.heartbeat():
+            self.leases.register()
+        for pid in sorted(self.leases.tokens):
+            if not self.leases.renew(pid):
+                self._stop_pipeline(pid, f"node {self.node} lost the lease of pipeline {pid} "
+                                         "(it expired and another node may own it now)")
+        self.renewed_at = started
+
+    def _check_silence(self) -> None:
+        """Not renewed for ttl/2: stop every pipeline here (no more external writes)."""
+        if self.monotonic() - self.renewed_at < self.ttl / 2:
+            return
+        for pid in sorted(self.leases.tokens):
+            self._stop_pipeline(pid, f"node {self.node} could not renew its leases for "
+                                     f"{self.ttl / 2:g} s (state database unreachable?); "
+                                     "pipeline stopped here, another node takes it over")
+            self.leases.tokens.pop(pid, None)
+
+    def _balance(self) -> None:
+        pipelines = self.daemon.config.pipelines
+        live = max(1, len(self.leases.live_nodes()))
+        self.live = live  # what the shared API budget's fallback divides by
+        share = math.ceil(len(pipelines) / live) if pipelines else 0
+        self.share = share
+        mine = [pid for pid in sorted(self.leases.tokens) if pid in pipelines]
+        for pid in sorted(set(self.leases.tokens) - set(pipelines)):  # removed from config
+            self._stop_pipeline(pid, None)
+            self.leases.release(pid)
+        if len(mine) > share:
+            for pid in mine[share:]:
+                self._hand_over(pid)
+            return
+        # start from a node-dependent place, so nodes joining together do not all contend
+        order = sorted(pipelines)
+        if order:
+            at = sum(map(ord, self.node)) % len(order)
+            order = order[at:] + order[:at]
+        for pid in order:
+            if len(self.leases.tokens) >= share:
+                break
+            if pid in self.leases.tokens:
+                continue
+            cfg = pipelines[pid]
+            token = self.leases.acquire(pid, same_host=has_local_side(cfg))
+            if token is not None:
+                log.info("lease acquired", extra={"pipeline": pid, "node": self.node,
+                                                  "token": token})
+                self.daemon.publish("lease_acquired", {"pipeline": pid, "node": self.node,
+                                                       "token": token})
+                self._metrics("set_owner", pid, True)
+                self._metrics("token_changed", pid)
+                self.daemon.begin_owned(cfg)
+
+    def _hand_over(self, pid: str) -> None:
+        """Over the fair share: drain the pipeline's in-flight batches, stop, release."""
+        log.info("over the fair share: handing the pipeline over",
+                 extra={"pipeline": pid, "node": self.node})
+        self.daemon.drain_pipeline(pid, DRAIN_TIMEOUT)
+        self._stop_pipeline(pid, None)
+        self.leases.release(pid)
+        self.daemon.publish("lease_released", {"pipeline": pid, "node": self.node})
+
+    def _metrics(self, name: str, *args: Any) -> None:
+        """Feed the lease metrics (recsync.daemon.metrics) when the daemon has them."""
+        metrics = getattr(self.daemon, "leases", None)
+        if metrics is not None:
+            getattr(metrics, name)(*args)
+
+    def _stop_pipeline(self, pid: str, reason: str | None) -> None:
+        self._metrics("set_owner", pid, False)
+        if reason is not None:
+            log.error("pipeline stopped here", extra={"pipeline": pid, "error": reason})
+            self.daemon.publish("lease_lost", {"pipeline": pid, "node": self.node,
+                                               "error": reason})
+        self.daemon.stop_owned(pid, reason)
+
+    def _read(self) -> None:
+        rows = self.leases.leases()
+        self.lease_rows = rows
+        self.owners = {r.pipeline: r.node for r in rows if r.live}
+
+    def owner(self, pid: str) -> str | None:
+        if pid in self.leases.tokens:
+            return self.node
+        return self.owners.get(pid)

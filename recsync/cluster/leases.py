@@ -1,0 +1,214 @@
+"""Nodes and leases in the cluster's PostgreSQL schema, timed by the database's clock.
+
+``nodes(node, host, pid, boot, heartbeat_at)``: one row per recsyncd (``--node``); a node
+is live while its heartbeat is younger than the lease ttl. ``leases(pipeline, node, token,
+expires_at)``: who may write a pipeline's state. Acquiring or taking over a lease (one that
+is free or expired) increments its token; renewing keeps it. ``fence`` runs first in every
+state write transaction and refuses it unless this node still holds the pipeline's lease,
+unexpired, with the token it acquired (``FOR SHARE``: a takeover waits for the
+transaction to end), so a node that lost its lease (frozen, cut off) writes nothing more.
+
+Every time is the database's ``now()`` (``now_sql``: tests give an expression of their own
+to move time on), never a node's clock.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from recsync.errors import RecsyncError, StateError
+
+TABLES = """
+CREATE TABLE IF NOT EXISTS {s}.nodes (
+    node TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, boot TEXT NOT NULL,
+    heartbeat_at TIMESTAMPTZ NOT NULL);
+CREATE TABLE IF NOT EXISTS {s}.leases (
+    pipeline TEXT PRIMARY KEY, node TEXT NOT NULL, token BIGINT NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL, acquired_at TIMESTAMPTZ NOT NULL);
+"""
+_LOCK_ID = 0x72656374  # pg_advisory_xact_lock while the tables are created
+
+
+class LeaseLost(StateError):
+    """A state write of a pipeline whose lease this node no longer holds (refused)."""
+
+
+class NodeNameTaken(RecsyncError):
+    """Another live recsyncd already runs under this node name."""
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    node: str
+    host: str
+    pid: int
+    boot: str
+    heartbeat_at: datetime
+    live: bool
+
+
+@dataclass(frozen=True)
+class LeaseRow:
+    pipeline: str
+    node: str
+    token: int
+    expires_at: datetime
+    live: bool  # not expired
+    acquired_at: datetime
+    expires_in: float  # seconds from the database's now
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def create_tables(conn: psycopg.Connection[Any], schema: str) -> None:
+    """The nodes and leases tables (idempotent, safe to race)."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_ident(schema)}")
+        for statement in TABLES.format(s=_ident(schema)).split(";"):
+            if statement.strip():
+                conn.execute(statement)
+
+
+class Leases:
+    """One node's view of the nodes and leases (its own connection, thread-safe)."""
+
+    def __init__(self, dsn: str, node: str, ttl: float, *, schema: str = "recsync",
+                 host: str = "", pid: int = 0, boot: str = "",
+                 now_sql: str = "now()") -> None:
+        self.node, self.ttl, self.host, self.pid, self.boot = node, ttl, host, pid, boot
+        self.schema = schema
+        self.now = now_sql
+        self._lock = threading.Lock()
+        self.conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+        try:
+            create_tables(self.conn, schema)
+            self.conn.execute(f"SET search_path = {_ident(schema)}")
+        except BaseException:
+            self.conn.close()
+            raise
+        self.tokens: dict[str, int] = {}  # the leases this node holds: pipeline -> token
+
+    def _x(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            cur = self.conn.execute(sql.replace("{now}", self.now), params)
+            return cur.fetchall() if cur.description else []
+
+    # -- nodes -------------------------------------------------------------------------------
+    def register(self) -> None:
+        """Join as ``node``, unless a live node (another boot) has the name.
+
+        Raises:
+            NodeNameTaken: a live node with this name exists.
+        """
+        rows = self._x(
+            "INSERT INTO nodes AS n (node, host, pid, boot, heartbeat_at) "
+            "VALUES (%s, %s, %s, %s, {now}) ON CONFLICT (node) DO UPDATE SET "
+            "host = excluded.host, pid = excluded.pid, boot = excluded.boot, "
+            "heartbeat_at = excluded.heartbeat_at "
+            "WHERE n.boot = excluded.boot OR n.heartbeat_at < {now} - make_interval(secs => %s) "
+            "RETURNING node", (self.node, self.host, self.pid, self.boot, self.ttl))
+        if not rows:
+            other = self._x("SELECT host, pid FROM nodes WHERE node = %s", (self.node,))
+            where = f" (host {other[0][0]}, pid {other[0][1]})" if other else ""
+            raise NodeNameTaken(
+                f"node name {self.node!r} is in use by a live recsyncd{where}; give this one "
+                "another name (--node NAME or $RECSYNC_NODE), or stop the other first")
+
+    def heartbeat(self) -> bool:
+        """Refresh this node's heartbeat; False: another boot took the name."""
+        return bool(self._x("UPDATE nodes SET heartbeat_at = {now} WHERE node = %s AND "
+                            "boot = %s RETURNING node", (self.node, self.boot)))
+
+    def leave(self) -> None:
+        """Release every lease and drop this node's row (a clean stop)."""
+        for pipeline in list(self.tokens):
+            self.release(pipeline)
+        self._x("DELETE FROM nodes WHERE node = %s AND boot = %s", (self.node, self.boot))
+
+    def nodes(self) -> list[NodeRow]:
+        rows = self._x("SELECT node, host, pid, boot, heartbeat_at, heartbeat_at >= {now} - "
+                       "make_interval(secs => %s) FROM nodes ORDER BY node", (self.ttl,))
+        return [NodeRow(*r) for r in rows]
+
+    def live_nodes(self) -> list[NodeRow]:
+        return [n for n in self.nodes() if n.live]
+
+    # -- leases ------------------------------------------------------------------------------
+    def acquire(self, pipeline: str, same_host: bool = False) -> int | None:
+        """Take the pipeline's lease if it is free or expired: its new token, or None.
+        ``same_host``: only from a node on this host (a pipeline with a local file)."""
+        # a lease whose node row is gone may be taken over from any host
+        host_ok = (" AND coalesce((SELECT host FROM nodes WHERE nodes.node = l.node), "
+                   "%(host)s) = %(host)s") if same_host else ""
+        rows = self._x(
+            "INSERT INTO leases AS l (pipeline, node, token, expires_at, acquired_at) VALUES "
+            "(%(p)s, %(n)s, 1, {now} + make_interval(secs => %(ttl)s), {now}) "
+            "ON CONFLICT (pipeline) DO UPDATE SET node = excluded.node, token = l.token + 1, "
+            "expires_at = excluded.expires_at, acquired_at = excluded.acquired_at "
+            "WHERE l.expires_at <= {now}" + host_ok +
+            " RETURNING token", {"p": pipeline, "n": self.node, "ttl": self.ttl,
+                                 "host": self.host})
+        if not rows:
+            return None
+        token = int(rows[0][0])
+        self.tokens[pipeline] = token
+        return token
+
+    def renew(self, pipeline: str) -> bool:
+        """Extend the lease this node holds; False (and forgotten): it was lost."""
+        token = self.tokens.get(pipeline)
+        if token is None:
+            return False
+        rows = self._x("UPDATE leases SET expires_at = {now} + make_interval(secs => %s) "
+                       "WHERE pipeline = %s AND node = %s AND token = %s AND expires_at > {now} "
+                       "RETURNING token", (self.ttl, pipeline, self.node, token))
+        if not rows:
+            self.tokens.pop(pipeline, None)
+            return False
+        return True
+
+    def release(self, pipeline: str) -> None:
+        """Give the lease up (after the pipeline stopped): free for the others at once."""
+        token = self.tokens.pop(pipeline, None)
+        if token is not None:
+            self._x("UPDATE leases SET expires_at = {now} WHERE pipeline = %s AND "
+                    "node = %s AND token = %s", (pipeline, self.node, token))
+
+    def leases(self) -> list[LeaseRow]:
+        rows = self._x("SELECT pipeline, node, token, expires_at, expires_at > {now}, "
+                       "acquired_at, extract(epoch FROM expires_at - {now})::float8 "
+                       "FROM leases ORDER BY pipeline")
+        return [LeaseRow(*r) for r in rows]
+
+    # -- the fence of state writes -----------------------------------------------------------
+    def fence(self, backend: Any) -> None:
+        """First in a state write transaction on ``backend.conn`` (same schema): refuse it
+        unless this node holds ``backend.pipeline``'s lease with its token, unexpired.
+
+        Raises:
+            LeaseLost: the write is refused.
+        """
+        pipeline = backend.pipeline
+        token = self.tokens.get(pipeline)
+        if token is not None:
+            row = backend.conn.execute(
+                ("SELECT 1 FROM leases WHERE pipeline = %s AND node = %s AND token = %s "
+                 "AND expires_at > {now} FOR SHARE").replace("{now}", self.now),
+                (pipeline, self.node, token)).fetchone()
+            if row is not None:
+                return
+        held = f"token {token}" if token is not None else "no lease"
+        raise LeaseLost(f"pipeline {pipeline}: node {self.node} ({held}) no longer holds its "
+                        "lease; the state write is refused (another node owns the pipeline "
+                        "now)")
+
+    def close(self) -> None:
+        self.conn.close()
