@@ -142,7 +142,7 @@ def test_most_in_any_window() -> None:
 
 def test_status_shows_the_fallback_while_redis_is_unreachable(
         tmp_path: Path, mock: CountingSalesforce) -> None:
-    """[cluster] redis unreachable: the node keeps budget / nodes_hint and status says so."""
+    """[cluster] redis unreachable: the node keeps budget / live nodes and status says so."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
@@ -174,7 +174,9 @@ def test_status_shows_the_fallback_while_redis_is_unreachable(
 
     try:
         note = wait_for(fallback_shown, timeout=60, what="the budget fallback in status")
-        assert f"{MAX // NODES} of {MAX} per {WINDOW:g}s" in note
+        # the budget divided by the live nodes the cluster counts: this one alone
+        # (nodes_hint is only for a node that cannot count them)
+        assert f"{MAX} of {MAX} per {WINDOW:g}s" in note
         text = cli("status")
         assert "budget: Redis unreachable" in text and "hunter2" not in text
         wait_for(lambda: len(mock.list_records()) == 4, timeout=60,
