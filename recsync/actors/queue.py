@@ -311,7 +311,7 @@ class QueueActor(PipelineActor):
             return
         assert self.figures is not None
         # rows the store changed, and what lives only in memory: nothing new, no queries
-        key = (self.store.backend.changes(), tuple(map(_size, self.in_flight.values())),
+        key = (self.store.changes, tuple(map(_size, self.in_flight.values())),
                tuple(self.held.items()), len(self.waiting), self.last_activity)
         if key == self._published:
             return

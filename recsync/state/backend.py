@@ -267,7 +267,6 @@ class SqlBackend:
     _readonly = False
 
     def __init__(self) -> None:
-        self._commits = 0
         self._sql: dict[str, str] = {}
         self._rows_sql: dict[tuple[str, str, int], str] = {}
         self._in_sql: dict[tuple[str, int], str] = {}
@@ -314,8 +313,9 @@ class SqlBackend:
         raise NotImplementedError
 
     def changes(self) -> int:
-        """A number that grows whenever this connection changed the state (figures)."""
-        return self._commits
+        """A number that grows whenever this connection changed the state (what the
+        queue's published figures key on)."""
+        raise NotImplementedError
 
     def rows(self, head: str, rows: Sequence[Sequence[Any]], tail: str = "") -> None:
         """``head VALUES (...), (...) tail`` over ``rows``, many rows per statement."""
@@ -671,11 +671,6 @@ class SqliteBackend(SqlBackend):
         self._readonly = readonly
         self.db: sqlite3.Connection = connect(path, readonly=readonly)
 
-    @property
-    def total_changes(self) -> int:
-        """Rows changed through this connection (see ``Store.changes``)."""
-        return self.db.total_changes
-
     def _run(self, sql: str, params: Sequence[Any]) -> Any:
         return self.db.execute(sql, params)
 
@@ -691,7 +686,6 @@ class SqliteBackend(SqlBackend):
                 self.fence(self)
             yield
             self.db.execute("COMMIT")
-            self._commits += 1
         except BaseException:
             rollback(self.db)
             raise

@@ -150,7 +150,7 @@ class PostgresBackend(SqlBackend):
         self.conn = connect(dsn, schema, pipeline) if conn is None else conn
         self._lock = lock
         self._blobs: dict[str, list[int]] = {}  # bytea columns of a rows() statement
-        self.total_changes = 0  # statements that write (see ``Store.changes``)
+        self._writes = 0  # statements that may have changed rows (see ``changes``)
 
     # many rows: one JSON array parameter (a statement planned once, parsed in C) ---------
     def rows(self, head: str, rows: Sequence[Sequence[Any]], tail: str = "") -> None:
@@ -191,7 +191,7 @@ class PostgresBackend(SqlBackend):
 
     def _run(self, sql: str, params: Sequence[Any]) -> Any:
         if sql.lstrip()[:6].upper() != "SELECT":
-            self.total_changes += 1
+            self._writes += 1
         if self._lock is None:
             return self.conn.execute(sql, list(params))
         with self._lock:  # a shared reader: fetch before the next one runs
@@ -200,7 +200,7 @@ class PostgresBackend(SqlBackend):
 
     def xm(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
-            self.total_changes += 1
+            self._writes += 1
             with self.conn.cursor() as cur:
                 cur.executemany(self._text(sql), rows)
 
@@ -210,7 +210,9 @@ class PostgresBackend(SqlBackend):
             if self.fence is not None:
                 self.fence(self)
             yield
-        self._commits += 1
+
+    def changes(self) -> int:
+        return self._writes
 
     def close(self) -> None:
         if self._own:
