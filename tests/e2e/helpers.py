@@ -156,3 +156,22 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "c
             return value
         time.sleep(0.02)  # polling interval of a deadline wait, not a wait for an actor
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def kill_when(proc: subprocess.Popen[bytes], progress: Callable[[], int], at: int,
+               timeout: float = 120.0) -> bool:
+    """SIGKILL ``proc`` as soon as ``progress()`` reaches ``at``; False if it exited first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if progress() >= at:
+            proc.kill()
+            proc.wait()
+            return True
+        try:
+            proc.wait(timeout=0.002)  # the polling interval, and notice of an early exit
+            return False
+        except subprocess.TimeoutExpired:
+            pass
+    proc.kill()
+    proc.wait()
+    raise AssertionError(f"recsyncd made no progress in {timeout}s")

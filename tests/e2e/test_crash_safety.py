@@ -10,11 +10,10 @@ from __future__ import annotations
 import random
 import sqlite3
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from tests.e2e.helpers import (
+    kill_when,
     make_users,
     read_csv,
     recsyncd_cmd,
@@ -63,7 +62,7 @@ def test_sigkill_during_sync_loses_and_duplicates_nothing(tmp_path: Path) -> Non
     # First a kill during start-up: as soon as the state store exists.
     proc = subprocess.Popen(recsyncd_cmd(tmp_path, state, "--once"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _kill_when(proc, lambda: len(list(state.glob("*"))) if state.exists() else 0, 1)
+    kill_when(proc, lambda: len(list(state.glob("*"))) if state.exists() else 0, 1)
     for remaining in range(KILLS, 0, -1):
         done = _count(target)
         # A random point in the next slice of what is left, so the kills spread over the
@@ -72,7 +71,7 @@ def test_sigkill_during_sync_loses_and_duplicates_nothing(tmp_path: Path) -> Non
         kill_at = done + rng.randint(1, step)
         proc = subprocess.Popen(recsyncd_cmd(tmp_path, state, "--once"),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if _kill_when(proc, lambda: _count(target), kill_at):
+        if kill_when(proc, lambda: _count(target), kill_at):
             kills.append(_count(target))
     # The first kill comes after at most 1/11 of the records: no machine syncs the rest
     # between two looks at the target.
@@ -105,7 +104,7 @@ def test_sigkill_during_file_sync_keeps_the_csv_whole(tmp_path: Path) -> None:
         kill_at = done + rng.randint(1, max(1, (5000 - done) // (remaining + 1)))
         proc = subprocess.Popen(recsyncd_cmd(tmp_path, tmp_path / "state", "--once"),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        killed += _kill_when(proc, lambda: _csv_rows(out_csv), kill_at)
+        killed += kill_when(proc, lambda: _csv_rows(out_csv), kill_at)
         if out_csv.exists():  # never half a file: every row parses whole
             assert all(r["status"] == "active" for r in read_csv(out_csv))
     assert killed, "recsyncd finished before the first kill point"
@@ -114,25 +113,6 @@ def test_sigkill_during_file_sync_keeps_the_csv_whole(tmp_path: Path) -> None:
     out = read_csv(tmp_path / "out.csv")
     assert len(out) == 5000
     assert sorted(int(r["record_id"]) for r in out) == list(range(1, 5001))
-
-
-def _kill_when(proc: subprocess.Popen[bytes], progress: Callable[[], int], at: int,
-               timeout: float = 120.0) -> bool:
-    """SIGKILL ``proc`` as soon as ``progress()`` reaches ``at``; False if it exited first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if progress() >= at:
-            proc.kill()
-            proc.wait()
-            return True
-        try:
-            proc.wait(timeout=0.002)  # the polling interval, and notice of an early exit
-            return False
-        except subprocess.TimeoutExpired:
-            pass
-    proc.kill()
-    proc.wait()
-    raise AssertionError(f"recsyncd made no progress in {timeout}s")
 
 
 def _count(path: Path) -> int:

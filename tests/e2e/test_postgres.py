@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import random
 import subprocess
-import time
 from pathlib import Path
 
 from tests.e2e.helpers import (
+    kill_when,
     make_users,
     recsyncd_cmd,
     run_once,
@@ -98,23 +98,16 @@ def test_kill_9_during_a_sync_into_postgres_loses_and_duplicates_nothing(
                  settings="batch_size = 200\npage_size = 400\n")
     rng = random.Random(13)
     kills = 0
+
+    def written() -> int:
+        return int(pg.run(f"SELECT count(*) FROM {pg.table()}")[0][0])
+
     for remaining in range(4, 0, -1):
-        done = pg.run(f"SELECT count(*) FROM {pg.table()}")[0][0]
+        done = written()
         kill_at = done + rng.randint(1, max(1, (total - done) // (remaining + 1)))
         proc = subprocess.Popen(recsyncd_cmd(tmp_path, tmp_path / "state", "--once"),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if pg.run(f"SELECT count(*) FROM {pg.table()}")[0][0] >= kill_at:
-                proc.kill()
-                kills += 1
-                break
-            try:
-                proc.wait(timeout=0.005)  # the polling interval, and notice of an exit
-                break
-            except subprocess.TimeoutExpired:
-                pass
-        proc.wait()
+        kills += kill_when(proc, written, kill_at)
     assert kills, "recsyncd finished before the first kill point"
     ok(run_once(tmp_path))
     on_pg = pg_rows(pg)
