@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from recsync.clock import Clock
+from recsync.clock import Clock, FakeClock
 from recsync.state.backend import SqlBackend
 from recsync.state.store import Store
 from tests.pgfixture import PG_DSN, require_pg
@@ -64,3 +64,16 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenS
         if request.param == "postgresql":
             with psycopg.connect(PG_DSN, autocommit=True) as conn:
                 conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(time=1000.0)
+
+
+@pytest.fixture
+def store(open_store: OpenStore, clock: FakeClock) -> Iterator[Store]:
+    """The test's store, on each backend in turn."""
+    s = open_store(clock)
+    yield s
+    s.close()

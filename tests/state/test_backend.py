@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from recsync.clock import FakeClock
@@ -22,18 +20,6 @@ RULES = RuleSet(name="t", a_to_b=["create", "update", "delete"], b_to_a=["create
 def change(key: str, name: str) -> Prepared:
     content = {"id": key, "name": name}
     return Prepared(key, "upsert", content, content_hash(content), True, 1.0)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(time=1000.0)
-
-
-@pytest.fixture
-def store(open_store: OpenStore, clock: FakeClock) -> Iterator[Store]:
-    s = open_store(clock)
-    yield s
-    s.close()
 
 
 def test_the_control_plane_reads_counts_cursors_and_failures(

@@ -3,10 +3,7 @@ winner), kept within history_per_record and history_days."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from recsync.clock import FakeClock
 from recsync.daemon.records import record_status
@@ -22,18 +19,6 @@ RULES = RuleSet(
     b_to_a=["create", "update", "delete"],
     mappings={"id": "id", "name": "name"},
 )
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(time=1000.0)
-
-
-@pytest.fixture
-def store(open_store: OpenStore, clock: FakeClock) -> Iterator[Store]:
-    s = open_store(clock)
-    yield s
-    s.close()
 
 
 def history(store: Store, key: str) -> list[tuple[str, str | None, str | None]]:

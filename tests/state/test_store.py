@@ -30,18 +30,6 @@ def change(key: str, name: str | None, modified: float = 1.0, passes: bool = Tru
     return Prepared(key, "upsert", content, content_hash(content), passes, modified)
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(time=1000.0)
-
-
-@pytest.fixture
-def store(open_store: OpenStore, clock: FakeClock) -> Store:
-    s = open_store(clock)
-    yield s
-    s.close()
-
-
 def sync_all(store: Store, direction: str, clock: FakeClock) -> list[str]:
     items = store.lease(direction, 100, frozenset())  # type: ignore[arg-type]
     outcomes = [ItemOutcome(i.key, i.gen, "synced", hash=i.hash, src_hash=i.src_hash)

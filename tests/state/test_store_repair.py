@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from recsync.clock import FakeClock
 from recsync.messages import ItemOutcome, Prepared
 from recsync.rules import RuleSet, content_hash
 from recsync.state.store import MassDeleteBlocked, RepairItem, RetryPolicy, Store
-from tests.state.conftest import OpenStore
 
 RULES = RuleSet(name="t", a_to_b=["create", "update", "delete"], b_to_a=["create", "update"],
                 mappings={"id": "id", "name": "name"})
@@ -18,18 +15,6 @@ RULES = RuleSet(name="t", a_to_b=["create", "update", "delete"], b_to_a=["create
 
 def content(key: str, name: str) -> dict[str, str]:
     return {"id": key, "name": name}
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(time=1000.0)
-
-
-@pytest.fixture
-def store(open_store: OpenStore, clock: FakeClock) -> Iterator[Store]:
-    s = open_store(clock)
-    yield s
-    s.close()
 
 
 def synced(store: Store, clock: FakeClock, n: int) -> str:

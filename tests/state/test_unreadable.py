@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from recsync.clock import FakeClock
 from recsync.messages import Unreadable
 from recsync.rules import RuleSet
 from recsync.state.store import Store
-from tests.state.conftest import OpenStore
 from tests.state.test_store import change, sync_all
 
 RULES = RuleSet(
@@ -19,18 +14,6 @@ RULES = RuleSet(
     b_to_a=["create", "update", "delete"],
     mappings={"id": "id", "name": "name"},
 )
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(time=1000.0)
-
-
-@pytest.fixture
-def store(open_store: OpenStore, clock: FakeClock) -> Iterator[Store]:
-    s = open_store(clock)
-    yield s
-    s.close()
 
 
 def failed(store: Store) -> list[tuple[str, str, str]]:
