@@ -84,13 +84,7 @@ class Supervisor(pykka.ThreadingActor):
 
     def start_pipeline(self, config: PipelineConfig, ruleset: RuleSet) -> str:
         """Start a pipeline; returns its state (running, or error with the reason logged)."""
-        pipeline = Pipeline(
-            config, ruleset, state_dir=self.state_dir, systems=self.systems,
-            scheduler=self.scheduler, clock=self.clock, report=self._report,
-            on_event=self.on_event, state=self.state)
-        self.pipelines[config.id] = pipeline
-        self.restart_times[config.id] = deque()
-        self.backoffs[config.id] = 0
+        pipeline = self._register(config, ruleset)
         self._try_start(pipeline)
         return pipeline.state
 
@@ -98,17 +92,21 @@ class Supervisor(pykka.ThreadingActor):
         """Register a pipeline as ``starting`` and start it on the start pool: returns at
         once. Starts run ``START_CONCURRENCY`` at a time, so a thousand pipelines start in
         parallel, and one that is slow to start holds back no other."""
+        pipeline = self._register(config, ruleset)
+        pipeline.state = "starting"
+        self.concurrent_starts = True
+        self._event("pipeline_state", pipeline)
+        self._try_start(pipeline)
+
+    def _register(self, config: PipelineConfig, ruleset: RuleSet) -> Pipeline:
         pipeline = Pipeline(
             config, ruleset, state_dir=self.state_dir, systems=self.systems,
             scheduler=self.scheduler, clock=self.clock, report=self._report,
             on_event=self.on_event, state=self.state)
-        pipeline.state = "starting"
         self.pipelines[config.id] = pipeline
         self.restart_times[config.id] = deque()
         self.backoffs[config.id] = 0
-        self.concurrent_starts = True
-        self._event("pipeline_state", pipeline)
-        self._try_start(pipeline)
+        return pipeline
 
     def _start_later(self, pipeline: Pipeline) -> None:
         ref = self.actor_ref

@@ -23,7 +23,7 @@ from recsync.daemon.logs import redact_text
 from recsync.daemon.records import pipeline_counts
 from recsync.daemon.reload import diff_configs
 from recsync.daemon.sides import side_statuses
-from recsync.errors import ConfigError, ControlError
+from recsync.errors import ConfigError, ControlError, RecsyncError
 from recsync.state.access import StateAccess
 from recsync.state.paths import migrate_state_files
 
@@ -350,8 +350,11 @@ class Daemon:
         self.proxy.set_paused(pid, True).get()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            flights = self.proxy.call_all("queue", "progress").get()
-            if not int((flights.get(pid) or {}).get("in_flight", 0)):
+            try:
+                progress = self.proxy.ask_actor(pid, "queue", "progress").get()
+            except (KeyError, RecsyncError, pykka.ActorDeadError, pykka.Timeout):
+                return  # not running (any more): nothing in flight
+            if not int(progress.get("in_flight", 0)):
                 return
             time.sleep(0.05)  # drain wait between asks, not a test wait
 
