@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 
 from recsync.errors import RecsyncError, StateError
+from recsync.sqlident import quote_ident as _ident
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS {s}.nodes (
@@ -61,10 +62,6 @@ class LeaseRow:
     live: bool  # not expired
     acquired_at: datetime
     expires_in: float  # seconds from the database's now
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def create_tables(conn: psycopg.Connection[Any], schema: str) -> None:

@@ -25,9 +25,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+from recsync.sqlident import quote_ident
 
 
 def quote_literal(text: str) -> str:

@@ -83,6 +83,7 @@ from recsync.messages import (
     key_text,
 )
 from recsync.sqlbulk import execute_rows, values_marks
+from recsync.sqlident import quote_ident as _q
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +121,6 @@ def _without_ranges(rows: list[Any], ranges: list[tuple[int, int]]) -> list[Any]
             continue
         out.append(row)
     return out
-
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _affinity(decl: str) -> str:

@@ -20,6 +20,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from recsync.dsn import mask_dsn
+from recsync.sqlident import quote_ident as _ident
 from recsync.state.backend import Done, SqlBackend
 
 SCHEMA = "recsync"
@@ -93,10 +94,6 @@ CREATE TABLE IF NOT EXISTS {s}.rekeys (
     direction TEXT NOT NULL, key TEXT NOT NULL, old_key TEXT NOT NULL,
     PRIMARY KEY (pipeline, direction, key));
 """
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _literal(text: str) -> str:
