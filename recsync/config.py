@@ -147,6 +147,12 @@ class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     metrics_port: Annotated[int, Meta(ge=0, le=65535, description=(
         "port of each node's Prometheus metrics (0: none; recsyncd --metrics-port "
         "overrides it, e.g. for several nodes on one host)"))] = 0
+    control_bind: Annotated[str, Meta(description=(
+        "tcp:// endpoint where each node also serves its control socket, so that nodes on "
+        "other hosts can forward a pipeline's commands to its owner (e.g. "
+        "tcp://0.0.0.0:7731; needs recsyncd --curve-dir: CURVE, as any tcp:// socket; "
+        "each node's server.key goes in the others' authorized_clients). Without it, "
+        "commands reach owners on the same host only"))] = ""
 
     def state_url(self) -> str:
         """The state URL (``state``, else ``$state_env``).

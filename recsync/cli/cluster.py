@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from recsync.cli.commands import UsageError
+from recsync.cluster.confighash import cluster_hash
 from recsync.cluster.node import open_leases
 from recsync.config import load_config
 
@@ -32,10 +33,20 @@ def show_cluster(args: argparse.Namespace, out: TextIO) -> int:
     for r in rows:
         if r.live:
             owned.setdefault(r.node, []).append(r.pipeline)
+    cluster = cluster_hash(nodes)
+
+    def config_state(hash_: str) -> str:  # the node's config against the cluster's
+        if not hash_ or cluster is None:
+            return "unknown"
+        return "matches" if hash_ == cluster else "differs: owns nothing"
+
     data: dict[str, Any] = {
+        "config_hash": cluster,
         "nodes": [{"node": n.node, "host": n.host, "pid": n.pid, "boot": n.boot,
                    "heartbeat_at": n.heartbeat_at.isoformat(), "live": n.live,
-                   "pipelines": owned.get(n.node, [])} for n in nodes],
+                   "pipelines": owned.get(n.node, []), "config": config_state(n.config_hash),
+                   "config_hash": n.config_hash, "endpoints": n.endpoints.split()}
+                  for n in nodes],
         "leases": [{"pipeline": r.pipeline, "node": r.node, "token": r.token,
                     "expires_at": r.expires_at.isoformat(), "live": r.live} for r in rows],
     }
@@ -48,6 +59,14 @@ def show_cluster(args: argparse.Namespace, out: TextIO) -> int:
         print(f"{n['node']}{state}  {n['host']}  {n['pid']}  {n['boot'][:8]}  "
               f"{n['heartbeat_at']}  {len(n['pipelines'])}: {', '.join(n['pipelines'])}",
               file=out)
+    differ = [n for n in data["nodes"] if n["live"] and n["config"].startswith("differs")]
+    if cluster is not None:
+        print(f"\nCONFIG  the cluster's hash: {cluster[:12]} (held by most live nodes; a tie "
+              "goes to the earliest started)", file=out)
+    for n in differ:
+        print(f"{n['node']}: config hash {n['config_hash'][:12]} differs from the "
+              "cluster's: it owns no pipeline until its customer_settings.toml + "
+              "rules.toml match", file=out)
     print("\nPIPELINE  OWNER  TOKEN  EXPIRES", file=out)
     for r in data["leases"]:
         expires = r["expires_at"] if r["live"] else f"{r['expires_at']} (expired)"

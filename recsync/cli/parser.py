@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from recsync.client import ENDPOINT_ENV, EVENT_ENDPOINT_ENV
-from recsync.daemon.protocol import EVENT_KINDS
+from recsync.daemon.protocol import CLUSTER_EVENT_KINDS, EVENT_KINDS
 
 EPILOG = """\
 exit codes: 0 ok, 1 recsyncd answered with an error, 2 usage error, 3 recsyncd unreachable,
@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         "One line per event (--json: one JSON object per line).",
     )
     p.add_argument(
-        "--kind", action="append", metavar="KIND", choices=EVENT_KINDS,
+        "--kind", action="append", metavar="KIND", choices=EVENT_KINDS + CLUSTER_EVENT_KINDS,
         help=f"only events of this kind (repeatable): {', '.join(EVENT_KINDS)}",
     )
     p.add_argument("--count", type=positive_int, metavar="N", help="stop after N events")

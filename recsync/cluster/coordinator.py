@@ -21,7 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from recsync.cluster.leases import LeaseRow, Leases
+from recsync.cluster.confighash import cluster_hash, config_hash, mismatch_note
+from recsync.cluster.leases import LeaseRow, Leases, NodeRow
 from recsync.config import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,9 @@ class Coordinator:
         self.lease_rows: list[LeaseRow] = []
         self.share = 0  # ceil(pipelines / live nodes), as last computed
         self.live = 1
+        self.node_rows: list[NodeRow] = []  # as last read
+        self.cluster_hash: str | None = None  # the cluster's config hash, as last computed
+        self.mismatch: str | None = None  # why this node owns nothing (its config differs)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()
@@ -129,9 +133,52 @@ class Coordinator:
                                      "pipeline stopped here, another node takes it over")
             self.leases.tokens.pop(pid, None)
 
+    def config_loaded(self, config_dir: Any) -> None:
+        """The daemon loaded (or reloaded) its config: register the files' hash."""
+        with self._mutex:
+            self.leases.advertise(config_hash=config_hash(config_dir))
+
+    def notes(self) -> list[str]:
+        """A sentence per live node whose config differs from the cluster's."""
+        cluster = self.cluster_hash
+        if cluster is None:
+            return []
+        return [mismatch_note(n.node, n.config_hash, cluster) for n in self.node_rows
+                if n.live and n.config_hash and n.config_hash != cluster]
+
+    def _check_config(self, nodes: list[NodeRow]) -> bool:
+        """True: this node's config is the cluster's (else it gives up every pipeline)."""
+        cluster = cluster_hash(nodes)
+        self.cluster_hash = cluster
+        mine = self.leases.config_hash
+        if cluster is None or not mine or mine == cluster:
+            if self.mismatch is not None:
+                log.info("config matches the cluster's again: taking a share",
+                         extra={"node": self.node, "config_hash": mine[:12]})
+                self.daemon.publish("config_matches", {"node": self.node})
+                self.mismatch = None
+            return True
+        note = mismatch_note(self.node, mine, cluster)
+        if note != self.mismatch:
+            log.error("config differs from the cluster's: owning no pipeline",
+                      extra={"node": self.node, "error": note})
+            self.daemon.publish("config_mismatch", {"node": self.node, "error": note})
+            self.mismatch = note
+        for pid in sorted(self.leases.tokens):
+            self._hand_over(pid)
+        return False
+
     def _balance(self) -> None:
         pipelines = self.daemon.config.pipelines
-        live = max(1, len(self.leases.live_nodes()))
+        nodes = self.leases.nodes()
+        self.node_rows = nodes
+        if not self._check_config(nodes):
+            self.share = 0
+            return
+        cluster = self.cluster_hash
+        # nodes whose config differs own nothing: the share is among the others
+        live = max(1, len([n for n in nodes if n.live and (
+            not n.config_hash or cluster is None or n.config_hash == cluster)]))
         self.live = live  # what the shared API budget's fallback divides by
         share = math.ceil(len(pipelines) / live) if pipelines else 0
         self.share = share

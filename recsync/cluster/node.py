@@ -7,6 +7,7 @@ import socket
 import uuid
 from typing import Any
 
+from recsync.cluster.confighash import config_hash
 from recsync.cluster.coordinator import Coordinator
 from recsync.cluster.leases import Leases
 from recsync.config import ClusterConfig
@@ -45,6 +46,7 @@ def join(daemon: Any, node: str) -> Coordinator:
     """
     assert daemon.config.cluster is not None
     leases = open_leases(daemon.config.cluster, node, daemon.state.schema or SCHEMA)
+    leases.config_hash = config_hash(daemon.config_dir)
     try:
         leases.register()
     except BaseException:

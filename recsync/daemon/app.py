@@ -408,6 +408,8 @@ class Daemon:
                     self.proxy.replace_pipeline(cfg, new.rules[cfg.rules]).get()
             self.config = new
             self.config_error = None
+            if self.coordinator is not None:  # [cluster]: its config hash, registered
+                self.coordinator.config_loaded(self.config_dir)
             self.write_snapshot()
             result = p.ReloadResult(sorted(diff.added), sorted(diff.changed),
                                     sorted(diff.removed), sorted(diff.rules_changed))

@@ -9,6 +9,7 @@ thread take the same path and leave on the PUB socket as ``[kind, Event]`` frame
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import threading
@@ -31,6 +32,9 @@ Handler = Callable[[protocol.Command], Any]
 Inline = Callable[[protocol.Command], bool]
 
 _REPLY, _EVENT, _STOP = b"r", b"e", b"s"
+# the route of the request being handled (a command another node forwarded), or None
+current_route: contextvars.ContextVar[protocol.Route | None] = contextvars.ContextVar(
+    "current_route", default=None)
 _TAGS = frozenset(str(c.__struct_config__.tag) for c in protocol.COMMANDS)
 _CODES = frozenset(get_args(protocol.FaultCode))
 
@@ -149,6 +153,8 @@ class ControlServer:
         self._thread: threading.Thread | None = None
         self._files: list[Path] = []
         self.bound: list[str] = []  # the endpoints as bound (tcp://...:* resolved to a port)
+        # [cluster]: (node, boot) stamped on every event published here
+        self.origin: tuple[str | None, str | None] = (None, None)
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -277,7 +283,8 @@ class ControlServer:
         """
         with self._lock:
             seq = self._seq + 1
-            payload = protocol.encoder.encode(protocol.Event(seq, time.time(), kind, data))
+            payload = protocol.encoder.encode(
+                protocol.Event(seq, time.time(), kind, data, *self.origin))
             self._seq = seq  # only once encodable: a bad event must not leave a gap
             if self._push is not None and self._state == "running":
                 self._push.send_multipart([_EVENT, kind.encode(), payload])
@@ -348,10 +355,10 @@ class ControlServer:
             else:
                 if request.v != protocol.API_VERSION:
                     reply = diagnose(data)
-                elif self._is_inline(request.cmd):
+                elif request.route is None and self._is_inline(request.cmd):
                     reply = self._run(request.cmd)
-                else:
-                    self._submit(envelope, request.cmd)
+                else:  # a forwarded command may wait for its pipeline: on a worker
+                    self._submit(envelope, request.cmd, request.route)
                     return
         self._send(router, [*envelope, self._encode(reply)])
 
@@ -362,16 +369,22 @@ class ControlServer:
             log.exception("inline() failed; running the command on a worker")
             return False
 
-    def _submit(self, envelope: list[bytes], cmd: protocol.Command) -> None:
+    def _submit(self, envelope: list[bytes], cmd: protocol.Command,
+                route: protocol.Route | None = None) -> None:
         assert self._pool is not None
         try:
-            self._pool.submit(self._work, envelope, cmd)
+            self._pool.submit(self._work, envelope, cmd, route)
         except RuntimeError:  # shutting down
             reply = protocol.fault("UNAVAILABLE", "recsyncd is shutting down.")
             self._reply(envelope, self._encode(reply))
 
-    def _work(self, envelope: list[bytes], cmd: protocol.Command) -> None:
-        self._reply(envelope, self._encode(self._run(cmd)))
+    def _work(self, envelope: list[bytes], cmd: protocol.Command,
+              route: protocol.Route | None = None) -> None:
+        token = current_route.set(route)
+        try:
+            self._reply(envelope, self._encode(self._run(cmd)))
+        finally:
+            current_route.reset(token)
 
     def _reply(self, envelope: list[bytes], payload: bytes) -> None:
         with self._lock:

@@ -239,6 +239,16 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
         print(f"recsyncd: {exc}", file=sys.stderr)
         return 2
     daemon.server, daemon.endpoints = server, endpoints
+    cluster_server = None  # [cluster]: events stamped, commands routed, control_bind
+    if daemon.coordinator is not None:
+        from recsync.cluster.control import serve_cluster_control
+
+        try:
+            cluster_server = serve_cluster_control(daemon, service, server, endpoints[0], curve)
+        except RecsyncError as exc:
+            print(f"recsyncd: {exc}", file=sys.stderr)
+            server.stop()
+            return 2
     note_logs(args, public.parent if public is not None else runtime_dir())
     daemon.serving = True
     front: FrontProcess | None = None
@@ -315,6 +325,8 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
             metrics.stop()
         daemon.stop()
         server.stop()
+        if cluster_server is not None:
+            cluster_server.stop()
         from recsync import mock
 
         mock.stop_all()

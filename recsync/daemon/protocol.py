@@ -24,6 +24,8 @@ FaultCode = Literal[
     "INVALID",  # the request is well formed but its content is rejected (bad rules, ...)
     "UNAVAILABLE",  # the pipeline is not running
     "INTERNAL",
+    "NO_OWNER",  # [cluster]: no live node owns the pipeline now (no lease)
+    "NOT_OWNER",  # [cluster]: a forwarded command reached a node that no longer owns it
 ]
 
 
@@ -175,6 +177,14 @@ class VerifyRun(Command, frozen=True, tag="verify.run"):
     limit: int = 10  # keys shown per category
 
 
+class Route(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """[cluster]: a command forwarded by node ``via`` to the owner of ``pipelines``; the
+    owner acts on those pipelines only, and forwards nothing further."""
+
+    via: str
+    pipelines: list[str]
+
+
 class Request(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     v: int
     cmd: (
@@ -183,6 +193,7 @@ class Request(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         | ConfirmDeletes | CrmsList | CrmsSchema | StatsGet | SnapshotGet | MockPush
         | MockList | MockFaults | VerifyRun | ConfigShow
     )
+    route: Route | None = None  # set by a node forwarding the command to the owner
 
 
 COMMANDS: tuple[type[Command], ...] = (
@@ -209,6 +220,16 @@ class Event(msgspec.Struct, frozen=True):
     ts: float
     kind: str  # one of EVENT_KINDS
     data: dict[str, Any]
+    # [cluster]: the node that published it and its boot (seq counts per node and boot);
+    # events of several nodes merge in the order (ts, node, boot, seq): see events_order
+    node: str | None = None
+    boot: str | None = None
+
+
+def events_order(event: Event) -> tuple[float, str, str, int]:
+    """The stable order of events merged from several nodes: time, then node, boot and
+    sequence number (a node's own events keep their sequence order at equal times)."""
+    return (event.ts, event.node or "", event.boot or "", event.seq)
 
 
 # ---- results (documented by `recsync schema`) ---------------------------------------------
@@ -288,6 +309,9 @@ class StatusResult(msgspec.Struct, frozen=True):
     pipelines: list[PipelineStatus] = []
     records: list[RecordStatus] = []
     config_error: str | None = None  # the last rejected reload, while it is not fixed
+    # [cluster]: a sentence per live node whose config differs from the cluster's (it owns
+    # no pipeline until its customer_settings.toml + rules.toml match)
+    config_mismatch: list[str] = []
 
 
 class FailedRecord(msgspec.Struct, frozen=True):
@@ -414,4 +438,12 @@ EVENT_KINDS: tuple[str, ...] = (
     "record_failed",  # a record gave up after max_attempts: {pipeline, key, direction, error}
     "config_reloaded",  # the TOML files were reloaded: ReloadResult
     "config_rejected",  # a reload was refused: {error}; the running configuration stays
+)
+# ... and with [cluster]:
+CLUSTER_EVENT_KINDS: tuple[str, ...] = (
+    "lease_acquired",  # [cluster]: a node took a pipeline's lease: {pipeline, node, token}
+    "lease_released",  # [cluster]: a node handed a pipeline over: {pipeline, node}
+    "lease_lost",  # [cluster]: a node lost a lease and stopped the pipeline: {..., error}
+    "config_mismatch",  # [cluster]: a node's config differs; it owns nothing: {node, error}
+    "config_matches",  # [cluster]: its config matches again; it takes a share: {node}
 )

@@ -8,6 +8,7 @@ supervisor and run on the control server's worker threads.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import tempfile
@@ -51,6 +52,9 @@ from recsync.messages import Change, ChangePage, key_text
 log = logging.getLogger(__name__)
 INLINE = (p.StatusGet, p.FailedList, p.StatsGet, p.SnapshotGet, p.RulesShow, p.RulesTest,
           p.CrmsList, p.CrmsSchema, p.ConfigShow)
+# [cluster]: the pipelines a routed command acts on here (None: every one it names)
+_scope: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVar(
+    "scope", default=None)
 
 
 class ControlService:
@@ -71,11 +75,31 @@ class ControlService:
             p.ConfigShow: self.config_show,
         }
 
-    @staticmethod
-    def inline(cmd: p.Command) -> bool:
+        self.router: Any = None  # [cluster]: recsync.cluster.routing.Router
+
+    def inline(self, cmd: p.Command) -> bool:
+        if self.router is not None:  # a routed command may wait for another node
+            from recsync.cluster.routing import ROUTED
+
+            if isinstance(cmd, ROUTED):
+                return False
         return isinstance(cmd, INLINE)
 
     def handle(self, cmd: p.Command) -> Any:
+        if self.router is not None:
+            return self.router.handle(cmd)
+        return self.dispatch(cmd)
+
+    def run_scoped(self, cmd: p.Command, pipelines: list[str]) -> Any:
+        """Run ``cmd`` here on ``pipelines`` only (the ones of it this node owns)."""
+        token = _scope.set(frozenset(pipelines))
+        try:
+            return self.dispatch(cmd)
+        finally:
+            _scope.reset(token)
+
+    def dispatch(self, cmd: p.Command) -> Any:
+        """Run ``cmd`` on this node."""
         try:
             return self.handlers[type(cmd)](cmd)
         except ControlError:
@@ -103,7 +127,17 @@ class ControlService:
             names = ", ".join(c.name for c in chosen)
             raise ControlError("INVALID", f"customer {customer!r} has several pipelines "
                                           f"({names}); name one with --pipeline.")
-        return chosen
+        return self._scoped(chosen)
+
+    @staticmethod
+    def _scoped(chosen: list[PipelineConfig]) -> list[PipelineConfig]:
+        """``chosen`` less the pipelines outside a routed command's scope."""
+        scope = _scope.get()
+        return chosen if scope is None else [c for c in chosen if c.id in scope]
+
+    def _every(self) -> list[PipelineConfig]:
+        """Every pipeline (in a routed command's scope)."""
+        return self._scoped(list(self.config.pipelines.values()))
 
     def _state_path(self, cfg: PipelineConfig) -> StateRef:
         return self.daemon.state.reader(cfg.id)  # type: ignore[no-any-return]
@@ -114,8 +148,11 @@ class ControlService:
     # -- read-only -------------------------------------------------------------------------
     def status(self, cmd: p.StatusGet) -> p.StatusResult:
         if cmd.record_id is None:
+            coordinator = self.daemon.coordinator
             return p.StatusResult(pipelines=self._pipeline_statuses(),
-                                  config_error=self.daemon.config_error)
+                                  config_error=self.daemon.config_error,
+                                  config_mismatch=[] if coordinator is None else
+                                  coordinator.notes())
         records = []
         for cfg in self.config.pipelines.values():
             found = record_status(self._state_path(cfg), cfg.id, key_text(cmd.record_id),
@@ -265,7 +302,7 @@ class ControlService:
     # -- actions ---------------------------------------------------------------------------
     def retry(self, cmd: p.RetryRecord) -> p.CountResult:
         key, total, where = key_text(cmd.record_id), 0, []
-        for cfg in self.config.pipelines.values():
+        for cfg in self._every():
             n = self._ask(cfg.id, "queue", "retry_failed", [key])
             if n:
                 total += n
@@ -276,8 +313,7 @@ class ControlService:
         return p.CountResult(total, where)
 
     def retry_failed(self, cmd: p.RetryFailed) -> p.CountResult:
-        chosen = self._pipelines(cmd.customer) if cmd.customer else \
-            list(self.config.pipelines.values())
+        chosen = self._pipelines(cmd.customer) if cmd.customer else self._every()
         total, where = 0, []
         for cfg in chosen:
             n = self._ask(cfg.id, "queue", "retry_failed", None)
@@ -409,7 +445,7 @@ class ControlService:
         if cmd.limit < 0:
             raise ControlError("INVALID", f"limit must be 0 or more, not {cmd.limit}.")
         chosen = (self._pipelines(cmd.customer, cmd.pipeline) if cmd.customer else
-                  [c for _, c in sorted(self.config.pipelines.items())])
+                  sorted(self._every(), key=lambda c: c.id))
         return Verifier(self.daemon).run(cmd, chosen)
 
 def load_config_text_check(config_dir: Path, settings_text: str | None,

@@ -1,0 +1,220 @@
+"""Control across the nodes of a ``[cluster]``: a pipeline's command sent to any node
+reaches its owner; a pipeline no node owns answers NO_OWNER; a command whose owner was
+killed goes to the new owner; events carry their node; a node whose config differs owns
+nothing until a reload makes it match. Real recsyncd processes, the state in PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from recsync.client import ControlClient
+from recsync.daemon import protocol as p
+from recsync.errors import ControlError
+from tests.e2e import test_cluster_failover
+from tests.e2e.helpers import recsyncd_cmd, sql, wait_for
+from tests.e2e.test_cluster_failover import (
+    Cluster,
+    b_rows,
+    fair,
+    setup,
+    stop_all,
+    synced,
+)
+from tests.pgfixture import PG_DSN
+
+nodes = test_cluster_failover.cluster  # the fixture: a customer of its own, cleaned up
+
+
+def start_in(c: Cluster, name: str, config_dir: Path) -> None:
+    """Start node ``name`` of ``c`` on the config files of ``config_dir``."""
+    (c.folder / f"run-{name}").mkdir(mode=0o700, exist_ok=True)
+    c.procs[name] = subprocess.Popen(
+        [*recsyncd_cmd(config_dir, c.folder / f"state-{name}"), "--node", c.node(name),
+         "--endpoint", c.endpoint(name), "--log-file", str(c.folder / f"{name}.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, "RUNTIME_DIRECTORY": str(c.folder / f"run-{name}")})
+
+
+def client(c: Cluster, name: str) -> ControlClient:
+    return ControlClient(c.endpoint(name), timeout=60)
+
+
+def status(c: Cluster, name: str) -> dict[str, dict[str, Any]]:
+    with client(c, name) as cli:
+        result = cli.request(p.StatusGet())
+    return {s["pipeline"]: s for s in result["pipelines"]}
+
+
+def cli_run(c: Cluster, name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "recsync.cli", "--endpoint",
+                           c.endpoint(name), *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def two_nodes(c: Cluster) -> tuple[dict[str, str], str, str]:
+    """n1 and n2 sharing p1 and p2, synced: (owners, a pipeline of n2, its name)."""
+    setup(c, 2, 50)
+    c.start("n1")
+    c.start("n2")
+    wait_for(lambda: fair(c, ["n1", "n2"]) and synced(c, 50), timeout=90,
+             what="two nodes sharing two pipelines, all synced")
+    owners = c.owners()
+    theirs = next(pid for pid, n in owners.items() if n == c.node("n2"))
+    return owners, theirs, theirs.rsplit("/", 1)[1]
+
+
+def test_a_pipeline_command_sent_to_any_node_reaches_its_owner(nodes: Cluster) -> None:
+    c = nodes
+    try:
+        owners, theirs, name = two_nodes(c)
+        ours = next(pid for pid in owners if pid != theirs)
+        # pause, sent to n1, acts on n2's pipeline, as if sent to n2
+        paused = cli_run(c, "n1", "pause", c.customer, "--pipeline", name, "--json")
+        assert paused.returncode == 0, paused.stderr
+        assert json.loads(paused.stdout) == {"count": 1, "pipelines": [theirs]}
+        wait_for(lambda: status(c, "n2")[theirs]["state"] == "paused", timeout=30,
+                 what="n2's pipeline paused by a command sent to n1")
+        assert status(c, "n1")[ours]["state"] == "running"  # n1's own one untouched
+        # while paused, new rows stay on A; sync now (via n1) is answered by the owner
+        with client(c, "n1") as cli:
+            again = cli.request(p.Pause(c.customer, name))
+            assert again == {"count": 0, "pipelines": []}  # already paused: as n2 says
+            assert cli.request(p.SyncNow(c.customer, name)) == {
+                "count": 1, "pipelines": [theirs]}
+            # resume, for the whole customer (both owners), merges both answers
+            both = cli.request(p.Resume(c.customer))
+            assert both == {"count": 1, "pipelines": [theirs]}
+        wait_for(lambda: status(c, "n2")[theirs]["state"] == "running", timeout=30,
+                 what="n2's pipeline resumed by a command sent to n1")
+        # rules test and retry answer the same from either node
+        record = {"record_id": 7, "full_name": "Seven", "email_address": "s@x.org",
+                  "status": "active"}
+        with client(c, "n1") as one, client(c, "n2") as two:
+            assert one.request(p.RulesTest("contacts", record)) == two.request(
+                p.RulesTest("contacts", record))
+            for cli in (one, two):
+                with pytest.raises(ControlError) as err:
+                    cli.request(p.RetryRecord("999"))
+                assert err.value.code == "NOT_FOUND"
+            # a real sync of n2's pipeline, sent through n1
+            n = cli_run(c, "n1", "sync", "now", c.customer, "--pipeline", name)
+            assert n.returncode == 0, n.stderr
+        sql(c.side(theirs, "a"), "UPDATE users SET full_name = 'Via n1' WHERE record_id = 3")
+        wait_for(lambda: ("Via n1",) in [(r[1],) for r in b_rows(c, theirs)], timeout=30,
+                 what="n2 syncing its pipeline after the commands through n1")
+    finally:
+        stop_all(c)
+
+
+def test_a_pipeline_no_node_owns_answers_no_owner(nodes: Cluster) -> None:
+    c = nodes
+    setup(c, 2, 10)
+    orphan = c.pipelines[1]
+    # its last owner was a node on another host, now gone: with a SQLite side, the
+    # pipeline may not move to this host, and nobody owns it
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute("INSERT INTO recsync.nodes (node, host, pid, boot, heartbeat_at) "
+                     "VALUES (%s, 'elsewhere', 1, 'x', now() - interval '1 hour')",
+                     (c.node("gone"),))
+        conn.execute("INSERT INTO recsync.leases (pipeline, node, token, expires_at, "
+                     "acquired_at) VALUES (%s, %s, 4, now() - interval '1 hour', now())",
+                     (orphan, c.node("gone")))
+    try:
+        c.start("n1")
+        wait_for(lambda: c.owners().get(c.pipelines[0]) == c.node("n1"), timeout=60,
+                 what="n1 owning the first pipeline")
+        with client(c, "n1") as cli:
+            with pytest.raises(ControlError) as err:
+                cli.request(p.Pause(c.customer, orphan.rsplit("/", 1)[1]))
+            assert err.value.code == "NO_OWNER"
+            assert f"pipeline {orphan} has no owner now" in str(err.value)
+            # a command for the customer's pipelines says the same: it cannot act on all
+            with pytest.raises(ControlError) as err:
+                cli.request(p.SyncNow(c.customer))
+            assert err.value.code == "NO_OWNER"
+            # the owned one still answers on its own
+            assert cli.request(p.Pause(c.customer, "p1")) == {
+                "count": 1, "pipelines": [c.pipelines[0]]}
+        shown = cli_run(c, "n1", "pause", c.customer, "--pipeline", "p2")
+        assert shown.returncode != 0
+        assert "has no owner now" in shown.stderr
+    finally:
+        stop_all(c)
+
+
+def test_a_command_whose_owner_was_killed_reaches_the_new_owner(nodes: Cluster) -> None:
+    c = nodes
+    try:
+        _, theirs, name = two_nodes(c)
+        c.procs["n2"].kill()
+        c.procs["n2"].wait()
+        # n1 still reads n2 as the owner (its lease lives on until the ttl): the command
+        # fails to reach n2, and is sent once more, to the node that takes the lease over
+        with client(c, "n1") as cli:
+            answer = cli.request(p.Pause(c.customer, name))
+        assert answer == {"count": 1, "pipelines": [theirs]}
+        assert c.owners()[theirs] == c.node("n1")
+        wait_for(lambda: status(c, "n1")[theirs]["state"] == "paused", timeout=30,
+                 what="the pipeline paused on its new owner")
+    finally:
+        stop_all(c)
+
+
+def test_a_node_whose_config_differs_owns_nothing_until_it_matches(
+        nodes: Cluster, tmp_path: Path) -> None:
+    c = nodes
+    setup(c, 2, 20)
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("customer_settings.toml", "rules.toml"):
+        (other / name).write_text((c.folder / name).read_text())
+    rules = other / "rules.toml"
+    rules.write_text(rules.read_text() + '\n[spare]\na_to_b = ["create"]\n'
+                     '[spare.mappings]\nrecord_id = "record_id"\n')
+    try:
+        c.start("n1")
+        wait_for(lambda: len(c.owners()) == 2, timeout=60, what="n1 owning both")
+        # n2 runs with another rules.toml (same pipelines, paths from the cluster folder)
+        for i in (1, 2):
+            for side in ("a", "b"):
+                (other / f"{side}{i}.sqlite").symlink_to(c.folder / f"{side}{i}.sqlite")
+        start_in(c, "n2", other)
+        log = c.folder / "n2.log"
+
+        def said() -> bool:
+            return log.exists() and "owning no pipeline" in log.read_text()
+        wait_for(said, timeout=60, what="n2 logging that its config differs")
+        note = wait_for(lambda: status(c, "n1").get(c.pipelines[0]) and
+                        cluster_notes(c, "n1"), timeout=30, what="status saying so")
+        assert any(f"node {c.node('n2')}" in n and "owns no pipeline" in n for n in note)
+        assert set(c.owners().values()) == {c.node("n1")}  # n2 took nothing
+        listing = subprocess.run(
+            [sys.executable, "-m", "recsync.cli", "cluster", "--config-dir", str(c.folder),
+             "--json"], capture_output=True, text=True, timeout=60)
+        assert listing.returncode == 0, listing.stderr
+        mine = {n["node"]: n for n in json.loads(listing.stdout)["nodes"]}
+        assert mine[c.node("n2")]["config"] == "differs: owns nothing"
+        assert mine[c.node("n1")]["config"] == "matches"
+        # the same rules again, reloaded: n2 matches and takes its share
+        rules.write_text((c.folder / "rules.toml").read_text())
+        with client(c, "n2") as cli:
+            cli.request(p.Reload())
+        wait_for(lambda: fair(c, ["n1", "n2"]) and c.node("n2") in c.owners().values(),
+                 timeout=60, what="n2 taking its share once its config matches")
+        wait_for(lambda: not cluster_notes(c, "n1"), timeout=30,
+                 what="status no longer naming n2 (read each lease round)")
+    finally:
+        stop_all(c)
+
+
+def cluster_notes(c: Cluster, name: str) -> list[str]:
+    with client(c, name) as cli:
+        return list(cli.request(p.StatusGet())["config_mismatch"])
