@@ -28,7 +28,10 @@ place to keep it yet, so the connector keeps ``{"refresh_token", "access_token",
 ``outreach-<sha256(base_url + client_id)[:16]>.json`` (mode 0600, replaced atomically,
 guarded by a lock file so connectors sharing the account take turns to refresh). It is read
 at ``open()`` and wins over the configured token (which is tried when the stored one is
-refused). With ``mock = true`` the embedded mock's URL and credentials are used and the
+refused). With ``[cluster]`` the same object is kept in the cluster's PostgreSQL
+instead (``recsync.connectors.sharedstate``, under a lock the nodes share), so a pipeline
+that moves to another node keeps the rotated token; a file left from a single node is
+taken over once. With ``mock = true`` the embedded mock's URL and credentials are used and the
 state is kept in memory. Secrets never appear in reprs, logs or error messages.
 """
 
@@ -52,6 +55,7 @@ from urllib.parse import quote
 
 import requests
 
+from recsync.connectors import sharedstate
 from recsync.connectors.base import Connector, ConnectorConfig
 from recsync.connectors.credentials import resolve_secret
 from recsync.errors import ConnectorConfigError, ConnectorError, RateLimited
@@ -154,6 +158,7 @@ class OutreachConnector(Connector):
         self._budget: tuple[int, float | None] | None = None
         self._state_key = ""
         self._state_path: Path | None = None
+        self._shared: sharedstate.SharedConnectorState | None = None  # [cluster]: in PostgreSQL
         ident = "mock" if config.mock else self.base_url + self._secret("client_id")
         self._system_id = "outreach:" + ident
 
@@ -192,6 +197,9 @@ class OutreachConnector(Connector):
         if not self.cfg.mock:
             folder = (os.environ.get("STATE_DIRECTORY") or "state").split(":")[0]
             self._state_path = Path(folder).absolute() / f"{self._state_key}.json"
+            self._shared = sharedstate.current()
+            if self._shared is not None:
+                self._adopt_file()
         self._session = requests.Session()
         self._session.headers["Accept"] = JSONAPI
         stored = self._load_state()
@@ -211,7 +219,25 @@ class OutreachConnector(Connector):
         with _locks_guard:
             return _locks.setdefault(self._state_key, threading.Lock())
 
+    def _adopt_file(self) -> None:
+        """[cluster]: the token file a single node kept, moved into the shared state once
+        (when the shared state has none yet)."""
+        assert self._shared is not None
+        with self._shared.locked(self._state_key):
+            if self._shared.load(self._state_key) is not None:
+                return
+            stored = self._load_file()
+            if stored:
+                self._shared.save(self._state_key, stored)
+                log.info("Outreach token state moved from %s to the cluster's state",
+                         self._state_path)
+
     def _load_state(self) -> dict[str, Any]:
+        if self._shared is not None:
+            return self._shared.load(self._state_key) or {}
+        return self._load_file()
+
+    def _load_file(self) -> dict[str, Any]:
         if self._state_path is None:
             return dict(_memory_state.get(self._state_key, {}))
         try:
@@ -228,6 +254,9 @@ class OutreachConnector(Connector):
         return state if isinstance(state, dict) else {}
 
     def _save_state(self, state: dict[str, Any]) -> None:
+        if self._shared is not None:
+            self._shared.save(self._state_key, state)
+            return
         if self._state_path is None:
             _memory_state[self._state_key] = dict(state)
             return
@@ -254,6 +283,10 @@ class OutreachConnector(Connector):
 
     @contextlib.contextmanager
     def _file_lock(self) -> Any:
+        if self._shared is not None:  # the nodes take turns
+            with self._shared.locked(self._state_key):
+                yield
+            return
         if self._state_path is None:
             yield
             return

@@ -120,6 +120,7 @@ class Daemon:
             self._migrate_state_files(self.config)
         else:
             log.info("pipeline state in %s", self.state.shown)
+            _share_connector_state(self.config.cluster, self.state.schema)
         self.scheduler.start()
         self.supervisor = Supervisor.start(self.state_dir, scheduler=self.scheduler,
                                            clock=self.clock, policy=self.policy,
@@ -324,6 +325,10 @@ class Daemon:
         if self.coordinator is not None:
             self.coordinator.leave()
         self.state.close()
+        if self.config.cluster is not None:
+            from recsync.connectors import sharedstate
+
+            sharedstate.install(None)
 
     # -- cluster: the pipelines whose lease this node holds ----------------------------------
     def owner_of(self, pid: str) -> str | None:
@@ -469,6 +474,16 @@ class Daemon:
                 self._polled_idle = True
             out.append(rep)
         return out
+
+
+def _share_connector_state(cluster: Any, schema: str | None) -> None:
+    """[cluster]: the connectors keep their own state (the Outreach refresh token) in the
+    cluster's PostgreSQL, where the node a pipeline moves to finds it."""
+    from recsync.connectors import sharedstate
+    from recsync.state.pgbackend import SCHEMA
+
+    sharedstate.install(sharedstate.SharedConnectorState(cluster.state_url(),
+                                                         schema or SCHEMA))
 
 
 def _side_warnings(prog: dict[str, Any]) -> list[dict[str, Any]]:
