@@ -220,6 +220,7 @@ class Subscription:
         self.poll_interval = poll_interval
         self.last_seq = 0
         self.gaps = 0
+        self._last: dict[tuple[str | None, str | None], int] = {}
         sock = ctx.socket(zmq.SUB)
         sock.linger = 0
         _apply_curve(sock, curve_keys)
@@ -255,8 +256,12 @@ class Subscription:
             return None  # not an event: ignore it
         if self.kinds is not None and event.kind not in self.kinds:
             return None  # a longer kind that shares a subscribed prefix
-        if self.kinds is None and self.last_seq and event.seq > self.last_seq + 1:
-            self.gaps += event.seq - self.last_seq - 1
+        # [cluster]: each node (and boot) numbers its own events; relayed ones interleave
+        origin = (event.node, event.boot)
+        last = self._last.get(origin, 0)
+        if self.kinds is None and last and event.seq > last + 1:
+            self.gaps += event.seq - last - 1
+        self._last[origin] = event.seq
         self.last_seq = event.seq
         return event
 
@@ -272,6 +277,26 @@ class Subscription:
             return self._read(self.socket) if self.socket.poll(0, zmq.POLLIN) else None
         except zmq.Again:
             return None
+
+    def merged(self, window: float = 0.3) -> Iterator[protocol.Event]:
+        """Events forever, those of several nodes in ``protocol.events_order``: each is
+        held ``window`` seconds after it arrives, so that one a node relayed a moment later
+        still goes out in its place. Events of a single daemon (no node) go out at once."""
+        held: list[tuple[float, protocol.Event]] = []
+        while True:
+            now = time.monotonic()
+            wait = None if not held else max(0.0, held[0][0] + window - now)
+            event = self.recv(wait if wait is not None else None)
+            now = time.monotonic()
+            if event is not None and event.node is None and not held:
+                yield event
+                continue
+            if event is not None:
+                held.append((now, event))
+                held.sort(key=lambda h: protocol.events_order(h[1]))
+                held.sort(key=lambda h: h[0] + window > now)  # stable: due ones first
+            while held and held[0][0] + window <= now:
+                yield held.pop(0)[1]
 
     def __iter__(self) -> Iterator[protocol.Event]:
         return self

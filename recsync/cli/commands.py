@@ -331,7 +331,7 @@ def follow_events(
     seen = 0
     with client.subscribe(kinds) as sub:
         try:
-            for event in sub:
+            for event in sub.merged():  # several nodes' events: in a stable order
                 if sub.gaps:
                     err.write(f"recsync: missed {sub.gaps} event(s) before #{event.seq}\n")
                     sub.gaps = 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from recsync.cluster.relay import EventRelay
 from recsync.cluster.routing import Forward, Router
 from recsync.daemon.runtime import CurveConfig, derive_event_endpoint
 from recsync.errors import RecsyncError
@@ -22,8 +23,8 @@ def advertised(bound: str, host: str) -> str:
 
 def serve_cluster_control(daemon: Any, service: Any, server: Any, endpoint: str,
                           curve: CurveConfig | None) -> Any:
-    """Wire the control plane of a node (``daemon.coordinator`` set); returns the extra
-    control server of ``control_bind`` (to stop with the others), or None.
+    """Wire the control plane of a node (``daemon.coordinator`` set); returns what to
+    stop with the node's control server (``ClusterControl``).
 
     Raises:
         RecsyncError: ``control_bind`` without CURVE keys, or it cannot listen.
@@ -38,6 +39,8 @@ def serve_cluster_control(daemon: Any, service: Any, server: Any, endpoint: str,
     # then has no listener at once, and a forwarded command is retried without a wait
     endpoints = [advertised(server.bound[0], host) if endpoint.startswith("tcp://")
                  else server.command_endpoint]
+    events = [advertised(server.bound[1], host) if server.bound[1].startswith("tcp://")
+              else server.bound[1]]
     extra = None
     bind = daemon.config.cluster.control_bind
     if bind:
@@ -49,9 +52,25 @@ def serve_cluster_control(daemon: Any, service: Any, server: Any, endpoint: str,
                               event_endpoint=derive_event_endpoint(bind), curve=curve)
         extra.origin = server.origin
         extra.start()
+        server.mirrors.append(extra)  # the same events on both
         endpoints.append(advertised(extra.bound[0], host))
+        events.append(advertised(extra.bound[1], host))
     keys = curve.keys() if curve is not None else None
-    leases.advertise(endpoints=" ".join(endpoints),
+    leases.advertise(endpoints=" ".join(endpoints), event_endpoints=" ".join(events),
                      curve_public=keys[0].decode() if keys is not None else "")
     service.router = Router(service, Forward(host, keys))
-    return extra
+    relay = EventRelay(coordinator, server, host, keys)
+    relay.start()
+    return ClusterControl(extra, relay)
+
+
+class ClusterControl:
+    """What a node's cluster control plane runs beside its control server."""
+
+    def __init__(self, extra: Any, relay: EventRelay) -> None:
+        self.extra, self.relay = extra, relay
+
+    def stop(self) -> None:
+        self.relay.stop()
+        if self.extra is not None:
+            self.extra.stop()

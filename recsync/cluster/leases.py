@@ -35,6 +35,7 @@ ALTER TABLE {s}.nodes ADD COLUMN IF NOT EXISTS endpoints TEXT NOT NULL DEFAULT '
 ALTER TABLE {s}.nodes ADD COLUMN IF NOT EXISTS curve_public TEXT NOT NULL DEFAULT '';
 ALTER TABLE {s}.nodes ADD COLUMN IF NOT EXISTS config_hash TEXT NOT NULL DEFAULT '';
 ALTER TABLE {s}.nodes ADD COLUMN IF NOT EXISTS started_at TIMESTAMPTZ;
+ALTER TABLE {s}.nodes ADD COLUMN IF NOT EXISTS event_endpoints TEXT NOT NULL DEFAULT '';
 """
 _LOCK_ID = 0x72656374  # pg_advisory_xact_lock while the tables are created
 
@@ -60,6 +61,7 @@ class NodeRow:
     curve_public: str = ""  # z85 public key of its tcp:// endpoint (CURVE), if any
     config_hash: str = ""  # of its customer_settings.toml + rules.toml (see confighash)
     started_at: datetime | None = None
+    event_endpoints: str = ""  # where its events are published (as ``endpoints``)
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,8 @@ class Leases:
             self.conn.close()
             raise
         self.tokens: dict[str, int] = {}  # the leases this node holds: pipeline -> token
-        self.endpoints = ""  # advertised to the other nodes (set_endpoints)
+        self.endpoints = ""  # advertised to the other nodes (advertise)
+        self.event_endpoints = ""
         self.curve_public = ""
         self.config_hash = ""
 
@@ -119,16 +122,18 @@ class Leases:
         """
         rows = self._x(
             "INSERT INTO nodes AS n (node, host, pid, boot, heartbeat_at, endpoints, "
-            "curve_public, config_hash, started_at) "
-            "VALUES (%s, %s, %s, %s, {now}, %s, %s, %s, {now}) ON CONFLICT (node) DO UPDATE "
+            "curve_public, config_hash, started_at, event_endpoints) "
+            "VALUES (%s, %s, %s, %s, {now}, %s, %s, %s, {now}, %s) ON CONFLICT (node) DO UPDATE "
             "SET host = excluded.host, pid = excluded.pid, boot = excluded.boot, "
             "heartbeat_at = excluded.heartbeat_at, endpoints = excluded.endpoints, "
             "curve_public = excluded.curve_public, config_hash = excluded.config_hash, "
+            "event_endpoints = excluded.event_endpoints, "
             "started_at = CASE WHEN n.boot = excluded.boot THEN n.started_at "
             "ELSE excluded.started_at END "
             "WHERE n.boot = excluded.boot OR n.heartbeat_at < {now} - make_interval(secs => %s) "
             "RETURNING node", (self.node, self.host, self.pid, self.boot, self.endpoints,
-                               self.curve_public, self.config_hash, self.ttl))
+                               self.curve_public, self.config_hash, self.event_endpoints,
+                               self.ttl))
         if not rows:
             other = self._x("SELECT host, pid FROM nodes WHERE node = %s", (self.node,))
             where = f" (host {other[0][0]}, pid {other[0][1]})" if other else ""
@@ -142,17 +147,20 @@ class Leases:
                             "boot = %s RETURNING node", (self.node, self.boot)))
 
     def advertise(self, *, endpoints: str | None = None, curve_public: str | None = None,
-                  config_hash: str | None = None) -> None:
+                  config_hash: str | None = None, event_endpoints: str | None = None) -> None:
         """Tell the other nodes where this node's control socket is, and its config hash."""
         if endpoints is not None:
             self.endpoints = endpoints
+        if event_endpoints is not None:
+            self.event_endpoints = event_endpoints
         if curve_public is not None:
             self.curve_public = curve_public
         if config_hash is not None:
             self.config_hash = config_hash
-        self._x("UPDATE nodes SET endpoints = %s, curve_public = %s, config_hash = %s "
-                "WHERE node = %s AND boot = %s", (self.endpoints, self.curve_public,
-                                                  self.config_hash, self.node, self.boot))
+        self._x("UPDATE nodes SET endpoints = %s, curve_public = %s, config_hash = %s, "
+                "event_endpoints = %s WHERE node = %s AND boot = %s",
+                (self.endpoints, self.curve_public, self.config_hash, self.event_endpoints,
+                 self.node, self.boot))
 
     def leave(self) -> None:
         """Release every lease and drop this node's row (a clean stop)."""
@@ -163,7 +171,7 @@ class Leases:
     def nodes(self) -> list[NodeRow]:
         rows = self._x("SELECT node, host, pid, boot, heartbeat_at, heartbeat_at >= {now} - "
                        "make_interval(secs => %s), endpoints, curve_public, config_hash, "
-                       "started_at FROM nodes ORDER BY node", (self.ttl,))
+                       "started_at, event_endpoints FROM nodes ORDER BY node", (self.ttl,))
         return [NodeRow(*r) for r in rows]
 
     def live_nodes(self) -> list[NodeRow]:

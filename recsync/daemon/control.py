@@ -155,6 +155,7 @@ class ControlServer:
         self.bound: list[str] = []  # the endpoints as bound (tcp://...:* resolved to a port)
         # [cluster]: (node, boot) stamped on every event published here
         self.origin: tuple[str | None, str | None] = (None, None)
+        self.mirrors: list[ControlServer] = []  # servers publishing the same events
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -288,7 +289,17 @@ class ControlServer:
             self._seq = seq  # only once encodable: a bad event must not leave a gap
             if self._push is not None and self._state == "running":
                 self._push.send_multipart([_EVENT, kind.encode(), payload])
-            return seq
+        for mirror in self.mirrors:
+            mirror.relay(kind.encode(), payload)
+        return seq
+
+    def relay(self, kind: bytes, payload: bytes) -> None:
+        """Publish an event as it is (another node's, or this node's on a second socket)."""
+        with self._lock:
+            if self._push is not None and self._state == "running":
+                self._push.send_multipart([_EVENT, kind, payload])
+        for mirror in self.mirrors:
+            mirror.relay(kind, payload)
 
     # ---- the bridge thread ---------------------------------------------------------------
 

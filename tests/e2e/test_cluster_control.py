@@ -168,6 +168,51 @@ def test_a_command_whose_owner_was_killed_reaches_the_new_owner(nodes: Cluster) 
         stop_all(c)
 
 
+def test_every_nodes_events_reach_any_node_in_a_stable_order(nodes: Cluster) -> None:
+    c = nodes
+    try:
+        two_nodes(c)
+        seen: dict[str, p.Event] = {}
+        with client(c, "n1") as cli, cli.subscribe(["pipeline_state"]) as sub:
+            def both() -> bool:
+                # a subscription joins a moment after it is made: pause (and resume) until
+                # it has seen both pipelines paused
+                cli.request(p.Pause(c.customer))
+                while (event := sub.recv(0.5)) is not None:
+                    if event.data.get("state") == "paused":
+                        seen[event.data["pipeline"]] = event
+                cli.request(p.Resume(c.customer))
+                return len(seen) == 2
+            wait_for(both, timeout=60, what="pause events of both pipelines on n1's stream")
+        owners = c.owners()
+        for pid, event in seen.items():
+            assert event.node == owners[pid]  # each from the node that paused it
+            assert event.boot
+        # `recsync events` on n2 shows both nodes' events, merged in (ts, node, boot, seq)
+        follow = subprocess.Popen(
+            [sys.executable, "-m", "recsync.cli", "--endpoint", c.endpoint("n2"), "events",
+             "--json", "--kind", "pipeline_state", "--count", "4"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            def subscribed() -> bool:  # resume both, again and again, until it has 4
+                with client(c, "n1") as cli:
+                    cli.request(p.Resume(c.customer))
+                    cli.request(p.Pause(c.customer))
+                return follow.poll() is not None
+            wait_for(subscribed, timeout=60, what="recsync events printing 4 events")
+        finally:
+            if follow.poll() is None:
+                follow.kill()
+        out, err = follow.communicate()
+        assert follow.returncode == 0, err
+        lines = [json.loads(x) for x in out.splitlines()]
+        assert {x["node"] for x in lines} == {c.node("n1"), c.node("n2")}
+        order = [(x["ts"], x["node"], x["boot"], x["seq"]) for x in lines]
+        assert order == sorted(order)
+    finally:
+        stop_all(c)
+
+
 def test_a_node_whose_config_differs_owns_nothing_until_it_matches(
         nodes: Cluster, tmp_path: Path) -> None:
     c = nodes
