@@ -48,8 +48,11 @@ def serve_cluster_control(daemon: Any, service: Any, server: Any, endpoint: str,
             raise RecsyncError(
                 f"[cluster] control_bind = {bind!r} needs recsyncd --curve-dir: a tcp:// "
                 "control socket is served only with CURVE authentication")
+        # a port of the system's choosing (tcp://HOST:*) has events on another such port
+        events_bind = (bind if bind.rpartition(":")[2] in ("*", "0")
+                       else derive_event_endpoint(bind))
         extra = ControlServer(service.handle, inline=service.inline, command_endpoint=bind,
-                              event_endpoint=derive_event_endpoint(bind), curve=curve)
+                              event_endpoint=events_bind, curve=curve)
         extra.origin = server.origin
         extra.start()
         server.mirrors.append(extra)  # the same events on both
@@ -59,7 +62,7 @@ def serve_cluster_control(daemon: Any, service: Any, server: Any, endpoint: str,
     leases.advertise(endpoints=" ".join(endpoints), event_endpoints=" ".join(events),
                      curve_public=keys[0].decode() if keys is not None else "")
     service.router = Router(service, Forward(host, keys))
-    relay = EventRelay(coordinator, server, host, keys)
+    relay = EventRelay(coordinator, server, host, keys, coordinator.remote)
     relay.start()
     return ClusterControl(extra, relay)
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from recsync.cluster.confighash import cluster_hash, config_hash, mismatch_note
 from recsync.cluster.leases import LeaseRow, Leases, NodeRow
+from recsync.cluster.relay import RemoteStates
 from recsync.config import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class Coordinator:
         self.node_rows: list[NodeRow] = []  # as last read
         self.cluster_hash: str | None = None  # the cluster's config hash, as last computed
         self.mismatch: str | None = None  # why this node owns nothing (its config differs)
+        # what the owners say of the pipelines not run here (fed by the event relay)
+        self.remote = RemoteStates()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()

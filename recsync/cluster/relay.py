@@ -44,13 +44,54 @@ def owned_stats(data: dict[str, Any], owned: set[str]) -> dict[str, Any]:
     return {**data, "pipelines": rows}
 
 
+class RemoteStates:
+    """What the owners of the pipelines this node does not run last said about them (their
+    relayed ``stats`` and ``pipeline_state`` events): ``status`` on any node shows each
+    pipeline's state as its owner sees it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows: dict[str, dict[str, Any]] = {}
+
+    def update(self, event: p.Event) -> None:
+        if event.kind == "stats":
+            rows = [r for r in event.data.get("pipelines") or [] if isinstance(r, dict)]
+        elif event.kind == "pipeline_state" and isinstance(event.data.get("pipeline"), str):
+            rows = [event.data]
+        else:
+            return
+        with self._lock:
+            for row in rows:
+                pid = row.get("pipeline")
+                if not isinstance(pid, str):
+                    continue
+                old = self._rows.get(pid) or {}
+                if old.get("node") != event.node:
+                    old = {}
+                new = {**old, "node": event.node,
+                       **{k: row[k] for k in ("state", "in_flight", "restarts", "error",
+                                              "sides") if k in row}}
+                if event.kind == "stats" and row.get("state") != old.get("state"):
+                    new.pop("error", None)  # the error went with the state it was about
+                self._rows[pid] = new
+
+    def get(self, pid: str, owner: str | None) -> dict[str, Any] | None:
+        """The owner's last word on ``pid`` (None: nothing from ``owner`` yet)."""
+        with self._lock:
+            row = self._rows.get(pid)
+            return dict(row) if row is not None and row.get("node") == owner else None
+
+
 class EventRelay:
     """Follows the other nodes' event sockets and republishes their own events on
-    ``server`` (a ControlServer), from a thread of its own."""
+    ``server`` (a ControlServer), from a thread of its own; ``remote`` keeps what they
+    say about their pipelines."""
 
     def __init__(self, coordinator: Any, server: Any, host: str,
-                 curve: tuple[bytes, bytes] | None = None) -> None:
+                 curve: tuple[bytes, bytes] | None = None,
+                 remote: RemoteStates | None = None) -> None:
         self.coordinator, self.server, self.host, self.curve = coordinator, server, host, curve
+        self.remote = remote if remote is not None else RemoteStates()
         self.relayed = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -107,11 +148,11 @@ class EventRelay:
                 continue
             sock = ctx.socket(zmq.SUB)
             sock.linger = 0
-            if endpoint.startswith("tcp://"):
+            row = next(r for r in self.coordinator.node_rows if r.node == peer)
+            if row.curve_public:  # its sockets are CURVE ones (tcp and ipc alike)
                 if self.curve is None:
                     sock.close()
                     continue
-                row = next(r for r in self.coordinator.node_rows if r.node == peer)
                 sock.curve_publickey, sock.curve_secretkey = self.curve
                 sock.curve_serverkey = row.curve_public.encode()
             sock.setsockopt(zmq.SUBSCRIBE, b"")
@@ -133,3 +174,4 @@ class EventRelay:
                 continue
             self.server.relay(frames[0], frames[-1])
             self.relayed += 1
+            self.remote.update(event)

@@ -193,12 +193,14 @@ class Forward:
                 f"endpoint reachable from host {self.host}; give the nodes a [cluster] "
                 "control_bind (tcp://, with --curve-dir)"))
         keys = None
-        if endpoint.startswith("tcp://"):
+        # a node with CURVE keys (--curve-dir) serves every control socket with CURVE
+        if row.curve_public or endpoint.startswith("tcp://"):
             if self.curve is None or not row.curve_public:
                 raise ControlError("UNAVAILABLE", (
-                    f"node {row.node} is reachable only over {endpoint}, and this node has "
-                    "no CURVE keys to authenticate with (run it with --curve-dir and a "
-                    "[cluster] control_bind)"))
+                    f"node {row.node} is reachable only over {endpoint} with CURVE, and this "
+                    "node has no CURVE keys to authenticate with (run every node with "
+                    "--curve-dir, and each node's server.key in the others' "
+                    "authorized_clients)"))
             keys = CurveKeys(self.curve[0], self.curve[1], row.curve_public.encode())
         with ControlClient(endpoint, endpoint, timeout=timeout, curve_keys=keys) as client:
             return client.request_raw(payload)

@@ -169,8 +169,10 @@ class ControlService:
         cached = self.daemon.counts_snapshot()
         cursors = self.daemon.cursors_snapshot()
         out = []
+        coordinator = self.daemon.coordinator
         for pid, cfg in sorted(self.config.pipelines.items()):
             h = health.get(pid, {})
+            remote = None if coordinator is None else remote_state(coordinator, pid)
             # figures of the last stats tick (at most a second old): a status query must
             # not scan a large queue while the pipeline is busy filling it
             # a serving daemon begins every pipeline as `starting` (at once: not a moment
@@ -193,6 +195,8 @@ class ControlService:
                 warnings=list(h.get("warnings", [])),
                 sides=side_statuses(h, self.daemon.clock.time()),
                 settings=live_settings(cfg.settings), node=self.daemon.owner_of(pid)))
+            if remote is not None:  # [cluster]: run elsewhere: as its owner says
+                out[-1] = msgspec.structs.replace(out[-1], **remote)
         return out
 
     def failed(self, cmd: p.FailedList) -> list[p.FailedRecord]:
@@ -217,6 +221,8 @@ class ControlService:
             "failed": self.failed(p.FailedList(limit=500)),
             "rules": sorted(self.config.rules),
             "last_reload": self.daemon.last_reload,
+            # [cluster]: the node answering (its own events are numbered by ``seq``)
+            "node": None if self.daemon.coordinator is None else self.daemon.coordinator.node,
         }
 
     def config_show(self, cmd: p.ConfigShow) -> list[p.PipelineSettings]:
@@ -477,6 +483,24 @@ def atomic_write(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remote_state(coordinator: Any, pid: str) -> dict[str, Any] | None:
+    """[cluster]: the status fields of a pipeline another node owns, as that node last
+    published them (None: owned here, by nobody, or nothing heard yet)."""
+    owner = coordinator.owner(pid)
+    if owner is None or owner == coordinator.node:
+        return None
+    row = coordinator.remote.get(pid, owner)
+    if row is None:
+        return None
+    out: dict[str, Any] = {k: row[k] for k in ("state", "error") if k in row}
+    for k in ("in_flight", "restarts"):
+        if k in row:
+            out[k] = int(row[k])
+    if isinstance(row.get("sides"), dict):
+        out["sides"] = msgspec.convert(row["sides"], dict[str, p.SideStatus])
+    return out
 
 
 def live_settings(settings: Settings) -> dict[str, float]:

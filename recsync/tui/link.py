@@ -56,6 +56,7 @@ def _session(
         sub = client.subscribe()  # before the snapshot: nothing falls between the two
         snap = client.request(p.SnapshotGet())
         last = int(snap.get("seq") or 0)
+        node = snap.get("node")  # [cluster]: events of other nodes are not numbered here
         sink.snapshot(snap)
         quiet_since = time.monotonic()
         while not stop.is_set():
@@ -69,6 +70,9 @@ def _session(
                 event = sub.recv(left)
                 if event is None:
                     break
+                if event.node not in (None, node):  # another node's, relayed: as it is
+                    batch.append(msgspec.to_builtins(event))
+                    continue
                 if event.seq <= last:
                     continue  # already in the snapshot
                 if event.seq != last + 1:

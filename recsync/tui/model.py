@@ -192,12 +192,16 @@ class Model:
         kind, data, ts = event["kind"], event.get("data") or {}, float(event.get("ts") or 0)
         self.seq = max(self.seq, int(event.get("seq") or 0))
         self.version += 1
+        node = event.get("node")  # [cluster]: the node that published it
         if kind == "stats":
             for row in data.get("pipelines") or []:
                 view = self.pipelines.get(row.get("pipeline", ""))
-                if view is not None:
+                # a pipeline's figures come from its owner (it moved: from the new one)
+                if view is not None and (node is None or view.node in (None, node)):
                     view.apply_stats(row)
             return
+        if kind == "lease_acquired" and data.get("pipeline") in self.pipelines:
+            self.pipelines[data["pipeline"]].node = data.get("node")
         pid = data.get("pipeline")
         view = self.pipelines.get(pid) if isinstance(pid, str) else None
         summary = describe(kind, data)

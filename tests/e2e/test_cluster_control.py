@@ -33,12 +33,13 @@ from tests.pgfixture import PG_DSN
 nodes = test_cluster_failover.cluster  # the fixture: a customer of its own, cleaned up
 
 
-def start_in(c: Cluster, name: str, config_dir: Path) -> None:
+def start_in(c: Cluster, name: str, config_dir: Path, *extra: str) -> None:
     """Start node ``name`` of ``c`` on the config files of ``config_dir``."""
     (c.folder / f"run-{name}").mkdir(mode=0o700, exist_ok=True)
     c.procs[name] = subprocess.Popen(
         [*recsyncd_cmd(config_dir, c.folder / f"state-{name}"), "--node", c.node(name),
-         "--endpoint", c.endpoint(name), "--log-file", str(c.folder / f"{name}.log")],
+         "--endpoint", c.endpoint(name), "--log-file", str(c.folder / f"{name}.log"),
+         *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         env={**os.environ, "RUNTIME_DIRECTORY": str(c.folder / f"run-{name}")})
 
@@ -263,3 +264,89 @@ def test_a_node_whose_config_differs_owns_nothing_until_it_matches(
 def cluster_notes(c: Cluster, name: str) -> list[str]:
     with client(c, name) as cli:
         return list(cli.request(p.StatusGet())["config_mismatch"])
+
+
+def curve_dirs(c: Cluster, names: list[str]) -> dict[str, tuple[bytes, bytes]]:
+    """A CURVE folder per node (its server key pair; the other nodes' public keys and the
+    test client's allowed); returns each node's (public, secret) keys, and the client's."""
+    import zmq.auth
+
+    made: dict[str, tuple[bytes, bytes]] = {}
+    (c.folder / "keys").mkdir()
+    for name in [*names, "client", "stranger"]:
+        _, secret = zmq.auth.create_certificates(c.folder / "keys", name)
+        made[name] = zmq.auth.load_certificate(secret)  # type: ignore[assignment]
+    for name in names:
+        folder = c.folder / f"curve-{name}"
+        (folder / "authorized_clients").mkdir(parents=True)
+        secret_file = c.folder / "keys" / f"{name}.key_secret"
+        (folder / "server.key_secret").write_bytes(secret_file.read_bytes())
+        for other in [*names, "client"]:
+            if other != name:
+                (folder / "authorized_clients" / f"{other}.key").write_bytes(
+                    (c.folder / "keys" / f"{other}.key").read_bytes())
+    return made
+
+
+def test_nodes_with_curve_forward_over_ipc_and_their_tcp_control_bind(nodes: Cluster) -> None:
+    import dataclasses
+    import socket
+
+    from recsync.cluster.leases import Leases
+    from recsync.cluster.routing import Forward
+    from recsync.daemon.runtime import CurveKeys
+
+    c = nodes
+    setup(c, 2, 10)
+    settings = c.folder / "customer_settings.toml"
+    settings.write_text(settings.read_text().replace(
+        "lease_ttl =", 'control_bind = "tcp://127.0.0.1:*"\nlease_ttl ='))
+    keys = curve_dirs(c, ["n1", "n2"])
+
+    def as_client(name: str, who: str = "client", timeout: float = 60) -> ControlClient:
+        public, secret = keys[who]
+        return ControlClient(c.endpoint(name), timeout=timeout, curve_keys=CurveKeys(
+            public, secret, keys[name][0]))
+
+    try:
+        for name in ("n1", "n2"):
+            start_in(c, name, c.folder, "--curve-dir", str(c.folder / f"curve-{name}"))
+        wait_for(lambda: fair(c, ["n1", "n2"]), timeout=90, what="two nodes, one each")
+        theirs = next(pid for pid, n in c.owners().items() if n == c.node("n2"))
+        name = theirs.rsplit("/", 1)[1]
+        # n1 forwards to n2 over n2's ipc socket, authenticated by its own key pair
+        with as_client("n1") as cli:
+            assert cli.request(p.Pause(c.customer, name)) == {"count": 1,
+                                                              "pipelines": [theirs]}
+        # from another host, n2 is reached on its tcp:// control_bind (CURVE)
+        probe = Leases(PG_DSN, "probe", 2.0)
+        try:
+            row = next(n for n in probe.nodes() if n.node == c.node("n2"))
+        finally:
+            probe.close()
+        assert any(e.startswith("tcp://127.0.0.1:") for e in row.endpoints.split())
+        elsewhere = dataclasses.replace(row, host=f"not-{socket.gethostname()}")
+        request = p.encoder.encode(p.Request(p.API_VERSION, p.Resume(c.customer, name),
+                                             p.Route(c.node("n1"), [theirs])))
+        assert Forward(socket.gethostname(), keys["n1"])(elsewhere, request, 60) == {
+            "count": 1, "pipelines": [theirs]}
+        # a key the node does not know gets no answer
+        with pytest.raises(ControlError) as err:
+            Forward(socket.gethostname(), keys["stranger"])(elsewhere, request, 2)
+        assert err.value.code == "UNAVAILABLE"
+    finally:
+        stop_all(c)
+
+
+def test_control_bind_without_curve_keys_is_refused(nodes: Cluster) -> None:
+    c = nodes
+    setup(c, 1, 1)
+    settings = c.folder / "customer_settings.toml"
+    settings.write_text(settings.read_text().replace(
+        "lease_ttl =", 'control_bind = "tcp://127.0.0.1:*"\nlease_ttl ='))
+    start_in(c, "n1", c.folder)
+    proc = c.procs["n1"]
+    assert proc.wait(timeout=60) == 2
+    assert proc.stderr is not None
+    assert "control_bind = 'tcp://127.0.0.1:*' needs recsyncd --curve-dir" in \
+        proc.stderr.read().decode()
