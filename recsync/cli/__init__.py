@@ -159,8 +159,15 @@ def show_logs(args: argparse.Namespace) -> int:
 
     if args.unit and args.file:
         raise UsageError("--unit goes with --journal, not with --file")
-    source = logs.find_source(args.file, args.journal, args.unit, args.endpoint)
     keep = logs.Filter(args.pipeline, args.level)
+    files = args.file or []
+    if len(files) > 1:  # several nodes' logs: one stream in time order
+        if args.follow:
+            raise UsageError("--follow reads one log file; merge several without it")
+        logs.show(logs.merged(files), keep, args.json, sys.stdout, last=args.lines)
+        return 0
+    source = logs.find_source(files[0] if files else None, args.journal, args.unit,
+                              args.endpoint)
     try:
         return logs.run(source, follow=args.follow, lines=args.lines, keep=keep,
                         as_json=args.json, out=sys.stdout)

@@ -146,6 +146,24 @@ def _texts(lines: Iterable[str], keep: Filter, as_json: bool) -> Iterator[str]:
 # ---- reading ------------------------------------------------------------------------------
 
 
+def merged(files: list[Path]) -> list[str]:
+    """The lines of several log files (the nodes of a [cluster]) in a stable order: by
+    their time (``ts``), then the file's place in ``files``, then the line's in its file;
+    a line that is not a log entry stays after the entry before it."""
+    keyed: list[tuple[str, int, int, str]] = []
+    for index, path in enumerate(files):
+        with _open(path) as f:
+            ts = ""
+            for number, raw in enumerate(f):
+                line = _text(raw)
+                entry = parse(line.rstrip("\r\n"))
+                if entry is not None and isinstance(entry.get("ts"), str):
+                    ts = entry["ts"]
+                keyed.append((ts, index, number, line))
+    return [line for *_, line in sorted(keyed)]
+
+
+
 def _open(path: Path) -> BinaryIO:
     try:
         return path.open("rb")

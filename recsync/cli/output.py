@@ -102,6 +102,8 @@ def status(result: dict[str, Any]) -> str:
             f"configuration rejected (still running the previous one):\n"
             f"  {result['config_error']}\n"
         )
+    for note in result.get("config_mismatch") or []:  # [cluster]: a node owning nothing
+        out.append(f"config differs: {note}\n")
     pipes = result.get("pipelines") or []
     if pipes:
         rows = [

@@ -383,7 +383,9 @@ def add_logs_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--lines", type=positive_int, metavar="N",
                    help="only the last N lines (default: all; with -f, 10)")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--file", type=Path, metavar="PATH", help="read this log file")
+    where.add_argument("--file", type=Path, metavar="PATH", action="append",
+                       help="read this log file; repeat it for the logs of several nodes "
+                            "([cluster]): their lines merged in time order")
     where.add_argument("--journal", action="store_true",
                        help="read the systemd journal of --unit (default recsyncd)")
     p.add_argument("--unit", metavar="UNIT", help="with --journal: the systemd unit")

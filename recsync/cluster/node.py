@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
@@ -36,6 +37,25 @@ def open_leases(cluster: ClusterConfig, node: str, schema: str = SCHEMA) -> Leas
         raise error from exc
 
 
+class NodeStamp(logging.Filter):
+    """Adds ``node`` to each log entry (logs of several nodes merge: `recsync logs`)."""
+
+    def __init__(self, node: str) -> None:
+        super().__init__()
+        self.node = node
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "node"):
+            record.node = self.node
+        return True
+
+
+def stamp_logs(node: str) -> None:
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, NodeStamp) for f in handler.filters):
+            handler.addFilter(NodeStamp(node))
+
+
 def join(daemon: Any, node: str) -> Coordinator:
     """Register ``node`` (refused when a live node has the name) and make the daemon run
     only the pipelines whose lease it holds, every state write fenced by its token.
@@ -53,6 +73,7 @@ def join(daemon: Any, node: str) -> Coordinator:
         leases.close()
         raise
     daemon.state.fence = leases.fence
+    stamp_logs(node)
     coordinator = Coordinator(leases, daemon)
     daemon.coordinator = coordinator
     return coordinator

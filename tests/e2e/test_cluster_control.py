@@ -210,6 +210,16 @@ def test_every_nodes_events_reach_any_node_in_a_stable_order(nodes: Cluster) -> 
         assert {x["node"] for x in lines} == {c.node("n1"), c.node("n2")}
         order = [(x["ts"], x["node"], x["boot"], x["seq"]) for x in lines]
         assert order == sorted(order)
+        # `recsync logs` merges the nodes' log files in time order, each line with its node
+        merged = subprocess.run(
+            [sys.executable, "-m", "recsync.cli", "logs", "--json", "--file",
+             str(c.folder / "n1.log"), "--file", str(c.folder / "n2.log")],
+            capture_output=True, text=True, timeout=60)
+        assert merged.returncode == 0, merged.stderr
+        entries = [json.loads(x) for x in merged.stdout.splitlines()]
+        assert {e.get("node") for e in entries} == {c.node("n1"), c.node("n2")}
+        stamps = [e["ts"] for e in entries]
+        assert stamps == sorted(stamps)
     finally:
         stop_all(c)
 
@@ -241,6 +251,10 @@ def test_a_node_whose_config_differs_owns_nothing_until_it_matches(
         note = wait_for(lambda: status(c, "n1").get(c.pipelines[0]) and
                         cluster_notes(c, "n1"), timeout=30, what="status saying so")
         assert any(f"node {c.node('n2')}" in n and "owns no pipeline" in n for n in note)
+        shown = cli_run(c, "n1", "status")
+        assert shown.returncode == 0, shown.stderr
+        assert f"config differs: node {c.node('n2')}: its customer_settings.toml" in \
+            shown.stdout
         assert set(c.owners().values()) == {c.node("n1")}  # n2 took nothing
         listing = subprocess.run(
             [sys.executable, "-m", "recsync.cli", "cluster", "--config-dir", str(c.folder),
