@@ -151,21 +151,25 @@ class Coordinator:
         if order:
             at = sum(map(ord, self.node)) % len(order)
             order = order[at:] + order[:at]
+        # every lease first, then the pipelines: starting one takes a while (up to a second
+        # on a loaded machine), and a dead node's last pipeline waited for the others' starts
+        taken: list[tuple[str, int]] = []
         for pid in order:
             if len(self.leases.tokens) >= share:
                 break
             if pid in self.leases.tokens:
                 continue
-            cfg = pipelines[pid]
-            token = self.leases.acquire(pid, same_host=has_local_side(cfg))
+            token = self.leases.acquire(pid, same_host=has_local_side(pipelines[pid]))
             if token is not None:
-                log.info("lease acquired", extra={"pipeline": pid, "node": self.node,
-                                                  "token": token})
-                self.daemon.publish("lease_acquired", {"pipeline": pid, "node": self.node,
-                                                       "token": token})
-                self._metrics("set_owner", pid, True)
-                self._metrics("token_changed", pid)
-                self.daemon.begin_owned(cfg)
+                taken.append((pid, token))
+        for pid, token in taken:
+            log.info("lease acquired", extra={"pipeline": pid, "node": self.node,
+                                              "token": token})
+            self.daemon.publish("lease_acquired", {"pipeline": pid, "node": self.node,
+                                                   "token": token})
+            self._metrics("set_owner", pid, True)
+            self._metrics("token_changed", pid)
+            self.daemon.begin_owned(pipelines[pid])
 
     def _hand_over(self, pid: str) -> None:
         """Over the fair share: drain the pipeline's in-flight batches, stop, release."""
