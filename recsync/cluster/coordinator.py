@@ -8,8 +8,8 @@ its fair share, ceil(pipelines / live nodes).
   here stops (no more external writes); the leases expire at ttl and others take over.
 - Over its share: the extra pipelines are paused, their in-flight batches drained, then
   stopped and released at once (no wait for the expiry).
-- A pipeline with a local-file side (SQLite, CSV) is only taken over from a node on the
-  same host (``nodes.host``).
+- A pipeline with a local-file side (SQLite, CSV, JSON Lines) is only taken over from a node
+  on the same host (``nodes.host``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from recsync.cluster.relay import RemoteStates
 from recsync.config import PipelineConfig
 
 log = logging.getLogger(__name__)
-LOCAL_CONNECTORS = frozenset({"sqlite", "csv"})
+LOCAL_CONNECTORS = frozenset({"sqlite", "file"})  # "file": CSV and JSON Lines files
 DRAIN_TIMEOUT = 30.0
 
 
@@ -78,13 +78,16 @@ class Coordinator:
                 return
 
     def _next_round(self) -> float:
-        """Seconds to the next round: ttl/3, or sooner when a lease this node wants (under
-        its share) expires before that (a dead node's pipelines move at its expiry)."""
+        """Seconds to the next round: ttl/3, or sooner when another node's lease expires
+        before that, so a dead node's pipelines move at its expiry. Not only when this
+        node is under its share: a dead node still counts as live until its heartbeat is
+        ttl old, about when its leases expire, so the share that makes room for its
+        pipelines is only seen in a round after that (with rounds ttl/3 apart, up to
+        ttl/3 late). A live node renews at ttl/3, so its leases never trigger this."""
         wait = self.ttl / 3
-        if len(self.leases.tokens) < self.share:
-            for row in self.lease_rows:
-                if row.live and row.node != self.node:
-                    wait = min(wait, max(0.02, row.expires_in + 0.02))
+        for row in self.lease_rows:
+            if row.live and row.node != self.node:
+                wait = min(wait, max(0.02, row.expires_in + 0.02))
         return wait
 
     def stop(self) -> None:
@@ -198,21 +201,25 @@ class Coordinator:
         if order:
             at = sum(map(ord, self.node)) % len(order)
             order = order[at:] + order[:at]
+        # every lease first, then the pipelines: starting one takes a while (up to a second
+        # on a loaded machine), and a dead node's last pipeline waited for the others' starts
+        taken: list[tuple[str, int]] = []
         for pid in order:
             if len(self.leases.tokens) >= share:
                 break
             if pid in self.leases.tokens:
                 continue
-            cfg = pipelines[pid]
-            token = self.leases.acquire(pid, same_host=has_local_side(cfg))
+            token = self.leases.acquire(pid, same_host=has_local_side(pipelines[pid]))
             if token is not None:
-                log.info("lease acquired", extra={"pipeline": pid, "node": self.node,
-                                                  "token": token})
-                self.daemon.publish("lease_acquired", {"pipeline": pid, "node": self.node,
-                                                       "token": token})
-                self._metrics("set_owner", pid, True)
-                self._metrics("token_changed", pid)
-                self.daemon.begin_owned(cfg)
+                taken.append((pid, token))
+        for pid, token in taken:
+            log.info("lease acquired", extra={"pipeline": pid, "node": self.node,
+                                              "token": token})
+            self.daemon.publish("lease_acquired", {"pipeline": pid, "node": self.node,
+                                                   "token": token})
+            self._metrics("set_owner", pid, True)
+            self._metrics("token_changed", pid)
+            self.daemon.begin_owned(pipelines[pid])
 
     def _hand_over(self, pid: str) -> None:
         """Over the fair share: drain the pipeline's in-flight batches, stop, release."""

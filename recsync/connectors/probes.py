@@ -3,10 +3,30 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 _GONE = ("gone",)
+# One read-only descriptor per database file (by inode), kept for the life of the process:
+# closing any descriptor of a file drops every POSIX lock this process holds on it, SQLite's
+# included. A probe that opened and closed the file at each poll let another process's
+# connection, closing, find itself the last one, checkpoint and delete the WAL under the
+# daemon's open connections, whose later commits were then lost.
+_descriptors: dict[tuple[str, int], int] = {}
+_descriptors_lock = threading.Lock()
+
+
+def _descriptor(path: str, inode: int) -> int:
+    with _descriptors_lock:
+        fd = _descriptors.get((path, inode))
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            if os.fstat(fd).st_ino != inode:  # replaced in between: read it next time
+                _descriptors[(path, os.fstat(fd).st_ino)] = fd
+                raise OSError(f"{path} was replaced")
+            _descriptors[(path, inode)] = fd
+        return fd
 
 
 def _stat(path: str) -> tuple[int, int, int, int]:
@@ -35,9 +55,8 @@ def sqlite_probe(path: Path) -> Callable[[], object]:
 
     def probe() -> object:
         try:
-            with open(main, "rb") as f:
-                header = f.read(28)[24:28]
-            head = (_stat(main), header)
+            st = _stat(main)
+            head = (st, os.pread(_descriptor(main, st[0]), 4, 24))
         except OSError:
             return _GONE
         try:
