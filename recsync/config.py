@@ -147,6 +147,9 @@ class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     metrics_port: Annotated[int, Meta(ge=0, le=65535, description=(
         "port of each node's Prometheus metrics (0: none; recsyncd --metrics-port "
         "overrides it, e.g. for several nodes on one host)"))] = 0
+    schema: Annotated[str, Meta(min_length=1, max_length=63, description=(
+        "PostgreSQL schema of the state, nodes and leases (several clusters on one "
+        "database each have their own)"))] = "recsync"
 
     def state_url(self) -> str:
         """The state URL (``state``, else ``$state_env``).
