@@ -44,6 +44,8 @@ class Coordinator:
         self.renewed_at = monotonic()
         self.owners: dict[str, str] = {}  # pipeline -> owner node, as last read
         self.lease_rows: list[LeaseRow] = []
+        self.read_at = monotonic()  # when lease_rows were read
+        self.balanced_at = self.read_at  # when the last round began to take leases
         self.share = 0  # ceil(pipelines / live nodes), as last computed
         self.live = 1
         self._stop = threading.Event()
@@ -71,13 +73,20 @@ class Coordinator:
                 return
 
     def _next_round(self) -> float:
-        """Seconds to the next round: ttl/3, or sooner when a lease this node wants (under
-        its share) expires before that (a dead node's pipelines move at its expiry)."""
+        """Seconds to the next round: ttl/3, or sooner when another node's lease expires
+        before that (a dead node's pipelines move at its expiry; its death may also raise
+        this node's share, so a node at its share wakes too). Live nodes renew every ttl/3,
+        so their leases never expire this soon: no extra rounds while all is well."""
         wait = self.ttl / 3
-        if len(self.leases.tokens) < self.share:
-            for row in self.lease_rows:
-                if row.live and row.node != self.node:
-                    wait = min(wait, max(0.02, row.expires_in + 0.02))
+        elapsed = self.monotonic() - self.read_at  # the expiries are as of the read
+        tried = self.read_at - self.balanced_at  # how long ago this round tried to acquire
+        for row in self.lease_rows:
+            if row.node == self.node:
+                continue
+            if row.live:
+                wait = min(wait, max(0.02, row.expires_in - elapsed + 0.02))
+            elif -row.expires_in < tried:  # expired just after this round's try: again now
+                wait = min(wait, 0.02)
         return wait
 
     def stop(self) -> None:
@@ -130,6 +139,7 @@ class Coordinator:
             self.leases.tokens.pop(pid, None)
 
     def _balance(self) -> None:
+        self.balanced_at = self.monotonic()
         pipelines = self.daemon.config.pipelines
         live = max(1, len(self.leases.live_nodes()))
         self.live = live  # what the shared API budget's fallback divides by
@@ -148,21 +158,24 @@ class Coordinator:
         if order:
             at = sum(map(ord, self.node)) % len(order)
             order = order[at:] + order[:at]
+        acquired: list[tuple[str, int]] = []
         for pid in order:
             if len(self.leases.tokens) >= share:
                 break
             if pid in self.leases.tokens:
                 continue
-            cfg = pipelines[pid]
-            token = self.leases.acquire(pid, same_host=has_local_side(cfg))
+            token = self.leases.acquire(pid, same_host=has_local_side(pipelines[pid]))
             if token is not None:
-                log.info("lease acquired", extra={"pipeline": pid, "node": self.node,
-                                                  "token": token})
-                self.daemon.publish("lease_acquired", {"pipeline": pid, "node": self.node,
-                                                       "token": token})
-                self._metrics("set_owner", pid, True)
-                self._metrics("token_changed", pid)
-                self.daemon.begin_owned(cfg)
+                acquired.append((pid, token))
+        # begun once all are acquired: starting one pipeline does not delay the next takeover
+        for pid, token in acquired:
+            log.info("lease acquired", extra={"pipeline": pid, "node": self.node,
+                                              "token": token})
+            self.daemon.publish("lease_acquired", {"pipeline": pid, "node": self.node,
+                                                   "token": token})
+            self._metrics("set_owner", pid, True)
+            self._metrics("token_changed", pid)
+            self.daemon.begin_owned(pipelines[pid])
 
     def _hand_over(self, pid: str) -> None:
         """Over the fair share: drain the pipeline's in-flight batches, stop, release."""
@@ -188,6 +201,7 @@ class Coordinator:
         self.daemon.stop_owned(pid, reason)
 
     def _read(self) -> None:
+        self.read_at = self.monotonic()
         rows = self.leases.leases()
         self.lease_rows = rows
         self.owners = {r.pipeline: r.node for r in rows if r.live}
