@@ -153,6 +153,9 @@ class ClusterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
         "tcp://0.0.0.0:7731; needs recsyncd --curve-dir: CURVE, as any tcp:// socket; "
         "each node's server.key goes in the others' authorized_clients). Without it, "
         "commands reach owners on the same host only"))] = ""
+    schema: Annotated[str, Meta(min_length=1, max_length=63, description=(
+        "PostgreSQL schema of the state, nodes and leases (several clusters on one "
+        "database each have their own)"))] = "recsync"
 
     def state_url(self) -> str:
         """The state URL (``state``, else ``$state_env``).

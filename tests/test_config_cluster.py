@@ -20,6 +20,7 @@ def test_cluster_table_parsed_with_defaults() -> None:
     assert config.cluster == ClusterConfig(state="postgresql://recsync:s3cret@db:5432/recsync")
     assert config.cluster.lease_ttl == 15.0 and config.cluster.redis == ""
     assert config.cluster.nodes_hint == 1 and config.cluster.metrics_port == 0
+    assert config.cluster.schema == "recsync"
     assert config.cluster.state_url() == "postgresql://recsync:s3cret@db:5432/recsync"
     # shown (logs, status, repr) with the password masked
     assert "s3cret" not in config.cluster.shown() and "s3cret" not in repr(config)

@@ -24,7 +24,7 @@ def show_cluster(args: argparse.Namespace, out: TextIO) -> int:
     if config.cluster is None:
         raise UsageError(f"{args.config_dir / 'customer_settings.toml'} has no [cluster] "
                          "section: this recsyncd runs alone")
-    leases = open_leases(config.cluster, "recsync-cli")
+    leases = open_leases(config.cluster, "recsync-cli", config.cluster.schema)
     try:
         nodes, rows = leases.nodes(), leases.leases()
     finally:

@@ -46,6 +46,8 @@ class Coordinator:
         self.renewed_at = monotonic()
         self.owners: dict[str, str] = {}  # pipeline -> owner node, as last read
         self.lease_rows: list[LeaseRow] = []
+        self.read_at = monotonic()  # when lease_rows were read
+        self.balanced_at = self.read_at  # when the last round began to take leases
         self.share = 0  # ceil(pipelines / live nodes), as last computed
         self.live = 1
         self.node_rows: list[NodeRow] = []  # as last read
@@ -79,15 +81,19 @@ class Coordinator:
 
     def _next_round(self) -> float:
         """Seconds to the next round: ttl/3, or sooner when another node's lease expires
-        before that, so a dead node's pipelines move at its expiry. Not only when this
-        node is under its share: a dead node still counts as live until its heartbeat is
-        ttl old, about when its leases expire, so the share that makes room for its
-        pipelines is only seen in a round after that (with rounds ttl/3 apart, up to
-        ttl/3 late). A live node renews at ttl/3, so its leases never trigger this."""
+        before that (a dead node's pipelines move at its expiry; its death may also raise
+        this node's share, so a node at its share wakes too). Live nodes renew every ttl/3,
+        so their leases never expire this soon: no extra rounds while all is well."""
         wait = self.ttl / 3
+        elapsed = self.monotonic() - self.read_at  # the expiries are as of the read
+        tried = self.read_at - self.balanced_at  # how long ago this round tried to acquire
         for row in self.lease_rows:
-            if row.live and row.node != self.node:
-                wait = min(wait, max(0.02, row.expires_in + 0.02))
+            if row.node == self.node:
+                continue
+            if row.live:
+                wait = min(wait, max(0.02, row.expires_in - elapsed + 0.02))
+            elif -row.expires_in < tried:  # expired just after this round's try: again now
+                wait = min(wait, 0.02)
         return wait
 
     def stop(self) -> None:
@@ -175,6 +181,7 @@ class Coordinator:
         return False
 
     def _balance(self) -> None:
+        self.balanced_at = self.monotonic()
         pipelines = self.daemon.config.pipelines
         nodes = self.leases.nodes()
         self.node_rows = nodes
@@ -201,9 +208,7 @@ class Coordinator:
         if order:
             at = sum(map(ord, self.node)) % len(order)
             order = order[at:] + order[:at]
-        # every lease first, then the pipelines: starting one takes a while (up to a second
-        # on a loaded machine), and a dead node's last pipeline waited for the others' starts
-        taken: list[tuple[str, int]] = []
+        acquired: list[tuple[str, int]] = []
         for pid in order:
             if len(self.leases.tokens) >= share:
                 break
@@ -211,8 +216,9 @@ class Coordinator:
                 continue
             token = self.leases.acquire(pid, same_host=has_local_side(pipelines[pid]))
             if token is not None:
-                taken.append((pid, token))
-        for pid, token in taken:
+                acquired.append((pid, token))
+        # begun once all are acquired: starting one pipeline does not delay the next takeover
+        for pid, token in acquired:
             log.info("lease acquired", extra={"pipeline": pid, "node": self.node,
                                               "token": token})
             self.daemon.publish("lease_acquired", {"pipeline": pid, "node": self.node,
@@ -245,6 +251,7 @@ class Coordinator:
         self.daemon.stop_owned(pid, reason)
 
     def _read(self) -> None:
+        self.read_at = self.monotonic()
         rows = self.leases.leases()
         self.lease_rows = rows
         self.owners = {r.pipeline: r.node for r in rows if r.live}

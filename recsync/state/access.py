@@ -27,7 +27,8 @@ class StateAccess:
                  schema: str | None = None, fence: Fence | None = None) -> None:
         self.state_dir = state_dir
         self.cluster = cluster
-        self.schema = schema  # None: the default schema (``recsync``); tests use their own
+        # None: [cluster] schema (default ``recsync``); tests use their own
+        self.schema = schema or (cluster.schema if cluster is not None else None)
         self.fence = fence  # the seam of leases: checked in each state transaction
         self._lock = threading.Lock()
         self._conn: Any = None

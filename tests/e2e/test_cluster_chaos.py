@@ -1,0 +1,135 @@
+"""Chaos on a cluster of real recsyncd processes, the state in PostgreSQL: kill -9 of random
+nodes at random moments while rows change, nodes joining and leaving. Whatever happens, the
+sides end exact (0 lost, 0 duplicated) and every takeover is within lease_ttl + one poll
+interval, as the lease rows (the database's clock) tell.
+
+The random choices come from one seed, printed (``RECSYNC_CHAOS_SEED=N`` replays it).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import threading
+from datetime import datetime
+
+import pytest
+
+from tests.e2e.cluster import (
+    Cluster,
+    a_rows,
+    assert_exact,
+    b_rows,
+    cluster,
+    fair,
+    same,
+    setup,
+)
+from tests.e2e.helpers import kill_when, wait_for
+from tests.pgfixture import pg
+
+_FIXTURES = (cluster, pg)  # used as fixtures by name
+NODES = ["n1", "n2", "n3"]
+
+
+def chaos_seed() -> int:
+    seed = int(os.environ.get("RECSYNC_CHAOS_SEED") or random.randrange(2**32))
+    print(f"chaos seed: RECSYNC_CHAOS_SEED={seed}")
+    return seed
+
+
+class Changes:
+    """A thread that keeps inserting and updating rows on the A sides until stopped."""
+
+    def __init__(self, c: Cluster, seed: int, first: int) -> None:
+        self.c, self.rng, self.next = c, random.Random(seed), first
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            version = 0
+            while not self.done.wait(0.01):  # a pace, not a wait for anything
+                version += 1
+                pid = self.rng.choice(self.c.pipelines)
+                fresh = range(self.next, self.next + self.rng.randint(1, 8))
+                self.next = fresh.stop
+                with sqlite3.connect(self.c.side(pid, "a"), timeout=30) as conn:
+                    conn.executemany(
+                        "INSERT INTO users (record_id, full_name, email_address, status) "
+                        "VALUES (?, ?, ?, 'active')",
+                        [(n, f"User {n}", f"u{n}@example.com") for n in fresh])
+                    conn.executemany(
+                        "UPDATE users SET full_name = ? WHERE record_id = ?",
+                        [(f"User {n} v{version}", n)
+                         for n in self.rng.sample(range(1, 101), 3)])
+                conn.close()
+        except BaseException as exc:  # reported by stop()
+            self.error = exc
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=60)
+        assert self.error is None, f"the changes thread failed: {self.error!r}"
+
+
+def b_count(c: Cluster, pipelines: list[str]) -> int:
+    try:
+        return sum(len(b_rows(c, p)) for p in pipelines)
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.mark.slow
+def test_random_kill_9s_mid_sync_lose_and_duplicate_nothing(cluster: Cluster) -> None:
+    c = cluster
+    seed = chaos_seed()
+    rng = random.Random(seed)
+    setup(c, 8, 100)
+    for name in NODES:
+        c.start(name)
+    wait_for(lambda: fair(c, NODES) and same(c), timeout=60,
+             what="three nodes sharing eight pipelines, all synced")
+    changes = Changes(c, seed + 1, 101)
+    takeovers: list[float] = []
+    try:
+        for kill in range(3):
+            wait_for(lambda: fair(c, NODES), timeout=60, what="the three sharing again")
+            victim = rng.choice(NODES)
+            moved = c.owned_by(victim)
+            before = c.leases()
+            at = rng.randint(1, 60)  # B rows of its pipelines synced before the kill
+            base = b_count(c, moved)
+            print(f"kill {kill + 1}: {victim} (owns {moved}) after {at} more rows on B")
+            assert kill_when(c.procs[victim], lambda m=moved, b=base: b_count(c, m) - b, at,
+                             timeout=60)
+            killed_at = c.db_now()
+            final = c.leases()  # the victim's leases as it left them
+
+            def moved_on(m: list[str] = moved, v: str = victim) -> bool:
+                owners = c.owners()
+                return all(owners.get(p) not in (None, c.node(v)) for p in m)
+
+            wait_for(moved_on, timeout=c.ttl * 10, what=f"the takeover of {moved}")
+            after = c.leases()
+            for p in moved:
+                assert after[p][1] > before[p][1], p  # a takeover increments the token
+                takeovers.append(seconds(after[p][2], killed_at))
+                print(f"  {p} -> {after[p][0]}: {takeovers[-1]:.3f} s after the kill, "
+                      f"{seconds(after[p][2], final[p][4]):.3f} s after its expiry")
+            c.start(victim)  # rejoins under its name, once its heartbeat is stale
+    finally:
+        changes.stop()
+    print(f"takeovers after kill -9 (s): {sorted(round(t, 3) for t in takeovers)}")
+    wait_for(lambda: same(c), timeout=60, what="both sides equal once the changes stop")
+    assert_exact(c)
+    assert sum(len(a_rows(c, p)) for p in c.pipelines) == 8 * 100 + changes.next - 101
+    # the bound, as the database's clock measures it (the kill is a little earlier still)
+    assert max(takeovers) <= c.ttl + c.poll, (seed, takeovers)
+
+
+def seconds(later: datetime, earlier: datetime) -> float:
+    return (later - earlier).total_seconds()
