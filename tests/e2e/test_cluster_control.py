@@ -18,19 +18,13 @@ import pytest
 from recsync.client import ControlClient
 from recsync.daemon import protocol as p
 from recsync.errors import ControlError
-from tests.e2e import test_cluster_failover
+from recsync.sqlident import quote_ident
+from tests.e2e.cluster import STATE_ENV, Cluster, b_rows, cluster, fair, setup, synced
 from tests.e2e.helpers import recsyncd_cmd, sql, wait_for
-from tests.e2e.test_cluster_failover import (
-    Cluster,
-    b_rows,
-    fair,
-    setup,
-    stop_all,
-    synced,
-)
-from tests.pgfixture import PG_DSN
+from tests.pgfixture import PG_DSN, pg
 
-nodes = test_cluster_failover.cluster  # the fixture: a customer of its own, cleaned up
+nodes = cluster  # the fixture: a customer and a PostgreSQL schema of its own, cleaned up
+_FIXTURES = (pg,)  # used as a fixture by name
 
 
 def start_in(c: Cluster, name: str, config_dir: Path, *extra: str) -> None:
@@ -41,7 +35,8 @@ def start_in(c: Cluster, name: str, config_dir: Path, *extra: str) -> None:
          "--endpoint", c.endpoint(name), "--log-file", str(c.folder / f"{name}.log"),
          *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        env={**os.environ, "RUNTIME_DIRECTORY": str(c.folder / f"run-{name}")})
+        env={**os.environ, "RUNTIME_DIRECTORY": str(c.folder / f"run-{name}"),
+             STATE_ENV: PG_DSN, "PGAPPNAME": c.node(name)})
 
 
 def client(c: Cluster, name: str) -> ControlClient:
@@ -112,7 +107,7 @@ def test_a_pipeline_command_sent_to_any_node_reaches_its_owner(nodes: Cluster) -
         wait_for(lambda: ("Via n1",) in [(r[1],) for r in b_rows(c, theirs)], timeout=30,
                  what="n2 syncing its pipeline after the commands through n1")
     finally:
-        stop_all(c)
+        c.stop_all()
 
 
 def test_a_pipeline_no_node_owns_answers_no_owner(nodes: Cluster) -> None:
@@ -122,10 +117,12 @@ def test_a_pipeline_no_node_owns_answers_no_owner(nodes: Cluster) -> None:
     # its last owner was a node on another host, now gone: with a SQLite side, the
     # pipeline may not move to this host, and nobody owns it
     with psycopg.connect(PG_DSN, autocommit=True) as conn:
-        conn.execute("INSERT INTO recsync.nodes (node, host, pid, boot, heartbeat_at) "
+        conn.execute(f"INSERT INTO {quote_ident(c.schema)}.nodes (node, host, pid, boot, "
+                     "heartbeat_at) "
                      "VALUES (%s, 'elsewhere', 1, 'x', now() - interval '1 hour')",
                      (c.node("gone"),))
-        conn.execute("INSERT INTO recsync.leases (pipeline, node, token, expires_at, "
+        conn.execute(f"INSERT INTO {quote_ident(c.schema)}.leases (pipeline, node, token, "
+                     "expires_at, "
                      "acquired_at) VALUES (%s, %s, 4, now() - interval '1 hour', now())",
                      (orphan, c.node("gone")))
     try:
@@ -148,7 +145,7 @@ def test_a_pipeline_no_node_owns_answers_no_owner(nodes: Cluster) -> None:
         assert shown.returncode != 0
         assert "has no owner now" in shown.stderr
     finally:
-        stop_all(c)
+        c.stop_all()
 
 
 def test_a_command_whose_owner_was_killed_reaches_the_new_owner(nodes: Cluster) -> None:
@@ -166,7 +163,7 @@ def test_a_command_whose_owner_was_killed_reaches_the_new_owner(nodes: Cluster) 
         wait_for(lambda: status(c, "n1")[theirs]["state"] == "paused", timeout=30,
                  what="the pipeline paused on its new owner")
     finally:
-        stop_all(c)
+        c.stop_all()
 
 
 def test_every_nodes_events_reach_any_node_in_a_stable_order(nodes: Cluster) -> None:
@@ -221,7 +218,7 @@ def test_every_nodes_events_reach_any_node_in_a_stable_order(nodes: Cluster) -> 
         stamps = [e["ts"] for e in entries]
         assert stamps == sorted(stamps)
     finally:
-        stop_all(c)
+        c.stop_all()
 
 
 def test_a_node_whose_config_differs_owns_nothing_until_it_matches(
@@ -258,7 +255,8 @@ def test_a_node_whose_config_differs_owns_nothing_until_it_matches(
         assert set(c.owners().values()) == {c.node("n1")}  # n2 took nothing
         listing = subprocess.run(
             [sys.executable, "-m", "recsync.cli", "cluster", "--config-dir", str(c.folder),
-             "--json"], capture_output=True, text=True, timeout=60)
+             "--json"], capture_output=True, text=True, timeout=60,
+            env={**os.environ, STATE_ENV: PG_DSN})
         assert listing.returncode == 0, listing.stderr
         mine = {n["node"]: n for n in json.loads(listing.stdout)["nodes"]}
         assert mine[c.node("n2")]["config"] == "differs: owns nothing"
@@ -272,7 +270,7 @@ def test_a_node_whose_config_differs_owns_nothing_until_it_matches(
         wait_for(lambda: not cluster_notes(c, "n1"), timeout=30,
                  what="status no longer naming n2 (read each lease round)")
     finally:
-        stop_all(c)
+        c.stop_all()
 
 
 def cluster_notes(c: Cluster, name: str) -> list[str]:
@@ -333,7 +331,7 @@ def test_nodes_with_curve_forward_over_ipc_and_their_tcp_control_bind(nodes: Clu
             assert cli.request(p.Pause(c.customer, name)) == {"count": 1,
                                                               "pipelines": [theirs]}
         # from another host, n2 is reached on its tcp:// control_bind (CURVE)
-        probe = Leases(PG_DSN, "probe", 2.0)
+        probe = Leases(PG_DSN, "probe", 2.0, schema=c.schema)
         try:
             row = next(n for n in probe.nodes() if n.node == c.node("n2"))
         finally:
@@ -349,7 +347,7 @@ def test_nodes_with_curve_forward_over_ipc_and_their_tcp_control_bind(nodes: Clu
             Forward(socket.gethostname(), keys["stranger"])(elsewhere, request, 2)
         assert err.value.code == "UNAVAILABLE"
     finally:
-        stop_all(c)
+        c.stop_all()
 
 
 def test_control_bind_without_curve_keys_is_refused(nodes: Cluster) -> None:

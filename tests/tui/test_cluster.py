@@ -12,13 +12,14 @@ from recsync.client import ControlClient
 from recsync.tui.app import make_app
 from recsync.tui.screens.detail import DetailScreen
 from recsync.tui.widgets.table import LiveTable
-from tests.e2e import test_cluster_failover as failover
+from tests.e2e.cluster import Cluster, add_rows, b_rows, cluster, fair, setup, synced
 from tests.e2e.helpers import wait_for
-from tests.e2e.test_cluster_failover import Cluster, add_rows, b_rows, fair, setup, stop_all
+from tests.pgfixture import pg
 from tests.tui.conftest import until
 
 pytestmark = pytest.mark.asyncio
-nodes = failover.cluster  # the fixture: a customer of its own, cleaned up
+nodes = cluster  # the fixture: a customer and a PostgreSQL schema of its own, cleaned up
+_FIXTURES = (pg,)  # used as a fixture by name
 
 
 @pytest.fixture
@@ -27,11 +28,11 @@ def one_node(nodes: Cluster) -> Iterator[Cluster]:
     setup(nodes, 2, 20)
     nodes.start("n1")
     try:
-        wait_for(lambda: len(nodes.owners()) == 2 and failover.synced(nodes, 20), timeout=90,
+        wait_for(lambda: len(nodes.owners()) == 2 and synced(nodes, 20), timeout=90,
                  what="n1 owning and syncing both pipelines")
         yield nodes
     finally:
-        stop_all(nodes)
+        nodes.stop_all()
 
 
 async def test_the_dashboard_follows_a_pipeline_to_its_new_owner(one_node: Cluster) -> None:
