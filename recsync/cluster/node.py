@@ -52,5 +52,6 @@ def join(daemon: Any, node: str) -> Coordinator:
         raise
     daemon.state.fence = leases.fence
     coordinator = Coordinator(leases, daemon)
+    daemon.state.permit = coordinator.permit
     daemon.coordinator = coordinator
     return coordinator

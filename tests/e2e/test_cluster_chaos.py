@@ -12,6 +12,7 @@ import os
 import random
 import sqlite3
 import threading
+from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
@@ -27,7 +28,8 @@ from tests.e2e.cluster import (
     setup,
 )
 from tests.e2e.helpers import kill_when, wait_for
-from tests.pgfixture import pg
+from tests.pgfixture import PG_DSN, pg
+from tests.tcpproxy import TcpProxy
 
 _FIXTURES = (cluster, pg)  # used as fixtures by name
 NODES = ["n1", "n2", "n3"]
@@ -133,3 +135,56 @@ def test_random_kill_9s_mid_sync_lose_and_duplicate_nothing(cluster: Cluster) ->
 
 def seconds(later: datetime, earlier: datetime) -> float:
     return (later - earlier).total_seconds()
+
+
+@pytest.fixture
+def pg_proxy() -> Iterator[TcpProxy]:
+    """A TCP forwarder to the PostgreSQL server that the test can pause (a partition)."""
+    host, port = PG_DSN.split("@", 1)[1].split("/", 1)[0].split(":")
+    proxy = TcpProxy(host, int(port))
+    yield proxy
+    proxy.close()
+
+
+def test_a_partition_from_postgresql_moves_the_pipelines_and_heals_exact(
+        cluster: Cluster, pg_proxy: TcpProxy) -> None:
+    c = cluster
+    seed = chaos_seed()
+    setup(c, 4, 100)
+    c.audit_state()
+    c.start("n1", state_dsn=pg_proxy.dsn(PG_DSN))  # n1 reaches PostgreSQL through the proxy
+    c.start("n2")
+    wait_for(lambda: fair(c, ["n1", "n2"]) and same(c), timeout=60,
+             what="two nodes sharing four pipelines, all synced")
+    cut_off = c.owned_by("n1")
+    assert len(cut_off) == 2
+    changes = Changes(c, seed, 101)
+    try:
+        wait_for(lambda: b_count(c, cut_off) > 2 * 100 + 20, timeout=30,
+                 what="n1 syncing new rows")
+        pg_proxy.pause()  # n1 hears nothing from PostgreSQL, and PostgreSQL nothing from n1
+        wait_for(lambda: c.owned_by("n2") == sorted(c.pipelines), timeout=c.ttl * 10,
+                 what="n2 taking the cut-off node's pipelines over")
+        taken = {p: c.leases()[p][2] for p in cut_off}
+        wait_for(lambda: c.state_writes("n2", cut_off[0], after=taken[cut_off[0]]) > 0,
+                 timeout=30, what="n2 syncing the cut-off node's pipelines")
+        healed_at = c.db_now()
+        pg_proxy.resume()
+        # n1 learns its leases are lost, says so, and rejoins for its share again
+        wait_for(lambda: any("lost the lease" in str(x.get("error")) or
+                             "no longer holds its lease" in str(x.get("error"))
+                             for x in c.log_lines("n1")), timeout=30,
+                 what="n1 saying it lost its leases")
+        wait_for(lambda: fair(c, ["n1", "n2"]) and len(c.owned_by("n1")) == 2, timeout=60,
+                 what="n1 getting its share back after the partition heals")
+    finally:
+        changes.stop()
+    wait_for(lambda: same(c), timeout=60, what="both sides equal once the changes stop")
+    assert_exact(c)
+    # no state of its pipelines committed by n1 from their takeover until it owns them again
+    final = c.leases()
+    for p in cut_off:
+        back = final[p][2] if final[p][0] == c.node("n1") else c.db_now()
+        assert c.state_writes("n1", p, after=taken[p], before=back) == 0, p
+    print(f"partition: n2 took over {seconds(healed_at, min(taken.values())):.3f} s "
+          "before the heal")
