@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from recsync.cluster.coordinator import Coordinator
@@ -35,9 +37,11 @@ def open_leases(cluster: ClusterConfig, node: str, schema: str = SCHEMA) -> Leas
         raise error from exc
 
 
-def join(daemon: Any, node: str) -> Coordinator:
+def join(daemon: Any, node: str,
+         monotonic: Callable[[], float] = time.monotonic) -> Coordinator:
     """Register ``node`` (refused when a live node has the name) and make the daemon run
-    only the pipelines whose lease it holds, every state write fenced by its token.
+    only the pipelines whose lease it holds, every state write fenced by its token and
+    every external write allowed by ``Coordinator.permit`` (``monotonic``: its clock).
 
     Raises:
         NodeNameTaken: a live node already has the name.
@@ -51,7 +55,7 @@ def join(daemon: Any, node: str) -> Coordinator:
         leases.close()
         raise
     daemon.state.fence = leases.fence
-    coordinator = Coordinator(leases, daemon)
+    coordinator = Coordinator(leases, daemon, monotonic)
     daemon.state.permit = coordinator.permit
     daemon.coordinator = coordinator
     return coordinator

@@ -12,7 +12,6 @@ import os
 import random
 import sqlite3
 import threading
-from collections.abc import Iterator
 from datetime import datetime
 
 import pytest
@@ -29,9 +28,9 @@ from tests.e2e.cluster import (
 )
 from tests.e2e.helpers import kill_when, wait_for
 from tests.pgfixture import PG_DSN, pg
-from tests.tcpproxy import TcpProxy
+from tests.tcpproxy import TcpProxy, pg_proxy
 
-_FIXTURES = (cluster, pg)  # used as fixtures by name
+_FIXTURES = (cluster, pg, pg_proxy)  # used as fixtures by name
 NODES = ["n1", "n2", "n3"]
 
 
@@ -135,15 +134,6 @@ def test_random_kill_9s_mid_sync_lose_and_duplicate_nothing(cluster: Cluster) ->
 
 def seconds(later: datetime, earlier: datetime) -> float:
     return (later - earlier).total_seconds()
-
-
-@pytest.fixture
-def pg_proxy() -> Iterator[TcpProxy]:
-    """A TCP forwarder to the PostgreSQL server that the test can pause (a partition)."""
-    host, port = PG_DSN.split("@", 1)[1].split("/", 1)[0].split(":")
-    proxy = TcpProxy(host, int(port))
-    yield proxy
-    proxy.close()
 
 
 def test_a_partition_from_postgresql_moves_the_pipelines_and_heals_exact(
