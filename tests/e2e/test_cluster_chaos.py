@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import sqlite3
 import threading
 from datetime import datetime
@@ -178,3 +179,51 @@ def test_a_partition_from_postgresql_moves_the_pipelines_and_heals_exact(
         assert c.state_writes("n1", p, after=taken[p], before=back) == 0, p
     print(f"partition: n2 took over {seconds(healed_at, min(taken.values())):.3f} s "
           "before the heal")
+
+
+def test_a_node_frozen_mid_sync_past_its_lease_writes_nothing_more(cluster: Cluster) -> None:
+    c = cluster
+    seed = chaos_seed()
+    rng = random.Random(seed)
+    setup(c, 2, 100)
+    c.audit_state()
+    c.start("n1")
+    c.start("n2")
+    wait_for(lambda: fair(c, ["n1", "n2"]) and same(c), timeout=60,
+             what="two nodes sharing two pipelines, all synced")
+    [frozen] = c.owned_by("n1")
+    token = c.leases()[frozen][1]
+    changes = Changes(c, seed, 101)
+    try:
+        # SIGSTOP at a random moment of n1's sync of the new rows
+        at, base = rng.randint(1, 40), b_count(c, [frozen])
+        wait_for(lambda: b_count(c, [frozen]) - base >= at, timeout=30,
+                 what="n1 syncing new rows")
+        os.kill(c.procs["n1"].pid, signal.SIGSTOP)
+        wait_for(lambda: c.owned_by("n2") == sorted(c.pipelines), timeout=c.ttl * 10,
+                 what="n2 taking the frozen node's pipeline over")
+        lease = c.leases()[frozen]
+        taken = lease[2]
+        assert lease[1] == token + 1
+        wait_for(lambda: c.state_writes("n2", frozen, after=taken) > 0, timeout=30,
+                 what="n2 syncing the frozen node's pipeline")
+        os.kill(c.procs["n1"].pid, signal.SIGCONT)
+
+        def said_why() -> list[str]:
+            return [str(x["error"]) for x in c.log_lines("n1")
+                    if x.get("pipeline") == frozen and any(why in str(x.get("error")) for why in (
+                        "lost the lease", "no longer holds its lease", "could not renew"))]
+
+        # its state write refused by the token, or its lease round finding the lease
+        # lost: either way it stops the pipeline and says why
+        reasons = wait_for(said_why, timeout=30, what="n1 saying why it stopped")
+        assert f"node {c.node('n1')}" in reasons[0]
+    finally:
+        changes.stop()
+    wait_for(lambda: same(c), timeout=60, what="both sides equal once the changes stop")
+    assert_exact(c)
+    # n1 committed no state of the pipeline from the takeover until it owned it again
+    final = c.leases()[frozen]
+    back = final[2] if final[0] == c.node("n1") else c.db_now()
+    assert c.state_writes("n1", frozen, after=taken, before=back) == 0
+    assert c.state_writes("n1", frozen, before=taken) > 0  # the audit saw n1 before
