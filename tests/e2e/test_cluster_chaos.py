@@ -227,3 +227,34 @@ def test_a_node_frozen_mid_sync_past_its_lease_writes_nothing_more(cluster: Clus
     back = final[2] if final[0] == c.node("n1") else c.db_now()
     assert c.state_writes("n1", frozen, after=taken, before=back) == 0
     assert c.state_writes("n1", frozen, before=taken) > 0  # the audit saw n1 before
+
+
+def test_a_node_leaving_hands_its_pipelines_over_at_once(cluster: Cluster) -> None:
+    c = cluster
+    c.ttl = 9.0  # a takeover at the lease's expiry is seconds later than one at its release
+    seed = chaos_seed()
+    setup(c, 4, 100)
+    c.start("n1")
+    c.start("n2")
+    wait_for(lambda: fair(c, ["n1", "n2"]) and same(c), timeout=60,
+             what="two nodes sharing four pipelines, all synced")
+    leaving = c.owned_by("n2")
+    assert len(leaving) == 2
+    changes = Changes(c, seed, 101)  # the leaving node has batches in flight
+    try:
+        wait_for(lambda: b_count(c, leaving) > 2 * 100 + 20, timeout=30,
+                 what="n2 syncing new rows")
+        expiry = {p: v[4] for p, v in c.leases().items()}  # it renews no more once stopping
+        c.procs["n2"].terminate()  # SIGTERM: drain, stop, release, leave
+        assert c.procs["n2"].wait(timeout=60) == 0
+        wait_for(lambda: c.owned_by("n1") == sorted(c.pipelines), timeout=c.ttl * 3,
+                 what="n1 taking the left node's pipelines over")
+    finally:
+        changes.stop()
+    after = c.leases()
+    for p in leaving:
+        # taken over once released, before the lease would have expired
+        assert after[p][2] < expiry[p], (p, after[p][2], expiry[p])
+    assert c.pg.run("SELECT count(*) FROM nodes WHERE node = %s", (c.node("n2"),)) == [(0,)]
+    wait_for(lambda: same(c), timeout=60, what="both sides equal once the changes stop")
+    assert_exact(c)
