@@ -11,6 +11,11 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Iterator
+
+import pytest
+
+from tests.pgfixture import PG_DSN
 
 
 class TcpProxy:
@@ -85,3 +90,12 @@ class TcpProxy:
             for s in (src, dst):
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture
+def pg_proxy() -> Iterator[TcpProxy]:
+    """A TCP forwarder to the test PostgreSQL server (``.dsn(PG_DSN)``) the test can pause."""
+    host, port = PG_DSN.split("@", 1)[1].split("/", 1)[0].split(":")
+    proxy = TcpProxy(host, int(port))
+    yield proxy
+    proxy.close()

@@ -251,6 +251,13 @@ class ConnectorActor(PipelineActor):
 
     def _write(self, batch: WriteBatch) -> BatchDone:
         assert self.connector is not None
+        permit = self.state_access.permit if self.state_access is not None else None
+        refused = permit(self.pipeline) if permit is not None else None
+        if refused is not None:  # a node without a fresh lease writes nothing outside
+            log.warning("write held back", extra={"pipeline": self.pipeline,
+                                                  "side": self.side, "error": refused})
+            self.health.error(refused)
+            return self._all(batch, "deferred", refused, self.clock.time() + 1.0)
         retry_at = self._gate()
         if retry_at is not None:
             return self._all(batch, "deferred", None, retry_at)

@@ -135,6 +135,21 @@ class Coordinator:
                                          "(it expired and another node may own it now)")
         self.renewed_at = started
 
+    def permit(self, pid: str) -> str | None:
+        """Asked before each external write of ``pid`` (any thread): None when it may go
+        out, else why not. Only while this node holds the lease and renewed it less than
+        ttl/2 ago, by this process's clock: a node frozen, or cut off from the database
+        (its renewal hanging), stops writing well before others may take over at ttl."""
+        if pid not in self.leases.tokens:
+            return (f"node {self.node} does not hold the lease of pipeline {pid} (another "
+                    "node owns it, or it is being handed over)")
+        silent = self.monotonic() - self.renewed_at
+        if silent >= self.ttl / 2:
+            return (f"node {self.node} could not renew its leases for {silent:.1f} s "
+                    f"(lease_ttl/2 = {self.ttl / 2:g} s; state database unreachable, or the "
+                    "process frozen?): its external writes stop until it renews")
+        return None
+
     def _check_silence(self) -> None:
         """Not renewed for ttl/2: stop every pipeline here (no more external writes)."""
         if self.monotonic() - self.renewed_at < self.ttl / 2:
@@ -231,7 +246,8 @@ class Coordinator:
         """Over the fair share: drain the pipeline's in-flight batches, stop, release."""
         log.info("over the fair share: handing the pipeline over",
                  extra={"pipeline": pid, "node": self.node})
-        self.daemon.drain_pipeline(pid, DRAIN_TIMEOUT)
+        # not longer than ttl/3: the other leases are renewed after this round
+        self.daemon.drain_pipeline(pid, min(DRAIN_TIMEOUT, self.ttl / 3))
         self._stop_pipeline(pid, None)
         self.leases.release(pid)
         self.daemon.publish("lease_released", {"pipeline": pid, "node": self.node})

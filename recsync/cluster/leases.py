@@ -8,8 +8,9 @@ state write transaction and refuses it unless this node still holds the pipeline
 unexpired, with the token it acquired (``FOR SHARE``: a takeover waits for the
 transaction to end), so a node that lost its lease (frozen, cut off) writes nothing more.
 
-Every time is the database's ``now()`` (``now_sql``: tests give an expression of their own
-to move time on), never a node's clock.
+Every time is the database's ``clock_timestamp()``, not ``now()``: a statement that waited
+for a row lock must not date a lease from before its wait (``now_sql``: tests give an
+expression of their own to move time on), never a node's clock.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ class Leases:
 
     def __init__(self, dsn: str, node: str, ttl: float, *, schema: str = "recsync",
                  host: str = "", pid: int = 0, boot: str = "",
-                 now_sql: str = "now()") -> None:
+                 now_sql: str = "clock_timestamp()") -> None:
         self.node, self.ttl, self.host, self.pid, self.boot = node, ttl, host, pid, boot
         self.schema = schema
         self.now = now_sql
@@ -99,6 +100,9 @@ class Leases:
         try:
             create_tables(self.conn, schema)
             self.conn.execute(f"SET search_path = {_ident(schema)}")
+            # a lease row held by a stalled writer (FOR SHARE) fails this node's statement
+            # after ttl/3 instead of stalling its rounds (and so its own renewals)
+            self.conn.execute(f"SET lock_timeout = {max(1, int(ttl * 1000 / 3))}")
         except BaseException:
             self.conn.close()
             raise

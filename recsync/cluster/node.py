@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from recsync.cluster.confighash import config_hash
@@ -56,9 +58,11 @@ def stamp_logs(node: str) -> None:
             handler.addFilter(NodeStamp(node))
 
 
-def join(daemon: Any, node: str) -> Coordinator:
+def join(daemon: Any, node: str,
+         monotonic: Callable[[], float] = time.monotonic) -> Coordinator:
     """Register ``node`` (refused when a live node has the name) and make the daemon run
-    only the pipelines whose lease it holds, every state write fenced by its token.
+    only the pipelines whose lease it holds, every state write fenced by its token and
+    every external write allowed by ``Coordinator.permit`` (``monotonic``: its clock).
 
     Raises:
         NodeNameTaken: a live node already has the name.
@@ -74,6 +78,7 @@ def join(daemon: Any, node: str) -> Coordinator:
         raise
     daemon.state.fence = leases.fence
     stamp_logs(node)
-    coordinator = Coordinator(leases, daemon)
+    coordinator = Coordinator(leases, daemon, monotonic)
+    daemon.state.permit = coordinator.permit
     daemon.coordinator = coordinator
     return coordinator

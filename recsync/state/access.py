@@ -9,6 +9,7 @@ or one PostgreSQL connection shared by every reader).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,9 @@ class StateAccess:
         # None: [cluster] schema (default ``recsync``); tests use their own
         self.schema = schema or (cluster.schema if cluster is not None else None)
         self.fence = fence  # the seam of leases: checked in each state transaction
+        # the seam of the ttl/2 rule: asked before each external write of a pipeline, None
+        # when it may go out, else why not (set by recsync.cluster.node.join)
+        self.permit: Callable[[str], str | None] | None = None
         self._lock = threading.Lock()
         self._conn: Any = None
 
@@ -79,6 +83,19 @@ class StateAccess:
                 raise
             raise error from exc
         backend.fence = self.fence
+        if self.fence is not None:
+            # a write transaction holds its lease row (the fence's FOR SHARE): a node cut
+            # off in the middle of one must not keep others from taking the lease over at
+            # its expiry, so the server ends such a session after lease_ttl/2 of silence
+            ms = max(1, int(self.cluster.lease_ttl * 500))
+            try:
+                backend.conn.execute(f"SET idle_in_transaction_session_timeout = {ms}")
+            except Exception as exc:
+                backend.close()
+                error = backend_error(f"{self.shown} (pipeline {pipeline_id})", exc)
+                if error is None:
+                    raise
+                raise error from exc
         return backend
 
     def reader(self, pipeline_id: str) -> Path | SqlBackend:

@@ -155,12 +155,13 @@ class Cluster:
                              f"{s}.{table} FOR EACH ROW EXECUTE FUNCTION {s}.audit_write()")
 
     def state_writes(self, name: str, pipeline: str | None = None,
-                     after: datetime | None = None) -> int:
-        """Committed state writes of node ``name`` (of ``pipeline``, after ``after``)."""
+                     after: datetime | None = None, before: datetime | None = None) -> int:
+        """Committed state writes of node ``name`` (of ``pipeline``, in after..before)."""
         rows = self.pg.run(
             "SELECT count(*) FROM audit WHERE node = %s AND (%s::text IS NULL OR "
-            "pipeline = %s) AND (%s::timestamptz IS NULL OR at > %s)",
-            (self.node(name), pipeline, pipeline, after, after))
+            "pipeline = %s) AND (%s::timestamptz IS NULL OR at > %s) AND "
+            "(%s::timestamptz IS NULL OR at < %s)",
+            (self.node(name), pipeline, pipeline, after, after, before, before))
         return int(rows[0][0])
 
     def stop_all(self) -> None:
