@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,9 @@ from recsync.state.access import StateAccess
 from recsync.state.bulkjobs import BulkJournal
 
 log = logging.getLogger(__name__)
+# longest a request waits inside a call for room in its system's budget (a write's next
+# chunk, a lookup); longer waits defer the whole call, so a stop is never held up by it
+SPEND_WAIT = 5.0
 _error = attrgetter("error")
 _new_key = attrgetter("new_key")
 
@@ -86,6 +90,8 @@ class ConnectorActor(PipelineActor):
         self.connector = cls(self.side_config.options, self.base_dir)
         self.connector.origin = self.pipeline
         self.connector.on_bulk_progress = self.health.bulk
+        if self.connector.counts_requests:
+            self.connector.spend = self._spend
         self.connector.watch(self._wake_poller)
         self.opened = False
         try:
@@ -212,11 +218,34 @@ class ConnectorActor(PipelineActor):
             reopen = self.breaker.retry_at or self.clock.monotonic()
             return self.clock.time() + max(0.0, reopen - self.clock.monotonic())
         # A half-open probe refused here is given up by the breaker after its timeout.
+        assert self.connector is not None
+        if self.connector.counts_requests:  # each request is taken by _spend as it goes
+            wait = float(self.peers.ref("rate_limiter").ask(Call("wait", (self.side,))))
+            return self.clock.time() + wait if wait > 0 else None
         wait = float(self.peers.ref("rate_limiter").ask(Call("acquire", (self.side, 1, read))))
         if wait > 0:
             return self.clock.time() + wait
         self.requests += 1
         return None
+
+    def _spend(self, read: bool) -> None:
+        """One API request the connector is about to send, taken from its system's budget
+        (any thread: a write sends its chunks in parallel). While the budget is spent it
+        waits for room, up to SPEND_WAIT seconds; longer, the call gives up (RateLimited:
+        its batch is deferred, its page read again later)."""
+        waited = 0.0
+        while True:
+            wait = float(self.peers.ref("rate_limiter").ask(
+                Call("acquire", (self.side, 1, read))))
+            if wait <= 0:
+                self.requests += 1
+                return
+            if waited + wait > SPEND_WAIT:
+                raise RateLimited(f"side {self.side}: the API budget of "
+                                  f"{self.connector.system_id if self.connector else '?'} is "
+                                  f"spent for {wait:.1f} s more; the call is deferred")
+            time.sleep(wait)
+            waited += wait
 
     def _read(self, request: ReadPage) -> PageRead:
         assert self.connector is not None

@@ -29,6 +29,12 @@ class RateLimiterActor(PipelineActor):
         limiter = self.limiters[side]
         return 0.0 if limiter is None else limiter.try_acquire(n, read=read)
 
+    def wait(self, side: Side) -> float:
+        """Seconds until one request would fit, taking nothing (a connector that takes
+        each of its requests itself asks this before starting a call)."""
+        limiter = self.limiters[side]
+        return 0.0 if limiter is None else limiter.wait_seconds(1)
+
     def block(self, side: Side, seconds: float) -> None:
         limiter = self.limiters[side]
         if limiter is not None:

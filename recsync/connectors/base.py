@@ -54,6 +54,13 @@ class Connector(abc.ABC):
     bulk_writes: ClassVar[bool] = False
     #: called (from the connector's thread) with the bulk write's progress as it goes
     on_bulk_progress: Callable[[dict[str, Any]], None] | None = None
+    #: the connector takes each API request it sends (describe, token, key lookups, each
+    #: chunk of a write...) from its system's budget itself, through ``spend``; otherwise
+    #: its actor takes one request per read or write call
+    counts_requests: ClassVar[bool] = False
+    #: ``spend(read)``, set by the connector actor: take one request from the budget
+    #: before sending it (waits for room, or raises RateLimited); None: not throttled
+    spend: Callable[[bool], None] | None = None
 
     def __init__(self, config: Any, base_dir: Path) -> None:
         """``config`` is the connector's Config Struct, or a mapping converted into one.

@@ -138,6 +138,7 @@ class OutreachConnector(Connector):
 
     name: ClassVar[str] = "outreach"
     Config: ClassVar[type[ConnectorConfig]] = OutreachConfig
+    counts_requests: ClassVar[bool] = True
 
     def __init__(self, config: Any, base_dir: Path) -> None:
         super().__init__(config, base_dir)
@@ -352,6 +353,8 @@ class OutreachConnector(Connector):
     def _send(self, method: str, url: str, **kw: Any) -> requests.Response:
         if self._session is None:
             raise ConnectorError(f"The outreach connector for {self.base_url} is not open.")
+        if self.spend is not None:  # every request (token, reads, writes) from the budget
+            self.spend(method == "GET")
         try:
             resp = self._session.request(method, url, timeout=self.cfg.timeout, **kw)
         except requests.RequestException as exc:

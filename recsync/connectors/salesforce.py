@@ -144,14 +144,18 @@ class _Adapter(HTTPAdapter):
     simple-salesforce's login host (``https://{domain}.salesforce.com``) the mock's URL."""
 
     def __init__(
-        self, timeout: float, plain_netloc: str | None, connections: int, login_to: str = ""
+        self, timeout: float, plain_netloc: str | None, connections: int, login_to: str = "",
+        spend: Callable[[bool], None] | None = None,
     ) -> None:
         super().__init__(pool_maxsize=max(4, connections))
         self.timeout = timeout
         self.prefix = f"https://{plain_netloc}" if plain_netloc else None
         self.login_to = login_to
+        self.spend = spend  # every request (login, describe, query, write) from the budget
 
     def send(self, request: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        if self.spend is not None:
+            self.spend(request.method in ("GET", "HEAD"))
         if self.login_to and request.url and request.url.startswith(_MOCK_LOGIN):
             request.url = self.login_to + request.url[len(_MOCK_LOGIN) :]
         elif self.prefix and request.url and request.url.startswith(self.prefix):
@@ -204,6 +208,7 @@ class SalesforceConnector(Connector):
     name: ClassVar[str] = "salesforce"
     Config: ClassVar[type[ConnectorConfig]] = SalesforceConfig
     bulk_writes: ClassVar[bool] = True
+    counts_requests: ClassVar[bool] = True
 
     def __init__(self, config: Any, base_dir: Path) -> None:
         super().__init__(config, base_dir)
@@ -294,8 +299,9 @@ class SalesforceConnector(Connector):
             s = requests.Session()
             netloc = urlsplit(self._mock_url).netloc if self._mock_url else None
             n = self.cfg.parallel_requests
-            s.mount("https://", _Adapter(self.cfg.timeout, netloc, n, self._mock_url))
-            s.mount("http://", _Adapter(self.cfg.timeout, None, n))
+            s.mount("https://", _Adapter(self.cfg.timeout, netloc, n, self._mock_url,
+                                         self._spend))
+            s.mount("http://", _Adapter(self.cfg.timeout, None, n, spend=self._spend))
             s.hooks["response"].append(self._on_response)
             self._session = s
         s = self._session
@@ -357,6 +363,10 @@ class SalesforceConnector(Connector):
             raise ConnectorError(
                 f"Cannot reach Salesforce for {self.system_id}: {type(exc).__name__}."
             ) from None
+
+    def _spend(self, read: bool) -> None:
+        if self.spend is not None:
+            self.spend(read)
 
     def close(self) -> None:
         if self._pool is not None:

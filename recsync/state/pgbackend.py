@@ -151,8 +151,11 @@ class PostgresBackend(SqlBackend):
 
     # many rows: one JSON array parameter (a statement planned once, parsed in C) ---------
     def rows(self, head: str, rows: Sequence[Sequence[Any]], tail: str = "") -> None:
-        """``head SELECT <columns> FROM json_array_elements(<the rows>) tail``: ``head``
-        is an INSERT naming its columns."""
+        """``head SELECT <columns> FROM jsonb_array_elements(<the rows>) tail``: ``head``
+        is an INSERT naming its columns. jsonb, not json: ``r->>n`` on a json element scans
+        its text again for each column; jsonb is parsed once (a links upsert of 1,000 rows:
+        6 us of backend CPU per row instead of 9; cluster_bench's state, 21.1 us of backend
+        CPU per record synced instead of 22.3, three runs each)."""
         if not rows:
             return
         sql = self._rows_sql.get((head, tail, 0))
@@ -163,7 +166,7 @@ class PostgresBackend(SqlBackend):
                 f"decode(r->>{n}, 'hex')" if _TYPES[c] == "bytea" else f"(r->>{n})::{_TYPES[c]}"
                 for n, c in enumerate(columns))
             sql = self._rows_sql[(head, tail, 0)] = self._text(
-                f"{head} SELECT {picks} FROM json_array_elements(?::json) AS r {tail}")
+                f"{head} SELECT {picks} FROM jsonb_array_elements(?::jsonb) AS r {tail}")
             self._blobs[sql] = [n for n, c in enumerate(columns) if _TYPES[c] == "bytea"]
         blobs = self._blobs[sql]
         if blobs:

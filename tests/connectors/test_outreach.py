@@ -343,3 +343,26 @@ def test_stale_page_cursor_starts_the_scan_again(
     state["next"] = server.url + "/api/v2/prospects?page%5Bafter%5D=bm90LWpzb24"
     resumed = conn.read_changes(json.dumps(state), 2)
     assert resumed.listing_start
+
+
+def test_every_request_is_taken_from_the_budget(server: OutreachMock, tmp_path: Path) -> None:
+    """The token refresh, the check when the side opens, reads, lookups and writes each
+    take one request from the budget first: the budget's count is the mock's."""
+    spent: list[bool] = []
+    conf = {"base_url": server.url, "client_id": server.client_id,
+            "client_secret": server.client_secret, "refresh_token": server.refresh_token}
+    conn = OutreachConnector(conf, tmp_path)
+    conn.spend = spent.append  # what the connector actor sets: take one request (read?)
+    before = server.request_count
+    conn.open()
+    try:
+        assert len(spent) == server.request_count - before >= 2  # token and the check
+        ops = [WriteOp(f"k{i}", "upsert", {"firstName": f"F{i}", "emails": [f"f{i}@x.org"]})
+               for i in range(3)]
+        assert all(r.error is None for r in conn.write(ops))
+        conn.fetch(["k0", "k1"])
+        drain(conn, None)
+        assert len(spent) == server.request_count - before
+        assert False in spent and True in spent  # writes and reads
+    finally:
+        conn.close()

@@ -340,3 +340,43 @@ def test_the_username_is_shown_as_everywhere_else(tmp_path: Path) -> None:
     assert "username='alice@x.com'" in repr(cfg)
     assert "alice@x.com" in conn.system_id
     assert "hunter2" not in repr(cfg) and "hunter2" not in conn.system_id
+
+
+def test_every_request_is_taken_from_the_budget(mock: SalesforceMock, tmp_path: Path) -> None:
+    """The token, the describe call when the side opens, reads, the key lookups and every
+    chunk of a write (sent in parallel) each take one request from the budget first:
+    the count the budget saw is the count the mock saw."""
+    spent: list[bool] = []
+    conf = {"key": KEY, "mock": True, "instance_url": mock.url}
+    conn = SalesforceConnector(conf, tmp_path)
+    conn.spend = spent.append  # what the connector actor sets: take one request (read?)
+    before = mock.request_count
+    conn.open()
+    try:
+        assert len(spent) == mock.request_count - before >= 2  # token and describe
+        res = conn.write([up(str(i)) for i in range(450)])  # three collections
+        assert all(r.error is None for r in res)
+        conn.fetch([str(i) for i in range(0, 450, 7)])  # the key lookup query
+        read_all(conn, None, limit=200)
+        assert len(spent) == mock.request_count - before
+        assert spent.count(False) >= 3 and spent.count(True) >= 3  # writes and reads
+    finally:
+        conn.close()
+
+
+def test_a_spent_budget_stops_the_call(mock: SalesforceMock, tmp_path: Path) -> None:
+    conf = {"key": KEY, "mock": True, "instance_url": mock.url}
+    conn = SalesforceConnector(conf, tmp_path)
+    conn.open()
+
+    def spent(read: bool) -> None:
+        raise RateLimited("the API budget is spent", None)
+
+    conn.spend = spent
+    before = mock.request_count
+    try:
+        with pytest.raises(RateLimited):
+            conn.write([up("1")])
+        assert mock.request_count == before  # nothing went out
+    finally:
+        conn.close()
