@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
+import psycopg
 
 from recsync.cluster.leases import NodeRow
 from recsync.daemon import protocol as p
@@ -71,7 +72,12 @@ class Router:
         pids = self.targets(cmd)
         if pids is None:
             return self.service.dispatch(cmd)
-        return self._route(cmd, pids, again=True)
+        try:
+            return self._route(cmd, pids, again=True)
+        except psycopg.Error as exc:  # the leases could not be read: say so, plainly
+            raise ControlError("UNAVAILABLE", (
+                "cannot read the cluster's leases to find the pipeline's owner "
+                f"({type(exc).__name__}); is its PostgreSQL reachable? try again")) from exc
 
     # -- which pipelines a command is about ---------------------------------------------------
     def targets(self, cmd: p.Command) -> list[str] | None:
