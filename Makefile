@@ -33,6 +33,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.demo_latency_bench
 	$(BIN)/python -m bench.pg_bench
 	$(BIN)/python -m bench.cluster_bench
+	$(BIN)/python -m bench.salesforce_bench
+	$(BIN)/python -m bench.scale_bench
 
 clean:
 	rm -rf $(VENV) state run logs .pytest_cache .mypy_cache .ruff_cache

@@ -146,6 +146,7 @@ async def measure(folder: Path, cpu_seconds: float, presses: int) -> dict[str, A
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
         events = app.events_applied - events0
         latencies, round_trips = [], []
+        per_key: dict[str, list[float]] = {}
 
         def view() -> tuple[str, int | None]:
             tables = app.screen.query("LiveTable, DataTable")
@@ -176,12 +177,14 @@ async def measure(folder: Path, cpu_seconds: float, presses: int) -> dict[str, A
             shown = next((t for t, state in frames if t >= t0 and state != before), None)
             assert shown is not None, f"{key} changed nothing on screen"
             latencies.append((shown - t0) * 1000)
+            per_key.setdefault(key, []).append(latencies[-1])
     return {
         "events": events,
         "wall": wall,
         "cpu": cpu,
         "latencies": latencies,
         "round_trips": round_trips,
+        "per_key": per_key,
     }
 
 
@@ -234,6 +237,8 @@ def main() -> int:
         f"(target: under {LATENCY_TARGET_MS:.0f} ms) "
         f"{'OK' if p95 < LATENCY_TARGET_MS else 'MISSED'}"
     )
+    print("per key, max ms: " + ", ".join(
+        f"{key} {max(v):.0f}" for key, v in sorted(result["per_key"].items())))
     print(
         f"(Pilot round trip per key, harness waits included: median "
         f"{statistics.median(trips):.1f} ms)"

@@ -14,8 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from recsync.config import AppConfig, load_config
 from recsync.daemon.app import Daemon
 from recsync.daemon.frontproc import FrontProcess
@@ -196,7 +194,6 @@ SWITCH_INTERVAL = 0.0005
 
 def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
     from recsync.daemon.control import ControlServer
-    from recsync.daemon.protocol import StatusGet
     from recsync.daemon.runtime import (
         CurveConfig,
         default_endpoints,
@@ -261,10 +258,7 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
 
     if public is not None and not daemon.stopping.is_set():
         daemon.snapshot_path = public.with_name("status.snapshot")
-        daemon.status_builder = lambda: {
-            "status": msgspec.to_builtins(service.status(StatusGet())),
-            "stats": msgspec.to_builtins(daemon.stats_snapshot()),
-        }
+        daemon.status_rows = service.pipeline_statuses
         daemon.write_snapshot()
         front = FrontProcess(endpoints[0], command, daemon.snapshot_path,
                              on_give_up=give_up)

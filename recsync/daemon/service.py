@@ -14,7 +14,7 @@ import os
 import tempfile
 import threading
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, Literal
 
@@ -164,13 +164,20 @@ class ControlService:
                                             "pipeline (never seen, or filtered out).")
         return p.StatusResult(records=records)
 
-    def _pipeline_statuses(self) -> list[p.PipelineStatus]:
+    def pipeline_statuses(self, only: Collection[str] | None = None) -> list[p.PipelineStatus]:
+        """The status rows of every pipeline, or of those in ``only`` (the daemon's status
+        snapshot rebuilds only the rows of pipelines that changed)."""
+        return self._pipeline_statuses(only)
+
+    def _pipeline_statuses(self, only: Collection[str] | None = None) -> list[p.PipelineStatus]:
         health = self.daemon.health()
         cached = self.daemon.counts_snapshot()
         cursors = self.daemon.cursors_snapshot()
         out = []
         coordinator = self.daemon.coordinator
         for pid, cfg in sorted(self.config.pipelines.items()):
+            if only is not None and pid not in only:
+                continue
             h = health.get(pid, {})
             remote = None if coordinator is None else remote_state(coordinator, pid)
             # figures of the last stats tick (at most a second old): a status query must

@@ -96,3 +96,32 @@ async def test_a_click_moves_the_cursor_and_a_second_click_opens_the_row() -> No
         assert app.opened == ["c"]
         await pilot.click("#t", offset=(2, 0))  # the header: nothing
         assert table.cursor_key == "c" and app.opened == ["c"]
+
+
+@pytest.mark.asyncio
+async def test_a_sourced_table_builds_only_the_rows_on_screen() -> None:
+    # a thousand pipelines: each refresh must not build a thousand rows, only those shown
+    app = TableApp()
+    async with app.run_test(size=(40, 10)) as pilot:
+        table = app.query_one(LiveTable)
+        asked: list[str] = []
+        values = {f"k{i:04d}": f"v{i}" for i in range(1000)}
+
+        def cells(key: str) -> tuple[str, ...]:
+            asked.append(key)
+            return (values[key],)
+
+        table.set_source(list(values), cells)
+        await pilot.pause()
+        assert 0 < len(set(asked)) <= 10 and table.get_cell("k0001", "name") == "v1"
+        asked.clear()
+        values["k0002"] = "changed"
+        table.set_source(list(values), cells)
+        await pilot.pause()
+        assert 0 < len(set(asked)) <= 10 and "k0500" not in asked
+        assert "changed" in str(table.render_line(3).text)  # header, k0000, k0001, k0002
+        await pilot.press("end")  # scrolled to the last rows: asked for them, as they are
+        values["k0999"] = "last"
+        table.set_source(list(values), cells)
+        await pilot.pause()
+        assert table.cursor_key == "k0999" and table.get_cell("k0999", "name") == "last"

@@ -65,7 +65,13 @@ class OverviewScreen(PipelineScreen):
         if model.version == self._version:
             return
         self._version = model.version
-        self.table.set_rows({pid: row(view) for pid, view in sorted(model.pipelines.items())})
+        pipelines = model.pipelines
+
+        def cells(pid: str) -> tuple[str, ...]:  # asked for the rows on screen only
+            view = pipelines.get(pid)
+            return row(view) if view is not None else (("",) * len(COLUMNS))
+
+        self.table.set_source(sorted(pipelines), cells)
 
     def selected(self) -> str | None:
         return self.table.cursor_key
