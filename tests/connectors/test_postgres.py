@@ -168,6 +168,28 @@ def test_our_own_writes_are_not_read_back_but_other_writes_in_between_are(
         (1, "Ann C"), (5, "Eve")]
 
 
+def test_a_large_write_of_our_own_is_skipped_in_one_read_not_paged_through(
+        users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
+    _, cursor = drain(users, None)
+    users.write([WriteOp(str(k), "upsert", {"record_id": k, "full_name": f"N{k}"})
+                 for k in range(10, 260)])
+    settle(users)
+    page = users.read_changes(cursor, 100)  # 250 log rows of ours, pages of 100
+    assert page.changes == [] and not page.more
+    pg.run(f"UPDATE {pg.table()} SET full_name = 'theirs' WHERE record_id = 42")
+    pages, _ = drain(users, page.cursor)
+    assert seen(pages) == {"42": "upsert:theirs"}
+
+
+def test_one_statement_moving_many_keys_is_read_as_deletes_and_upserts(
+        users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
+    _, cursor = drain(users, None)
+    pg.run(f"INSERT INTO {pg.table()} VALUES (3, 'Cy', 'active')")
+    pg.run(f"UPDATE {pg.table()} SET record_id = record_id + 10 WHERE record_id > 1")
+    pages, _ = drain(users, cursor)
+    assert seen(pages) == {"2": "delete", "3": "delete", "12": "upsert:Bob", "13": "upsert:Cy"}
+
+
 def test_truncate_is_read_as_a_delete_of_every_row(
         users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
     _, cursor = drain(users, None)
@@ -292,6 +314,31 @@ def test_listen_wakes_the_reader_when_another_session_commits(pg: PgSchema) -> N
         woken.clear()
         pg.run(f"INSERT INTO {pg.table()} VALUES (1, 'Ann', 'active')")
         assert woken.wait(10), "no wake-up after a committed insert"
+    finally:
+        conn.close()
+
+
+def test_our_own_writes_do_not_wake_our_reader(pg: PgSchema) -> None:  # noqa: F811
+    pg.run(USERS.format(t=pg.table()))
+    conn = make(pg, listen=True)
+    wakes: list[int] = []
+    conn.watch(lambda: wakes.append(1))
+    conn.open()
+
+    def woken(n: int) -> None:
+        deadline = time.monotonic() + 10
+        while len(wakes) < n:
+            assert time.monotonic() < deadline, f"{len(wakes)} wake-ups, expected {n}"
+            threading.Event().wait(0.005)  # polling a condition with a deadline
+
+    try:
+        assert conn._listener is not None and conn._listener.listening.wait(10)
+        woken(1)  # the listener wakes once when it starts listening
+        conn.write([WriteOp("1", "upsert", {"record_id": 1, "full_name": "Ann"})])
+        pg.run(f"INSERT INTO {pg.table()} VALUES (2, 'Bob', 'active')")
+        woken(2)
+        # notifications arrive in commit order: ours came first and woke nobody
+        assert conn._listener.ignored == 1 and len(wakes) == 2
     finally:
         conn.close()
 
