@@ -39,8 +39,11 @@ class Listener:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop; wait up to ``timeout`` seconds for the thread (0: do not wait, it ends
+        within half a second and wakes nobody meanwhile)."""
         self._stop.set()
-        self._thread.join(timeout)
+        if timeout > 0:
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -49,9 +52,12 @@ class Listener:
                                      connect_timeout=max(1, int(self._connect_timeout))) as conn:
                     conn.execute(sql.SQL("LISTEN {c}").format(c=sql.Identifier(self._channel)))
                     self.listening.set()
-                    self._wake()  # anything that happened while not listening
+                    if not self._stop.is_set():
+                        self._wake()  # anything that happened while not listening
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=0.5, stop_after=1):
+                            if self._stop.is_set():
+                                break
                             if self._ignore is not None and self._ignore(note.payload):
                                 self.ignored += 1
                             else:

@@ -40,12 +40,15 @@ _Shape = tuple[tuple[str, ...], tuple[str, ...]]
 
 
 def _shape(c: PostgresConnector, fields: tuple[str, ...]) -> _Shape:
-    seen: dict[str, str] = {}
-    for f in fields:
-        col = c._colmap.get(f.lower())
-        if col is not None and col not in seen:
-            seen[col] = f
-    return tuple(seen.values()), tuple(seen)
+    shape = c._shapes.get(fields)  # records of a batch mostly share their field names
+    if shape is None:
+        seen: dict[str, str] = {}
+        for f in fields:
+            col = c._colmap.get(f.lower())
+            if col is not None and col not in seen:
+                seen[col] = f
+        shape = c._shapes[fields] = (tuple(seen.values()), tuple(seen))
+    return shape
 
 
 def _uuid_text(key: str) -> bool:
@@ -149,11 +152,10 @@ def _ensure_stage(c: PostgresConnector) -> None:
 def _values(c: PostgresConnector, shape: _Shape, rows: Iterable[_Row]
             ) -> Iterator[tuple[Any, ...]]:
     fields, cols = shape
-    writers = [c._writers.get(col) for col in cols]
+    pairs = [(f, c._writers.get(col)) for f, col in zip(fields, cols, strict=True)]
     for _i, op in rows:
         record = op.fields or {}
-        yield tuple(record[f] if w is None else w(record[f])
-                    for f, w in zip(fields, writers, strict=True))
+        yield tuple([record[f] if w is None else w(record[f]) for f, w in pairs])
 
 
 def _upsert_sql(c: PostgresConnector, cols: tuple[str, ...], source: sql.Composable

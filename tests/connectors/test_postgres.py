@@ -232,6 +232,17 @@ def test_dropped_triggers_are_reinstalled_and_the_table_listed_again(
     assert seen(pages) == {"9": "upsert:after"}
 
 
+def test_capture_dropped_during_a_listing_is_noticed_when_the_listing_ends(
+        users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
+    page = users.read_changes(None, 1)  # the listing's first page: row 1
+    assert page.listing and page.more
+    pg.run(f"DROP TRIGGER recsync_users_capture_upd ON {pg.table()}")
+    pg.run(f"UPDATE {pg.table()} SET full_name = 'unseen' WHERE record_id = 1")
+    pages, _ = drain(users, page.cursor)
+    assert seen(pages)["1"] == "upsert:unseen"
+    assert users.warning and "reinstalled" in users.warning
+
+
 def test_a_dropped_change_log_is_recreated(users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
     _, cursor = drain(users, None)
     pg.run(f"DROP TABLE {pg.schema}.recsync_changelog_users")
