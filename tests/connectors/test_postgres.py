@@ -212,6 +212,45 @@ def test_one_refused_record_fails_alone_with_postgresqls_message(
     assert pg.run(f"SELECT record_id FROM {pg.table()} ORDER BY 1") == [(1,), (2,), (6,), (8,)]
 
 
+def test_a_value_the_column_refuses_fails_that_record_alone(
+        pg: PgSchema) -> None:  # noqa: F811
+    pg.run(f"CREATE TABLE {pg.table()} (record_id integer PRIMARY KEY, age integer, "
+           "full_name text)")
+    conn = make(pg)
+    conn.open()
+    try:
+        results = conn.write([
+            WriteOp("1", "upsert", {"record_id": 1, "age": "41", "full_name": "Ann"}),
+            WriteOp("2", "upsert", {"record_id": 2, "age": "forty", "full_name": "Bob"}),
+            WriteOp("3", "upsert", {"record_id": 3, "full_name": "Cy"}),  # another shape
+        ])
+        assert results[0].error is None and results[2].error is None
+        assert results[1].error and "integer" in results[1].error
+        assert pg.run(f"SELECT record_id, age FROM {pg.table()} ORDER BY 1") == [
+            (1, 41), (3, None)]
+    finally:
+        conn.close()
+
+
+def test_a_refused_batch_leaves_nothing_behind_for_the_next_one(
+        pg: PgSchema) -> None:  # noqa: F811
+    pg.run(f"CREATE TABLE {pg.table()} (record_id integer PRIMARY KEY, email text UNIQUE)")
+    pg.run(f"INSERT INTO {pg.table()} VALUES (1, 'a@x.org')")
+    conn = make(pg)
+    conn.open()
+    try:
+        results = conn.write([WriteOp("6", "upsert", {"record_id": 6, "email": "f@x.org"}),
+                              WriteOp("7", "upsert", {"record_id": 7, "email": "a@x.org"})])
+        assert results[0].error is None and results[1].error  # the email is taken
+        pg.run(f"DELETE FROM {pg.table()} WHERE record_id IN (1, 6)")
+        # record 7 would go through now: nothing of the refused batch may come back
+        results = conn.write([WriteOp("9", "upsert", {"record_id": 9, "email": "i@x.org"})])
+        assert [r.error for r in results] == [None]
+        assert pg.run(f"SELECT record_id FROM {pg.table()} ORDER BY 1") == [(9,)]
+    finally:
+        conn.close()
+
+
 def test_dropped_triggers_are_reinstalled_and_the_table_listed_again(
         users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
     _, cursor = drain(users, None)
