@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -144,66 +145,103 @@ def latency(folder: Path, conn: psycopg.Connection[Any], table: str, changes: in
     return out
 
 
+def verdict(ratio: float) -> str:
+    return f"ratio {ratio:.3f} (target >= 0.167: {'met' if ratio >= 1 / 6 else 'MISSED'})"
+
+
+def one_round(admin: psycopg.Connection[Any], base: Path, rows: list[tuple[Any, ...]]
+              ) -> tuple[float, float, float, float]:
+    """One interleaved round in a fresh schema: (recsyncd wall, raw) for each direction."""
+    n = len(rows)
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    admin.execute(f"CREATE SCHEMA {schema}")
+    table = f"{schema}.users"
+    try:
+        admin.execute(PG_USERS.format(t=table))
+        # 1. SQLite -> PostgreSQL (raw before and after, the better one counts)
+        a_to_pg = base / f"{schema}_to_pg"
+        a_to_pg.mkdir()
+        make_sqlite(a_to_pg / "a.sqlite", rows)
+        raw1 = raw_upsert(admin, table, rows)
+        admin.execute(f"TRUNCATE {table}")
+        write_config(a_to_pg, {"connector": "sqlite", "path": "a.sqlite",
+                               "table": "users", "key": "record_id"},
+                     {"connector": "postgres", "dsn": DSN, "table": table, "key": "id"})
+        wall1 = run_once(a_to_pg)
+        got = admin.execute(f"SELECT count(*) FROM {table}").fetchone()
+        assert got is not None and got[0] == n, got
+        raw1 = min(raw1, raw_upsert(admin, table, rows))
+        # 2. PostgreSQL -> SQLite (the table holds the rows, with triggers installed)
+        pg_to_a = base / f"{schema}_from_pg"
+        pg_to_a.mkdir()
+        make_sqlite(pg_to_a / "a.sqlite", [])
+        raw2 = raw_read(admin, table, base / "raw.sqlite")
+        write_config(pg_to_a, {"connector": "sqlite", "path": "a.sqlite",
+                               "table": "users", "key": "record_id"},
+                     {"connector": "postgres", "dsn": DSN, "table": table, "key": "id"})
+        wall2 = run_once(pg_to_a)
+        with sqlite3.connect(pg_to_a / "a.sqlite") as out:
+            copied = out.execute("SELECT count(*) FROM users").fetchone()[0]
+        out.close()
+        assert copied == n, copied
+        raw2 = min(raw2, raw_read(admin, table, base / "raw.sqlite"))
+        return wall1, raw1, wall2, raw2
+    finally:
+        admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--changes", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds; each ratio is the median of the rounds")
+    parser.add_argument("--changes", type=int, default=40,
+                        help="NOTIFY latency samples (0: skip the latency part)")
     args = parser.parse_args()
     try:
         admin = psycopg.connect(DSN, autocommit=True, connect_timeout=3)
     except psycopg.Error as exc:
         print(f"pg_bench skipped: PostgreSQL at {DSN} is unreachable ({str(exc).strip()})")
         return 0
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    admin.execute(f"CREATE SCHEMA {schema}")
-    table = f"{schema}.users"
+    began = time.perf_counter()
+    n = args.rows
     try:
-        admin.execute(PG_USERS.format(t=table))
-        rows = rows_of(args.rows)
+        rows = rows_of(n)
         with tempfile.TemporaryDirectory(prefix="recsync-pgbench-") as tmp:
             base = Path(tmp)
-            # 1. SQLite -> PostgreSQL
-            a_to_pg = base / "to_pg"
-            a_to_pg.mkdir()
-            make_sqlite(a_to_pg / "a.sqlite", rows)
-            raw1 = raw_upsert(admin, table, rows)
-            admin.execute(f"TRUNCATE {table}")
-            write_config(a_to_pg, {"connector": "sqlite", "path": "a.sqlite",
-                                   "table": "users", "key": "record_id"},
-                         {"connector": "postgres", "dsn": DSN, "table": table, "key": "id"})
-            wall = run_once(a_to_pg)
-            raw1 = min(raw1, raw_upsert(admin, table, rows))
-            got = admin.execute(f"SELECT count(*) FROM {table}").fetchone()
-            assert got is not None and got[0] == args.rows, got
-            ratio1 = raw1 / wall
-            print(f"sqlite -> postgres, {args.rows} rows: {args.rows / wall:,.0f} records/s "
-                  f"wall clock; raw COPY + upsert {args.rows / raw1:,.0f} rows/s; "
-                  f"ratio {ratio1:.3f} (target >= 0.167: {'met' if ratio1 >= 1 / 6 else 'MISSED'})")
-            # 2. PostgreSQL -> SQLite (the table now holds the rows, with triggers installed)
-            pg_to_a = base / "from_pg"
-            pg_to_a.mkdir()
-            make_sqlite(pg_to_a / "a.sqlite", [])
-            raw2 = raw_read(admin, table, base / "raw.sqlite")
-            write_config(pg_to_a, {"connector": "sqlite", "path": "a.sqlite",
-                                   "table": "users", "key": "record_id"},
-                         {"connector": "postgres", "dsn": DSN, "table": table, "key": "id"})
-            wall2 = run_once(pg_to_a)
-            raw2 = min(raw2, raw_read(admin, table, base / "raw.sqlite"))
-            ratio2 = raw2 / wall2
-            print(f"postgres -> sqlite, {args.rows} rows: {args.rows / wall2:,.0f} records/s "
-                  f"wall clock; raw read + executemany {args.rows / raw2:,.0f} rows/s; "
-                  f"ratio {ratio2:.3f} (target >= 0.167: {'met' if ratio2 >= 1 / 6 else 'MISSED'})")
+            rounds = [one_round(admin, base, rows) for _ in range(max(1, args.rounds))]
+            for i, (w1, r1, w2, r2) in enumerate(rounds, 1):
+                print(f"  round {i}: sqlite -> postgres {w1:.2f} s (raw {r1:.2f} s, "
+                      f"ratio {r1 / w1:.3f}); postgres -> sqlite {w2:.2f} s "
+                      f"(raw {r2:.2f} s, ratio {r2 / w2:.3f})")
+            w1, r1, w2, r2 = (statistics.median(r[i] for r in rounds) for i in range(4))
+            ratio1 = statistics.median(r[1] / r[0] for r in rounds)
+            ratio2 = statistics.median(r[3] / r[2] for r in rounds)
+            print(f"sqlite -> postgres, {n} rows, median of {len(rounds)}: "
+                  f"{n / w1:,.0f} records/s wall clock; raw COPY + upsert {n / r1:,.0f} rows/s; "
+                  f"{verdict(ratio1)}")
+            print(f"postgres -> sqlite, {n} rows, median of {len(rounds)}: "
+                  f"{n / w2:,.0f} records/s wall clock; raw read + executemany "
+                  f"{n / r2:,.0f} rows/s; {verdict(ratio2)}")
             # 3. NOTIFY latency
-            lat_dir = base / "latency"
-            lat_dir.mkdir()
-            times = sorted(latency(lat_dir, admin, table, args.changes, DSN))
-            p95 = times[min(len(times) - 1, int(len(times) * 0.95))]
-            print(f"postgres change -> sqlite with poll_interval = 30: median "
-                  f"{times[len(times) // 2] * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms "
-                  f"(target < 300 ms: {'met' if p95 < 0.3 else 'MISSED'})")
+            if args.changes > 0:
+                schema = f"bench_{uuid.uuid4().hex[:8]}"
+                admin.execute(f"CREATE SCHEMA {schema}")
+                table = f"{schema}.users"
+                try:
+                    admin.execute(PG_USERS.format(t=table))
+                    lat_dir = base / "latency"
+                    lat_dir.mkdir()
+                    times = sorted(latency(lat_dir, admin, table, args.changes, DSN))
+                finally:
+                    admin.execute(f"DROP SCHEMA {schema} CASCADE")
+                p95 = times[min(len(times) - 1, int(len(times) * 0.95))]
+                print(f"postgres change -> sqlite with poll_interval = 30: median "
+                      f"{times[len(times) // 2] * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms "
+                      f"(target < 300 ms: {'met' if p95 < 0.3 else 'MISSED'})")
     finally:
-        admin.execute(f"DROP SCHEMA {schema} CASCADE")
         admin.close()
+    print(f"pg_bench took {time.perf_counter() - began:.0f} s")
     return 0
 
 

