@@ -327,7 +327,7 @@ class ConnectorActor(PipelineActor):
         side, key_field = self.side, self.side_config.options.key
         superseded, to_write, plain = self._check_target(batch)
         ops = []
-        to_side = rules_mod.compile_rules(batch.ruleset).to_side
+        to_side = rules_mod.compile_rules(batch.ruleset).renamer(side)
         refused = self._rekey([t[0] for t in to_write])
         for item, content, _h, _w in to_write:
             if item.key in refused:
@@ -335,7 +335,7 @@ class ConnectorActor(PipelineActor):
             if content is None:
                 ops.append(WriteOp(item.key, "delete", None))
             else:
-                fields = to_side(side, content)  # may be content itself: not changed here
+                fields = to_side(content)  # may be content itself: not changed here
                 if fields.get(key_field) is None:
                     fields = {**fields, key_field: item.key}
                 ops.append(WriteOp(item.key, "upsert", fields))
