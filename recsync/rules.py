@@ -20,6 +20,7 @@ import difflib
 import re
 import threading
 from collections.abc import Callable, Iterable
+from functools import partial
 from hashlib import blake2b
 from typing import Any, Literal
 
@@ -332,6 +333,13 @@ class CompiledRules:
         if (side == "a" or (side == "b" and self._b_same)) and a_record.keys() == self._a_set:
             return a_record  # already the side's names, each mapped field once
         return self._mapper(side, to_side=True)(a_record)
+
+    def renamer(self, side: Side) -> Callable[[Record], Record]:
+        """``to_side`` for one side, looked up once: the writer renames every record of a
+        batch (with renamed fields, the generated mapper itself: two calls fewer a record)."""
+        if side == "b" and not self._b_same:
+            return self._mapper(side, to_side=True)
+        return partial(self.to_side, side)
 
     def prepare(self, side: Side, changes: Iterable[Change]) -> list[Prepared]:
         """Changes read from ``side`` as queue work: A-space content, its hash, and whether

@@ -120,11 +120,14 @@ def tune_gc() -> None:
 def start_embedded_mocks(config: AppConfig, state_dir: Path) -> None:
     """Start the mock CRMs that `mock = true` sides use, keeping their records in the state
     folder: the links recsyncd keeps there must find the same records after a restart."""
+    wanted = [side for cfg in config.pipelines.values() for side in (cfg.a, cfg.b)
+              if getattr(side.options, "mock", False)
+              and not getattr(side.options, "instance_url", "")]
+    if not wanted:
+        return  # (the mocks' modules are not even imported)
     from recsync import mock
 
-    kinds = {side.connector for cfg in config.pipelines.values() for side in (cfg.a, cfg.b)
-             if side.connector in mock.KINDS and getattr(side.options, "mock", False)
-             and not getattr(side.options, "instance_url", "")}
+    kinds = {side.connector for side in wanted if side.connector in mock.KINDS}
     for kind in sorted(kinds):
         state_dir.mkdir(parents=True, exist_ok=True)
         server = mock.embedded(kind, data=state_dir / f"mock-{kind}.json")
