@@ -161,7 +161,7 @@ class QueueActor(PipelineActor):
         if stats.direct is not None:
             self.last_activity = self.clock.monotonic()
             page = DirectPage(msg.side, msg.cursor, msg.observed,
-                              {i.key: i for i in stats.direct})
+                              {i.key: i for i in stats.direct}, stats.on_target)
             self.direct[direction] = page
             self._send_batch(direction, stats.direct, frozenset(page.items))
         elif stats.queued:
