@@ -248,6 +248,7 @@ class StateBackend(Protocol):
     def drop_bulk_jobs(self, job_ids: Sequence[str]) -> None: ...
     def next_due(self) -> float | None: ...
     def has_pending(self) -> bool: ...
+    def pending_and_cursors(self) -> tuple[bool, str | None, str | None]: ...
     def pending_count(self) -> int: ...
     def pending_keys(self) -> set[str]: ...
     def failed(self, limit: int) -> list[FailedRow]: ...
@@ -539,10 +540,22 @@ class SqlBackend:
     def unqueue_done(self, rows: Sequence[Done]) -> None:
         """Drop the items written (a newer change of the record, another gen, stays).
 
-        One keyed DELETE per item: SQLite plans ``(direction, key, gen) IN (VALUES ...)``
-        as a scan of the whole queue, which made every batch cost O(queue) (100k updates
-        queued: a third of the daemon's CPU; see bench/sync_bench.py)."""
-        self.xm("DELETE FROM queue WHERE {W}direction = ? AND key = ? AND gen = ?", rows)
+        One DELETE per direction and chunk of keys, found by the key index (``key IN``;
+        alone, ``(direction, key, gen) IN (VALUES ...)`` is planned by SQLite as a scan of
+        the whole queue, O(queue) per batch). Not one DELETE per item: each statement or
+        step lets go of the GIL, and the queue actor, on the path of every record, then
+        waits for a busy connector thread to hand it back."""
+        for direction in {r.direction for r in rows}:
+            done = [(r.key, r.gen) for r in rows if r.direction == direction]
+            for start in range(0, len(done), CHUNK):
+                part = done[start : start + CHUNK]
+                sql = self._in_sql.get(("unqueue_done", len(part)))
+                if sql is None:
+                    sql = self._in_sql[("unqueue_done", len(part))] = self._text(
+                        "DELETE FROM queue WHERE {W}direction = ? AND key IN ("
+                        + ",".join("?" * len(part)) + ") AND (key, gen) IN (VALUES "
+                        + ", ".join(["(?, ?)"] * len(part)) + ")")
+                self._run(sql, [direction, *(k for k, _g in part), *chain.from_iterable(part)])
 
     def unqueue_older(self, direction: str, keys: Sequence[str], before: float) -> None:
         """Drop the ready items of ``keys`` observed before ``before``."""
@@ -613,6 +626,14 @@ class SqlBackend:
     def has_pending(self) -> bool:
         return bool(self.x("SELECT EXISTS (SELECT 1 FROM queue WHERE {W}state != 'failed')")
                     .fetchone()[0])
+
+    def pending_and_cursors(self) -> tuple[bool, str | None, str | None]:
+        """``has_pending`` and both sides' cursors, in one statement."""
+        pending, a, b = self.x(
+            "SELECT EXISTS (SELECT 1 FROM queue WHERE {W}state != 'failed'), "
+            "(SELECT cursor FROM cursors WHERE {W}side = 'a'), "
+            "(SELECT cursor FROM cursors WHERE {W}side = 'b')").fetchone()
+        return bool(pending), a, b
 
     def pending_count(self) -> int:
         return int(self.x("SELECT COUNT(*) FROM queue WHERE {W}state != 'failed'")

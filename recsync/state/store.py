@@ -640,6 +640,12 @@ class Store:
         return self.backend.has_pending()
 
     @translate
+    def pending_and_cursors(self) -> tuple[bool, str | None, str | None]:
+        """``has_pending`` and the cursors of a and b, read at once (the queue publishes
+        them after every message it handles)."""
+        return self.backend.pending_and_cursors()
+
+    @translate
     def pending(self) -> int:
         """Items not yet synced and not failed (ready, waiting for a retry, or in flight)."""
         return self.backend.pending_count()
