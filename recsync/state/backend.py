@@ -559,8 +559,9 @@ class SqlBackend:
 
     def unqueue_older(self, direction: str, keys: Sequence[str], before: float) -> None:
         """Drop the ready items of ``keys`` observed before ``before``."""
-        self.xm("DELETE FROM queue WHERE {W}direction = ? AND key = ? AND observed < ? "
-                "AND state = 'ready'", [(direction, k, before) for k in keys])
+        for _ in self._in("DELETE FROM queue WHERE {W}direction = ? AND key IN {IN} "
+                          "AND observed < ? AND state = 'ready'", keys, (direction,), (before,)):
+            pass  # one statement per chunk (see unqueue_done)
 
     def unqueue_rekeys(self, direction: str, keys: Sequence[str]) -> None:
         """The rekeys of ``keys`` are done (their new keys reached the source)."""
