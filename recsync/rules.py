@@ -326,6 +326,11 @@ class CompiledRules:
                 out[field] = fn(value)
         return out
 
+    def hash_mapped(self, a_record: Record) -> str:
+        """``content_hash`` of A-space content that holds exactly the mapped fields (what
+        ``to_a_space`` returns), by the compiled hasher: no sorting per record."""
+        return self._hash_a(a_record)
+
     def to_side(self, side: Side, a_record: Record) -> Record:
         """A-space content renamed to ``side``'s field names (missing fields become None).
 

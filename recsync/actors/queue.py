@@ -161,7 +161,7 @@ class QueueActor(PipelineActor):
         if stats.direct is not None:
             self.last_activity = self.clock.monotonic()
             page = DirectPage(msg.side, msg.cursor, msg.observed,
-                              {i.key: i for i in stats.direct})
+                              {i.key: i for i in stats.direct}, stats.on_target)
             self.direct[direction] = page
             self._send_batch(direction, stats.direct, frozenset(page.items))
         elif stats.queued:
@@ -297,10 +297,13 @@ class QueueActor(PipelineActor):
     def set_settings(self, settings: Settings) -> None:
         self.settings = settings
 
-    def progress(self) -> dict[str, Any]:
+    def progress(self, pending: bool | None = None) -> dict[str, Any]:
+        """``pending``: whether the store has pending work, when already known."""
         assert self.store is not None
+        if pending is None:
+            pending = self.store.has_pending()
         return {
-            "pending": int(self.store.has_pending() or bool(self.waiting)),
+            "pending": int(pending or bool(self.waiting)),
             "in_flight": sum(len(v) for v in self.in_flight.values() if v),
             "last_activity": self.last_activity,
             "held": dict(self.held),
@@ -317,8 +320,11 @@ class QueueActor(PipelineActor):
             return
         self._published = key
         self.version += 1
-        self.figures[self.role] = {**self.progress(), "version": self.version,
-                                   "cursors": self.cursors()}
+        # one statement, not three: every statement lets go of the GIL, and on a busy
+        # daemon getting it back can wait for another thread's switch interval
+        pending, a, b = self.store.pending_and_cursors()
+        self.figures[self.role] = {**self.progress(pending), "version": self.version,
+                                   "cursors": {"a": a, "b": b}}
 
     def counts(self) -> dict[str, int]:
         assert self.store is not None

@@ -11,7 +11,7 @@ state runs in one transaction, so ``kill -9`` at any point leaves a consistent s
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -67,6 +67,9 @@ class EnqueueStats:
     # Set when the page went to the write lane directly (see ``enqueue``): the items to
     # write now; nothing of them, nor the cursor, is on disk until ``apply`` gets them back.
     direct: list[WorkItem] | None = None
+    # the keys of ``direct`` whose record the target holds as far as the links say (the
+    # history calls their write an update): ``DirectPage.on_target``
+    on_target: frozenset[str] = frozenset()
     # With ``direct_only``: the page would not have gone direct, and nothing was recorded.
     declined: bool = False
     # records of the page that cannot be read and were not recorded as failed before
@@ -84,6 +87,9 @@ class DirectPage:
     cursor: str | None
     observed: float
     items: dict[str, WorkItem]
+    # the keys the target held when the page was enqueued (``EnqueueStats.on_target``):
+    # ``apply`` need not read the links again to tell an update from a create; None: read
+    on_target: frozenset[str] | None = None
 
 
 @dataclass
@@ -402,6 +408,9 @@ class Store:
                          _expected(links.get(key), o), src_hash)
                 for _d, key, content, chash, src_hash, mod, _obs in queue_rows
             ]
+            stats.on_target = frozenset(i.key for i in stats.direct
+                                        if (link := links.get(i.key)) is not None
+                                        and link.hash_on(o) is not None)
             return
         db.unqueue(drop)
         db.put_queue([self._row(*r) for r in queue_rows], now)
@@ -501,7 +510,10 @@ class Store:
         made: list[ItemOutcome] = []  # created on the target under a key of its own
         with db.transaction():
             synced = [o.key for o in outcomes if o.status == "synced"]
-            on_target = db.on_side(target, synced) if synced and db.any_link() else set()
+            if direct is not None and direct.on_target is not None:
+                on_target: Set[str] = direct.on_target
+            else:
+                on_target = db.on_side(target, synced) if synced and db.any_link() else set()
             if direct is not None:
                 self._queue_unsynced(direction, outcomes, direct, now)
             for o in outcomes:
@@ -626,6 +638,12 @@ class Store:
     @translate
     def has_pending(self) -> bool:
         return self.backend.has_pending()
+
+    @translate
+    def pending_and_cursors(self) -> tuple[bool, str | None, str | None]:
+        """``has_pending`` and the cursors of a and b, read at once (the queue publishes
+        them after every message it handles)."""
+        return self.backend.pending_and_cursors()
 
     @translate
     def pending(self) -> int:
