@@ -197,8 +197,9 @@ def test_a_node_frozen_mid_sync_past_its_lease_writes_nothing_more(cluster: Clus
     try:
         # SIGSTOP at a random moment of n1's sync of the new rows
         at, base = rng.randint(1, 40), b_count(c, [frozen])
-        wait_for(lambda: b_count(c, [frozen]) - base >= at, timeout=30,
-                 what="n1 syncing new rows")
+        # (B's rows are written before their links are committed: wait for both)
+        wait_for(lambda: b_count(c, [frozen]) - base >= at and
+                 c.state_writes("n1", frozen) > 0, timeout=30, what="n1 syncing new rows")
         os.kill(c.procs["n1"].pid, signal.SIGSTOP)
         wait_for(lambda: c.owned_by("n2") == sorted(c.pipelines), timeout=c.ttl * 10,
                  what="n2 taking the frozen node's pipeline over")
