@@ -32,12 +32,14 @@ CREATE TABLE IF NOT EXISTS {s}.nodes (
 CREATE TABLE IF NOT EXISTS {s}.leases (
     pipeline TEXT PRIMARY KEY, node TEXT NOT NULL, token BIGINT NOT NULL,
     expires_at TIMESTAMPTZ NOT NULL, acquired_at TIMESTAMPTZ NOT NULL);
-ALTER TABLE {s}.nodes ADD COLUMN IF NOT EXISTS endpoints TEXT NOT NULL DEFAULT '';
-ALTER TABLE {s}.nodes ADD COLUMN IF NOT EXISTS curve_public TEXT NOT NULL DEFAULT '';
-ALTER TABLE {s}.nodes ADD COLUMN IF NOT EXISTS config_hash TEXT NOT NULL DEFAULT '';
-ALTER TABLE {s}.nodes ADD COLUMN IF NOT EXISTS started_at TIMESTAMPTZ;
-ALTER TABLE {s}.nodes ADD COLUMN IF NOT EXISTS event_endpoints TEXT NOT NULL DEFAULT '';
 """
+# columns added to ``nodes`` since (control across the nodes); added when missing only: an
+# ALTER TABLE locks the table out for every node, even when it changes nothing
+NODE_COLUMNS = {
+    "endpoints": "TEXT NOT NULL DEFAULT ''", "curve_public": "TEXT NOT NULL DEFAULT ''",
+    "config_hash": "TEXT NOT NULL DEFAULT ''", "started_at": "TIMESTAMPTZ",
+    "event_endpoints": "TEXT NOT NULL DEFAULT ''",
+}
 _LOCK_ID = 0x72656374  # pg_advisory_xact_lock while the tables are created
 
 
@@ -84,6 +86,13 @@ def create_tables(conn: psycopg.Connection[Any], schema: str) -> None:
         for statement in TABLES.format(s=_ident(schema)).split(";"):
             if statement.strip():
                 conn.execute(statement)
+        have = {r[0] for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s "
+            "AND table_name = 'nodes'", (schema,)).fetchall()}
+        for name, kind in NODE_COLUMNS.items():
+            if name not in have:
+                conn.execute(f"ALTER TABLE {_ident(schema)}.nodes ADD COLUMN IF NOT EXISTS "
+                             f"{name} {kind}")
 
 
 class Leases:

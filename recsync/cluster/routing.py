@@ -25,7 +25,7 @@ import psycopg
 from recsync.cluster.leases import NodeRow
 from recsync.daemon import protocol as p
 from recsync.daemon.control import current_route
-from recsync.errors import ControlError
+from recsync.errors import ControlError, DaemonUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +145,10 @@ class Router:
                     nodes = {n.node: n for n in self.coordinator.leases.nodes()}
                 results.append(self._forward(nodes.get(node), node, cmd, group))
             except ControlError as exc:
+                # the owner says it moved, or could not be reached (killed, frozen); an
+                # answer of the owner (a stopped pipeline...) is its answer, as it is
                 moved = exc.code == "NOT_OWNER" or (
-                    exc.code == "UNAVAILABLE" and node != self.node)
+                    isinstance(exc, DaemonUnreachable) and node != self.node)
                 if again and moved:  # it moved meanwhile: once more, to the new owner
                     log.info("forwarded command retried", extra={
                         "cmd": type(cmd).__name__, "node": node, "error": str(exc)})
@@ -161,8 +163,8 @@ class Router:
     def _forward(self, row: NodeRow | None, node: str, cmd: p.Command,
                  group: list[str]) -> Any:
         if row is None or not row.live:
-            raise ControlError("UNAVAILABLE", f"pipeline {group[0]} is owned by node {node}, "
-                                              "which does not answer its heartbeat")
+            raise DaemonUnreachable(f"pipeline {group[0]} is owned by node {node}, which "
+                                    "does not answer its heartbeat")
         request = p.Request(p.API_VERSION, cmd, p.Route(self.node, group))  # type: ignore[arg-type]
         timeout = VERIFY_TIMEOUT if isinstance(cmd, p.VerifyRun) else FORWARD_TIMEOUT
         return self.forward(row, p.encoder.encode(request), timeout)
