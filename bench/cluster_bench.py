@@ -352,7 +352,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=20_000,
                         help="rows added to each of the 8 sides A per throughput run")
     parser.add_argument("--kills", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=1,
+    parser.add_argument("--rounds", type=int, default=3,
                         help="throughput runs of 1 then 2 nodes, interleaved; median ratio")
     args = parser.parse_args()
     began = time.perf_counter()
