@@ -348,6 +348,9 @@ class ConnectorActor(PipelineActor):
             finally:
                 self.health.bulk(None)  # status shows a bulk job while it is under way
             results, self._bulk_done = done.results, (list(done.jobs), done.note)
+        elif batch.chunk and len(ops) > batch.chunk:
+            write, n = self.connector.write, batch.chunk
+            results = [r for i in range(0, len(ops), n) for r in write(ops[i : i + n])]
         else:
             results = self.connector.write(ops) if ops else []
         if refused:

@@ -92,6 +92,9 @@ class WriteBatch(msgspec.Struct, frozen=True):
     items: list[WorkItem]
     ruleset: RuleSet
     bulk: bool = False  # a backlog: write it as bulk jobs (Connector.write_bulk)
+    # at most this many records per write call (0: all in one): a page passed to the
+    # writer whole is still written in batches of batch_size
+    chunk: int = 0
 
 
 class BatchDone(msgspec.Struct, frozen=True):
