@@ -133,7 +133,8 @@ class Pipeline:
                     *common, side=side, side_config=cfg.a if side == "a" else cfg.b,
                     base_dir=Path(cfg.base_dir), peers=peers, breaker=limits[side][1],
                     clock=self.clock, health=self.side_health[side],
-                    state_path=self.state_path, state=self.state_access)
+                    state_path=self.state_path, state=self.state_access,
+                    throttled=limits[side][0] is not None)
             peers.refs["queue"] = QueueActor.start(
                 *common, state_path=self.state_path, settings=s, ruleset=self.ruleset,
                 peers=peers, clock=self.clock, safe_start=self.restarts > 0,
