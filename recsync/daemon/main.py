@@ -113,8 +113,12 @@ GC_THRESHOLDS = (14_000, 10, 10)
 
 
 def tune_gc() -> None:
-    """After start-up: keep the modules and config out of collections, collect less often."""
-    gc.collect()
+    """After start-up: keep the modules and config out of collections, collect less often.
+
+    Only the young generations are collected before the freeze: what imports and the
+    config leave as garbage is young, and a full collection of the imported modules took
+    10 ms of each `recsyncd --once` (0.35 ms for the young ones; none freed either way)."""
+    gc.collect(1)
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
 
