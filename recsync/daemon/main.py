@@ -12,13 +12,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from recsync.config import AppConfig, load_config
 from recsync.daemon.app import Daemon
-from recsync.daemon.frontproc import FrontProcess
 from recsync.daemon.logs import (
     LogLocation,
     default_log_file,
@@ -30,6 +29,9 @@ from recsync.daemon.notify import Notifier, Watchdog
 from recsync.daemon.reload import ConfigWatcher
 from recsync.errors import ConfigError, RecsyncError
 from recsync.state.lock import StateDirLock
+
+if TYPE_CHECKING:  # imported when serving (it brings subprocess): not by --once
+    from recsync.daemon.frontproc import FrontProcess
 
 log = logging.getLogger("recsyncd")
 
@@ -263,6 +265,8 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
             "stats": msgspec.to_builtins(daemon.stats_snapshot()),
         }
         daemon.write_snapshot()
+        from recsync.daemon.frontproc import FrontProcess
+
         front = FrontProcess(endpoints[0], command, daemon.snapshot_path,
                              on_give_up=give_up)
         if not front.start():
