@@ -148,7 +148,6 @@ class Pipeline:
             for side in ("a", "b"):
                 peers.refs[f"poller_{side}"] = PollerActor.start(
                     *common, side=side, cursor=cursors[side], page_size=s.page_size,
-                    batch_size=s.batch_size,
                     peers=peers, clock=self.clock, reads=_syncs_from(self.ruleset, side),
                     figures=self.figures)
             for role in ("rules", "poller_a", "poller_b"):
@@ -233,7 +232,7 @@ class Pipeline:
         if self.state in ("running", "paused"):
             self.ask("queue", "set_settings", s)
             for side in ("a", "b"):
-                self.ask(f"poller_{side}", "set_page_size", s.page_size, s.batch_size)
+                self.ask(f"poller_{side}", "set_page_size", s.page_size)
             if len(self.timers) == 3:
                 self.timers[0].reschedule(s.poll_interval)
                 self.timers[1].reschedule(s.poll_interval)

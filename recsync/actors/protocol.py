@@ -30,14 +30,9 @@ class Poll(msgspec.Struct, frozen=True):
 
 
 class ReadPage(msgspec.Struct, frozen=True):
-    """Read a page of ``limit`` records after ``cursor``. With ``fill`` > ``limit``, the
-    pages of a listing are read on and joined into one until ``fill`` records are in it
-    (see ConnectorActor._read_on)."""
-
     cursor: str | None
     limit: int
     observed: float
-    fill: int = 0
 
 
 class Housekeep(msgspec.Struct, frozen=True):
