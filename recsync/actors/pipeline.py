@@ -139,7 +139,9 @@ class Pipeline:
                 *common, state_path=self.state_path, settings=s, ruleset=self.ruleset,
                 peers=peers, clock=self.clock, safe_start=self.restarts > 0,
                 on_event=self.on_event, state=self.state_access,
-                bulk_targets=self._bulk_targets(), figures=self.figures)
+                bulk_targets=self._bulk_targets(), figures=self.figures,
+                unthrottled=frozenset(side for side, (lim, _b) in limits.items()
+                                      if lim is None))
             for role in ("rate_limiter", "connector_a", "connector_b", "queue"):
                 peers.refs[role].ask(Ping(), timeout=ASK_TIMEOUT)
             cursors: dict[str, str | None] = peers.refs["queue"].ask(  # type: ignore[assignment]

@@ -50,8 +50,8 @@ def setup(tmp_path: Path) -> Iterator[tuple[Any, queue.Queue[Any], Path]]:
 
 
 @contextlib.contextmanager
-def queue_actor(tmp_path: Path, settings: Settings) -> Iterator[tuple[Any, queue.Queue[Any],
-                                                                      Path]]:
+def queue_actor(tmp_path: Path, settings: Settings, unthrottled: frozenset[str] = frozenset(),
+                ) -> Iterator[tuple[Any, queue.Queue[Any], Path]]:
     writes: queue.Queue[Any] = queue.Queue()
     polls: queue.Queue[Any] = queue.Queue()
     peers = Peers()
@@ -60,7 +60,7 @@ def queue_actor(tmp_path: Path, settings: Settings) -> Iterator[tuple[Any, queue
     state = tmp_path / "state.sqlite"
     ref = QueueActor.start("c/p", 1, lambda _f: None, state_path=state,
                            settings=settings, ruleset=RULES, peers=peers,
-                           clock=FakeClock(time=1000.0))
+                           clock=FakeClock(time=1000.0), unthrottled=unthrottled)
     try:
         yield ref, writes, state
     finally:
@@ -154,9 +154,11 @@ def test_work_queued_behind_a_small_batch_goes_out_when_it_is_done(
 def test_a_page_larger_than_batch_size_goes_to_the_writer_whole_in_batch_sized_chunks(
     tmp_path: Path,
 ) -> None:
-    """page_size 50, batch_size 10: a plain page of 30 is not queued record by record
-    and leased 10 at a time; the writer gets it whole and writes it 10 at a time."""
-    with queue_actor(tmp_path, Settings(batch_size=10, page_size=50)) as started:
+    """page_size 50, batch_size 10, a target with no request budget (a local side): a
+    plain page of 30 is not queued record by record and leased 10 at a time; the writer
+    gets it whole and writes it 10 at a time."""
+    with queue_actor(tmp_path, Settings(batch_size=10, page_size=50),
+                     unthrottled=frozenset("b")) as started:
         ref, writes, _state = started
         keys = [str(k) for k in range(100, 130)]
         ref.tell(page(keys, "c1"))
@@ -167,3 +169,17 @@ def test_a_page_larger_than_batch_size_goes_to_the_writer_whole_in_batch_sized_c
         ref.tell(synced(batch, 1001.0))
         assert ref.proxy().cursors().get()["a"] == "c1"
         assert ref.proxy().counts().get()["total_synced_a_to_b"] == 30
+
+
+def test_a_page_larger_than_batch_size_for_a_crm_is_leased_a_batch_at_a_time(
+    tmp_path: Path,
+) -> None:
+    """A target with a request budget (a CRM): each batch_size write is gated by the
+    budget and has its own outcome, so a page larger than batch_size is queued."""
+    with queue_actor(tmp_path, Settings(batch_size=10, page_size=50)) as started:
+        ref, writes, _state = started
+        ref.tell(page([str(k) for k in range(100, 130)], "c1"))
+        batch = next_batch(writes)
+        assert len(batch.items) == 10
+        assert ref.proxy().counts().get()["ready_a_to_b"] == 30  # all queued (none leased
+        # is marked: which items are in flight only the queue actor knows)
