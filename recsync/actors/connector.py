@@ -9,7 +9,6 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pykka
 
 from recsync import rules as rules_mod
@@ -30,7 +29,6 @@ from recsync.config import SideConfig
 from recsync.connectors import Connector, get_connector_class
 from recsync.errors import ConnectorConfigError, ConnectorError, RateLimited
 from recsync.messages import (
-    ChangePage,
     Direction,
     ItemOutcome,
     Record,
@@ -87,12 +85,16 @@ class ConnectorActor(PipelineActor):
         self.connector: Connector | None = None
         self.opened = False
         self.requests = 0
+        # False: the side draws on no request budget (a local side without a rate_limit of
+        # its own; the rate limiter actor's sides are fixed for its life), so a call need
+        # not ask the rate limiter actor: an ask per page read and per batch written, each
+        # a round trip between two threads (100k rows SQLite -> SQLite with page_size =
+        # batch_size = 100: 2,000 asks).
+        self.throttled = throttled
         self.state_path = state_path
         self.state_access = state
         self.journal: BulkJournal | None = None  # opened by the first bulk batch
         self._bulk_done: tuple[list[str], str | None] = ([], None)
-        # a page read on by _read_on that could not be joined: (its cursor, the page)
-        self._ahead: tuple[str | None, ChangePage] | None = None
         self.handles(tuple, self._dispatch)
 
     def setup(self) -> None:
@@ -263,9 +265,6 @@ class ConnectorActor(PipelineActor):
 
     def _read(self, request: ReadPage) -> PageRead:
         assert self.connector is not None
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead[0] == request.cursor:
-            return PageRead(ahead[1], request.observed)  # read by _read_on, not joined
         retry_at = self._gate(read=True)
         if retry_at is not None:
             return PageRead(None, request.observed, "waiting for rate limit or circuit",
@@ -282,43 +281,7 @@ class ConnectorActor(PipelineActor):
             return PageRead(None, request.observed, str(exc))
         self.breaker.record_success()
         self._report_budget()
-        if request.fill > len(page.changes):
-            page = self._read_on(page, request)
         return PageRead(page, request.observed)
-
-    def _read_on(self, page: ChangePage, request: ReadPage) -> ChangePage:
-        """The pages of a listing after ``page``, joined to it while it holds fewer than
-        ``request.fill`` records (each read gated as any read; one that fails, waits or is
-        not the same listing's ends the page as it is, to be read again next time).
-
-        With page_size below batch_size, a listing (the initial load) otherwise went to the
-        writer in page-sized batches: a write transaction, its outcome and the state's
-        transactions per page (measured, 100k rows SQLite -> SQLite, page_size 100 and
-        batch_size 5000: 1,000 write transactions -> 20)."""
-        assert self.connector is not None
-        changes, unreadable = list(page.changes), list(page.unreadable)
-        last = page
-        while (last.listing and last.more and not last.listing_done and not last.unreadable_all
-               and len(changes) < request.fill and self._gate(read=True) is None):
-            try:
-                nxt = self.connector.read_changes(
-                    last.cursor, min(request.limit, request.fill - len(changes)))
-            except ConnectorError:
-                break  # the next poll reads it again, and reports what failed then
-            if (not nxt.listing or nxt.listing_start or nxt.unreadable_all
-                    or nxt.warning is not None):
-                # the next read's page as it is (reading it again could lose what reading
-                # it did, e.g. a listing started again after a schema change)
-                self._ahead = (last.cursor, nxt)
-                break
-            changes += nxt.changes
-            unreadable += nxt.unreadable
-            last = nxt
-        if last is page:
-            return page
-        return msgspec.structs.replace(
-            last, changes=changes, unreadable=unreadable, listing_start=page.listing_start,
-            warning=page.warning)
 
     def _report_budget(self) -> None:
         """Pass on what the remote API said is left of its allocation."""
@@ -394,6 +357,9 @@ class ConnectorActor(PipelineActor):
             finally:
                 self.health.bulk(None)  # status shows a bulk job while it is under way
             results, self._bulk_done = done.results, (list(done.jobs), done.note)
+        elif batch.chunk and len(ops) > batch.chunk:
+            write, n = self.connector.write, batch.chunk
+            results = [r for i in range(0, len(ops), n) for r in write(ops[i : i + n])]
         else:
             results = self.connector.write(ops) if ops else []
         if refused:

@@ -139,7 +139,9 @@ class Pipeline:
                 *common, state_path=self.state_path, settings=s, ruleset=self.ruleset,
                 peers=peers, clock=self.clock, safe_start=self.restarts > 0,
                 on_event=self.on_event, state=self.state_access,
-                bulk_targets=self._bulk_targets(), figures=self.figures)
+                bulk_targets=self._bulk_targets(), figures=self.figures,
+                unthrottled=frozenset(side for side, (lim, _b) in limits.items()
+                                      if lim is None))
             for role in ("rate_limiter", "connector_a", "connector_b", "queue"):
                 peers.refs[role].ask(Ping(), timeout=ASK_TIMEOUT)
             cursors: dict[str, str | None] = peers.refs["queue"].ask(  # type: ignore[assignment]
@@ -148,7 +150,6 @@ class Pipeline:
             for side in ("a", "b"):
                 peers.refs[f"poller_{side}"] = PollerActor.start(
                     *common, side=side, cursor=cursors[side], page_size=s.page_size,
-                    batch_size=s.batch_size,
                     peers=peers, clock=self.clock, reads=_syncs_from(self.ruleset, side),
                     figures=self.figures)
             for role in ("rules", "poller_a", "poller_b"):
@@ -233,7 +234,7 @@ class Pipeline:
         if self.state in ("running", "paused"):
             self.ask("queue", "set_settings", s)
             for side in ("a", "b"):
-                self.ask(f"poller_{side}", "set_page_size", s.page_size, s.batch_size)
+                self.ask(f"poller_{side}", "set_page_size", s.page_size)
             if len(self.timers) == 3:
                 self.timers[0].reschedule(s.poll_interval)
                 self.timers[1].reschedule(s.poll_interval)

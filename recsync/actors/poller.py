@@ -25,7 +25,7 @@ class PollerActor(PipelineActor):
     def __init__(
         self, pipeline: str, incarnation: int, report: FailureSink, *,
         side: Side, cursor: str | None, page_size: int, peers: Any, clock: Clock,
-        reads: bool = True, batch_size: int = 0,
+        reads: bool = True,
         figures: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(pipeline, incarnation, report)
@@ -34,8 +34,6 @@ class PollerActor(PipelineActor):
         self.side = side
         self.cursor = cursor
         self.page_size = page_size
-        # a listing is read on in pages of page_size up to a writer's batch (see ReadPage)
-        self.batch_size = batch_size
         self.peers = peers  # the pipeline's current refs: connector_<side>, rules
         self.clock = clock
         # False when the rules sync nothing from this side: a cycle then reads nothing
@@ -72,7 +70,7 @@ class PollerActor(PipelineActor):
         self._read_next()
 
     def _read_next(self) -> None:
-        request = ReadPage(self.cursor, self.page_size, self.clock.time(), self.batch_size)
+        request = ReadPage(self.cursor, self.page_size, self.clock.time())
         self.send(self.peers.ref(f"connector_{self.side}"), (request, self.actor_ref))
 
     def _page_read(self, msg: PageRead) -> None:
@@ -130,9 +128,8 @@ class PollerActor(PipelineActor):
     def set_paused(self, paused: bool) -> None:
         self.paused = paused
 
-    def set_page_size(self, page_size: int, batch_size: int = 0) -> None:
+    def set_page_size(self, page_size: int) -> None:
         self.page_size = page_size
-        self.batch_size = batch_size
 
     def set_reads(self, reads: bool) -> None:
         self.reads = reads

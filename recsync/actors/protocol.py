@@ -30,14 +30,9 @@ class Poll(msgspec.Struct, frozen=True):
 
 
 class ReadPage(msgspec.Struct, frozen=True):
-    """Read a page of ``limit`` records after ``cursor``. With ``fill`` > ``limit``, the
-    pages of a listing are read on and joined into one until ``fill`` records are in it
-    (see ConnectorActor._read_on)."""
-
     cursor: str | None
     limit: int
     observed: float
-    fill: int = 0
 
 
 class Housekeep(msgspec.Struct, frozen=True):
@@ -92,6 +87,9 @@ class WriteBatch(msgspec.Struct, frozen=True):
     items: list[WorkItem]
     ruleset: RuleSet
     bulk: bool = False  # a backlog: write it as bulk jobs (Connector.write_bulk)
+    # at most this many records per write call (0: all in one): a page passed to the
+    # writer whole is still written in batches of batch_size
+    chunk: int = 0
 
 
 class BatchDone(msgspec.Struct, frozen=True):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import logging.handlers
 import os
 import re
 import sys
@@ -153,10 +152,13 @@ def setup_logging(
     file_error: str | None = None
     if log_file is not None:
         path = Path(log_file)
+        # (with pickle and socket) only with a log file: not for --once
+        from logging.handlers import RotatingFileHandler
+
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             handlers.append(
-                logging.handlers.RotatingFileHandler(
+                RotatingFileHandler(
                     path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
                 )
             )

@@ -12,11 +12,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recsync.config import AppConfig, load_config
 from recsync.daemon.app import Daemon
-from recsync.daemon.frontproc import FrontProcess
 from recsync.daemon.logs import (
     LogLocation,
     default_log_file,
@@ -28,6 +27,9 @@ from recsync.daemon.notify import Notifier, Watchdog
 from recsync.daemon.reload import ConfigWatcher
 from recsync.errors import ConfigError, RecsyncError
 from recsync.state.lock import StateDirLock
+
+if TYPE_CHECKING:  # imported when serving (it brings subprocess): not by --once
+    from recsync.daemon.frontproc import FrontProcess
 
 log = logging.getLogger("recsyncd")
 
@@ -111,8 +113,12 @@ GC_THRESHOLDS = (14_000, 10, 10)
 
 
 def tune_gc() -> None:
-    """After start-up: keep the modules and config out of collections, collect less often."""
-    gc.collect()
+    """After start-up: keep the modules and config out of collections, collect less often.
+
+    Only the young generations are collected before the freeze: what imports and the
+    config leave as garbage is young, and a full collection of the imported modules took
+    10 ms of each `recsyncd --once` (0.35 ms for the young ones; none freed either way)."""
+    gc.collect(1)
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
 
@@ -263,6 +269,8 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
         daemon.snapshot_path = public.with_name("status.snapshot")
         daemon.status_rows = service.pipeline_statuses
         daemon.write_snapshot()
+        from recsync.daemon.frontproc import FrontProcess
+
         front = FrontProcess(endpoints[0], command, daemon.snapshot_path,
                              on_give_up=give_up)
         if not front.start():

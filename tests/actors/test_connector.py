@@ -71,3 +71,26 @@ def test_a_write_leaves_the_queued_content_as_it_was(
         rows = conn.execute("SELECT id, name, updated_at IS NOT NULL FROM people ORDER BY id")
         assert rows.fetchall() == [("1", "Ada", 1), ("2", "Bob", 1)]
     conn.close()
+
+
+def test_a_batch_written_in_chunks_keeps_each_outcome_with_its_record(
+    writer: tuple[Any, Any, queue.Queue[Any], Path],
+) -> None:
+    """WriteBatch.chunk (a page given to the writer whole, written batch_size at a time):
+    a record the target refuses in one chunk fails alone, the others sync."""
+    ref, reply_to, inbox, db = writer
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TRIGGER no_bad BEFORE INSERT ON people WHEN NEW.name = 'Bad' "
+                     "BEGIN SELECT RAISE(ABORT, 'bad name'); END")
+    conn.close()
+    names = ["A", "B", "C", "Bad", "E"]
+    items = [item(str(k), {"id": str(k), "name": n}, k) for k, n in enumerate(names, 1)]
+    ref.tell((WriteBatch("a_to_b", items, SAME_NAMES, chunk=2), reply_to))
+    done = inbox.get(timeout=10)
+    assert isinstance(done, BatchDone)
+    assert [(o.key, o.status) for o in done.outcomes] == [
+        ("1", "synced"), ("2", "synced"), ("3", "synced"), ("4", "rejected"), ("5", "synced")]
+    with sqlite3.connect(db) as conn:
+        assert [r[0] for r in conn.execute("SELECT id FROM people ORDER BY id")] == [
+            "1", "2", "3", "5"]
+    conn.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +45,13 @@ def synced(batch: WriteBatch, at: float) -> BatchDone:
 
 @pytest.fixture
 def setup(tmp_path: Path) -> Iterator[tuple[Any, queue.Queue[Any], Path]]:
+    with queue_actor(tmp_path, Settings(batch_size=10, page_size=10)) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def queue_actor(tmp_path: Path, settings: Settings, unthrottled: frozenset[str] = frozenset(),
+                ) -> Iterator[tuple[Any, queue.Queue[Any], Path]]:
     writes: queue.Queue[Any] = queue.Queue()
     polls: queue.Queue[Any] = queue.Queue()
     peers = Peers()
@@ -51,12 +59,14 @@ def setup(tmp_path: Path) -> Iterator[tuple[Any, queue.Queue[Any], Path]]:
     peers.refs["poller_a"] = Recorder.start(polls)
     state = tmp_path / "state.sqlite"
     ref = QueueActor.start("c/p", 1, lambda _f: None, state_path=state,
-                           settings=Settings(batch_size=10), ruleset=RULES, peers=peers,
-                           clock=FakeClock(time=1000.0))
-    yield ref, writes, state
-    ref.stop()
-    for r in peers.refs.values():
-        r.stop()
+                           settings=settings, ruleset=RULES, peers=peers,
+                           clock=FakeClock(time=1000.0), unthrottled=unthrottled)
+    try:
+        yield ref, writes, state
+    finally:
+        ref.stop()
+        for r in peers.refs.values():
+            r.stop()
 
 
 def test_a_page_sharing_a_record_with_the_one_in_flight_waits_for_its_outcome(
@@ -139,3 +149,37 @@ def test_work_queued_behind_a_small_batch_goes_out_when_it_is_done(
     ref.tell(synced(first, 1001.0))
     second = next_batch(writes)
     assert [i.key for i in second.items] == ["7", "8"]
+
+
+def test_a_page_larger_than_batch_size_goes_to_the_writer_whole_in_batch_sized_chunks(
+    tmp_path: Path,
+) -> None:
+    """page_size 50, batch_size 10, a target with no request budget (a local side): a
+    plain page of 30 is not queued record by record and leased 10 at a time; the writer
+    gets it whole and writes it 10 at a time."""
+    with queue_actor(tmp_path, Settings(batch_size=10, page_size=50),
+                     unthrottled=frozenset("b")) as started:
+        ref, writes, _state = started
+        keys = [str(k) for k in range(100, 130)]
+        ref.tell(page(keys, "c1"))
+        batch = next_batch(writes)
+        assert [i.key for i in batch.items] == keys and batch.chunk == 10
+        counts = ref.proxy().counts().get()
+        assert counts.get("ready_a_to_b", 0) == 0  # nothing queued
+        ref.tell(synced(batch, 1001.0))
+        assert ref.proxy().cursors().get()["a"] == "c1"
+        assert ref.proxy().counts().get()["total_synced_a_to_b"] == 30
+
+
+def test_a_page_larger_than_batch_size_for_a_crm_is_leased_a_batch_at_a_time(
+    tmp_path: Path,
+) -> None:
+    """A target with a request budget (a CRM): each batch_size write is gated by the
+    budget and has its own outcome, so a page larger than batch_size is queued."""
+    with queue_actor(tmp_path, Settings(batch_size=10, page_size=50)) as started:
+        ref, writes, _state = started
+        ref.tell(page([str(k) for k in range(100, 130)], "c1"))
+        batch = next_batch(writes)
+        assert len(batch.items) == 10
+        assert ref.proxy().counts().get()["ready_a_to_b"] == 30  # all queued (none leased
+        # is marked: which items are in flight only the queue actor knows)
