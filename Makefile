@@ -2,6 +2,9 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The suite on one worker per core (pytest-xdist); tests marked xdist_group share one worker.
+# `make test TEST_PARALLEL=` runs it in one process.
+TEST_PARALLEL ?= -n auto --dist loadgroup
 
 .PHONY: install run test bench lint clean
 
@@ -18,7 +21,7 @@ run: $(STAMP)
 	$(BIN)/recsyncd --config-dir . --state-dir state
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(TEST_PARALLEL)
 
 lint: $(STAMP)
 	$(BIN)/ruff check recsync tests bench

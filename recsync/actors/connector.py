@@ -77,11 +77,6 @@ class ConnectorActor(PipelineActor):
         self.peers = peers
         self.breaker = breaker
         self.clock = clock
-        # False: the side has no request budget (a local side without a rate_limit of its
-        # own), so no call asks the rate limiter: that ask is a round trip to another
-        # thread per page read and per batch written, which on a loaded machine waits for
-        # a scheduler slot each time (100k updates SQLite -> SQLite: see bench/sync_bench.py)
-        self.throttled = throttled
         self.connector: Connector | None = None
         self.opened = False
         self.requests = 0

@@ -42,7 +42,7 @@ def test_kill_9_moves_a_nodes_pipelines_to_the_others(cluster: Cluster) -> None:
         return {pid: p["node"] for pid, p in c.status("n1").items()}
 
     # any node's status names each pipeline's owner (its figures are a second old)
-    wait_for(lambda: shown() == owners, timeout=10, what="status naming the owners")
+    wait_for(lambda: shown() == owners, timeout=60, what="status naming the owners")
     listing = c.cli("cluster", "--config-dir", str(c.folder), "--json")
     assert listing.returncode == 0, listing.stderr
     mine = {n["node"]: n for n in json.loads(listing.stdout)["nodes"]
@@ -65,7 +65,7 @@ def test_kill_9_moves_a_nodes_pipelines_to_the_others(cluster: Cluster) -> None:
     killed_at = c.db_now()
     c.procs[victim].wait()
     wait_for(lambda: all(c.owners().get(p) not in (None, c.node(victim))
-                         for p in moved), timeout=c.ttl * 5, what="the takeover")
+                         for p in moved), timeout=60, what="the takeover")
     after = c.leases()
     takeovers = [(after[p][2] - killed_at).total_seconds() for p in moved]
     for p in moved:
@@ -104,7 +104,7 @@ def test_a_node_frozen_past_its_lease_writes_nothing_more(cluster: Cluster) -> N
     assert len(frozen) == 1
     token = c.leases()[frozen[0]][1]
     os.kill(c.procs["n1"].pid, signal.SIGSTOP)
-    wait_for(lambda: c.owners().get(frozen[0]) == c.node("n2"), timeout=c.ttl * 5,
+    wait_for(lambda: c.owners().get(frozen[0]) == c.node("n2"), timeout=60,
              what="n2 taking the frozen node's pipeline over")
     assert c.leases()[frozen[0]][1] == token + 1
     add_rows(c, 201, 400)  # work for both n2 and, once resumed, the stale n1
@@ -115,7 +115,7 @@ def test_a_node_frozen_past_its_lease_writes_nothing_more(cluster: Cluster) -> N
             "no longer holds its lease" in str(x.get("error"))
             or "lost the lease" in str(x.get("error")))]
 
-    found = wait_for(refused, timeout=c.ttl * 5, what="n1 saying its lease is lost")
+    found = wait_for(refused, timeout=60, what="n1 saying its lease is lost")
     assert found
 
     wait_for(lambda: synced(c, 400), timeout=60, what="n2 syncing the new rows")

@@ -13,6 +13,11 @@ import pytest
 from tests.e2e.helpers import make_users, run_once, sql, users, write_config
 from tests.pgfixture import PG_DSN, require_pg
 
+# One xdist worker runs the tests whose nodes join the machine's shared cluster tables
+# (recsync.nodes / recsync.leases): a live node of another test changes the node count
+# that the fair share and the budget split divide by.
+pytestmark = pytest.mark.xdist_group("cluster")
+
 SQLITE_A = '{ connector = "sqlite", path = "a.sqlite", table = "users", key = "record_id" }'
 SQLITE_B = '{ connector = "sqlite", path = "b.sqlite", table = "users", key = "record_id" }'
 RULES = """

@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,18 +76,26 @@ class Service:
     def json(self, *args: str) -> Any:
         return json.loads(self.cli("--json", *args).stdout)
 
-    def notified(self, field_: str, timeout: float = 20.0) -> str:
-        """Wait for a datagram on the test NOTIFY_SOCKET that carries ``field_``."""
+    def listen(self) -> None:
+        """Read every datagram from the test NOTIFY_SOCKET, as systemd does. Unread, the
+        watchdog pings fill the socket's queue (net.unix.max_dgram_qlen, 10) and the
+        daemon's next sd_notify blocks: its SIGTERM drain never ends."""
         self.notify.settimeout(0.2)
 
-        def seen() -> str | None:
-            found = next((m for m in self.messages if field_ in m.split("\n")), None)
-            if found is None:
+        def read() -> None:
+            while self.notify.fileno() != -1:
                 try:
                     self.messages.append(self.notify.recv(4096).decode())
-                except TimeoutError:
+                except (TimeoutError, OSError):
                     pass
-            return found
+
+        threading.Thread(target=read, daemon=True).start()
+
+    def notified(self, field_: str, timeout: float = 20.0) -> str:
+        """Wait for a datagram on the test NOTIFY_SOCKET that carries ``field_``."""
+
+        def seen() -> str | None:
+            return next((m for m in list(self.messages) if field_ in m.split("\n")), None)
 
         return wait_for(seen, timeout=timeout, what=f"{field_} on NOTIFY_SOCKET")  # type: ignore[no-any-return]
 
@@ -110,6 +119,7 @@ def service(tmp_path: Path) -> Iterator[Service]:
     proc = subprocess.Popen(recsyncd_cmd(tmp_path, tmp_path / "state"), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     svc = Service(tmp_path, proc, notify, f"ipc://{tmp_path}/run/control.sock")
+    svc.listen()
     try:
         svc.notified("READY=1")
         yield svc

@@ -350,8 +350,10 @@ def test_a_verify_waiting_on_a_side_leaves_the_control_socket_free_and_runs_alon
 
     salesforce.handle = held  # type: ignore[method-assign]
     result: list[subprocess.CompletedProcess[str]] = []
+    # a minute of silence allowed: side b is held until the two calls below are done,
+    # each a CLI process start that takes seconds on a loaded machine
     thread = threading.Thread(target=lambda: result.append(
-        daemon.cli("--json", "verify", "test")))
+        daemon.cli("--timeout", "60", "--json", "verify", "test")))
     thread.start()
     try:
         assert listing.wait(60), "verify never listed side b"

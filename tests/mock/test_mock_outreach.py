@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -253,7 +254,11 @@ def test_faults(server: OutreachMock, api: requests.Session) -> None:
 
 
 def test_keep_alive_is_fast(server: OutreachMock, api: requests.Session) -> None:
-    start = time.monotonic()
+    took = []
     for _ in range(50):
+        start = time.monotonic()
         assert api.get(f"{server.url}/api/v2/prospects").status_code == 200
-    assert time.monotonic() - start < 1.0  # Nagle + delayed ACK would take 2 s
+        took.append(time.monotonic() - start)
+    # Nagle + delayed ACK hold most requests 40 ms each; the median, not the sum, so that
+    # a few requests slowed by a loaded machine do not fail it
+    assert statistics.median(took) < 0.03, took
