@@ -179,11 +179,13 @@ class Cluster:
 
 @pytest.fixture
 def cluster(tmp_path: Path, pg: PgSchema) -> Iterator[Cluster]:
-    """A cluster of this test's own (its PostgreSQL schema dropped after); ttl 2 s."""
+    """A cluster of this test's own (its PostgreSQL schema dropped after): lease_ttl 2 s;
+    poll_interval 0.5 s, the margin of the takeover bound (lease_ttl + one poll interval)
+    for a round's latency on a loaded machine."""
     with pg.connect() as conn:  # as the nodes do: the test reads them from the start
         create_tables(conn, pg.schema)
         create_schema(conn, pg.schema)
-    c = Cluster(tmp_path, pg, ttl=2.0, poll=0.1)
+    c = Cluster(tmp_path, pg, ttl=2.0, poll=0.5)
     yield c
     c.stop_all()
 
