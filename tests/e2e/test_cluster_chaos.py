@@ -258,6 +258,6 @@ def test_a_node_leaving_hands_its_pipelines_over_at_once(cluster: Cluster) -> No
     for p in leaving:
         # taken over once released, before the lease would have expired
         assert after[p][2] < expiry[p], (p, after[p][2], expiry[p])
-    assert c.pg.run("SELECT count(*) FROM nodes WHERE node = %s", (c.node("n2"),)) == [(0,)]
+    assert c.run("SELECT count(*) FROM nodes WHERE node = %s", (c.node("n2"),)) == [(0,)]
     wait_for(lambda: same(c), timeout=60, what="both sides equal once the changes stop")
     assert_exact(c)
