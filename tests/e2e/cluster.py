@@ -24,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from recsync.cluster.leases import create_tables
@@ -75,9 +76,19 @@ class Cluster:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     customer: str = field(default_factory=lambda: f"c{uuid.uuid4().hex[:10]}")
 
+    _conn: psycopg.Connection[Any] | None = field(default=None, repr=False)
+
     @property
     def schema(self) -> str:
         return self.pg.schema
+
+    def run(self, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """A statement on the test's schema, through one connection of the test's own (a
+        new one per look, while the nodes hold theirs, can meet max_connections)."""
+        if self._conn is None or self._conn.closed:
+            self._conn = self.pg.connect()
+        cur = self._conn.execute(statement, params)
+        return cur.fetchall() if cur.description else []
 
     def node(self, name: str) -> str:
         return f"{self.customer}-{name}"
@@ -128,7 +139,7 @@ class Cluster:
 
     def leases(self) -> dict[str, tuple[str, int, datetime, bool, datetime]]:
         """pipeline -> (owner node, token, acquired_at, live, expires_at)"""
-        rows = self.pg.run("SELECT pipeline, node, token, acquired_at, expires_at > now(), "
+        rows = self.run("SELECT pipeline, node, token, acquired_at, expires_at > now(), "
                            "expires_at FROM leases WHERE pipeline = ANY(%s)",
                            (self.pipelines,))
         return {r[0]: (r[1], r[2], r[3], r[4], r[5]) for r in rows}
@@ -143,7 +154,7 @@ class Cluster:
         return self.folder / f"{which}{pid.rsplit('/p', 1)[1]}.sqlite"
 
     def db_now(self) -> datetime:
-        return self.pg.run("SELECT now()")[0][0]  # type: ignore[no-any-return]
+        return self.run("SELECT now()")[0][0]  # type: ignore[no-any-return]
 
     def audit_state(self) -> None:
         """From now on, record every committed state write (node, pipeline, time)."""
@@ -157,7 +168,7 @@ class Cluster:
     def state_writes(self, name: str, pipeline: str | None = None,
                      after: datetime | None = None, before: datetime | None = None) -> int:
         """Committed state writes of node ``name`` (of ``pipeline``, in after..before)."""
-        rows = self.pg.run(
+        rows = self.run(
             "SELECT count(*) FROM audit WHERE node = %s AND (%s::text IS NULL OR "
             "pipeline = %s) AND (%s::timestamptz IS NULL OR at > %s) AND "
             "(%s::timestamptz IS NULL OR at < %s)",
@@ -165,6 +176,8 @@ class Cluster:
         return int(rows[0][0])
 
     def stop_all(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
         for proc in self.procs.values():
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGCONT)
@@ -179,11 +192,13 @@ class Cluster:
 
 @pytest.fixture
 def cluster(tmp_path: Path, pg: PgSchema) -> Iterator[Cluster]:
-    """A cluster of this test's own (its PostgreSQL schema dropped after); ttl 2 s."""
+    """A cluster of this test's own (its PostgreSQL schema dropped after): lease_ttl 2 s;
+    poll_interval 0.5 s, the margin of the takeover bound (lease_ttl + one poll interval)
+    for a round's latency on a loaded machine."""
     with pg.connect() as conn:  # as the nodes do: the test reads them from the start
         create_tables(conn, pg.schema)
         create_schema(conn, pg.schema)
-    c = Cluster(tmp_path, pg, ttl=2.0, poll=0.1)
+    c = Cluster(tmp_path, pg, ttl=2.0, poll=0.5)
     yield c
     c.stop_all()
 

