@@ -282,3 +282,26 @@ def test_repeating_interval_must_be_positive(scheduler: Scheduler) -> None:
     handle = scheduler.call_every(1, lambda: None)
     with pytest.raises(ValueError):
         handle.reschedule(-1)
+
+
+class StillClock:
+    """A clock that never moves and does not announce moves (as the system clock)."""
+
+    def monotonic(self) -> float:
+        return 100.0
+
+    def time(self) -> float:
+        return 1_700_000_000.0
+
+
+def test_timers_due_within_the_slack_run_in_the_same_wake_up() -> None:
+    # 1,000 pipelines' timers: run together, not each in a wake-up of its own
+    with Scheduler(StillClock(), slack=0.01) as sched:
+        counter = Counter()
+        sched.call_later(0.004, counter)
+        sched.call_every(0.5, counter, first_delay=0.009)
+        assert counter.wait_for(2)  # the clock never reached either due time
+        late = threading.Event()
+        sched.call_later(0.05, late.set)
+        barrier(sched)  # due now: it runs; the one beyond the slack waits for its time
+        assert not late.is_set()

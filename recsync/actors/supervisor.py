@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -371,10 +371,13 @@ class Supervisor(pykka.ThreadingActor):
         pipeline.ask(f"poller_{side}", "set_paused", pipeline.paused)
         pipeline.tell(f"poller_{side}", Poll())
 
-    def health(self) -> dict[str, Any]:
-        """Per pipeline: state, and breaker and budget of each side (for stats)."""
+    def health(self, only: Collection[str] | None = None) -> dict[str, Any]:
+        """Per pipeline (those in ``only``, if given): state, and breaker and budget of
+        each side (for stats)."""
         out: dict[str, Any] = {}
-        for pid, p in self.pipelines.items():
+        chosen = self.pipelines.items() if only is None else \
+            [(pid, self.pipelines[pid]) for pid in only if pid in self.pipelines]
+        for pid, p in chosen:
             circuit, budget, sides = {}, {}, {}
             for side, (limiter, breaker) in p.limits.items():
                 circuit[side] = breaker.state
