@@ -126,11 +126,13 @@ class QueueActor(PipelineActor):
         was_reading = self._backfilling(direction)
         if not msg.event:
             self.reading[direction] = self.clock.monotonic() if msg.more else None
-        # A page goes direct only while nothing else is queued or moving: other work could
-        # conflict with it, and the store then takes the safe path. A backfill for a side
-        # that takes bulk writes is gathered into bulk jobs instead.
-        direct_limit = (0 if msg.event or any(self.in_flight.values()) or not self.direct_ok
-                        or self._backfilling(direction) else self._direct_size(direction))
+        # A page goes direct only while nothing of its direction is queued or moving, and
+        # no other work touches its records (the store checks both and otherwise takes the
+        # safe path). A backfill for a side that takes bulk writes is gathered into bulk
+        # jobs instead.
+        direct_limit = (0 if msg.event or self.in_flight[direction] is not None
+                        or not self.direct_ok or self._backfilling(direction)
+                        else self._direct_size(direction))
         try:
             stats = self.store.enqueue(
                 msg.side, msg.changes, msg.cursor, msg.observed, msg.ruleset,

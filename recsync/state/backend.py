@@ -221,7 +221,7 @@ class StateBackend(Protocol):
     def add_listing_seen(self, side: str, keys: Iterable[str]) -> None: ...
     def unlisted(self, side: Side, since: float) -> list[str]: ...
     # queue
-    def has_queued(self) -> bool: ...
+    def has_queued(self, direction: str | None = None) -> bool: ...
     def has_ready(self, direction: str) -> bool: ...
     def queued(self, keys: Sequence[str]) -> dict[tuple[str, str], QueuedRow]: ...
     def put_queue(self, rows: Sequence[NewItem], now: float) -> None: ...
@@ -470,8 +470,12 @@ class SqlBackend:
             "(SELECT key FROM listing_seen WHERE {W}side = ?)", (since, side))]
 
     # queue --------------------------------------------------------------------------------------
-    def has_queued(self) -> bool:
-        return bool(self.x("SELECT EXISTS (SELECT 1 FROM queue{WH})").fetchone()[0])
+    def has_queued(self, direction: str | None = None) -> bool:
+        """Whether any item is queued (of ``direction``, when given)."""
+        if direction is None:
+            return bool(self.x("SELECT EXISTS (SELECT 1 FROM queue{WH})").fetchone()[0])
+        return bool(self.x("SELECT EXISTS (SELECT 1 FROM queue WHERE {W}direction = ?)",
+                           (direction,)).fetchone()[0])
 
     def has_ready(self, direction: str) -> bool:
         return bool(self.x("SELECT EXISTS (SELECT 1 FROM queue WHERE {W}direction = ? "

@@ -271,6 +271,33 @@ def test_a_page_with_queued_work_around_does_not_go_direct(store: Store, clock: 
     assert stats.direct is None and stats.queued == 20
 
 
+def test_a_page_goes_direct_while_the_other_side_writes_other_records(
+        store: Store, clock: FakeClock) -> None:
+    """Updates of one side keep the short way while the other side's backlog, on other
+    records, is queued and being written; a page touching a record of that backlog, or of
+    its batch in flight, is queued (the conflict is settled there)."""
+    store.enqueue("a", [change(str(i), "A") for i in range(1, 6)], "c1", clock.time(), RULES)
+    sync_all(store, "a_to_b", clock)  # records 1..5 linked
+    clock.advance(1)
+    store.enqueue("b", [change("4", "B4"), change("5", "B5")], "d1", clock.time(), RULES)
+    (flying,) = [i.key for i in store.lease("b_to_a", 1, frozenset())]
+    in_flight = {"b_to_a": frozenset([flying])}
+    stats = store.enqueue("a", [change("1", "A1"), change("2", "A2")], "c2", clock.time(),
+                          RULES, in_flight=in_flight, direct_limit=10)
+    assert stats.direct is not None and [i.key for i in stats.direct] == ["1", "2"]
+    assert store.cursor("a") == "c1"  # saved with the direct page's outcome
+    # a record the other side is writing right now (a page it was given directly, not
+    # on the queue), or one queued the other way: the page is queued
+    stats = store.enqueue("a", [change("3", "A3")], "c3", clock.time(), RULES,
+                          in_flight={"b_to_a": frozenset(["3"])}, direct_limit=10)
+    assert stats.direct is None and store.cursor("a") == "c3"
+    sync_all(store, "a_to_b", clock)
+    queued = "5" if flying == "4" else "4"
+    stats = store.enqueue("a", [change(queued, "A")], "c4", clock.time(), RULES,
+                          in_flight=in_flight, direct_limit=10)
+    assert stats.direct is None and store.cursor("a") == "c4"
+
+
 def test_a_page_with_a_delete_is_queued_not_sent_direct(store: Store, clock: FakeClock) -> None:
     store.enqueue("a", [change("1", "Ada")], "c1", clock.time(), RULES)
     sync_all(store, "a_to_b", clock)
