@@ -30,6 +30,8 @@ from typing import Any
 import psycopg
 import tomli_w
 
+from recsync.dsn import mask_dsn
+
 ROOT = Path(__file__).resolve().parent.parent
 DSN = os.environ.get("RECSYNC_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 SQLITE_USERS = """CREATE TABLE users (record_id INTEGER PRIMARY KEY, full_name TEXT NOT NULL,
@@ -201,7 +203,8 @@ def main() -> int:
     try:
         admin = psycopg.connect(DSN, autocommit=True, connect_timeout=3)
     except psycopg.Error as exc:
-        print(f"pg_bench skipped: PostgreSQL at {DSN} is unreachable ({str(exc).strip()})")
+        reason = " ".join(mask_dsn(str(exc)).split())
+        print(f"pg_bench skipped: PostgreSQL at {mask_dsn(DSN)} is unreachable ({reason})")
         return 0
     began = time.perf_counter()
     n = args.rows

@@ -419,16 +419,30 @@ class PostgresConnector(SqlTableConnector):
         return self._list_page(state, limit, start=True)
 
     def _select_rows(self, where: sql.Composable, order: sql.Composable,
-                     params: dict[str, Any], extra: sql.Composable | None = None
-                     ) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """``SELECT *`` (then ``extra``, one value after the table's columns)."""
+                     params: dict[str, Any], extra: sql.Composable | None = None,
+                     extras: int = 1) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """``SELECT *`` (then ``extra``: ``extras`` values after the table's columns)."""
         query = sql.SQL("SELECT *{x} FROM {t} {w} {o}").format(
             x=extra or sql.SQL(""), t=sql.SQL(self.names.qualified), w=where, o=order)
         cur = self.conn.execute(query, params)
         cols = [d.name for d in cur.description or ()]
         if extra is not None:
-            cols = cols[:-1]
+            cols = cols[:-extras]
         return cols, cur.fetchall()
+
+    def _epoch_sql(self) -> sql.Composable | None:
+        """The updated column as epoch seconds, computed by PostgreSQL, when it is a
+        date or timestamp (parsing its ISO text in Python took a third of a listing's
+        time in the connector)."""
+        if self._updated is None:
+            return None
+        kind = self._columns[self._updated]
+        if not (kind == "date" or kind.startswith("timestamp")) or kind.endswith("]"):
+            return None
+        return sql.SQL("extract(epoch FROM {u})::float8").format(u=sql.Identifier(self._updated))
+
+    def _page_epoch_at(self, cols: list[str]) -> int | None:
+        return len(cols) if self._epoch_sql() is not None else None
 
     def _key_cast(self) -> sql.Composable:
         return sql.SQL(self._key_type)  # format_type() output: already a valid type name
@@ -441,9 +455,13 @@ class PostgresConnector(SqlTableConnector):
         if after is not None:
             where = sql.SQL("WHERE {k} > %(after)s::text::{kt}").format(
                 k=k, kt=self._key_cast())
+        epoch = self._epoch_sql()
+        extra = sql.SQL(", {k}::text AS recsync_page").format(k=k)
+        if epoch is not None:  # before the paging value, which stays last
+            extra = sql.SQL(", {e} AS recsync_epoch").format(e=epoch) + extra
         return self._select_rows(
             where, sql.SQL("ORDER BY {k} LIMIT %(n)s").format(k=k),
-            {"after": after, "n": n}, sql.SQL(", {k}::text AS recsync_page").format(k=k))
+            {"after": after, "n": n}, extra, 2 if epoch is not None else 1)
 
     def _list_page(self, state: dict[str, Any], limit: int, start: bool) -> ChangePage:
         # log mode: then read the log from the listing's start (changes made since)

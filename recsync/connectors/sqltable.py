@@ -208,17 +208,24 @@ class SqlTableConnector(Connector):
 
     # ------------------------------------------------------------------ rows -> changes
 
+    def _page_epoch_at(self, cols: list[str]) -> int | None:
+        """Where rows of ``_page_rows`` carry the updated column as epoch seconds (the
+        database computed it), or None: it is parsed from the column's value."""
+        return None
+
     def _to_changes(
         self, rows: Sequence[Sequence[Any]], cols: list[str], default_ts: float,
-        nulls: list[Any] | None = None,
+        nulls: list[Any] | None = None, epoch_at: int | None = None,
     ) -> list[Change]:
         """Changes from table rows whose first ``len(cols)`` values are the columns ``cols``
         (any values after them are not part of the record); ``nulls`` gets the last value
-        (the paging value) of each row without a key."""
+        (the paging value) of each row without a key; ``epoch_at``: the index of the
+        updated column's epoch seconds (or None) in each row."""
         kidx = cols.index(self._key)
         uidx = cols.index(self._updated) if self._updated in cols else None
         out: list[Change] = []
         append = out.append
+        isfinite = math.isfinite
         for r in rows:
             k = r[kidx]
             if k is None:
@@ -226,7 +233,11 @@ class SqlTableConnector(Connector):
                     nulls.append(r[-1])
                 continue
             ts = None
-            if uidx is not None:
+            if epoch_at is not None:
+                ts = r[epoch_at]
+                if ts is not None and not isfinite(ts):
+                    ts = None
+            elif uidx is not None:
                 ts = r[uidx]
                 # plain epoch seconds are the common case: skip the parsing
                 if ts.__class__ is not float or not 0 < ts < 1e11:
@@ -275,7 +286,7 @@ class SqlTableConnector(Connector):
         done = len(rows) <= limit
         rows = rows[:limit]
         nulls: list[Any] = []
-        changes = self._to_changes(rows, cols, time.time(), nulls)
+        changes = self._to_changes(rows, cols, time.time(), nulls, self._page_epoch_at(cols))
         unreadable = [self._null_key(r) for r in nulls]
         rest = {k: v for k, v in state.items() if k not in (self.LISTING, "relist")}
         more = not done
@@ -300,7 +311,7 @@ class SqlTableConnector(Connector):
             cols, rows = self._page_rows(after, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
-        changes = self._to_changes(rows, cols, time.time())
+        changes = self._to_changes(rows, cols, time.time(), epoch_at=self._page_epoch_at(cols))
         return changes, json.dumps(rows[-1][-1]) if more else None
 
     # ------------------------------------------------------------------ writing

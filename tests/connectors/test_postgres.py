@@ -96,6 +96,23 @@ def test_first_read_lists_the_table_then_the_log_has_every_kind_of_change(
     assert seen(pages) == {}
 
 
+def test_a_listed_row_changed_when_its_updated_column_says(pg: PgSchema) -> None:  # noqa: F811
+    pg.run(f"CREATE TABLE {pg.table()} (record_id integer PRIMARY KEY, "
+           "updated_at timestamp(3) with time zone)")
+    pg.run(f"INSERT INTO {pg.table()} VALUES (1, '2024-01-02 10:00:00.25+00'), "
+           "(2, 'infinity'), (3, NULL)")
+    conn = make(pg)
+    conn.open()
+    try:
+        before = time.time()
+        changes = {c.key: c for p in drain(conn, None)[0] for c in p.changes}
+        assert changes["1"].modified_at == 1704189600.25
+        assert changes["1"].fields["updated_at"] == "2024-01-02T10:00:00.25+00:00"
+        assert changes["2"].modified_at >= before and changes["3"].modified_at >= before
+    finally:
+        conn.close()
+
+
 def test_a_transaction_that_commits_after_a_later_one_is_not_lost(
         users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
     _, cursor = drain(users, None)
