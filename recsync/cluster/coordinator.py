@@ -98,7 +98,10 @@ class Coordinator:
 
     def stop(self) -> None:
         """Stop coordinating (the daemon stops its pipelines, then calls ``leave``)."""
+        from recsync.budget import set_live_nodes_source
+
         self._stop.set()
+        set_live_nodes_source(None)  # the budget's split no longer asks a stopped node
         if self._thread is not None:
             self._thread.join(timeout=self.ttl)
 

@@ -158,15 +158,25 @@ class Daemon:
             return
         # the totals before any pipeline runs: taken after the starts, a fast first page
         # was already counted in them, and the --once summary under-counted it
-        self.baseline = {pid: self._stored_counts(pid) for pid in self.config.pipelines}
+        self.baseline = {pid: counts for pid in self.config.pipelines
+                         if (counts := self._stored_counts(pid)) is not None}
         for pid, cfg in self.config.pipelines.items():
             state = self.proxy.start_pipeline(cfg, self.config.rules[cfg.rules]).get()
             log.info("pipeline %s", state, extra={"pipeline": pid})
+        for pid, counts in self._counts().items():  # state unreadable before: as it is now
+            self.baseline.setdefault(pid, counts)
 
-    def _stored_counts(self, pid: str) -> dict[str, int]:
-        store = self.state.open_store(pid, self.clock)
+    def _stored_counts(self, pid: str) -> dict[str, int] | None:
+        """The pipeline's totals in its state; None while the state cannot be read (its
+        pipeline says why once started)."""
+        try:
+            store = self.state.open_store(pid, self.clock)
+        except RecsyncError:
+            return None
         try:
             return store.counts()
+        except RecsyncError:
+            return None
         finally:
             store.close()
 
