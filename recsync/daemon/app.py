@@ -265,13 +265,15 @@ class Daemon:
                 if only is None:
                     self._status_rows.retain(config.pipelines)
                     self._rows_config = config
-                head = (self.config_error,)
+                mismatch = [] if self.coordinator is None else self.coordinator.notes()
+                head = (self.config_error, mismatch)
                 if not (self._status_rows.changed or self._stat_rows.changed
                         or head != self._snapshot_head):
                     return  # the front would read the same figures again
                 self._status_rows.changed = self._stat_rows.changed = False
                 self._snapshot_head = head
-                status = msgspec.to_builtins(p.StatusResult(config_error=self.config_error))
+                status = msgspec.to_builtins(p.StatusResult(config_error=self.config_error,
+                                                            config_mismatch=mismatch))
                 status["pipelines"] = self._status_rows.encoded(sorted(config.pipelines))
                 stats = self._stat_rows.encoded(row.pipeline for row in self._stats)
                 data = p.encoder.encode({"status": status, "stats": stats})
