@@ -332,11 +332,15 @@ class Daemon:
         since = now - self._tick_at if self._tick_at is not None else 0.0
         self._tick_at = now
         out, changed = [], []
+        # [cluster]: a pipeline another node runs changes without a figure moving here; its
+        # totals are read again from the shared state each tick
+        owned = None if self.coordinator is None else set(self.coordinator.leases.tokens)
         for pid, cfg in pipelines.items():
             prog, h = progress.get(pid, {}), self._health.get(pid, {})
             inputs = (figures[pid], h)
             row = self._stat_rows.rows.get(pid)
             if (row is not None and not row.rate and pid not in touched
+                    and (owned is None or pid in owned)
                     and self._inputs.get(pid) == inputs and not _timed(h)):
                 out.append(row)
                 continue
@@ -375,8 +379,10 @@ class Daemon:
         self._mark_dirty(changed)
         self.write_snapshot(self._take_dirty())
         if self.server is not None:  # the rows as encoded once (see daemon/overview.py)
-            self.server.publish("stats", {"pipelines": self._stat_rows.encoded(
-                row.pipeline for row in out)})
+            shown = [row.pipeline for row in out]
+            if owned is not None:  # [cluster]: a pipeline's figures come from its owner only
+                shown = [pid for pid in shown if pid in owned]
+            self.server.publish("stats", {"pipelines": self._stat_rows.encoded(shown)})
 
     def _busy(self, pid: str, inputs: tuple[Any, ...]) -> bool:
         """Whether a pipeline's health is wanted this tick: its actors' figures moved, it
