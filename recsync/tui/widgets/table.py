@@ -196,9 +196,9 @@ class LiveTable(ScrollView, can_focus=True):
                 self.refresh_lines(index + 1)
 
     def _cells(self, key: str) -> tuple[str, ...]:
-        if self._source is not None:
-            self.rows[key] = self._source(key)
-        return self.rows[key]
+        # a read (get_cell) does not record the cells as shown: set_source compares the
+        # fresh cells with those last drawn to know which lines to redraw
+        return self._source(key) if self._source is not None else self.rows[key]
 
     def get_cell(self, key: str, column: str) -> str:
         index = next(i for i, c in enumerate(self.columns) if c.key == column)
@@ -242,6 +242,8 @@ class LiveTable(ScrollView, can_focus=True):
             return Strip([Segment(" " * width, base)], width)
         key = self.keys[index]
         cells = self._cells(key)
+        if self._source is not None:
+            self.rows[key] = cells  # as drawn
         if index == self.cursor_row:
             style = base + self.get_component_rich_style("live-table--cursor")
         elif index % 2:
