@@ -14,13 +14,11 @@ import sys
 import threading
 from pathlib import Path
 
-from recsync import demo
 from recsync.cli import output, verify
 from recsync.cli.commands import BUILDERS, UsageError, follow_events, human, wait_backfill
 from recsync.cli.parser import build_parser
 from recsync.client import ControlClient, load_curve_keys
 from recsync.daemon import protocol as p
-from recsync.daemon.sides import BAD_STATES
 from recsync.errors import ControlError, DaemonUnreachable, RecsyncError
 
 __all__ = ["build_parser", "main"]
@@ -80,6 +78,8 @@ def _run(args: argparse.Namespace) -> int:
     if name == "demo seed":
         if args.count < 0:
             raise UsageError("--count must be 0 or more")
+        from recsync import demo
+
         print(output.seeded(args.path, *demo.seed_ids(args.path, args.count,
                                                          start_id=args.start_id)))
         return 0
@@ -130,7 +130,7 @@ def status_exit(cmd: p.Command, result: object) -> int:
     if not isinstance(cmd, p.StatusGet) or cmd.record_id is not None:
         return 0
     pipes = result.get("pipelines") if isinstance(result, dict) else None
-    bad = [r for r in pipes or [] if isinstance(r, dict) and r.get("state") in BAD_STATES]
+    bad = [r for r in pipes or [] if isinstance(r, dict) and r.get("state") in p.BAD_STATES]
     return STATUS_BAD if bad else 0
 
 
