@@ -7,6 +7,7 @@ interpreter has loaded (no timing)."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -67,3 +68,22 @@ def test_once_between_sqlite_files_loads_no_control_plane_nor_other_connectors(
                      "recsync.connectors.salesforce", "recsync.connectors.outreach",
                      "recsync.mock.salesforce", "recsync.mock.outreach",
                      "recsync.mock.httpserver", "recsync.state.pgbackend")
+
+
+def test_suite_bytecode_never_runs_an_edited_source_stale(tmp_path: Path) -> None:
+    from tests.bytecode import compile_package
+
+    module = tmp_path / "pkg" / "mod.py"
+    module.parent.mkdir()
+    module.write_text("VALUE = 1\n")
+    compile_package(tmp_path / "pkg")
+    stat = module.stat()
+    module.write_text("VALUE = 2\n")  # same size, and the same mtime below
+    os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    proc = subprocess.run([sys.executable, "-c", "import mod; print(mod.VALUE)"],
+                          capture_output=True, text=True, cwd=module.parent, timeout=60)
+    assert proc.stdout.strip() == "2", proc.stderr
+    compile_package(tmp_path / "pkg")
+    proc = subprocess.run([sys.executable, "-c", "import mod; print(mod.VALUE)"],
+                          capture_output=True, text=True, cwd=module.parent, timeout=60)
+    assert proc.stdout.strip() == "2", proc.stderr
