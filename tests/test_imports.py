@@ -87,3 +87,14 @@ def test_suite_bytecode_never_runs_an_edited_source_stale(tmp_path: Path) -> Non
     proc = subprocess.run([sys.executable, "-c", "import mod; print(mod.VALUE)"],
                           capture_output=True, text=True, cwd=module.parent, timeout=60)
     assert proc.stdout.strip() == "2", proc.stderr
+
+
+def test_once_with_crm_sides_and_no_cluster_loads_no_postgres_nor_redis(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parent.parent / "packaging" / "etc" / "recsync"
+    args = ["--config-dir", str(example), "--state-dir", str(tmp_path), "--once",
+            "--timeout", "60"]
+    loaded = loaded_after(
+        f"from recsync.daemon.main import main\nassert main({args!r}) == 0", cwd=tmp_path)
+    assert {"recsync.connectors.outreach", "recsync.connectors.salesforce"} <= loaded
+    assert not under(loaded, "psycopg", "psycopg_pool", "redis", "zmq", "textual",
+                     "hypothesis", "recsync.cluster", "recsync.state.pgbackend")
