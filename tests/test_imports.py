@@ -35,7 +35,8 @@ def test_cli_does_not_import_the_daemon_or_heavy_libraries() -> None:
     assert not under(loaded, *HEAVY, "pykka", "recsync.daemon.app", "recsync.daemon.main",
                      "recsync.actors", "recsync.connectors", "recsync.state", "recsync.config",
                      "recsync.rules", "recsync.tui", "recsync.mock", "recsync.cluster",
-                     "recsync.demo", "recsync.daemon.sides", "recsync.daemon.logs", "sqlite3")
+                     "recsync.demo", "recsync.daemon.sides", "recsync.daemon.logs", "sqlite3",
+                     "zmq", "recsync.client")
 
 
 def test_daemon_package_still_exports_its_names() -> None:

@@ -13,13 +13,16 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from recsync.cli import output, verify
 from recsync.cli.commands import BUILDERS, UsageError, follow_events, human, wait_backfill
 from recsync.cli.parser import build_parser
-from recsync.client import ControlClient, load_curve_keys
 from recsync.daemon import protocol as p
 from recsync.errors import ControlError, DaemonUnreachable, RecsyncError
+
+if TYPE_CHECKING:
+    from recsync.client import ControlClient
 
 __all__ = ["build_parser", "main"]
 STATUS_BAD = 4  # `status`: a pipeline is in error, held or fatal
@@ -62,6 +65,9 @@ def crms_setup(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> ControlClient:
+    # zmq (a third of `import recsync.cli`) only for the commands that talk to recsyncd
+    from recsync.client import ControlClient, load_curve_keys
+
     return ControlClient(
         args.endpoint,
         args.event_endpoint,
