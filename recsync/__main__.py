@@ -1,5 +1,5 @@
 import sys
 
-from recsync.daemon import main
+from recsync.daemon.main import main
 
 sys.exit(main())

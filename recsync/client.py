@@ -17,11 +17,8 @@ import msgspec
 import zmq
 
 from recsync.daemon import protocol, runtime
-from recsync.daemon.runtime import CurveKeys
+from recsync.daemon.runtime import ENDPOINT_ENV, EVENT_ENDPOINT_ENV, CurveKeys
 from recsync.errors import ControlError, DaemonUnreachable, RecsyncError
-
-ENDPOINT_ENV = "RECSYNC_ENDPOINT"
-EVENT_ENDPOINT_ENV = "RECSYNC_EVENT_ENDPOINT"
 
 
 def resolve_endpoints(

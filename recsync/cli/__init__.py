@@ -13,15 +13,16 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from recsync import demo
 from recsync.cli import output, verify
 from recsync.cli.commands import BUILDERS, UsageError, follow_events, human, wait_backfill
 from recsync.cli.parser import build_parser
-from recsync.client import ControlClient, load_curve_keys
 from recsync.daemon import protocol as p
-from recsync.daemon.sides import BAD_STATES
 from recsync.errors import ControlError, DaemonUnreachable, RecsyncError
+
+if TYPE_CHECKING:
+    from recsync.client import ControlClient
 
 __all__ = ["build_parser", "main"]
 STATUS_BAD = 4  # `status`: a pipeline is in error, held or fatal
@@ -64,6 +65,9 @@ def crms_setup(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> ControlClient:
+    # zmq (a third of `import recsync.cli`) only for the commands that talk to recsyncd
+    from recsync.client import ControlClient, load_curve_keys
+
     return ControlClient(
         args.endpoint,
         args.event_endpoint,
@@ -80,6 +84,8 @@ def _run(args: argparse.Namespace) -> int:
     if name == "demo seed":
         if args.count < 0:
             raise UsageError("--count must be 0 or more")
+        from recsync import demo
+
         print(output.seeded(args.path, *demo.seed_ids(args.path, args.count,
                                                          start_id=args.start_id)))
         return 0
@@ -130,7 +136,7 @@ def status_exit(cmd: p.Command, result: object) -> int:
     if not isinstance(cmd, p.StatusGet) or cmd.record_id is not None:
         return 0
     pipes = result.get("pipelines") if isinstance(result, dict) else None
-    bad = [r for r in pipes or [] if isinstance(r, dict) and r.get("state") in BAD_STATES]
+    bad = [r for r in pipes or [] if isinstance(r, dict) and r.get("state") in p.BAD_STATES]
     return STATUS_BAD if bad else 0
 
 

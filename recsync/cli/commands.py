@@ -8,15 +8,17 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import msgspec
 
 from recsync.cli import output
 from recsync.cli.reading import bulk_reads
-from recsync.client import ControlClient
 from recsync.daemon import protocol as p
 from recsync.errors import ControlError
+
+if TYPE_CHECKING:
+    from recsync.client import ControlClient
 
 
 class UsageError(Exception):

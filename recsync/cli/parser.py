@@ -6,8 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
-from recsync.client import ENDPOINT_ENV, EVENT_ENDPOINT_ENV
 from recsync.daemon.protocol import CLUSTER_EVENT_KINDS, EVENT_KINDS
+from recsync.daemon.runtime import ENDPOINT_ENV, EVENT_ENDPOINT_ENV
 
 EPILOG = """\
 exit codes: 0 ok, 1 recsyncd answered with an error, 2 usage error, 3 recsyncd unreachable,

@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from recsync.cli import output
-from recsync.client import ControlClient
 from recsync.daemon import protocol as p
+
+if TYPE_CHECKING:
+    from recsync.client import ControlClient
 
 LABELS = (
     ("missing_a", "missing on a"),

@@ -13,6 +13,8 @@ import msgspec
 
 API_VERSION = 1
 MAX_FRAME = 1 << 20  # bytes; larger frames get a TOO_LARGE error
+# `recsync status` exits non-zero while a pipeline is in one of these (see the README)
+BAD_STATES = ("error", "held", "fatal")
 
 Side = Literal["a", "b"]
 FaultCode = Literal[

@@ -18,6 +18,9 @@ from typing import ClassVar
 
 from recsync.errors import RecsyncError
 
+ENDPOINT_ENV = "RECSYNC_ENDPOINT"
+EVENT_ENDPOINT_ENV = "RECSYNC_EVENT_ENDPOINT"
+
 COMMAND_SOCKET = "control.sock"
 EVENT_SOCKET = "events.sock"
 

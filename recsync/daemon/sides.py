@@ -8,12 +8,9 @@ from typing import Any
 import msgspec
 
 from recsync.daemon.logs import redact_text
-from recsync.daemon.protocol import BulkJobStatus, SideStatus
+from recsync.daemon.protocol import BAD_STATES, BulkJobStatus, SideStatus
 
 __all__ = ["BAD_STATES", "bulk_text", "side_statuses"]
-
-# `recsync status` exits non-zero while a pipeline is in one of these (see the README)
-BAD_STATES = ("error", "held", "fatal")
 
 
 def side_statuses(health: dict[str, Any], now: float) -> dict[str, SideStatus]:
