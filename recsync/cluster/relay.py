@@ -7,8 +7,8 @@ itself (``event.node`` is that peer): events another node relayed are not relaye
 so nothing loops. A client (``recsync events``, the dashboard) then sees every node's
 events on the one socket it follows, and orders them by ``protocol.events_order``.
 
-A node's own ``stats`` events name only the pipelines it owns (``owned_stats``): the
-figures of a pipeline come from its owner.
+A node's own ``stats`` events name only the pipelines it owns (``Daemon.refresh_stats``):
+the figures of a pipeline come from its owner.
 """
 
 from __future__ import annotations
@@ -36,12 +36,6 @@ def pick_events(row: NodeRow, host: str) -> str | None:
             if endpoint.startswith("ipc://"):
                 return endpoint
     return next((e for e in endpoints if e.startswith("tcp://") and row.curve_public), None)
-
-
-def owned_stats(data: dict[str, Any], owned: set[str]) -> dict[str, Any]:
-    """A ``stats`` event's data with only the rows of the pipelines in ``owned``."""
-    rows = [r for r in data.get("pipelines") or [] if r.get("pipeline") in owned]
-    return {**data, "pipelines": rows}
 
 
 class RemoteStates:

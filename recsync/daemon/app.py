@@ -285,11 +285,6 @@ class Daemon:
 
     def publish(self, kind: str, data: dict[str, Any]) -> None:
         if self.server is not None:
-            if kind == "stats" and self.coordinator is not None:
-                from recsync.cluster.relay import owned_stats
-
-                # [cluster]: a pipeline's figures come from its owner only
-                data = owned_stats(data, set(self.coordinator.leases.tokens))
             self.server.publish(kind, msgspec.to_builtins(data))
 
     def last_event_seq(self) -> int:
