@@ -225,11 +225,10 @@ class ConnectorActor(PipelineActor):
             reopen = self.breaker.retry_at or self.clock.monotonic()
             return self.clock.time() + max(0.0, reopen - self.clock.monotonic())
         # A half-open probe refused here is given up by the breaker after its timeout.
-        assert self.connector is not None
-        if not self.throttled:
-            if not self.connector.counts_requests:  # else _spend counts each request
-                self.requests += 1
+        if not self.throttled:  # a local side without a budget (a CRM side always has one)
+            self.requests += 1
             return None
+        assert self.connector is not None
         if self.connector.counts_requests:  # each request is taken by _spend as it goes
             wait = float(self.peers.ref("rate_limiter").ask(Call("wait", (self.side,))))
             return self.clock.time() + wait if wait > 0 else None
