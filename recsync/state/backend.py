@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from itertools import chain
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from recsync.messages import Direction, Side
 from recsync.sqlbulk import row_chunks
@@ -37,7 +37,10 @@ from recsync.state.schema import connect
 CHUNK = 900  # keys per IN (...) query
 
 
-def chunks(seq: Sequence[str]) -> Iterator[Sequence[str]]:
+_T = TypeVar("_T")
+
+
+def chunks(seq: Sequence[_T]) -> Iterator[Sequence[_T]]:
     for i in range(0, len(seq), CHUNK):
         yield seq[i : i + CHUNK]
 
@@ -551,8 +554,7 @@ class SqlBackend:
         waits for a busy connector thread to hand it back."""
         for direction in {r.direction for r in rows}:
             done = [(r.key, r.gen) for r in rows if r.direction == direction]
-            for start in range(0, len(done), CHUNK):
-                part = done[start : start + CHUNK]
+            for part in chunks(done):
                 sql = self._in_sql.get(("unqueue_done", len(part)))
                 if sql is None:
                     sql = self._in_sql[("unqueue_done", len(part))] = self._text(
