@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 # would walk again on every pass; they are freed by reference counting, and garbage
 # cycles are rare here, so the youngest generation is collected 20 times less often.
 GC_THRESHOLDS = (14_000, 10, 10)
+SIGNAL_CHECK = 0.5  # seconds: the longest a signal waits for its handler (see the main loop)
 
 
 def tune_gc() -> None:
@@ -312,7 +313,10 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
     notifier.ready(f"{len(daemon.config.pipelines)} pipelines running")
     try:
         while not daemon.stopping.is_set():
-            wake.wait()
+            # Python runs a signal's handler in the main thread, between bytecodes: when the
+            # kernel delivers SIGHUP or SIGTERM to another of our threads, a main thread
+            # blocked in an untimed wait never runs it (seen: a SIGHUP ignored for good)
+            wake.wait(SIGNAL_CHECK)
             wake.clear()
             if reload_requested.is_set() and not daemon.stopping.is_set():
                 reload_requested.clear()

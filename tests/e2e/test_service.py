@@ -3,8 +3,10 @@ recsyncd process, hot reload, SIGHUP, SIGTERM drain, sd_notify on a test NOTIFY_
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import platform
 import signal
 import socket
 import sqlite3
@@ -288,6 +290,24 @@ def test_sighup_reloads(service: Service) -> None:
     service.notified("RELOADING=1")
     wait_for(lambda: [p["pipeline"] for p in service.json("status")["pipelines"]]
              == ["acme/renamed"], what="the reload")
+
+
+SYS_TGKILL = {"x86_64": 234, "aarch64": 131}.get(platform.machine())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or SYS_TGKILL is None,
+                    reason="tgkill (a signal to one thread) is a Linux system call")
+def test_a_signal_delivered_to_another_thread_is_still_handled(service: Service) -> None:
+    """The kernel may hand a process's SIGHUP to any of its threads; the main thread,
+    which alone runs Python's signal handlers, must still see it (it once waited for good)."""
+    pid = service.proc.pid
+    others = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+    assert others, "recsyncd runs threads besides its main one"
+    (service.folder / "customer_settings.toml").write_text(
+        SETTINGS.replace("[customers.acme.pipelines.people]", "[customers.acme.pipelines.renamed]"))
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(SYS_TGKILL, pid, others[-1], signal.SIGHUP) == 0, ctypes.get_errno()
+    service.notified("RELOADING=1")
 
 
 def test_sigterm_drains_and_loses_nothing(service: Service) -> None:
