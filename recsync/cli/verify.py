@@ -101,6 +101,8 @@ def human(results: Any) -> str:
 
 
 def _one(r: dict[str, Any]) -> str:
+    if r.get("error"):
+        return f"{r['pipeline']}: not verified: {r['error']}"
     sizes = f"a: {r['a_records']} records, b: {r['b_records']} records, {r['seconds']:.1f}s"
     head = f"{r['pipeline']}: sides {'agree' if r['agree'] else 'differ'} ({sizes})"
     lines = [head]

@@ -383,7 +383,9 @@ class VerifyResult(msgspec.Struct, frozen=True):
     """One pipeline's comparison. ``missing_a``: linked records side A no longer holds;
     ``extra_a``: records only side A holds, never linked; likewise for B; ``different``:
     on both sides with different content. ``pending``: records with queued work (not
-    compared); ``ignored``: differences the rules leave alone (filters, directions)."""
+    compared); ``ignored``: differences the rules leave alone (filters, directions).
+    ``error``: why this pipeline could not be verified (its counts are then zero), when
+    others in the same command were."""
 
     pipeline: str
     agree: bool
@@ -398,6 +400,7 @@ class VerifyResult(msgspec.Struct, frozen=True):
     ignored: int
     seconds: float
     repair: VerifyRepair | None = None
+    error: str | None = None
 
 
 RESULT_TYPES: tuple[type[msgspec.Struct], ...] = (

@@ -27,7 +27,7 @@ from recsync.errors import ConnectorConfigError, ConnectorError, ControlError, R
 from recsync.messages import Side
 from recsync.rules import CompiledRules, compile_rules, content_hash
 from recsync.state.store import RepairItem
-from recsync.verify import CATEGORIES, Comparison, Fix, Link, Seen, compare
+from recsync.verify import Category, Comparison, Fix, Link, Seen, compare
 
 log = logging.getLogger(__name__)
 ASK_TIMEOUT = 120.0  # one page of a listing, or one fetch
@@ -54,8 +54,18 @@ class Verifier:
         if not _slots.acquire(blocking=False):
             raise ControlError("UNAVAILABLE", f"{MAX_RUNNING} verifies are running already; "
                                               "try again when one has finished.")
+        chosen = list(chosen)
         try:
-            return [self._one_at_a_time(cfg, cmd) for cfg in chosen]
+            results = []
+            for cfg in chosen:
+                try:
+                    results.append(self._one_at_a_time(cfg, cmd))
+                except ControlError as exc:
+                    if len(chosen) == 1:
+                        raise
+                    # one pipeline that cannot be verified must not hide the others' results
+                    results.append(not_verified(cfg.id, exc))
+            return results
         finally:
             _slots.release()
 
@@ -101,11 +111,15 @@ class Verifier:
             raise ControlError("UNAVAILABLE", f"{cfg.id}: {exc}") from exc
         self._progress(cfg.id, "done", None, result.a_records + result.b_records, None,
                        force=True)
+        def category(name: Category) -> p.VerifyCategory:
+            return p.VerifyCategory(result.count(name), result.first(name, limit))
+
         return p.VerifyResult(
             pipeline=cfg.id, agree=result.agree, a_records=result.a_records,
             b_records=result.b_records,
-            **{c: p.VerifyCategory(result.count(c), result.first(c, limit))
-               for c in CATEGORIES},
+            missing_a=category("missing_a"), missing_b=category("missing_b"),
+            extra_a=category("extra_a"), extra_b=category("extra_b"),
+            different=category("different"),
             pending=result.pending, ignored=result.ignored,
             seconds=round(time.monotonic() - started, 3), repair=repaired)
 
@@ -230,3 +244,12 @@ def _state(where: StateRef, keys: list[str]) -> tuple[dict[str, Link], set[str]]
         pending = db.pending_keys()
         links = {k: Link(a, b) for k, (a, b) in db.link_hashes(keys).items()}
     return links, pending
+
+
+def not_verified(pipeline: str, exc: ControlError) -> p.VerifyResult:
+    """The result of a pipeline whose verify failed, beside the others of one command."""
+    none = p.VerifyCategory(0, [])
+    return p.VerifyResult(
+        pipeline=pipeline, agree=False, a_records=0, b_records=0, missing_a=none,
+        missing_b=none, extra_a=none, extra_b=none, different=none, pending=0, ignored=0,
+        seconds=0.0, error=f"[{exc.code}] {exc}")

@@ -385,6 +385,35 @@ def test_verify_of_a_pipeline_that_is_not_running_says_so(
     assert "[UNAVAILABLE]" in result.stderr
 
 
+def test_a_pipeline_that_cannot_be_verified_does_not_hide_the_others(
+        tmp_path: Path, running: list[Daemon]) -> None:
+    make_users(tmp_path / "a.sqlite", [(1, "User 1", "u1@x.org", "active")])
+    write_config(tmp_path, SQLITE_A, '{ connector = "file", path = "nowhere/b.csv", '
+                                     'key = "record_id" }', settings=f"""
+        [customers.test.pipelines.q]
+        rules = "contacts"
+        a = {SQLITE_A}
+        b = {CSV_B}
+        """)
+    daemon = start(tmp_path)
+    running.append(daemon)
+    wait_for(lambda: (tmp_path / "b.csv").exists() and len(read_csv(tmp_path / "b.csv")) == 1,
+             what="pipeline q to sync its record")
+
+    result = daemon.cli("--json", "verify", "test")
+    assert result.returncode == 1, result.stderr
+    by_pipeline = {r["pipeline"]: r for r in json.loads(result.stdout)}
+    assert by_pipeline["test/q"]["agree"] and by_pipeline["test/q"]["error"] is None
+    assert by_pipeline["test/q"]["a_records"] == 1
+    assert not by_pipeline["test/p"]["agree"]
+    assert "[UNAVAILABLE] pipeline test/p is error" in by_pipeline["test/p"]["error"]
+
+    human = daemon.cli("verify", "test")
+    assert human.returncode == 1
+    assert "test/q: sides agree" in human.stdout
+    assert "test/p: not verified: [UNAVAILABLE]" in human.stdout
+
+
 def test_a_repair_while_deletes_are_held_queues_nothing_and_says_why(
         tmp_path: Path, running: list[Daemon]) -> None:
     db = tmp_path / "a.sqlite"
