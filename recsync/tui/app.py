@@ -9,6 +9,7 @@ from typing import Any
 from textual.app import App
 from textual.binding import Binding
 from textual.message import Message
+from textual.message_pump import MessagePump
 
 from recsync.client import ControlClient, resolve_endpoints
 from recsync.daemon import protocol as p
@@ -155,7 +156,11 @@ class RecsyncApp(App[None]):
         *,
         on_error: Callable[[str], None] | None = None,
     ) -> None:
-        """Send ``cmd`` on a worker thread; ``done(result)`` runs on the UI thread."""
+        """Send ``cmd`` on a worker thread; ``done(result)`` runs on the UI thread.
+
+        An answer that arrives after the screen that asked has gone (closed, or the app
+        shutting down) is dropped: its widgets are no longer there to show it.
+        """
 
         def work() -> None:
             try:
@@ -164,12 +169,22 @@ class RecsyncApp(App[None]):
                 message = str(exc)
                 self.call_from_thread(self._failed, message, on_error)
                 return
-            self.call_from_thread(done, result)
+            self.call_from_thread(self._deliver, done, result)
 
         self.run_worker(work, thread=True, group="commands")
 
+    def _deliver(self, done: Callable[[Any], None], result: Any) -> None:
+        if not self._gone(done):
+            done(result)
+
+    def _gone(self, callback: Callable[..., None]) -> bool:
+        owner = getattr(callback, "__self__", None)
+        return isinstance(owner, MessagePump) and owner is not self and not owner.is_attached
+
     def _failed(self, message: str, on_error: Callable[[str], None] | None) -> None:
         if on_error is not None:
+            if self._gone(on_error):
+                return
             on_error(message)
         else:
             self.notify(message, title="recsyncd", severity="error", timeout=8)

@@ -183,3 +183,29 @@ async def test_pause_resume_and_detail_against_the_real_daemon(recsyncd: Recsync
         batch = settings.query_one("#settings-batch_size", Input)
         # the daemon's effective value (customer_settings.toml says batch_size = 100)
         await until(pilot, lambda: batch.placeholder == "100 (current)", what="the settings")
+
+
+async def test_an_answer_for_a_closed_screen_is_dropped(recsyncd: Recsyncd) -> None:
+    """A list fetch still in flight when its screen goes must not crash the dashboard."""
+    app = make_app(recsyncd.client)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("f")
+        screen = app.screen
+        assert isinstance(screen, FailedScreen)
+        await until(pilot, lambda: screen.fetches > 0, what="the failed list")
+        fetches = screen.fetches
+        await pilot.press("o")
+        await app.remove_mode("failed")  # the screen and its table are gone
+        app.call(p.FailedList(limit=10), screen._loaded)
+        await until(
+            pilot,
+            lambda: all(w.is_finished for w in app.workers if w.group == "commands"),
+            what="the fetch to come back",
+        )
+        await pilot.pause()
+        assert screen.fetches == fetches  # dropped, not shown on a detached screen
+        app.add_mode("failed", FailedScreen)
+        await pilot.press("f")  # a fresh failed screen still works
+        fresh = app.screen
+        assert isinstance(fresh, FailedScreen) and fresh is not screen
+        await until(pilot, lambda: fresh.fetches > 0, what="the new screen's list")
