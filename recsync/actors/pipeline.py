@@ -144,6 +144,7 @@ class Pipeline:
                                       if lim is None))
             for role in ("rate_limiter", "connector_a", "connector_b", "queue"):
                 peers.refs[role].ask(Ping(), timeout=ASK_TIMEOUT)
+            self.check_fields(self.ruleset)
             cursors: dict[str, str | None] = peers.refs["queue"].ask(  # type: ignore[assignment]
                 Call("cursors"), timeout=ASK_TIMEOUT)
             peers.refs["rules"] = RulesActor.start(*common, ruleset=self.ruleset, peers=peers)
@@ -154,6 +155,9 @@ class Pipeline:
                     figures=self.figures)
             for role in ("rules", "poller_a", "poller_b"):
                 peers.refs[role].ask(Ping(), timeout=ASK_TIMEOUT)
+        except PipelineStartError:
+            self.stop_actors()
+            raise
         except Exception as exc:
             self.stop_actors()
             failure = self.start_failure
@@ -240,7 +244,26 @@ class Pipeline:
                 self.timers[1].reschedule(s.poll_interval)
                 self.timers[2].reschedule(s.flush_interval)
 
+    def check_fields(self, ruleset: RuleSet) -> None:
+        """Refuse a rule set that maps a field a side has no column for: it would sync as
+        an empty value, silently (PipelineStartError, fatal: fix rules.toml or the table)."""
+        wanted = {"a": list(ruleset.mappings), "b": list(ruleset.mappings.values())}
+        problems = []
+        for side, names in wanted.items():
+            unknown = self.ask(f"connector_{side}", "unknown_fields", names)
+            if unknown:
+                cfg = self.config.a if side == "a" else self.config.b
+                problems.append(f"side {side} ({cfg.connector}) has no field "
+                                f"{', '.join(map(repr, unknown))}")
+        if problems:
+            raise PipelineStartError(
+                f"rules.toml [{self.config.rules}.mappings] names fields the sides do not "
+                f"have: {'; '.join(problems)}. Fix the mapping (or add the column), then "
+                "reload.", fatal=True)
+
     def apply_ruleset(self, ruleset: RuleSet) -> None:
+        if self.state in ("running", "paused"):
+            self.check_fields(ruleset)  # before anything changes
         self.ruleset = ruleset
         if self.state in ("running", "paused"):
             self.ask("rules", "set_ruleset", ruleset)

@@ -327,7 +327,14 @@ class Supervisor(pykka.ThreadingActor):
         self.pipelines[config.id].apply_settings(config)
 
     def apply_ruleset(self, pipeline_id: str, ruleset: RuleSet) -> None:
-        self.pipelines[pipeline_id].apply_ruleset(ruleset)
+        pipeline = self.pipelines[pipeline_id]
+        if pipeline.state == "error":  # new rules may be its fix: start it again
+            self.replace_pipeline(pipeline.config, ruleset)
+            return
+        try:
+            pipeline.apply_ruleset(ruleset)
+        except PipelineStartError:  # the new mapping names a missing field: fail it, loudly
+            self.replace_pipeline(pipeline.config, ruleset)
 
     def set_paused(self, pipeline_id: str, paused: bool) -> str:
         pipeline = self.pipelines[pipeline_id]

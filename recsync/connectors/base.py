@@ -194,6 +194,14 @@ class Connector(abc.ABC):
             f"The {self.name} connector cannot list its records, so `recsync verify` cannot "
             "check this side.")
 
+    def unknown_fields(self, names: list[str]) -> list[str]:
+        """Of ``names`` (the fields a rule set maps on this side), those the side has no
+        column or field for, as far as it knows once open; [] when any name goes (files,
+        whose header follows the records) or the schema is not known. A mapped name the
+        side lacks would sync as an empty value without a word, so the pipeline refuses
+        to start instead."""
+        return []
+
     def count_records(self) -> int | None:
         """How many records a full listing holds, when the system says so cheaply (None:
         unknown). Only shown as the total of `recsync verify`'s progress."""

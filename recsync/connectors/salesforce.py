@@ -251,6 +251,10 @@ class SalesforceConnector(Connector):
 
     # ------------------------------------------------------------------ open / close
 
+    def unknown_fields(self, names: list[str]) -> list[str]:
+        known = {n.lower() for n in self._types}  # field names are case-insensitive
+        return [n for n in names if n.lower() not in known] if known else []
+
     def open(self) -> None:
         if self.cfg.mock:
             if self.cfg.instance_url:

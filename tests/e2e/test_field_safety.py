@@ -308,3 +308,54 @@ def test_recsync_failed_names_the_file_and_line_and_a_retry_reads_it_again(
         "record_id,name,email,status\n7,Seven,7@x.org,active\n")
     wait_for(lambda: "7" in users(daemon.folder / "a.sqlite"), what="the fixed line")
     wait_for(lambda: daemon.json("failed") == [], what="the failed record to go")
+
+
+# ---- a mapping that names a column a side does not have -------------------------------------
+
+MISTYPED = SAME_NAMES.replace('full_name = "full_name"', 'full_name = "fullname"').replace(
+    'email_address = "email_address"', 'emial_address = "email_address"')
+
+
+def test_a_mapping_to_a_missing_column_stops_the_pipeline_and_names_the_field(
+        tmp_path: Path) -> None:
+    a, b = tmp_path / "a.sqlite", tmp_path / "b.sqlite"
+    make_users(a, seed(3))
+    make_users(b, [])
+    write_config(tmp_path, SQLITE_A, SQLITE_B, rules=MISTYPED)
+    out = run_once(tmp_path).stdout
+    assert "test/p: error: rules.toml [contacts.mappings]" in out, out
+    assert "side a (sqlite) has no field 'emial_address'" in out, out
+    assert "side b (sqlite) has no field 'fullname'" in out, out
+    assert users(b) == {}  # nothing synced with empty names and emails
+
+
+@pytest.fixture
+def synced_setup(tmp_path: Path) -> Path:
+    make_users(tmp_path / "a.sqlite", seed(3))
+    make_users(tmp_path / "b.sqlite", [])
+    write_config(tmp_path, SQLITE_A, SQLITE_B, rules=SAME_NAMES)
+    return tmp_path
+
+
+def test_a_reload_that_maps_a_missing_column_fails_the_pipeline_until_fixed(
+        synced_setup: Path, daemon: Daemon) -> None:
+    a, b = daemon.folder / "a.sqlite", daemon.folder / "b.sqlite"
+    wait_for(lambda: users(b) == users(a), what="the first sync")
+
+    (daemon.folder / "rules.toml").write_text(MISTYPED)
+    daemon.cli("reload")
+
+    def pipeline() -> dict[str, Any]:
+        result = daemon.cli("--json", "status", check=False)  # 4: a pipeline in error
+        (one,) = json.loads(result.stdout)["pipelines"]
+        return one  # type: ignore[no-any-return]
+
+    status = wait_for(lambda: (s := pipeline())["state"] == "error" and s,
+                      what="the pipeline to fail on the new mapping")
+    assert "side b (sqlite) has no field 'fullname'" in status["error"], status
+    sql(a, "UPDATE users SET full_name = 'Changed' WHERE record_id = 1")
+
+    (daemon.folder / "rules.toml").write_text(SAME_NAMES)
+    daemon.cli("reload")
+    wait_for(lambda: users(b) == users(a), what="the change synced once the rules are fixed")
+    assert pipeline()["state"] == "running"
