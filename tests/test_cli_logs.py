@@ -18,7 +18,7 @@ import pytest
 
 from recsync.cli import logs
 from recsync.daemon.logs import LogLocation, journal_unit, write_log_note
-from tests.e2e.helpers import make_users, recsyncd_cmd, wait_for, write_config
+from tests.e2e.helpers import USERS_RULES, make_users, recsyncd_cmd, wait_for, write_config
 
 ENTRIES = [
     {"ts": "2026-12-07T01:00:00.000Z", "level": "info", "logger": "recsyncd",
@@ -170,7 +170,8 @@ def test_follows_a_real_recsyncd_found_through_its_runtime_directory(tmp_path: P
     make_users(tmp_path / "a.sqlite", [(1, "One", "1@x.org", "active")])
     make_users(tmp_path / "b.sqlite", [])
     side = '{{ connector = "sqlite", path = "{}.sqlite", table = "users", key = "record_id" }}'
-    write_config(tmp_path, side.format("a"), side.format("b"))
+    write_config(tmp_path, side.format("a"), side.format("b"),
+                 rules=USERS_RULES.format(conflict="last_writer_wins"))
     env = dict(os.environ, RUNTIME_DIRECTORY=str(tmp_path / "run"),
                LOGS_DIRECTORY=str(tmp_path / "logs"))
     for name in ("NOTIFY_SOCKET", "JOURNAL_STREAM"):

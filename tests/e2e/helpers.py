@@ -28,6 +28,9 @@ status = "status"
 status = {{ in = ["active", "pending"] }}
 """
 
+# The contact rules between two tables of the USERS schema (same field names on both sides).
+USERS_RULES = CONTACT_RULES.replace('"name"', '"full_name"').replace('"email"', '"email_address"')
+
 USERS = """
 CREATE TABLE users (
     record_id INTEGER PRIMARY KEY,
