@@ -161,7 +161,8 @@ def test_every_pipeline_on_a_table_rebuilt_while_stopped_catches_up(tmp_path: Pa
 
 
 @pytest.fixture
-def rebuild_setup(tmp_path: Path) -> Path:
+def same_names_folder(tmp_path: Path) -> Path:
+    """Ten users on side A, none on B, the same field names on both sides."""
     make_users(tmp_path / "a.sqlite", seed(10))
     make_users(tmp_path / "b.sqlite", [])
     write_config(tmp_path, SQLITE_A, SQLITE_B, rules=SAME_NAMES)
@@ -169,7 +170,7 @@ def rebuild_setup(tmp_path: Path) -> Path:
 
 
 def test_table_rebuilt_while_the_daemon_runs_is_synced_and_status_warns(
-    rebuild_setup: Path, daemon: Daemon
+    same_names_folder: Path, daemon: Daemon
 ) -> None:
     a, b = daemon.folder / "a.sqlite", daemon.folder / "b.sqlite"
     events = subprocess.Popen(
@@ -329,16 +330,8 @@ def test_a_mapping_to_a_missing_column_stops_the_pipeline_and_names_the_field(
     assert users(b) == {}  # nothing synced with empty names and emails
 
 
-@pytest.fixture
-def synced_setup(tmp_path: Path) -> Path:
-    make_users(tmp_path / "a.sqlite", seed(3))
-    make_users(tmp_path / "b.sqlite", [])
-    write_config(tmp_path, SQLITE_A, SQLITE_B, rules=SAME_NAMES)
-    return tmp_path
-
-
 def test_a_reload_that_maps_a_missing_column_fails_the_pipeline_until_fixed(
-        synced_setup: Path, daemon: Daemon) -> None:
+        same_names_folder: Path, daemon: Daemon) -> None:
     a, b = daemon.folder / "a.sqlite", daemon.folder / "b.sqlite"
     wait_for(lambda: users(b) == users(a), what="the first sync")
 
