@@ -294,6 +294,19 @@ def test_a_side_the_rules_sync_nothing_from_is_not_polled(
         "900": ("Only in CRM", "crm900@example.com", "active")}
 
 
+
+def test_a_mapping_to_a_field_salesforce_does_not_have_stops_the_pipeline(
+    tmp_path: Path, salesforce: Crm
+) -> None:
+    crm = salesforce
+    make_users(tmp_path / "a.sqlite", seed_rows(5))
+    typo = crm.rules().replace('"LastName"', '"LastNmae"')
+    write_config(tmp_path, SQLITE_A, crm.side_b, rules=typo)
+    out = once(tmp_path).stdout
+    assert "test/p: error: rules.toml [contacts.mappings]" in out, out
+    assert "side b (salesforce) has no field 'LastNmae'" in out, out
+    assert crm.rows() == {}  # no Contact created without its name
+
 # ---------------------------------------------------------------------------- 3. conflicts
 
 
