@@ -1,27 +1,45 @@
 """Adding new records to a CSV file recsync wrote last, without reading its old lines.
 
 The file connector replaces a file to change it (temp file + rename). When every record
-of a batch is new to the file, the new version is the old bytes with rows added at the
-end: the old bytes are copied by the kernel (``copy_file_range``), so neither the copy
-nor the rows already there cost Python time, however big the file grows.
+of a batch is new to the file, it appends the rows to the file in place instead: neither
+the old bytes nor the rows already there cost anything, however big the file grows (a
+rewrite per batch copied and synced the whole file: 275 MB for a 5.5 MB file of 100,000
+rows in batches of 1,000).
+
+Crash safety of an append (:class:`AppendJournal`): before the rows are written, a small
+journal beside the file (``.<name>.recsync-append``) records the file's inode, its size
+before and its size after the append, and is synced; then the rows are written and the
+file is synced, and only then does the write report success (so the state records the
+records as synced only once they are durable). A process killed mid-append (or a machine
+that lost power) leaves the file somewhere between the two sizes: the next open finds the
+journal and cuts the file back to its size before, so no half row stays in the file. The
+records of an append that was cut back, or that completed but was not reported, are sent
+again; the first write after a start is the general rewrite, which updates rows already
+in the file in place: nothing is duplicated.
+
+Limits: a reader of the file during an append can see a last row that is not complete
+yet (a rewrite swaps whole versions); a program that appends to the file right after a
+crash of recsync mid-append, before recsync starts again, has its rows cut with ours.
 """
 
 from __future__ import annotations
 
 import csv
-import errno
 import io
+import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from operator import attrgetter, itemgetter
-from typing import IO, Any
+from pathlib import Path
+from typing import Any
 
 from recsync.messages import Record, WriteOp
 
-# copy_file_range cannot be used here (another file system, an old kernel): copy by hand
-_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM}
+log = logging.getLogger(__name__)
+
 _TAIL = 1 << 16  # how far back from the end to look for the last line break
 
 
@@ -116,13 +134,13 @@ def _joined(columns: list[list[Any]], eol: str) -> str | None:
     return text
 
 
-def last_line_break(src: IO[bytes], size: int) -> bytes | None:
-    """What to write before rows added at the end of ``src`` (``size`` bytes): nothing
+def last_line_break(fd: int, size: int) -> bytes | None:
+    """What to write before rows added at the end of file ``fd`` (``size`` bytes): nothing
     when it ends with a line break, else the break its last complete line ends with (as
     the rewrite does). None when that line is too far back to look for."""
     if size == 0:
         return b""
-    tail = os.pread(src.fileno(), min(size, _TAIL), size - min(size, _TAIL))
+    tail = os.pread(fd, min(size, _TAIL), size - min(size, _TAIL))
     if tail.endswith(b"\n"):
         return b""
     cut = tail.rfind(b"\n")
@@ -131,26 +149,86 @@ def last_line_break(src: IO[bytes], size: int) -> bytes | None:
     return b"\r\n" if tail[cut - 1 : cut] == b"\r" else b"\n"
 
 
-def copy_bytes(src: IO[bytes], dst_fd: int, count: int) -> None:
-    """Write the first ``count`` bytes of ``src`` at ``dst_fd``'s position, in the kernel
-    where it can (no GIL held, no buffer in Python)."""
-    done = 0
-    try:
-        while done < count:
-            n = os.copy_file_range(src.fileno(), dst_fd, count - done, done)
-            if n == 0:  # the file shrank: the caller's signature check notices
-                return
-            done += n
-        return
-    except OSError as exc:
-        if exc.errno not in _NO_KERNEL_COPY:
-            raise
-    src.seek(done)
-    while done < count:
-        chunk = src.read(min(1 << 20, count - done))
-        if not chunk:
-            return
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(dst_fd, view):]
-        done += len(chunk)
+def write_at(fd: int, data: bytes, offset: int) -> None:
+    """All of ``data`` into ``fd`` at ``offset``."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+_JOURNAL_BYTES = 128  # one fixed-size record, overwritten in place
+
+
+class AppendJournal:
+    """The journal of the appends to one file (see the module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = path
+        self.path = path.with_name(f".{path.name}.recsync-append")
+        self._fd: int | None = None
+        self.pending = False  # an append began and did not end (cut back or complete)
+
+    def recover(self) -> bool:
+        """Undo an append that a crash interrupted (cut the file back to its size before);
+        True if one was undone. The journal is removed."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return False
+        cut = False
+        try:
+            entry = json.loads(raw)
+            ino, before, after = int(entry["ino"]), int(entry["before"]), int(entry["after"])
+        except (ValueError, KeyError, TypeError):  # torn while written: no append began
+            entry = None
+        if entry is not None:
+            try:
+                fd = os.open(self.file, os.O_RDWR)
+            except FileNotFoundError:
+                fd = -1
+            if fd >= 0:
+                try:
+                    st = os.fstat(fd)
+                    if st.st_ino == ino and before < st.st_size < after:
+                        os.ftruncate(fd, before)
+                        os.fsync(fd)
+                        cut = True
+                finally:
+                    os.close(fd)
+        if cut:
+            log.warning("An append to %s was interrupted (recsync stopped mid-write): the "
+                        "file was cut back to %d bytes; those records are written again",
+                        self.file, before)
+        self.path.unlink(missing_ok=True)
+        return cut
+
+    def begin(self, ino: int, before: int, after: int) -> None:
+        """Record (durably) that the file (inode ``ino``) is about to grow from ``before``
+        to ``after`` bytes."""
+        entry = json.dumps({"ino": ino, "before": before, "after": after}).encode()
+        fresh = self._fd is None
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+        write_at(self._fd, entry.ljust(_JOURNAL_BYTES - 1) + b"\n", 0)
+        os.fdatasync(self._fd)
+        self.pending = True
+        if fresh:  # the journal's own name must survive a power loss too
+            dfd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+    def end(self) -> None:
+        """The append is complete and synced (or was cut back and synced)."""
+        self.pending = False
+
+    def close(self) -> None:
+        """The journal is removed unless an append in it did not end (the next open
+        recovers the file then)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            if not self.pending:
+                self.path.unlink(missing_ok=True)
