@@ -6,20 +6,23 @@ the old bytes nor the rows already there cost anything, however big the file gro
 rewrite per batch copied and synced the whole file: 275 MB for a 5.5 MB file of 100,000
 rows in batches of 1,000).
 
-Crash safety of an append (:class:`AppendJournal`): before the rows are written, a small
-journal beside the file (``.<name>.recsync-append``) records the file's inode, its size
-before and its size after the append, and is synced; then the rows are written and the
-file is synced, and only then does the write report success (so the state records the
-records as synced only once they are durable). A process killed mid-append (or a machine
-that lost power) leaves the file somewhere between the two sizes: the next open finds the
-journal and cuts the file back to its size before, so no half row stays in the file. The
-records of an append that was cut back, or that completed but was not reported, are sent
-again; the first write after a start is the general rewrite, which updates rows already
-in the file in place: nothing is duplicated.
+Crash safety of an append (:class:`AppendJournal`): a small journal beside the file
+(``.<name>.recsync-append``) records, synced before the first append to a version of the
+file (its inode), the size the file had then: every byte after it is a row we appended.
+Each append writes its rows and syncs the file before the write reports success, so the
+state records the records as synced only once they are durable. A process killed
+mid-append (or a machine that lost power) can leave an unfinished row at the end; the
+next open finds the journal and cuts the file back to the end of the last whole row after
+that size, so no half row stays in the file. Records whose append was cut, or that were
+written but not reported, are sent again; the first write after a start is the general
+rewrite, which updates rows already in the file in place: nothing is duplicated. One
+sync per batch, as for the rewrite (which synced the file and its folder), instead of
+a copy of the whole file.
 
 Limits: a reader of the file during an append can see a last row that is not complete
-yet (a rewrite swaps whole versions); a program that appends to the file right after a
-crash of recsync mid-append, before recsync starts again, has its rows cut with ours.
+yet (a rewrite swaps whole versions); after a crash of recsync, a program that changed
+the file in place since recsync's last append (before recsync started again) can have
+an unfinished last row of its own cut off too.
 """
 
 from __future__ import annotations
@@ -160,26 +163,48 @@ def write_at(fd: int, data: bytes, offset: int) -> None:
 _JOURNAL_BYTES = 128  # one fixed-size record, overwritten in place
 
 
+def whole_rows_end(data: bytes) -> int:
+    """Where the last whole CSV row in ``data`` (which starts at a row's start) ends: after
+    its line break, outside quotes (a quoted cell may hold line breaks; the csv module
+    doubles the quotes inside one, so a row's quotes are balanced only at its end)."""
+    end = pos = quotes = 0
+    for piece in data.split(b"\n")[:-1]:  # each piece was followed by a line break
+        pos += len(piece) + 1
+        quotes += piece.count(b'"')
+        if quotes % 2 == 0:
+            end = pos
+    return end
+
+
 class AppendJournal:
-    """The journal of the appends to one file (see the module docstring)."""
+    """Where the rows recsync appends to one file begin (see the module docstring).
+
+    It is written (and synced) once for a run of appends to one version of the file (one
+    inode): the file's size when the first of them began. Every byte after it is ours
+    while we append, so after a crash the next open cuts off what follows the last whole
+    row there: a row an append did not finish. Whole rows stay, whether or not their
+    append was reported (those not reported are sent again, and the rewrite that runs
+    first after a start updates them in place).
+    """
 
     def __init__(self, path: Path) -> None:
         self.file = path
         self.path = path.with_name(f".{path.name}.recsync-append")
         self._fd: int | None = None
-        self.pending = False  # an append began and did not end (cut back or complete)
+        self._ino: int | None = None  # the file version the journal holds the start of
+        self.dirty = False  # an append failed and could not be cut back: keep the journal
 
     def recover(self) -> bool:
-        """Undo an append that a crash interrupted (cut the file back to its size before);
-        True if one was undone. The journal is removed."""
+        """Cut off a row that a crash left unfinished at the end of the file; True if
+        there was one. The journal is removed."""
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return False
-        cut = False
+        cut = None
         try:
             entry = json.loads(raw)
-            ino, before, after = int(entry["ino"]), int(entry["before"]), int(entry["after"])
+            ino, start = int(entry["ino"]), int(entry["from"])
         except (ValueError, KeyError, TypeError):  # torn while written: no append began
             entry = None
         if entry is not None:
@@ -189,46 +214,46 @@ class AppendJournal:
                 fd = -1
             if fd >= 0:
                 try:
-                    st = os.fstat(fd)
-                    if st.st_ino == ino and before < st.st_size < after:
-                        os.ftruncate(fd, before)
-                        os.fsync(fd)
-                        cut = True
+                    size = os.fstat(fd).st_size
+                    if os.fstat(fd).st_ino == ino and size > start:
+                        end = start + whole_rows_end(os.pread(fd, size - start, start))
+                        if end < size:
+                            os.ftruncate(fd, end)
+                            os.fsync(fd)
+                            cut = end
                 finally:
                     os.close(fd)
-        if cut:
-            log.warning("An append to %s was interrupted (recsync stopped mid-write): the "
-                        "file was cut back to %d bytes; those records are written again",
-                        self.file, before)
+        if cut is not None:
+            log.warning("An append to %s was interrupted (recsync stopped mid-write): its "
+                        "unfinished last row was cut off (the file is %d bytes); the records "
+                        "of that append are written again", self.file, cut)
         self.path.unlink(missing_ok=True)
-        return cut
+        return cut is not None
 
-    def begin(self, ino: int, before: int, after: int) -> None:
-        """Record (durably) that the file (inode ``ino``) is about to grow from ``before``
-        to ``after`` bytes."""
-        entry = json.dumps({"ino": ino, "before": before, "after": after}).encode()
+    def begin(self, ino: int, size: int) -> None:
+        """Before an append to the file (inode ``ino``, ``size`` bytes): the first one to
+        this version records durably that our rows begin at ``size``."""
+        if ino == self._ino:
+            return
+        entry = json.dumps({"ino": ino, "from": size}).encode()
         fresh = self._fd is None
         if self._fd is None:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
         write_at(self._fd, entry.ljust(_JOURNAL_BYTES - 1) + b"\n", 0)
         os.fdatasync(self._fd)
-        self.pending = True
         if fresh:  # the journal's own name must survive a power loss too
             dfd = os.open(self.path.parent, os.O_RDONLY)
             try:
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
-
-    def end(self) -> None:
-        """The append is complete and synced (or was cut back and synced)."""
-        self.pending = False
+        self._ino = ino
 
     def close(self) -> None:
-        """The journal is removed unless an append in it did not end (the next open
-        recovers the file then)."""
+        """At a clean stop: the journal goes (unless an append could not be undone)."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-            if not self.pending:
+            self._ino = None
+            if not self.dirty:
                 self.path.unlink(missing_ok=True)

@@ -685,20 +685,19 @@ class FileConnector(Connector):
                 self._layout = None  # the index holds keys the file does not: rebuild it
                 return None
             self._keys.version = None  # until the rows are in place
-            data = end + data
-            self._journal.begin(st.st_ino, size, size + len(data))
+            self._journal.begin(st.st_ino, size)
             try:
-                write_at(fd, data, size)
+                write_at(fd, end + data, size)
                 os.fdatasync(fd)
             except BaseException:
                 # cut back what was written (the journal does it at the next open if this
                 # fails too); the index holds keys the file does not: rebuild it
                 self._layout = None
+                self._journal.dirty = True
                 os.ftruncate(fd, size)
                 os.fsync(fd)
-                self._journal.end()
+                self._journal.dirty = False
                 raise
-            self._journal.end()
             after = _sig(os.fstat(fd))
         finally:
             os.close(fd)

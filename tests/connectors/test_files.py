@@ -631,8 +631,12 @@ def test_an_append_cut_short_by_a_crash_is_undone_at_the_next_open(tmp_path: Pat
     assert len(whole) < path.stat().st_size < len(whole) + 100 * 105  # half a batch in
     assert path.read_text().startswith(whole)
     assert (tmp_path / ".people.csv.recsync-append").exists()
-    c = make(tmp_path)  # the next start
-    assert path.read_text() == whole  # cut back to the last complete append
+    c = make(tmp_path)  # the next start: the unfinished row is cut off, whole rows stay
+    text = path.read_text()
+    assert text.startswith(whole) and text.endswith("\n")
+    added = text[len(whole):].splitlines()
+    assert 0 < len(added) < 100
+    assert added == [f"{i},{'y' * 100}" for i in range(11, 11 + len(added))]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["people.csv"]
     # the batch is sent again: the first write after a start is the rewrite
     c.write([WriteOp(str(i), "upsert", {"id": i, "name": "y"}) for i in range(5, 111)])
@@ -640,20 +644,22 @@ def test_an_append_cut_short_by_a_crash_is_undone_at_the_next_open(tmp_path: Pat
     assert [r["id"] for r in rows] == [str(i) for i in range(1, 111)]
 
 
-def test_a_journal_of_a_completed_or_foreign_append_changes_nothing(tmp_path: Path) -> None:
+def test_the_journal_cuts_only_an_unfinished_last_row_of_ours(tmp_path: Path) -> None:
     path = tmp_path / "people.csv"
-    path.write_text(CSV)
-    size, ino = len(CSV), os.stat(path).st_ino
+    ours = 'id,note\n1,"a\nb"\n2,x\n'  # a cell with a line break in it
+    path.write_text(ours)
+    start, ino = len("id,note\n"), os.stat(path).st_ino
     journal = AppendJournal(path)
-    for entry in ({"ino": ino, "before": size - 10, "after": size},  # completed
-                  {"ino": ino + 1, "before": size - 10, "after": size + 10},  # another file
-                  "torn {"):
+    for entry in ({"ino": ino + 1, "from": start}, "torn {"):  # another file; a torn journal
         journal.path.write_text(json.dumps(entry) if isinstance(entry, dict) else entry)
+        path.write_text(ours + '3,"c\n')
         assert journal.recover() is False
-        assert path.read_text() == CSV and not journal.path.exists()
-    journal.path.write_text(json.dumps({"ino": ino, "before": size - 10, "after": size + 1}))
-    assert journal.recover() is True
-    assert path.read_text() == CSV[:-10]
+        assert path.read_text() == ours + '3,"c\n' and not journal.path.exists()
+    for tail in ("", '3,"c\n', "3,c", '3,"c\nd"'):  # whole rows stay, a half row goes
+        path.write_text(ours + tail)
+        journal.path.write_text(json.dumps({"ino": ino, "from": start}))
+        assert journal.recover() is (tail != "")
+        assert path.read_text() == ours
 
 
 def test_a_failed_append_is_cut_back_at_once(tmp_path: Path) -> None:
