@@ -644,6 +644,42 @@ def test_an_append_cut_short_by_a_crash_is_undone_at_the_next_open(tmp_path: Pat
     assert [r["id"] for r in rows] == [str(i) for i in range(1, 111)]
 
 
+_KILLED_APPEND = """
+import sys
+from pathlib import Path
+from recsync.connectors.files import FileConfig, FileConnector
+from recsync.messages import WriteOp
+c = FileConnector(FileConfig(path="people.csv", key="id", fields=["id", "name"]),
+                  Path(sys.argv[1]))
+c.open()
+c.write([WriteOp("1", "upsert", {"id": 1, "name": "first"})])
+ops = [WriteOp(str(i), "upsert", {"id": i, "name": 'a "b"\\n' + "x" * 1000})
+       for i in range(2, 40_002)]
+print("appending", flush=True)
+c.write(ops)  # about 40 MB in one append
+print("done", flush=True)
+"""
+
+
+def test_kill_9_mid_append_leaves_whole_rows_after_the_next_open(tmp_path: Path) -> None:
+    path = tmp_path / "people.csv"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_APPEND, str(tmp_path)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "appending\n"
+    first = path.stat().st_size
+    while proc.poll() is None and path.stat().st_size == first:
+        pass  # the append has begun: kill it now, most likely mid-write
+    proc.kill()
+    proc.wait()
+    size = path.stat().st_size
+    make(tmp_path)  # the next start
+    text = path.read_text()
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[:2] == [["id", "name"], ["1", "first"]] and text.endswith("\n")
+    assert rows[2:] == [[str(i), 'a "b"\n' + "x" * 1000] for i in range(2, len(rows))]
+    assert len(text.encode()) <= size  # only an unfinished row was cut
+
+
 def test_the_journal_cuts_only_an_unfinished_last_row_of_ours(tmp_path: Path) -> None:
     path = tmp_path / "people.csv"
     ours = 'id,note\n1,"a\nb"\n2,x\n'  # a cell with a line break in it
