@@ -179,19 +179,21 @@ def whole_rows_end(data: bytes) -> int:
 class AppendJournal:
     """Where the rows recsync appends to one file begin (see the module docstring).
 
-    It is written (and synced) once for a run of appends to one version of the file (one
-    inode): the file's size when the first of them began. Every byte after it is ours
-    while we append, so after a crash the next open cuts off what follows the last whole
-    row there: a row an append did not finish. Whole rows stay, whether or not their
-    append was reported (those not reported are sent again, and the rewrite that runs
-    first after a start updates them in place).
+    It is written (and synced) once for a run of appends, each finding the file as the
+    one before left it (same inode, same size): the file's size when the first of them
+    began. Every byte after it is ours while we append, so after a crash the next open
+    cuts off what follows the last whole row there: a row an append did not finish.
+    Whole rows stay, whether or not their append was reported (those not reported are
+    sent again, and the rewrite that runs first after a start updates them in place).
     """
 
     def __init__(self, path: Path) -> None:
         self.file = path
         self.path = path.with_name(f".{path.name}.recsync-append")
         self._fd: int | None = None
-        self._ino: int | None = None  # the file version the journal holds the start of
+        # the file version (inode) the journal holds the start of, and where our last
+        # append to it ended: a file that is not as we left it is journaled anew
+        self._at: tuple[int, int] | None = None
         self.dirty = False  # an append failed and could not be cut back: keep the journal
 
     def recover(self) -> bool:
@@ -231,9 +233,9 @@ class AppendJournal:
         return cut is not None
 
     def begin(self, ino: int, size: int) -> None:
-        """Before an append to the file (inode ``ino``, ``size`` bytes): the first one to
-        this version records durably that our rows begin at ``size``."""
-        if ino == self._ino:
+        """Before an append to the file (inode ``ino``, ``size`` bytes): unless it is where
+        our last append to this version ended, record durably that our rows begin here."""
+        if self._at == (ino, size):
             return
         entry = json.dumps({"ino": ino, "from": size}).encode()
         fresh = self._fd is None
@@ -247,13 +249,17 @@ class AppendJournal:
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
-        self._ino = ino
+        self._at = (ino, size)
+
+    def appended(self, ino: int, size: int) -> None:
+        """An append to the file (inode ``ino``) ended, synced, at ``size`` bytes."""
+        self._at = (ino, size)
 
     def close(self) -> None:
         """At a clean stop: the journal goes (unless an append could not be undone)."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-            self._ino = None
+            self._at = None
             if not self.dirty:
                 self.path.unlink(missing_ok=True)

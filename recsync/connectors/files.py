@@ -698,7 +698,9 @@ class FileConnector(Connector):
                 os.fsync(fd)
                 self._journal.dirty = False
                 raise
-            after = _sig(os.fstat(fd))
+            st_after = os.fstat(fd)
+            self._journal.appended(st_after.st_ino, st_after.st_size)
+            after = _sig(st_after)
         finally:
             os.close(fd)
         if os.stat(self.path).st_ino != st.st_ino:
