@@ -1,27 +1,48 @@
 """Adding new records to a CSV file recsync wrote last, without reading its old lines.
 
 The file connector replaces a file to change it (temp file + rename). When every record
-of a batch is new to the file, the new version is the old bytes with rows added at the
-end: the old bytes are copied by the kernel (``copy_file_range``), so neither the copy
-nor the rows already there cost Python time, however big the file grows.
+of a batch is new to the file, it appends the rows to the file in place instead: neither
+the old bytes nor the rows already there cost anything, however big the file grows (a
+rewrite per batch copied and synced the whole file: 275 MB for a 5.5 MB file of 100,000
+rows in batches of 1,000).
+
+Crash safety of an append (:class:`AppendJournal`): a small journal beside the file
+(``.<name>.recsync-append``) records, synced before the first append to a version of the
+file (its inode), the size the file had then: every byte after it is a row we appended.
+Each append writes its rows and syncs the file before the write reports success, so the
+state records the records as synced only once they are durable. A process killed
+mid-append (or a machine that lost power) can leave an unfinished row at the end; the
+next open finds the journal and cuts the file back to the end of the last whole row after
+that size, so no half row stays in the file. Records whose append was cut, or that were
+written but not reported, are sent again; the first write after a start is the general
+rewrite, which updates rows already in the file in place: nothing is duplicated. One
+sync per batch, as for the rewrite (which synced the file and its folder), instead of
+a copy of the whole file.
+
+Limits: a reader of the file during an append can see a last row that is not complete
+yet (a rewrite swaps whole versions); after a crash of recsync, a program that changed
+the file in place since recsync's last append (before recsync started again) can have
+an unfinished last row of its own cut off too.
 """
 
 from __future__ import annotations
 
 import csv
-import errno
 import io
+import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from operator import attrgetter, itemgetter
-from typing import IO, Any
+from pathlib import Path
+from typing import Any
 
 from recsync.messages import Record, WriteOp
 
-# copy_file_range cannot be used here (another file system, an old kernel): copy by hand
-_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM}
+log = logging.getLogger(__name__)
+
 _TAIL = 1 << 16  # how far back from the end to look for the last line break
 
 
@@ -116,13 +137,13 @@ def _joined(columns: list[list[Any]], eol: str) -> str | None:
     return text
 
 
-def last_line_break(src: IO[bytes], size: int) -> bytes | None:
-    """What to write before rows added at the end of ``src`` (``size`` bytes): nothing
+def last_line_break(fd: int, size: int) -> bytes | None:
+    """What to write before rows added at the end of file ``fd`` (``size`` bytes): nothing
     when it ends with a line break, else the break its last complete line ends with (as
     the rewrite does). None when that line is too far back to look for."""
     if size == 0:
         return b""
-    tail = os.pread(src.fileno(), min(size, _TAIL), size - min(size, _TAIL))
+    tail = os.pread(fd, min(size, _TAIL), size - min(size, _TAIL))
     if tail.endswith(b"\n"):
         return b""
     cut = tail.rfind(b"\n")
@@ -131,26 +152,114 @@ def last_line_break(src: IO[bytes], size: int) -> bytes | None:
     return b"\r\n" if tail[cut - 1 : cut] == b"\r" else b"\n"
 
 
-def copy_bytes(src: IO[bytes], dst_fd: int, count: int) -> None:
-    """Write the first ``count`` bytes of ``src`` at ``dst_fd``'s position, in the kernel
-    where it can (no GIL held, no buffer in Python)."""
-    done = 0
-    try:
-        while done < count:
-            n = os.copy_file_range(src.fileno(), dst_fd, count - done, done)
-            if n == 0:  # the file shrank: the caller's signature check notices
-                return
-            done += n
-        return
-    except OSError as exc:
-        if exc.errno not in _NO_KERNEL_COPY:
-            raise
-    src.seek(done)
-    while done < count:
-        chunk = src.read(min(1 << 20, count - done))
-        if not chunk:
+def write_at(fd: int, data: bytes, offset: int) -> None:
+    """All of ``data`` into ``fd`` at ``offset``."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+_JOURNAL_BYTES = 128  # one fixed-size record, overwritten in place
+
+
+def whole_rows_end(data: bytes) -> int:
+    """Where the last whole CSV row in ``data`` (which starts at a row's start) ends: after
+    its line break, outside quotes (a quoted cell may hold line breaks; the csv module
+    doubles the quotes inside one, so a row's quotes are balanced only at its end)."""
+    end = pos = quotes = 0
+    for piece in data.split(b"\n")[:-1]:  # each piece was followed by a line break
+        pos += len(piece) + 1
+        quotes += piece.count(b'"')
+        if quotes % 2 == 0:
+            end = pos
+    return end
+
+
+class AppendJournal:
+    """Where the rows recsync appends to one file begin (see the module docstring).
+
+    It is written (and synced) once for a run of appends, each finding the file as the
+    one before left it (same inode, same size): the file's size when the first of them
+    began. Every byte after it is ours while we append, so after a crash the next open
+    cuts off what follows the last whole row there: a row an append did not finish.
+    Whole rows stay, whether or not their append was reported (those not reported are
+    sent again, and the rewrite that runs first after a start updates them in place).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.file = path
+        self.path = path.with_name(f".{path.name}.recsync-append")
+        self._fd: int | None = None
+        # the file version (inode) the journal holds the start of, and where our last
+        # append to it ended: a file that is not as we left it is journaled anew
+        self._at: tuple[int, int] | None = None
+        self.dirty = False  # an append failed and could not be cut back: keep the journal
+
+    def recover(self) -> bool:
+        """Cut off a row that a crash left unfinished at the end of the file; True if
+        there was one. The journal is removed."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return False
+        cut = None
+        try:
+            entry = json.loads(raw)
+            ino, start = int(entry["ino"]), int(entry["from"])
+        except (ValueError, KeyError, TypeError):  # torn while written: no append began
+            entry = None
+        if entry is not None:
+            try:
+                fd = os.open(self.file, os.O_RDWR)
+            except FileNotFoundError:
+                fd = -1
+            if fd >= 0:
+                try:
+                    size = os.fstat(fd).st_size
+                    if os.fstat(fd).st_ino == ino and size > start:
+                        end = start + whole_rows_end(os.pread(fd, size - start, start))
+                        if end < size:
+                            os.ftruncate(fd, end)
+                            os.fsync(fd)
+                            cut = end
+                finally:
+                    os.close(fd)
+        if cut is not None:
+            log.warning("An append to %s was interrupted (recsync stopped mid-write): its "
+                        "unfinished last row was cut off (the file is %d bytes); the records "
+                        "of that append are written again", self.file, cut)
+        self.path.unlink(missing_ok=True)
+        return cut is not None
+
+    def begin(self, ino: int, size: int) -> None:
+        """Before an append to the file (inode ``ino``, ``size`` bytes): unless it is where
+        our last append to this version ended, record durably that our rows begin here."""
+        if self._at == (ino, size):
             return
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(dst_fd, view):]
-        done += len(chunk)
+        entry = json.dumps({"ino": ino, "from": size}).encode()
+        fresh = self._fd is None
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+        write_at(self._fd, entry.ljust(_JOURNAL_BYTES - 1) + b"\n", 0)
+        os.fdatasync(self._fd)
+        if fresh:  # the journal's own name must survive a power loss too
+            dfd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        self._at = (ino, size)
+
+    def appended(self, ino: int, size: int) -> None:
+        """An append to the file (inode ``ino``) ended, synced, at ``size`` bytes."""
+        self._at = (ino, size)
+
+    def close(self) -> None:
+        """At a clean stop: the journal goes (unless an append could not be undone)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            self._at = None
+            if not self.dirty:
+                self.path.unlink(missing_ok=True)

@@ -10,7 +10,10 @@ signature (so a restart lists again from scratch) plus a tag that lets a later c
 matched to the page it follows. The last page carries the listed version's signature.
 
 Own writes. ``write`` rewrites the file into a temp file in the same folder and
-``os.replace``-s it into place, remembering which version it replaced with which. A
+``os.replace``-s it into place, remembering which version it replaced with which; a CSV
+batch of records that are all new to the version we wrote last is appended to it in place
+instead, journaled so that a crash mid-append is undone at the next open (see
+``recsync.connectors.csvappend``). A
 cursor from which a chain of only our own rewrites leads to the current file means no
 changes. A rewrite made while a listing is open does not count as "own" for the listed
 version (the listing cannot contain its records), so the file is listed again after.
@@ -47,11 +50,12 @@ import msgspec
 
 from recsync.connectors.base import Connector, ConnectorConfig
 from recsync.connectors.csvappend import (
+    AppendJournal,
     CsvLayout,
-    copy_bytes,
     last_line_break,
     new_columns,
     rows_bytes,
+    write_at,
 )
 from recsync.connectors.filelines import BOM, LINE, LineBlocks, OutFile, cell_text
 from recsync.connectors.keyindex import KeyIndex
@@ -137,6 +141,7 @@ class FileConnector(Connector):
         # the keys of the version we last wrote: new records are added without a scan
         self._keys = KeyIndex()
         self._layout: CsvLayout | None = None  # of the version we last wrote, if plain
+        self._journal = AppendJournal(self.path)
         self._own: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._warned = 0
         self._bad: list[Unreadable] = []  # lines of the listing that could not be read
@@ -192,6 +197,7 @@ class FileConnector(Connector):
         if self.path.is_dir():
             raise ConnectorConfigError(f"{self.path} is a folder, not a file; fix 'path'.")
         if self.format == "csv":
+            self._journal.recover()
             header = self._csv_header()
             if header is not None and self.key not in header:
                 raise ConnectorConfigError(self._no_key_column(header))
@@ -216,6 +222,8 @@ class FileConnector(Connector):
         self._end_verify_listing()
         self._keys.clear()
         self._layout = None
+        with contextlib.suppress(OSError):
+            self._journal.close()
 
     # ------------------------------------------------------------------ reading
 
@@ -626,11 +634,14 @@ class FileConnector(Connector):
         return before, after
 
     def _append_new(self, ops: list[WriteOp]) -> list[WriteResult] | None:
-        """Add records that are all new to the CSV version we last wrote, leaving its old
-        lines unread (see ``recsync.connectors.csvappend``); None when the batch or the
-        file does not allow it, and the general rewrite must run."""
+        """Add records that are all new to the CSV version we last wrote at its end, in
+        place, leaving its old lines unread (see ``recsync.connectors.csvappend``); None
+        when the batch or the file does not allow it, and the general rewrite must run.
+        While a listing is open the rewrite runs too: a listing reads the version it
+        opened."""
         layout = self._layout
-        if layout is None or self._keys.version != layout.sig:
+        if (layout is None or self._keys.version != layout.sig or self._listing is not None
+                or self._verify_listing is not None):
             return None
         plain = new_columns(ops, layout, cell_text)
         if plain is None:
@@ -643,35 +654,60 @@ class FileConnector(Connector):
             key_bytes = [k.encode(self.encoding, "surrogateescape") for k in keys]
         except UnicodeEncodeError:
             return None
-        added = False
-
-        def fill(src: IO[bytes] | None, before: str, out: IO[bytes]) -> bool:
-            nonlocal added
-            if src is None or before != layout.sig:
-                return False
-            size = os.fstat(src.fileno()).st_size
-            end = last_line_break(src, size)
-            if end is None or not self._keys.add_new(key_bytes):
-                return False
-            added = True
-            self._keys.version = None  # until the new version is in place
-            copy_bytes(src, out.fileno(), size)
-            out.write(end)
-            out.write(data)
-            return True
-
         try:
-            outcome = self._replace(fill)
+            outcome = self._append(layout.sig, data, key_bytes)
         except OSError as exc:
+            self._layout = None  # the index may hold keys the file does not: rebuild it
             raise ConnectorError(f"Cannot write {self.path}: {exc}.") from exc
         if outcome is None:
-            if added:
-                self._layout = None  # the index holds keys the file does not: rebuild it
             return None
         self._keys.version = outcome[1]
         self._layout = dataclasses.replace(layout, sig=outcome[1])
         self._remember_own(*outcome)
         return [WriteResult(k) for k in keys]
+
+    def _append(self, expect: str, data: bytes, key_bytes: list[bytes]) -> tuple[str, str] | None:
+        """Append ``data`` (rows with the keys ``key_bytes``) to the file when it is still
+        the version ``expect``, journaled (see ``AppendJournal``): (old signature, new
+        signature), or None when the file changed (or its last line is too long to look
+        for its line break) and the general rewrite must run."""
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except FileNotFoundError:
+            return None
+        try:
+            st = os.fstat(fd)
+            before, size = _sig(st), st.st_size
+            end = last_line_break(fd, size) if before == expect else None
+            if end is None:
+                return None
+            if not self._keys.add_new(key_bytes):
+                self._layout = None  # the index holds keys the file does not: rebuild it
+                return None
+            self._keys.version = None  # until the rows are in place
+            self._journal.begin(st.st_ino, size)
+            try:
+                write_at(fd, end + data, size)
+                os.fdatasync(fd)
+            except BaseException:
+                # cut back what was written (the journal does it at the next open if this
+                # fails too); the index holds keys the file does not: rebuild it
+                self._layout = None
+                self._journal.dirty = True
+                os.ftruncate(fd, size)
+                os.fsync(fd)
+                self._journal.dirty = False
+                raise
+            st_after = os.fstat(fd)
+            self._journal.appended(st_after.st_ino, st_after.st_size)
+            after = _sig(st_after)
+        finally:
+            os.close(fd)
+        if os.stat(self.path).st_ino != st.st_ino:
+            # replaced meanwhile: the rows went into the old file, the rewrite adds them
+            self._layout = None
+            return None
+        return before, after
 
     def _rewrite_csv(
         self, src: IO[bytes] | None, fh: IO[bytes], plan: dict[str, _Action]

@@ -64,7 +64,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -107,6 +107,18 @@ class SqliteConfig(ConnectorConfig, frozen=True, forbid_unknown_fields=True, kw_
     busy_timeout: float = 5.0
     changelog_retention: float = 86400.0
     relist_interval: float = 3600.0  # column mode: list the table this often, for deletes
+
+
+_KIND = attrgetter("kind")
+_KEY = attrgetter("key")
+_FIELDS = attrgetter("fields")
+
+
+def _all_int_text(keys: list[str]) -> bool:
+    """``int_text`` of every key; plain digits (the usual keys) without a call each."""
+    if all(map(str.isdecimal, keys)) and max(map(len, keys), default=0) < 19:
+        return True
+    return all(map(int_text, keys))
 
 
 def _without_ranges(rows: list[Any], ranges: list[tuple[int, int]]) -> list[Any]:
@@ -708,13 +720,52 @@ class SqliteConnector(SqlTableConnector):
     # ------------------------------------------------------------------ writing
 
     def write(self, ops: list[WriteOp]) -> list[WriteResult]:
-        results: list[WriteResult | None] = [None] * len(ops)
         now = time.time()
         stamp: Any = (
             time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
             if self._updated_text
             else now
         )
+        uniform = self._uniform(ops)
+        if uniform is not None:  # the usual batch: no per-op work in Python
+            names, stamped = uniform
+            run_stamp = stamp if stamped else None
+            results: list[WriteResult | None] = [None] * len(ops)
+            self._write_todo(
+                partial(self._upsert_rows, names, list(map(_FIELDS, ops)), run_stamp),
+                lambda: [(i, op, names, run_stamp) for i, op in enumerate(ops)], [], results)
+            if results.count(None) == len(results):  # none refused
+                return list(map(WriteResult, map(_KEY, ops)))
+        else:
+            results, todo, made = self._plan(ops, stamp)
+            self._write_todo(partial(self._apply_batch, todo), lambda: todo, made, results)
+        return [
+            r if r is not None else WriteResult(op.key) for r, op in zip(results, ops, strict=True)
+        ]
+
+    def _uniform(self, ops: list[WriteOp]) -> tuple[tuple[str, ...], bool] | None:
+        """(columns, add updated_at) when every op is an upsert of the same fields, the
+        key among them, and the table holds each key as it is (no key to make): the batch
+        goes to the database without a look at each op. Else None."""
+        if not ops or not self._unique or set(map(_KIND, ops)) != {"upsert"}:
+            return None
+        records = list(map(_FIELDS, ops))
+        if None in records:
+            return None
+        shapes = set(map(tuple, records))
+        if len(shapes) != 1:
+            return None
+        (fields,) = shapes
+        names, stamped, keyed = self._shapes.get(fields) or self._shape(fields)
+        if not keyed or (self._makes_keys and not _all_int_text(list(map(_KEY, ops)))):
+            return None
+        return names, stamped
+
+    def _plan(self, ops: list[WriteOp], stamp: Any) -> tuple[
+            list[WriteResult | None], list[_Todo], list[_Todo]]:
+        """Each op's write: (results so far: the refused ones, the ops to write, the ops
+        whose key the table makes)."""
+        results: list[WriteResult | None] = [None] * len(ops)
         todo: list[_Todo] = []
         made: list[_Todo] = []
         for i, op in enumerate(ops):
@@ -740,6 +791,12 @@ class SqliteConnector(SqlTableConnector):
                 continue
             # the row changes now: updated_at says so (added to the values, not to fields)
             todo.append((i, op, names, stamp if stamped else None))
+        return results, todo, made
+
+    def _write_todo(self, batch: Callable[[], None], todo: Callable[[], list[_Todo]],
+                    made: list[_Todo], results: list[WriteResult | None]) -> None:
+        """One transaction: ``batch`` (or, when it refuses a record, the ops of ``todo()``
+        one by one), then ``made``; our own change-log rows are remembered as echoes."""
         db = self.db
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -748,9 +805,9 @@ class SqliteConnector(SqlTableConnector):
             def one_by_one() -> None:
                 nonlocal before
                 before = self._log_top()
-                self._apply_rows(todo, results)
+                self._apply_rows(todo(), results)
 
-            self._batch_or_rows(partial(self._apply_batch, todo), one_by_one)
+            self._batch_or_rows(batch, one_by_one)
             if made:
                 self._insert_new_keys(made, results)
             after = self._log_top()
@@ -764,9 +821,6 @@ class SqliteConnector(SqlTableConnector):
             if err is None:
                 raise
             raise err from exc
-        return [
-            r if r is not None else WriteResult(op.key) for r, op in zip(results, ops, strict=True)
-        ]
 
     def _shape(self, fields: tuple[str, ...]) -> tuple[tuple[str, ...], bool, bool]:
         """For records with these field names: the columns to write, whether to add the

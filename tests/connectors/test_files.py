@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import logging
 import os
+import resource
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from recsync.connectors.csvappend import copy_bytes, rows_bytes
+from recsync.connectors.csvappend import AppendJournal, rows_bytes
 from recsync.connectors.files import FileConfig, FileConnector
 from recsync.connectors.registry import get_connector_class
 from recsync.errors import ConnectorConfigError, ConnectorError
@@ -585,19 +588,134 @@ def test_a_header_with_a_repeated_column_still_gets_new_records(tmp_path: Path) 
     assert path.read_text() == "id,name,name\n1,Ann,A\n2,Bob,\n3,Cid,\n"
 
 
-def test_copy_bytes_falls_back_when_the_kernel_cannot_copy(tmp_path: Path) -> None:
-    src_path = tmp_path / "src"
-    src_path.write_bytes(b"0123456789" * 1000)
-    read_end, write_end = os.pipe()  # copy_file_range does not write to pipes
-    try:
-        with src_path.open("rb") as src:
-            copy_bytes(src, write_end, 9_995)
-        os.close(write_end)
-        with os.fdopen(read_end, "rb") as got:
-            assert got.read() == (b"0123456789" * 1000)[:9_995]
+def test_new_records_are_appended_in_place_and_the_journal_goes_at_close(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "people.csv"
+    c = make(tmp_path, fields=["id", "name", "email"])
+    c.write(_rows(c, 1, 3))  # the first write after open: the rewrite
+    ino = os.stat(path).st_ino
+    c.write(_rows(c, 4, 3))
+    assert os.stat(path).st_ino == ino  # appended, not replaced
+    assert (tmp_path / ".people.csv.recsync-append").exists()
+    c.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["people.csv"]
+    assert path.read_text().splitlines()[1:] == [f"{i},N{i},{i}@x" for i in range(1, 7)]
+
+
+_CRASHING_APPEND = """
+import os, resource, signal, sys
+from pathlib import Path
+from recsync.connectors.files import FileConfig, FileConnector
+from recsync.messages import WriteOp
+folder = Path(sys.argv[1])
+c = FileConnector(FileConfig(path="people.csv", key="id", fields=["id", "name"]), folder)
+c.open()
+c.write([WriteOp(str(i), "upsert", {"id": i, "name": "x" * 100}) for i in range(1, 11)])
+size = os.stat(folder / "people.csv").st_size
+# the process dies as soon as the file grows past half of the next append (SIGXFSZ, whose
+# default action ends it, as SIGKILL would)
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 5_000, resource.RLIM_INFINITY))
+c.write([WriteOp(str(i), "upsert", {"id": i, "name": "y" * 100}) for i in range(11, 111)])
+print("not killed")
+"""
+
+
+def test_an_append_cut_short_by_a_crash_is_undone_at_the_next_open(tmp_path: Path) -> None:
+    path = tmp_path / "people.csv"
+    proc = subprocess.run([sys.executable, "-c", _CRASHING_APPEND, str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGXFSZ, proc.stdout + proc.stderr
+    whole = "id,name\n" + "".join(f"{i},{'x' * 100}\n" for i in range(1, 11))
+    assert len(whole) < path.stat().st_size < len(whole) + 100 * 105  # half a batch in
+    assert path.read_text().startswith(whole)
+    assert (tmp_path / ".people.csv.recsync-append").exists()
+    c = make(tmp_path)  # the next start: the unfinished row is cut off, whole rows stay
+    text = path.read_text()
+    assert text.startswith(whole) and text.endswith("\n")
+    added = text[len(whole):].splitlines()
+    assert 0 < len(added) < 100
+    assert added == [f"{i},{'y' * 100}" for i in range(11, 11 + len(added))]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["people.csv"]
+    # the batch is sent again: the first write after a start is the rewrite
+    c.write([WriteOp(str(i), "upsert", {"id": i, "name": "y"}) for i in range(5, 111)])
+    rows = list(csv.DictReader(io.StringIO(path.read_text())))
+    assert [r["id"] for r in rows] == [str(i) for i in range(1, 111)]
+
+
+_KILLED_APPEND = """
+import sys
+from pathlib import Path
+from recsync.connectors.files import FileConfig, FileConnector
+from recsync.messages import WriteOp
+c = FileConnector(FileConfig(path="people.csv", key="id", fields=["id", "name"]),
+                  Path(sys.argv[1]))
+c.open()
+c.write([WriteOp("1", "upsert", {"id": 1, "name": "first"})])
+ops = [WriteOp(str(i), "upsert", {"id": i, "name": 'a "b"\\n' + "x" * 1000})
+       for i in range(2, 40_002)]
+print("appending", flush=True)
+c.write(ops)  # about 40 MB in one append
+print("done", flush=True)
+"""
+
+
+def test_kill_9_mid_append_leaves_whole_rows_after_the_next_open(tmp_path: Path) -> None:
+    path = tmp_path / "people.csv"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_APPEND, str(tmp_path)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "appending\n"
+    first = path.stat().st_size
+    while proc.poll() is None and path.stat().st_size == first:
+        pass  # the append has begun: kill it now, most likely mid-write
+    proc.kill()
+    proc.wait()
+    size = path.stat().st_size
+    make(tmp_path)  # the next start
+    text = path.read_text()
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[:2] == [["id", "name"], ["1", "first"]] and text.endswith("\n")
+    assert rows[2:] == [[str(i), 'a "b"\n' + "x" * 1000] for i in range(2, len(rows))]
+    assert len(text.encode()) <= size  # only an unfinished row was cut
+
+
+def test_the_journal_cuts_only_an_unfinished_last_row_of_ours(tmp_path: Path) -> None:
+    path = tmp_path / "people.csv"
+    ours = 'id,note\n1,"a\nb"\n2,x\n'  # a cell with a line break in it
+    path.write_text(ours)
+    start, ino = len("id,note\n"), os.stat(path).st_ino
+    journal = AppendJournal(path)
+    for entry in ({"ino": ino + 1, "from": start}, "torn {"):  # another file; a torn journal
+        journal.path.write_text(json.dumps(entry) if isinstance(entry, dict) else entry)
+        path.write_text(ours + '3,"c\n')
+        assert journal.recover() is False
+        assert path.read_text() == ours + '3,"c\n' and not journal.path.exists()
+    for tail in ("", '3,"c\n', "3,c", '3,"c\nd"'):  # whole rows stay, a half row goes
+        path.write_text(ours + tail)
+        journal.path.write_text(json.dumps({"ino": ino, "from": start}))
+        assert journal.recover() is (tail != "")
+        assert path.read_text() == ours
+
+
+def test_a_failed_append_is_cut_back_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "people.csv"
+    c = make(tmp_path, fields=["id", "name"])
+    c.write([WriteOp("1", "upsert", {"id": 1, "name": "A"})])
+    before = path.read_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) + 20, hard))
+    try:  # Python ignores SIGXFSZ: the write fails with EFBIG half way through
+        with pytest.raises(ConnectorError, match="Cannot write"):
+            c.write([WriteOp(str(i), "upsert", {"id": i, "name": "B" * 10})
+                     for i in range(2, 12)])
     finally:
-        with contextlib.suppress(OSError):
-            os.close(write_end)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert path.read_bytes() == before
+    c.write([WriteOp(str(i), "upsert", {"id": i, "name": "B"}) for i in range(2, 4)])
+    assert path.read_text() == "id,name\n1,A\n2,B\n3,B\n"
+    c.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["people.csv"]
 
 
 def test_added_values_are_written_as_the_rewrite_writes_them(tmp_path: Path) -> None:

@@ -792,3 +792,23 @@ def test_a_key_a_table_cannot_hold_nor_make_is_refused_saying_so(tmp_path: Path)
     assert res.error and res.new_key is None and not res.retryable
     assert "cannot make keys itself" in res.error and "not an INTEGER PRIMARY KEY" in res.error
     c.close()
+
+
+def test_a_batch_of_like_records_with_one_refused_writes_the_others(
+    tmp_path: Path, db_path: Path,
+) -> None:
+    c = opened(tmp_path)
+    ops = [WriteOp(str(i), "upsert", {"id": i, "name": f"N{i}", "score": -1 if i == 13 else i})
+           for i in range(11, 16)]
+    results = c.write(ops)  # one shape for all: the batch goes whole, then one by one
+    assert [r.key for r in results] == [str(i) for i in range(11, 16)]
+    assert [r.error is None for r in results] == [True, True, False, True, True]
+    assert "CHECK constraint" in (results[2].error or "") and not results[2].retryable
+    db = sqlite3.connect(db_path)
+    assert [r[0] for r in db.execute("SELECT id FROM contacts WHERE id > 10")] == [11, 12, 14, 15]
+    db.close()
+    # a key the table cannot hold makes a new row, whatever the others are
+    made = c.write([WriteOp("16", "upsert", {"id": 16, "name": "A"}),
+                    WriteOp("sf-1", "upsert", {"id": "sf-1", "name": "B"})])
+    assert made[0].new_key is None and made[1].new_key not in (None, "sf-1")
+    c.close()
