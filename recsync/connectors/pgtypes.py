@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.adapt import Buffer, Loader
 from psycopg.types.json import Jsonb
 
@@ -34,13 +35,20 @@ class _AsText(Loader):
 
 
 class _IsoTimestamp(Loader):
-    """'2024-01-02 10:00:00' -> '2024-01-02T10:00:00'; '...+00' -> '...+00:00'."""
+    """'2024-01-02 10:00:00' -> '2024-01-02T10:00:00'; '...+00' -> '...+00:00' (what
+    PostgreSQL's to_json gives, ``select_expr``; ' BC' stays last)."""
 
     def load(self, data: Buffer) -> str:
         text = bytes(data).decode().replace(" ", "T", 1)
+        era = ""
+        if text.endswith(" BC"):
+            text, era = text[:-3], " BC"
         if len(text) > 3 and text[-3] in "+-" and text[-2:].isdigit():
             text += ":00"
-        return text
+        return text + era
+
+
+_AS_TEXT = ("numeric", "date", "time", "uuid", "interval", "money")
 
 
 def configure(conn: psycopg.Connection[Any]) -> None:
@@ -52,6 +60,22 @@ def configure(conn: psycopg.Connection[Any]) -> None:
     conn.execute("SET TimeZone = 'UTC'")
     conn.execute("SET DateStyle = 'ISO, YMD'")
     conn.execute("SET IntervalStyle = 'iso_8601'")
+
+
+def select_expr(column: str, type_name: str) -> sql.Composable:
+    """How a reader selects ``column``: the value as the loaders above would make it, but
+    computed by PostgreSQL where a loader would run in Python for each value (measured,
+    100,000 rows with one timestamptz column: 0.38 s of client CPU with the loader, 0.23 s
+    with ``to_json``). Arrays keep the loaders (their elements are loaded one by one)."""
+    name = sql.Identifier(column)
+    # format_type() output: "timestamp(3) with time zone", "numeric(10,2)", "interval day"
+    base = type_name.split("(", 1)[0].removesuffix(" with time zone").removesuffix(
+        " without time zone").split(" ", 1)[0] if not type_name.endswith("]") else ""
+    if base == "timestamp":  # ISO 8601 with "T" and a "+00:00" offset
+        return sql.SQL("to_json({c}) #>> '{{}}' AS {c}").format(c=name)
+    if base in _AS_TEXT:
+        return sql.SQL("{c}::text AS {c}").format(c=name)
+    return name
 
 
 def _to_json(value: Any) -> Any:

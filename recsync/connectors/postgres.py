@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import psycopg
 from msgspec import Meta
@@ -62,6 +62,7 @@ _SECRETS = ("dsn",)
 # runs again a record at a time; any other error (connection lost, admin shutdown,
 # serialization failure, deadlock, ...) fails the batch as retryable
 _RECORD_ERRORS = (pgerr.IntegrityError, pgerr.DataError)
+_T = TypeVar("_T")
 _HELD_FIRST, _HELD_MAX = 0.02, 1.0  # seconds: wake-ups while changes are held back
 
 
@@ -127,6 +128,8 @@ class PostgresConnector(SqlTableConnector):
         self._held_delay = _HELD_FIRST
         self._held_timer: threading.Timer | None = None
         self._columns: dict[str, str] = {}  # column -> type name
+        # what a read selects: the columns, formatted by PostgreSQL (pgtypes.select_expr)
+        self._select_list: sql.Composable = sql.SQL("*")
         self._colmap: dict[str, str] = {}  # lower-case -> column
         self._key = self.cfg.key
         self._key_type = "text"
@@ -265,6 +268,8 @@ class PostgresConnector(SqlTableConnector):
                 "(set 'updated_column').")
         self._writers = {c: pgtypes.writer_for(t, c in not_null)
                          for c, t in self._columns.items()}
+        self._select_list = sql.SQL(", ").join(
+            pgtypes.select_expr(c, t) for c, t in self._columns.items())
         self._shapes.clear()
 
     def _capture_missing(self, conn: psycopg.Connection[Any]) -> str | None:
@@ -365,30 +370,44 @@ class PostgresConnector(SqlTableConnector):
 
     # ------------------------------------------------------------------ reading
 
-    def read_changes(self, cursor: str | None, limit: int) -> ChangePage:
-        limit = max(1, limit)
-        with self._failing("reading changes"):
+    def _reading(self, doing: str, read: Callable[[], _T]) -> _T:
+        """``read()``, connected; reads name the columns seen at open, so a column dropped
+        since makes the table be looked at again and ``read()`` run once more."""
+        with self._failing(doing):
             self._reconnect()
-            state = self._parse_cursor(cursor)
-            if self.cfg.tracking == "log":
-                # a listing's later pages skip the catalog check (one round trip of two
-                # per page: 100 of them, 0.75 s of a 100,000-row listing on a loaded
-                # machine): the log read after the listing checks, and capture lost
-                # meanwhile makes it list again
-                if state.get("list_after") is None and self._ensure_capture(
-                        self.conn, at_open=False):
-                    state = {}
-                if "list_after" in state:
-                    return self._list_page(state, limit, start=False)
-                if "xid" not in state or state.get("relist"):
-                    return self._start_listing(limit)
-                self._prune(state)
-                return self._log_page(state, limit)
+            try:
+                return read()
+            except pgerr.UndefinedColumn:
+                with contextlib.suppress(psycopg.Error):
+                    self.conn.rollback()
+                self._inspect(self.conn)
+                return read()
+
+    def read_changes(self, cursor: str | None, limit: int) -> ChangePage:
+        return self._reading("reading changes", lambda: self._read_changes(cursor, limit))
+
+    def _read_changes(self, cursor: str | None, limit: int) -> ChangePage:
+        limit = max(1, limit)
+        state = self._parse_cursor(cursor)
+        if self.cfg.tracking == "log":
+            # a listing's later pages skip the catalog check (one round trip of two
+            # per page: 100 of them, 0.75 s of a 100,000-row listing on a loaded
+            # machine): the log read after the listing checks, and capture lost
+            # meanwhile makes it list again
+            if state.get("list_after") is None and self._ensure_capture(
+                    self.conn, at_open=False):
+                state = {}
             if "list_after" in state:
                 return self._list_page(state, limit, start=False)
-            if "ts" not in state or state.get("relist") or self._relist_due(state):
+            if "xid" not in state or state.get("relist"):
                 return self._start_listing(limit)
-            return self._column_page(state, limit)
+            self._prune(state)
+            return self._log_page(state, limit)
+        if "list_after" in state:
+            return self._list_page(state, limit, start=False)
+        if "ts" not in state or state.get("relist") or self._relist_due(state):
+            return self._start_listing(limit)
+        return self._column_page(state, limit)
 
     def _snapshot(self) -> None:
         self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -412,9 +431,10 @@ class PostgresConnector(SqlTableConnector):
                 state = self._log_position()
             else:
                 u, k = sql.Identifier(self._updated or ""), sql.Identifier(self._key)
+                # r.{u}: a bare {u} in ORDER BY is the output column, the text
                 row = self.conn.execute(sql.SQL(
-                    "SELECT {u}::text, {k}::text FROM {t} WHERE {u} IS NOT NULL "
-                    "AND {k} IS NOT NULL ORDER BY {u} DESC, {k} DESC LIMIT 1").format(
+                    "SELECT {u}::text, {k}::text FROM {t} AS r WHERE {u} IS NOT NULL "
+                    "AND {k} IS NOT NULL ORDER BY r.{u} DESC, r.{k} DESC LIMIT 1").format(
                         u=u, k=k, t=sql.SQL(self.names.qualified))).fetchone()
                 state = {"ts": row[0] if row else None, "key": row[1] if row else None,
                          "listed_at": time.time()}
@@ -426,9 +446,12 @@ class PostgresConnector(SqlTableConnector):
     def _select_rows(self, where: sql.Composable, order: sql.Composable,
                      params: dict[str, Any], extra: sql.Composable | None = None,
                      extras: int = 1) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """``SELECT *`` (then ``extra``: ``extras`` values after the table's columns)."""
-        query = sql.SQL("SELECT *{x} FROM {t} {w} {o}").format(
-            x=extra or sql.SQL(""), t=sql.SQL(self.names.qualified), w=where, o=order)
+        """The table's columns (then ``extra``: ``extras`` values after them) as
+        ``select_expr`` formats them; the table is ``r`` (``ORDER BY r.{column}``: a bare
+        name there would be the formatted value, e.g. a numeric key's text)."""
+        query = sql.SQL("SELECT {c}{x} FROM {t} AS r {w} {o}").format(
+            c=self._select_list, x=extra or sql.SQL(""), t=sql.SQL(self.names.qualified),
+            w=where, o=order)
         cur = self.conn.execute(query, params)
         cols = [d.name for d in cur.description or ()]
         if extra is not None:
@@ -465,7 +488,7 @@ class PostgresConnector(SqlTableConnector):
         if epoch is not None:  # before the paging value, which stays last
             extra = sql.SQL(", {e} AS recsync_epoch").format(e=epoch) + extra
         return self._select_rows(
-            where, sql.SQL("ORDER BY {k} LIMIT %(n)s").format(k=k),
+            where, sql.SQL("ORDER BY r.{k} LIMIT %(n)s").format(k=k),
             {"after": after, "n": n}, extra, 2 if epoch is not None else 1)
 
     def _list_page(self, state: dict[str, Any], limit: int, start: bool) -> ChangePage:
@@ -581,7 +604,7 @@ class PostgresConnector(SqlTableConnector):
                     u=u, k=k, kt=self._key_cast(),
                     ut=sql.SQL(self._columns[self._updated or ""]))
         cols, rows = self._select_rows(
-            where, sql.SQL("ORDER BY {u}, {k} LIMIT %(n)s").format(u=u, k=k),
+            where, sql.SQL("ORDER BY r.{u}, r.{k} LIMIT %(n)s").format(u=u, k=k),
             {"ts": ts, "key": key, "n": limit + 1})
         more = len(rows) > limit
         rows = rows[:limit]
@@ -595,14 +618,11 @@ class PostgresConnector(SqlTableConnector):
         return ChangePage(changes, dump(cursor), more=more)
 
     def fetch(self, keys: list[str]) -> dict[str, Record]:
-        with self._failing("fetching records"):
-            self._reconnect()
-            return self._rows_by_keys(list(set(keys)))
+        return self._reading("fetching records", lambda: self._rows_by_keys(list(set(keys))))
 
     def list_records(self, position: str | None, limit: int) -> tuple[list[Change], str | None]:
-        with self._failing("listing the table"):
-            self._reconnect()
-        return super().list_records(position, limit)
+        return self._reading("listing the table",
+                             lambda: super(PostgresConnector, self).list_records(position, limit))
 
     def count_records(self) -> int | None:
         try:

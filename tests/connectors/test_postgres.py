@@ -446,6 +446,63 @@ def test_values_of_every_common_type_round_trip_exactly(pg: PgSchema) -> None:  
         conn.close()
 
 
+def test_timestamps_at_the_ends_of_the_range_read_as_they_are_written(
+        pg: PgSchema) -> None:  # noqa: F811
+    """Reads format timestamps in PostgreSQL (to_json), arrays of them in Python: both
+    give the same text, and it goes back into the column as the same value."""
+    pg.run(f"CREATE TABLE {pg.table()} (id int PRIMARY KEY, at timestamptz, "
+           "naive timestamp, ats timestamptz[])")
+    conn = PostgresConnector({"dsn": pg.dsn, "table": pg.table(), "key": "id",
+                              "listen": False}, Path("."))
+    conn.open()
+    try:
+        values = ["2024-01-02T03:04:05.5+00:00", "infinity", "-infinity",
+                  "0044-03-15T12:00:00+00:00 BC", "12345-06-07T00:00:00+00:00"]
+        for i, v in enumerate(values):
+            naive = v.removesuffix("+00:00").replace("+00:00 BC", " BC")
+            record = {"id": i, "at": v, "naive": naive, "ats": [v]}
+            assert conn.write([WriteOp(str(i), "upsert", record)])[0].error is None
+            assert conn.fetch([str(i)])[str(i)] == record
+    finally:
+        conn.close()
+
+
+NUMERIC_KEYED = "CREATE TABLE {t} (id numeric PRIMARY KEY, name text, updated_at timestamptz)"
+
+
+@pytest.mark.parametrize("tracking", ["log", "column"])
+def test_a_listing_pages_a_numeric_key_in_number_order_not_text_order(
+        pg: PgSchema, tracking: str) -> None:  # noqa: F811
+    """Reads select a numeric key as its text: paging and ordering use the column."""
+    pg.run(NUMERIC_KEYED.format(t=pg.table()))
+    pg.run(f"INSERT INTO {pg.table()} SELECT i, 'N' || i, '2024-01-01' "
+           "FROM generate_series(1, 25) i")
+    conn = PostgresConnector({"dsn": pg.dsn, "table": pg.table(), "key": "id",
+                              "listen": False, "tracking": tracking}, Path("."))
+    conn.open()
+    try:
+        pages, cursor = drain(conn, None, wait=False)
+        keys = [c.key for p in pages for c in p.changes]
+        assert keys == [str(i) for i in range(1, 26)]
+        # column mode: the next change is found after the cursor the listing left
+        pg.run(f"UPDATE {pg.table()} SET name = 'x', updated_at = '2024-01-02' WHERE id = 9")
+        pages, _ = drain(conn, cursor)
+        assert [c.key for p in pages for c in p.changes] == ["9"]
+    finally:
+        conn.close()
+
+
+def test_a_column_dropped_while_open_is_left_out_of_reads(
+        users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
+    _, cursor = drain(users, None)
+    pg.run(f"ALTER TABLE {pg.table()} DROP COLUMN status")
+    pg.run(f"UPDATE {pg.table()} SET full_name = 'Ada' WHERE record_id = 1")
+    pages, _ = drain(users, cursor)
+    assert [c.fields for p in pages for c in p.changes] == [
+        {"record_id": 1, "full_name": "Ada"}]
+    assert users.fetch(["2"]) == {"2": {"record_id": 2, "full_name": "Bob"}}
+
+
 def test_the_printed_setup_sql_is_what_an_install_false_side_needs(pg: PgSchema) -> None:  # noqa: F811
     import subprocess
     import sys
