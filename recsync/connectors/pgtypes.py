@@ -5,24 +5,29 @@ ISO 8601 text (timestamptz in UTC, ``+00:00``); uuid, time and interval as text;
 json as JSON values (dict, list, ...); arrays as lists. Integers, booleans, floats and
 text are Python's own.
 
-Write: a value goes into the column as PostgreSQL's text input of it, so "12.50" into a
-numeric or "2024-01-02T10:00:00+00:00" into a timestamptz is taken exactly. For a json
-column a dict or list is JSON, and text that parses as JSON is that JSON (a CSV cell holds
-a JSON object as its text); for an array column a JSON list text is the list. An empty
-string is NULL, except in a NOT NULL text column (a CSV cell cannot tell them apart, and
-the content hash counts them equal too).
+Write: records go to PostgreSQL as a JSON document that ``json_populate_recordset`` turns
+into rows of the table (:mod:`recsync.connectors.pgwrite`): a value goes into the column as
+PostgreSQL's text input of it, so "12.50" into a numeric or "2024-01-02T10:00:00+00:00"
+into a timestamptz is taken exactly. For a json column a dict or list is JSON, and text
+that parses as JSON is that JSON (a CSV cell holds a JSON object as its text); for an array
+column a list, or a JSON list text, is the array. An empty string is NULL, except in a NOT
+NULL text column (a CSV cell cannot tell them apart, and the content hash counts them equal
+too). The writers below make each value one JSON holds as it is: bytes become bytea's hex
+text, a float that is not finite its text ("NaN", "Infinity"), anything else unknown its
+``str()``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import psycopg
 from psycopg import sql
 from psycopg.adapt import Buffer, Loader
-from psycopg.types.json import Jsonb
 
 from recsync.rules import text_form
 
@@ -78,15 +83,19 @@ def select_expr(column: str, type_name: str) -> sql.Composable:
     return name
 
 
+# the JSON a batch is sent as; a value JSON has no form for goes as its text
+encode_json = msgspec.json.Encoder(enc_hook=str).encode
+
+
 def _to_json(value: Any) -> Any:
     if value is None or value == "":
         return None
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            return json.loads(value)
         except ValueError:
             pass
-    return Jsonb(value)
+    return value
 
 
 def _to_array(value: Any) -> Any:
@@ -102,7 +111,15 @@ def _to_array(value: Any) -> Any:
 
 
 def _blank_is_null(value: Any) -> Any:
-    return None if value.__class__ is str and not value else value
+    cls = value.__class__
+    if cls is str:
+        return value or None
+    if cls is float:  # JSON has no NaN or Infinity: their text, as the column reads it
+        return value if math.isfinite(value) else (
+            "NaN" if value != value else "Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "\\x" + bytes(value).hex()  # bytea's input (JSON would take base64)
+    return value
 
 
 def _text(value: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -442,6 +443,28 @@ def test_values_of_every_common_type_round_trip_exactly(pg: PgSchema) -> None:  
         as_text["id"] = record["id"]
         assert conn.write([WriteOp(record["id"], "upsert", as_text)])[0].error is None
         assert conn.fetch([record["id"]])[record["id"]] == record
+    finally:
+        conn.close()
+
+
+def test_values_json_has_no_form_for_are_written_exactly(pg: PgSchema) -> None:  # noqa: F811
+    """Batches go as JSON: bytes, NaN and the infinities still reach their columns."""
+    pg.run(f"CREATE TABLE {pg.table()} (id int PRIMARY KEY, blob bytea, x float8, "
+           "y real, n numeric)")
+    conn = PostgresConnector({"dsn": pg.dsn, "table": pg.table(), "key": "id",
+                              "listen": False}, Path("."))
+    conn.open()
+    try:
+        records = [{"id": 1, "blob": b"\x00\xffok", "x": math.inf, "y": -math.inf,
+                    "n": math.nan},
+                   {"id": 2, "blob": None, "x": math.nan, "y": 1.5, "n": 2.25}]
+        results = conn.write([WriteOp(str(r["id"]), "upsert", r) for r in records])
+        assert [r.error for r in results] == [None, None]
+        got = conn.fetch(["1", "2"])
+        assert got["1"]["blob"] == b"\x00\xffok" and got["1"]["x"] == math.inf
+        assert got["1"]["y"] == -math.inf and got["1"]["n"] == "NaN"
+        assert got["2"]["blob"] is None and math.isnan(got["2"]["x"])
+        assert got["2"]["y"] == 1.5 and got["2"]["n"] == "2.25"
     finally:
         conn.close()
 
