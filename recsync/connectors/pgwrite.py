@@ -6,9 +6,9 @@ text input, as COPY would); the query is the whole batch as one transaction tagg
 ``recsync.origin`` (so our own reader skips the log rows it makes): the upserts, the
 deletes, COMMIT. (It was a COPY into a temporary stage table, then the query: three round
 trips a batch, and each costs 5-12 ms on a loaded machine. Measured, 100,000 rows in
-batches of 1000: client CPU 0.25 -> 0.10 s, server CPU 0.70-0.96 -> 0.56-0.65 s.) When
-PostgreSQL refuses the batch because of one record's values (a constraint, a value of the
-wrong type), it runs again with a savepoint per record: that record fails alone with
+batches of 1000: client CPU 0.35-0.40 -> 0.28-0.34 s, server CPU 0.94-1.05 -> 0.76-0.92 s.)
+When PostgreSQL refuses the batch because of one record's values (a constraint, a value of
+the wrong type), it runs again with a savepoint per record: that record fails alone with
 PostgreSQL's message and the rest go through.
 
 A record whose key the key column cannot hold (a CRM's placeholder ``sf-<Id>`` for an

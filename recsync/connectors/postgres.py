@@ -24,8 +24,9 @@ deletes (and rows a late-committing transaction stamped with an older time).
 Cursors are compact JSON: ``{"xid": X, "seq": S}`` (log mode), ``{"ts": T, "key": K,
 "listed_at": L}`` (column mode), with ``"list_after": K`` while a listing is in progress.
 
-Writes: one transaction per batch: COPY into a temporary table, ``INSERT ... ON CONFLICT
-(key) DO UPDATE`` from it, and one ``DELETE ... WHERE key = ANY(...)``. If PostgreSQL
+Writes: one transaction per batch, sent as one query: ``INSERT ... ON CONFLICT (key) DO
+UPDATE`` from the records as JSON (``json_populate_recordset``), and one ``DELETE ...
+WHERE key = ANY(...)`` (:mod:`recsync.connectors.pgwrite`). If PostgreSQL
 refuses the batch for one record's values (constraint, type), the batch runs again with a
 savepoint per record, so that record fails alone with PostgreSQL's message.
 """
