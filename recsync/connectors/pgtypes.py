@@ -62,9 +62,9 @@ def configure(conn: psycopg.Connection[Any]) -> None:
         conn.adapters.register_loader(name, _AsText)
     for name in ("timestamp", "timestamptz"):
         conn.adapters.register_loader(name, _IsoTimestamp)
-    conn.execute("SET TimeZone = 'UTC'")
-    conn.execute("SET DateStyle = 'ISO, YMD'")
-    conn.execute("SET IntervalStyle = 'iso_8601'")
+    # one round trip, not three
+    conn.execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; "
+                 "SET IntervalStyle = 'iso_8601'")
 
 
 def select_expr(column: str, type_name: str) -> sql.Composable:
