@@ -119,7 +119,8 @@ def write_batch(c: PostgresConnector, ops: list[WriteOp]) -> list[WriteResult]:
         parts.append(sql.SQL("COMMIT"))
 
     def batch() -> None:  # one query, one round trip: the whole batch and its COMMIT
-        conn.execute(sql.SQL("; ").join(parts))
+        # never prepared: a query of its own each time (psycopg would count it)
+        conn.execute(sql.SQL("; ").join(parts), prepare=False)
 
     def one_by_one() -> None:
         conn.execute("ROLLBACK TO SAVEPOINT recsync_batch")
