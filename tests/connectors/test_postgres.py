@@ -526,6 +526,34 @@ def test_a_column_dropped_while_open_is_left_out_of_reads(
     assert users.fetch(["2"]) == {"2": {"record_id": 2, "full_name": "Bob"}}
 
 
+def test_log_rows_read_and_older_than_the_retention_are_pruned(pg: PgSchema) -> None:  # noqa: F811
+    pg.run(USERS.format(t=pg.table()))
+    conn = make(pg, changelog_retention=3600)
+    conn.open()
+    log = f"{pg.schema}.recsync_changelog_users"
+    try:
+        _, cursor = drain(conn, None)
+        pg.run(f"INSERT INTO {pg.table()} VALUES (1, 'Ann', 'active'), (2, 'Bob', 'active')")
+        pg.run(f"UPDATE {pg.table()} SET full_name = 'Cy' WHERE record_id = 2")
+        _, cursor = drain(conn, cursor)
+        assert pg.run(f"SELECT count(*) FROM {log}") == [(3,)]
+        conn._pruned_at = -math.inf  # due again
+        drain(conn, cursor)
+        assert pg.run(f"SELECT count(*) FROM {log}") == [(3,)]  # all younger: kept
+        # the first two rows age past the retention; the last one does not
+        pg.run(f"UPDATE {log} SET changed_at = now() - interval '2 hours' WHERE seq IN "
+               f"(SELECT seq FROM {log} ORDER BY xid, seq LIMIT 2)")
+        conn._pruned_at = -math.inf
+        drain(conn, cursor)
+        assert pg.run(f"SELECT op, key FROM {log}") == [("upsert", "2")]
+        # nobody reads: housekeeping keeps the retention all the same
+        pg.run(f"UPDATE {log} SET changed_at = now() - interval '2 hours'")
+        conn.housekeep()
+        assert pg.run(f"SELECT count(*) FROM {log}") == [(0,)]
+    finally:
+        conn.close()
+
+
 def test_the_printed_setup_sql_is_what_an_install_false_side_needs(pg: PgSchema) -> None:  # noqa: F811
     import subprocess
     import sys
