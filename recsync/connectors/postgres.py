@@ -468,7 +468,9 @@ class PostgresConnector(SqlTableConnector):
         kind = self._columns[self._updated]
         if not (kind == "date" or kind.startswith("timestamp")) or kind.endswith("]"):
             return None
-        return sql.SQL("extract(epoch FROM {u})::float8").format(u=sql.Identifier(self._updated))
+        # date_part: a float8 at once (extract makes a numeric first: 42 ms of server time
+        # for 100,000 values, date_part 17 ms; equal on 300,000 timestamps of 1700-2250)
+        return sql.SQL("date_part('epoch', {u})").format(u=sql.Identifier(self._updated))
 
     def _page_epoch_at(self, cols: list[str]) -> int | None:
         return len(cols) if self._epoch_sql() is not None else None
@@ -525,7 +527,7 @@ class PostgresConnector(SqlTableConnector):
         try:
             rows = self.conn.execute(
                 f"SELECT xid::text::bigint, seq, key, "
-                f"extract(epoch FROM changed_at)::float8 FROM {self.names.log} AS l "
+                f"date_part('epoch', changed_at) FROM {self.names.log} AS l "
                 "WHERE (xid, seq) > (%s::text::xid8, %s) "
                 "AND xid < pg_snapshot_xmin(pg_current_snapshot()) "
                 "AND origin IS DISTINCT FROM %s "
