@@ -515,6 +515,26 @@ def test_a_listing_pages_a_numeric_key_in_number_order_not_text_order(
         conn.close()
 
 
+def test_a_listing_read_ahead_is_dropped_by_a_write_and_misses_no_change(
+        users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
+    """Pages are read five at a time: a row we write after that is listed as written, and
+    another session's change to a row read ahead comes from the log after the listing."""
+    pg.run(f"INSERT INTO {pg.table()} SELECT i, 'U' || i, 'active' FROM generate_series(3, 20) i")
+    first = users.read_changes(None, 3)
+    assert [c.key for c in first.changes] == ["1", "2", "3"] and first.more
+    assert users.write([WriteOp("5", "upsert", {"record_id": 5, "full_name": "Ours"})]
+                       )[0].error is None
+    second = users.read_changes(first.cursor, 3)
+    assert {c.key: c.fields["full_name"] for c in second.changes} == {
+        "4": "U4", "5": "Ours", "6": "U6"}
+    pg.run(f"UPDATE {pg.table()} SET full_name = 'Theirs' WHERE record_id = 8")
+    pages, _ = drain(users, second.cursor)
+    names: dict[str, str] = {}
+    for page in pages:
+        names.update({c.key: c.fields["full_name"] for c in page.changes})
+    assert set(names) >= {str(i) for i in range(7, 21)} and names["8"] == "Theirs"
+
+
 def test_a_column_dropped_while_open_is_left_out_of_reads(
         users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
     _, cursor = drain(users, None)
