@@ -142,8 +142,15 @@ def _nullable_text(value: Any) -> Any:
     return _text(value)
 
 
-def writer_for(type_name: str, not_null: bool = False) -> Callable[[Any], Any] | None:
-    """How to adapt a record's value for a column of ``type_name`` (None: as it is)."""
+def as_is(type_name: str) -> bool:
+    """Whether a non-empty str or an int goes into a column of ``type_name`` as it is:
+    its writer returns it unchanged (for a text column, an int's text, which PostgreSQL
+    makes of the JSON number too); not so for json and array columns, which parse text."""
+    return type_name not in ("json", "jsonb") and not type_name.endswith("[]")
+
+
+def writer_for(type_name: str, not_null: bool = False) -> Callable[[Any], Any]:
+    """How to adapt a record's value for a column of ``type_name``."""
     if type_name in ("json", "jsonb"):
         return _to_json
     if type_name.endswith("[]"):

@@ -141,7 +141,8 @@ class PostgresConnector(SqlTableConnector):
         self._key = self.cfg.key
         self._key_type = "text"
         self._updated: str | None = None
-        self._writers: dict[str, Callable[[Any], Any] | None] = {}
+        self._writers: dict[str, Callable[[Any], Any]] = {}
+        self._as_is: set[str] = set()  # columns pgtypes.as_is: most values skip the writer
         # a record's field names -> (those that are columns, their columns): pgwrite
         self._shapes: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
         # the key column has a default (a sequence, an identity): PostgreSQL makes keys
@@ -275,6 +276,7 @@ class PostgresConnector(SqlTableConnector):
                 "(set 'updated_column').")
         self._writers = {c: pgtypes.writer_for(t, c in not_null)
                          for c, t in self._columns.items()}
+        self._as_is = {c for c, t in self._columns.items() if pgtypes.as_is(t)}
         self._select_list = sql.SQL(", ").join(
             pgtypes.select_expr(c, t) for c, t in self._columns.items())
         self._ahead = None

@@ -447,6 +447,18 @@ def test_values_of_every_common_type_round_trip_exactly(pg: PgSchema) -> None:  
         conn.close()
 
 
+def test_text_columns_take_numbers_as_their_text_and_blank_as_null_where_they_can(
+        users: PostgresConnector) -> None:
+    ops = [WriteOp("7", "upsert", {"record_id": "7", "full_name": 42, "status": ""}),
+           WriteOp("8", "upsert", {"record_id": 8, "full_name": "", "status": 2.5}),
+           WriteOp("9", "upsert", {"record_id": 9, "full_name": True, "status": "x"})]
+    assert [r.error for r in users.write(ops)] == [None, None, None]
+    got = users.fetch(["7", "8", "9"])
+    assert got["7"] == {"record_id": 7, "full_name": "42", "status": None}
+    assert got["8"] == {"record_id": 8, "full_name": "", "status": "2.5"}
+    assert got["9"] == {"record_id": 9, "full_name": "true", "status": "x"}
+
+
 def test_values_json_has_no_form_for_are_written_exactly(pg: PgSchema) -> None:  # noqa: F811
     """Batches go as JSON: bytes, NaN and the infinities still reach their columns."""
     pg.run(f"CREATE TABLE {pg.table()} (id int PRIMARY KEY, blob bytea, x float8, "
