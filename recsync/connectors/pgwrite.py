@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -63,13 +63,21 @@ def _uuid_text(key: str) -> bool:
     return True
 
 
-def _holds(c: PostgresConnector, key: str) -> bool:
-    """Whether the key column can hold ``key`` (integer and uuid columns are checked)."""
-    if c._key_type in _INTEGERS:
-        return int_text(key)
-    if c._key_type == "uuid":
-        return _uuid_text(key)
+def _integer_text(key: str) -> bool:
+    return (key.isdigit() and key.isascii()) or int_text(key)  # digits: the usual key
+
+
+def _any_text(key: str) -> bool:
     return True
+
+
+def _holder(c: PostgresConnector) -> Callable[[str], bool]:
+    """Whether the key column can hold a key (integer and uuid columns are checked)."""
+    if c._key_type in _INTEGERS:
+        return _integer_text
+    if c._key_type == "uuid":
+        return _uuid_text
+    return _any_text
 
 
 def _cannot_hold(c: PostgresConnector, key: str) -> str:
@@ -87,17 +95,19 @@ def write_batch(c: PostgresConnector, ops: list[WriteOp]) -> list[WriteResult]:
     upserts: dict[_Shape, list[_Row]] = {}
     deletes: list[_Row] = []
     made: list[tuple[int, WriteOp, _Shape]] = []
+    holds, shapes = _holder(c), c._shapes
     for key, i in last.items():
         op = ops[i]
         if op.kind == "delete":
             deletes.append((i, op))
             continue
-        shape = _shape(c, tuple(op.fields or {}))
+        fields = tuple(op.fields or {})
+        shape = shapes.get(fields) or _shape(c, fields)
         if c._key not in shape[1]:
             results[i] = WriteResult(
                 key, f"Record {key!r} has no value for key column {c._key!r} of {c.where}.")
             continue
-        if not _holds(c, key):
+        if not holds(key):
             if c._makes_keys:  # a new row: PostgreSQL makes its key
                 made.append((i, op, shape))
             else:
