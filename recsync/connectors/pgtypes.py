@@ -5,23 +5,29 @@ ISO 8601 text (timestamptz in UTC, ``+00:00``); uuid, time and interval as text;
 json as JSON values (dict, list, ...); arrays as lists. Integers, booleans, floats and
 text are Python's own.
 
-Write: a value goes into the column as PostgreSQL's text input of it, so "12.50" into a
-numeric or "2024-01-02T10:00:00+00:00" into a timestamptz is taken exactly. For a json
-column a dict or list is JSON, and text that parses as JSON is that JSON (a CSV cell holds
-a JSON object as its text); for an array column a JSON list text is the list. An empty
-string is NULL, except in a NOT NULL text column (a CSV cell cannot tell them apart, and
-the content hash counts them equal too).
+Write: records go to PostgreSQL as a JSON document that ``json_populate_recordset`` turns
+into rows of the table (:mod:`recsync.connectors.pgwrite`): a value goes into the column as
+PostgreSQL's text input of it, so "12.50" into a numeric or "2024-01-02T10:00:00+00:00"
+into a timestamptz is taken exactly. For a json column a dict or list is JSON, and text
+that parses as JSON is that JSON (a CSV cell holds a JSON object as its text); for an array
+column a list, or a JSON list text, is the array. An empty string is NULL, except in a NOT
+NULL text column (a CSV cell cannot tell them apart, and the content hash counts them equal
+too). The writers below make each value one JSON holds as it is: bytes become bytea's hex
+text, a float that is not finite its text ("NaN", "Infinity"), anything else unknown its
+``str()``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import psycopg
+from psycopg import sql
 from psycopg.adapt import Buffer, Loader
-from psycopg.types.json import Jsonb
 
 from recsync.rules import text_form
 
@@ -34,13 +40,20 @@ class _AsText(Loader):
 
 
 class _IsoTimestamp(Loader):
-    """'2024-01-02 10:00:00' -> '2024-01-02T10:00:00'; '...+00' -> '...+00:00'."""
+    """'2024-01-02 10:00:00' -> '2024-01-02T10:00:00'; '...+00' -> '...+00:00' (what
+    PostgreSQL's to_json gives, ``select_expr``; ' BC' stays last)."""
 
     def load(self, data: Buffer) -> str:
         text = bytes(data).decode().replace(" ", "T", 1)
+        era = ""
+        if text.endswith(" BC"):
+            text, era = text[:-3], " BC"
         if len(text) > 3 and text[-3] in "+-" and text[-2:].isdigit():
             text += ":00"
-        return text
+        return text + era
+
+
+_AS_TEXT = ("numeric", "date", "time", "uuid", "interval", "money")
 
 
 def configure(conn: psycopg.Connection[Any]) -> None:
@@ -49,9 +62,35 @@ def configure(conn: psycopg.Connection[Any]) -> None:
         conn.adapters.register_loader(name, _AsText)
     for name in ("timestamp", "timestamptz"):
         conn.adapters.register_loader(name, _IsoTimestamp)
-    conn.execute("SET TimeZone = 'UTC'")
-    conn.execute("SET DateStyle = 'ISO, YMD'")
-    conn.execute("SET IntervalStyle = 'iso_8601'")
+    # one round trip, not three
+    conn.execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; "
+                 "SET IntervalStyle = 'iso_8601'")
+
+
+def select_expr(column: str, type_name: str) -> sql.Composable:
+    """How a reader selects ``column``: the value as the loaders above would make it, but
+    computed by PostgreSQL where a loader would run in Python for each value (measured,
+    100,000 rows with one timestamptz column: 0.38 s of client CPU with the loader, 0.23 s
+    with ``to_json``). Arrays keep the loaders (their elements are loaded one by one)."""
+    name = sql.Identifier(column)
+    # format_type() output: "timestamp(3) with time zone", "numeric(10,2)", "interval day"
+    base = type_name.split("(", 1)[0].removesuffix(" with time zone").removesuffix(
+        " without time zone").split(" ", 1)[0] if not type_name.endswith("]") else ""
+    if base == "timestamp":  # ISO 8601 with "T" and a "+00:00" offset, as to_json gives
+        # it; the text with its space replaced is the same for years 1 to 9999 (and more),
+        # at 33 ms of server time for 100,000 values instead of 84 ms (TimeZone is UTC:
+        # a timestamptz's text ends "+00")
+        offset = sql.SQL(" || ':00'") if type_name.endswith(" with time zone") else sql.SQL("")
+        return sql.SQL(
+            "CASE WHEN isfinite({c}) AND {c} >= '0001-01-01' THEN replace({c}::text, ' ', 'T')"
+            "{o} ELSE to_json({c}) #>> '{{}}' END AS {c}").format(c=name, o=offset)
+    if base in _AS_TEXT:
+        return sql.SQL("{c}::text AS {c}").format(c=name)
+    return name
+
+
+# the JSON a batch is sent as; a value JSON has no form for goes as its text
+encode_json = msgspec.json.Encoder(enc_hook=str).encode
 
 
 def _to_json(value: Any) -> Any:
@@ -59,10 +98,10 @@ def _to_json(value: Any) -> Any:
         return None
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            return json.loads(value)
         except ValueError:
             pass
-    return Jsonb(value)
+    return value
 
 
 def _to_array(value: Any) -> Any:
@@ -78,7 +117,15 @@ def _to_array(value: Any) -> Any:
 
 
 def _blank_is_null(value: Any) -> Any:
-    return None if value.__class__ is str and not value else value
+    cls = value.__class__
+    if cls is str:
+        return value or None
+    if cls is float:  # JSON has no NaN or Infinity: their text, as the column reads it
+        return value if math.isfinite(value) else (
+            "NaN" if value != value else "Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "\\x" + bytes(value).hex()  # bytea's input (JSON would take base64)
+    return value
 
 
 def _text(value: Any) -> Any:
@@ -95,8 +142,15 @@ def _nullable_text(value: Any) -> Any:
     return _text(value)
 
 
-def writer_for(type_name: str, not_null: bool = False) -> Callable[[Any], Any] | None:
-    """How to adapt a record's value for a column of ``type_name`` (None: as it is)."""
+def as_is(type_name: str) -> bool:
+    """Whether a non-empty str or an int goes into a column of ``type_name`` as it is:
+    its writer returns it unchanged (for a text column, an int's text, which PostgreSQL
+    makes of the JSON number too); not so for json and array columns, which parse text."""
+    return type_name not in ("json", "jsonb") and not type_name.endswith("[]")
+
+
+def writer_for(type_name: str, not_null: bool = False) -> Callable[[Any], Any]:
+    """How to adapt a record's value for a column of ``type_name``."""
     if type_name in ("json", "jsonb"):
         return _to_json
     if type_name.endswith("[]"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -442,6 +443,145 @@ def test_values_of_every_common_type_round_trip_exactly(pg: PgSchema) -> None:  
         as_text["id"] = record["id"]
         assert conn.write([WriteOp(record["id"], "upsert", as_text)])[0].error is None
         assert conn.fetch([record["id"]])[record["id"]] == record
+    finally:
+        conn.close()
+
+
+def test_text_columns_take_numbers_as_their_text_and_blank_as_null_where_they_can(
+        users: PostgresConnector) -> None:
+    ops = [WriteOp("7", "upsert", {"record_id": "7", "full_name": 42, "status": ""}),
+           WriteOp("8", "upsert", {"record_id": 8, "full_name": "", "status": 2.5}),
+           WriteOp("9", "upsert", {"record_id": 9, "full_name": True, "status": "x"})]
+    assert [r.error for r in users.write(ops)] == [None, None, None]
+    got = users.fetch(["7", "8", "9"])
+    assert got["7"] == {"record_id": 7, "full_name": "42", "status": None}
+    assert got["8"] == {"record_id": 8, "full_name": "", "status": "2.5"}
+    assert got["9"] == {"record_id": 9, "full_name": "true", "status": "x"}
+
+
+def test_values_json_has_no_form_for_are_written_exactly(pg: PgSchema) -> None:  # noqa: F811
+    """Batches go as JSON: bytes, NaN and the infinities still reach their columns."""
+    pg.run(f"CREATE TABLE {pg.table()} (id int PRIMARY KEY, blob bytea, x float8, "
+           "y real, n numeric)")
+    conn = PostgresConnector({"dsn": pg.dsn, "table": pg.table(), "key": "id",
+                              "listen": False}, Path("."))
+    conn.open()
+    try:
+        records = [{"id": 1, "blob": b"\x00\xffok", "x": math.inf, "y": -math.inf,
+                    "n": math.nan},
+                   {"id": 2, "blob": None, "x": math.nan, "y": 1.5, "n": 2.25}]
+        results = conn.write([WriteOp(str(r["id"]), "upsert", r) for r in records])
+        assert [r.error for r in results] == [None, None]
+        got = conn.fetch(["1", "2"])
+        assert got["1"]["blob"] == b"\x00\xffok" and got["1"]["x"] == math.inf
+        assert got["1"]["y"] == -math.inf and got["1"]["n"] == "NaN"
+        assert got["2"]["blob"] is None and math.isnan(got["2"]["x"])
+        assert got["2"]["y"] == 1.5 and got["2"]["n"] == "2.25"
+    finally:
+        conn.close()
+
+
+def test_timestamps_at_the_ends_of_the_range_read_as_they_are_written(
+        pg: PgSchema) -> None:  # noqa: F811
+    """Reads format timestamps in PostgreSQL (to_json), arrays of them in Python: both
+    give the same text, and it goes back into the column as the same value."""
+    pg.run(f"CREATE TABLE {pg.table()} (id int PRIMARY KEY, at timestamptz, "
+           "naive timestamp, ats timestamptz[])")
+    conn = PostgresConnector({"dsn": pg.dsn, "table": pg.table(), "key": "id",
+                              "listen": False}, Path("."))
+    conn.open()
+    try:
+        values = ["2024-01-02T03:04:05.5+00:00", "infinity", "-infinity",
+                  "0044-03-15T12:00:00+00:00 BC", "12345-06-07T00:00:00+00:00"]
+        for i, v in enumerate(values):
+            naive = v.removesuffix("+00:00").replace("+00:00 BC", " BC")
+            record = {"id": i, "at": v, "naive": naive, "ats": [v]}
+            assert conn.write([WriteOp(str(i), "upsert", record)])[0].error is None
+            assert conn.fetch([str(i)])[str(i)] == record
+    finally:
+        conn.close()
+
+
+NUMERIC_KEYED = "CREATE TABLE {t} (id numeric PRIMARY KEY, name text, updated_at timestamptz)"
+
+
+@pytest.mark.parametrize("tracking", ["log", "column"])
+def test_a_listing_pages_a_numeric_key_in_number_order_not_text_order(
+        pg: PgSchema, tracking: str) -> None:  # noqa: F811
+    """Reads select a numeric key as its text: paging and ordering use the column."""
+    pg.run(NUMERIC_KEYED.format(t=pg.table()))
+    pg.run(f"INSERT INTO {pg.table()} SELECT i, 'N' || i, '2024-01-01' "
+           "FROM generate_series(1, 25) i")
+    conn = PostgresConnector({"dsn": pg.dsn, "table": pg.table(), "key": "id",
+                              "listen": False, "tracking": tracking}, Path("."))
+    conn.open()
+    try:
+        pages, cursor = drain(conn, None, wait=False)
+        keys = [c.key for p in pages for c in p.changes]
+        assert keys == [str(i) for i in range(1, 26)]
+        # column mode: the next change is found after the cursor the listing left
+        pg.run(f"UPDATE {pg.table()} SET name = 'x', updated_at = '2024-01-02' WHERE id = 9")
+        pages, _ = drain(conn, cursor)
+        assert [c.key for p in pages for c in p.changes] == ["9"]
+    finally:
+        conn.close()
+
+
+def test_a_listing_read_ahead_is_dropped_by_a_write_and_misses_no_change(
+        users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
+    """Pages are read five at a time: a row we write after that is listed as written, and
+    another session's change to a row read ahead comes from the log after the listing."""
+    pg.run(f"INSERT INTO {pg.table()} SELECT i, 'U' || i, 'active' FROM generate_series(3, 20) i")
+    first = users.read_changes(None, 3)
+    assert [c.key for c in first.changes] == ["1", "2", "3"] and first.more
+    assert users.write([WriteOp("5", "upsert", {"record_id": 5, "full_name": "Ours"})]
+                       )[0].error is None
+    second = users.read_changes(first.cursor, 3)
+    assert {c.key: c.fields["full_name"] for c in second.changes} == {
+        "4": "U4", "5": "Ours", "6": "U6"}
+    pg.run(f"UPDATE {pg.table()} SET full_name = 'Theirs' WHERE record_id = 8")
+    pages, _ = drain(users, second.cursor)
+    names: dict[str, str] = {}
+    for page in pages:
+        names.update({c.key: c.fields["full_name"] for c in page.changes})
+    assert set(names) >= {str(i) for i in range(7, 21)} and names["8"] == "Theirs"
+
+
+def test_a_column_dropped_while_open_is_left_out_of_reads(
+        users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
+    _, cursor = drain(users, None)
+    pg.run(f"ALTER TABLE {pg.table()} DROP COLUMN status")
+    pg.run(f"UPDATE {pg.table()} SET full_name = 'Ada' WHERE record_id = 1")
+    pages, _ = drain(users, cursor)
+    assert [c.fields for p in pages for c in p.changes] == [
+        {"record_id": 1, "full_name": "Ada"}]
+    assert users.fetch(["2"]) == {"2": {"record_id": 2, "full_name": "Bob"}}
+
+
+def test_log_rows_read_and_older_than_the_retention_are_pruned(pg: PgSchema) -> None:  # noqa: F811
+    pg.run(USERS.format(t=pg.table()))
+    conn = make(pg, changelog_retention=3600)
+    conn.open()
+    log = f"{pg.schema}.recsync_changelog_users"
+    try:
+        _, cursor = drain(conn, None)
+        pg.run(f"INSERT INTO {pg.table()} VALUES (1, 'Ann', 'active'), (2, 'Bob', 'active')")
+        pg.run(f"UPDATE {pg.table()} SET full_name = 'Cy' WHERE record_id = 2")
+        _, cursor = drain(conn, cursor)
+        assert pg.run(f"SELECT count(*) FROM {log}") == [(3,)]
+        conn._pruned_at = -math.inf  # due again
+        drain(conn, cursor)
+        assert pg.run(f"SELECT count(*) FROM {log}") == [(3,)]  # all younger: kept
+        # the first two rows age past the retention; the last one does not
+        pg.run(f"UPDATE {log} SET changed_at = now() - interval '2 hours' WHERE seq IN "
+               f"(SELECT seq FROM {log} ORDER BY xid, seq LIMIT 2)")
+        conn._pruned_at = -math.inf
+        drain(conn, cursor)
+        assert pg.run(f"SELECT op, key FROM {log}") == [("upsert", "2")]
+        # nobody reads: housekeeping keeps the retention all the same
+        pg.run(f"UPDATE {log} SET changed_at = now() - interval '2 hours'")
+        conn.housekeep()
+        assert pg.run(f"SELECT count(*) FROM {log}") == [(0,)]
     finally:
         conn.close()
 
