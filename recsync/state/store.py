@@ -315,11 +315,11 @@ class Store:
         o = other(side)
         direction, back = direction_from(side), direction_from(o)
         keys = [c.key for c in changes]
-        links = db.links(keys)
+        links = db.links(keys, observed)
         queued = db.has_queued()
         if (not queued and not in_flight_same and len(changes) <= direct_limit
                 and in_flight_opposite.isdisjoint(keys)
-                and self._upserts_direct(side, changes, links, observed, ruleset, stats)):
+                and self._upserts_direct(side, changes, links, ruleset, stats)):
             return
         pending = db.queued(keys) if queued else {}
         now = self.clock.time()
@@ -334,8 +334,7 @@ class Store:
             own_hash = link.hash_on(side) if link else None
             other_hash = link.hash_on(o) if link else None
             same = pending.get((direction, c.key))
-            written = link.written_on(side) if link else None
-            if written is not None and observed < written:
+            if link and link.written_after(side):
                 stats.stale += 1  # seen before our last write to this side: superseded
                 continue
             if c.op == "upsert":
@@ -427,7 +426,7 @@ class Store:
 
     def _upserts_direct(
         self, side: Side, changes: Sequence[Prepared], links: dict[str, LinkRow],
-        observed: float, ruleset: RuleSet, stats: EnqueueStats,
+        ruleset: RuleSet, stats: EnqueueStats,
     ) -> bool:
         """The usual page, the short way: all upserts (``enqueue`` keeps one change per
         key), nothing queued, none of its records in flight (the caller checks that). The
@@ -460,10 +459,10 @@ class Store:
                     filtered += 1
                 continue
             if side == "a":
-                own_hash, other_hash, written = link.a_hash, link.b_hash, link.a_written
+                own_hash, other_hash, newer = link.a_hash, link.b_hash, link.a_written_after
             else:
-                own_hash, other_hash, written = link.b_hash, link.a_hash, link.b_written
-            if written is not None and observed < written:
+                own_hash, other_hash, newer = link.b_hash, link.a_hash, link.b_written_after
+            if newer:
                 stale += 1  # seen before our last write to this side: superseded
             elif c.hash == own_hash:
                 unchanged += 1  # already synced
