@@ -315,11 +315,11 @@ class Store:
         o = other(side)
         direction, back = direction_from(side), direction_from(o)
         keys = [c.key for c in changes]
-        links = db.links(keys)
+        links = db.links(keys, observed)
         queued = db.has_queued()
-        if (not links and not queued and not in_flight_same and not in_flight_opposite
-                and len(changes) <= direct_limit
-                and self._all_new_direct(side, changes, ruleset, stats)):
+        if (not queued and not in_flight_same and len(changes) <= direct_limit
+                and in_flight_opposite.isdisjoint(keys)
+                and self._upserts_direct(side, changes, links, ruleset, stats)):
             return
         pending = db.queued(keys) if queued else {}
         now = self.clock.time()
@@ -334,8 +334,7 @@ class Store:
             own_hash = link.hash_on(side) if link else None
             other_hash = link.hash_on(o) if link else None
             same = pending.get((direction, c.key))
-            written = link.written_on(side) if link else None
-            if written is not None and observed < written:
+            if link and link.written_after(side):
                 stats.stale += 1  # seen before our last write to this side: superseded
                 continue
             if c.op == "upsert":
@@ -425,31 +424,70 @@ class Store:
             self._history(history, direction)
         db.bump("conflicts", stats.conflicts)
 
-    def _all_new_direct(
-        self, side: Side, changes: Sequence[Prepared], ruleset: RuleSet, stats: EnqueueStats,
+    def _upserts_direct(
+        self, side: Side, changes: Sequence[Prepared], links: dict[str, LinkRow],
+        ruleset: RuleSet, stats: EnqueueStats,
     ) -> bool:
-        """The usual page of an initial load, the short way: records the pipeline has never
-        linked, nothing queued or in flight, all upserts (``enqueue`` keeps one change per
-        key). They go direct as creates (``stats.direct``), or are filtered out. False: take
-        the general path."""
-        if not rules_mod.compile_rules(ruleset).op_allowed(direction_from(side), "create"):
+        """The usual page, the short way: all upserts (``enqueue`` keeps one change per
+        key), nothing queued, none of its records in flight (the caller checks that). The
+        pages of an initial load, and the updates of linked records while nothing else is
+        pending. Each change is decided as the general path (``_enqueue_changes``) decides
+        an upsert with no work pending (stale, unchanged, filtered, already on the other
+        side, an operation the rules do not sync), and what is left goes direct
+        (``stats.direct``). False: a page with a delete, nothing done.
+
+        One loop, no intermediate rows: the store's enqueue of updates of linked records
+        went from 34k to 24k instructions per record (callgrind, 30 pages of 1,000)."""
+        if any(c.op != "upsert" or c.content is None for c in changes):
             return False
+        direction = direction_from(side)
+        allowed = rules_mod.compile_rules(ruleset).op_allowed
+        may_create, may_update = allowed(direction, "create"), allowed(direction, "update")
         gen = self._gen
-        items = []
-        filtered = 0
+        items: list[WorkItem] = []
+        on_target: list[str] = []
+        link_rows: list[tuple[str, Side, str | None, float]] = []
+        filtered = unchanged = stale = 0
         for c in changes:
-            if c.op != "upsert":
-                return False
-            if not c.passes:
-                filtered += 1
+            link = links.get(c.key)
+            if link is None:  # new to the pipeline
+                if c.passes and may_create:
+                    gen += 1
+                    items.append(WorkItem(c.key, "upsert", c.content, c.hash, c.modified, gen,
+                                          0, None, c.hash))
+                else:
+                    filtered += 1
                 continue
-            gen += 1
-            items.append(WorkItem(c.key, "upsert", c.content, c.hash, c.modified, gen, 0,
-                                  None, c.hash))
+            if side == "a":
+                own_hash, other_hash, newer = link.a_hash, link.b_hash, link.a_written_after
+            else:
+                own_hash, other_hash, newer = link.b_hash, link.a_hash, link.b_written_after
+            if newer:
+                stale += 1  # seen before our last write to this side: superseded
+            elif c.hash == own_hash:
+                unchanged += 1  # already synced
+            elif not c.passes:
+                filtered += 1
+            elif c.hash == other_hash:  # the other side holds it already
+                link_rows.append((c.key, side, c.hash, c.modified))
+                unchanged += 1
+            elif not (may_update if other_hash is not None else may_create):
+                filtered += 1
+            else:
+                if other_hash is not None:
+                    on_target.append(c.key)
+                gen += 1
+                items.append(WorkItem(c.key, "upsert", c.content, c.hash, c.modified, gen, 0,
+                                      None if link.stale else other_hash, c.hash))
         self._gen = gen
         stats.filtered += filtered
-        stats.queued = len(items)
-        stats.direct = items or None
+        stats.unchanged += unchanged
+        stats.stale += stale
+        stats.queued += len(items)
+        self._save_links(link_rows)
+        if items:
+            stats.direct = items
+            stats.on_target = frozenset(on_target)
         return True
 
     def _row(

@@ -147,6 +147,34 @@ def test_observation_older_than_our_write_is_stale(store: Store, clock: FakeCloc
     assert stats.stale == 1 and store.pending() == 0
 
 
+def test_a_direct_page_of_linked_records_takes_the_same_decisions(
+        store: Store, clock: FakeClock) -> None:
+    """A page that goes to the writer directly (nothing pending) drops what the general
+    path drops: changes seen before our write to that side, echoes of our own writes,
+    content the other side already holds; an update carries the target's hash."""
+    store.enqueue("a", [change(str(k), f"n{k}") for k in range(1, 6)], "c1", clock.time(),
+                  RULES)
+    observed_before_write = clock.time()
+    sync_all(store, "a_to_b", clock)
+    clock.advance(1)
+    stale = store.enqueue("b", [change("1", "old B content")], "b1", observed_before_write,
+                          RULES, direct_limit=100)
+    assert stale.stale == 1 and stale.direct is None and store.pending() == 0
+    page = [change("2", "n2"),  # our own write coming back
+            change("3", "n3 changed on b"), change("4", "n4 changed on b")]
+    stats = store.enqueue("b", page, "b2", clock.time(), RULES, direct_limit=100)
+    assert (stats.unchanged, stats.stale, stats.queued) == (1, 0, 2)
+    assert stats.direct is not None and [i.key for i in stats.direct] == ["3", "4"]
+    assert stats.on_target == {"3", "4"}
+    assert stats.direct[0].expected_hash == content_hash({"id": "3", "name": "n3"})
+    assert store.cursor("b") == "b1"  # b2 is saved with the direct page's outcome
+    same = store.enqueue("a", [change("5", "n5"), change("6", "new")], "c2", clock.time(),
+                         RULES, direct_limit=100)
+    assert same.unchanged == 1 and same.direct is not None
+    assert [(i.key, i.expected_hash) for i in same.direct] == [("6", None)]
+    assert same.on_target == frozenset()
+
+
 def test_listing_finds_deletes_of_unlisted_records(store: Store, clock: FakeClock) -> None:
     store.enqueue("a", [change(str(k), f"n{k}") for k in range(1, 5)], "c1", clock.time(),
                   RULES)
