@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from recsync.connectors.postgres import PostgresConnector
 
 _INTEGERS = ("smallint", "integer", "bigint")
+_QUERY_BYTES = 32 << 20  # of JSON in one query, at most (bar one record larger alone)
 
 _Row = tuple[int, WriteOp]
 # a record's field names that are columns, and those columns (in that order)
@@ -120,17 +121,27 @@ def write_batch(c: PostgresConnector, ops: list[WriteOp]) -> list[WriteResult]:
     conn = c.conn
     begin = sql.SQL("BEGIN; SELECT set_config('recsync.origin', {o}, true); "
                     "SAVEPOINT recsync_batch").format(o=sql.Literal(c.origin or "-"))
-    parts: list[sql.Composable] = [begin, *(
-        _upsert_sql(c, shape[1], _rows_sql(c, shape[1], sql.Literal(_json_rows(c, shape, rows))))
-        for shape, rows in upserts.items())]
+    # (statement, its size): the size of the JSON it holds
+    parts: list[tuple[sql.Composable, int]] = [(begin, 0), *(
+        (_upsert_sql(c, shape[1], _rows_sql(c, shape[1], sql.Literal(doc))), len(doc))
+        for shape, rows in upserts.items() for doc in _documents(c, shape, rows))]
     if deletes:
-        parts.append(_delete_sql(c, [op.key for _i, op in deletes]))
+        parts.append((_delete_sql(c, [op.key for _i, op in deletes]), 0))
     if not made:
-        parts.append(sql.SQL("COMMIT"))
+        parts.append((sql.SQL("COMMIT"), 0))
 
-    def batch() -> None:  # one query, one round trip: the whole batch and its COMMIT
-        # never prepared: a query of its own each time (psycopg would count it)
-        conn.execute(sql.SQL("; ").join(parts), prepare=False)
+    def batch() -> None:
+        # one query, one round trip: the whole batch and its COMMIT (a batch of more than
+        # _QUERY_BYTES of JSON in several); never prepared: a query of its own each time
+        group: list[sql.Composable] = []
+        size = 0
+        for part, n in parts:
+            if group and size + n > _QUERY_BYTES:
+                conn.execute(sql.SQL("; ").join(group), prepare=False)
+                group, size = [], 0
+            group.append(part)
+            size += n
+        conn.execute(sql.SQL("; ").join(group), prepare=False)
 
     def one_by_one() -> None:
         conn.execute("ROLLBACK TO SAVEPOINT recsync_batch")
@@ -181,6 +192,18 @@ def _json_objects(c: PostgresConnector, shape: _Shape, rows: Iterable[_Row]
 
 def _json_rows(c: PostgresConnector, shape: _Shape, rows: Iterable[_Row]) -> str:
     return encode_json(_json_objects(c, shape, rows)).decode()
+
+
+def _documents(c: PostgresConnector, shape: _Shape, rows: list[_Row]) -> Iterator[str]:
+    """The rows as JSON documents of at most _QUERY_BYTES each (unless one record alone is
+    more): PostgreSQL takes a query of up to 1 GB, and holds it whole."""
+    doc = _json_rows(c, shape, rows)
+    if len(doc) <= _QUERY_BYTES or len(rows) == 1:
+        yield doc
+        return
+    half = len(rows) // 2
+    yield from _documents(c, shape, rows[:half])
+    yield from _documents(c, shape, rows[half:])
 
 
 def _upsert_sql(c: PostgresConnector, cols: tuple[str, ...], source: sql.Composable

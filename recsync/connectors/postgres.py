@@ -331,6 +331,7 @@ class PostgresConnector(SqlTableConnector):
         self._held_delay = min(self._held_delay * 1.5, _HELD_MAX)
 
     def close(self) -> None:
+        self._ahead = None
         if self._held_timer is not None:
             self._held_timer.cancel()
             self._held_timer = None

@@ -459,6 +459,25 @@ def test_text_columns_take_numbers_as_their_text_and_blank_as_null_where_they_ca
     assert got["9"] == {"record_id": 9, "full_name": "true", "status": "x"}
 
 
+def test_a_batch_larger_than_a_query_goes_in_several_in_one_transaction(
+        users: PostgresConnector, pg: PgSchema, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    from recsync.connectors import pgwrite
+    monkeypatch.setattr(pgwrite, "_QUERY_BYTES", 150)  # two or three records a query
+    ops = [WriteOp(str(i), "upsert", {"record_id": i, "full_name": f"Name {i}"})
+           for i in range(10, 19)]
+    ops[4] = WriteOp("14", "upsert", {"record_id": 14, "full_name": None})  # NOT NULL
+    results = users.write(ops)
+    assert [r.key for r in results if r.error] == ["14"]
+    assert "null value" in (results[4].error or "")
+    rows = pg.run(f"SELECT record_id, full_name FROM {pg.table()} WHERE record_id >= 10 "
+                  "ORDER BY 1")
+    assert rows == [(i, f"Name {i}") for i in range(10, 19) if i != 14]
+    # one transaction, tagged: our reader skips all of it
+    origins = pg.run(f"SELECT DISTINCT origin FROM {pg.schema}.recsync_changelog_users "
+                     "WHERE key::int >= 10")
+    assert origins == [("test/p",)]
+
+
 def test_values_json_has_no_form_for_are_written_exactly(pg: PgSchema) -> None:  # noqa: F811
     """Batches go as JSON: bytes, NaN and the infinities still reach their columns."""
     pg.run(f"CREATE TABLE {pg.table()} (id int PRIMARY KEY, blob bytea, x float8, "
