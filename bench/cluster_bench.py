@@ -45,6 +45,7 @@ from urllib.parse import urlsplit
 import psycopg
 import tomli_w
 
+from bench.sync_bench import compile_bytecode
 from recsync.cluster.leases import create_tables
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -362,6 +363,7 @@ def main() -> int:
         print(f"cluster_bench skipped: PostgreSQL at {DSN} is unreachable "
               f"({str(exc).strip()})")
         return 0
+    compile_bytecode()  # a user's recsyncd starts from bytecode
     dbname = f"recsync_cluster_bench_{uuid.uuid4().hex[:8]}"
     admin.execute(f"CREATE DATABASE {dbname}")
     dsn = with_database(DSN, dbname)

@@ -30,6 +30,7 @@ from typing import Any
 import psycopg
 import tomli_w
 
+from bench.sync_bench import compile_bytecode
 from recsync.dsn import mask_dsn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -206,6 +207,7 @@ def main() -> int:
         reason = " ".join(mask_dsn(str(exc)).split())
         print(f"pg_bench skipped: PostgreSQL at {mask_dsn(DSN)} is unreachable ({reason})")
         return 0
+    compile_bytecode()  # a user's recsyncd starts from bytecode
     began = time.perf_counter()
     n = args.rows
     try:
