@@ -42,3 +42,21 @@ def hasher(
         parts.append(f"{key!r}, v{i}")
     lines.append(f"    return digest([{', '.join(parts)}])")
     return _function("\n".join(lines) + "\n", "hashed", {"canon": canon, "digest": digest})
+
+
+def side_hasher(
+    pairs: Sequence[tuple[str, str]], canon: Callable[[Any], str],
+    digest: Callable[[list[str]], str],
+) -> Callable[[Record], str]:
+    """``record -> hasher(a names)(mapper(pairs)(record))`` in one function, without the
+    mapped dict: ``pairs`` are (A name, side's name), sorted by A name; a missing field is
+    None, as the mapper makes it."""
+    lines = ["def hashed(record):", "    get = record.get"]
+    parts = []
+    for i, (a, b) in enumerate(pairs):
+        lines.append(f"    v{i} = get({b!r})")
+        lines.append(f"    if v{i}.__class__ is not str:")
+        lines.append(f"        v{i} = canon(v{i})")
+        parts.append(f"{a!r}, v{i}")
+    lines.append(f"    return digest([{', '.join(parts)}])")
+    return _function("\n".join(lines) + "\n", "hashed", {"canon": canon, "digest": digest})

@@ -262,6 +262,7 @@ class CompiledRules:
         "_b_same",
         "_checks",
         "_hash_a",
+        "_hash_side",
         "_mappers",
         "_ops",
         "_pairs",
@@ -288,6 +289,12 @@ class CompiledRules:
         self._transforms: tuple[tuple[str, Callable[[str], str]], ...] = tuple(
             (field, _TRANSFORMS[name]) for field, name in rules.transforms.items()
         )
+        by_a = sorted(self._pairs)
+        self._hash_side: dict[str, Callable[[Record], str]] = {
+            "a": fieldcode.side_hasher([(a, a) for a, _ in by_a], _canon, _digest),
+            "b": fieldcode.side_hasher(by_a, _canon, _digest)}
+        if self._transforms:  # the transforms run on the mapped content first
+            self._hash_side = {s: partial(self._hash_of, s) for s in ("a", "b")}
         self._checks: tuple[tuple[str, str, Any, Predicate], ...] = tuple(
             (field, op, expected, pred)
             for field, flt in rules.filters.items()
@@ -330,6 +337,15 @@ class CompiledRules:
         """``content_hash`` of A-space content that holds exactly the mapped fields (what
         ``to_a_space`` returns), by the compiled hasher: no sorting per record."""
         return self._hash_a(a_record)
+
+    def side_hasher(self, side: Side) -> Callable[[Record], str]:
+        """``record -> hash_mapped(to_a_space(side, record))``, for ``side``'s records. Without
+        transforms, one generated function that builds no mapped dict: the writer hashes
+        every target row it compares (about 1/3 fewer instructions for that step)."""
+        return self._hash_side[side]
+
+    def _hash_of(self, side: Side, record: Record) -> str:
+        return self._hash_a(self.to_a_space(side, record))
 
     def to_side(self, side: Side, a_record: Record) -> Record:
         """A-space content renamed to ``side``'s field names (missing fields become None).

@@ -388,3 +388,22 @@ def test_prepare_maps_and_hashes_as_the_generic_functions_do(
     assert prepared.content == expected
     assert list(prepared.content or {}) == list(mappings)
     assert prepared.hash == r.content_hash(expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(_names, _names, min_size=1, max_size=6)
+       .filter(lambda m: len(set(m.values())) == len(m)),
+       st.sampled_from(["a", "b"]), st.booleans(), st.data())
+def test_side_hasher_hashes_as_mapping_then_hashing_does(
+    mappings: dict[str, str], side: str, transformed: bool, data: st.DataObject
+) -> None:
+    first = next(iter(mappings))
+    rules = RuleSet(name="t", a_to_b=["create"], b_to_a=["create"], mappings=mappings,
+                    transforms={first: "lower"} if transformed else {})
+    fields = list(mappings) if side == "a" else list(mappings.values())
+    # some fields missing (None when mapped), some unmapped ones present
+    record = data.draw(st.fixed_dictionaries(
+        {}, optional={**{f: _values for f in fields}, "unmapped": _values}))
+    compiled = r.compile_rules(rules)
+    expected = compiled.hash_mapped(compiled.to_a_space(side, record))  # type: ignore[arg-type]
+    assert compiled.side_hasher(side)(record) == expected  # type: ignore[arg-type]

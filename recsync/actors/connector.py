@@ -442,7 +442,8 @@ class ConnectorActor(PipelineActor):
         current = self.connector.fetch(known)
         # the compiled rules once per batch, not looked up per record
         compiled = rules_mod.compile_rules(rs)
-        to_a, hash_a, matches = compiled.to_a_space, compiled.hash_mapped, compiled.matches
+        to_a, matches = compiled.to_a_space, compiled.matches
+        hash_theirs = compiled.side_hasher(side)  # = hash of to_a(side, rec), no dict made
         back_update = compiled.op_allowed(back, "update")
         back_delete = compiled.op_allowed(back, "delete")
         for item in batch.items:
@@ -450,13 +451,16 @@ class ConnectorActor(PipelineActor):
             winner: str | None = None
             if item.expected_hash is not None:
                 rec = current.get(item.key)
+                their_hash = hash_theirs(rec) if rec is not None else None
+                if their_hash == item.expected_hash or their_hash == item.hash:  # the usual
+                    to_write.append((item, content, chash, None))
+                    continue
                 theirs = to_a(side, rec) if rec is not None else None
-                their_hash = hash_a(theirs) if theirs is not None else None
                 # A change here that the rules never carry back (an operation they do not
                 # sync that way, or content their filters leave out) is no conflict: this
                 # write wins (a one-way sync keeps the target equal to the source).
                 carried = back_delete if theirs is None else (back_update and matches(theirs))
-                if their_hash not in (item.expected_hash, item.hash) and carried:
+                if carried:
                     mine = (source, content, item.modified)
                     their_mod = (self.connector.record_modified(rec) if rec is not None
                                  else None) or self.clock.time()

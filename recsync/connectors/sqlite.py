@@ -686,7 +686,10 @@ class SqliteConnector(SqlTableConnector):
             cols = [d[0] for d in cur.description]
             kidx = cols.index(self._key)
             for r in cur.fetchall():
-                out[key_text(r[kidx])] = dict(zip(cols, r, strict=True))
+                k = r[kidx]
+                kc = k.__class__  # str and int keys (the usual) need no key_text call
+                out[k if kc is str else str(k) if kc is int else key_text(k)] = dict(
+                    zip(cols, r))  # noqa: B905 - each row holds every column
         return out
 
     def record_modified(self, record: Record) -> float | None:
@@ -706,7 +709,8 @@ class SqliteConnector(SqlTableConnector):
 
     def fetch(self, keys: list[str]) -> dict[str, Record]:
         wanted = set(keys)
-        values = [v for k in wanted for v in self._key_params(k)]
+        values = (list(wanted) if self._key_affinity != "BLOB"  # looked up as they are
+                  else [v for k in wanted for v in self._key_params(k)])
         with self._failing("fetching records"):
             found = self._rows_by_values(values)
         return {k: v for k, v in found.items() if k in wanted}
