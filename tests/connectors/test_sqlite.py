@@ -812,3 +812,28 @@ def test_a_batch_of_like_records_with_one_refused_writes_the_others(
                     WriteOp("sf-1", "upsert", {"id": "sf-1", "name": "B"})])
     assert made[0].new_key is None and made[1].new_key not in (None, "sf-1")
     c.close()
+
+
+def test_log_read_is_the_same_with_and_without_a_unique_key(tmp_path: Path) -> None:
+    """A unique key reads the log joined with the table in one query; without one, the
+    rows are looked up by key afterwards: the same changes, in the same order."""
+    got = []
+    for name, ddl in (("unique", DDL), ("plain", DDL.replace("INTEGER PRIMARY KEY", "INTEGER"))):
+        folder = tmp_path / name
+        folder.mkdir()
+        path = folder / "db.sqlite"
+        make_db(path, ddl, rows=[(i, f"u{i}@x.org", f"User {i}", i, None) for i in range(1, 6)])
+        c = opened(folder)
+        assert c._unique == (name == "unique")
+        cursor = listed(c)
+        user_sql(path, "UPDATE contacts SET name = 'a' WHERE id = 5")
+        user_sql(path, "INSERT INTO contacts (id, updated_at) VALUES (42, '2030-01-02T03:04:05Z')")
+        user_sql(path, "UPDATE contacts SET name = 'b' WHERE id = 5")
+        user_sql(path, "DELETE FROM contacts WHERE id = 2")
+        page = c.read_changes(cursor, 100)
+        c.close()
+        got.append([(ch.key, ch.op, ch.fields) for ch in page.changes])
+        assert page.changes[0].modified_at == 1893553445.0  # the row's later updated_at
+    assert got[0] == got[1]
+    assert [(k, op) for k, op, _ in got[0]] == [("42", "upsert"), ("5", "upsert"),
+                                                ("2", "delete")]
