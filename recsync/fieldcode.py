@@ -31,14 +31,14 @@ def hasher(
     keys: Sequence[str], canon: Callable[[Any], str], digest: Callable[[list[str]], str]
 ) -> Callable[[Record], str]:
     """``record -> digest([k1, text of record[k1], k2, ...])`` for ``keys`` in order, where
-    the text of a value is itself for a str, else ``canon(value)``. Raises KeyError for a
-    missing key, as the generic version does."""
+    the text of a value is itself for a str, else ``canon(value)`` (``str()`` for an int).
+    Raises KeyError for a missing key, as the generic version does."""
     lines = ["def hashed(record):"]
     parts = []
     for i, key in enumerate(keys):
         lines.append(f"    v{i} = record[{key!r}]")
-        lines.append(f"    if v{i}.__class__ is not str:")
-        lines.append(f"        v{i} = canon(v{i})")
+        lines.append(f"    if v{i}.__class__ is not str:")  # ints (keys) without a call
+        lines.append(f"        v{i} = str(v{i}) if v{i}.__class__ is int else canon(v{i})")
         parts.append(f"{key!r}, v{i}")
     lines.append(f"    return digest([{', '.join(parts)}])")
     return _function("\n".join(lines) + "\n", "hashed", {"canon": canon, "digest": digest})
@@ -55,8 +55,8 @@ def side_hasher(
     parts = []
     for i, (a, b) in enumerate(pairs):
         lines.append(f"    v{i} = get({b!r})")
-        lines.append(f"    if v{i}.__class__ is not str:")
-        lines.append(f"        v{i} = canon(v{i})")
+        lines.append(f"    if v{i}.__class__ is not str:")  # ints (keys) without a call
+        lines.append(f"        v{i} = str(v{i}) if v{i}.__class__ is int else canon(v{i})")
         parts.append(f"{a!r}, v{i}")
     lines.append(f"    return digest([{', '.join(parts)}])")
     return _function("\n".join(lines) + "\n", "hashed", {"canon": canon, "digest": digest})

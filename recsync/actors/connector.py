@@ -446,6 +446,7 @@ class ConnectorActor(PipelineActor):
         hash_theirs = compiled.side_hasher(side)  # = hash of to_a(side, rec), no dict made
         back_update = compiled.op_allowed(back, "update")
         back_delete = compiled.op_allowed(back, "delete")
+        plain = True  # no conflict so far
         for item in batch.items:
             content, chash = item.content, item.hash
             winner: str | None = None
@@ -476,5 +477,5 @@ class ConnectorActor(PipelineActor):
                         content = result
                         chash = rules_mod.content_hash(result) if result is not None else None
             to_write.append((item, content, chash, winner))
-        plain = not superseded and all(t[3] is None for t in to_write)
-        return superseded, to_write, plain
+            plain = plain and winner is None
+        return superseded, to_write, plain and not superseded

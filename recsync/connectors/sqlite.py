@@ -111,6 +111,7 @@ class SqliteConfig(ConnectorConfig, frozen=True, forbid_unknown_fields=True, kw_
 
 
 _KIND = attrgetter("kind")
+_OP = itemgetter(3)  # of a change-log row
 _KEY = attrgetter("key")
 _FIELDS = attrgetter("fields")
 
@@ -619,7 +620,7 @@ class SqliteConnector(SqlTableConnector):
         rows = rows[:limit]
         if not rows:
             return ChangePage([], dump({"seq": seq}))
-        if any(r[3] == _GAP for r in rows):
+        if _GAP in map(_OP, rows):  # no generator step a row
             why = (f"the change-log triggers on table {self.table!r} in {self.path} were "
                    "missing for a while (put back by another reader of the table); the table "
                    "is listed again to sync the changes made meanwhile")
