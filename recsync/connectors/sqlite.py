@@ -111,7 +111,7 @@ class SqliteConfig(ConnectorConfig, frozen=True, forbid_unknown_fields=True, kw_
 
 
 _KIND = attrgetter("kind")
-_OP = itemgetter(3)  # of a change-log row
+_OP = itemgetter(-1)  # of a change-log row
 _KEY = attrgetter("key")
 _FIELDS = attrgetter("fields")
 
@@ -124,11 +124,11 @@ def _all_int_text(keys: list[str]) -> bool:
 
 
 def _without_ranges(rows: list[Any], ranges: list[tuple[int, int]]) -> list[Any]:
-    """``rows`` (sorted by seq in column 0) minus those inside any (lo, hi] of ``ranges``
-    (sorted, disjoint): one pass over both."""
+    """``rows`` (sorted by seq, the 4th column from the end) minus those inside any
+    (lo, hi] of ``ranges`` (sorted, disjoint): one pass over both."""
     out, i, n = [], 0, len(ranges)
     for row in rows:
-        seq = row[0]
+        seq = row[-4]
         while i < n and ranges[i][1] < seq:
             i += 1
         if i < n and ranges[i][0] < seq <= ranges[i][1]:
@@ -626,54 +626,55 @@ class SqliteConnector(SqlTableConnector):
                    "is listed again to sync the changes made meanwhile")
             log.warning("Listing %s again: %s", self.system_id, why)
             return msgspec.structs.replace(self._start_listing(limit), warning=why)
-        last = rows[-1][0]
+        last = rows[-1][-4]
         if own:
             rows = _without_ranges(rows, own)
             if not rows:
                 return ChangePage([], dump({"seq": last}), more=more)
         if joined:
-            keyed = [r for r in rows if r[1] is not None]
-            changes = self._joined_changes(keyed, [d[0] for d in cur.description[4:]])
+            changes, keyless = self._joined_changes(rows, [d[0] for d in cur.description[:-4]])
         else:
-            entries = [(r[1], r[2]) for r in rows if r[1] is not None]
-            keyed, changes = entries, self._latest_changes(entries)
+            entries = [(r[-3], r[-2]) for r in rows if r[-3] is not None]
+            changes, keyless = self._latest_changes(entries), len(entries) < len(rows)
         # a row got, lost or changed without a key: report every keyless row there is now
         extra: dict[str, Any] = (
-            {"unreadable": self._null_keys(), "unreadable_all": True}
-            if len(keyed) < len(rows) else {})
+            {"unreadable": self._null_keys(), "unreadable_all": True} if keyless else {})
         return ChangePage(changes, dump({"seq": last}), more=more, **extra)
 
     def _log_sql(self, joined: bool) -> str:
-        """Log rows after a seq: seq, key, changed_at, op (and, ``joined``, the table's
-        columns of the row with that key, all NULL when there is none)."""
+        """Log rows after a seq, each ending in seq, key, changed_at, op (``joined``: after
+        the table's columns of the row with that key, all NULL when there is none)."""
         key = ("log", joined)
         sql = self._sql_cache.get(key)
         if sql is None:
             lt, t = _q(self.log_table), _q(self.table)
-            sql = (f'SELECT l.seq, l."key", l.changed_at, l.op, t.* FROM {lt} AS l '
+            sql = (f'SELECT t.*, l.seq, l."key", l.changed_at, l.op FROM {lt} AS l '
                    f'LEFT JOIN {t} AS t ON t.{_q(self._key)} = l."key" '
                    if joined else f'SELECT seq, "key", changed_at, op FROM {lt} AS l ')
             sql += "WHERE l.seq > ? ORDER BY l.seq LIMIT ?"
             self._sql_cache[key] = sql
         return sql
 
-    def _joined_changes(self, rows: list[Any], cols: list[str]) -> list[Change]:
-        """``_latest_changes`` of log rows joined with their table rows (``cols`` after
-        the log's four columns), none without a key: one change per key, in the order of
-        its last log row, with that row's time."""
-        latest = {r[1]: r for r in rows}  # each key's last row
-        if len(latest) < len(rows):  # a key more than once: ordered by its last row
+    def _joined_changes(self, rows: list[Any], cols: list[str]) -> tuple[list[Change], bool]:
+        """``_latest_changes`` of log rows joined with their table rows (the table's
+        columns ``cols`` first; the record is the row without the log's columns, with no
+        copy made): one change per key, in the order of its last log row, with that row's
+        time; and whether a log row had no key."""
+        latest = {r[-3]: r for r in rows}  # each key's last row
+        keyless = None in latest
+        if keyless or len(latest) < len(rows):  # a key more than once: by its last row
             latest = {}
             for r in rows:
-                latest.pop(r[1], None)
-                latest[r[1]] = r
-        kidx = 4 + cols.index(self._key)
+                if r[-3] is not None:
+                    latest.pop(r[-3], None)
+                    latest[r[-3]] = r
+        kidx = cols.index(self._key)
         upd = self._updated
-        uidx = 4 + cols.index(upd) if upd is not None and upd in cols else None
+        uidx = cols.index(upd) if upd is not None and upd in cols else None
         changes: list[Change] = []
         append = changes.append
         for r in latest.values():
-            k, at = r[1], r[2]
+            k, at = r[-3], r[-2]
             kc = k.__class__
             kt = k if kc is str else str(k) if kc is int else key_text(k)
             if r[kidx] is None:  # no row with that key now
@@ -682,9 +683,9 @@ class SqliteConnector(SqlTableConnector):
             ts = r[uidx] if uidx is not None else None
             if ts is not None and (ts.__class__ is not float or not 0 < ts < 1e11):
                 ts = epoch(ts)  # plain epoch seconds are the common case: no parsing
-            append(Change(kt, "upsert", dict(zip(cols, r[4:])),  # noqa: B905
-                          max(at, ts or 0.0)))
-        return changes
+            append(Change(kt, "upsert", dict(zip(cols, r)),  # noqa: B905
+                          ts if ts is not None and ts > at else at))
+        return changes, keyless
 
     def _column_page(self, ts: Any, key: Any, limit: int, listed_at: Any) -> ChangePage:
         u, k = _q(self._updated or ""), _q(self._key)
