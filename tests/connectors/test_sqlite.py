@@ -737,15 +737,19 @@ def test_change_log_dropped_and_created_again_is_noticed(
 # ---------------------------------------------------------------- rows without a key
 
 
-def test_rows_without_a_key_are_reported_unreadable_with_their_rowid(tmp_path: Path) -> None:
+@pytest.mark.parametrize("code", ["code TEXT", "code TEXT UNIQUE"])  # log read joined or not
+def test_rows_without_a_key_are_reported_unreadable_with_their_rowid(
+    tmp_path: Path, code: str
+) -> None:
     path = tmp_path / "db.sqlite"
     db = sqlite3.connect(path)
     db.executescript(
-        "CREATE TABLE contacts (code TEXT, name TEXT);"
+        f"CREATE TABLE contacts ({code}, name TEXT);"
         "INSERT INTO contacts VALUES ('a', 'Ann'), (NULL, 'No key'), ('c', 'Cid');")
     db.close()
     c = SqliteConnector(SqliteConfig(path="db.sqlite", table="contacts", key="code"), tmp_path)
     c.open()
+    assert c._unique == ("UNIQUE" in code)
     page = c.read_changes(None, 100)
     assert [ch.key for ch in page.changes] == ["a", "c"]
     (bad,) = page.unreadable
