@@ -64,6 +64,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
+from itertools import repeat
 from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -959,13 +960,14 @@ class SqliteConnector(SqlTableConnector):
         """Upsert many rows with multi-row statements (see ``recsync.sqlbulk``); ``stamp``
         (unless None) is the value of the last column, updated_at."""
         fields = names if stamp is None else names[:-1]
-        if len(fields) == 1:
+        rows: list[tuple[Any, ...]]
+        if stamp is not None:  # each row made once, by zip, with the stamp last (no loop)
+            rows = list(zip(*[map(itemgetter(f), records) for f in fields], repeat(stamp)))
+        elif len(fields) == 1:
             (only,) = fields
-            rows: list[tuple[Any, ...]] = [(r[only],) for r in records]
+            rows = [(r[only],) for r in records]
         else:
             rows = list(map(itemgetter(*fields), records))
-        if stamp is not None:
-            rows = [(*row, stamp) for row in rows]
         execute_rows(self.db, lambda n: self._sql("upsert", names, n), rows, self._chunk)
 
     def _apply_one(self, op: WriteOp, names: tuple[str, ...], stamp: Any) -> None:
