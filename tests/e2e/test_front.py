@@ -98,9 +98,11 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
     env = dict(os.environ, RUNTIME_DIRECTORY=str(tmp_path / "run"),
                LOGS_DIRECTORY=str(tmp_path / "logs"))
     env.pop("NOTIFY_SOCKET", None)
+    # its own session, as under systemd: a stopped recsyncd in the test runner's process
+    # group would get the kernel's SIGHUP + SIGCONT if that group became orphaned
     proc = subprocess.Popen(recsyncd_cmd(tmp_path, tmp_path / "state"), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
-                            preexec_fn=_low_fd_limit)
+                            preexec_fn=_low_fd_limit, start_new_session=True)
     svc = Daemon(tmp_path, proc, f"ipc://{tmp_path}/run/control.sock")
     try:
         wait_for(svc.answers, what="recsyncd to answer")
