@@ -8,7 +8,10 @@ rows in batches of 1,000).
 
 Crash safety of an append (:class:`AppendJournal`): a small journal beside the file
 (``.<name>.recsync-append``) records, synced before the first append to a version of the
-file (its inode), the size the file had then: every byte after it is a row we appended.
+file (its inode), the size the file had then and the bytes just before it: every byte
+after it is a row we appended. The journal counts only for that version: a rewrite
+retires it, and the next open cuts nothing unless the file still has that inode and those
+bytes (a later version can get a freed inode number back; cutting one would lose rows).
 Each append writes its rows and syncs the file before the write reports success, so the
 state records the records as synced only once they are durable. A process killed
 mid-append (or a machine that lost power) can leave an unfinished row at the end; the
@@ -160,7 +163,8 @@ def write_at(fd: int, data: bytes, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
-_JOURNAL_BYTES = 128  # one fixed-size record, overwritten in place
+_BEFORE_BYTES = 32  # kept in the journal (as hex) to recognise the file version
+_JOURNAL_BYTES = 256  # one fixed-size record (within a sector), overwritten in place
 
 
 def whole_rows_end(data: bytes) -> int:
@@ -207,6 +211,7 @@ class AppendJournal:
         try:
             entry = json.loads(raw)
             ino, start = int(entry["ino"]), int(entry["from"])
+            before = bytes.fromhex(entry["before"])
         except (ValueError, KeyError, TypeError):  # torn while written: no append began
             entry = None
         if entry is not None:
@@ -217,7 +222,11 @@ class AppendJournal:
             if fd >= 0:
                 try:
                     size = os.fstat(fd).st_size
-                    if os.fstat(fd).st_ino == ino and size > start:
+                    # the same version of the file, not another that got the inode number
+                    # back (a rewrite, an editor's save): the bytes before ours are as the
+                    # journal saw them
+                    if (os.fstat(fd).st_ino == ino and size > start
+                            and _bytes_before(fd, start) == before):
                         end = start + whole_rows_end(os.pread(fd, size - start, start))
                         if end < size:
                             os.ftruncate(fd, end)
@@ -232,12 +241,14 @@ class AppendJournal:
         self.path.unlink(missing_ok=True)
         return cut is not None
 
-    def begin(self, ino: int, size: int) -> None:
-        """Before an append to the file (inode ``ino``, ``size`` bytes): unless it is where
-        our last append to this version ended, record durably that our rows begin here."""
+    def begin(self, fd: int, ino: int, size: int) -> None:
+        """Before an append to the file (open as ``fd``, inode ``ino``, ``size`` bytes):
+        unless it is where our last append to this version ended, record durably that our
+        rows begin here, with the bytes just before (which identify this version)."""
         if self._at == (ino, size):
             return
-        entry = json.dumps({"ino": ino, "from": size}).encode()
+        entry = json.dumps({"ino": ino, "from": size,
+                            "before": _bytes_before(fd, size).hex()}).encode()
         fresh = self._fd is None
         if self._fd is None:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
@@ -255,6 +266,16 @@ class AppendJournal:
         """An append to the file (inode ``ino``) ended, synced, at ``size`` bytes."""
         self._at = (ino, size)
 
+    def retire(self) -> None:
+        """The file was replaced by a rewrite: the journal speaks of a version that is gone
+        (whose inode number a later version may get back), so it goes."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._at = None
+        self.dirty = False
+        self.path.unlink(missing_ok=True)
+
     def close(self) -> None:
         """At a clean stop: the journal goes (unless an append could not be undone)."""
         if self._fd is not None:
@@ -263,3 +284,9 @@ class AppendJournal:
             self._at = None
             if not self.dirty:
                 self.path.unlink(missing_ok=True)
+
+
+def _bytes_before(fd: int, offset: int) -> bytes:
+    """Up to the last _BEFORE_BYTES bytes of the file before ``offset``."""
+    start = max(0, offset - _BEFORE_BYTES)
+    return os.pread(fd, offset - start, start)

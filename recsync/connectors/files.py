@@ -618,6 +618,7 @@ class FileConnector(Connector):
                     os.unlink(tmp)
                     return None
                 os.replace(tmp, self.path)
+                self._journal.retire()
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
@@ -685,7 +686,7 @@ class FileConnector(Connector):
                 self._layout = None  # the index holds keys the file does not: rebuild it
                 return None
             self._keys.version = None  # until the rows are in place
-            self._journal.begin(st.st_ino, size)
+            self._journal.begin(fd, st.st_ino, size)
             try:
                 write_at(fd, end + data, size)
                 os.fdatasync(fd)

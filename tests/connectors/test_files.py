@@ -691,11 +691,44 @@ def test_the_journal_cuts_only_an_unfinished_last_row_of_ours(tmp_path: Path) ->
         path.write_text(ours + '3,"c\n')
         assert journal.recover() is False
         assert path.read_text() == ours + '3,"c\n' and not journal.path.exists()
+    before = b"id,note\n".hex()  # the bytes before ours: the same version of the file
     for tail in ("", '3,"c\n', "3,c", '3,"c\nd"'):  # whole rows stay, a half row goes
         path.write_text(ours + tail)
-        journal.path.write_text(json.dumps({"ino": ino, "from": start}))
+        journal.path.write_text(json.dumps({"ino": ino, "from": start, "before": before}))
         assert journal.recover() is (tail != "")
         assert path.read_text() == ours
+
+
+def test_a_journal_left_by_a_crash_cuts_nothing_from_another_version_of_the_file(
+    tmp_path: Path,
+) -> None:
+    """The same inode number, other contents (an editor saving in place, or a later
+    version that got the number back): the bytes before the journaled offset differ."""
+    path = tmp_path / "people.csv"
+    c = make(tmp_path, fields=["id", "name"])
+    c.write([WriteOp("1", "upsert", {"id": 1, "name": "plain"})])
+    c.write([WriteOp("2", "upsert", {"id": 2, "name": "Smith, John"})])  # appended
+    assert (tmp_path / ".people.csv.recsync-append").exists()  # a kill -9 here leaves it
+    edited = b'id,name\n1,"Doe, Jane, and a longer name"\n2,"Smith, John"\n3,Kim\n'
+    with path.open("r+b") as f:  # saved in place: same inode, more bytes than before
+        f.write(edited)
+        f.truncate()
+    make(tmp_path)  # the next start
+    assert path.read_bytes() == edited
+    assert not (tmp_path / ".people.csv.recsync-append").exists()
+
+
+def test_a_rewrite_retires_the_append_journal(tmp_path: Path) -> None:
+    path = tmp_path / "people.csv"
+    c = make(tmp_path, fields=["id", "name"])
+    c.write([WriteOp("1", "upsert", {"id": 1, "name": "A"})])
+    c.write([WriteOp("2", "upsert", {"id": 2, "name": "B"})])  # appended, journaled
+    assert (tmp_path / ".people.csv.recsync-append").exists()
+    c.write([WriteOp("1", "upsert", {"id": 1, "name": "A, changed"})])  # a rewrite
+    assert not (tmp_path / ".people.csv.recsync-append").exists()
+    c.write([WriteOp("3", "upsert", {"id": 3, "name": "C"})])  # appends journal anew
+    assert (tmp_path / ".people.csv.recsync-append").exists()
+    assert path.read_text() == 'id,name\n1,"A, changed"\n2,B\n3,C\n'
 
 
 def test_a_failed_append_is_cut_back_at_once(tmp_path: Path) -> None:
