@@ -63,6 +63,9 @@ _SECRETS = ("dsn",)
 # runs again a record at a time; any other error (connection lost, admin shutdown,
 # serialization failure, deadlock, ...) fails the batch as retryable
 _RECORD_ERRORS = (pgerr.IntegrityError, pgerr.DataError)
+# what a read naming the columns as inspected meets once the table has changed shape
+_SHAPE_CHANGED = (pgerr.UndefinedColumn, pgerr.UndefinedFunction, pgerr.DatatypeMismatch,
+                  pgerr.CannotCoerce)
 _T = TypeVar("_T")
 # a listing reads this many pages a query and hands them out one at a time (rows read
 # after the listing began, as a page read then; our own writes drop the rest)
@@ -382,13 +385,15 @@ class PostgresConnector(SqlTableConnector):
     # ------------------------------------------------------------------ reading
 
     def _reading(self, doing: str, read: Callable[[], _T]) -> _T:
-        """``read()``, connected; reads name the columns seen at open, so a column dropped
-        since makes the table be looked at again and ``read()`` run once more."""
+        """``read()``, connected; reads name the columns seen at open, each by an expression
+        for its type, so a column dropped or given another type since (no such column, no
+        such function for the new type) makes the table be looked at again and ``read()``
+        run once more."""
         with self._failing(doing):
             self._reconnect()
             try:
                 return read()
-            except pgerr.UndefinedColumn:
+            except _SHAPE_CHANGED:
                 with contextlib.suppress(psycopg.Error):
                     self.conn.rollback()
                 self._inspect(self.conn)

@@ -577,6 +577,27 @@ def test_a_column_dropped_while_open_is_left_out_of_reads(
     assert users.fetch(["2"]) == {"2": {"record_id": 2, "full_name": "Bob"}}
 
 
+
+def test_a_column_given_another_type_while_open_is_read_as_its_new_type(
+        pg: PgSchema) -> None:  # noqa: F811
+    """Reads name each column by an expression for its type: after ALTER ... TYPE the old
+    expression no longer applies (no isfinite(text)); the table is looked at again."""
+    pg.run(f"CREATE TABLE {pg.table()} (record_id integer PRIMARY KEY, full_name text, "
+           "seen timestamptz)")
+    pg.run(f"INSERT INTO {pg.table()} VALUES (1, 'Ann', '2026-01-02 03:04:05+00')")
+    conn = make(pg)
+    conn.open()
+    try:
+        _, cursor = drain(conn, None)
+        pg.run(f"ALTER TABLE {pg.table()} ALTER COLUMN seen TYPE text")
+        pg.run(f"UPDATE {pg.table()} SET full_name = 'Ada' WHERE record_id = 1")
+        pages, _ = drain(conn, cursor)
+        assert [c.fields["full_name"] for p in pages for c in p.changes] == ["Ada"]
+        seen = conn.fetch(["1"])["1"]["seen"]
+        assert isinstance(seen, str) and seen.startswith("2026-01-02")
+    finally:
+        conn.close()
+
 def test_log_rows_read_and_older_than_the_retention_are_pruned(pg: PgSchema) -> None:  # noqa: F811
     pg.run(USERS.format(t=pg.table()))
     conn = make(pg, changelog_retention=3600)
