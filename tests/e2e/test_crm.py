@@ -383,7 +383,9 @@ def test_fault_then_recovery_loses_and_duplicates_nothing(
     crm.mock.set_faults(**FAULTS[fault])
     before = crm.mock.request_count
     if fault == "limit_exceeded":
-        result = once(tmp_path, timeout=13)  # --timeout 3: it cannot finish
+        # --timeout 8: it cannot finish (the rest wait for the allocation's 60 s re-check);
+        # 8 s leave a loaded machine time to reach the reserve (3 s did not, once in CI)
+        result = once(tmp_path, timeout=18)
         assert result.returncode == 3, result.stdout + result.stderr
         assert " 0 failed" in result.stdout, result.stdout
         assert state_rows(tmp_path, "SELECT key FROM queue WHERE state = 'ready'")
@@ -431,7 +433,9 @@ def test_salesforce_daily_limit_stops_before_the_allocation_runs_out(tmp_path: P
         side_b = crm.side_b.replace("daily_reserve = 0", f"daily_reserve = {reserve}")
         # 40 records in writes of 2: 20 requests needed, 10 allowed.
         a = setup_pipeline(tmp_path, crm, seed_rows(50), settings="batch_size = 2\n", side_b=side_b)
-        result = once(tmp_path, timeout=13)  # --timeout 3: it cannot finish
+        # --timeout 8: it cannot finish (the rest wait for the allocation's 60 s re-check);
+        # 8 s leave a loaded machine time to reach the reserve (3 s did not, once in CI)
+        result = once(tmp_path, timeout=18)
         assert result.returncode == 3, result.stdout + result.stderr
         assert " 0 failed" in result.stdout, result.stdout
         used = int(mock.limit_info().split("=")[1].split("/")[0])
