@@ -25,6 +25,7 @@ from recsync.state.backend import Done, SqlBackend
 
 SCHEMA = "recsync"
 _LOCK_ID = 0x72656373  # pg_advisory_xact_lock while the schema is created
+_SCHEMA_LOCK_IDLE_MS = 5000  # creating the tables takes milliseconds
 _FLOAT = ("modified", "observed", "next_at", "enqueued_at", "updated_at", "at", "a_modified",
           "b_modified", "a_written", "b_written", "synced_at")
 _TEXT = ("key", "direction", "op", "hash", "src_hash", "state", "event", "detail", "a_hash",
@@ -103,6 +104,9 @@ def _literal(text: str) -> str:
 def create_schema(conn: psycopg.Connection[Any], schema: str = SCHEMA) -> None:
     """Create the schema and its tables when missing (idempotent, safe to race)."""
     with conn.transaction():
+        # every node takes this lock to start a pipeline: a process frozen while it holds
+        # it (SIGSTOP, a paused VM) has its session ended by the server, not kept forever
+        conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = {_SCHEMA_LOCK_IDLE_MS}")
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_ident(schema)}")
         for statement in TABLES.format(s=_ident(schema)).split(";"):
