@@ -33,15 +33,7 @@ def hasher(
     """``record -> digest([k1, text of record[k1], k2, ...])`` for ``keys`` in order, where
     the text of a value is itself for a str, else ``canon(value)`` (``str()`` for an int).
     Raises KeyError for a missing key, as the generic version does."""
-    lines = ["def hashed(record):"]
-    parts = []
-    for i, key in enumerate(keys):
-        lines.append(f"    v{i} = record[{key!r}]")
-        lines.append(f"    if v{i}.__class__ is not str:")  # ints (keys) without a call
-        lines.append(f"        v{i} = str(v{i}) if v{i}.__class__ is int else canon(v{i})")
-        parts.append(f"{key!r}, v{i}")
-    lines.append(f"    return digest([{', '.join(parts)}])")
-    return _function("\n".join(lines) + "\n", "hashed", {"canon": canon, "digest": digest})
+    return _hashing([(key, f"record[{key!r}]") for key in keys], [], canon, digest)
 
 
 def side_hasher(
@@ -51,12 +43,22 @@ def side_hasher(
     """``record -> hasher(a names)(mapper(pairs)(record))`` in one function, without the
     mapped dict: ``pairs`` are (A name, side's name), sorted by A name; a missing field is
     None, as the mapper makes it."""
-    lines = ["def hashed(record):", "    get = record.get"]
+    return _hashing([(a, f"get({b!r})") for a, b in pairs], ["    get = record.get"],
+                    canon, digest)
+
+
+def _hashing(
+    fields: Sequence[tuple[str, str]], prelude: list[str], canon: Callable[[Any], str],
+    digest: Callable[[list[str]], str],
+) -> Callable[[Record], str]:
+    """The hashing function over ``fields``: (name in the digest, expression that reads its
+    value from ``record``), after the ``prelude`` lines."""
+    lines = ["def hashed(record):", *prelude]
     parts = []
-    for i, (a, b) in enumerate(pairs):
-        lines.append(f"    v{i} = get({b!r})")
+    for i, (name, read) in enumerate(fields):
+        lines.append(f"    v{i} = {read}")
         lines.append(f"    if v{i}.__class__ is not str:")  # ints (keys) without a call
         lines.append(f"        v{i} = str(v{i}) if v{i}.__class__ is int else canon(v{i})")
-        parts.append(f"{a!r}, v{i}")
+        parts.append(f"{name!r}, v{i}")
     lines.append(f"    return digest([{', '.join(parts)}])")
     return _function("\n".join(lines) + "\n", "hashed", {"canon": canon, "digest": digest})

@@ -184,11 +184,6 @@ class PostgresConnector(SqlTableConnector):
 
     # ------------------------------------------------------------------ open / close
 
-    def unknown_fields(self, names: list[str]) -> list[str]:
-        if not self._colmap:  # not open yet: the columns are not known
-            return []
-        return [n for n in names if n.lower() not in self._colmap]
-
     def open(self) -> None:
         dsn = self._dsn()
         try:

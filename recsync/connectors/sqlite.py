@@ -213,11 +213,6 @@ class SqliteConnector(SqlTableConnector):
 
     # ------------------------------------------------------------------ open / close
 
-    def unknown_fields(self, names: list[str]) -> list[str]:
-        if not self._colmap:  # not open yet: the columns are not known
-            return []
-        return [n for n in names if n.lower() not in self._colmap]
-
     def open(self) -> None:
         if not self.path.is_file():
             raise ConnectorConfigError(
