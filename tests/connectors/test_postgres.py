@@ -423,8 +423,7 @@ CREATE TABLE {t} (
 
 def test_values_of_every_common_type_round_trip_exactly(pg: PgSchema) -> None:  # noqa: F811
     pg.run(TYPED.format(t=pg.table()))
-    conn = PostgresConnector({"dsn": pg.dsn, "table": pg.table(), "key": "id",
-                              "listen": False}, Path("."))
+    conn = make(pg, key="id")
     conn.open()
     try:
         record = {
@@ -482,8 +481,7 @@ def test_values_json_has_no_form_for_are_written_exactly(pg: PgSchema) -> None: 
     """Batches go as JSON: bytes, NaN and the infinities still reach their columns."""
     pg.run(f"CREATE TABLE {pg.table()} (id int PRIMARY KEY, blob bytea, x float8, "
            "y real, n numeric)")
-    conn = PostgresConnector({"dsn": pg.dsn, "table": pg.table(), "key": "id",
-                              "listen": False}, Path("."))
+    conn = make(pg, key="id")
     conn.open()
     try:
         records = [{"id": 1, "blob": b"\x00\xffok", "x": math.inf, "y": -math.inf,
@@ -506,8 +504,7 @@ def test_timestamps_at_the_ends_of_the_range_read_as_they_are_written(
     give the same text, and it goes back into the column as the same value."""
     pg.run(f"CREATE TABLE {pg.table()} (id int PRIMARY KEY, at timestamptz, "
            "naive timestamp, ats timestamptz[])")
-    conn = PostgresConnector({"dsn": pg.dsn, "table": pg.table(), "key": "id",
-                              "listen": False}, Path("."))
+    conn = make(pg, key="id")
     conn.open()
     try:
         values = ["2024-01-02T03:04:05.5+00:00", "infinity", "-infinity",
@@ -531,8 +528,7 @@ def test_a_listing_pages_a_numeric_key_in_number_order_not_text_order(
     pg.run(NUMERIC_KEYED.format(t=pg.table()))
     pg.run(f"INSERT INTO {pg.table()} SELECT i, 'N' || i, '2024-01-01' "
            "FROM generate_series(1, 25) i")
-    conn = PostgresConnector({"dsn": pg.dsn, "table": pg.table(), "key": "id",
-                              "listen": False, "tracking": tracking}, Path("."))
+    conn = make(pg, key="id", tracking=tracking)
     conn.open()
     try:
         pages, cursor = drain(conn, None, wait=False)
@@ -741,8 +737,7 @@ def test_rows_without_a_key_are_reported_unreadable_by_their_primary_key(
     pg.run(KEYLESS.format(t=pg.table()))
     pg.run(f"INSERT INTO {pg.table()} (code, full_name) VALUES "
            "('a', 'Ann'), (NULL, 'No key'), ('c', 'Cid')")
-    conn = PostgresConnector({"dsn": pg.dsn, "table": pg.table(), "key": "code",
-                              "listen": False}, Path("."))
+    conn = make(pg, key="code")
     conn.open()
     try:
         pages, cursor = drain(conn, None)
@@ -769,9 +764,7 @@ def test_a_keyless_row_of_a_table_without_a_primary_key_is_named_by_its_ctid(
         pg: PgSchema) -> None:  # noqa: F811
     pg.run(f"CREATE TABLE {pg.table()} (code text UNIQUE, full_name text)")
     pg.run(f"INSERT INTO {pg.table()} VALUES ('a', 'Ann'), (NULL, 'No key')")
-    conn = PostgresConnector({"dsn": pg.dsn, "table": pg.table(), "key": "code",
-                              "listen": False, "tracking": "column",
-                              "updated_column": "full_name"}, Path("."))
+    conn = make(pg, key="code", tracking="column", updated_column="full_name")
     conn.open()
     try:
         page = conn.read_changes(None, 100)

@@ -9,14 +9,11 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 
 import psycopg
-import pytest
 
 from recsync.state.pgbackend import _LOCK_ID, connect
-from tests.pgfixture import PG_DSN, require_pg
+from tests.pgfixture import PG_DSN, PgSchema, pg  # noqa: F401 - the fixture
 
 _CONNECT = """
 import sys
@@ -27,15 +24,6 @@ print("connected", flush=True)
 """
 
 
-@pytest.fixture
-def schema() -> Iterator[str]:
-    require_pg()
-    name = f"rs_{uuid.uuid4().hex[:12]}"
-    yield name
-    with psycopg.connect(PG_DSN, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-
-
 def _waiting_for_the_lock(admin: psycopg.Connection[object]) -> bool:
     row = admin.execute(
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
@@ -43,7 +31,8 @@ def _waiting_for_the_lock(admin: psycopg.Connection[object]) -> bool:
     return bool(row and row[0])
 
 
-def test_a_node_frozen_holding_the_schema_lock_is_cut_off(schema: str) -> None:
+def test_a_node_frozen_holding_the_schema_lock_is_cut_off(pg: PgSchema) -> None:  # noqa: F811
+    schema = pg.schema
     with psycopg.connect(PG_DSN, autocommit=True) as holder, \
             psycopg.connect(PG_DSN, autocommit=True) as admin:
         holder.execute("BEGIN")
