@@ -9,6 +9,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pykka
 
 from recsync import rules as rules_mod
@@ -16,6 +17,7 @@ from recsync.actors.base import FailureSink, PipelineActor
 from recsync.actors.dispatch import IO
 from recsync.actors.health import SideHealth
 from recsync.actors.protocol import (
+    LISTING_UNIT,
     BatchDone,
     Call,
     Housekeep,
@@ -29,6 +31,7 @@ from recsync.config import SideConfig
 from recsync.connectors import Connector, get_connector_class
 from recsync.errors import ConnectorConfigError, ConnectorError, RateLimited
 from recsync.messages import (
+    ChangePage,
     Direction,
     ItemOutcome,
     Record,
@@ -86,6 +89,8 @@ class ConnectorActor(PipelineActor):
         # a round trip between two threads (100k rows SQLite -> SQLite with page_size =
         # batch_size = 100: 2,000 asks).
         self.throttled = throttled
+        # a page read on but not joined (see _read_on): (the cursor it was read from, it)
+        self._kept: tuple[str | None, ChangePage] | None = None
         self.state_path = state_path
         self.state_access = state
         self.journal: BulkJournal | None = None  # opened by the first bulk batch
@@ -270,7 +275,13 @@ class ConnectorActor(PipelineActor):
                             retry_at)
         try:
             self._ensure_open()
-            page = self.connector.read_changes(request.cursor, request.limit)
+            kept, self._kept = self._kept, None
+            if kept is not None and kept[0] == request.cursor:
+                page = kept[1]
+            else:
+                page = self.connector.read_changes(request.cursor, request.limit)
+            if not self.throttled and page.listing:
+                page = self._read_on(page, request.limit)
         except RateLimited as exc:
             self._limited(exc)
             return PageRead(None, request.observed, str(exc), self.clock.time() + 1.0)
@@ -281,6 +292,37 @@ class ConnectorActor(PipelineActor):
         self.breaker.record_success()
         self._report_budget()
         return PageRead(page, request.observed)
+
+    def _read_on(self, page: ChangePage, limit: int) -> ChangePage:
+        """``page`` of a listing, with the listing's next pages read on and joined to it
+        up to LISTING_UNIT records. Only plain pages join: the listing goes on, nothing
+        unreadable, no warning but the first page's. Reading on is as reading later: the
+        cursors of a listing keep the change-log position where it began, so none lets
+        the connector prune anything more, and no write of ours to this side can come in
+        between (this actor makes them, one message at a time). A page that cannot join
+        is kept for the read that asks from where it began."""
+        pages = [page]
+        count = len(page.changes)
+        while (count < LISTING_UNIT and page.more and not page.listing_done
+               and not page.unreadable and not page.unreadable_all):
+            assert self.connector is not None
+            try:
+                page = self.connector.read_changes(page.cursor, limit)
+            except ConnectorError:
+                break  # the pages read stand; the next read meets the error again
+            self.requests += 1
+            if (not page.listing or page.listing_start or page.unreadable
+                    or page.unreadable_all or page.warning is not None):
+                self._kept = (pages[-1].cursor, page)
+                break
+            pages.append(page)
+            count += len(page.changes)
+        if len(pages) == 1:
+            return pages[0]
+        first, last = pages[0], pages[-1]
+        return msgspec.structs.replace(
+            last, changes=[c for p in pages for c in p.changes],
+            listing_start=first.listing_start, warning=first.warning)
 
     def _report_budget(self) -> None:
         """Pass on what the remote API said is left of its allocation."""
@@ -295,6 +337,7 @@ class ConnectorActor(PipelineActor):
 
     def _write(self, batch: WriteBatch) -> BatchDone:
         assert self.connector is not None
+        self._kept = None  # read before this write: it would pass for newer than it
         permit = self.state_access.permit if self.state_access is not None else None
         refused = permit(self.pipeline) if permit is not None else None
         if refused is not None:  # a node without a fresh lease writes nothing outside

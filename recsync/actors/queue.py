@@ -10,7 +10,15 @@ from typing import Any
 import msgspec
 
 from recsync.actors.base import EventSink, FailureSink, PipelineActor, no_events
-from recsync.actors.protocol import BatchDone, Committed, Enqueue, Flush, Poll, WriteBatch
+from recsync.actors.protocol import (
+    LISTING_UNIT,
+    BatchDone,
+    Committed,
+    Enqueue,
+    Flush,
+    Poll,
+    WriteBatch,
+)
 from recsync.clock import Clock
 from recsync.config import Settings
 from recsync.messages import Direction, WorkItem
@@ -194,7 +202,10 @@ class QueueActor(PipelineActor):
         wall clock, py-spy)."""
         s = self.settings
         target = "b" if direction == "a_to_b" else "a"
-        return max(s.batch_size, s.page_size) if target in self.unthrottled else s.batch_size
+        if target not in self.unthrottled:
+            return s.batch_size
+        # (a local source's listing comes in units of LISTING_UNIT records)
+        return max(s.batch_size, s.page_size, LISTING_UNIT)
 
     def _flush_all(self) -> None:
         for direction in DIRECTIONS:

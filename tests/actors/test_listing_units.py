@@ -1,0 +1,143 @@
+"""A local side's listing is answered in units of LISTING_UNIT records, whatever its
+page_size: a real ConnectorActor reading a real SQLite table, page after page."""
+
+from __future__ import annotations
+
+import queue
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from recsync.actors.connector import ConnectorActor
+from recsync.actors.pipeline import Peers
+from recsync.actors.protocol import LISTING_UNIT, BatchDone, PageRead, ReadPage, WriteBatch
+from recsync.actors.ratelimit import RateLimiterActor
+from recsync.clock import FakeClock
+from recsync.config import SideConfig
+from recsync.connectors.sqlite import SqliteConfig
+from recsync.messages import ChangePage, WorkItem
+from recsync.resilience import CircuitBreaker, RateLimiter
+from recsync.rules import RuleSet, content_hash
+from tests.actors.recorder import Recorder
+
+ROWS = 2 * LISTING_UNIT + 350
+PAGE = 100
+SAME_NAMES = RuleSet(name="t", a_to_b=["create", "update"], b_to_a=[],
+                     mappings={"id": "id", "name": "name"})
+
+Reader = Callable[[str | None], ChangePage]
+
+
+def make_table(path: Path, keyless: int | None = None) -> None:
+    """``ROWS`` people, ids 1..ROWS in rowid order; row ``keyless`` without an id."""
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE people (id TEXT UNIQUE, name TEXT, updated_at REAL)")
+        conn.executemany("INSERT INTO people (rowid, id, name) VALUES (?, ?, ?)",
+                         [(n, None if n == keyless else str(n), f"P{n}")
+                          for n in range(1, ROWS + 1)])
+    conn.close()
+
+
+Side = Callable[..., tuple[Any, Reader]]
+
+
+@pytest.fixture
+def open_side(tmp_path: Path) -> Iterator[Side]:
+    """``open_side(keyless=None, throttled=False)``: people.sqlite made (``make_table``),
+    a connector actor on it and a function that reads one answer from a cursor."""
+    refs: list[Any] = []
+
+    def start(keyless: int | None = None, throttled: bool = False) -> tuple[Any, Reader]:
+        make_table(tmp_path / "people.sqlite", keyless)
+        clock = FakeClock(time=1000.0)
+        peers = Peers()
+        peers.refs["rate_limiter"] = RateLimiterActor.start(
+            "c/p", 1, lambda _f: None, {"b": RateLimiter(100_000, 1, clock)})
+        config = SideConfig("sqlite", SqliteConfig(path="people.sqlite", table="people",
+                                                   key="id"))
+        ref = ConnectorActor.start("c/p", 1, lambda _f: None, side="b", side_config=config,
+                                   base_dir=tmp_path, peers=peers, throttled=throttled,
+                                   breaker=CircuitBreaker(5, 30.0, clock), clock=clock)
+        inbox: queue.Queue[Any] = queue.Queue()
+        replies = Recorder.start(inbox)
+        refs.extend([ref, replies, *peers.refs.values()])
+
+        def read(cursor: str | None) -> ChangePage:
+            ref.tell((ReadPage(cursor, PAGE, clock.time()), replies))
+            answer = inbox.get(timeout=10)
+            assert isinstance(answer, PageRead) and answer.page is not None, answer
+            return answer.page
+
+        return ref, read
+
+    yield start
+    for r in refs:
+        r.stop()
+
+
+def read_listing(read: Reader) -> list[ChangePage]:
+    pages = [read(None)]
+    while pages[-1].more:
+        pages.append(read(pages[-1].cursor))
+    return pages
+
+
+def test_a_local_listing_comes_in_units_whatever_the_page_size(open_side: Side) -> None:
+    _ref, read = open_side()
+    units = read_listing(read)
+    assert [len(u.changes) for u in units] == [LISTING_UNIT, LISTING_UNIT, 350]
+    assert [(u.listing, u.listing_start, u.listing_done) for u in units] == [
+        (True, True, False), (True, False, False), (True, False, True)]
+    keys = [c.key for u in units for c in u.changes]
+    assert keys == [str(n) for n in range(1, ROWS + 1)]  # each once, in order
+
+
+def test_a_throttled_side_is_read_a_page_per_request(open_side: Side) -> None:
+    """A side with a request budget: each page is one request, handed on alone."""
+    _ref, read = open_side(throttled=True)
+    units = read_listing(read)
+    assert len(units) == ROWS // PAGE + 1
+    assert {len(u.changes) for u in units[:-1]} == {PAGE}
+
+
+def test_a_page_with_an_unreadable_row_is_handed_on_alone_and_in_order(
+    open_side: Side,
+) -> None:
+    """The page that meets a row without a key ends the unit before it (it is kept, not
+    read twice) and goes on alone with its unreadable row; the listing then goes on."""
+    _ref, read = open_side(keyless=250)
+    units = read_listing(read)
+    assert [len(u.changes) for u in units[:3]] == [200, 99, LISTING_UNIT]
+    assert [u.where for u in units[1].unreadable] == ["people rowid 250"]
+    assert not units[0].unreadable and not units[2].unreadable
+    keys = [c.key for u in units for c in u.changes]
+    assert keys == [str(n) for n in range(1, ROWS + 1) if n != 250]
+    assert units[-1].listing_done
+
+
+def test_a_kept_page_is_read_again_after_a_write_to_the_side(
+    tmp_path: Path, open_side: Side
+) -> None:
+    """A page read on before one of our writes to the side would pass for newer than the
+    write; after the write it is read again, and shows what the table holds then."""
+    path = tmp_path / "people.sqlite"
+    ref, read = open_side(keyless=250)
+    first = read(None)
+    assert len(first.changes) == 200  # the page of rowid 250 was read on and kept
+    inbox: queue.Queue[Any] = queue.Queue()
+    replies = Recorder.start(inbox)
+    content = {"id": "new", "name": "Written"}
+    item = WorkItem("new", "upsert", content, content_hash(content), 1.0, 1, 0, None,
+                    content_hash(content))
+    ref.tell((WriteBatch("a_to_b", [item], SAME_NAMES), replies))
+    assert isinstance(inbox.get(timeout=10), BatchDone)
+    replies.stop()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE people SET name = 'Renamed' WHERE rowid = 260")
+    conn.close()
+    again = read(first.cursor)
+    assert [u.where for u in again.unreadable] == ["people rowid 250"]
+    assert {c.key: (c.fields or {}).get("name") for c in again.changes}["260"] == "Renamed"
