@@ -160,10 +160,10 @@ class ConnectorActor(PipelineActor):
             log.warning("housekeeping failed", extra={"pipeline": self.pipeline,
                                                       "side": self.side, "error": str(exc)})
 
-    def unknown_fields(self, names: list[str]) -> list[str]:
+    def unknown_fields(self, names: list[str], read: bool = True) -> list[str]:
         """Mapped field names this side has no column for (asked at pipeline start)."""
         assert self.connector is not None
-        return self.connector.unknown_fields(names) if self.opened else []
+        return self.connector.unknown_fields(names, read=read) if self.opened else []
 
     def fetch_records(self, keys: list[str]) -> dict[str, Any]:
         """Current records for ``keys`` (asked by `sync event --op read`)."""

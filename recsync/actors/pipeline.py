@@ -250,7 +250,8 @@ class Pipeline:
         wanted = {"a": list(ruleset.mappings), "b": list(ruleset.mappings.values())}
         problems = []
         for side, names in wanted.items():
-            unknown = self.ask(f"connector_{side}", "unknown_fields", names)
+            unknown = self.ask(f"connector_{side}", "unknown_fields", names,
+                               _syncs_from(ruleset, side))
             if unknown:
                 cfg = self.config.a if side == "a" else self.config.b
                 problems.append(f"side {side} ({cfg.connector}) has no field "

@@ -194,12 +194,13 @@ class Connector(abc.ABC):
             f"The {self.name} connector cannot list its records, so `recsync verify` cannot "
             "check this side.")
 
-    def unknown_fields(self, names: list[str]) -> list[str]:
+    def unknown_fields(self, names: list[str], *, read: bool = True) -> list[str]:
         """Of ``names`` (the fields a rule set maps on this side), those the side has no
-        column or field for, as far as it knows once open; [] when any name goes (files,
-        whose header follows the records) or the schema is not known. A mapped name the
-        side lacks would sync as an empty value without a word, so the pipeline refuses
-        to start instead."""
+        column or field for, as far as it knows once open; [] when the schema is not
+        known. ``read``: whether the rules sync from this side (a file's header grows with
+        the records written to it, so it lacks a field only where it is read). A mapped
+        name the side lacks would sync as an empty value without a word, so the pipeline
+        refuses to start instead."""
         return []
 
     def count_records(self) -> int | None:

@@ -202,6 +202,15 @@ class FileConnector(Connector):
             if header is not None and self.key not in header:
                 raise ConnectorConfigError(self._no_key_column(header))
 
+    def unknown_fields(self, names: list[str], *, read: bool = True) -> list[str]:
+        """A CSV file the rules read: the names its header lacks (every record would
+        carry them empty). Written to only, a file takes any name as a new column; a JSON
+        Lines record may leave out any field, so no line tells what the file lacks."""
+        if not read or self.format != "csv":
+            return []
+        header = self._csv_header()
+        return [n for n in names if n not in header] if header else []
+
     def _csv_header(self) -> list[str] | None:
         try:
             with open(self.path, "rb") as fh:

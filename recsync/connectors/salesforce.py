@@ -251,7 +251,7 @@ class SalesforceConnector(Connector):
 
     # ------------------------------------------------------------------ open / close
 
-    def unknown_fields(self, names: list[str]) -> list[str]:
+    def unknown_fields(self, names: list[str], *, read: bool = True) -> list[str]:
         known = {n.lower() for n in self._types}  # field names are case-insensitive
         return [n for n in names if n.lower() not in known] if known else []
 

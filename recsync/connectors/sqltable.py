@@ -88,7 +88,7 @@ class SqlTableConnector(Connector):
     _colmap: dict[str, str]  # lower-case name -> column, once open (empty before)
     _pruned_at: float = -math.inf
 
-    def unknown_fields(self, names: list[str]) -> list[str]:
+    def unknown_fields(self, names: list[str], *, read: bool = True) -> list[str]:
         if not self._colmap:  # not open yet: the columns are not known
             return []
         return [n for n in names if n.lower() not in self._colmap]

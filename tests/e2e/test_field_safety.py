@@ -352,3 +352,29 @@ def test_a_reload_that_maps_a_missing_column_fails_the_pipeline_until_fixed(
     daemon.cli("reload")
     wait_for(lambda: users(b) == users(a), what="the change synced once the rules are fixed")
     assert pipeline()["state"] == "running"
+
+
+A_TO_B_ONLY = MAPPED.replace('b_to_a = ["create", "update", "delete"]', "b_to_a = []")
+
+
+def test_a_mapping_to_a_column_a_read_csv_lacks_stops_the_pipeline(tmp_path: Path) -> None:
+    """The rules read the CSV (b_to_a): a column its header lacks would come as an empty
+    value in every record, so the pipeline stops and names it."""
+    make_users(tmp_path / "a.sqlite", seed(3))
+    (tmp_path / "contacts.csv").write_text(
+        "record_id,name,mail,status\n7,Seven,7@x.org,active\n")
+    write_config(tmp_path, SQLITE_A, CSV_B, rules=MAPPED)
+    out = run_once(tmp_path).stdout
+    assert "side b (file) has no field 'email'" in out, out
+    assert "'name'" not in out and "7" not in users(tmp_path / "a.sqlite")
+
+
+def test_a_csv_only_written_to_takes_a_mapped_name_as_a_new_column(tmp_path: Path) -> None:
+    """Rules that only write the CSV: a name its header lacks becomes a new column."""
+    make_users(tmp_path / "a.sqlite", seed(2))
+    csv_path = tmp_path / "contacts.csv"
+    csv_path.write_text("record_id,name,status\n7,Seven,active\n")
+    write_config(tmp_path, SQLITE_A, CSV_B, rules=A_TO_B_ONLY)
+    ok(run_once(tmp_path))
+    header, *rows = csv_path.read_text().splitlines()
+    assert header.split(",")[-1] == "email" and len(rows) == 3, csv_path.read_text()
