@@ -183,3 +183,20 @@ def test_a_page_larger_than_batch_size_for_a_crm_is_leased_a_batch_at_a_time(
         assert len(batch.items) == 10
         assert ref.proxy().counts().get()["ready_a_to_b"] == 30  # all queued (none leased
         # is marked: which items are in flight only the queue actor knows)
+
+
+def test_a_listing_unit_of_pages_that_do_not_divide_the_unit_goes_to_the_writer_whole(
+    tmp_path: Path,
+) -> None:
+    """page_size = batch_size = 300, a local source and target: the connector joins pages
+    until LISTING_UNIT records, so a unit holds 4 x 300 = 1,200 (up to LISTING_UNIT +
+    page_size - 1). It must still go to the writer whole, not be queued record by record
+    (which the units were made to spare)."""
+    with queue_actor(tmp_path, Settings(batch_size=300, page_size=300),
+                     unthrottled=frozenset("b")) as started:
+        ref, writes, _state = started
+        keys = [str(k) for k in range(1000, 2200)]
+        ref.tell(page(keys, "c1"))
+        batch = next_batch(writes)
+        assert [i.key for i in batch.items] == keys and batch.chunk == 300
+        assert ref.proxy().counts().get().get("ready_a_to_b", 0) == 0  # nothing queued
