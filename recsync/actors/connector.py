@@ -89,8 +89,9 @@ class ConnectorActor(PipelineActor):
         # a round trip between two threads (100k rows SQLite -> SQLite with page_size =
         # batch_size = 100: 2,000 asks).
         self.throttled = throttled
-        # a page read on but not joined (see _read_on): (the cursor it was read from, it)
-        self._kept: tuple[str | None, ChangePage] | None = None
+        # a page read on but not joined (see _read_on): the cursor it was read from, when
+        # (just before) it was read, the page
+        self._kept: tuple[str | None, float, ChangePage] | None = None
         self.state_path = state_path
         self.state_access = state
         self.journal: BulkJournal | None = None  # opened by the first bulk batch
@@ -275,13 +276,15 @@ class ConnectorActor(PipelineActor):
                             retry_at)
         try:
             self._ensure_open()
+            observed = request.observed
             kept, self._kept = self._kept, None
             if kept is not None and kept[0] == request.cursor:
-                page = kept[1]
+                # alone, and observed when it was read: a write of ours since then is newer
+                _cursor, observed, page = kept
             else:
                 page = self.connector.read_changes(request.cursor, request.limit)
-            if not self.throttled and page.listing:
-                page = self._read_on(page, request.limit)
+                if not self.throttled and page.listing:
+                    page = self._read_on(page, request.limit)
         except RateLimited as exc:
             self._limited(exc)
             return PageRead(None, request.observed, str(exc), self.clock.time() + 1.0)
@@ -291,7 +294,7 @@ class ConnectorActor(PipelineActor):
             return PageRead(None, request.observed, str(exc))
         self.breaker.record_success()
         self._report_budget()
-        return PageRead(page, request.observed)
+        return PageRead(page, observed)
 
     def _read_on(self, page: ChangePage, limit: int) -> ChangePage:
         """``page`` of a listing, with the listing's next pages read on and joined to it
@@ -300,12 +303,14 @@ class ConnectorActor(PipelineActor):
         cursors of a listing keep the change-log position where it began, so none lets
         the connector prune anything more, and no write of ours to this side can come in
         between (this actor makes them, one message at a time). A page that cannot join
-        is kept for the read that asks from where it began."""
+        is kept for the read that asks from where it began (a file cannot be read from an
+        earlier cursor again), stamped with when it was read."""
         pages = [page]
         count = len(page.changes)
         while (count < LISTING_UNIT and page.more and not page.listing_done
                and not page.unreadable and not page.unreadable_all):
             assert self.connector is not None
+            read_at = self.clock.time()
             try:
                 page = self.connector.read_changes(page.cursor, limit)
             except ConnectorError:
@@ -313,7 +318,7 @@ class ConnectorActor(PipelineActor):
             self.requests += 1
             if (not page.listing or page.listing_start or page.unreadable
                     or page.unreadable_all or page.warning is not None):
-                self._kept = (pages[-1].cursor, page)
+                self._kept = (pages[-1].cursor, read_at, page)
                 break
             pages.append(page)
             count += len(page.changes)
@@ -337,7 +342,6 @@ class ConnectorActor(PipelineActor):
 
     def _write(self, batch: WriteBatch) -> BatchDone:
         assert self.connector is not None
-        self._kept = None  # read before this write: it would pass for newer than it
         permit = self.state_access.permit if self.state_access is not None else None
         refused = permit(self.pipeline) if permit is not None else None
         if refused is not None:  # a node without a fresh lease writes nothing outside

@@ -41,16 +41,17 @@ def make_table(path: Path, keyless: int | None = None) -> None:
     conn.close()
 
 
-Side = Callable[..., tuple[Any, Reader]]
+Side = Callable[..., tuple[Any, Reader, FakeClock]]
 
 
 @pytest.fixture
 def open_side(tmp_path: Path) -> Iterator[Side]:
     """``open_side(keyless=None, throttled=False)``: people.sqlite made (``make_table``),
-    a connector actor on it and a function that reads one answer from a cursor."""
+    a connector actor on it, a function that reads one answer from a cursor, the clock."""
     refs: list[Any] = []
 
-    def start(keyless: int | None = None, throttled: bool = False) -> tuple[Any, Reader]:
+    def start(keyless: int | None = None, throttled: bool = False,
+              ) -> tuple[Any, Reader, FakeClock]:
         make_table(tmp_path / "people.sqlite", keyless)
         clock = FakeClock(time=1000.0)
         peers = Peers()
@@ -71,7 +72,7 @@ def open_side(tmp_path: Path) -> Iterator[Side]:
             assert isinstance(answer, PageRead) and answer.page is not None, answer
             return answer.page
 
-        return ref, read
+        return ref, read, clock
 
     yield start
     for r in refs:
@@ -86,7 +87,7 @@ def read_listing(read: Reader) -> list[ChangePage]:
 
 
 def test_a_local_listing_comes_in_units_whatever_the_page_size(open_side: Side) -> None:
-    _ref, read = open_side()
+    _ref, read, _clock = open_side()
     units = read_listing(read)
     assert [len(u.changes) for u in units] == [LISTING_UNIT, LISTING_UNIT, 350]
     assert [(u.listing, u.listing_start, u.listing_done) for u in units] == [
@@ -97,7 +98,7 @@ def test_a_local_listing_comes_in_units_whatever_the_page_size(open_side: Side) 
 
 def test_a_throttled_side_is_read_a_page_per_request(open_side: Side) -> None:
     """A side with a request budget: each page is one request, handed on alone."""
-    _ref, read = open_side(throttled=True)
+    _ref, read, _clock = open_side(throttled=True)
     units = read_listing(read)
     assert len(units) == ROWS // PAGE + 1
     assert {len(u.changes) for u in units[:-1]} == {PAGE}
@@ -108,7 +109,7 @@ def test_a_page_with_an_unreadable_row_is_handed_on_alone_and_in_order(
 ) -> None:
     """The page that meets a row without a key ends the unit before it (it is kept, not
     read twice) and goes on alone with its unreadable row; the listing then goes on."""
-    _ref, read = open_side(keyless=250)
+    _ref, read, _clock = open_side(keyless=250)
     units = read_listing(read)
     assert [len(u.changes) for u in units[:3]] == [200, 99, LISTING_UNIT]
     assert [u.where for u in units[1].unreadable] == ["people rowid 250"]
@@ -118,15 +119,17 @@ def test_a_page_with_an_unreadable_row_is_handed_on_alone_and_in_order(
     assert units[-1].listing_done
 
 
-def test_a_kept_page_is_read_again_after_a_write_to_the_side(
-    tmp_path: Path, open_side: Side
+def test_a_page_kept_over_a_write_to_the_side_is_observed_when_it_was_read(
+    open_side: Side,
 ) -> None:
-    """A page read on before one of our writes to the side would pass for newer than the
-    write; after the write it is read again, and shows what the table holds then."""
-    path = tmp_path / "people.sqlite"
-    ref, read = open_side(keyless=250)
+    """A page read on before one of our writes to the side is answered after the write
+    alone and with the time it was read: the write is newer than what the page saw (the
+    store then takes the page's view of a record we wrote as older than our write)."""
+    ref, read, clock = open_side(keyless=250)
     first = read(None)
     assert len(first.changes) == 200  # the page of rowid 250 was read on and kept
+    read_at = clock.time()
+    clock.advance(60.0)
     inbox: queue.Queue[Any] = queue.Queue()
     replies = Recorder.start(inbox)
     content = {"id": "new", "name": "Written"}
@@ -134,23 +137,21 @@ def test_a_kept_page_is_read_again_after_a_write_to_the_side(
                     content_hash(content))
     ref.tell((WriteBatch("a_to_b", [item], SAME_NAMES), replies))
     assert isinstance(inbox.get(timeout=10), BatchDone)
+    ref.tell((ReadPage(first.cursor, PAGE, clock.time()), replies))
+    answer = inbox.get(timeout=10)
     replies.stop()
-    with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE people SET name = 'Renamed' WHERE rowid = 260")
-    conn.close()
-    again = read(first.cursor)
-    assert [u.where for u in again.unreadable] == ["people rowid 250"]
-    assert {c.key: (c.fields or {}).get("name") for c in again.changes}["260"] == "Renamed"
+    assert isinstance(answer, PageRead) and answer.page is not None
+    assert answer.observed == read_at < clock.time()
+    assert [u.where for u in answer.page.unreadable] == ["people rowid 250"]
+    assert len(answer.page.changes) == 99  # alone: not joined to pages read after it
 
 
-@pytest.mark.xfail(strict=True, reason="defect of 2aaa744, not fixed: _write drops the "
-                   "kept page, the file connector cannot read from that cursor again")
 def test_a_write_to_a_csv_side_does_not_restart_its_listing(tmp_path: Path) -> None:
-    """A CSV side whose kept page (a line without a key) is dropped by a write: the file
-    connector has read past the kept page (its listing follows the last cursor it gave),
-    so the read from where the kept page began must go on with the listing, not list the
-    file from its first line again (a write landing there each time would keep the
-    listing from ever ending)."""
+    """A CSV side with a kept page (a line without a key) and a write: the file connector
+    has read past the kept page (its listing follows the last cursor it gave), so the
+    read from where the kept page began must go on with the listing, not list the file
+    from its first line again (a write landing there each time would keep the listing
+    from ever ending)."""
     from recsync.connectors.files import FileConfig
 
     lines = ["id,name"] + [f"{'' if n == 250 else n},P{n}" for n in range(1, ROWS + 1)]
@@ -180,5 +181,6 @@ def test_a_write_to_a_csv_side_does_not_restart_its_listing(tmp_path: Path) -> N
         assert not again.listing_start, "the listing started over from the first line"
         assert again.changes[0].key == "201"
     finally:
-        for r in (ref, replies, *peers.refs.values()):
+        started: list[Any] = [ref, replies, *peers.refs.values()]
+        for r in started:
             r.stop()
