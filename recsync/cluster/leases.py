@@ -15,7 +15,11 @@ expression of their own to move time on), never a node's clock.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -105,26 +109,67 @@ class Leases:
         self.schema = schema
         self.now = now_sql
         self._lock = threading.Lock()
-        self.conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
-        try:
-            create_tables(self.conn, schema)
-            self.conn.execute(f"SET search_path = {_ident(schema)}")
-            # a lease row held by a stalled writer (FOR SHARE) fails this node's statement
-            # after ttl/3 instead of stalling its rounds (and so its own renewals)
-            self.conn.execute(f"SET lock_timeout = {max(1, int(ttl * 1000 / 3))}")
-        except BaseException:
-            self.conn.close()
-            raise
+        self._dsn = dsn
+        # A statement still unanswered after ttl/2 has its connection cut (_watch): by then
+        # this node writes nothing more anyway (Coordinator.permit), and a silent network
+        # (packets dropped, not refused) would otherwise hold the leases thread, and a stop
+        # waiting for it, for as long as TCP keeps a dead connection (hours).
+        self.deadline = max(0.5, ttl / 2)
+        self._busy_since: float | None = None
+        self._closing = threading.Event()
+        self.conn = self._connect(create=True)
+        threading.Thread(target=self._watch, name="leases-watchdog", daemon=True).start()
         self.tokens: dict[str, int] = {}  # the leases this node holds: pipeline -> token
         self.endpoints = ""  # advertised to the other nodes (advertise)
         self.event_endpoints = ""
         self.curve_public = ""
         self.config_hash = ""
 
+    def _connect(self, create: bool = False) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(self._dsn, autocommit=True,
+                               connect_timeout=max(1, min(10, int(self.deadline))))
+        try:
+            if create:
+                create_tables(conn, self.schema)
+            conn.execute(f"SET search_path = {_ident(self.schema)}")
+            # a lease row held by a stalled writer (FOR SHARE) fails this node's statement
+            # after ttl/3 instead of stalling its rounds (and so its own renewals)
+            conn.execute(f"SET lock_timeout = {max(1, int(self.ttl * 1000 / 3))}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
     def _x(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
         with self._lock:
-            cur = self.conn.execute(sql.replace("{now}", self.now), params)
-            return cur.fetchall() if cur.description else []
+            if self.conn.closed or self.conn.broken:  # cut (_watch), or lost: a new one
+                self.conn.close()
+                self.conn = self._connect()
+            self._busy_since = time.monotonic()
+            try:
+                cur = self.conn.execute(sql.replace("{now}", self.now), params)
+                return cur.fetchall() if cur.description else []
+            except psycopg.OperationalError as exc:
+                if time.monotonic() - self._busy_since >= self.deadline:
+                    raise StateError(
+                        f"the cluster's state database did not answer the leases within "
+                        f"{self.deadline:g} s (lease_ttl/2); the connection was closed and "
+                        "the next round connects again") from exc
+                raise
+            finally:
+                self._busy_since = None
+
+    def _watch(self) -> None:
+        """Cut the connection of a statement unanswered for ``deadline``: the blocked call
+        then fails at once (shutdown wakes its wait on the socket)."""
+        while not self._closing.wait(self.deadline / 4):
+            since = self._busy_since
+            if since is None or time.monotonic() - since < self.deadline:
+                continue
+            with contextlib.suppress(OSError, psycopg.Error):
+                fd = os.dup(self.conn.fileno())
+                with socket.socket(fileno=fd) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
 
     # -- nodes -------------------------------------------------------------------------------
     def register(self) -> None:
@@ -260,4 +305,5 @@ class Leases:
                         "now)")
 
     def close(self) -> None:
+        self._closing.set()
         self.conn.close()

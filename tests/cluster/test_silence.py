@@ -8,14 +8,17 @@ from __future__ import annotations
 import logging
 import sqlite3
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
 
 from recsync.clock import FakeClock
+from recsync.cluster.leases import Leases
 from recsync.cluster.node import join
 from recsync.config import load_config
 from recsync.daemon.app import Daemon
+from recsync.errors import StateError
 from tests.e2e.cluster import LOOSE_USERS, RULES, STATE_ENV
 from tests.e2e.helpers import make_users, sql, wait_for
 from tests.pgfixture import PG_DSN, PgSchema, pg
@@ -89,3 +92,33 @@ def test_a_node_silent_for_half_the_ttl_writes_nothing_to_the_sides(
     finally:
         pg_proxy.resume()
         daemon.stop()
+
+
+def test_a_leases_statement_the_network_never_answers_is_cut_and_the_next_one_reconnects(
+        pg: PgSchema, pg_proxy: TcpProxy) -> None:
+    """A silent network (packets dropped, not refused) during a renewal: the statement is
+    given up after lease_ttl/2 with an error that says so, instead of holding the leases
+    thread (and a stop waiting for it) for as long as TCP keeps a dead connection; once
+    the network is back, the next statement gets through on a new connection."""
+    leases = Leases(pg_proxy.dsn(PG_DSN), "n1", 2.0, schema=pg.schema, host="h", boot="b")
+    outcome: dict[str, object] = {}
+
+    def heartbeat() -> None:
+        try:
+            outcome["beat"] = leases.heartbeat()
+        except StateError as exc:
+            outcome["error"] = exc
+
+    try:
+        leases.register()
+        pg_proxy.pause()
+        stuck = threading.Thread(target=heartbeat)
+        stuck.start()
+        stuck.join(timeout=30)
+        assert not stuck.is_alive(), "the heartbeat is still waiting for the network"
+        assert "did not answer the leases within 1 s" in str(outcome.get("error")), outcome
+        pg_proxy.resume()
+        assert leases.heartbeat()  # through a new connection
+    finally:
+        pg_proxy.resume()
+        leases.close()
