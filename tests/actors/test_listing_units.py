@@ -79,6 +79,20 @@ def open_side(tmp_path: Path) -> Iterator[Side]:
         r.stop()
 
 
+def write_a_record(ref: Any) -> None:
+    """One of our writes to the side (a new record), answered."""
+    inbox: queue.Queue[Any] = queue.Queue()
+    replies = Recorder.start(inbox)
+    content = {"id": "new", "name": "Written"}
+    item = WorkItem("new", "upsert", content, content_hash(content), 1.0, 1, 0, None,
+                    content_hash(content))
+    ref.tell((WriteBatch("a_to_b", [item], SAME_NAMES), replies))
+    try:
+        assert isinstance(inbox.get(timeout=10), BatchDone)
+    finally:
+        replies.stop()
+
+
 def read_listing(read: Reader) -> list[ChangePage]:
     pages = [read(None)]
     while pages[-1].more:
@@ -130,13 +144,9 @@ def test_a_page_kept_over_a_write_to_the_side_is_observed_when_it_was_read(
     assert len(first.changes) == 200  # the page of rowid 250 was read on and kept
     read_at = clock.time()
     clock.advance(60.0)
+    write_a_record(ref)
     inbox: queue.Queue[Any] = queue.Queue()
     replies = Recorder.start(inbox)
-    content = {"id": "new", "name": "Written"}
-    item = WorkItem("new", "upsert", content, content_hash(content), 1.0, 1, 0, None,
-                    content_hash(content))
-    ref.tell((WriteBatch("a_to_b", [item], SAME_NAMES), replies))
-    assert isinstance(inbox.get(timeout=10), BatchDone)
     ref.tell((ReadPage(first.cursor, PAGE, clock.time()), replies))
     answer = inbox.get(timeout=10)
     replies.stop()
@@ -171,11 +181,7 @@ def test_a_write_to_a_csv_side_does_not_restart_its_listing(tmp_path: Path) -> N
         ref.tell((ReadPage(None, PAGE, clock.time()), replies))
         first = inbox.get(timeout=10).page
         assert len(first.changes) == 200 and first.listing_start  # the next page is kept
-        content = {"id": "new", "name": "Written"}
-        item = WorkItem("new", "upsert", content, content_hash(content), 1.0, 1, 0, None,
-                        content_hash(content))
-        ref.tell((WriteBatch("a_to_b", [item], SAME_NAMES), replies))
-        assert isinstance(inbox.get(timeout=10), BatchDone)
+        write_a_record(ref)
         ref.tell((ReadPage(first.cursor, PAGE, clock.time()), replies))
         again = inbox.get(timeout=10).page
         assert not again.listing_start, "the listing started over from the first line"
