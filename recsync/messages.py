@@ -16,6 +16,27 @@ import msgspec
 
 Side = Literal["a", "b"]
 Direction = Literal["a_to_b", "b_to_a"]
+
+
+def other(side: Side) -> Side:
+    return "b" if side == "a" else "a"
+
+
+def direction_from(side: Side) -> Direction:
+    """The direction whose source is ``side``."""
+    return "a_to_b" if side == "a" else "b_to_a"
+
+
+def source_of(direction: Direction) -> Side:
+    return "a" if direction == "a_to_b" else "b"
+
+
+def target_of(direction: Direction) -> Side:
+    return "b" if direction == "a_to_b" else "a"
+
+
+def opposite_of(direction: Direction) -> Direction:
+    return "b_to_a" if direction == "a_to_b" else "a_to_b"
 ChangeOp = Literal["upsert", "delete"]
 WriteKind = Literal["upsert", "delete"]
 Record = dict[str, Any]

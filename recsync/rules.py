@@ -28,7 +28,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from recsync import fieldcode
-from recsync.messages import Change, Direction, Prepared, Record, Side
+from recsync.messages import Change, Direction, Prepared, Record, Side, direction_from, other
 
 __all__ = [
     "CompiledRules",
@@ -445,10 +445,10 @@ class CompiledRules:
         """Dry run of the rules on one record of ``side`` (for ``recsync rules test``)."""
         if side not in ("a", "b"):
             raise ValueError(f"side must be 'a' or 'b', not {side!r}")
-        other: Side = "b" if side == "a" else "a"
+        other_side = other(side)
         a_content = self.to_a_space(side, record)
         failed = self.failed_filters(a_content)
-        direction = "a_to_b" if side == "a" else "b_to_a"
+        direction = direction_from(side)
         return {
             "rule_set": self.rules.name,
             "side": side,
@@ -458,8 +458,8 @@ class CompiledRules:
             "failed_filters": failed,
             "direction": direction,
             "ops": [op for op in ("create", "update", "delete") if op in self._ops[direction]],
-            "other_side": other,
-            "other_content": self.to_side(other, a_content),
+            "other_side": other_side,
+            "other_content": self.to_side(other_side, a_content),
             "unmapped_fields": sorted(set(record) - set(self.side_fields(side))),
         }
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from recsync import rules as rules_mod
 from recsync.config import PipelineConfig
-from recsync.messages import Side
+from recsync.messages import Side, direction_from, other
 from recsync.rules import RuleSet
 
 #: the embedded mock CRMs' faults when none is injected (``mock faults --clear``)
@@ -26,9 +26,9 @@ def other_side_plan(
 ) -> str:
     """What side ``other(side)`` of ``cfg`` will do with a change of ``op`` ("upsert" or
     "delete") on ``side``; ``linked``: the record is known on the other side already."""
-    other: Side = "b" if side == "a" else "a"
-    target = f"side {other} ({(cfg.b if other == 'b' else cfg.a).connector})"
-    direction = "a_to_b" if side == "a" else "b_to_a"
+    target_side = other(side)
+    target = f"side {target_side} ({(cfg.b if target_side == 'b' else cfg.a).connector})"
+    direction = direction_from(side)
     arrow = "a to b" if side == "a" else "b to a"
     synced = list(getattr(ruleset, direction))
     wanted = "delete" if op == "delete" else ("update" if linked else "create")

@@ -24,7 +24,7 @@ from recsync.config import PipelineConfig
 from recsync.daemon import protocol as p
 from recsync.daemon.records import StateRef, state_reader
 from recsync.errors import ConnectorConfigError, ConnectorError, ControlError, RecsyncError
-from recsync.messages import Side
+from recsync.messages import Side, source_of, target_of
 from recsync.rules import CompiledRules, compile_rules, content_hash
 from recsync.state.store import RepairItem
 from recsync.verify import Category, Comparison, Fix, Link, Seen, compare
@@ -159,14 +159,14 @@ class Verifier:
         upserts: dict[Side, list[Fix]] = {"a": [], "b": []}
         for fix in result.fixes:
             if fix.op == "delete":
-                holder: Side = "b" if fix.direction == "a_to_b" else "a"
+                holder = target_of(fix.direction)
                 held = (a if holder == "a" else b)[fix.key]
                 items.append(RepairItem(
                     fix.direction, fix.key, None, None, held.modified,
                     held.hash if holder == "a" else None, held.hash if holder == "b" else None,
                     f"verify: {fix.category}; deleted on side {holder}"))
             else:
-                upserts["a" if fix.direction == "a_to_b" else "b"].append(fix)
+                upserts[source_of(fix.direction)].append(fix)
         done = 0
         for source, fixes in upserts.items():
             ref = self._ref(cfg, f"connector_{source}")

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 import msgspec
 
-from recsync.messages import Direction, Side
+from recsync.messages import Direction, Side, target_of
 from recsync.sqlbulk import row_chunks
 from recsync.state.errors import rollback
 from recsync.state.schema import connect
@@ -596,7 +596,7 @@ class SqlBackend:
 
     def lease(self, direction: Direction, now: float, limit: int,
               rekeys: bool) -> list[LeasedRow]:
-        target = "b" if direction == "a_to_b" else "a"
+        target = target_of(direction)
         join = " AND l.pipeline = q.pipeline" if self._scope else ""
         scope = "q." + self._scope + " AND " if self._scope else ""
         rekey = ("(SELECT r.old_key FROM rekeys r WHERE r.direction = q.direction "

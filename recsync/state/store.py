@@ -20,7 +20,18 @@ import msgspec
 
 from recsync import rules as rules_mod
 from recsync.clock import Clock, SystemClock
-from recsync.messages import Direction, ItemOutcome, Prepared, Side, Unreadable, WorkItem
+from recsync.messages import (
+    Direction,
+    ItemOutcome,
+    Prepared,
+    Side,
+    Unreadable,
+    WorkItem,
+    direction_from,
+    other,
+    source_of,
+    target_of,
+)
 from recsync.resilience import backoff_delay
 from recsync.rules import RuleSet
 from recsync.state import rekeys as rekeys_mod
@@ -42,14 +53,6 @@ __all__ = ["CHUNK", "ApplyStats", "DirectPage", "EnqueueStats", "MassDeleteBlock
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(dict[str, Any]).decode
 R = TypeVar("R")
-
-
-def other(side: Side) -> Side:
-    return "b" if side == "a" else "a"
-
-
-def direction_from(side: Side) -> Direction:
-    return "a_to_b" if side == "a" else "b_to_a"
 
 
 @dataclass
@@ -542,7 +545,7 @@ class Store:
         """
         stats = ApplyStats()
         now = self.clock.time()
-        target: Side = "b" if direction == "a_to_b" else "a"
+        target = target_of(direction)
         back = direction_from(target)
         db = self.backend
         failing = [o.key for o in outcomes if o.status in ("retry", "rejected")]
@@ -780,7 +783,7 @@ class Store:
                 deletes[item.direction] += 1
         with db.transaction():
             for direction, count in deletes.items():
-                source: Side = "a" if direction == "a_to_b" else "b"
+                source = source_of(direction)
                 if mass_delete_share <= 0 or count < mass_delete_min:
                     continue
                 total = db.linked_count(other(source))
