@@ -23,7 +23,7 @@ from typing import Any
 import redis
 
 from recsync.clock import Clock, SystemClock
-from recsync.resilience import RateLimiter, _check_limits, _check_write_reserve
+from recsync.resilience import BudgetFigures, RateLimiter
 
 __all__ = ["RedisRateLimiter", "live_nodes", "redis_client", "set_live_nodes_source"]
 
@@ -108,7 +108,7 @@ def live_nodes(hint: int = 1) -> int:
     return max(1, hint)
 
 
-class RedisRateLimiter:
+class RedisRateLimiter(BudgetFigures):
     """At most ``max_requests`` in any ``window_seconds`` across every node on ``client``.
 
     Keys are ``{prefix}budget:{system_id}:window|block|remote``. ``nodes`` gives the live
@@ -121,17 +121,12 @@ class RedisRateLimiter:
         prefix: str = "recsync:", nodes: Callable[[], int] = live_nodes,
         retry_interval: float = 2.0,
     ) -> None:
-        _check_limits(max_requests, window_seconds, reserve)
-        _check_write_reserve(max_requests, write_reserve)
+        self._set_figures(max_requests, window_seconds, reserve, write_reserve)
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._redis = client
         self.system_id = system_id
         base = f"{prefix}budget:{system_id}"
         self._keys = [f"{base}:window", f"{base}:block", f"{base}:remote"]
-        self._max = max_requests
-        self._window = float(window_seconds)
-        self._reserve = reserve
-        self._write_reserve = write_reserve
         self._nodes = nodes
         self._retry_interval = retry_interval
         self._lock = threading.Lock()
@@ -222,16 +217,10 @@ class RedisRateLimiter:
         self, max_requests: int, window_seconds: float, *, reserve: int | None = None,
         write_reserve: int | None = None,
     ) -> None:
-        new_reserve = self._reserve if reserve is None else reserve
-        new_write = self._write_reserve if write_reserve is None else write_reserve
-        _check_limits(max_requests, window_seconds, new_reserve)
-        _check_write_reserve(max_requests, new_write)
         with self._lock:
-            self._max = max_requests
-            self._window = float(window_seconds)
-            self._reserve = new_reserve
-            self._write_reserve = new_write
-            self._shadow_limiter.reconfigure(max_requests, window_seconds, reserve=new_reserve)
+            self._set_figures(max_requests, window_seconds, reserve, write_reserve)
+            self._shadow_limiter.reconfigure(max_requests, window_seconds,
+                                             reserve=self._reserve)
             if self._fallback is not None:
                 self._fallback_share = 0  # made again with the new figures on next use
                 self._fallback = None

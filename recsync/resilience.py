@@ -24,7 +24,30 @@ _EPS = 1e-9
 BreakerState = Literal["closed", "open", "half_open"]
 
 
-class RateLimiter:
+class BudgetFigures:
+    """The figures of a request budget (max_requests per window_seconds, the reserve kept
+    from the remote allocation, the write reserve), set together and checked first."""
+
+    _max: int
+    _window: float
+    _reserve: int
+    _write_reserve: int
+
+    def _set_figures(self, max_requests: int, window_seconds: float, reserve: int | None,
+                     write_reserve: int | None) -> None:
+        """Set the figures (None: keep that reserve); ValueError, and nothing changed,
+        when they do not hold together. The caller holds the object's lock, if any."""
+        new_reserve = getattr(self, "_reserve", 0) if reserve is None else reserve
+        new_write = getattr(self, "_write_reserve", 0) if write_reserve is None else write_reserve
+        _check_limits(max_requests, window_seconds, new_reserve)
+        _check_write_reserve(max_requests, new_write)
+        self._max = max_requests
+        self._window = float(window_seconds)
+        self._reserve = new_reserve
+        self._write_reserve = new_write
+
+
+class RateLimiter(BudgetFigures):
     """Sliding-window limiter: at most ``max_requests`` in any ``window_seconds``.
 
     Besides the local window it honours two signals from the remote system:
@@ -49,14 +72,9 @@ class RateLimiter:
         reserve: int = 0,
         write_reserve: int = 0,
     ) -> None:
-        _check_limits(max_requests, window_seconds, reserve)
-        _check_write_reserve(max_requests, write_reserve)
+        self._set_figures(max_requests, window_seconds, reserve, write_reserve)
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._lock = threading.Lock()
-        self._max = max_requests
-        self._window = float(window_seconds)
-        self._reserve = reserve
-        self._write_reserve = write_reserve
         self._log: deque[float] = deque()  # monotonic timestamps, one per request
         self._blocked_until = 0.0  # monotonic
         self._remote_remaining: int | None = None
@@ -108,15 +126,8 @@ class RateLimiter:
         write_reserve: int | None = None,
     ) -> None:
         """Change the limits live; requests already made keep counting."""
-        new_reserve = self._reserve if reserve is None else reserve
-        new_write = self._write_reserve if write_reserve is None else write_reserve
-        _check_limits(max_requests, window_seconds, new_reserve)
-        _check_write_reserve(max_requests, new_write)
         with self._lock:
-            self._max = max_requests
-            self._window = float(window_seconds)
-            self._reserve = new_reserve
-            self._write_reserve = new_write
+            self._set_figures(max_requests, window_seconds, reserve, write_reserve)
 
     def wait_seconds(self, n: int = 1) -> float:
         """Seconds until ``n`` requests would fit (0.0: now), without taking them.
