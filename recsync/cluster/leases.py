@@ -117,7 +117,13 @@ class Leases:
         self.deadline = max(0.5, ttl / 2)
         self._busy_since: float | None = None
         self._closing = threading.Event()
-        self.conn = self._connect(create=True)
+        self.conn = self._connect()
+        try:
+            create_tables(self.conn, schema)
+            self._setup(self.conn)
+        except BaseException:
+            self.conn.close()
+            raise
         threading.Thread(target=self._watch, name="leases-watchdog", daemon=True).start()
         self.tokens: dict[str, int] = {}  # the leases this node holds: pipeline -> token
         self.endpoints = ""  # advertised to the other nodes (advertise)
@@ -125,28 +131,32 @@ class Leases:
         self.curve_public = ""
         self.config_hash = ""
 
-    def _connect(self, create: bool = False) -> psycopg.Connection[Any]:
-        conn = psycopg.connect(self._dsn, autocommit=True,
+    def _connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self._dsn, autocommit=True,
                                connect_timeout=max(1, min(10, int(self.deadline))))
-        try:
-            if create:
-                create_tables(conn, self.schema)
-            conn.execute(f"SET search_path = {_ident(self.schema)}")
-            # a lease row held by a stalled writer (FOR SHARE) fails this node's statement
-            # after ttl/3 instead of stalling its rounds (and so its own renewals)
-            conn.execute(f"SET lock_timeout = {max(1, int(self.ttl * 1000 / 3))}")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+
+    def _setup(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute(f"SET search_path = {_ident(self.schema)}")
+        # a lease row held by a stalled writer (FOR SHARE) fails this node's statement
+        # after ttl/3 instead of stalling its rounds (and so its own renewals)
+        conn.execute(f"SET lock_timeout = {max(1, int(self.ttl * 1000 / 3))}")
 
     def _x(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
         with self._lock:
-            if self.conn.closed or self.conn.broken:  # cut (_watch), or lost: a new one
+            if self._closing.is_set():  # the node left: no connection nothing would close
+                raise StateError("the cluster's leases of this node are closed (it left)")
+            fresh = self.conn.closed or self.conn.broken  # cut (_watch), or lost: a new one
+            if fresh:
                 self.conn.close()
-                self.conn = self._connect()
+                self.conn = self._connect()  # bounded by its connect_timeout
             self._busy_since = time.monotonic()
             try:
+                if fresh:  # watched like the statement: the network may fall silent now
+                    try:
+                        self._setup(self.conn)
+                    except BaseException:
+                        self.conn.close()  # never used without its search_path
+                        raise
                 cur = self.conn.execute(sql.replace("{now}", self.now), params)
                 return cur.fetchall() if cur.description else []
             except psycopg.OperationalError as exc:

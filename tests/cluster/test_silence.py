@@ -11,6 +11,7 @@ import textwrap
 import threading
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from recsync.clock import FakeClock
@@ -122,3 +123,54 @@ def test_a_leases_statement_the_network_never_answers_is_cut_and_the_next_one_re
     finally:
         pg_proxy.resume()
         leases.close()
+
+
+def test_the_setup_of_a_new_leases_connection_is_cut_too_when_the_network_falls_silent(
+        pg: PgSchema, pg_proxy: TcpProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The network falls silent right after a reconnect's handshake, before its SET
+    statements (search_path, lock_timeout) are answered: those are cut after lease_ttl/2
+    like any other statement, instead of holding the leases thread (and a stop) for as
+    long as TCP keeps a dead connection."""
+    leases = Leases(pg_proxy.dsn(PG_DSN), "n1", 2.0, schema=pg.schema, host="h", boot="b")
+    connect = psycopg.connect
+
+    def connect_then_silence(*args: object, **kwargs: object) -> object:
+        conn = connect(*args, **kwargs)
+        pg_proxy.pause()
+        return conn
+
+    outcome: dict[str, object] = {}
+
+    def heartbeat() -> None:
+        try:
+            outcome["beat"] = leases.heartbeat()
+        except Exception as exc:  # noqa: BLE001 - what the round gets
+            outcome["error"] = exc
+
+    try:
+        leases.register()
+        leases.conn.close()  # the next statement connects again
+        monkeypatch.setattr(psycopg, "connect", connect_then_silence)
+        stuck = threading.Thread(target=heartbeat)
+        stuck.start()
+        stuck.join(timeout=15)
+        assert not stuck.is_alive(), "the new connection's setup is still waiting"
+        assert isinstance(outcome.get("error"), StateError), outcome
+        monkeypatch.setattr(psycopg, "connect", connect)
+        pg_proxy.resume()
+        assert leases.heartbeat()  # through a new connection
+    finally:
+        pg_proxy.resume()
+        leases.close()
+
+
+def test_closed_leases_open_no_connection_again(pg: PgSchema) -> None:
+    """After close() (the node left), a late call (a control request routed while the
+    daemon stops) fails instead of opening a connection nothing closes (and no watchdog
+    guards: it ended with close)."""
+    leases = Leases(PG_DSN, "n1", 2.0, schema=pg.schema, host="h", boot="b")
+    leases.register()
+    leases.close()
+    with pytest.raises(StateError):
+        leases.nodes()
+    assert leases.conn.closed
