@@ -116,6 +116,8 @@ class Leases:
         # waiting for it, for as long as TCP keeps a dead connection (hours).
         self.deadline = max(0.5, ttl / 2)
         self._busy_since: float | None = None
+        self._cut = False  # the watchdog shut the connection down: the next call reconnects
+        self._watch_lock = threading.Lock()  # a cut and the end of a statement, one at a time
         self._closing = threading.Event()
         self.conn = self._connect()
         try:
@@ -132,8 +134,9 @@ class Leases:
         self.config_hash = ""
 
     def _connect(self) -> psycopg.Connection[Any]:
+        # (libpq waits at least 2 s whatever it is given)
         return psycopg.connect(self._dsn, autocommit=True,
-                               connect_timeout=max(1, min(10, int(self.deadline))))
+                               connect_timeout=max(2, min(10, int(self.deadline))))
 
     def _setup(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute(f"SET search_path = {_ident(self.schema)}")
@@ -145,10 +148,11 @@ class Leases:
         with self._lock:
             if self._closing.is_set():  # the node left: no connection nothing would close
                 raise StateError("the cluster's leases of this node are closed (it left)")
-            fresh = self.conn.closed or self.conn.broken  # cut (_watch), or lost: a new one
+            fresh = self._cut or self.conn.closed or self.conn.broken  # cut, or lost
             if fresh:
                 self.conn.close()
                 self.conn = self._connect()  # bounded by its connect_timeout
+                self._cut = False
             self._busy_since = time.monotonic()
             try:
                 if fresh:  # watched like the statement: the network may fall silent now
@@ -167,19 +171,23 @@ class Leases:
                         "the next round connects again") from exc
                 raise
             finally:
-                self._busy_since = None
+                with self._watch_lock:  # after this, no cut can reach this statement
+                    self._busy_since = None
 
     def _watch(self) -> None:
         """Cut the connection of a statement unanswered for ``deadline``: the blocked call
-        then fails at once (shutdown wakes its wait on the socket)."""
+        then fails at once (shutdown wakes its wait on the socket). Under ``_watch_lock``,
+        so a statement answered meanwhile is never cut, nor the next one's connection."""
         while not self._closing.wait(self.deadline / 4):
-            since = self._busy_since
-            if since is None or time.monotonic() - since < self.deadline:
-                continue
-            with contextlib.suppress(OSError, psycopg.Error):
-                fd = os.dup(self.conn.fileno())
-                with socket.socket(fileno=fd) as sock:
-                    sock.shutdown(socket.SHUT_RDWR)
+            with self._watch_lock:
+                since = self._busy_since
+                if since is None or time.monotonic() - since < self.deadline:
+                    continue
+                self._cut = True
+                with contextlib.suppress(OSError, psycopg.Error):
+                    fd = os.dup(self.conn.fileno())
+                    with socket.socket(fileno=fd) as sock:
+                        sock.shutdown(socket.SHUT_RDWR)
 
     # -- nodes -------------------------------------------------------------------------------
     def register(self) -> None:
