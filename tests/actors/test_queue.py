@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from recsync.actors.pipeline import Peers
-from recsync.actors.protocol import BatchDone, Enqueue, WriteBatch
+from recsync.actors.protocol import LISTING_UNIT, BatchDone, Enqueue, WriteBatch
 from recsync.actors.queue import QueueActor
 from recsync.clock import FakeClock
 from recsync.config import Settings
@@ -189,13 +189,15 @@ def test_a_listing_unit_of_pages_that_do_not_divide_the_unit_goes_to_the_writer_
     tmp_path: Path,
 ) -> None:
     """page_size = batch_size = 300, a local source and target: the connector joins pages
-    until LISTING_UNIT records, so a unit holds 4 x 300 = 1,200 (up to LISTING_UNIT +
-    page_size - 1). It must still go to the writer whole, not be queued record by record
-    (which the units were made to spare)."""
+    until LISTING_UNIT records, so a unit holds the first multiple of 300 from there (up to
+    LISTING_UNIT + page_size - 1). It must still go to the writer whole, not be queued
+    record by record (which the units were made to spare)."""
+    unit = -(-LISTING_UNIT // 300) * 300
+    assert unit > LISTING_UNIT  # pages that do not divide the unit
     with queue_actor(tmp_path, Settings(batch_size=300, page_size=300),
                      unthrottled=frozenset("b")) as started:
         ref, writes, _state = started
-        keys = [str(k) for k in range(1000, 2200)]
+        keys = [str(k) for k in range(10_000, 10_000 + unit)]
         ref.tell(page(keys, "c1"))
         batch = next_batch(writes)
         assert [i.key for i in batch.items] == keys and batch.chunk == 300

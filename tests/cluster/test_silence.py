@@ -144,7 +144,7 @@ def test_the_setup_of_a_new_leases_connection_is_cut_too_when_the_network_falls_
     def heartbeat() -> None:
         try:
             outcome["beat"] = leases.heartbeat()
-        except Exception as exc:  # noqa: BLE001 - what the round gets
+        except Exception as exc:  # what the round gets
             outcome["error"] = exc
 
     try:
