@@ -16,6 +16,9 @@ import msgspec
 
 Side = Literal["a", "b"]
 Direction = Literal["a_to_b", "b_to_a"]
+ChangeOp = Literal["upsert", "delete"]
+WriteKind = Literal["upsert", "delete"]
+Record = dict[str, Any]
 
 
 def other(side: Side) -> Side:
@@ -37,9 +40,6 @@ def target_of(direction: Direction) -> Side:
 
 def opposite_of(direction: Direction) -> Direction:
     return "b_to_a" if direction == "a_to_b" else "a_to_b"
-ChangeOp = Literal["upsert", "delete"]
-WriteKind = Literal["upsert", "delete"]
-Record = dict[str, Any]
 
 
 def key_text(value: Any) -> str:

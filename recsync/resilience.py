@@ -37,8 +37,8 @@ class BudgetFigures:
                      write_reserve: int | None) -> None:
         """Set the figures (None: keep that reserve); ValueError, and nothing changed,
         when they do not hold together. The caller holds the object's lock, if any."""
-        new_reserve = getattr(self, "_reserve", 0) if reserve is None else reserve
-        new_write = getattr(self, "_write_reserve", 0) if write_reserve is None else write_reserve
+        new_reserve = self._reserve if reserve is None else reserve
+        new_write = self._write_reserve if write_reserve is None else write_reserve
         _check_limits(max_requests, window_seconds, new_reserve)
         _check_write_reserve(max_requests, new_write)
         self._max = max_requests

@@ -206,7 +206,7 @@ class QueueActor(PipelineActor):
             return s.batch_size
         # (a local source's listing comes in units of at least LISTING_UNIT records: pages
         # of page_size joined while fewer, so up to LISTING_UNIT + page_size - 1)
-        return max(s.batch_size, s.page_size, LISTING_UNIT + s.page_size - 1)
+        return max(s.batch_size, LISTING_UNIT + s.page_size - 1)
 
     def _flush_all(self) -> None:
         for direction in DIRECTIONS:

@@ -706,7 +706,7 @@ class Store:
         with self.backend.transaction():
             dropped = unreadable_mod.drop(self.backend, keys)
             self._history((k, "manual_retry", "listed again") for _d, k in dropped)
-        return len(dropped), {"a" if d == "a_to_b" else "b" for d, _k in dropped}
+        return len(dropped), {source_of(d) for d, _k in dropped}
 
     @translate
     def retry_failed(self, keys: Sequence[str] | None = None) -> int:
