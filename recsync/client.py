@@ -19,6 +19,7 @@ import zmq
 from recsync.daemon import protocol, runtime
 from recsync.daemon.runtime import ENDPOINT_ENV, EVENT_ENDPOINT_ENV, CurveKeys
 from recsync.errors import ControlError, DaemonUnreachable, RecsyncError
+from recsync.eventmerge import EventMerge
 
 
 def resolve_endpoints(
@@ -223,7 +224,7 @@ class Subscription:
         _apply_curve(sock, curve_keys)
         if self.kinds is None:
             sock.setsockopt(zmq.SUBSCRIBE, b"")
-        for kind in self.kinds or ():
+        for kind in (*self.kinds, protocol.TICK_KIND) if self.kinds is not None else ():
             sock.setsockopt(zmq.SUBSCRIBE, kind.encode())
         sock.connect(endpoint)
         self._sock: zmq.Socket[bytes] | None = sock
@@ -246,12 +247,18 @@ class Subscription:
                 return None
 
     def _read(self, sock: zmq.Socket[bytes]) -> protocol.Event | None:
+        event = self._decode(sock)
+        return None if event is None or event.kind == protocol.TICK_KIND else event
+
+    def _decode(self, sock: zmq.Socket[bytes]) -> protocol.Event | None:
+        """The next message as an event, ticks included (None: not one subscribed to)."""
         frames = sock.recv_multipart()
         try:
             event = protocol.event_decoder.decode(frames[-1])
         except (msgspec.DecodeError, msgspec.ValidationError):
             return None  # not an event: ignore it
-        if self.kinds is not None and event.kind not in self.kinds:
+        if (self.kinds is not None and event.kind not in self.kinds
+                and event.kind != protocol.TICK_KIND):
             return None  # a longer kind that shares a subscribed prefix
         # [cluster]: each node (and boot) numbers its own events; relayed ones interleave
         origin = (event.node, event.boot)
@@ -275,25 +282,18 @@ class Subscription:
         except zmq.Again:
             return None
 
-    def merged(self, window: float = 0.3) -> Iterator[protocol.Event]:
-        """Events forever, those of several nodes in ``protocol.events_order``: each is
-        held ``window`` seconds after it arrives, so that one a node relayed a moment later
-        still goes out in its place. Events of a single daemon (no node) go out at once."""
-        held: list[tuple[float, protocol.Event]] = []
+    def merged(self) -> Iterator[protocol.Event]:
+        """Events forever, those of several nodes in ``protocol.events_order``, exactly: one
+        is held until every other node has said something newer (see ``recsync.eventmerge``).
+        Events of a single daemon (no node) go out at once."""
+        merge = EventMerge()
         while True:
-            now = time.monotonic()
-            wait = None if not held else max(0.0, held[0][0] + window - now)
-            event = self.recv(wait if wait is not None else None)
-            now = time.monotonic()
-            if event is not None and event.node is None and not held:
-                yield event
-                continue
-            if event is not None:
-                held.append((now, event))
-                held.sort(key=lambda h: protocol.events_order(h[1]))
-                held.sort(key=lambda h: h[0] + window > now)  # stable: due ones first
-            while held and held[0][0] + window <= now:
-                yield held.pop(0)[1]
+            sock = self.socket
+            if sock.poll(int(self.poll_interval * 1000), zmq.POLLIN):
+                event = self._decode(sock)
+                if event is not None:
+                    merge.add(event, time.monotonic())
+            yield from merge.due(time.monotonic())
 
     def __iter__(self) -> Iterator[protocol.Event]:
         return self

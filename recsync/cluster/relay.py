@@ -5,7 +5,9 @@ to the event sockets the other live nodes registered (ipc:// on the same host, e
 tcp:// one with CURVE) and publishes, as they are, the events each of them published
 itself (``event.node`` is that peer): events another node relayed are not relayed again,
 so nothing loops. A client (``recsync events``, the dashboard) then sees every node's
-events on the one socket it follows, and orders them by ``protocol.events_order``.
+events on the one socket it follows, and orders them by ``protocol.events_order``: each
+node's ticks (every ``TICK`` seconds, naming the peers relayed) tell it when nothing older
+can come (``recsync.eventmerge``).
 
 A node's own ``stats`` events name only the pipelines it owns (``Daemon.refresh_stats``):
 the figures of a pipeline come from its owner.
@@ -26,6 +28,8 @@ from recsync.daemon import protocol as p
 
 log = logging.getLogger(__name__)
 REFRESH = 1.0  # seconds between looks at the nodes table's peers
+TICK = 0.25  # seconds between this node's ticks (recsync.eventmerge)
+HEARD = 2.0  # a tick names the peers this relay heard from in the last HEARD seconds
 
 
 def pick_events(row: NodeRow, host: str) -> str | None:
@@ -87,6 +91,7 @@ class EventRelay:
         self.coordinator, self.server, self.host, self.curve = coordinator, server, host, curve
         self.remote = remote if remote is not None else RemoteStates()
         self.relayed = 0
+        self._heard: dict[str, float] = {}  # peer -> when its last event came (monotonic)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -103,9 +108,14 @@ class EventRelay:
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         subs: dict[str, tuple[str, zmq.Socket[bytes]]] = {}  # peer -> (endpoint, socket)
         poller = zmq.Poller()
-        looked = 0.0
+        looked = ticked = 0.0
         try:
             while not self._stop.is_set():
+                if time.monotonic() - ticked >= TICK:
+                    ticked = time.monotonic()
+                    peers = sorted(n for n, at in self._heard.items()
+                                   if n in subs and ticked - at < HEARD)
+                    self.server.tick({"peers": peers})
                 if time.monotonic() - looked >= REFRESH:
                     looked = time.monotonic()
                     try:
@@ -113,9 +123,9 @@ class EventRelay:
                     except Exception:  # never let the relay die of one odd row
                         log.exception("event relay: peers not refreshed")
                 if not subs:
-                    self._stop.wait(0.2)
+                    self._stop.wait(TICK)
                     continue
-                ready = dict(poller.poll(200))
+                ready = dict(poller.poll(int(TICK * 1000)))
                 for peer, (_, sock) in list(subs.items()):
                     if sock in ready:
                         self._drain(peer, sock)
@@ -166,6 +176,7 @@ class EventRelay:
                 continue
             if event.node != peer:  # relayed by the peer, or not stamped: not again
                 continue
+            self._heard[peer] = time.monotonic()
             self.server.relay(frames[0], frames[-1])
             self.relayed += 1
             self.remote.update(event)

@@ -293,6 +293,19 @@ class ControlServer:
             mirror.relay(kind.encode(), payload)
         return seq
 
+    def tick(self, data: dict[str, Any]) -> None:
+        """[cluster]: publish a ``tick`` (see ``recsync.eventmerge``): this node's time now,
+        after every event it published before. It repeats the last sequence number rather
+        than take one, so clients that count gaps in the numbers see none."""
+        kind = protocol.TICK_KIND.encode()
+        with self._lock:
+            payload = protocol.encoder.encode(
+                protocol.Event(self._seq, time.time(), protocol.TICK_KIND, data, *self.origin))
+            if self._push is not None and self._state == "running":
+                self._push.send_multipart([_EVENT, kind, payload])
+        for mirror in self.mirrors:
+            mirror.relay(kind, payload)
+
     def relay(self, kind: bytes, payload: bytes) -> None:
         """Publish an event as it is (another node's, or this node's on a second socket)."""
         with self._lock:

@@ -234,6 +234,12 @@ def events_order(event: Event) -> tuple[float, str, str, int]:
     return (event.ts, event.node or "", event.boot or "", event.seq)
 
 
+# [cluster]: each node's relay publishes one every 0.25 s, ``{peers: [names]}``, repeating
+# its last seq; a promise that it publishes nothing older (recsync.eventmerge). Subscription
+# consumes them: recv() never returns one. Not in EVENT_KINDS: nothing to follow
+TICK_KIND = "tick"
+
+
 # ---- results (documented by `recsync schema`) ---------------------------------------------
 
 

@@ -436,3 +436,34 @@ def test_tcp_with_curve(serve: Any, keys: dict[str, Path]) -> None:
     with client(server, timeout=0.5) as c, pytest.raises(DaemonUnreachable):
         c.request(p.RulesShow())  # plain text client
     assert len(backend.calls) == 1  # none of them ran anything
+
+
+def test_ticks_order_a_merged_stream_and_never_reach_recv(serve: Any) -> None:
+    # [cluster]: node n2 follows; n1's events come relayed, one of them after a newer one
+    # of n2's own. Ticks reach neither recv() nor the gap count, kinds filter or not
+    server, _ = serve()
+    server.origin = ("n2", "b2")
+
+    def relayed(seq: int, ts: float, kind: str, data: dict[str, Any]) -> None:
+        server.relay(kind.encode(), p.encoder.encode(p.Event(seq, ts, kind, data, "n1", "b1")))
+
+    with client(server) as c, c.subscribe(["pipeline_state"]) as sub, c.subscribe() as every:
+        first = _wait_subscribed(server, every)
+        for _ in range(500):  # the filtered one joins too: the tick it gets stays hidden
+            server.tick({"peers": ["n1"]})
+            if sub.socket.poll(20, zmq.POLLIN):
+                assert sub.read_one() is None
+                break
+        relayed(1, 0.0, p.TICK_KIND, {"peers": ["n2"]})
+        server.tick({"peers": ["n1"]})
+        mine = server.publish("pipeline_state", {"pipeline": "a", "state": "paused"})
+        relayed(2, 1.0, "pipeline_state", {"pipeline": "b", "state": "paused"})  # older
+        relayed(2, 2e9, p.TICK_KIND, {"peers": ["n2"]})  # n1 is past everything
+        server.tick({"peers": ["n1"]})
+        merged = sub.merged()
+        got = [next(merged), next(merged)]
+        plain = [every.recv(timeout=5) for _ in range(2)]
+        assert every.recv(timeout=0.2) is None  # the ticks are not returned
+    assert [(e.node, e.data["pipeline"]) for e in got] == [("n1", "b"), ("n2", "a")]
+    assert [e and (e.node, e.seq) for e in plain] == [("n2", mine), ("n1", 2)]
+    assert every.gaps == 0 and mine > first
