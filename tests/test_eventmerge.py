@@ -137,3 +137,35 @@ def test_before_the_first_tick_every_nodes_events_are_held() -> None:
     assert keys(m.due(1.1)) == [("n1", 1)]
     m.add(tick("n1", 1, 10.3, "n2"), 1.2)
     assert keys(m.due(1.2)) == [("n2", 1)]
+
+
+def test_a_peer_that_only_another_node_relays_is_waited_for_only_a_moment() -> None:
+    # the client follows n2, which cannot reach n3 (n3 serves ipc only, on n1's host; or
+    # CURVE that n2 lacks): n1's ticks, relayed by n2, name n3 for ever. Events wait for
+    # n3 only NAMED seconds after it is first named, not MAX_HOLD each
+    m = EventMerge(max_hold=5.0, named=1.0)
+    now = 0.0
+    out: list[p.Event] = []
+    for i in range(40):  # 10 s of ticks, both nodes live
+        ts = 10.0 + now
+        m.add(tick("n2", 1, ts, "n1"), now)
+        m.add(tick("n1", 1, ts, "n2", "n3"), now)
+        if i == 20:
+            m.add(ev("n2", 2, ts + 0.01), now)
+        out += m.due(now)
+        if i == 21:  # n1 and n2 are both past it
+            assert keys(out) == [("n2", 2)]
+        now += 0.25
+
+
+def test_overdue_events_go_out_in_order_and_only_once() -> None:
+    m = EventMerge(max_hold=5.0, silent=60.0)
+    m.add(tick("n3", 1, 5.0), 0.0)  # n3 stays behind: only max_hold lets events out
+    m.add(ev("n1", 1, 12.0), 0.0)
+    m.add(ev("n2", 1, 11.0), 1.0)
+    m.add(ev("n1", 2, 13.0), 2.0)
+    assert keys(m.due(4.9)) == []
+    assert keys(m.due(5.0)) == [("n2", 1), ("n1", 1)]  # n1#1 overdue; n2#1 sorts first
+    assert keys(m.due(6.5)) == []
+    assert keys(m.due(7.0)) == [("n1", 2)]
+    assert m.due(60.0) == [] and m.held == 0

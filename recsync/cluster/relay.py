@@ -29,7 +29,6 @@ from recsync.daemon import protocol as p
 log = logging.getLogger(__name__)
 REFRESH = 1.0  # seconds between looks at the nodes table's peers
 TICK = 0.25  # seconds between this node's ticks (recsync.eventmerge)
-HEARD = 2.0  # a tick names the peers this relay heard from in the last HEARD seconds
 
 
 def pick_events(row: NodeRow, host: str) -> str | None:
@@ -91,7 +90,6 @@ class EventRelay:
         self.coordinator, self.server, self.host, self.curve = coordinator, server, host, curve
         self.remote = remote if remote is not None else RemoteStates()
         self.relayed = 0
-        self._heard: dict[str, float] = {}  # peer -> when its last event came (monotonic)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -111,17 +109,15 @@ class EventRelay:
         looked = ticked = 0.0
         try:
             while not self._stop.is_set():
-                if time.monotonic() - ticked >= TICK:
-                    ticked = time.monotonic()
-                    peers = sorted(n for n, at in self._heard.items()
-                                   if n in subs and ticked - at < HEARD)
-                    self.server.tick({"peers": peers})
                 if time.monotonic() - looked >= REFRESH:
                     looked = time.monotonic()
                     try:
                         self._refresh(ctx, subs, poller)
                     except Exception:  # never let the relay die of one odd row
                         log.exception("event relay: peers not refreshed")
+                if time.monotonic() - ticked >= TICK:  # naming the peers it follows
+                    ticked = time.monotonic()
+                    self.server.tick({"peers": sorted(subs)})
                 if not subs:
                     self._stop.wait(TICK)
                     continue
@@ -176,7 +172,6 @@ class EventRelay:
                 continue
             if event.node != peer:  # relayed by the peer, or not stamped: not again
                 continue
-            self._heard[peer] = time.monotonic()
             self.server.relay(frames[0], frames[-1])
             self.relayed += 1
             self.remote.update(event)

@@ -131,8 +131,10 @@ class ControlServer:
         max_frame: int = protocol.MAX_FRAME,
         workers: int = 4,
         reply_hwm: int | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.handler = handler
+        self.wall_clock = wall_clock  # event times: see _stamp
         self.inline = inline
         self.command_endpoint = command_endpoint
         self.event_endpoint = event_endpoint
@@ -156,6 +158,7 @@ class ControlServer:
         # [cluster]: (node, boot) stamped on every event published here
         self.origin: tuple[str | None, str | None] = (None, None)
         self.mirrors: list[ControlServer] = []  # servers publishing the same events
+        self._ts = 0.0  # the time of the last event or tick published
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -285,13 +288,20 @@ class ControlServer:
         with self._lock:
             seq = self._seq + 1
             payload = protocol.encoder.encode(
-                protocol.Event(seq, time.time(), kind, data, *self.origin))
+                protocol.Event(seq, self._stamp(), kind, data, *self.origin))
             self._seq = seq  # only once encodable: a bad event must not leave a gap
             if self._push is not None and self._state == "running":
                 self._push.send_multipart([_EVENT, kind.encode(), payload])
-        for mirror in self.mirrors:
-            mirror.relay(kind.encode(), payload)
+            for mirror in self.mirrors:  # under the lock too: in the same order everywhere
+                mirror.relay(kind.encode(), payload)
         return seq
+
+    def _stamp(self) -> float:
+        """The time of an event (the caller holds the lock): the wall clock, but never
+        before the last one's, even when the clock steps back (recsync.eventmerge trusts
+        a node's times to follow its sequence numbers)."""
+        self._ts = max(self._ts, self.wall_clock())
+        return self._ts
 
     def tick(self, data: dict[str, Any]) -> None:
         """[cluster]: publish a ``tick`` (see ``recsync.eventmerge``): this node's time now,
@@ -300,19 +310,19 @@ class ControlServer:
         kind = protocol.TICK_KIND.encode()
         with self._lock:
             payload = protocol.encoder.encode(
-                protocol.Event(self._seq, time.time(), protocol.TICK_KIND, data, *self.origin))
+                protocol.Event(self._seq, self._stamp(), protocol.TICK_KIND, data, *self.origin))
             if self._push is not None and self._state == "running":
                 self._push.send_multipart([_EVENT, kind, payload])
-        for mirror in self.mirrors:
-            mirror.relay(kind, payload)
+            for mirror in self.mirrors:
+                mirror.relay(kind, payload)
 
     def relay(self, kind: bytes, payload: bytes) -> None:
         """Publish an event as it is (another node's, or this node's on a second socket)."""
         with self._lock:
             if self._push is not None and self._state == "running":
                 self._push.send_multipart([_EVENT, kind, payload])
-        for mirror in self.mirrors:
-            mirror.relay(kind, payload)
+            for mirror in self.mirrors:  # (a mirror has no mirrors: no lock order to break)
+                mirror.relay(kind, payload)
 
     # ---- the bridge thread ---------------------------------------------------------------
 

@@ -467,3 +467,62 @@ def test_ticks_order_a_merged_stream_and_never_reach_recv(serve: Any) -> None:
     assert [(e.node, e.data["pipeline"]) for e in got] == [("n1", "b"), ("n2", "a")]
     assert [e and (e.node, e.seq) for e in plain] == [("n2", mine), ("n1", 2)]
     assert every.gaps == 0 and mine > first
+
+
+class RecordingMirror(ControlServer):
+    """A mirror server (not started) that keeps what it is asked to relay; ``on_event``
+    runs first (a publisher preempted at that moment)."""
+
+    def __init__(self, short_dir: Path) -> None:
+        cmd_ep, ev_ep = default_endpoints(short_dir / "mirror")
+        super().__init__(Backend(), inline=lambda _c: True, command_endpoint=cmd_ep,
+                         event_endpoint=ev_ep)
+        self.got: list[p.Event] = []
+        self.on_event: Callable[[bytes], None] = lambda _kind: None
+
+    def relay(self, kind: bytes, payload: bytes) -> None:
+        self.on_event(kind)
+        self.got.append(p.event_decoder.decode(payload))
+        super().relay(kind, payload)
+
+
+def test_a_mirror_never_gets_a_tick_before_an_event_published_earlier(
+        serve: Any, short_dir: Path) -> None:
+    # [cluster] control_bind: the tcp server is a mirror, and peers on other hosts relay
+    # from it. A tick taken while an event is on its way to the mirror must reach the
+    # mirror after it: a tick promises that nothing older comes
+    server, _ = serve()
+    server.origin = ("n2", "b2")
+    mirror = RecordingMirror(short_dir)
+    server.mirrors.append(mirror)
+    ticker = threading.Thread(target=server.tick, args=({"peers": []},))
+
+    def preempted(kind: bytes) -> None:
+        if kind != p.TICK_KIND.encode() and not ticker.is_alive() and not mirror.got:
+            ticker.start()
+            ticker.join(0.5)  # the tick has its turn (it waits for the lock: it cannot)
+
+    mirror.on_event = preempted
+    server.publish("pipeline_state", {"pipeline": "a", "state": "paused"})
+    ticker.join(5)
+    assert [e.kind for e in mirror.got] == ["pipeline_state", p.TICK_KIND]
+    assert mirror.got[0].ts <= mirror.got[1].ts
+
+
+def test_event_times_never_go_back_when_the_wall_clock_does(serve: Any) -> None:
+    reading = [500.0]
+    server, _ = serve(wall_clock=lambda: reading[0])
+    server.origin = ("n2", "b2")
+    with client(server) as c, c.subscribe() as sub:
+        for _ in range(500):  # the subscription joins a moment after it is made
+            server.tick({"peers": []})
+            if sub.socket.poll(20, zmq.POLLIN):
+                break
+        reading[0] = 1000.0
+        server.tick({"peers": []})
+        reading[0] = 999.0  # an NTP step back
+        seq = server.publish("pipeline_state", {"pipeline": "a", "state": "paused"})
+        reading[0] = 1000.5
+        later = server.publish("pipeline_state", {"pipeline": "a", "state": "running"})
+        got = [sub.recv(timeout=5), sub.recv(timeout=5)]
+    assert [e and (e.seq, e.ts) for e in got] == [(seq, 1000.0), (later, 1000.5)]
