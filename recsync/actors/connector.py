@@ -486,7 +486,12 @@ class ConnectorActor(PipelineActor):
             return {}, [(i, i.content, i.hash, None) for i in batch.items], True
         superseded: dict[str, ItemOutcome] = {}
         to_write: list[tuple[WorkItem, Record | None, str | None, str | None]] = []
-        current = self.connector.fetch(known)
+        # only what changed since the queue last heard from the target, when it can tell
+        changed = (None if batch.seen is None
+                   else self.connector.changed_since(batch.seen, known))
+        if changed is not None:
+            known = [k for k in known if k in changed]
+        current = self.connector.fetch(known) if known else {}
         # the compiled rules once per batch, not looked up per record
         compiled = rules_mod.compile_rules(rs)
         to_a, matches = compiled.to_a_space, compiled.matches
@@ -498,6 +503,9 @@ class ConnectorActor(PipelineActor):
             content, chash = item.content, item.hash
             winner: str | None = None
             if item.expected_hash is not None:
+                if changed is not None and item.key not in changed:
+                    to_write.append((item, content, chash, None))  # as the queue knew it
+                    continue
                 rec = current.get(item.key)
                 their_hash = hash_theirs(rec) if rec is not None else None
                 if their_hash == item.expected_hash or their_hash == item.hash:  # the usual

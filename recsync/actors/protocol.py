@@ -100,6 +100,9 @@ class WriteBatch(msgspec.Struct, frozen=True):
     # at most this many records per write call (0: all in one): a page passed to the
     # writer whole is still written in batches of batch_size
     chunk: int = 0
+    # the target side's cursor as last committed when the batch was made: the queue's
+    # state holds every change of the target up to it (see Connector.changed_since)
+    seen: str | None = None
 
 
 class BatchDone(msgspec.Struct, frozen=True):

@@ -73,6 +73,8 @@ class QueueActor(PipelineActor):
         self.added: dict[Direction, int] = dict.fromkeys(DIRECTIONS, 0)
         self.last_activity = clock.monotonic()
         self.held: dict[str, str] = {}
+        # per side, the cursor of its last page recorded in the store (WriteBatch.seen)
+        self.seen: dict[str, str | None] = {"a": None, "b": None}
         # A page passed straight to the writer per direction (see Store.enqueue), and the
         # page of its side read meanwhile: it waits, as the cursor after it must not be
         # saved before the direct page's outcome is. Reading one page ahead lets the next
@@ -94,6 +96,7 @@ class QueueActor(PipelineActor):
         self.store = (Store(self.state_path, self.clock) if self.state is None
                       else self.state.open_store(self.pipeline, self.clock))
         self.store.use_rules(rules_fingerprint(self.ruleset))
+        self.seen = {side: self.store.cursor(side) for side in ("a", "b")}
         self.prune_history()
         if self.figures is not None:
             self.publish_figures()
@@ -170,6 +173,7 @@ class QueueActor(PipelineActor):
             log.warning("listing met records it could not read: none taken as deleted",
                         extra={"pipeline": self.pipeline, "side": msg.side})
         if not msg.event:
+            self.seen[msg.side] = msg.cursor
             self.send(poller, Committed(msg.cursor, msg.more))
         if stats.direct is not None:
             self.last_activity = self.clock.monotonic()
@@ -260,7 +264,8 @@ class QueueActor(PipelineActor):
                     keys: frozenset[str] | None = None, bulk: bool = False) -> None:
         self.in_flight[direction] = frozenset([i.key for i in items]) if keys is None else keys
         target = f"connector_{target_of(direction)}"
-        batch = WriteBatch(direction, items, self.ruleset, bulk, self.settings.batch_size)
+        batch = WriteBatch(direction, items, self.ruleset, bulk, self.settings.batch_size,
+                           self.seen[target_of(direction)])
         self.send(self.peers.ref(target), (batch, self.actor_ref))
 
     def _batch_done(self, msg: BatchDone) -> None:

@@ -124,6 +124,19 @@ class Connector(abc.ABC):
             ConnectorError: transient failure.
         """
 
+    def changed_since(self, cursor: str, keys: list[str]) -> set[str] | None:
+        """Of ``keys``, those that may have changed on this side, by anyone but this
+        connector, after ``cursor`` (one this side's ``read_changes`` returned); None when
+        the side cannot tell. Before writing, the records the queue knew as of ``cursor``
+        are fetched and compared only when changed (``fetch`` is the slow part of an
+        update: about a fifth of the CPU of 100k updates SQLite -> SQLite). A side that
+        says a key has not changed must be sure of it: its change then goes unchecked.
+
+        Raises:
+            ConnectorError: transient failure.
+        """
+        return None
+
     def remote_budget(self) -> tuple[int, float | None] | None:
         """What the remote API said is left of its request allocation: (remaining,
         reset time as epoch seconds or None), or None when it says nothing. The rate

@@ -59,6 +59,7 @@ ISO-8601 text, naive = UTC), else the log time (trigger mode) or the time read (
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sqlite3
 import time
@@ -195,6 +196,11 @@ class SqliteConnector(SqlTableConnector):
         self._objects_seen: dict[str, Any] | None = None
         # why the next read must list the table again (capture was off), if it must
         self._relist_why: str | None = None
+        # the log stopped being a full account of the changes (a listing started again
+        # from a cursor): changed_since answers None from then on (see there)
+        self._log_doubted = False
+        self._read_from_cursor = False
+        self._checked_from = 0  # the highest cursor seq changed_since was asked about
 
     @property
     def system_id(self) -> str:
@@ -472,6 +478,7 @@ class SqliteConnector(SqlTableConnector):
     def read_changes(self, cursor: str | None, limit: int) -> ChangePage:
         state = self._parse_cursor(cursor)
         limit = max(1, limit)
+        self._read_from_cursor = bool(state)
         with self._failing("reading changes"):
             self._check_schema()
             if self.cfg.tracking == "triggers":
@@ -515,6 +522,8 @@ class SqliteConnector(SqlTableConnector):
 
     def _start_listing(self, limit: int) -> ChangePage:
         state: dict[str, Any]
+        if self._read_from_cursor:  # listed again: the log missed changes, or may have
+            self._log_doubted = True
         if self.cfg.tracking == "triggers":
             top = self.db.execute(f"SELECT max(seq) FROM {_q(self.log_table)}").fetchone()[0]
             state = {"seq": top or 0}
@@ -602,7 +611,9 @@ class SqliteConnector(SqlTableConnector):
                 self.system_id,
             )
             return self._start_listing(limit)
-        own = self._own_writes = [r for r in self._own_writes if r[1] > seq]
+        keep = min(seq, self._checked_from) if self._checked_from else seq
+        self._own_writes = [r for r in self._own_writes if r[1] > keep]  # (changed_since's)
+        own = [r for r in self._own_writes if r[1] > seq]
         for lo, hi in own:  # skip whole runs of our own rows without reading them
             if lo <= seq < hi:
                 seq = hi
@@ -753,6 +764,67 @@ class SqliteConnector(SqlTableConnector):
             if row and row[0] is not None:
                 stamp = max(stamp or 0.0, float(row[0]))
         return stamp
+
+    def changed_since(self, cursor: str, keys: list[str]) -> set[str] | None:
+        """In trigger mode, from a plain log cursor ``{"seq": S}``: the keys of the log
+        rows after S that our own write transactions did not make (``_own_writes``); None
+        when the log cannot tell: column mode, a listing's cursor, the schema changed since
+        the last read, the log was pruned past S or started again, a row without a key
+        (a gap), more rows than ``keys`` (fetching is as cheap then), and for good once a
+        listing started again from a cursor (changes may have gone unlogged before it,
+        and a cursor from before it may look like one from after).
+
+        Measured on 100,000 updates SQLite -> SQLite (py-spy --gil, shipped defaults):
+        fetching and comparing every record took 18% of the daemon's CPU."""
+        if self.cfg.tracking != "triggers" or self._log_doubted or self._relist_why:
+            return None
+        try:
+            state = json.loads(cursor)
+        except ValueError:
+            return None
+        if not isinstance(state, dict) or list(state) != ["seq"]:
+            return None
+        seq = state["seq"]
+        if seq.__class__ is not int:
+            return None
+        limit = len(keys) + 1
+        lt = _q(self.log_table)
+        with self._failing("checking the change log"):
+            db = self.db
+            if int(db.execute("PRAGMA schema_version").fetchone()[0]) != self._schema_version:
+                return None  # the next read looks into it
+            if self._log_reset(seq) is not None or self._log_gap(seq):
+                return None
+            self._checked_from = max(self._checked_from, seq)
+            spans: list[tuple[int, int | None]] = []  # (after, upto]: not ours
+            low = seq
+            for lo, hi in self._own_writes:
+                if hi > low:
+                    if lo > low:
+                        spans.append((low, lo))
+                    low = hi
+            spans.append((low, None))
+            if len(spans) > 64:
+                return None
+            found: list[Any] = []
+            for after, upto in spans:
+                if upto is None:
+                    rows = db.execute(f'SELECT "key" FROM {lt} WHERE seq > ? LIMIT ?',
+                                      (after, limit - len(found))).fetchall()
+                else:
+                    rows = db.execute(
+                        f'SELECT "key" FROM {lt} WHERE seq > ? AND seq <= ? LIMIT ?',
+                        (after, upto, limit - len(found))).fetchall()
+                found += rows
+                if len(found) >= limit:
+                    return None
+        changed: set[str] = set()
+        for (k,) in found:
+            if k is None:
+                return None
+            kc = k.__class__
+            changed.add(k if kc is str else str(k) if kc is int else key_text(k))
+        return changed
 
     def fetch(self, keys: list[str]) -> dict[str, Record]:
         wanted = set(keys)

@@ -94,3 +94,44 @@ def test_a_batch_written_in_chunks_keeps_each_outcome_with_its_record(
         assert [r[0] for r in conn.execute("SELECT id FROM people ORDER BY id")] == [
             "1", "2", "3", "5"]
     conn.close()
+
+
+BOTH_WAYS = RuleSet(name="t", a_to_b=["create", "update"], b_to_a=["create", "update"],
+                    mappings={"id": "id", "name": "name"})
+
+
+def log_top(db: Path) -> str:
+    with sqlite3.connect(db) as conn:
+        (top,) = conn.execute("SELECT max(seq) FROM recsync_changelog_people").fetchone()
+    conn.close()
+    return f'{{"seq": {top}}}'
+
+
+@pytest.mark.parametrize("seen", [False, True])
+def test_a_change_on_the_target_since_the_queue_last_heard_is_a_conflict(
+    writer: tuple[Any, Any, queue.Queue[Any], Path], seen: bool,
+) -> None:
+    # WriteBatch.seen (the target's cursor the queue committed last): the writer compares
+    # only the records the change log says another writer changed since; the outcome is
+    # the one of comparing every record
+    ref, reply_to, inbox, db = writer
+    first = [{"id": "1", "name": "Ada"}, {"id": "2", "name": "Bob"}]
+    ref.tell((WriteBatch("a_to_b", [
+        WorkItem(r["id"], "upsert", r, content_hash(r), 1.0, 1, 0, None) for r in first],
+        BOTH_WAYS), reply_to))
+    assert [o.status for o in inbox.get(timeout=10).outcomes] == ["synced", "synced"]
+    cursor = log_top(db) if seen else None
+    with sqlite3.connect(db) as conn:  # someone edits record 1 on the target, later
+        conn.execute("UPDATE people SET name = 'Theirs', updated_at = 5000 WHERE id = '1'")
+    conn.close()
+    second = [{"id": "1", "name": "Ada 2"}, {"id": "2", "name": "Bob 2"}]
+    ref.tell((WriteBatch("a_to_b", [
+        WorkItem(r["id"], "upsert", r, content_hash(r), 2.0, 2, 0, content_hash(old))
+        for r, old in zip(second, first, strict=True)], BOTH_WAYS, seen=cursor), reply_to))
+    done = inbox.get(timeout=10)
+    assert [(o.key, o.status, o.winner) for o in done.outcomes] == [
+        ("1", "superseded", "b"), ("2", "synced", None)]
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT id, name FROM people ORDER BY id").fetchall() == [
+            ("1", "Theirs"), ("2", "Bob 2")]
+    conn.close()

@@ -57,6 +57,7 @@ def queue_actor(tmp_path: Path, settings: Settings, unthrottled: frozenset[str] 
     peers = Peers()
     peers.refs["connector_b"] = Recorder.start(writes)
     peers.refs["poller_a"] = Recorder.start(polls)
+    peers.refs["poller_b"] = Recorder.start(polls)
     state = tmp_path / "state.sqlite"
     ref = QueueActor.start("c/p", 1, lambda _f: None, state_path=state,
                            settings=settings, ruleset=RULES, peers=peers,
@@ -202,3 +203,19 @@ def test_a_listing_unit_of_pages_that_do_not_divide_the_unit_goes_to_the_writer_
         batch = next_batch(writes)
         assert [i.key for i in batch.items] == keys and batch.chunk == 300
         assert ref.proxy().counts().get().get("ready_a_to_b", 0) == 0  # nothing queued
+
+
+def test_a_batch_carries_the_targets_cursor_as_last_recorded(tmp_path: Path) -> None:
+    # WriteBatch.seen: the writer checks only what changed on the target after it
+    settings = Settings(batch_size=10, page_size=10)
+    with queue_actor(tmp_path, settings) as (ref, writes, _state):
+        ref.tell(page(["1"], "a1"))
+        first = next_batch(writes)
+        assert first.seen is None  # nothing heard from side b yet
+        ref.tell(synced(first, 1001.0))
+        ref.tell(Enqueue("b", [], '{"seq": 7}', 1001.0, RULES, False, False, False))
+        ref.tell(page(["2"], "a2"))
+        assert next_batch(writes).seen == '{"seq": 7}'
+    with queue_actor(tmp_path, settings) as (ref, writes, _s):  # restarted: from the store
+        ref.tell(page(["3"], "a3"))
+        assert next_batch(writes).seen == '{"seq": 7}'
