@@ -490,6 +490,7 @@ class ConnectorActor(PipelineActor):
         changed = (None if batch.seen is None
                    else self.connector.changed_since(batch.seen, known))
         if changed is not None:
+            changed |= batch.check
             known = [k for k in known if k in changed]
         current = self.connector.fetch(known) if known else {}
         # the compiled rules once per batch, not looked up per record

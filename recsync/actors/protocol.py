@@ -101,8 +101,12 @@ class WriteBatch(msgspec.Struct, frozen=True):
     # writer whole is still written in batches of batch_size
     chunk: int = 0
     # the target side's cursor as last committed when the batch was made: the queue's
-    # state holds every change of the target up to it (see Connector.changed_since)
+    # state holds every change of the target up to it (see Connector.changed_since)...
     seen: str | None = None
+    # ... but these records also have work queued the other way, which a change of the
+    # target may have joined unresolved (it was queued while the record was being written
+    # the other way): the writer compares them with the target whatever the cursor says
+    check: frozenset[str] = frozenset()
 
 
 class BatchDone(msgspec.Struct, frozen=True):

@@ -264,8 +264,14 @@ class QueueActor(PipelineActor):
                     keys: frozenset[str] | None = None, bulk: bool = False) -> None:
         self.in_flight[direction] = frozenset([i.key for i in items]) if keys is None else keys
         target = f"connector_{target_of(direction)}"
+        seen = self.seen[target_of(direction)]
+        check: frozenset[str] = frozenset()
+        if seen is not None:
+            assert self.store is not None
+            check = frozenset(self.store.queued_keys(
+                opposite_of(direction), [i.key for i in items if i.expected_hash is not None]))
         batch = WriteBatch(direction, items, self.ruleset, bulk, self.settings.batch_size,
-                           self.seen[target_of(direction)])
+                           seen, check)
         self.send(self.peers.ref(target), (batch, self.actor_ref))
 
     def _batch_done(self, msg: BatchDone) -> None:

@@ -200,7 +200,6 @@ class SqliteConnector(SqlTableConnector):
         # from a cursor): changed_since answers None from then on (see there)
         self._log_doubted = False
         self._read_from_cursor = False
-        self._checked_from = 0  # the highest cursor seq changed_since was asked about
 
     @property
     def system_id(self) -> str:
@@ -611,9 +610,9 @@ class SqliteConnector(SqlTableConnector):
                 self.system_id,
             )
             return self._start_listing(limit)
-        keep = min(seq, self._checked_from) if self._checked_from else seq
-        self._own_writes = [r for r in self._own_writes if r[1] > keep]  # (changed_since's)
-        own = [r for r in self._own_writes if r[1] > seq]
+        # (changed_since is asked from cursors the queue recorded, never behind a read's:
+        # the poller reads from those, after the batches made before them were sent)
+        own = self._own_writes = [r for r in self._own_writes if r[1] > seq]
         for lo, hi in own:  # skip whole runs of our own rows without reading them
             if lo <= seq < hi:
                 seq = hi
@@ -795,7 +794,6 @@ class SqliteConnector(SqlTableConnector):
                 return None  # the next read looks into it
             if self._log_reset(seq) is not None or self._log_gap(seq):
                 return None
-            self._checked_from = max(self._checked_from, seq)
             spans: list[tuple[int, int | None]] = []  # (after, upto]: not ours
             low = seq
             for lo, hi in self._own_writes:

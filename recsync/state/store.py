@@ -678,6 +678,12 @@ class Store:
         return self.backend.ready_count(direction, self.clock.time(), limit)
 
     @translate
+    def queued_keys(self, direction: Direction, keys: Sequence[str]) -> set[str]:
+        """Of ``keys``, those with work of ``direction`` queued (ready, waiting to retry or
+        failed)."""
+        return self.backend.queued_keys(direction, keys)
+
+    @translate
     def bulk_jobs_pending(self, direction: Direction) -> bool:
         """Whether a bulk job of ``direction`` is journaled and not applied (a run ended
         while it was in flight): the next batch is leased as a bulk one, to finish it."""

@@ -498,3 +498,18 @@ def test_a_deferral_keeps_the_last_error_a_retry_met(
                                        retry_at=clock.time() + 1)], policy, clock.time())
     rec = record_status(open_store.reader(), "t/p", "1")
     assert rec is not None and rec.last_error == "rate limited"
+
+
+def test_queued_keys_names_the_records_with_work_of_a_direction_in_any_state(
+        store: Store, clock: FakeClock) -> None:
+    # (the writer of the other direction compares these with the target: WriteBatch.check)
+    assert store.queued_keys("a_to_b", ["1"]) == set()
+    store.enqueue("a", [change("1", "Ada"), change("2", "Bob"), change("3", "Cy")], "c1",
+                  clock.time(), RULES)
+    items = store.lease("a_to_b", 10, frozenset())
+    store.apply("a_to_b", [
+        ItemOutcome("1", items[0].gen, "synced", hash=items[0].hash),
+        ItemOutcome("2", items[1].gen, "rejected", error="CHECK constraint failed")],
+        RetryPolicy(), clock.time())
+    assert store.queued_keys("a_to_b", ["1", "2", "3", "4"]) == {"2", "3"}  # failed, ready
+    assert store.queued_keys("b_to_a", ["1", "2", "3"]) == set()
