@@ -14,8 +14,9 @@ run ``--rounds`` times, interleaved, and the median ratio is the figure.
 Cases (N = --rows, 100,000; --quick: 20,000):
   init      initial load SQLite -> SQLite, N rows
   sweep     the same with page_size / batch_size across 100..5000: worst / best rate
-  queued    updates of N linked records while a backlog is queued: 4/5 of them changed
-            on side A, the others on side B, both read and queued in the same run
+  queued    N updates of linked records on side A arriving while a backlog is queued:
+            the first N/5 were read and queued before (as after an outage of side B),
+            the other 4/5 are read in the run, each page queued behind it
   updates   N updates of linked records on side A, nothing pending
   csv       initial load SQLite -> CSV file
   pgstate   init with ``[cluster] state`` in PostgreSQL, against init's rate
@@ -240,6 +241,8 @@ class Bench:
              case: str = "init", state: str = "", label: str = "") -> Path:
         folder = self.folder(case)
         write_config(folder, target, overrides or {}, state)
+        if state:  # a fresh state: not what a run stopped halfway (or by hand) left there
+            clear_pg(state, "bench/p")
         try:
             run = self.timed(case, folder, self.rows, label)
         finally:
@@ -250,23 +253,59 @@ class Bench:
         return folder
 
     def updates(self, loaded: Path, backlog: int, case: str) -> None:
-        """A copy of a loaded pipeline, then: rows 1..N - ``backlog`` updated on side A, the
-        last ``backlog`` rows on side B; `recsyncd --once` syncs all N."""
+        """A copy of a loaded pipeline, then all N rows updated on side A: the last
+        ``backlog`` of them first, read and queued as an earlier run would have left them
+        when side B was out (``queue_backlog``); `recsyncd --once` syncs all N."""
         folder = self.base / f"{case}{self.n}"
         self.n += 1
         shutil.copytree(loaded, folder, ignore=shutil.ignore_patterns("a.sqlite*"))
         shutil.copy(loaded / "a.sqlite", folder / "a.sqlite")  # not the shared hard link
         now = time.time() + 1
-        with sqlite3.connect(folder / "a.sqlite") as db:
-            db.execute("UPDATE users SET full_name = full_name || ' (updated)', "
-                       "updated_at = ? WHERE record_id <= ?", (now, self.rows - backlog))
-        db.close()
+        update = ("UPDATE users SET full_name = full_name || ' (updated)', updated_at = ? "
+                  "WHERE record_id > ? AND record_id <= ?")
         if backlog:
-            with sqlite3.connect(folder / "b.sqlite") as db:
-                db.execute("UPDATE contacts SET email = 'b.' || email, updated_at = ? "
-                           "WHERE id > ?", (now, self.rows - backlog))
+            with sqlite3.connect(folder / "a.sqlite") as db:
+                db.execute(update, (now, self.rows - backlog, self.rows))
             db.close()
+            queue_backlog(folder, backlog)
+        with sqlite3.connect(folder / "a.sqlite") as db:
+            db.execute(update, (now, 0, self.rows - backlog))
+        db.close()
         self.timed(case, folder, self.rows)
+
+
+def queue_backlog(folder: Path, expect: int) -> None:
+    """Read side A's changes past the pipeline's cursor and queue them in its state, as
+    recsyncd does when the page cannot go to the writer at once (work of its direction is
+    queued or in flight): with recsync's own connector, rules and store."""
+    from recsync.config import load_config
+    from recsync.connectors.sqlite import SqliteConfig, SqliteConnector
+    from recsync.rules import compile_rules
+    from recsync.state.paths import state_file_name
+    from recsync.state.store import Store
+
+    config = load_config(folder)
+    (pipeline,) = config.pipelines.values()
+    ruleset = config.rules[pipeline.rules]
+    options = pipeline.a.options
+    assert isinstance(options, SqliteConfig)
+    store = Store(folder / "state" / state_file_name("bench/p"))
+    side = SqliteConnector(options, folder)
+    side.open()
+    try:
+        cursor, queued = store.cursor("a"), 0
+        while True:
+            page = side.read_changes(cursor, 1000)
+            prepared = compile_rules(ruleset).prepare("a", page.changes)
+            queued += store.enqueue("a", prepared, page.cursor, time.time(), ruleset).queued
+            cursor = page.cursor
+            if not page.more:
+                break
+    finally:
+        side.close()
+        store.close()
+    if queued != expect:
+        raise SystemExit(f"{folder.name}: {queued} changes queued, not {expect}")
 
 
 def median(values: list[float]) -> float:
