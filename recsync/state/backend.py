@@ -96,7 +96,8 @@ class NewItem(NamedTuple):
 
 
 class LeasedRow(NamedTuple):
-    """A due queue row with the target's hash (None when stale) and a rekey's old key."""
+    """A due queue row with the target's hash (None when stale), a rekey's old key, and
+    whether the target holds the record as far as its link says (stale or not)."""
 
     key: str
     op: str
@@ -108,6 +109,7 @@ class LeasedRow(NamedTuple):
     expected: str | None
     src_hash: str | None
     old_key: str | None
+    on_target: bool
 
 
 class HistoryRow(NamedTuple):
@@ -612,7 +614,8 @@ class SqlBackend:
                  f"AND r.key = q.key{join.replace('l.', 'r.')})" if rekeys else "NULL")
         rows = self.x(
             "SELECT q.key, q.op, q.content, q.hash, q.modified, q.gen, q.attempts, "
-            f"CASE WHEN l.stale = 1 THEN NULL ELSE l.{target}_hash END, q.src_hash, {rekey} "
+            f"CASE WHEN l.stale = 1 THEN NULL ELSE l.{target}_hash END, q.src_hash, {rekey}, "
+            f"l.{target}_hash IS NOT NULL "
             f"FROM queue q LEFT JOIN links l ON l.key = q.key{join} "
             f"WHERE {scope}q.direction = ? AND q.state = 'ready' AND q.next_at <= ? "
             "ORDER BY q.next_at LIMIT ?", (direction, now, limit)).fetchall()

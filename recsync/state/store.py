@@ -147,6 +147,10 @@ class Store:
                 raise state_error(where, exc) from exc
         self._gen = self._opening(self.backend.max_gen)
         self._rekeys = self._opening(lambda: rekeys_mod.pending(self.backend))
+        # per direction, the keys of the last batch leased and those of them the target
+        # held then: apply labels their history create or update without a query per batch
+        # (links by key: 2.9 ms per 1,000, on the queue actor's thread)
+        self._leased: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
 
     def _opening(self, read: Callable[[], R]) -> R:
         try:
@@ -513,14 +517,16 @@ class Store:
         Nothing is written: which items are in flight is the caller's to remember (after a
         crash none is), so leasing costs one read.
         """
-        rows = self.backend.lease(direction, self.clock.time(), limit + len(exclude),
-                                  self._rekeys)
+        rows = [r for r in self.backend.lease(direction, self.clock.time(),
+                                              limit + len(exclude), self._rekeys)
+                if r.key not in exclude][:limit]
+        self._leased[direction] = (frozenset(r.key for r in rows),
+                                   frozenset(r.key for r in rows if r.on_target))
         return [
             WorkItem(r.key, r.op, None if r.content is None else _decode(r.content),  # type: ignore[arg-type]
                      r.hash, r.modified, r.gen, r.attempts, r.expected, r.src_hash, r.old_key)
             for r in rows
-            if r.key not in exclude
-        ][:limit]
+        ]
 
     @translate
     def apply(
@@ -558,8 +564,11 @@ class Store:
         made: list[ItemOutcome] = []  # created on the target under a key of its own
         with db.transaction():
             synced = [o.key for o in outcomes if o.status == "synced"]
+            leased, held = self._leased.pop(direction, (frozenset(), frozenset()))
             if direct is not None and direct.on_target is not None:
                 on_target: Set[str] = direct.on_target
+            elif direct is None and leased.issuperset(synced):
+                on_target = held
             else:
                 on_target = db.on_side(target, synced) if synced and db.any_link() else set()
             if direct is not None:

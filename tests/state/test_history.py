@@ -169,3 +169,26 @@ def test_a_state_file_of_an_earlier_recsync_keeps_its_history(
         assert history(store, "1") == [("failed", None, "boom"), ("create", "a_to_b", None)]
     finally:
         store.close()
+
+
+def test_a_leased_batch_of_creates_and_updates_is_labelled_each_right(
+    store: Store, clock: FakeClock
+) -> None:
+    # the labels come from what the lease read of each link (no query at apply); outcomes
+    # of records another lease brought are looked up
+    store.enqueue("a", [change("1", "Ada")], "a1", clock.time(), RULES)
+    sync_all(store, "a_to_b", clock)
+    clock.advance(1)
+    store.enqueue("a", [change("1", "Ada L."), change("2", "Bob")], "a2", clock.time(), RULES)
+    sync_all(store, "a_to_b", clock)
+    assert [h[0] for h in history(store, "1")] == ["create", "update"]
+    assert [h[0] for h in history(store, "2")] == ["create"]
+    clock.advance(1)
+    store.enqueue("a", [change("1", "Ada 3"), change("3", "Cy")], "a3", clock.time(), RULES)
+    first = store.lease("a_to_b", 1, frozenset())
+    rest = store.lease("a_to_b", 10, frozenset(i.key for i in first))
+    outcomes = [ItemOutcome(i.key, i.gen, "synced", hash=i.hash, src_hash=i.src_hash)
+                for i in (*first, *rest)]
+    store.apply("a_to_b", outcomes, RetryPolicy(), clock.time())
+    assert [h[0] for h in history(store, "1")] == ["create", "update", "update"]
+    assert [h[0] for h in history(store, "3")] == ["create"]
