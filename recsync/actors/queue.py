@@ -97,7 +97,7 @@ class QueueActor(PipelineActor):
                       else self.state.open_store(self.pipeline, self.clock))
         self.store.use_rules(rules_fingerprint(self.ruleset))
         self.seen = {side: self.store.cursor(side) for side in ("a", "b")}
-        self.prune_history()
+        self.prune_history(every=PRUNE_EVERY)  # (a restart is no reason to prune again)
         if self.figures is not None:
             self.publish_figures()
 
@@ -106,12 +106,13 @@ class QueueActor(PipelineActor):
         if self.pruned_at is None or self.clock.monotonic() - self.pruned_at >= PRUNE_EVERY:
             self.prune_history()
 
-    def prune_history(self) -> int:
-        """Apply the history retention (history_per_record, history_days) now."""
+    def prune_history(self, every: float = 0.0) -> int:
+        """Apply the history retention (history_per_record, history_days) now (``every``:
+        unless it was applied less than that many seconds ago)."""
         assert self.store is not None
         self.pruned_at = self.clock.monotonic()
         s = self.settings
-        gone = self.store.prune_history(s.history_per_record, s.history_days)
+        gone = self.store.prune_history(s.history_per_record, s.history_days, every=every)
         if gone:
             log.info("history pruned", extra={"pipeline": self.pipeline, "entries": gone})
         return gone

@@ -192,3 +192,26 @@ def test_a_leased_batch_of_creates_and_updates_is_labelled_each_right(
     store.apply("a_to_b", outcomes, RetryPolicy(), clock.time())
     assert [h[0] for h in history(store, "1")] == ["create", "update", "update"]
     assert [h[0] for h in history(store, "3")] == ["create"]
+
+
+def test_a_prune_is_not_repeated_within_every_seconds_unless_the_limit_changed(
+    store: Store, clock: FakeClock
+) -> None:
+    # a daemon started right after another run (`recsyncd --once` from cron) does not
+    # prune what that run pruned a moment ago
+    for n in range(5):
+        store.enqueue("a", [change("1", f"v{n}")], f"a{n}", clock.time(), RULES)
+        sync_all(store, "a_to_b", clock)
+    assert store.prune_history(per_record=3, days=30) == 2
+    for n in range(5, 8):
+        store.enqueue("a", [change("1", f"v{n}")], f"a{n}", clock.time(), RULES)
+        sync_all(store, "a_to_b", clock)
+    clock.advance(30)
+    assert store.prune_history(per_record=3, days=30, every=60) == 0  # 30 s ago: not yet
+    assert len(history(store, "1")) == 6
+    assert store.prune_history(per_record=2, days=30, every=60) == 4  # a new limit: now
+    store.enqueue("a", [change("1", "v9")], "a9", clock.time(), RULES)
+    sync_all(store, "a_to_b", clock)
+    clock.advance(61)
+    assert store.prune_history(per_record=2, days=30, every=60) == 1
+    assert len(history(store, "1")) == 2
