@@ -324,11 +324,15 @@ class Store:
         keys = [c.key for c in changes]
         links = db.links(keys, observed)
         queued = db.has_queued()
-        if (not queued and not in_flight_same and len(changes) <= direct_limit
-                and in_flight_opposite.isdisjoint(keys)
+        pending = db.queued(keys) if queued else {}
+        # work of this direction to lease keeps a page from going direct (it would wait
+        # behind every page); failed items (dead letters, leased no more) do not: one bad
+        # record would otherwise send every later page the long way, until retried
+        leasing = queued and db.has_ready(direction)
+        if (not leasing and not pending and not in_flight_same
+                and len(changes) <= direct_limit and in_flight_opposite.isdisjoint(keys)
                 and self._upserts_direct(side, changes, links, ruleset, stats)):
             return
-        pending = db.queued(keys) if queued else {}
         now = self.clock.time()
         link_rows: list[tuple[str, Side, str | None, float]] = []
         # (direction, key, content, hash, src_hash, modified, observed): see ``_row``
@@ -408,14 +412,12 @@ class Store:
         # Deletes never go direct: their link change above is committed now, and a page
         # that came back as a listing after a crash could no longer find them. Work of the
         # other direction on other records does not keep a page from going direct (the
-        # updates of one side, while the other side's backlog is written: 100k records,
-        # 20k of them changed on side B, see bench/sync_bench.py); work queued in this
-        # direction does (it would wait behind every page), and so does any on the same
-        # records (a conflict is resolved on the queue).
+        # updates of one side while the other side's backlog is written); work of this
+        # direction to lease does (``leasing``), and so does any on the same records (a
+        # conflict is resolved on the queue).
         if (0 < len(queue_rows) <= direct_limit and not pending and not drop and not history
                 and not stats.deletes and not in_flight_same
-                and in_flight_opposite.isdisjoint(keys)
-                and not (queued and db.has_queued(direction))):
+                and in_flight_opposite.isdisjoint(keys) and not leasing):
             stats.direct = [
                 WorkItem(key, "upsert", content, chash, mod, self._next_gen(), 0,
                          _expected(links.get(key), o), src_hash)

@@ -513,3 +513,26 @@ def test_queued_keys_names_the_records_with_work_of_a_direction_in_any_state(
         RetryPolicy(), clock.time())
     assert store.queued_keys("a_to_b", ["1", "2", "3", "4"]) == {"2", "3"}  # failed, ready
     assert store.queued_keys("b_to_a", ["1", "2", "3"]) == set()
+
+
+def test_a_failed_record_does_not_keep_later_pages_off_the_short_way(
+        store: Store, clock: FakeClock) -> None:
+    # a dead letter is leased no more: pages of other records still go direct; a page with
+    # a newer change of that record takes the queue (the change replaces the failed item)
+    store.enqueue("a", [change("1", "Bad")], "c1", clock.time(), RULES)
+    (item,) = store.lease("a_to_b", 10, frozenset())
+    store.apply("a_to_b", [ItemOutcome("1", item.gen, "rejected", error="CHECK failed")],
+                RetryPolicy(), clock.time())
+    assert store.counts()["failed_a_to_b"] == 1
+    stats = store.enqueue("a", [change("2", "Bob"), change("3", "Cy")], "c2", clock.time(),
+                          RULES, direct_limit=10)
+    assert stats.direct is not None and [i.key for i in stats.direct] == ["2", "3"]
+    stats = store.enqueue("a", [change("1", "Good"), change("4", "Dee")], "c3", clock.time(),
+                          RULES, direct_limit=10)
+    assert stats.direct is None and stats.queued == 2
+    assert {i.key: i.content for i in store.lease("a_to_b", 10, frozenset())} == {
+        "1": {"id": "1", "name": "Good"}, "4": {"id": "4", "name": "Dee"}}
+    # work of this direction to lease: the next page waits on the queue too
+    stats = store.enqueue("a", [change("5", "Eve")], "c4", clock.time(), RULES,
+                          direct_limit=10)
+    assert stats.direct is None and stats.queued == 1
