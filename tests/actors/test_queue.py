@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from recsync.actors.pipeline import Peers
-from recsync.actors.protocol import LISTING_UNIT, BatchDone, Enqueue, WriteBatch
+from recsync.actors.protocol import LISTING_UNIT, BatchDone, Committed, Enqueue, WriteBatch
 from recsync.actors.queue import QueueActor
 from recsync.clock import FakeClock
 from recsync.config import Settings
@@ -51,9 +51,10 @@ def setup(tmp_path: Path) -> Iterator[tuple[Any, queue.Queue[Any], Path]]:
 
 @contextlib.contextmanager
 def queue_actor(tmp_path: Path, settings: Settings, unthrottled: frozenset[str] = frozenset(),
+                clock: FakeClock | None = None, polls: queue.Queue[Any] | None = None,
                 ) -> Iterator[tuple[Any, queue.Queue[Any], Path]]:
     writes: queue.Queue[Any] = queue.Queue()
-    polls: queue.Queue[Any] = queue.Queue()
+    polls = queue.Queue() if polls is None else polls
     peers = Peers()
     peers.refs["connector_b"] = Recorder.start(writes)
     peers.refs["poller_a"] = Recorder.start(polls)
@@ -61,7 +62,7 @@ def queue_actor(tmp_path: Path, settings: Settings, unthrottled: frozenset[str] 
     state = tmp_path / "state.sqlite"
     ref = QueueActor.start("c/p", 1, lambda _f: None, state_path=state,
                            settings=settings, ruleset=RULES, peers=peers,
-                           clock=FakeClock(time=1000.0), unthrottled=unthrottled)
+                           clock=clock or FakeClock(time=1000.0), unthrottled=unthrottled)
     try:
         yield ref, writes, state
     finally:
@@ -219,3 +220,55 @@ def test_a_batch_carries_the_targets_cursor_as_last_recorded(tmp_path: Path) -> 
     with queue_actor(tmp_path, settings) as (ref, writes, _s):  # restarted: from the store
         ref.tell(page(["3"], "a3"))
         assert next_batch(writes).seen == '{"seq": 7}'
+
+
+def retried(batch: WriteBatch, at: float) -> BatchDone:
+    return BatchDone("a_to_b", [ItemOutcome(i.key, i.gen, "retry", "b is locked")
+                                for i in batch.items], at)
+
+
+def committed(polls: queue.Queue[Any]) -> list[str | None]:
+    out = []
+    while not polls.empty():
+        msg = polls.get_nowait()
+        if isinstance(msg, Committed):
+            out.append(msg.cursor)
+    return out
+
+
+def test_a_page_waits_for_the_due_backlog_then_goes_to_the_writer_whole(
+        tmp_path: Path) -> None:
+    # a local target (no request budget): a page behind work queued in its direction
+    # waits, unrecorded, for that work to be written, then goes direct, not on the queue
+    clock = FakeClock(time=1000.0)
+    polls: queue.Queue[Any] = queue.Queue()
+    settings = Settings(batch_size=10, page_size=10)
+    with queue_actor(tmp_path, settings, frozenset({"b"}), clock, polls) as (ref, writes, _s):
+        ref.tell(page(["1", "2"], "c1"))
+        ref.tell(retried(next_batch(writes), 1001.0))  # queued again, for a retry later
+        assert ref.proxy().counts().get()["ready_a_to_b"] == 2  # (the outcome is saved)
+        clock.advance(3600)  # due now
+        ref.tell(page(["3", "4"], "c2", "M"))
+        backlog = next_batch(writes)
+        assert sorted(i.key for i in backlog.items) == ["1", "2"]
+        assert "c2" not in committed(polls)  # the page waits, unrecorded
+        assert ref.proxy().progress().get()["pending"] == 1
+        ref.tell(synced(backlog, clock.time()))
+        whole = next_batch(writes)
+        assert sorted(i.key for i in whole.items) == ["3", "4"]
+        assert ref.proxy().counts().get().get("ready_a_to_b", 0) == 0  # never queued
+        ref.tell(synced(whole, clock.time()))
+        assert ref.proxy().cursors().get()["a"] == "c2"
+        assert "c2" in committed(polls)
+
+
+def test_a_page_does_not_wait_for_work_due_later(tmp_path: Path) -> None:
+    clock = FakeClock(time=1000.0)
+    polls: queue.Queue[Any] = queue.Queue()
+    settings = Settings(batch_size=10, page_size=10)
+    with queue_actor(tmp_path, settings, frozenset({"b"}), clock, polls) as (ref, writes, _s):
+        ref.tell(page(["1", "2"], "c1"))
+        ref.tell(retried(next_batch(writes), 1001.0))  # a retry later: not due
+        ref.tell(page(["3", "4"], "c2", "M"))
+        assert ref.proxy().cursors().get()["a"] == "c2"  # recorded at once: on the queue
+        assert sorted(i.key for i in next_batch(writes).items) == ["3", "4"]  # due, leased
