@@ -86,6 +86,7 @@ class QueueActor(PipelineActor):
         # direction on the queue to be written: then it goes to the writer whole (see
         # _parks).
         self.parked: dict[Direction, Enqueue | None] = dict.fromkeys(DIRECTIONS)
+        self.parked_ticks: dict[Direction, int] = dict.fromkeys(DIRECTIONS, 0)
         # After a restart (an actor crashed, perhaps the writer on a page it was given
         # directly), pages are queued durably until a write succeeds again: a page lost
         # with a crashed writer would otherwise be pending nowhere but in the source, and
@@ -108,7 +109,13 @@ class QueueActor(PipelineActor):
     def _tick(self, _msg: Flush) -> None:
         self._flush_all()
         for direction in DIRECTIONS:
-            self._unpark(direction)
+            # a page waits two ticks at most: work that keeps coming (requeued by the other
+            # direction's outcomes) does not hold it and its side for longer
+            self.parked_ticks[direction] += 1
+            if self.parked_ticks[direction] >= 2:
+                self._let_go(direction)
+            else:
+                self._unpark(direction)
         if self.pruned_at is None or self.clock.monotonic() - self.pruned_at >= PRUNE_EVERY:
             self.prune_history()
 
@@ -137,13 +144,16 @@ class QueueActor(PipelineActor):
         ``park``: it may wait for the queue instead, see ``_parks``)."""
         assert self.store is not None
         direction: Direction = "a_to_b" if msg.side == "a" else "b_to_a"
+        self._settle_parked(msg)
         if self.direct[direction] is not None:
             self.waiting.append(msg)
             return True
         if park and not direct_only and self._parks(msg, direction):
-            self.parked[direction] = msg
+            self.parked[direction], self.parked_ticks[direction] = msg, 0
             self._flush(direction)
-            return True
+            if self.in_flight[direction] is not None:
+                return True
+            self.parked[direction] = None  # nothing could be leased now: no reason to wait
         poller = self.peers.ref(f"poller_{msg.side}")
         s = self.settings
         was_reading = self._backfilling(direction)
@@ -226,19 +236,36 @@ class QueueActor(PipelineActor):
             return False
         return self.store.ready_count(direction, 1) > 0
 
-    def _unpark(self, direction: Direction) -> None:
+    def _unpark(self, direction: Direction, flush: bool = True) -> None:
         """The parked page of ``direction`` goes on once no work of its direction is in
-        flight or due: direct, or, when work waits for a retry later, queued."""
+        flight or due: direct, or, when work waits for a retry later, queued. ``flush``:
+        the queue may be leased again now (not right after a deferred batch)."""
         assert self.store is not None
         page = self.parked[direction]
         if page is None or self.in_flight[direction] is not None:
             return
-        if self.store.ready_count(direction, 1) > 0:
+        if flush and self.store.ready_count(direction, 1) > 0:
             self._flush(direction)  # (still draining)
             if self.in_flight[direction] is not None:
                 return
-        self.parked[direction] = None
-        self._enqueue(page, park=False)
+        self._let_go(direction)
+
+    def _let_go(self, direction: Direction) -> None:
+        page, self.parked[direction] = self.parked[direction], None
+        if page is not None:
+            self._enqueue(page, park=False)
+
+    def _settle_parked(self, msg: Enqueue) -> None:
+        """A parked page is recorded before a page that must not pass it: another of its
+        side (an event: a later change of the same record must not be overwritten by it)
+        or one of the other side touching its records (the conflict is decided on the
+        queue, as it would have been had the parked page not waited)."""
+        for direction, parked in self.parked.items():
+            if parked is None or parked is msg:
+                continue
+            if parked.side == msg.side or not {c.key for c in parked.changes}.isdisjoint(
+                    [c.key for c in msg.changes]):
+                self._let_go(direction)
 
     def _direct_size(self, direction: Direction) -> int:
         """The largest page that may go to the writer directly. For a target with no
@@ -341,7 +368,7 @@ class QueueActor(PipelineActor):
                 self._enqueue(page)
         if stats.deferred == 0:  # what was queued meanwhile goes out now (see _enqueue)
             self._flush(msg.direction)
-        self._unpark(msg.direction)
+        self._unpark(msg.direction, flush=stats.deferred == 0)
 
     def _next_page_early(self, msg: BatchDone, done: DirectPage) -> bool:
         """Send the page waiting behind direct page ``done`` to the writer now, before
