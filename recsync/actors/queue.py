@@ -36,6 +36,7 @@ def rules_fingerprint(ruleset: RuleSet) -> str:
     return hashlib.blake2b(data, digest_size=8).hexdigest()
 DIRECTIONS: tuple[Direction, Direction] = ("a_to_b", "b_to_a")
 PRUNE_EVERY = 60.0  # seconds between prunes of the records' history
+PARK_TICKS = 5  # flush ticks a page waits at most for the backlog of its direction
 
 
 class QueueActor(PipelineActor):
@@ -87,6 +88,7 @@ class QueueActor(PipelineActor):
         # _parks).
         self.parked: dict[Direction, Enqueue | None] = dict.fromkeys(DIRECTIONS)
         self.parked_ticks: dict[Direction, int] = dict.fromkeys(DIRECTIONS, 0)
+        self.parked_gen: dict[Direction, int] = dict.fromkeys(DIRECTIONS, 0)
         # After a restart (an actor crashed, perhaps the writer on a page it was given
         # directly), pages are queued durably until a write succeeds again: a page lost
         # with a crashed writer would otherwise be pending nowhere but in the source, and
@@ -109,10 +111,10 @@ class QueueActor(PipelineActor):
     def _tick(self, _msg: Flush) -> None:
         self._flush_all()
         for direction in DIRECTIONS:
-            # a page waits two ticks at most: work that keeps coming (requeued by the other
-            # direction's outcomes) does not hold it and its side for longer
+            # a page waits PARK_TICKS ticks at most, whatever keeps the backlog it waits for
+            # from draining
             self.parked_ticks[direction] += 1
-            if self.parked_ticks[direction] >= 2:
+            if self.parked_ticks[direction] >= PARK_TICKS:
                 self._let_go(direction)
             else:
                 self._unpark(direction)
@@ -150,6 +152,7 @@ class QueueActor(PipelineActor):
             return True
         if park and not direct_only and self._parks(msg, direction):
             self.parked[direction], self.parked_ticks[direction] = msg, 0
+            self.parked_gen[direction] = self.store.last_gen  # the work it waits for
             self._flush(direction)
             if self.in_flight[direction] is not None:
                 return True
@@ -244,7 +247,9 @@ class QueueActor(PipelineActor):
         page = self.parked[direction]
         if page is None or self.in_flight[direction] is not None:
             return
-        if flush and self.store.ready_count(direction, 1) > 0:
+        # only the work due when it parked holds it, not what was queued since (events,
+        # the other direction's outcomes)
+        if flush and self.store.due_upto(direction, self.parked_gen[direction]):
             self._flush(direction)  # (still draining)
             if self.in_flight[direction] is not None:
                 return

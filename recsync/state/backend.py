@@ -249,6 +249,7 @@ class StateBackend(Protocol):
     # reads (the store's and the control plane's)
     def queue_counts(self) -> list[tuple[str, str, int]]: ...
     def ready_count(self, direction: str, now: float, limit: int) -> int: ...
+    def due_upto(self, direction: str, now: float, gen: int) -> bool: ...
     def bulk_pending(self, scope: str) -> bool: ...
     def bulk_jobs(self, scope: str) -> list[tuple[str, str, str, str, float]]: ...
     def add_bulk_job(self, job_id: str, scope: str, operation: str, rows: str,
@@ -496,6 +497,12 @@ class SqlBackend:
             "SELECT COUNT(*) FROM (SELECT 1 FROM queue WHERE {W}direction = ? AND "
             "state = 'ready' AND next_at <= ? LIMIT ?) due", (direction, now, limit),
         ).fetchone()[0])
+
+    def due_upto(self, direction: str, now: float, gen: int) -> bool:
+        """Whether an item of ``direction`` queued as ``gen`` or before is due at ``now``."""
+        return bool(self.x(
+            "SELECT EXISTS (SELECT 1 FROM queue WHERE {W}direction = ? AND state = 'ready' "
+            "AND next_at <= ? AND gen <= ?)", (direction, now, gen)).fetchone()[0])
 
     # the journal of bulk jobs in flight (``recsync.state.bulkjobs``) -------------------------
     def bulk_pending(self, scope: str) -> bool:

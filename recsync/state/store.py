@@ -688,6 +688,16 @@ class Store:
         """How many items of ``direction`` are due now, counted up to ``limit``."""
         return self.backend.ready_count(direction, self.clock.time(), limit)
 
+    @property
+    def last_gen(self) -> int:
+        """The generation of the last item queued (items queued later have higher ones)."""
+        return self._gen
+
+    @translate
+    def due_upto(self, direction: Direction, gen: int) -> bool:
+        """Whether work of ``direction`` queued as generation ``gen`` or before is due."""
+        return self.backend.due_upto(direction, self.clock.time(), gen)
+
     @translate
     def queued_keys(self, direction: Direction, keys: Sequence[str]) -> set[str]:
         """Of ``keys``, those with work of ``direction`` queued (ready, waiting to retry or
