@@ -21,7 +21,14 @@ from recsync.actors.protocol import (
 )
 from recsync.clock import Clock
 from recsync.config import Settings
-from recsync.messages import Direction, WorkItem, opposite_of, source_of, target_of
+from recsync.messages import (
+    Direction,
+    WorkItem,
+    direction_from,
+    opposite_of,
+    source_of,
+    target_of,
+)
 from recsync.rules import RuleSet
 from recsync.state.access import StateAccess
 from recsync.state.store import DirectPage, MassDeleteBlocked, RepairItem, RetryPolicy, Store
@@ -145,7 +152,7 @@ class QueueActor(PipelineActor):
         """Record a page (False: ``direct_only`` and it would not go direct; nothing done;
         ``park``: it may wait for the queue instead, see ``_parks``)."""
         assert self.store is not None
-        direction: Direction = "a_to_b" if msg.side == "a" else "b_to_a"
+        direction = direction_from(msg.side)
         self._settle_parked(msg)
         if self.direct[direction] is not None:
             self.waiting.append(msg)
@@ -230,14 +237,18 @@ class QueueActor(PipelineActor):
         is not recorded meanwhile (its cursor neither: a crash reads it again), and its
         poller waits for it; work that is not due now (a retry later) does not hold it."""
         assert self.store is not None
-        if (msg.event or msg.listing_start or msg.listing_done or msg.unreadable
-                or msg.unreadable_all or not msg.changes or not self.direct_ok
-                or target_of(direction) not in self.unthrottled
-                or self.parked[direction] is not None or self._backfilling(direction)
-                or len(msg.changes) > self._direct_size(direction)
-                or any(c.op != "upsert" for c in msg.changes)):
+        if (not self._plain(msg, direction) or msg.unreadable or msg.unreadable_all
+                or not self.direct_ok or target_of(direction) not in self.unthrottled
+                or self.parked[direction] is not None or self._backfilling(direction)):
             return False
         return self.store.ready_count(direction, 1) > 0
+
+    def _plain(self, page: Enqueue, direction: Direction) -> bool:
+        """A page of upserts that may go to the writer whole: read by a poller (not an
+        event), not a listing's start or end, no larger than ``_direct_size``."""
+        return (not page.event and not page.listing_start and not page.listing_done
+                and 0 < len(page.changes) <= self._direct_size(direction)
+                and all(c.op == "upsert" for c in page.changes))
 
     def _unpark(self, direction: Direction, flush: bool = True) -> None:
         """The parked page of ``direction`` goes on once no work of its direction is in
@@ -340,16 +351,18 @@ class QueueActor(PipelineActor):
     def _send_batch(self, direction: Direction, items: list[WorkItem],
                     keys: frozenset[str] | None = None, bulk: bool = False) -> None:
         self.in_flight[direction] = frozenset([i.key for i in items]) if keys is None else keys
-        target = f"connector_{target_of(direction)}"
-        seen = self.seen[target_of(direction)]
+        target = target_of(direction)
+        seen = self.seen[target]
         check: frozenset[str] = frozenset()
-        if seen is not None:
+        # (a direct page, ``keys`` given, has no queue rows on its records: Store.enqueue
+        # sends none that has, so only leased items are looked up)
+        if seen is not None and keys is None:
             assert self.store is not None
             check = frozenset(self.store.queued_keys(
                 opposite_of(direction), [i.key for i in items if i.expected_hash is not None]))
         batch = WriteBatch(direction, items, self.ruleset, bulk, self.settings.batch_size,
                            seen, check)
-        self.send(self.peers.ref(target), (batch, self.actor_ref))
+        self.send(self.peers.ref(f"connector_{target}"), (batch, self.actor_ref))
 
     def _batch_done(self, msg: BatchDone) -> None:
         assert self.store is not None
@@ -387,9 +400,7 @@ class QueueActor(PipelineActor):
             return False
         page = self.waiting[0]
         side = source_of(msg.direction)
-        if (page.side != side or page.event or page.listing_start or page.listing_done
-                or not 0 < len(page.changes) <= self._direct_size(msg.direction)
-                or any(c.op != "upsert" for c in page.changes)
+        if (page.side != side or not self._plain(page, msg.direction)
                 or not done.items.keys().isdisjoint([c.key for c in page.changes])):
             return False
         self.waiting = []

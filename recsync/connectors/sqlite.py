@@ -816,13 +816,9 @@ class SqliteConnector(SqlTableConnector):
                 found += rows
                 if len(found) >= limit:
                     return None
-        changed: set[str] = set()
-        for (k,) in found:
-            if k is None:
-                return None
-            kc = k.__class__
-            changed.add(k if kc is str else str(k) if kc is int else key_text(k))
-        return changed
+        if any(k is None for (k,) in found):
+            return None
+        return {key_text(k) for (k,) in found}
 
     def fetch(self, keys: list[str]) -> dict[str, Record]:
         wanted = set(keys)

@@ -290,11 +290,17 @@ class ControlServer:
             payload = protocol.encoder.encode(
                 protocol.Event(seq, self._stamp(), kind, data, *self.origin))
             self._seq = seq  # only once encodable: a bad event must not leave a gap
-            if self._push is not None and self._state == "running":
-                self._push.send_multipart([_EVENT, kind.encode(), payload])
-            for mirror in self.mirrors:  # under the lock too: in the same order everywhere
-                mirror.relay(kind.encode(), payload)
+            self._out(kind.encode(), payload)
         return seq
+
+    def _out(self, kind: bytes, payload: bytes) -> None:
+        """Out on the event socket and every mirror (the caller holds the lock, so that
+        all of them get the events in the same order). A mirror has no mirrors: there is
+        no lock order to break."""
+        if self._push is not None and self._state == "running":
+            self._push.send_multipart([_EVENT, kind, payload])
+        for mirror in self.mirrors:
+            mirror.relay(kind, payload)
 
     def _stamp(self) -> float:
         """The time of an event (the caller holds the lock): the wall clock, but never
@@ -307,22 +313,15 @@ class ControlServer:
         """[cluster]: publish a ``tick`` (see ``recsync.eventmerge``): this node's time now,
         after every event it published before. It repeats the last sequence number rather
         than take one, so clients that count gaps in the numbers see none."""
-        kind = protocol.TICK_KIND.encode()
         with self._lock:
             payload = protocol.encoder.encode(
                 protocol.Event(self._seq, self._stamp(), protocol.TICK_KIND, data, *self.origin))
-            if self._push is not None and self._state == "running":
-                self._push.send_multipart([_EVENT, kind, payload])
-            for mirror in self.mirrors:
-                mirror.relay(kind, payload)
+            self._out(protocol.TICK_KIND.encode(), payload)
 
     def relay(self, kind: bytes, payload: bytes) -> None:
         """Publish an event as it is (another node's, or this node's on a second socket)."""
         with self._lock:
-            if self._push is not None and self._state == "running":
-                self._push.send_multipart([_EVENT, kind, payload])
-            for mirror in self.mirrors:  # (a mirror has no mirrors: no lock order to break)
-                mirror.relay(kind, payload)
+            self._out(kind, payload)
 
     # ---- the bridge thread ---------------------------------------------------------------
 
