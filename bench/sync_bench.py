@@ -267,17 +267,21 @@ class Bench:
             with sqlite3.connect(folder / "a.sqlite") as db:
                 db.execute(update, (now, self.rows - backlog, self.rows))
             db.close()
-            queue_backlog(folder, backlog)
+            queued = queue_backlog(folder)
+            if queued != backlog:
+                raise SystemExit(f"{folder.name}: {queued} changes queued, not {backlog}")
         with sqlite3.connect(folder / "a.sqlite") as db:
             db.execute(update, (now, 0, self.rows - backlog))
         db.close()
         self.timed(case, folder, self.rows)
 
 
-def queue_backlog(folder: Path, expect: int) -> None:
-    """Read side A's changes past the pipeline's cursor and queue them in its state, as
-    recsyncd does when the page cannot go to the writer at once (work of its direction is
-    queued or in flight): with recsync's own connector, rules and store."""
+def queue_backlog(folder: Path) -> int:
+    """Read side A (SQLite) of the one pipeline configured in ``folder`` past its cursor
+    and queue the changes in its state (``folder``/state), as recsyncd does when a page
+    cannot go to the writer at once (work of its direction is queued or in flight): with
+    recsync's own connector, rules and store. Returns how many were queued. (Also the
+    setup of tests/e2e/test_backlog.py.)"""
     from recsync.config import load_config
     from recsync.connectors.sqlite import SqliteConfig, SqliteConnector
     from recsync.rules import compile_rules
@@ -289,7 +293,7 @@ def queue_backlog(folder: Path, expect: int) -> None:
     ruleset = config.rules[pipeline.rules]
     options = pipeline.a.options
     assert isinstance(options, SqliteConfig)
-    store = Store(folder / "state" / state_file_name("bench/p"))
+    store = Store(folder / "state" / state_file_name(pipeline.id))
     side = SqliteConnector(options, folder)
     side.open()
     try:
@@ -300,12 +304,10 @@ def queue_backlog(folder: Path, expect: int) -> None:
             queued += store.enqueue("a", prepared, page.cursor, time.time(), ruleset).queued
             cursor = page.cursor
             if not page.more:
-                break
+                return queued
     finally:
         side.close()
         store.close()
-    if queued != expect:
-        raise SystemExit(f"{folder.name}: {queued} changes queued, not {expect}")
 
 
 def median(values: list[float]) -> float:

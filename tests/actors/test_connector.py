@@ -26,20 +26,26 @@ SAME_NAMES = RuleSet(name="t", a_to_b=["create", "update"], b_to_a=[],
                      mappings={"id": "id", "name": "name"})
 
 
-@pytest.fixture
-def writer(tmp_path: Path) -> Iterator[tuple[Any, Any, queue.Queue[Any], Path]]:
+def start_people_writer(tmp_path: Path, peers: Peers, clock: FakeClock) -> tuple[Any, Path]:
+    """Side b's ConnectorActor on a real SQLite table ``people`` (id, name, updated_at)
+    in ``tmp_path``, with a rate limiter in ``peers``: (its ref, the database file)."""
     db = tmp_path / "b.sqlite"
     with sqlite3.connect(db) as conn:
         conn.execute("CREATE TABLE people (id TEXT PRIMARY KEY, name TEXT, updated_at REAL)")
     conn.close()
-    clock = FakeClock(time=1000.0)
-    peers = Peers()
     peers.refs["rate_limiter"] = RateLimiterActor.start(
         "c/p", 1, lambda _f: None, {"b": RateLimiter(1000, 1, clock)})
     side = SideConfig("sqlite", SqliteConfig(path="b.sqlite", table="people", key="id"))
     ref = ConnectorActor.start("c/p", 1, lambda _f: None, side="b", side_config=side,
                                base_dir=tmp_path, peers=peers,
                                breaker=CircuitBreaker(5, 30.0, clock), clock=clock)
+    return ref, db
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> Iterator[tuple[Any, Any, queue.Queue[Any], Path]]:
+    peers = Peers()
+    ref, db = start_people_writer(tmp_path, peers, FakeClock(time=1000.0))
     inbox: queue.Queue[Any] = queue.Queue()
     replies = Recorder.start(inbox)
     yield ref, replies, inbox, db

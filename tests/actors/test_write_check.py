@@ -9,18 +9,15 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from recsync.actors.connector import ConnectorActor
 from recsync.actors.pipeline import Peers
 from recsync.actors.protocol import BatchDone, Enqueue, Flush, WriteBatch
 from recsync.actors.queue import QueueActor
-from recsync.actors.ratelimit import RateLimiterActor
 from recsync.clock import FakeClock
-from recsync.config import Settings, SideConfig
-from recsync.connectors.sqlite import SqliteConfig
+from recsync.config import Settings
 from recsync.messages import ItemOutcome, Prepared
-from recsync.resilience import CircuitBreaker, RateLimiter
 from recsync.rules import RuleSet, content_hash
 from tests.actors.recorder import Recorder
+from tests.actors.test_connector import start_people_writer
 from tests.e2e.helpers import wait_for
 
 RULES = RuleSet(name="t", a_to_b=["create", "update"], b_to_a=["create", "update"],
@@ -44,18 +41,9 @@ def batch_from(inbox: queue.Queue[Any]) -> WriteBatch:
 
 def test_a_target_change_queued_while_the_other_way_was_in_flight_is_still_checked(
         tmp_path: Path) -> None:
-    db = tmp_path / "b.sqlite"
-    with sqlite3.connect(db) as conn:
-        conn.execute("CREATE TABLE people (id TEXT PRIMARY KEY, name TEXT, updated_at REAL)")
-    conn.close()
     clock = FakeClock(time=1000.0)
     peers = Peers()
-    peers.refs["rate_limiter"] = RateLimiterActor.start(
-        "c/p", 1, lambda _f: None, {"b": RateLimiter(1000, 1, clock)})
-    side_b = SideConfig("sqlite", SqliteConfig(path="b.sqlite", table="people", key="id"))
-    peers.refs["connector_b"] = ConnectorActor.start(
-        "c/p", 1, lambda _f: None, side="b", side_config=side_b, base_dir=tmp_path,
-        peers=peers, breaker=CircuitBreaker(5, 30.0, clock), clock=clock)
+    peers.refs["connector_b"], db = start_people_writer(tmp_path, peers, clock)
     to_a: queue.Queue[Any] = queue.Queue()
     polls: queue.Queue[Any] = queue.Queue()
     peers.refs["connector_a"] = Recorder.start(to_a)

@@ -9,11 +9,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from recsync.config import load_config
-from recsync.connectors.sqlite import SqliteConfig, SqliteConnector
-from recsync.rules import compile_rules
-from recsync.state.paths import state_file_name
-from recsync.state.store import Store
+from bench.sync_bench import queue_backlog
 from tests.e2e.helpers import (
     USERS_RULES,
     _env,
@@ -31,32 +27,6 @@ BACKLOG = 200  # records 1..200 queued before the run; 150..600 changed again af
 SIDE = '{{ connector = "sqlite", path = "{0}.sqlite", table = "users", key = "record_id" }}'
 
 
-def queue_backlog(folder: Path, state: Path) -> int:
-    """Read side A's changes past the pipeline's cursor and queue them in its state, as
-    recsyncd does when a page cannot go to the writer: recsync's own connector, rules and
-    store. Returns how many were queued."""
-    config = load_config(folder)
-    (pipeline,) = config.pipelines.values()
-    ruleset = config.rules[pipeline.rules]
-    options = pipeline.a.options
-    assert isinstance(options, SqliteConfig)
-    store = Store(state / state_file_name(pipeline.id))
-    side = SqliteConnector(options, folder)
-    side.open()
-    try:
-        cursor, queued = store.cursor("a"), 0
-        while True:
-            page = side.read_changes(cursor, 100)
-            prepared = compile_rules(ruleset).prepare("a", page.changes)
-            queued += store.enqueue("a", prepared, page.cursor, 0.0, ruleset).queued
-            cursor = page.cursor
-            if not page.more:
-                return queued
-    finally:
-        side.close()
-        store.close()
-
-
 def pipeline_with_backlog(tmp_path: Path) -> Path:
     folder = write_config(tmp_path / "cfg", SIDE.format("a"), SIDE.format("b"),
                           rules=USERS_RULES.format(conflict="last_writer_wins"),
@@ -69,7 +39,7 @@ def pipeline_with_backlog(tmp_path: Path) -> Path:
     assert users(folder / "b.sqlite") == users(folder / "a.sqlite")
     sql(folder / "a.sqlite", "UPDATE users SET full_name = full_name || ' v1', "
         "updated_at = updated_at + 1 WHERE record_id <= ?", (BACKLOG,))
-    assert queue_backlog(folder, folder / "state") == BACKLOG
+    assert queue_backlog(folder) == BACKLOG
     sql(folder / "a.sqlite", "UPDATE users SET full_name = full_name || ' v2', "
         "updated_at = updated_at + 2 WHERE record_id >= 150")
     return folder
