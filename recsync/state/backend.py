@@ -25,7 +25,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from itertools import chain
+from itertools import chain, groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypeVar
 
@@ -720,6 +721,8 @@ class SqlBackend:
 
 
 _json_encode = msgspec.json.Encoder().encode
+_event_detail = itemgetter(1, 2)
+_JSON_RUN = 16  # shorter runs of history rows are bound as values, with their neighbours
 _links_decode = msgspec.json.Decoder(list[LinkRow]).decode
 
 
@@ -755,6 +758,26 @@ class SqliteBackend(SqlBackend):
             "FROM json_each(?) AS j JOIN links AS l ON l.key = j.value",
             (observed, observed, _json_encode(list(keys)))).fetchone()[0]
         return {link.key: link for link in _links_decode(doc)}
+
+    def add_history(self, rows: Iterable[tuple[str, str, str | None]], at: float,
+                    direction: str | None) -> None:
+        """As ``SqlBackend.add_history``; a run of rows with one event and detail (a page of
+        creates) goes as one JSON list of keys that SQLite makes the rows of, in order,
+        instead of five values bound per row while holding the GIL (100,000 rows in pages
+        of 1,000: 0.13 s of CPU instead of 0.24 s)."""
+        few: list[tuple[str, str, str | None]] = []
+        for (event, detail), run in groupby(rows, key=_event_detail):
+            keys = [r[0] for r in run]
+            if len(keys) < _JSON_RUN:
+                few.extend((k, event, detail) for k in keys)
+                continue
+            super().add_history(few, at, direction)
+            few = []
+            self.db.execute(
+                "INSERT INTO history (key, at, event, detail, direction) "
+                "SELECT value, ?, ?, ?, ? FROM json_each(?)",
+                (at, event, detail, direction, _json_encode(keys)))
+        super().add_history(few, at, direction)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

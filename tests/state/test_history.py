@@ -62,6 +62,20 @@ def test_a_plain_page_sent_direct_is_recorded_too(store: Store, clock: FakeClock
     assert history(store, "2") == [("create", "a_to_b", None)]
 
 
+def test_history_rows_of_a_batch_are_kept_whole_and_in_order(store: Store) -> None:
+    """Long runs of one event (a page of creates) and short ones (a conflict, then the
+    update it decided) interleaved: every row lands, in the order given, odd keys too."""
+    rows: list[tuple[str, str, str | None]] = [
+        (str(k), "create", "note") for k in range(40)]
+    rows += [('O"Brien \\ ü', "conflict", "found at write; a wins"),
+             ('O"Brien \\ ü', "update", "after a conflict: a wins")]
+    rows += [(str(k), "update", None) for k in range(40, 60)] + [("y", "retry", "boom")]
+    store.backend.add_history(iter(rows), 5.0, "a_to_b")
+    got = store.backend.query(
+        "SELECT key, event, detail, at, direction FROM history ORDER BY id")
+    assert got == [(k, e, d, 5.0, "a_to_b") for k, e, d in rows]
+
+
 def test_the_conflict_winner_is_recorded_with_the_sync(store: Store, clock: FakeClock) -> None:
     store.enqueue("a", [change("1", "Ada")], "a1", clock.time(), RULES)
     sync_all(store, "a_to_b", clock)
