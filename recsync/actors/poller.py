@@ -49,6 +49,7 @@ class PollerActor(PipelineActor):
         # few, for status, each {"side", "at" (epoch seconds), "text"}
         self.warnings: list[dict[str, Any]] = []
         self.woken = False  # a wake-up came during a cycle: run another one after it
+        self.mid_pass = False  # the last page committed said the side had more at once
         self.handles(Poll, self._poll)
         self.handles(PageRead, self._page_read)
         self.handles(Committed, self._committed)
@@ -88,9 +89,11 @@ class PollerActor(PipelineActor):
         if page.warning:
             self._warn(page.warning)
         if (not page.changes and not page.listing and not page.unreadable
-                and page.cursor == self.cursor):
+                and page.cursor == self.cursor and not self.mid_pass):
             self._cycle_done()
             return
+        # (an empty page ending a pass goes to the queue too: the deletes of the pass wait
+        # there for its end, see Store.enqueue)
         self.pages += 1
         self.send(self.peers.ref("rules"), Prepare(self.side, page, msg.observed))
 
@@ -101,6 +104,7 @@ class PollerActor(PipelineActor):
             self.paused = self.paused or msg.hold
             return
         self.cursor = msg.cursor
+        self.mid_pass = msg.more
         if msg.more:
             self._read_next()
         else:

@@ -234,6 +234,8 @@ class StateBackend(Protocol):
     def queued(self, keys: Sequence[str]) -> dict[tuple[str, str], QueuedRow]: ...
     def queued_keys(self, direction: str, keys: Sequence[str]) -> set[str]: ...
     def put_queue(self, rows: Sequence[NewItem], now: float) -> None: ...
+    def hold_deletes(self, direction: str, keys: Sequence[str]) -> None: ...
+    def release_deletes(self, direction: str, now: float) -> None: ...
     def add_queue(self, rows: Sequence[NewItem], now: float) -> None: ...
     def unqueue(self, pairs: Sequence[tuple[str, str]]) -> None: ...
     def unqueue_done(self, rows: Sequence[Done]) -> None: ...
@@ -557,6 +559,18 @@ class SqlBackend:
             "observed = excluded.observed, gen = excluded.gen, state = 'ready', attempts = 0, "
             "next_at = excluded.next_at, last_error = NULL, updated_at = excluded.updated_at")
 
+    def hold_deletes(self, direction: str, keys: Sequence[str]) -> None:
+        """The queued deletes of ``keys`` wait (state ``held``: not leased, not pending)
+        until ``release_deletes``; a newer change of the record replaces one."""
+        for _ in self._in("UPDATE queue SET state = 'held' WHERE {W}direction = ? "
+                          "AND op = 'delete' AND state = 'ready' AND key IN {IN}",
+                          keys, (direction,)):
+            pass
+
+    def release_deletes(self, direction: str, now: float) -> None:
+        self.x("UPDATE queue SET state = 'ready', next_at = ?, updated_at = ? "
+               "WHERE {W}direction = ? AND state = 'held'", (now, now, direction))
+
     def add_queue(self, rows: Sequence[NewItem], now: float) -> None:
         """Queue ``rows`` where the record has no queued item of that direction yet."""
         self.rows(self._QUEUE_INSERT, [(*r, "ready", 0, now, now, now) for r in rows],
@@ -654,23 +668,23 @@ class SqlBackend:
         return None if row[0] is None else float(row[0])
 
     def has_pending(self) -> bool:
-        return bool(self.x("SELECT EXISTS (SELECT 1 FROM queue WHERE {W}state != 'failed')")
+        return bool(self.x("SELECT EXISTS (SELECT 1 FROM queue WHERE {W}state = 'ready')")
                     .fetchone()[0])
 
     def pending_and_cursors(self) -> tuple[bool, str | None, str | None]:
         """``has_pending`` and both sides' cursors, in one statement."""
         pending, a, b = self.x(
-            "SELECT EXISTS (SELECT 1 FROM queue WHERE {W}state != 'failed'), "
+            "SELECT EXISTS (SELECT 1 FROM queue WHERE {W}state = 'ready'), "
             "(SELECT cursor FROM cursors WHERE {W}side = 'a'), "
             "(SELECT cursor FROM cursors WHERE {W}side = 'b')").fetchone()
         return bool(pending), a, b
 
     def pending_count(self) -> int:
-        return int(self.x("SELECT COUNT(*) FROM queue WHERE {W}state != 'failed'")
+        return int(self.x("SELECT COUNT(*) FROM queue WHERE {W}state = 'ready'")
                    .fetchone()[0])
 
     def pending_keys(self) -> set[str]:
-        return {r[0] for r in self.x("SELECT key FROM queue WHERE {W}state != 'failed'")}
+        return {r[0] for r in self.x("SELECT key FROM queue WHERE {W}state = 'ready'")}
 
     def failed(self, limit: int) -> list[FailedRow]:
         return [FailedRow(*r) for r in self.x(

@@ -212,6 +212,7 @@ class Store:
         direct_only: bool = False,
         unreadable: Sequence[Unreadable] = (),
         unreadable_all: bool = False,
+        more: bool = False,
     ) -> EnqueueStats:
         """Record a page of changes from ``side`` and the cursor after it, atomically.
 
@@ -230,18 +231,25 @@ class Store:
 
         ``unreadable`` records become failed records (see ``recsync.state.unreadable``).
 
+        ``more``: the side has more to read at once (the page is not the last of a
+        pass). The mass-delete guard counts the deletes of a whole pass: those of a page
+        with ``more`` wait in the queue (``held``) until the pass ends within the
+        threshold (a TRUNCATE read as ten pages is ten times 10%, not 10%).
+
         Raises:
-            MassDeleteBlocked: the page (or the end of a listing) would delete more than
-                ``mass_delete_share`` of the records linked on the other side. Only deletes
-                of such records count: a delete of a record the other side never got
-                cancels its queued create (deletes nothing there).
+            MassDeleteBlocked: the pass so far (or the end of a listing) would delete more
+                than ``mass_delete_share`` of the records linked on the other side; the
+                deletes of its earlier pages stay held until an operator confirms
+                (``allow_mass_delete``). Only deletes of such records count: a delete of a
+                record the other side never got cancels its queued create (deletes
+                nothing there).
         """
         try:
             with self.backend.transaction():
                 stats = self._enqueue(
                     side, changes, cursor, observed, ruleset, listing_start, listing_done,
                     in_flight, mass_delete_share, mass_delete_min, save_cursor, direct_limit,
-                    direct_only, unreadable, unreadable_all)
+                    direct_only, unreadable, unreadable_all, more)
         except _Declined:
             return EnqueueStats(declined=True)
         return stats
@@ -251,7 +259,7 @@ class Store:
         ruleset: RuleSet, listing_start: bool, listing_done: bool,
         in_flight: dict[str, frozenset[str]] | None, mass_delete_share: float,
         mass_delete_min: int, save_cursor: bool, direct_limit: int, direct_only: bool,
-        unreadable: Sequence[Unreadable], unreadable_all: bool,
+        unreadable: Sequence[Unreadable], unreadable_all: bool, more: bool,
     ) -> EnqueueStats:
         stats = EnqueueStats()
         db = self.backend
@@ -289,16 +297,36 @@ class Store:
             flying.get(direction_from(other(side)), frozenset()), direct_limit)
         if direct_only and stats.direct is None:
             raise _Declined
-        if mass_delete_share > 0 and stats.linked_deletes >= mass_delete_min:
-            total = db.linked_count(other(side))
-            allowed = int(db.meta(f"allow_deletes_{side}", 0) or 0)
-            if stats.linked_deletes > mass_delete_share * total and not allowed:
-                raise MassDeleteBlocked(side, stats.linked_deletes, total)
-            if allowed:
-                db.set_meta(f"allow_deletes_{side}", 0)
+        self._guard_deletes(side, work, stats, mass_delete_share, mass_delete_min, more)
         if save_cursor and stats.direct is None:
             db.set_cursor(side, cursor)
         return stats
+
+    def _guard_deletes(
+        self, side: Side, work: Sequence[Prepared], stats: EnqueueStats, share: float,
+        least: int, more: bool,
+    ) -> None:
+        """The mass-delete guard over the pass this page belongs to (see ``enqueue``)."""
+        db = self.backend
+        direction = direction_from(side)
+        passed = int(db.meta(f"pass_deletes_{side}", 0) or 0)
+        counted = passed + stats.linked_deletes
+        allowed = int(db.meta(f"allow_deletes_{side}", 0) or 0)
+        if share > 0 and stats.linked_deletes and counted >= least and not allowed:
+            total = db.linked_count(other(side))
+            if counted > share * total:
+                raise MassDeleteBlocked(side, counted, total)
+        if more:
+            if stats.deletes:
+                db.hold_deletes(direction, [c.key for c in work if c.content is None])
+            if stats.linked_deletes:
+                db.set_meta(f"pass_deletes_{side}", counted)
+            return
+        if passed:
+            db.release_deletes(direction, self.clock.time())
+            db.set_meta(f"pass_deletes_{side}", 0)
+        if allowed and counted >= least:
+            db.set_meta(f"allow_deletes_{side}", 0)
 
     def _enqueue_changes(
         self,

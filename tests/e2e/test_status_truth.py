@@ -180,6 +180,29 @@ def test_held_mass_delete_shows_and_status_exits_4_until_confirmed(
     assert daemon.status()["test/p"]["sides"]["a"]["held_delete"] is None
 
 
+def test_a_mass_delete_read_as_many_pages_is_held_whole(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """One DELETE of 30 of 40 rows, read as pages of 4 (each 10% of the linked records):
+    nothing is deleted on side B until the pass is confirmed, then all 30 are."""
+    make_users(tmp_path / "a.sqlite", [(i, f"U{i}", f"u{i}@x", "active") for i in range(1, 41)])
+    make_users(tmp_path / "b.sqlite", [])
+    write_config(tmp_path, SQLITE_A.format("a.sqlite"), SQLITE_A.format("b.sqlite"),
+                 rules=PLAIN_RULES, settings="page_size = 4")
+    daemon = start(tmp_path)
+    daemons.append(daemon)
+    wait_for(lambda: len(users(tmp_path / "b.sqlite")) == 40, what="the first sync")
+    sql(tmp_path / "a.sqlite", "DELETE FROM users WHERE record_id > 10")
+    st = wait_for(lambda: (s := daemon.status())["test/p"]["state"] == "held" and s,
+                  what="the guard to hold the pass")
+    assert "of 40 linked records" in st["test/p"]["sides"]["a"]["held_delete"]
+    assert len(users(tmp_path / "b.sqlite")) == 40  # the pages read so far wait too
+    confirmed = daemon.cli("deletes", "confirm", "test", "--pipeline", "p", "--side", "a")
+    assert confirmed.returncode == 0
+    wait_for(lambda: len(users(tmp_path / "b.sqlite")) == 10, what="the confirmed deletes")
+    assert sorted(users(tmp_path / "b.sqlite"), key=int) == [str(k) for k in range(1, 11)]
+
+
 CRASHY = '''
 """A plug-in connector with a bug: SQLite whose write crashes while a file `crash` exists."""
 from pathlib import Path

@@ -203,6 +203,60 @@ def test_mass_delete_guard_holds_back_the_pass(store: Store, clock: FakeClock) -
     assert stats.deletes == 20
 
 
+def test_mass_delete_guard_counts_the_whole_pass_across_pages(
+    store: Store, clock: FakeClock
+) -> None:
+    """A TRUNCATE read as pages of 4 deletes (each 20% of the 20 linked records): the
+    deletes of the first pages wait until the pass ends; the third page takes the pass
+    over half, so nothing is deleted until an operator confirms."""
+    store.enqueue("a", [change(str(k), f"n{k}") for k in range(20)], "c1", clock.time(), RULES)
+    sync_all(store, "a_to_b", clock)
+    clock.advance(1)
+    guard = {"mass_delete_share": 0.5, "mass_delete_min": 5}
+    for n, keys in enumerate([range(0, 6), range(6, 10)], start=2):
+        stats = store.enqueue("a", [change(str(k), None) for k in keys], f"c{n}", clock.time(),
+                              RULES, more=True, **guard)
+        assert stats.linked_deletes == len(keys)
+        assert store.lease("a_to_b", 100, frozenset()) == []  # held, not written
+    assert store.pending() == 0  # held deletes are not pending work
+    with pytest.raises(MassDeleteBlocked) as err:
+        store.enqueue("a", [change(str(k), None) for k in range(10, 14)], "c4", clock.time(),
+                      RULES, more=True, **guard)
+    assert (err.value.count, err.value.total) == (14, 20)
+    assert store.cursor("a") == "c3"
+    assert store.lease("a_to_b", 100, frozenset()) == []
+    # confirmed: the rest of the pass goes through, and at its end every delete is written
+    store.allow_mass_delete("a")
+    store.enqueue("a", [change(str(k), None) for k in range(10, 14)], "c4", clock.time(),
+                  RULES, more=True, **guard)
+    assert store.lease("a_to_b", 100, frozenset()) == []
+    store.enqueue("a", [], "c5", clock.time(), RULES, **guard)
+    assert sorted(sync_all(store, "a_to_b", clock), key=int) == [str(k) for k in range(14)]
+    # the next pass is counted afresh, and the confirmation was for that pass only
+    with pytest.raises(MassDeleteBlocked) as err:
+        store.enqueue("a", [change(str(k), None) for k in range(14, 20)], "c6", clock.time(),
+                      RULES, **guard)
+    assert (err.value.count, err.value.total) == (6, 6)
+
+
+def test_a_pass_within_the_threshold_releases_its_held_deletes_at_its_end(
+    store: Store, clock: FakeClock
+) -> None:
+    store.enqueue("a", [change(str(k), f"n{k}") for k in range(20)], "c1", clock.time(), RULES)
+    sync_all(store, "a_to_b", clock)
+    clock.advance(1)
+    guard = {"mass_delete_share": 0.5, "mass_delete_min": 5}
+    store.enqueue("a", [change("0", None), change("1", None)], "c2", clock.time(), RULES,
+                  more=True, **guard)
+    # a newer change of a held record replaces its delete (the row is back)
+    store.enqueue("a", [change("1", "back"), change("2", None)], "c3", clock.time(), RULES,
+                  more=True, **guard)
+    assert [(i.key, i.op) for i in store.lease("a_to_b", 100, frozenset())] == [("1", "upsert")]
+    store.enqueue("a", [change("3", None)], "c4", clock.time(), RULES, **guard)
+    items = {(i.key, i.op) for i in store.lease("a_to_b", 100, frozenset())}
+    assert items == {("0", "delete"), ("1", "upsert"), ("2", "delete"), ("3", "delete")}
+
+
 def test_conflict_found_at_write_time_sends_the_target_content_back(
     store: Store, clock: FakeClock
 ) -> None:
