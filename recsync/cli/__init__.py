@@ -51,13 +51,13 @@ def crms_setup(args: argparse.Namespace) -> int:
         return 0
     import psycopg
 
-    from recsync.dsn import mask_dsn
+    from recsync.dsn import normalize_url, scrub
 
     try:
-        with psycopg.connect(args.dsn, autocommit=True) as conn:
+        with psycopg.connect(normalize_url(args.dsn), autocommit=True) as conn:
             conn.execute(script.encode())
     except psycopg.Error as exc:
-        print(f"recsync: setting up {args.table} failed: {mask_dsn(str(exc).strip())}",
+        print(f"recsync: setting up {args.table} failed: {scrub(str(exc).strip(), args.dsn)}",
               file=sys.stderr)
         return 1
     print(f"{'removed' if args.uninstall else 'installed'} change tracking on {args.table}")

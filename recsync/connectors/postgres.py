@@ -52,7 +52,7 @@ from recsync.connectors.credentials import resolve_secret
 from recsync.connectors.pglisten import Listener
 from recsync.connectors.pgsql import CHECK_SQL, TableNames, setup_sql, split_table
 from recsync.connectors.sqltable import SqlTableConnector, dump
-from recsync.dsn import mask_dsn
+from recsync.dsn import normalize_url, scrub, without_userinfo
 from recsync.errors import ConnectorConfigError, ConnectorError
 from recsync.messages import Change, ChangePage, Record, Unreadable, WriteOp, WriteResult, key_text
 
@@ -172,11 +172,22 @@ class PostgresConnector(SqlTableConnector):
     @property
     def system_id(self) -> str:
         try:
-            info = psycopg.conninfo.conninfo_to_dict(self._dsn())
+            # never the user and password: a URL's userinfo (up to its last '@', which
+            # libpq misreads when the password has an unencoded '/', '@' or space) is cut
+            info = psycopg.conninfo.conninfo_to_dict(without_userinfo(self._dsn()))
         except (psycopg.ProgrammingError, ConnectorConfigError):
             return f"postgres:{self.cfg.table}"
         host = info.get("host") or "localhost"
         return f"postgres:{host}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
+
+    def _scrub(self, text: str) -> str:
+        """A driver's message on one line (libpq puts hints on further lines), masked and
+        without the password (libpq quotes a misparsed DSN's pieces)."""
+        try:
+            dsn = self._dsn()
+        except ConnectorConfigError:
+            dsn = ""
+        return " ".join(scrub(text, dsn).split())
 
     @property
     def where(self) -> str:
@@ -185,14 +196,14 @@ class PostgresConnector(SqlTableConnector):
     # ------------------------------------------------------------------ open / close
 
     def open(self) -> None:
-        dsn = self._dsn()
+        dsn = normalize_url(self._dsn())
         try:
             conn = psycopg.connect(dsn, autocommit=True,
                                    connect_timeout=max(1, int(self.cfg.connect_timeout)))
         except psycopg.Error as exc:
             raise ConnectorError(
                 f"Cannot connect to PostgreSQL for {self.where}: "
-                f"{' '.join(mask_dsn(str(exc)).split())}") from exc
+                f"{self._scrub(str(exc))}") from exc
         self._conn = conn
         try:
             pgtypes.configure(conn)
@@ -359,7 +370,7 @@ class PostgresConnector(SqlTableConnector):
         return self._error(exc, doing)
 
     def _error(self, exc: BaseException, doing: str) -> ConnectorError:
-        msg = " ".join(mask_dsn(str(exc)).split())  # libpq puts hints on further lines
+        msg = self._scrub(str(exc))
         if isinstance(exc, pgerr.UndefinedTable | pgerr.UndefinedColumn):
             return ConnectorError(
                 f"{self.where} was dropped or altered ({msg}) while {doing}; restore it or "

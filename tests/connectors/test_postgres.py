@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from recsync.connectors.postgres import PostgresConnector
+from recsync.dsn import mask_dsn, scrub
 from recsync.errors import ConnectorConfigError, ConnectorError
 from recsync.messages import ChangePage, WriteOp
 from tests.pgfixture import PgSchema, pg  # noqa: F401 - the fixture
@@ -335,6 +336,35 @@ def test_the_password_of_the_dsn_is_never_in_an_error(pg: PgSchema) -> None:  # 
         conn.open()
     assert "hunter2secret" not in str(err.value)
     assert "hunter2secret" not in repr(conn.config) and "hunter2secret" not in conn.system_id
+
+
+@pytest.mark.parametrize("dsn, secret", [
+    ("postgresql://postgres:Zq9/SECRETj@127.0.0.1/test", "SECRETj"),
+    ("postgresql://postgres:Zq9@SECRETm@127.0.0.1:1/test", "SECRETm"),
+    ("postgresql://postgres:Zq9 SECRETn@127.0.0.1:1/test", "SECRETn"),
+    ("postgresql://postgres:Zq9%2FSECRETp@127.0.0.1:1/test", "SECRETp"),
+])
+def test_a_password_with_an_unencoded_slash_at_or_space_is_never_in_an_error(
+        pg: PgSchema, dsn: str, secret: str) -> None:  # noqa: F811
+    """The userinfo of a URL runs to its last '@': libpq misreads such a password as
+    host, port or database and quotes it back; neither its message nor the connector's
+    system id may show any of it."""
+    conn = PostgresConnector({"dsn": dsn, "table": f"{pg.schema}.pw", "key": "id",
+                              "listen": False}, Path("."))
+    with pytest.raises(ConnectorError) as err:
+        conn.open()
+    conn.close()
+    text = str(err.value)
+    assert secret not in text and "Zq9" not in text, text
+    assert secret not in conn.system_id and secret not in conn.where
+    assert conn.system_id.startswith("postgres:127.0.0.1:")
+    assert secret not in mask_dsn(dsn) and "Zq9" not in mask_dsn(dsn)
+    assert mask_dsn(f"for {dsn} failed") == (
+        f"for postgresql://postgres:***@{dsn.rpartition('@')[2]} failed")
+    # libpq's own messages about the URL as it misread it
+    for said in ("failed to resolve host '{s}@127.0.0.1'", 'unexpected spaces found in "Zq9 {s}"',
+                 'database "{s}@127.0.0.1/test" does not exist'):
+        assert secret not in scrub(said.format(s=secret), dsn)
 
 
 def test_a_refused_connection_is_one_line_naming_host_and_port(pg: PgSchema) -> None:  # noqa: F811
