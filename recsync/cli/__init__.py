@@ -45,16 +45,37 @@ def crms_setup(args: argparse.Namespace) -> int:
         names = TableNames(*split_table(args.table))
     except ValueError as exc:
         raise UsageError(f"--table: {exc}") from exc
-    script = uninstall_sql(names) if args.uninstall else setup_sql(names, args.key)
     if args.print_sql:
-        print(script, end="")
+        # the script itself stops, installing nothing, when the table has no such column
+        print(uninstall_sql(names) if args.uninstall else setup_sql(names, args.key), end="")
         return 0
     import psycopg
 
+    from recsync.connectors.pgsql import COLUMNS_SQL, resolve_key
     from recsync.dsn import normalize_url, scrub
 
     try:
         with psycopg.connect(normalize_url(args.dsn), autocommit=True) as conn:
+            if args.uninstall:
+                script = uninstall_sql(names)
+            else:
+                # the key column as the connector resolves it ("ID" for a column id), and
+                # checked before anything is installed: triggers naming a column the table
+                # lacks would make every write of the application fail
+                columns = [r[0] for r in conn.execute(COLUMNS_SQL, (names.qualified,))]
+                if not columns:
+                    print(f"recsync: setting up {args.table} failed: there is no table "
+                          f"{names.schema}.{names.table}; nothing was installed",
+                          file=sys.stderr)
+                    return 1
+                key = resolve_key(columns, args.key)
+                if key is None:
+                    print(f"recsync: setting up {args.table} failed: table "
+                          f"{names.schema}.{names.table} has no key column {args.key!r} "
+                          f"(columns: {', '.join(columns)}); nothing was installed",
+                          file=sys.stderr)
+                    return 1
+                script = setup_sql(names, key)
             conn.execute(script.encode())
     except psycopg.Error as exc:
         print(f"recsync: setting up {args.table} failed: {scrub(str(exc).strip(), args.dsn)}",

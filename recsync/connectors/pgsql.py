@@ -27,6 +27,7 @@ application's roles need no grant on the log table.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from recsync.sqlident import quote_ident
@@ -60,6 +61,20 @@ def split_table(table: str) -> tuple[str, str]:
     if len(parts) == 2 and all(parts):
         return parts[0], parts[1]
     raise ValueError(f"{table!r} is not a table name or schema.table")
+
+
+# a table's columns, in order (none when there is no such table)
+COLUMNS_SQL = ("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+               "AND attnum > 0 AND NOT attisdropped ORDER BY attnum")
+
+
+def resolve_key(columns: Sequence[str], key: str) -> str | None:
+    """The column ``key`` names: itself, else the one column equal to it ignoring case
+    (``ID`` for ``id``); None when there is none, or several ("Id" and "ID" for "id")."""
+    if key in columns:
+        return key
+    folded = [c for c in columns if c.lower() == key.lower()]
+    return folded[0] if len(folded) == 1 else None
 
 
 @dataclass(frozen=True)
@@ -121,8 +136,19 @@ def setup_sql(names: TableNames, key: str) -> str:
     t, log, k = names.qualified, names.log, quote_ident(key)
     ins, upd, dele, truncate, notify = names.trigger_names
     capture = names.function("capture")
+    # a key column the table lacks would make every later write to it fail in the triggers:
+    # the script stops here instead, having installed nothing
+    check = quote_literal(f"table {names.schema}.{names.table} has no column {key}")
     return f"""\
 BEGIN;
+DO $recsync$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = {quote_literal(t)}::regclass
+                   AND attname = {quote_literal(key)} AND attnum > 0 AND NOT attisdropped) THEN
+        RAISE EXCEPTION USING MESSAGE = {check};
+    END IF;
+END
+$recsync$;
 CREATE TABLE IF NOT EXISTS {log} (
     seq bigserial,
     xid xid8 NOT NULL DEFAULT pg_current_xact_id(),

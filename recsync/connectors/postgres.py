@@ -50,7 +50,13 @@ from recsync.connectors import pgtypes
 from recsync.connectors.base import ConnectorConfig
 from recsync.connectors.credentials import resolve_secret
 from recsync.connectors.pglisten import Listener
-from recsync.connectors.pgsql import CHECK_SQL, TableNames, setup_sql, split_table
+from recsync.connectors.pgsql import (
+    CHECK_SQL,
+    TableNames,
+    resolve_key,
+    setup_sql,
+    split_table,
+)
 from recsync.connectors.sqltable import SqlTableConnector, dump
 from recsync.dsn import normalize_url, scrub, without_userinfo
 from recsync.errors import ConnectorConfigError, ConnectorError
@@ -251,7 +257,7 @@ class PostgresConnector(SqlTableConnector):
         not_null = {name for name, _typ, nn, _d in rows if nn}
         defaults = {name for name, _typ, _nn, d in rows if d}
         self._colmap = {c.lower(): c for c in self._columns}
-        key = self._colmap.get(self.cfg.key.lower())
+        key = resolve_key(list(self._columns), self.cfg.key)  # as `crms setup` does
         if key is None:
             raise ConnectorConfigError(
                 f"Table {self.names.schema}.{self.names.table} has no key column "

@@ -682,6 +682,49 @@ def test_the_printed_setup_sql_is_what_an_install_false_side_needs(pg: PgSchema)
                   (pg.schema,)) == [(0,)]
 
 
+def _our_triggers(pg: PgSchema) -> int:  # noqa: F811
+    return int(pg.run("SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                      "WHERE c.relnamespace = %s::regnamespace AND tgname LIKE 'recsync%%'",
+                      (pg.schema,))[0][0])
+
+
+def test_setup_resolves_the_key_column_and_installs_nothing_for_one_the_table_lacks(
+        pg: PgSchema) -> None:  # noqa: F811
+    import subprocess
+    import sys
+
+    pg.run(f"CREATE TABLE {pg.table('case_t')} (id integer PRIMARY KEY, name text)")
+
+    def setup(*how: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "recsync.cli", "crms", "setup", "postgres", *how,
+             "--table", pg.table("case_t")], capture_output=True, text=True)
+
+    missing = setup("--dsn", pg.dsn, "--key", "nosuchcol")
+    assert missing.returncode == 1, missing.stdout
+    assert "has no key column 'nosuchcol'" in missing.stderr
+    assert f"{pg.schema}.case_t" in missing.stderr and "columns: id, name" in missing.stderr
+    assert _our_triggers(pg) == 0
+    assert pg.run(f"SELECT to_regclass('{pg.schema}.recsync_changelog_case_t')") == [(None,)]
+    # the printed script a DBA runs stops before installing anything too
+    printed = setup("--print-sql", "--key", "nosuchcol").stdout
+    with pg.connect() as dba, pytest.raises(Exception, match="has no column nosuchcol"):
+        dba.execute(printed.encode())
+    assert _our_triggers(pg) == 0
+    # "ID" names the column id, as the connector's key = "ID" does: the application's
+    # writes go on working and are logged
+    upper = setup("--dsn", pg.dsn, "--key", "ID")
+    assert upper.returncode == 0, upper.stderr
+    assert _our_triggers(pg) == 5
+    pg.run(f"INSERT INTO {pg.table('case_t')} VALUES (1, 'app')")
+    pg.run(f"UPDATE {pg.table('case_t')} SET name = 'app2' WHERE id = 1")
+    assert pg.run(f"SELECT op, key FROM {pg.schema}.recsync_changelog_case_t ORDER BY seq") == [
+        ("upsert", "1"), ("upsert", "1")]
+    pg.run(f"DROP TABLE {pg.table('case_t')}")
+    gone = setup("--dsn", pg.dsn, "--key", "id")
+    assert gone.returncode == 1 and "there is no table" in gone.stderr, gone.stderr
+
+
 def _terminate(pg: PgSchema, pid: int) -> None:  # noqa: F811
     pg.run("SELECT pg_terminate_backend(%s)", (pid,))
 
