@@ -222,10 +222,16 @@ def uninstall_sql(names: TableNames) -> str:
     return "\n".join([*drops, *funcs, f"DROP TABLE IF EXISTS {names.log};"]) + "\n"
 
 
-# what the reader checks on every poll: the five triggers and the log table are there
+# what the reader checks on every poll: the five triggers and the log table are there;
+# and which ones they are (their oids: the capture a cursor was read under; installing
+# again, by recsync or a DBA, or re-creating the table makes new ones)
 CHECK_SQL = """
 SELECT to_regclass(%(log)s) IS NOT NULL,
        (SELECT count(*) FROM pg_trigger
          WHERE tgrelid = to_regclass(%(table)s) AND tgname = ANY(%(triggers)s)
-           AND tgenabled <> 'D')
+           AND tgenabled <> 'D'),
+       (SELECT to_regclass(%(log)s)::oid::text || ':'
+               || coalesce(string_agg(oid::text, ',' ORDER BY tgname), '')
+          FROM pg_trigger
+         WHERE tgrelid = to_regclass(%(table)s) AND tgname = ANY(%(triggers)s))
 """

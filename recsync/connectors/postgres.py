@@ -15,13 +15,16 @@ Sequence gaps (rolled-back inserts) mean nothing. Rows our own write transaction
 Every read first checks that the triggers and the log are still there (one catalog
 query). A table rebuilt under recsync, or a dropped log, is noticed: the objects are
 installed again (``install = true``) and the whole table is listed against the links, so
-changes made while capture was off are found.
+changes made while capture was off are found. The same when capture went missing while
+recsync was not running: a log cursor carries the oids of the log and triggers it was read
+under (``"cap"``), and capture installed again since (at open, or by a DBA's ``crms
+setup``), or a table re-created, has other ones: the first read lists the table.
 
 ``"column"``: no objects are added; rows whose ``updated_column`` is greater than the
 cursor are read, and the whole table is listed every ``relist_interval`` seconds to find
 deletes (and rows a late-committing transaction stamped with an older time).
 
-Cursors are compact JSON: ``{"xid": X, "seq": S}`` (log mode), ``{"ts": T, "key": K,
+Cursors are compact JSON: ``{"xid": X, "seq": S, "cap": C}`` (log mode), ``{"ts": T, "key": K,
 "listed_at": L}`` (column mode), with ``"list_after": K`` while a listing is in progress.
 
 Writes: one transaction per batch, sent as one query: ``INSERT ... ON CONFLICT (key) DO
@@ -159,6 +162,9 @@ class PostgresConnector(SqlTableConnector):
         # how a row is named when its key is NULL: its primary key, else its ctid
         self._row_name: sql.Composable = sql.SQL("ctid::text")
         self.warning: str | None = None
+        # the oids of the change log and triggers last seen (pgsql.CHECK_SQL); cursors
+        # carry them as "cap"
+        self._capture_id: str | None = None
 
     @property
     def log_tracking(self) -> bool:
@@ -305,6 +311,7 @@ class PostgresConnector(SqlTableConnector):
         has_log, triggers = bool(row and row[0]), int(row[1]) if row else 0
         want = len(self.names.trigger_names)
         if has_log and triggers == want:
+            self._capture_id = row[2] if row else None
             return None
         missing = [] if has_log else [f"the change-log table {self.names.log_name}"]
         if triggers < want:
@@ -322,13 +329,30 @@ class PostgresConnector(SqlTableConnector):
                 "install = false; have a DBA run the SQL that `recsync crms setup postgres "
                 f"--print-sql --table {self.cfg.table} --key {self._key}` prints.")
         conn.execute(setup_sql(self.names, self._key).encode())  # type: ignore[call-overload]
+        self._capture_missing(conn)  # the new objects' ids
         if not at_open:
             self.warning = (f"change capture on {self.where} was gone ({missing}); "
                             "reinstalled it and listed the table again to catch up")
             log.warning("change capture was gone; reinstalled, listing the table",
                         extra={"table": self.cfg.table, "missing": missing})
         else:
+            # a cursor read under the capture that went missing makes the first read list
+            # the table again (_capture_replaced): the changes made meanwhile are there only
             log.info("Installed recsync change tracking on %s", self.cfg.table)
+        return True
+
+    def _capture_replaced(self, state: dict[str, Any]) -> bool:
+        """The cursor was read under other capture objects than those there now: they
+        went missing and were installed again (at our open, or by a DBA's `crms setup`),
+        or the table was re-created; what changed meanwhile was never logged."""
+        was = state.get("cap")
+        if was is None or self._capture_id is None or was == self._capture_id:
+            return False  # a cursor of an earlier version: nothing to compare
+        self.warning = (f"change capture on {self.where} was replaced since the last read "
+                        "(gone and installed again, or the table re-created); listed the "
+                        "table again to catch up")
+        log.warning("change capture was replaced since the last read; listing the table",
+                    extra={"table": self.cfg.table})
         return True
 
     def _held_back(self) -> None:
@@ -421,9 +445,10 @@ class PostgresConnector(SqlTableConnector):
             # a listing's later pages skip the catalog check (one round trip of two
             # per page: 100 of them, 0.75 s of a 100,000-row listing on a loaded
             # machine): the log read after the listing checks, and capture lost
-            # meanwhile makes it list again
-            if state.get("list_after") is None and self._ensure_capture(
-                    self.conn, at_open=False):
+            # meanwhile makes it list again; so does a cursor read under capture that has
+            # since been replaced (installed again at open, or by a DBA)
+            if (state.get("list_after") is None and self._ensure_capture(
+                    self.conn, at_open=False)) or self._capture_replaced(state):
                 state = {}
             if "list_after" in state:
                 return self._list_page(state, limit, start=False)
@@ -457,6 +482,8 @@ class PostgresConnector(SqlTableConnector):
         try:
             if self.cfg.tracking == "log":
                 state = self._log_position()
+                if self._capture_id is not None:
+                    state["cap"] = self._capture_id
             else:
                 u, k = sql.Identifier(self._updated or ""), sql.Identifier(self._key)
                 # r.{u}: a bare {u} in ORDER BY is the output column, the text
@@ -579,6 +606,7 @@ class PostgresConnector(SqlTableConnector):
             ).fetchall()
             more = len(rows) > limit
             rows = rows[:limit]
+            last: dict[str, Any]
             if more:
                 last = {"xid": int(rows[-1][0]), "seq": int(rows[-1][1])}
             else:
@@ -587,6 +615,8 @@ class PostgresConnector(SqlTableConnector):
                 end = self._log_position()
                 last = max(end, {"xid": xid, "seq": seq}, key=lambda p: (p["xid"], p["seq"]))
                 self._check_held()
+            if self._capture_id is not None:
+                last["cap"] = self._capture_id
             if not rows:
                 return ChangePage([], dump(last))
             entries = [(k, at) for _x, _s, k, at in rows if k is not None]

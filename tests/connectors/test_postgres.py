@@ -290,6 +290,25 @@ def test_dropped_triggers_are_reinstalled_and_the_table_listed_again(
     assert seen(pages) == {"9": "upsert:after"}
 
 
+def test_capture_reinstalled_at_open_lists_the_table_and_a_plain_reopen_does_not(
+        users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
+    _, cursor = drain(users, None)
+    users.close()
+    users.open()  # capture untouched: the log goes on where the cursor is
+    pages, cursor = drain(users, cursor)
+    assert not any(p.listing for p in pages) and users.warning is None
+    users.close()
+    pg.run(f"DROP TRIGGER recsync_users_capture_upd ON {pg.table()}")
+    pg.run(f"UPDATE {pg.table()} SET full_name = 'while closed' WHERE record_id = 1")
+    users.open()  # installs the trigger again
+    pages, cursor = drain(users, cursor)
+    assert pages[0].listing and pages[0].listing_start
+    assert seen(pages)["1"] == "upsert:while closed"
+    assert users.warning and "listed the table again" in users.warning
+    pages, _ = drain(users, cursor)
+    assert not any(p.listing for p in pages)
+
+
 def test_capture_dropped_during_a_listing_is_noticed_when_the_listing_ends(
         users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
     page = users.read_changes(None, 1)  # the listing's first page: row 1

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import random
 import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from tests.e2e.helpers import (
     kill_when,
@@ -279,3 +282,61 @@ b = {side("dst")}
     assert len(src) == 3 and dst == src
     out = ok(run_once(tmp_path))  # nothing written again: no value drifted on the way
     assert out.count("a->b 0 synced") == 2, out
+
+
+PG_PG = """
+[copy]
+a_to_b = ["create", "update", "delete"]
+b_to_a = []
+[copy.mappings]
+id = "id"
+name = "name"
+"""
+
+
+def _setup_cli(pg: PgSchema, *how: str) -> None:  # noqa: F811
+    subprocess.run([sys.executable, "-m", "recsync.cli", "crms", "setup", "postgres", "--dsn",
+                    pg.dsn, "--table", pg.table("t"), "--key", "id", *how],
+                   check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("lost", ["trigger dropped", "table re-created", "dba reinstalled"])
+def test_capture_lost_while_recsyncd_was_not_running_lists_the_table_again(
+        tmp_path: Path, pg: PgSchema, lost: str) -> None:  # noqa: F811
+    """Capture gone while no daemon ran, then installed again (by recsyncd at open, or
+    by a DBA for install = false): the next run lists the table against the links and
+    finds the changes made meanwhile."""
+    pg.run(f"CREATE TABLE {pg.table('t')} (id integer PRIMARY KEY, name text)")
+    pg.run(f"CREATE TABLE {pg.table('u')} (id integer PRIMARY KEY, name text)")
+    pg.run(f"INSERT INTO {pg.table('t')} VALUES (1, 'one'), (2, 'two')")
+    install = "false" if lost == "dba reinstalled" else "true"
+    if lost == "dba reinstalled":
+        _setup_cli(pg)
+
+    def side(name: str, install: str = "true") -> str:
+        return (f'{{ connector = "postgres", dsn = "{pg.dsn}", table = "{pg.table(name)}", '
+                f'key = "id", install = {install} }}')
+
+    write_config(tmp_path, side("t", install), side("u"), rules=PG_PG.replace("copy", "contacts"))
+    assert "a->b 2 synced" in ok(run_once(tmp_path))
+    if lost == "trigger dropped":
+        pg.run(f"DROP TRIGGER recsync_t_capture_upd ON {pg.table('t')}")
+        pg.run(f"UPDATE {pg.table('t')} SET name = 'changed while capture off' WHERE id = 1")
+    elif lost == "table re-created":
+        pg.run(f"CREATE TABLE {pg.table('t2')} (id integer PRIMARY KEY, name text)")
+        pg.run(f"INSERT INTO {pg.table('t2')} SELECT * FROM {pg.table('t')}")
+        pg.run(f"DROP TABLE {pg.table('t')}")
+        pg.run(f"ALTER TABLE {pg.table('t2')} RENAME TO t")
+        pg.run(f"UPDATE {pg.table('t')} SET name = 'changed while capture off' WHERE id = 1")
+    else:
+        _setup_cli(pg, "--uninstall")
+        pg.run(f"UPDATE {pg.table('t')} SET name = 'changed while capture off' WHERE id = 1")
+        _setup_cli(pg)
+    out = ok(run_once(tmp_path))
+    assert "a->b 1 synced" in out, out
+    assert pg.run(f"SELECT id, name FROM {pg.table('u')} ORDER BY id") == [
+        (1, "changed while capture off"), (2, "two")]
+    pg.run(f"UPDATE {pg.table('t')} SET name = 'logged again' WHERE id = 2")
+    out = ok(run_once(tmp_path))  # capture works again: the log, no listing needed
+    assert "a->b 1 synced" in out, out
+    assert pg.run(f"SELECT name FROM {pg.table('u')} WHERE id = 2") == [("logged again",)]
