@@ -11,10 +11,10 @@ PostgreSQL's text input of it, so "12.50" into a numeric or "2024-01-02T10:00:00
 into a timestamptz is taken exactly. For a json column a dict or list is JSON, and text
 that parses as JSON is that JSON (a CSV cell holds a JSON object as its text); for an array
 column a list, or a JSON list text, is the array. An empty string is NULL, except in a NOT
-NULL text column (a CSV cell cannot tell them apart, and the content hash counts them equal
-too). The writers below make each value one JSON holds as it is: bytes become bytea's hex
-text, a float that is not finite its text ("NaN", "Infinity"), anything else unknown its
-``str()``.
+NULL text column or the key column (a CSV cell cannot tell them apart, and the content hash
+counts them equal too; a key is never NULL). The writers below make each value one JSON
+holds as it is: bytes become bytea's hex text, a float that is not finite its text
+("NaN", "Infinity"), anything else unknown its ``str()``.
 """
 
 from __future__ import annotations

@@ -295,7 +295,9 @@ class PostgresConnector(SqlTableConnector):
                 f"Table {self.names.schema}.{self.names.table} has no column "
                 f"{self.cfg.updated_column!r}, which tracking = \"column\" needs "
                 "(set 'updated_column').")
-        self._writers = {c: pgtypes.writer_for(t, c in not_null)
+        # the key column as NOT NULL whatever it says: a key '' is that key, never NULL
+        # (a row of its own the next pass would not find)
+        self._writers = {c: pgtypes.writer_for(t, c in not_null or c == key)
                          for c, t in self._columns.items()}
         self._as_is = {c for c, t in self._columns.items() if pgtypes.as_is(t)}
         self._select_list = sql.SQL(", ").join(

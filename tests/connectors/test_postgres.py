@@ -507,6 +507,39 @@ def test_text_columns_take_numbers_as_their_text_and_blank_as_null_where_they_ca
     assert got["9"] == {"record_id": 9, "full_name": "true", "status": "x"}
 
 
+def test_an_empty_string_key_is_written_as_itself_never_as_null(pg: PgSchema) -> None:  # noqa: F811
+    """A blank cell is NULL in a nullable text column, but never in the key column: a
+    key '' written as NULL is a row the next pass cannot find (and the source's row
+    then looks deleted)."""
+    pg.run(f"CREATE TABLE {pg.table('src')} (k text PRIMARY KEY, name text)")
+    pg.run(f"CREATE TABLE {pg.table('dst')} (k text UNIQUE, name text)")  # nullable
+    pg.run(f"INSERT INTO {pg.table('src')} VALUES ('', 'empty'), ('x', 'ex')")
+    src = PostgresConnector({"dsn": pg.dsn, "table": pg.table("src"), "key": "k",
+                             "listen": False}, Path("."))
+    dst = PostgresConnector({"dsn": pg.dsn, "table": pg.table("dst"), "key": "k",
+                             "listen": False}, Path("."))
+    src.open()
+    dst.open()
+    try:
+        changes = [c for p in drain(src, None)[0] for c in p.changes]
+        assert sorted(c.key for c in changes) == ["", "x"]
+        ops = [WriteOp(c.key, "upsert", c.fields) for c in changes]
+        assert [r.error for r in dst.write(ops)] == [None, None]
+        assert sorted(pg.run(f"SELECT k, name FROM {pg.table('dst')}")) == [
+            ("", "empty"), ("x", "ex")]
+        assert dst.fetch([""]) == {"": {"k": "", "name": "empty"}}
+        # written again (an update): the same row, not a second one
+        assert [r.error for r in dst.write(
+            [WriteOp("", "upsert", {"k": "", "name": "empty 2"})])] == [None]
+        assert sorted(pg.run(f"SELECT k, name FROM {pg.table('dst')}")) == [
+            ("", "empty 2"), ("x", "ex")]
+        assert [r.error for r in dst.write([WriteOp("", "delete", None)])] == [None]
+        assert pg.run(f"SELECT k FROM {pg.table('dst')}") == [("x",)]
+    finally:
+        src.close()
+        dst.close()
+
+
 def test_a_batch_larger_than_a_query_goes_in_several_in_one_transaction(
         users: PostgresConnector, pg: PgSchema, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     from recsync.connectors import pgwrite
