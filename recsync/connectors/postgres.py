@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shlex
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -329,7 +330,8 @@ class PostgresConnector(SqlTableConnector):
             raise ConnectorConfigError(
                 f"Change tracking on {self.where} is not set up ({missing} missing) and "
                 "install = false; have a DBA run the SQL that `recsync crms setup postgres "
-                f"--print-sql --table {self.cfg.table} --key {self._key}` prints.")
+                f"--print-sql --table {shlex.quote(self.cfg.table)} --key "
+                f"{shlex.quote(self._key)}` prints.")  # runs as printed in a POSIX shell
         conn.execute(setup_sql(self.names, self._key).encode())  # type: ignore[call-overload]
         self._capture_missing(conn)  # the new objects' ids
         if not at_open:

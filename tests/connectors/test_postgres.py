@@ -342,6 +342,32 @@ def test_install_false_never_touches_the_schema_and_names_the_setup_command(
     assert pg.run(f"SELECT to_regclass('{pg.schema}.recsync_changelog_users')") == [(None,)]
 
 
+def test_the_setup_command_named_for_install_false_runs_as_printed_in_a_shell(
+        pg: PgSchema) -> None:  # noqa: F811
+    import shlex
+
+    from recsync.cli.parser import build_parser
+    from recsync.connectors.pgsql import split_table
+
+    schema = f"{pg.schema}_Odd Sch"
+    pg.run(f'CREATE SCHEMA "{schema}"')
+    try:
+        pg.run(f'CREATE TABLE "{schema}"."Inst Tab" ("My Key" text PRIMARY KEY)')
+        table = f'"{schema}"."Inst Tab"'
+        conn = PostgresConnector({"dsn": pg.dsn, "table": table, "key": "My Key",
+                                  "install": False, "listen": False}, Path("."))
+        with pytest.raises(ConnectorConfigError) as err:
+            conn.open()
+        command = str(err.value).split("`")[1]
+        argv = shlex.split(command)
+        assert argv[:2] == ["recsync", "crms"]
+        args = build_parser().parse_args(argv[1:])
+        assert split_table(args.table) == (schema, "Inst Tab")
+        assert args.key == "My Key" and args.print_sql
+    finally:
+        pg.run(f'DROP SCHEMA "{schema}" CASCADE')
+
+
 def test_a_key_that_is_not_unique_is_refused_with_the_reason(pg: PgSchema) -> None:  # noqa: F811
     pg.run(f"CREATE TABLE {pg.table()} (record_id integer, full_name text)")
     with pytest.raises(ConnectorConfigError, match="not unique"):
