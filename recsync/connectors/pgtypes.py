@@ -142,6 +142,11 @@ def _nullable_text(value: Any) -> Any:
     return _text(value)
 
 
+def blank_padded(type_name: str) -> bool:
+    """char(n): PostgreSQL pads its values with spaces, and its ::text drops them."""
+    return type_name == "character" or type_name.startswith("character(")
+
+
 def as_is(type_name: str) -> bool:
     """Whether a non-empty str or an int goes into a column of ``type_name`` as it is:
     its writer returns it unchanged (for a text column, an int's text, which PostgreSQL

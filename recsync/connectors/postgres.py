@@ -301,8 +301,12 @@ class PostgresConnector(SqlTableConnector):
         self._writers = {c: pgtypes.writer_for(t, c in not_null or c == key)
                          for c, t in self._columns.items()}
         self._as_is = {c for c, t in self._columns.items() if pgtypes.as_is(t)}
+        # a char(n) key as its text, padding gone: the form the log holds (key::text), so
+        # a row fetched for a logged key is found under it, and listings agree
         self._select_list = sql.SQL(", ").join(
-            pgtypes.select_expr(c, t) for c, t in self._columns.items())
+            sql.SQL("{c}::text AS {c}").format(c=sql.Identifier(c))
+            if c == key and pgtypes.blank_padded(t) else pgtypes.select_expr(c, t)
+            for c, t in self._columns.items())
         self._ahead = None
         self._shapes.clear()
 

@@ -566,6 +566,35 @@ def test_an_empty_string_key_is_written_as_itself_never_as_null(pg: PgSchema) ->
         dst.close()
 
 
+def test_a_char_n_key_is_read_the_same_from_the_log_and_the_table(pg: PgSchema) -> None:  # noqa: F811
+    """The log holds key::text (char(n) padding gone): the rows fetched for it must be
+    found under that same text, or updates and inserts vanish."""
+    pg.run(f"CREATE TABLE {pg.table()} (code char(5) PRIMARY KEY, full_name text)")
+    pg.run(f"INSERT INTO {pg.table()} VALUES ('ab', 'Ann')")
+    conn = PostgresConnector({"dsn": pg.dsn, "table": pg.table(), "key": "code",
+                              "listen": False}, Path("."))
+    conn.origin = "test/p"
+    conn.open()
+    try:
+        pages, cursor = drain(conn, None)
+        assert seen(pages) == {"ab": "upsert:Ann"}
+        pg.run(f"UPDATE {pg.table()} SET full_name = 'Annie' WHERE code = 'ab'")
+        pg.run(f"INSERT INTO {pg.table()} VALUES ('x', 'Ex')")
+        pages, cursor = drain(conn, cursor)
+        assert seen(pages) == {"ab": "upsert:Annie", "x": "upsert:Ex"}
+        pg.run(f"UPDATE {pg.table()} SET code = 'cd' WHERE code = 'ab'")
+        pages, cursor = drain(conn, cursor)
+        assert seen(pages) == {"ab": "delete", "cd": "upsert:Annie"}
+        assert [c.fields for p in pages for c in p.changes if c.key == "cd"] == [
+            {"code": "cd", "full_name": "Annie"}]
+        assert conn.fetch(["cd"]) == {"cd": {"code": "cd", "full_name": "Annie"}}
+        assert [r.error for r in conn.write([WriteOp("cd", "upsert", {
+            "code": "cd", "full_name": "Cid"}), WriteOp("x", "delete", None)])] == [None, None]
+        assert pg.run(f"SELECT code, full_name FROM {pg.table()}") == [("cd   ", "Cid")]
+    finally:
+        conn.close()
+
+
 def test_a_batch_larger_than_a_query_goes_in_several_in_one_transaction(
         users: PostgresConnector, pg: PgSchema, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     from recsync.connectors import pgwrite
