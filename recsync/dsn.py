@@ -16,7 +16,10 @@ from urllib.parse import quote, unquote
 # "@" and ends at whitespace or the end)
 _PASSWORD_IN_URL = re.compile(
     r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^\n]*?@(?=[^\s@]*(?:\s|$))", re.I)
-_PASSWORD_PAIR = re.compile(r"(?P<head>\bpassword\s*=\s*)('[^']*'|\S+)", re.I)
+# password= and sslpassword=; a quoted value may hold \' (libpq's escape); a quote never
+# closed takes the rest of the line
+_PASSWORD_PAIR = re.compile(
+    r"(?P<head>\b\w*password\s*=\s*)('(?:[^'\\\n]|\\.)*'|'[^\n]*|\S+)", re.I)
 _URL = re.compile(r"^\s*(?P<scheme>postgres(?:ql)?://)(?P<rest>.*?)\s*$", re.I | re.S)
 # the characters libpq splits a password on, or stops its userinfo at
 _SEPARATORS = re.compile(r"[\s/@:?#]+")
@@ -25,8 +28,13 @@ _MIN_FRAGMENT = 3  # pieces of a password shorter than this are not hunted in me
 
 def mask_dsn(text: str) -> str:
     """``text`` with any password of a connection URL or key=value DSN replaced."""
-    text = _PASSWORD_IN_URL.sub(lambda m: m.group("head") + "***@", text)
-    return _PASSWORD_PAIR.sub(lambda m: m.group("head") + "***", text)
+    return _PASSWORD_PAIR.sub(lambda m: m.group("head") + "***", mask_urls(text))
+
+
+def mask_urls(text: str) -> str:
+    """``text`` with the password of any URL in it (``scheme://user:password@host``)
+    replaced."""
+    return _PASSWORD_IN_URL.sub(lambda m: m.group("head") + "***@", text)
 
 
 def _url_split(dsn: str) -> tuple[str, str | None, str] | None:

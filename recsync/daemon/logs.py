@@ -23,6 +23,8 @@ from typing import Any, TextIO
 
 import msgspec
 
+from recsync.dsn import mask_urls
+
 __all__ = [
     "LOG_FILE_NAME",
     "LOG_NOTE",
@@ -53,10 +55,9 @@ _SECRET_IN_TEXT = re.compile(
     r"|authorization|credentials?|cookie|session[_-]?id|private[_-]?key)[\w-]*)"
     r"(?P<sep>[\"']?\s*[=:]\s*)"
     r"(?P<scheme>(?:bearer|basic|digest|token|negotiate)\s+)?"
-    rf"(?P<value>{_QUOTED}|[^\s\"'&,;)}}\]]+)"
+    rf"(?P<value>{_QUOTED}|[^\s\"'&,;)}}\]]+|[\"'][^\n]*)"  # (a quote never closed: the line)
 )
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+")
-_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/:@]*:)([^\s/@]+)(@)")
 _SALESFORCE_SESSION = re.compile(r"\b00D[A-Za-z0-9]{12,15}![A-Za-z0-9._-]+")
 
 
@@ -70,7 +71,7 @@ def redact_text(text: str) -> str:
     """``text`` with secret-looking values replaced by ``***``."""
     text = _SECRET_IN_TEXT.sub(_mask_pair, text)
     text = _BEARER.sub(rf"\g<1>{MASK}", text)
-    text = _URL_PASSWORD.sub(rf"\g<1>{MASK}\g<3>", text)
+    text = mask_urls(text)
     return _SALESFORCE_SESSION.sub(MASK, text)
 
 

@@ -18,8 +18,10 @@ from recsync.daemon.logs import (
     JsonFormatter,
     default_log_file,
     redact,
+    redact_text,
     setup_logging,
 )
+from recsync.dsn import mask_dsn
 
 SECRETS = ("hunter2", "abc123tok", "s3cr3tpw", "sk_live_42", "pgpass9", "00D5g000004XyZaEAI")
 
@@ -162,6 +164,19 @@ def test_secret_in_exception_text_is_redacted() -> None:
         )
     out = fmt.format(record)
     assert "hunter2" not in out and "password=***" in out
+
+
+@pytest.mark.parametrize("text", [
+    "host=127.0.0.1 password='S3cretQ",  # a quote never closed (a typo in a dsn)
+    "host=h password='ab\\'S3cretQ tail' user=x",  # libpq's escaped quote
+    "host=h sslpassword=S3cretQ user=x",
+    "postgresql://postgres:Zq9/S3cretQ@127.0.0.1/test",  # '/' and '@' left unencoded
+    "redis://:Red@isS3cretQ@127.0.0.1:6390/7 and more",
+])
+def test_malformed_dsns_keep_their_password_out_of_logs_and_messages(text: str) -> None:
+    """The log formatter's redaction and mask_dsn (errors, `config show`) alike."""
+    for masked in (redact_text(text), mask_dsn(text)):
+        assert "S3cretQ" not in masked and "***" in masked, masked
 
 
 def test_redact_keeps_harmless_text() -> None:
