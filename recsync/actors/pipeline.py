@@ -167,9 +167,10 @@ class Pipeline:
                                          transient=failure.transient) from exc
             raise PipelineStartError(str(exc) or type(exc).__name__,
                                      transient=isinstance(exc, StateUnavailable)) from exc
+        if self.paused:  # its pollers paused before the first tick can poll
+            for side in ("a", "b"):
+                self.ask(f"poller_{side}", "set_paused", True)
         self._start_timers()
-        if self.paused:
-            self.set_paused(True)
         self.state = "paused" if self.paused else "running"
         self.error = None
 

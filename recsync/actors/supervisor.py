@@ -88,11 +88,14 @@ class Supervisor(pykka.ThreadingActor):
         self._try_start(pipeline)
         return pipeline.state
 
-    def begin_pipeline(self, config: PipelineConfig, ruleset: RuleSet) -> None:
+    def begin_pipeline(self, config: PipelineConfig, ruleset: RuleSet,
+                       paused: bool = False) -> None:
         """Register a pipeline as ``starting`` and start it on the start pool: returns at
         once. Starts run ``START_CONCURRENCY`` at a time, so a thousand pipelines start in
-        parallel, and one that is slow to start holds back no other."""
+        parallel, and one that is slow to start holds back no other. ``paused``: it starts
+        paused (an operator paused it on the node that ran it before)."""
         pipeline = self._register(config, ruleset)
+        pipeline.paused = paused
         pipeline.state = "starting"
         self.concurrent_starts = True
         self._event("pipeline_state", pipeline)

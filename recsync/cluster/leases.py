@@ -3,7 +3,9 @@
 ``nodes(node, host, pid, boot, heartbeat_at)``: one row per recsyncd (``--node``); a node
 is live while its heartbeat is younger than the lease ttl. ``leases(pipeline, node, token,
 expires_at)``: who may write a pipeline's state. Acquiring or taking over a lease (one that
-is free or expired) increments its token; renewing keeps it. ``fence`` runs first in every
+is free or expired) increments its token; renewing keeps it. ``paused(pipeline, node,
+paused_at)``: the pipelines an operator paused (``recsync pause``), whichever node runs them:
+a node that takes one over starts it paused. ``fence`` runs first in every
 state write transaction and refuses it unless this node still holds the pipeline's lease,
 unexpired, with the token it acquired (``FOR SHARE``: a takeover waits for the
 transaction to end), so a node that lost its lease (frozen, cut off) writes nothing more.
@@ -36,6 +38,8 @@ CREATE TABLE IF NOT EXISTS {s}.nodes (
 CREATE TABLE IF NOT EXISTS {s}.leases (
     pipeline TEXT PRIMARY KEY, node TEXT NOT NULL, token BIGINT NOT NULL,
     expires_at TIMESTAMPTZ NOT NULL, acquired_at TIMESTAMPTZ NOT NULL);
+CREATE TABLE IF NOT EXISTS {s}.paused (
+    pipeline TEXT PRIMARY KEY, node TEXT NOT NULL, paused_at TIMESTAMPTZ NOT NULL);
 """
 # columns added to ``nodes`` since (control across the nodes); added when missing only: an
 # ALTER TABLE locks the table out for every node, even when it changes nothing
@@ -299,6 +303,19 @@ class Leases:
                        "acquired_at, extract(epoch FROM expires_at - {now})::float8 "
                        "FROM leases ORDER BY pipeline")
         return [LeaseRow(*r) for r in rows]
+
+    # -- pauses (recsync pause / resume), kept for whichever node runs the pipeline --------
+    def set_paused(self, pipeline: str, paused: bool) -> None:
+        """Note (or clear) an operator's pause of ``pipeline`` for the whole cluster."""
+        if paused:
+            self._x("INSERT INTO paused (pipeline, node, paused_at) VALUES (%s, %s, {now}) "
+                    "ON CONFLICT (pipeline) DO NOTHING", (pipeline, self.node))
+        else:
+            self._x("DELETE FROM paused WHERE pipeline = %s", (pipeline,))
+
+    def is_paused(self, pipeline: str) -> bool:
+        """Whether an operator paused ``pipeline`` (and no one resumed it since)."""
+        return bool(self._x("SELECT 1 FROM paused WHERE pipeline = %s", (pipeline,)))
 
     # -- the fence of state writes -----------------------------------------------------------
     def fence(self, backend: Any) -> None:

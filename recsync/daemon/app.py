@@ -455,9 +455,11 @@ class Daemon:
         return None if self.coordinator is None else self.coordinator.owner(pid)
 
     def begin_owned(self, cfg: PipelineConfig) -> None:
-        """Start a pipeline whose lease this node just acquired."""
+        """Start a pipeline whose lease this node just acquired; paused when an operator
+        paused it (on whichever node ran it then: the pause is in the cluster's state)."""
         self.states.pop(cfg.id, None)
-        self.proxy.begin_pipeline(cfg, self.config.rules[cfg.rules]).get()
+        paused = self.coordinator is not None and self.coordinator.leases.is_paused(cfg.id)
+        self.proxy.begin_pipeline(cfg, self.config.rules[cfg.rules], paused).get()
 
     def stop_owned(self, pid: str, reason: str | None) -> None:
         """Stop a pipeline here (its lease lost, or handed over); ``reason`` shown."""

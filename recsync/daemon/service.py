@@ -373,8 +373,21 @@ class ControlService:
 
     def _set_paused(self, customer: str, pipeline: str | None, paused: bool) -> p.CountResult:
         """Pause (resume) the chosen pipelines; counts only those that were not (were)
-        paused."""
+        paused). With ``[cluster]`` the pause is kept in the cluster's state too, so the
+        node a pipeline moves to starts it paused."""
         chosen = self._pipelines(customer, pipeline)
+        coordinator = self.daemon.coordinator
+        if coordinator is not None:
+            import psycopg  # [cluster] only
+
+            try:
+                for cfg in chosen:
+                    coordinator.leases.set_paused(cfg.id, paused)
+            except psycopg.Error as exc:
+                raise ControlError("UNAVAILABLE", (
+                    "cannot note the pause in the cluster's state database "
+                    f"({type(exc).__name__}); is its PostgreSQL reachable? try again")
+                ) from exc
         changed = [cfg.id for cfg in chosen
                    if self.daemon.proxy.change_paused(cfg.id, paused).get()]
         return p.CountResult(len(changed), changed)

@@ -19,7 +19,16 @@ from recsync.client import ControlClient
 from recsync.daemon import protocol as p
 from recsync.errors import ControlError
 from recsync.sqlident import quote_ident
-from tests.e2e.cluster import STATE_ENV, Cluster, b_rows, cluster, fair, setup, synced
+from tests.e2e.cluster import (
+    STATE_ENV,
+    Cluster,
+    add_rows,
+    b_rows,
+    cluster,
+    fair,
+    setup,
+    synced,
+)
 from tests.e2e.helpers import recsyncd_cmd, sql, wait_for
 from tests.pgfixture import PG_DSN, pg
 
@@ -362,3 +371,42 @@ def test_control_bind_without_curve_keys_is_refused(nodes: Cluster) -> None:
     assert proc.stderr is not None
     assert "control_bind = 'tcp://127.0.0.1:*' needs recsyncd --curve-dir" in \
         proc.stderr.read().decode()
+
+
+def test_a_pause_stays_with_the_pipeline_when_it_moves_to_another_node(nodes: Cluster) -> None:
+    """`recsync pause` is kept in the cluster's state, not only in the memory of the node
+    that ran the pipeline: the node that takes the pipeline over (one joining, or a
+    survivor after kill -9) starts it paused, and the rows added meanwhile stay on A
+    until `recsync resume`."""
+    c = nodes
+    setup(c, 2, 20)
+    c.start("n1")
+    wait_for(lambda: len(c.owned_by("n1")) == 2 and synced(c, 20), timeout=90,
+             what="n1 alone owning both pipelines, synced")
+    paused = cli_run(c, "n1", "pause", c.customer)
+    assert paused.returncode == 0, paused.stderr
+    assert "paused" in paused.stdout
+    add_rows(c, 21, 30)  # stays on A while paused, wherever the pipelines run
+
+    def states(name: str) -> dict[str, str]:
+        return {pid: s["state"] for pid, s in status(c, name).items()
+                if s.get("node") == c.node(name)}
+
+    c.start("n2")  # joins: takes its share, one pipeline, from n1
+    wait_for(lambda: len(c.owned_by("n2")) == 1 and states("n2").get(c.owned_by("n2")[0])
+             in ("running", "paused"), timeout=90, what="n2 running the pipeline it took")
+    moved = c.owned_by("n2")[0]
+    assert states("n2")[moved] == "paused"
+    # n1 is killed: n2 takes its other pipeline over, paused as well
+    c.procs["n1"].kill()
+    c.procs["n1"].wait()
+    wait_for(lambda: len(c.owned_by("n2")) == 2 and all(
+        s in ("running", "paused") for s in states("n2").values())
+        and len(states("n2")) == 2, timeout=90, what="n2 running both pipelines")
+    assert states("n2") == dict.fromkeys(c.pipelines, "paused")
+    assert all(len(b_rows(c, pid)) == 20 for pid in c.pipelines)  # nothing synced
+    resumed = cli_run(c, "n2", "resume", c.customer, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout) == {"count": 2, "pipelines": sorted(c.pipelines)}
+    wait_for(lambda: synced(c, 30), timeout=60, what="the rows synced after the resume")
+    assert c.run("SELECT count(*) FROM paused")[0][0] == 0  # the resume cleared it
