@@ -235,6 +235,27 @@ def test_status_table_is_aligned(daemon: Any, capsys: pytest.CaptureFixture[str]
     assert header.index("FAILED") + len("FAILED") == row.index(" 1 ") + 2  # right-aligned
 
 
+def test_status_names_each_pipelines_node_in_a_cluster(
+    daemon: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """[cluster]: a NODE column, the owner of each pipeline ('-': none owns it now);
+    none on a single node (no pipeline has a node)."""
+    _, recorder, ep = daemon
+    rows = [dict(PIPE, node="n2"), dict(PIPE, pipeline="acme/other", name="other",
+                                        state="stopped", node=None)]
+    recorder.override = {p.StatusGet: p.StatusResult(
+        pipelines=[p.PipelineStatus(**r) for r in rows])}
+    assert main([*ep, "status"]) == 0
+    header, mine, orphan = capsys.readouterr().out.splitlines()
+    assert header.split()[:3] == ["PIPELINE", "NODE", "STATE"]
+    assert mine.split()[:3] == ["acme/main", "n2", "running"]
+    assert orphan.split()[:3] == ["acme/other", "-", "stopped"]
+    assert mine.index("n2") == header.index("NODE")
+    recorder.override = {}
+    assert main([*ep, "status"]) == 0
+    assert "NODE" not in capsys.readouterr().out
+
+
 def test_an_unexpected_result_shape_is_shown_as_json(
     daemon: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -106,9 +106,12 @@ def status(result: dict[str, Any]) -> str:
         out.append(f"config differs: {note}\n")
     pipes = result.get("pipelines") or []
     if pipes:
+        # [cluster]: the node running each pipeline (none on a single node: no column)
+        nodes = any(p.get("node") for p in pipes)
         rows = [
             [
                 p["pipeline"],
+                *([p.get("node")] if nodes else []),
                 p["state"],
                 p["queued"],
                 p["in_flight"],
@@ -124,6 +127,7 @@ def status(result: dict[str, Any]) -> str:
             table(
                 [
                     "PIPELINE",
+                    *(["NODE"] if nodes else []),
                     "STATE",
                     "QUEUED",
                     "IN FLIGHT",
