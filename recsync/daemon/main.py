@@ -363,7 +363,9 @@ def start_metrics(daemon: Daemon, args: argparse.Namespace) -> Any:
         host, port = "0.0.0.0", daemon.config.cluster.metrics_port
     else:
         return None
-    node = os.environ.get("RECSYNC_NODE") or socket.gethostname()
+    # the node's own name (--node with [cluster]), as in its leases and events
+    node = (daemon.coordinator.node if daemon.coordinator is not None
+            else args.node or os.environ.get("RECSYNC_NODE") or socket.gethostname())
     collector = NodeCollector(node, daemon.metric_figures, daemon.metric_systems,
                               daemon.leases)
     metrics = MetricsServer(collector, host, port)

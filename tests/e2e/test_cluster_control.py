@@ -30,6 +30,7 @@ from tests.e2e.cluster import (
     synced,
 )
 from tests.e2e.helpers import recsyncd_cmd, sql, wait_for
+from tests.e2e.test_metrics import free_port, scrape
 from tests.pgfixture import PG_DSN, pg
 
 nodes = cluster  # the fixture: a customer and a PostgreSQL schema of its own, cleaned up
@@ -410,3 +411,22 @@ def test_a_pause_stays_with_the_pipeline_when_it_moves_to_another_node(nodes: Cl
     assert json.loads(resumed.stdout) == {"count": 2, "pipelines": sorted(c.pipelines)}
     wait_for(lambda: synced(c, 30), timeout=60, what="the rows synced after the resume")
     assert c.run("SELECT count(*) FROM paused")[0][0] == 0  # the resume cleared it
+
+
+def test_the_metrics_of_a_node_are_labelled_with_its_node_name(nodes: Cluster) -> None:
+    """The ``node`` label of a node's metrics is its --node name (as in its leases), not
+    the host's name, which every node on one host shares."""
+    c = nodes
+    setup(c, 2, 5)
+    ports = {name: free_port() for name in ("n1", "n2")}
+    for name, port in ports.items():
+        start_in(c, name, c.folder, "--metrics-port", f"127.0.0.1:{port}")
+    wait_for(lambda: fair(c, ["n1", "n2"]) and synced(c, 5), timeout=90,
+             what="two nodes sharing two pipelines, synced")
+    for name, port in ports.items():
+        owned = wait_for(lambda port=port: {
+            dict(labels)["pipeline"]: dict(labels)["node"]
+            for (metric, labels), v in scrape(port).items()
+            if metric == "recsync_lease_owned" and v == 1}, timeout=30,
+            what=f"the lease metrics of {name}")
+        assert owned == dict.fromkeys(c.owned_by(name), c.node(name))
