@@ -217,17 +217,19 @@ class RedisRateLimiter(BudgetFigures):
         self, max_requests: int, window_seconds: float, *, reserve: int | None = None,
         write_reserve: int | None = None,
     ) -> None:
+        nodes = self._nodes()
         with self._lock:
             self._set_figures(max_requests, window_seconds, reserve, write_reserve)
             self._shadow_limiter.reconfigure(max_requests, window_seconds,
                                              reserve=self._reserve)
-            if self._fallback is not None:
-                self._fallback_share = 0  # made again with the new figures on next use
-                self._fallback = None
+            if self._fallback is not None:  # the local share of the new figures, at once:
+                # the requests already taken in this window keep counting
+                self._resize_fallback(self._fallback, nodes, force=True)
                 self._retry_at = 0.0
 
     def budget_note(self) -> str:
         """How this node keeps the budget, for status."""
+        self._refresh_share()
         with self._lock:
             if self._fallback is None:
                 return f"shared through Redis: {self._max} per {self._window:g}s"
@@ -255,14 +257,18 @@ class RedisRateLimiter(BudgetFigures):
             fallback = self._fallback
             if fallback is None:
                 return None
-            if self._clock.monotonic() < self._retry_at:
-                return fallback
-            self._retry_at = self._clock.monotonic() + self._retry_interval
+            retry = self._clock.monotonic() >= self._retry_at
+            if retry:
+                self._retry_at = self._clock.monotonic() + self._retry_interval
+        if not retry:
+            self._refresh_share()
+            return fallback
         try:
             self._redis.ping()
         except redis.RedisError as exc:
             with self._lock:
                 self._down_error = _short(exc)
+            self._refresh_share()
             return fallback
         with self._lock:
             self._fallback = None
@@ -285,8 +291,7 @@ class RedisRateLimiter(BudgetFigures):
             self._retry_at = self._clock.monotonic() + self._retry_interval
             if self._fallback is not None:
                 return
-            share = max(1, self._max // max(1, nodes))
-            write = min(self._write_reserve * share // self._max, share - 1)
+            share, write = self._share_of(nodes)
             fallback = RateLimiter(share, self._window, self._clock, reserve=self._reserve,
                                    write_reserve=write)
             wait = self._shadow.wait_seconds()  # a Retry-After seen before Redis went away
@@ -296,6 +301,37 @@ class RedisRateLimiter(BudgetFigures):
         log.warning("Redis unreachable (%s): the %s budget falls back to %d of %d per %gs "
                     "on this node", self._down_error, self.system_id, share, self._max,
                     self._window)
+
+    def _share_of(self, nodes: int) -> tuple[int, int]:
+        """This node's local share of the budget among ``nodes`` live nodes, and of the
+        write reserve."""
+        share = max(1, self._max // max(1, nodes))
+        return share, min(self._write_reserve * share // self._max, share - 1)
+
+    def _resize_fallback(self, fallback: RateLimiter, nodes: int, force: bool = False) -> bool:
+        """(Under ``_lock``) the fallback's figures for ``nodes`` live nodes (``force``:
+        set again even if its share is the same: the budget's figures changed); True: they
+        were set."""
+        share, write = self._share_of(nodes)
+        if share == self._fallback_share and not force:
+            return False
+        fallback.reconfigure(share, self._window, reserve=self._reserve, write_reserve=write)
+        self._fallback_share = share
+        return True
+
+    def _refresh_share(self) -> None:
+        """While local: the share follows the live nodes counted now (a node joining
+        while Redis is down halves this one's share; the nodes together stay within the
+        budget)."""
+        nodes = self._nodes()
+        with self._lock:
+            fallback = self._fallback
+            if fallback is None or not self._resize_fallback(fallback, nodes):
+                return
+            share = self._fallback_share
+        log.warning("Redis still unreachable: the %s budget's local share is now %d of %d "
+                    "per %gs (%d live nodes)", self.system_id, share, self._max, self._window,
+                    nodes)
 
     def _window_ms(self) -> int:
         """The window in Redis: a tenth longer (at most a second), so the time between taking

@@ -206,6 +206,32 @@ def test_unreachable_from_the_start_and_retry_after_kept(prefix: str) -> None:
     assert lim.try_acquire() == pytest.approx(7.0)
 
 
+def test_the_local_share_follows_the_live_nodes_while_redis_is_down() -> None:
+    """Redis unreachable: each node keeps budget / live nodes, counted on every use, not
+    once when Redis went away: a second node joining halves this one's share (the two
+    together stay within the budget), and a reconfigure during the outage gives the new
+    figures' share at once, the requests already taken in the window still counting."""
+    clock = FakeClock()
+    live = [1]
+    lim = RedisRateLimiter(redis_client(f"redis://127.0.0.1:{_free_port()}/0"), "sf:n", 10,
+                           60.0, clock, nodes=lambda: live[0], retry_interval=5.0)
+    assert [lim.try_acquire() for _ in range(3)] == [0.0] * 3
+    assert "keeps 10 of 10" in lim.budget_note()
+    live[0] = 2  # a second node joins, Redis still down
+    assert "keeps 5 of 10" in lim.budget_note()
+    assert sum(1 for _ in range(10) if lim.try_acquire() == 0.0) == 2  # 3 + 2 = its 5
+    assert lim.usage() == (5, 5)
+    clock.advance(5.0)  # Redis asked again (still down): the share holds
+    assert lim.try_acquire() > 0
+    lim.reconfigure(20, 60.0)
+    assert "keeps 10 of 20" in lim.budget_note()
+    assert lim.usage() == (5, 10)  # the window's requests kept counting
+    assert sum(1 for _ in range(10) if lim.try_acquire() == 0.0) == 5
+    live[0] = 1  # the other node left: the whole budget again
+    assert "keeps 20 of 20" in lim.budget_note()
+    assert lim.usage() == (10, 20)
+
+
 def test_live_nodes_source() -> None:
     assert live_nodes(3) == 3
     set_live_nodes_source(lambda: 5)
