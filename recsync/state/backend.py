@@ -248,7 +248,7 @@ class StateBackend(Protocol):
     def lease(self, direction: Direction, now: float, limit: int,
               rekeys: bool) -> list[LeasedRow]: ...
     def failed_keys(self) -> list[str]: ...
-    def retry_keys(self, keys: Sequence[str], now: float) -> int: ...
+    def retry_keys(self, keys: Sequence[str], now: float) -> tuple[int, list[str]]: ...
     # reads (the store's and the control plane's)
     def queue_counts(self) -> list[tuple[str, str, int]]: ...
     def ready_count(self, direction: str, now: float, limit: int) -> int: ...
@@ -648,14 +648,19 @@ class SqlBackend:
         return [r[0] for r in self.x("SELECT key FROM queue WHERE {W}state = 'failed' "
                                      "AND op != 'unreadable'")]
 
-    def retry_keys(self, keys: Sequence[str], now: float) -> int:
+    def retry_keys(self, keys: Sequence[str], now: float) -> tuple[int, list[str]]:
+        """Make the failed items of ``keys`` ready again: how many, and their keys (the
+        other keys were not failed: nothing done for them)."""
+        failed = [r[0] for cur in self._in(
+            "SELECT DISTINCT key FROM queue WHERE {W}state = 'failed' AND op != 'unreadable' "
+            "AND key IN {IN}", keys) for r in cur.fetchall()]
         n = 0
         for cur in self._in(
                 "UPDATE queue SET state = 'ready', attempts = 0, next_at = ?, updated_at = ? "
                 "WHERE {W}state = 'failed' AND op != 'unreadable' AND key IN {IN}",
-                keys, (now, now)):
+                failed, (now, now)):
             n += cur.rowcount
-        return n
+        return n, failed
 
     # reads of the store and of the control plane -------------------------------------------------
     def queue_counts(self) -> list[tuple[str, str, int]]:

@@ -770,8 +770,8 @@ class Store:
         with self.backend.transaction():
             if keys is None:
                 keys = self.backend.failed_keys()
-            n = self.backend.retry_keys(list(keys), now)
-            self._history((k, "manual_retry", None) for k in keys)
+            n, retried = self.backend.retry_keys(list(keys), now)
+            self._history((k, "manual_retry", None) for k in retried)  # not the others'
         return n
 
     @translate

@@ -125,6 +125,28 @@ def test_transient_failures_back_off_then_fail_after_max_attempts(
     assert [i.key for i in store.lease("a_to_b", 10, frozenset())] == ["1"]
 
 
+def test_a_retry_notes_history_only_for_the_records_it_retried(
+    store: Store, clock: FakeClock
+) -> None:
+    """`recsync retry KEY` of a record that is not failed (queued, synced, unknown) does
+    nothing to it and writes no manual_retry entry in its history; a failed one's is."""
+    store.enqueue("a", [change("1", "Ada"), change("2", "Bob"), change("3", "Cy")], "c1",
+                  clock.time(), RULES)
+    items = store.lease("a_to_b", 10, frozenset())
+    outcomes = [ItemOutcome(i.key, i.gen, "rejected", error="bad") if i.key == "1"
+                else ItemOutcome(i.key, i.gen, "synced", hash=i.hash) for i in items
+                if i.key != "2"]
+    store.apply("a_to_b", outcomes, RetryPolicy(), clock.time())
+    store.enqueue("a", [change("2", "Bob again")], "c2", clock.time(), RULES)  # queued
+    assert store.retry_failed(["2", "3", "9"]) == 0
+    assert store.retry_failed(["1", "2", "3", "9"]) == 1
+    retried = store.backend.query("SELECT key FROM history WHERE event = 'manual_retry'")
+    assert retried == [("1",)]
+    assert store.retry_failed(None) == 0  # nothing failed any more: no entry
+    assert store.backend.query(
+        "SELECT count(*) FROM history WHERE event = 'manual_retry'") == [(1,)]
+
+
 def test_a_rejected_record_fails_at_once_and_others_sync(store: Store, clock: FakeClock) -> None:
     store.enqueue("a", [change("1", "Ada"), change("2", "Bad")], "c1", clock.time(), RULES)
     items = store.lease("a_to_b", 10, frozenset())
