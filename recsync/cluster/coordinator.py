@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from recsync.cluster.confighash import cluster_hash, config_hash, mismatch_note
-from recsync.cluster.leases import LeaseRow, Leases, NodeRow
+from recsync.cluster.leases import LeaseRow, Leases, NodeNameTaken, NodeRow
 from recsync.cluster.relay import RemoteStates
 from recsync.config import PipelineConfig
 
@@ -121,6 +121,9 @@ class Coordinator:
                 return
             try:
                 self._renew()
+            except NodeNameTaken as exc:  # frozen past its heartbeat, and replaced meanwhile
+                self._replaced(str(exc))
+                return
             except Exception as exc:
                 log.warning("leases not renewed", extra={"error": str(exc)})
                 self._check_silence()
@@ -137,6 +140,21 @@ class Coordinator:
                 self._stop_pipeline(pid, f"node {self.node} lost the lease of pipeline {pid} "
                                          "(it expired and another node may own it now)")
         self.renewed_at = started
+
+    def _replaced(self, error: str) -> None:
+        """Another recsyncd took this node's name while this one was silent (frozen, cut
+        off) past its heartbeat: it can never renew again. Stop every pipeline here, stop
+        coordinating, and have the daemon exit saying why."""
+        note = (f"node {self.node} was replaced by another recsyncd while this one did not "
+                f"heartbeat ({error}); this one stops")
+        log.critical("node replaced: stopping", extra={"node": self.node, "error": note})
+        for pid in sorted(self.leases.tokens):
+            self._stop_pipeline(pid, note)
+        self.leases.tokens.clear()
+        self._stop.set()
+        replaced = getattr(self.daemon, "replaced", None)
+        if replaced is not None:
+            replaced(note)
 
     def permit(self, pid: str) -> str | None:
         """Asked before each external write of ``pid`` (any thread): None when it may go

@@ -85,6 +85,7 @@ class Daemon:
         self._counted: dict[str, Any] = {}  # pipeline -> queue version its counts are of
         self._cursors: dict[str, dict[str, str | None]] = {}
         self.config_error: str | None = None
+        self.exit_reason: str | None = None  # [cluster]: why it stops of itself (replaced)
         self.last_reload: dict[str, Any] | None = None
         self.endpoints: tuple[str, str] | None = None
         self.server: Any = None  # ControlServer, when the control socket is on
@@ -450,6 +451,11 @@ class Daemon:
             sharedstate.install(None)
 
     # -- cluster: the pipelines whose lease this node holds ----------------------------------
+    def replaced(self, note: str) -> None:
+        """Another recsyncd runs under this node's name now: stop, exiting with ``note``."""
+        self.exit_reason = note
+        self.stopping.set()
+
     def owner_of(self, pid: str) -> str | None:
         """The node running the pipeline (``[cluster]``), else None."""
         return None if self.coordinator is None else self.coordinator.owner(pid)

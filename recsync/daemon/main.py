@@ -341,6 +341,8 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
         mock.stop_all()
         notifier.close()
         log.info("recsyncd stopped: in-flight batches drained")
+    if daemon.exit_reason is not None:  # [cluster]: another recsyncd took the node's name
+        failure.append(daemon.exit_reason)
     if failure:
         log.critical("recsyncd exits with status 1", extra={"error": failure[0]})
         print(f"recsyncd: {failure[0]}", file=sys.stderr)

@@ -148,3 +148,45 @@ def test_a_node_joining_gets_its_fair_share_handed_over(cluster: Cluster) -> Non
     assert f"{c.node('n1')}  " in listing.stdout and "1: " + handed[0] in listing.stdout
     wait_for(lambda: synced(c, 400), timeout=60, what="both syncing the new rows")
     assert_exact(c, 400)
+
+
+def test_a_frozen_node_whose_name_was_taken_stops_once_resumed(cluster: Cluster) -> None:
+    """n1 is frozen past its heartbeat and a new recsyncd starts under its name: once
+    resumed, the old process can never renew its leases again, so it stops its pipelines
+    and exits (status 1) saying it was replaced, instead of running on, logging failed
+    renewals, with a status of running pipelines; the new one keeps the name."""
+    c = cluster
+    setup(c, 1, 20)
+    old = c.start("n1")
+    wait_for(lambda: c.owned_by("n1") == c.pipelines and synced(c, 20), timeout=60,
+             what="n1 owning the pipeline, synced")
+    os.kill(old.pid, signal.SIGSTOP)
+
+    def heartbeat_live() -> bool:
+        rows = c.run("SELECT heartbeat_at > now() - make_interval(secs => %s) FROM nodes "
+                     "WHERE node = %s", (c.ttl, c.node("n1")))
+        return bool(rows and rows[0][0])
+
+    wait_for(lambda: not heartbeat_live(), timeout=60, what="n1's heartbeat expiring")
+    (c.folder / "run-new").mkdir(mode=0o700)
+    new = subprocess.Popen(
+        [*recsyncd_cmd(c.folder, c.folder / "state-new"), "--node", c.node("n1"),
+         "--endpoint", f"ipc://{c.folder}/run-new/control.sock",
+         "--log-file", str(c.folder / "new.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, "RUNTIME_DIRECTORY": str(c.folder / "run-new"),
+             STATE_ENV: PG_DSN, "PGAPPNAME": c.node("n1")})
+    c.procs["new"] = new
+    wait_for(lambda: c.run("SELECT pid FROM nodes WHERE node = %s", (c.node("n1"),))
+             == [(new.pid,)] and c.owned_by("n1") == c.pipelines, timeout=60,
+             what="the new process owning the pipeline under the name")
+    os.kill(old.pid, signal.SIGCONT)
+    assert old.wait(timeout=60) == 1
+    assert old.stderr is not None
+    err = old.stderr.read().decode()
+    assert f"node {c.node('n1')} was replaced by another recsyncd" in err, err
+    assert new.poll() is None
+    assert c.run("SELECT pid FROM nodes WHERE node = %s", (c.node("n1"),)) == [(new.pid,)]
+    add_rows(c, 21, 30)
+    wait_for(lambda: synced(c, 30), timeout=60, what="the new process syncing")
+    assert_exact(c, 30)
