@@ -449,6 +449,9 @@ EVENT_KINDS: tuple[str, ...] = (
     "record_failed",  # a record gave up after max_attempts: {pipeline, key, direction, error}
     "config_reloaded",  # the TOML files were reloaded: ReloadResult
     "config_rejected",  # a reload was refused: {error}; the running configuration stays
+    "sync_warning",  # a side needs attention (a rebuilt table, a reset change log):
+    #                  {pipeline, side, at, warning}
+    "verify_progress",  # `recsync verify` under way: {pipeline, phase, side, done, total}
 )
 # ... and with [cluster]:
 CLUSTER_EVENT_KINDS: tuple[str, ...] = (

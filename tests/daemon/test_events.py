@@ -133,6 +133,27 @@ def test_every_listed_kind_is_published_when_it_happens(
         event = next_event(sub, "config_rejected", lambda d: True)
         assert "batch_size" in event.data["error"]
         seen.add("config_rejected")
+        settings.write_text(settings.read_text().replace("batch_size = 'many'",
+                                                         "batch_size = 500"))
+        client.request(p.Reload())
+
+        client.request(p.VerifyRun("test", "p"))
+        event = next_event(sub, "verify_progress", lambda d: True)
+        assert event.data["pipeline"] == "test/p"
+        seen.add("verify_progress")
+
+        for name in ("recsync_users_ai", "recsync_users_au", "recsync_users_ad"):
+            sql(folder / "a.sqlite", f"DROP TRIGGER {name}")  # noticed at the next poll
+
+        def warned() -> p.Event | None:
+            daemon.refresh_stats()  # side warnings are published with the figures
+            event = sub.recv(0.2)
+            return event if event is not None and event.kind == "sync_warning" and (
+                event.data["pipeline"], event.data["side"]) == ("test/p", "a") else None
+
+        event = wait_for(warned, what="a sync_warning event")
+        assert "trigger" in event.data["warning"]
+        seen.add("sync_warning")
     assert seen == set(p.EVENT_KINDS)
 
 
