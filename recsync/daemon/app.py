@@ -23,7 +23,7 @@ from recsync.daemon import protocol as p
 from recsync.daemon.logs import redact_text
 from recsync.daemon.overview import EncodedRows
 from recsync.daemon.records import pipeline_counts
-from recsync.daemon.reload import diff_configs
+from recsync.daemon.reload import ConfigWatcher, diff_configs
 from recsync.daemon.sides import side_statuses
 from recsync.errors import ConfigError, ControlError, RecsyncError
 from recsync.state.access import StateAccess
@@ -89,6 +89,7 @@ class Daemon:
         self.last_reload: dict[str, Any] | None = None
         self.endpoints: tuple[str, str] | None = None
         self.server: Any = None  # ControlServer, when the control socket is on
+        self.watcher: ConfigWatcher | None = None  # of the config files, when serving
         self.states: dict[str, dict[str, Any]] = {}
         self._stats: list[p.PipelineStats] = []
         self._counts_cache: dict[str, dict[str, int]] = {}

@@ -290,7 +290,7 @@ def _serve(daemon: Daemon, args: argparse.Namespace) -> int:
         daemon.stop()
         server.stop()
         return 2
-    watcher = ConfigWatcher(args.config_dir, daemon.reload_quietly)
+    watcher = daemon.watcher = ConfigWatcher(args.config_dir, daemon.reload_quietly)
     watcher.start()
     watchdog = Watchdog(notifier, daemon.is_healthy)
     watchdog.start()

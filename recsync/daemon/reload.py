@@ -153,6 +153,12 @@ class ConfigWatcher:
             log.exception("config reload failed; the watcher goes on")
         return True
 
+    def accept(self) -> None:
+        """The files as they are now are the running configuration (the daemon wrote them
+        itself, with their change applied already): not a change to report."""
+        self._baseline = self._signatures()
+        self._candidate = None
+
     def _signatures(self) -> tuple[Signature | None, ...]:
         return tuple(file_signature(p) for p in self.paths)
 

@@ -13,13 +13,12 @@ import logging
 import os
 import tempfile
 import threading
-import tomllib
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
-import tomli_w
+import tomlkit
 
 from recsync import rules as rules_mod
 from recsync.config import (
@@ -437,19 +436,27 @@ class ControlService:
 
     def _persist_overrides(self, customer: str, pipeline: str | None,
                            overrides: dict[str, Any]) -> None:
+        """Write ``overrides`` into customer_settings.toml, the rest of the file (comments,
+        layout) as it was; the file watcher takes the result as the running configuration
+        (it is: the overrides are applied live), so no reload drops the other pipelines'
+        live overrides."""
         path = self.daemon.config_dir / SETTINGS_FILE
-        doc = tomllib.loads(path.read_text())
-        table = doc.setdefault("customers", {}).setdefault(customer, {})
+        doc = tomlkit.parse(path.read_text())
+        table = doc.setdefault("customers", tomlkit.table(is_super_table=True)).setdefault(
+            customer, tomlkit.table())
         if pipeline is not None:
-            table = table.setdefault("pipelines", {}).setdefault(pipeline, {})
+            table = table.setdefault("pipelines", tomlkit.table(is_super_table=True)).setdefault(
+                pipeline, tomlkit.table())
         for key, value in overrides.items():
-            if isinstance(value, dict):
-                table.setdefault(key, {}).update(value)
+            if isinstance(value, dict) and key in table:
+                table[key].update(value)
             else:
                 table[key] = value
-        text = tomli_w.dumps(doc)
+        text = tomlkit.dumps(doc)
         load_config_text_check(self.daemon.config_dir, text, None)
         atomic_write(path, text)
+        if self.daemon.watcher is not None:
+            self.daemon.watcher.accept()
 
     def rules_set(self, cmd: p.RulesSet) -> p.ReloadResult:
         with self.lock:

@@ -114,6 +114,21 @@ def test_in_place_edit_fires_once_after_it_settles(config_dir: Path) -> None:
     assert rec.calls == 1
 
 
+def test_a_write_of_the_daemons_own_is_accepted_not_reloaded(config_dir: Path) -> None:
+    """`config override --persist` writes the file with its change already live: a reload
+    would only drop the other pipelines' live overrides. An edit after it still fires."""
+    rec = Recorder()
+    w = ConfigWatcher(config_dir, rec)
+    write(config_dir / SETTINGS_FILE, SETTINGS.replace("batch_size = 200", "batch_size = 50"))
+    assert w.poll() is False  # seen once before the daemon says it is its own
+    w.accept()
+    assert not any(w.poll() for _ in range(5))
+    assert rec.calls == 0
+    write(config_dir / SETTINGS_FILE, SETTINGS.replace("batch_size = 200", "batch_size = 60"))
+    assert w.poll() is False and w.poll() is True
+    assert rec.calls == 1
+
+
 def test_half_written_file_is_not_loaded(config_dir: Path) -> None:
     seen: list[str] = []
     rec = Recorder(lambda _n: seen.append((config_dir / RULES_FILE).read_text()))

@@ -36,7 +36,7 @@ status = { in = ["active", "pending"] }
 """
 SETTINGS = """
 [defaults]
-batch_size = 100
+batch_size = 100  # the team's note: kept small
 flush_interval = 0.05
 poll_interval = 0.1
 retry_base_delay = 0.05
@@ -226,10 +226,14 @@ def test_rules_set_applies_live_and_persists(service: Service) -> None:
 
 
 def test_config_override_persist_writes_the_settings_file(service: Service) -> None:
+    settings = service.folder / "customer_settings.toml"
     service.cli("config", "override", "acme", "--pipeline", "people", "--batch-size", "7",
                 "--rate-limit", "50/10", "--persist")
-    text = (service.folder / "customer_settings.toml").read_text()
+    text = settings.read_text()
     assert "batch_size = 7" in text and "max_requests = 50" in text
+    # the rest of the file as the user wrote it: comments, one-line side tables
+    assert "batch_size = 100  # the team's note: kept small" in text
+    assert 'a = { connector = "sqlite", path = "a.sqlite", table = "users", key = ' in text
     # the budget is the CRMs': both sides here are SQLite files, which it never throttles
     wait_for(lambda: service.json("stats"), what="stats")
     assert all(s["rate_limit"] == {} for s in service.json("stats"))
