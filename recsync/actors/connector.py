@@ -166,6 +166,11 @@ class ConnectorActor(PipelineActor):
         assert self.connector is not None
         return self.connector.unknown_fields(names, read=read) if self.opened else []
 
+    def field_hints(self, names: list[str]) -> dict[str, str]:
+        """For unknown mapped names: what the side has close to each (asked with them)."""
+        assert self.connector is not None
+        return {n: self.connector.field_hint(n) for n in names} if self.opened else {}
+
     def fetch_records(self, keys: list[str]) -> dict[str, Any]:
         """Current records for ``keys`` (asked by `sync event --op read`)."""
         assert self.connector is not None

@@ -255,8 +255,9 @@ class Pipeline:
                                _syncs_from(ruleset, side))
             if unknown:
                 cfg = self.config.a if side == "a" else self.config.b
-                problems.append(f"side {side} ({cfg.connector}) has no field "
-                                f"{', '.join(map(repr, unknown))}")
+                hints = self.ask(f"connector_{side}", "field_hints", unknown) or {}
+                problems.append(f"side {side} ({cfg.connector}) has no field " + ", ".join(
+                    repr(n) + (f" ({hints[n]})" if hints.get(n) else "") for n in unknown))
         if problems:
             raise PipelineStartError(
                 f"rules.toml [{self.config.rules}.mappings] names fields the sides do not "

@@ -216,6 +216,11 @@ class Connector(abc.ABC):
         refuses to start instead."""
         return []
 
+    def field_hint(self, name: str) -> str:
+        """For a name ``unknown_fields`` returned: what the side has that is close to it
+        (e.g. ``did you mean 'Name'?``), or ""."""
+        return ""
+
     def count_records(self) -> int | None:
         """How many records a full listing holds, when the system says so cheaply (None:
         unknown). Only shown as the total of `recsync verify`'s progress."""

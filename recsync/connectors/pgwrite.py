@@ -49,7 +49,8 @@ def _shape(c: PostgresConnector, fields: tuple[str, ...]) -> _Shape:
     if shape is None:
         seen: dict[str, str] = {}
         for f in fields:
-            col = c._colmap.get(f.lower())
+            # the column of that exact name (mapped names are checked exact at start)
+            col = f if f in c._columns else c._colmap.get(f.lower())
             if col is not None and col not in seen:
                 seen[col] = f
         shape = c._shapes[fields] = (tuple(seen.values()), tuple(seen))

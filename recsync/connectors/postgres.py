@@ -171,6 +171,22 @@ class PostgresConnector(SqlTableConnector):
     def log_tracking(self) -> bool:
         return self.cfg.tracking == "log"
 
+    def unknown_fields(self, names: list[str], *, read: bool = True) -> list[str]:
+        """Names that are not a column exactly: records carry the real column names (a
+        read's ``"Name"`` is no mapped ``name``, which would sync as empty), so a name
+        equal to a column only ignoring case is refused too, with the column named
+        (``field_hint``); so is the configured key's spelling when it differs."""
+        if not self._columns:  # not open yet: the columns are not known
+            return []
+        return [n for n in names if n not in self._columns]
+
+    def field_hint(self, name: str) -> str:
+        close = [c for c in self._columns if c.lower() == name.lower()]
+        if not close:
+            return ""
+        return (f"did you mean {' or '.join(map(repr, close))}? PostgreSQL column names "
+                "are case-sensitive and records carry them as they are")
+
     # ------------------------------------------------------------------ identity
 
     def _dsn(self) -> str:

@@ -340,3 +340,41 @@ def test_capture_lost_while_recsyncd_was_not_running_lists_the_table_again(
     out = ok(run_once(tmp_path))  # capture works again: the log, no listing needed
     assert "a->b 1 synced" in out, out
     assert pg.run(f"SELECT name FROM {pg.table('u')} WHERE id = 2") == [("logged again",)]
+
+
+def _pg_pair(pg: PgSchema, a: str, b: str, key: str = "id") -> tuple[str, str]:  # noqa: F811
+    def side(name: str) -> str:
+        return (f'{{ connector = "postgres", dsn = "{pg.dsn}", table = "{pg.table(name)}", '
+                f'key = "{key}" }}')
+    return side(a), side(b)
+
+
+def test_a_mapped_name_equal_to_a_column_only_ignoring_case_is_refused_naming_it(
+        tmp_path: Path, pg: PgSchema) -> None:  # noqa: F811
+    """Records carry the real column names: a key "id" on a column "Id" synced once, then
+    read the key field as missing (an edit came back undone as a conflict); a mapping
+    "name" on a column "Name" synced NULL names forever. Both are refused at start, the
+    real column named; a column with the exact names syncs both ways."""
+    pg.run(f'CREATE TABLE {pg.table("ck")} ("Id" int PRIMARY KEY, name text)')
+    pg.run(f"CREATE TABLE {pg.table('cn')} (id int PRIMARY KEY, \"Name\" text)")
+    pg.run(f"CREATE TABLE {pg.table('ckb')} (id int PRIMARY KEY, name text)")
+    pg.run(f"INSERT INTO {pg.table('ck')} VALUES (1, 'a'), (2, 'b')")
+    pg.run(f"INSERT INTO {pg.table('cn')} VALUES (1, 'a'), (2, 'b')")
+    rules = PG_PG.replace("copy", "contacts").replace("b_to_a = []", 'b_to_a = ["update"]')
+    write_config(tmp_path, *_pg_pair(pg, "ck", "ckb"), rules=rules)
+    out = run_once(tmp_path).stdout
+    assert "side a (postgres) has no field 'id' (did you mean 'Id'?" in out, out
+    write_config(tmp_path, *_pg_pair(pg, "cn", "ckb"), rules=rules)
+    out = run_once(tmp_path).stdout
+    assert "side a (postgres) has no field 'name' (did you mean 'Name'?" in out, out
+    assert pg.run(f"SELECT * FROM {pg.table('ckb')}") == []  # nothing synced as NULL
+
+    write_config(tmp_path, *_pg_pair(pg, "ck", "ckb"),
+                 rules=rules.replace('id = "id"', 'Id = "id"'))
+    out = ok(run_once(tmp_path))
+    assert "a->b 2 synced" in out, out
+    pg.run(f"UPDATE {pg.table('ck')} SET name = 'a2' WHERE \"Id\" = 1")
+    out = ok(run_once(tmp_path))
+    assert "a->b 1 synced" in out and "0 conflicts" in out, out
+    assert pg.run(f"SELECT * FROM {pg.table('ck')} ORDER BY 1") == [(1, "a2"), (2, "b")]
+    assert pg.run(f"SELECT * FROM {pg.table('ckb')} ORDER BY 1") == [(1, "a2"), (2, "b")]
