@@ -14,7 +14,9 @@ PostgreSQL's message and the rest go through.
 A record whose key the key column cannot hold (a CRM's placeholder ``sf-<Id>`` for an
 integer or uuid key) is inserted without its key when the column has a default (a
 sequence, an identity): PostgreSQL makes the key, returned as ``WriteResult.new_key``.
-Without a default the record fails saying so.
+Without a default the record fails saying so. A key the column holds in another form
+(``007`` or ``+7`` for an integer column, which stores 7; an upper-case uuid) fails saying
+which: linked under its own text, the row would be read back as another record.
 """
 
 from __future__ import annotations
@@ -57,29 +59,38 @@ def _shape(c: PostgresConnector, fields: tuple[str, ...]) -> _Shape:
     return shape
 
 
-def _uuid_text(key: str) -> bool:
+def _uuid_form(key: str) -> str | None:
     try:
-        uuid.UUID(key)
+        return str(uuid.UUID(key))  # what PostgreSQL's uuid::text gives: lower case, hyphens
     except ValueError:
-        return False
-    return True
+        return None
 
 
-def _integer_text(key: str) -> bool:
-    return (key.isdigit() and key.isascii()) or int_text(key)  # digits: the usual key
+def _integer_form(key: str) -> str | None:
+    if key.isdigit() and key.isascii() and (key[0] != "0" or key == "0"):
+        return key  # digits: the usual key, already as PostgreSQL writes it
+    return str(int(key)) if int_text(key) else None
 
 
-def _any_text(key: str) -> bool:
-    return True
+def _any_form(key: str) -> str | None:
+    return key
 
 
-def _holder(c: PostgresConnector) -> Callable[[str], bool]:
-    """Whether the key column can hold a key (integer and uuid columns are checked)."""
+def _holder(c: PostgresConnector) -> Callable[[str], str | None]:
+    """The text the key column would read a key back as (None: it cannot hold it; integer
+    and uuid columns are checked, in Python; other types as they are)."""
     if c._key_type in _INTEGERS:
-        return _integer_text
+        return _integer_form
     if c._key_type == "uuid":
-        return _uuid_text
-    return _any_text
+        return _uuid_form
+    return _any_form
+
+
+def _not_normal(c: PostgresConnector, key: str, normal: str) -> str:
+    return (f"Record {key!r} cannot be written to {c.where}: its key column {c._key!r} "
+            f"holds {c._key_type} values and would store {key!r} as {normal!r}, a key "
+            "read back as another record (a duplicate on the other side); give the record "
+            f"the key {normal!r} on the other side.")
 
 
 def _cannot_hold(c: PostgresConnector, key: str) -> str:
@@ -109,11 +120,15 @@ def write_batch(c: PostgresConnector, ops: list[WriteOp]) -> list[WriteResult]:
             results[i] = WriteResult(
                 key, f"Record {key!r} has no value for key column {c._key!r} of {c.where}.")
             continue
-        if not holds(key):
+        normal = holds(key)
+        if normal is None:
             if c._makes_keys:  # a new row: PostgreSQL makes its key
                 made.append((i, op, shape))
             else:
                 results[i] = WriteResult(key, _cannot_hold(c, key))
+            continue
+        if normal != key:  # "007" is stored as 7: linked under "007", it would come back
+            results[i] = WriteResult(key, _not_normal(c, key, normal))
             continue
         upserts.setdefault(shape, []).append((i, op))
     if not upserts and not deletes and not made:

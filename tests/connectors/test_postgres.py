@@ -1006,6 +1006,36 @@ def test_a_key_a_table_cannot_hold_nor_make_is_refused_saying_so(
     assert pg.run(f"SELECT record_id FROM {pg.table()} ORDER BY 1") == [(1,), (2,), (5,)]
 
 
+U = "5f0c6f3e-8d7b-4c1a-9a57-0e2b9d1c4a11"
+
+
+@pytest.mark.parametrize(("column", "keys", "stored", "good"), [
+    ("integer", ["007", " 8", "+9"], ["7", "8", "9"], "10"),
+    ("serial", ["007", "-0"], ["7", "0"], "10"),  # a default makes keys: not for these
+    ("uuid", [U.upper(), U.replace("-", ""), "{" + U + "}"], [U] * 3,
+     "0e9b1c2d-3f4a-4b5c-8d6e-7f8091a2b3c4"),
+])
+def test_a_key_the_column_would_store_in_another_form_fails_that_record_alone(
+        pg: PgSchema, column: str, keys: list[str], stored: list[str], good: str  # noqa: F811
+) -> None:
+    """Written as 7 but linked as "007", the row came back as a new record "7" and the
+    other side ended with both: such a record fails, naming the form, the rest goes in."""
+    pg.run(f"CREATE TABLE {pg.table()} (record_id {column} PRIMARY KEY, full_name text)")
+    conn = make(pg)
+    conn.open()
+    try:
+        res = conn.write([WriteOp(k, "upsert", {"record_id": k, "full_name": "x"})
+                          for k in [*keys, good]])
+        for r, k, form in zip(res[:-1], keys, stored, strict=True):
+            assert r.error and not r.retryable and r.new_key is None, r
+            assert f"{k!r}" in r.error and f"as {form!r}" in r.error, r.error
+            assert "'record_id'" in r.error and column.replace("serial", "integer") in r.error
+        assert res[-1].error is None
+        assert pg.run(f"SELECT record_id::text FROM {pg.table()}") == [(good,)]
+    finally:
+        conn.close()
+
+
 def test_a_change_held_back_by_another_transaction_is_read_when_it_ends_without_a_notify(
         pg: PgSchema) -> None:  # noqa: F811
     pg.run(USERS.format(t=pg.table()))
