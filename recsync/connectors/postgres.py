@@ -22,7 +22,9 @@ setup``), or a table re-created, has other ones: the first read lists the table.
 
 ``"column"``: no objects are added; rows whose ``updated_column`` is greater than the
 cursor are read, and the whole table is listed every ``relist_interval`` seconds to find
-deletes (and rows a late-committing transaction stamped with an older time).
+deletes (and rows a late-committing transaction stamped with an older time). The cursor
+never moves past PostgreSQL's clock: a row stamped 'infinity' or in the future is read by
+listings, and between them once its time has come (it would hide every later change).
 
 Cursors are compact JSON: ``{"xid": X, "seq": S, "cap": C}`` (log mode), ``{"ts": T, "key": K,
 "listed_at": L}`` (column mode), with ``"list_after": K`` while a listing is in progress.
@@ -513,8 +515,9 @@ class PostgresConnector(SqlTableConnector):
                 # r.{u}: a bare {u} in ORDER BY is the output column, the text
                 row = self.conn.execute(sql.SQL(
                     "SELECT {u}::text, {k}::text FROM {t} AS r WHERE {u} IS NOT NULL "
-                    "AND {k} IS NOT NULL ORDER BY r.{u} DESC, r.{k} DESC LIMIT 1").format(
-                        u=u, k=k, t=sql.SQL(self.names.qualified))).fetchone()
+                    "AND {k} IS NOT NULL{due} ORDER BY r.{u} DESC, r.{k} DESC LIMIT 1").format(
+                        u=u, k=k, t=sql.SQL(self.names.qualified),
+                        due=self._due_sql())).fetchone()
                 state = {"ts": row[0] if row else None, "key": row[1] if row else None,
                          "listed_at": time.time()}
         finally:
@@ -705,17 +708,37 @@ class PostgresConnector(SqlTableConnector):
                 "make_interval(secs => %s) AND " + self._prunable(),
                 (self.cfg.changelog_retention, self.cfg.changelog_retention))
 
+    def _due_sql(self) -> sql.Composable:
+        """Column mode: `` AND`` the updated value is one the cursor may move to: not in
+        the future of PostgreSQL's clock (dates and timestamps: 'infinity', a far-future
+        or a skewed clock's stamp), not infinite (numbers). A cursor moved there would
+        pass every later change until the next listing; such a row is read by listings,
+        and by the column page once its time has come."""
+        u = sql.Identifier(self._updated or "")
+        kind = self._columns.get(self._updated or "", "")
+        if kind.endswith("]"):
+            return sql.SQL("")
+        ut = sql.SQL(kind)
+        if kind == "date" or kind.startswith("timestamp"):
+            return sql.SQL(" AND {u} <= now()::{ut}").format(u=u, ut=ut)
+        if kind in ("real", "double precision"):
+            return sql.SQL(" AND {u} < 'Infinity'::float8").format(u=u)
+        if kind == "numeric" and self.conn.info.server_version >= 140000:
+            return sql.SQL(" AND {u} < 'Infinity'::numeric").format(u=u)  # 14 made it
+        return sql.SQL("")
+
     def _column_page(self, state: dict[str, Any], limit: int) -> ChangePage:
         ts, key = state.get("ts"), state.get("key")
         u, k = sql.Identifier(self._updated or ""), sql.Identifier(self._key)
         if ts is None:
-            where = sql.SQL("WHERE {u} IS NOT NULL AND {k} IS NOT NULL").format(u=u, k=k)
+            where = sql.SQL("WHERE {u} IS NOT NULL AND {k} IS NOT NULL{due}").format(
+                u=u, k=k, due=self._due_sql())
         else:
             where = sql.SQL(
                 "WHERE {u} >= %(ts)s::text::{ut} AND ({u} > %(ts)s::text::{ut} "
-                "OR {k} > %(key)s::{kt}) AND {k} IS NOT NULL").format(
+                "OR {k} > %(key)s::{kt}) AND {k} IS NOT NULL{due}").format(
                     u=u, k=k, kt=self._key_cast(),
-                    ut=sql.SQL(self._columns[self._updated or ""]))
+                    ut=sql.SQL(self._columns[self._updated or ""]), due=self._due_sql())
         cols, rows = self._select_rows(
             where, sql.SQL("ORDER BY r.{u}, r.{k} LIMIT %(n)s").format(u=u, k=k),
             {"ts": ts, "key": key, "n": limit + 1})

@@ -115,6 +115,37 @@ def test_a_listed_row_changed_when_its_updated_column_says(pg: PgSchema) -> None
         conn.close()
 
 
+@pytest.mark.parametrize("column", ["timestamptz", "timestamp", "date", "float8"])
+def test_a_row_stamped_infinity_does_not_pin_the_column_cursor(
+        pg: PgSchema, column: str) -> None:  # noqa: F811
+    """An 'infinity' (or far-future) updated value made the cursor {"ts": "infinity"}: every
+    later change waited for the hourly listing. The cursor stays at PostgreSQL's clock."""
+    then, now = {  # a moment ago, now (timestamp: UTC, as the connector's session)
+        "timestamptz": ("now() - interval '10 s'", "now()"),
+        "timestamp": ("timezone('UTC', now()) - interval '10 s'", "timezone('UTC', now())"),
+        "date": ("current_date - 2", "current_date - 1"),
+        "float8": ("extract(epoch from now()) - 10", "extract(epoch from now())")}[column]
+    far = "'infinity'" if column != "float8" else "'Infinity'"
+    pg.run(f"CREATE TABLE {pg.table()} (record_id integer PRIMARY KEY, full_name text, "
+           f"updated_at {column})")
+    pg.run(f"INSERT INTO {pg.table()} VALUES (1, 'Inf', {far}), (2, 'Bob', {then})")
+    conn = make(pg, tracking="column")
+    conn.open()
+    try:
+        pages, cursor = drain(conn, None, wait=False)
+        assert seen(pages) == {"1": "upsert:Inf", "2": "upsert:Bob"}
+        assert "nfinity" not in (cursor or ""), cursor
+        pg.run(f"INSERT INTO {pg.table()} VALUES (3, 'Far', {far})")  # between listings
+        pages, cursor = drain(conn, cursor, wait=False)
+        assert "nfinity" not in (cursor or ""), cursor
+        pg.run(f"UPDATE {pg.table()} SET full_name = 'Bobby', updated_at = {now} "
+               "WHERE record_id = 2")
+        pages, cursor = drain(conn, cursor, wait=False)
+        assert seen(pages) == {"2": "upsert:Bobby"}
+    finally:
+        conn.close()
+
+
 def test_a_transaction_that_commits_after_a_later_one_is_not_lost(
         users: PostgresConnector, pg: PgSchema) -> None:  # noqa: F811
     _, cursor = drain(users, None)
