@@ -139,6 +139,10 @@ def setup_sql(names: TableNames, key: str) -> str:
     # a key column the table lacks would make every later write to it fail in the triggers:
     # the script stops here instead, having installed nothing
     check = quote_literal(f"table {names.schema}.{names.table} has no column {key}")
+    # triggers on a partitioned table miss writes made straight into a partition
+    partitioned = quote_literal(
+        f"table {names.schema}.{names.table} is partitioned: a write made straight into a "
+        "partition would not be logged; use tracking = column for it")
     return f"""\
 BEGIN;
 DO $recsync$
@@ -146,6 +150,9 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = {quote_literal(t)}::regclass
                    AND attname = {quote_literal(key)} AND attnum > 0 AND NOT attisdropped) THEN
         RAISE EXCEPTION USING MESSAGE = {check};
+    END IF;
+    IF (SELECT relkind FROM pg_class WHERE oid = {quote_literal(t)}::regclass) = 'p' THEN
+        RAISE EXCEPTION USING MESSAGE = {partitioned};
     END IF;
 END
 $recsync$;

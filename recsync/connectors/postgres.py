@@ -20,6 +20,9 @@ recsync was not running: a log cursor carries the oids of the log and triggers i
 under (``"cap"``), and capture installed again since (at open, or by a DBA's ``crms
 setup``), or a table re-created, has other ones: the first read lists the table.
 
+A partitioned table is refused in this mode: triggers on it do not fire for a write made
+straight into a partition, which would never be logged.
+
 ``"column"``: no objects are added; rows whose ``updated_column`` is greater than the
 cursor are read, and the whole table is listed every ``relist_interval`` seconds to find
 deletes (and rows a late-committing transaction stamped with an older time). The cursor
@@ -273,6 +276,14 @@ class PostgresConnector(SqlTableConnector):
             raise ConnectorConfigError(
                 f"Table {self.names.schema}.{self.names.table} does not exist in "
                 f"{self.system_id}; check 'table' of the postgres connector.")
+        if self.cfg.tracking == "log" and conn.execute(
+                "SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass(%s)",
+                (table,)).fetchone() == (True,):
+            raise ConnectorConfigError(
+                f"Table {self.names.schema}.{self.names.table} is partitioned: the change-log "
+                "triggers would be on it alone, and a write made straight into a partition "
+                "(INSERT INTO one of them) would never be logged. Use tracking = \"column\" "
+                "(with 'updated_column') for it, or sync each partition as a table.")
         rows = conn.execute(
             "SELECT attname, format_type(atttypid, atttypmod), attnotnull, "
             "atthasdef OR attidentity <> '' FROM pg_attribute "

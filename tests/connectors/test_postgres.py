@@ -863,6 +863,38 @@ def test_setup_resolves_the_key_column_and_installs_nothing_for_one_the_table_la
     assert gone.returncode == 1 and "there is no table" in gone.stderr, gone.stderr
 
 
+def test_a_partitioned_table_is_refused_for_log_tracking_and_read_by_column(
+        pg: PgSchema) -> None:  # noqa: F811
+    """Triggers on the parent miss a write made straight into a partition: log tracking
+    refuses the table at open (nothing installed; the printed set-up stops too), column
+    tracking reads every partition's rows."""
+    pg.run(f"CREATE TABLE {pg.table()} (record_id integer PRIMARY KEY, full_name text, "
+           "updated_at timestamptz) PARTITION BY RANGE (record_id)")
+    pg.run(f"CREATE TABLE {pg.table('pt_1')} PARTITION OF {pg.table()} "
+           "FOR VALUES FROM (0) TO (100)")
+    pg.run(f"INSERT INTO {pg.table()} VALUES (1, 'Ann', now() - interval '1 min')")
+    conn = make(pg)
+    with pytest.raises(ConnectorConfigError, match="is partitioned") as err:
+        conn.open()
+    assert "straight into a partition" in str(err.value) and "column" in str(err.value)
+    assert _our_triggers(pg) == 0
+    assert pg.run(f"SELECT to_regclass('{pg.schema}.recsync_changelog_users')") == [(None,)]
+    from recsync.connectors.pgsql import TableNames, setup_sql
+    with pg.connect() as dba, pytest.raises(Exception, match="is partitioned"):
+        dba.execute(setup_sql(TableNames(pg.schema, "users"), "record_id").encode())
+    assert _our_triggers(pg) == 0
+
+    conn = make(pg, tracking="column")
+    conn.open()
+    try:
+        pages, cursor = drain(conn, None, wait=False)
+        assert seen(pages) == {"1": "upsert:Ann"}
+        pg.run(f"INSERT INTO {pg.table('pt_1')} VALUES (2, 'Bob', now())")  # the partition
+        assert seen(drain(conn, cursor, wait=False)[0]) == {"2": "upsert:Bob"}
+    finally:
+        conn.close()
+
+
 def _terminate(pg: PgSchema, pid: int) -> None:  # noqa: F811
     pg.run("SELECT pg_terminate_backend(%s)", (pid,))
 
