@@ -1,9 +1,10 @@
 """PostgreSQL values in and out of recsync records, without losing precision.
 
 Read: numeric comes as its exact text (never a float); date, timestamp and timestamptz as
-ISO 8601 text (timestamptz in UTC, ``+00:00``); uuid, time and interval as text; jsonb and
-json as JSON values (dict, list, ...); arrays as lists. Integers, booleans, floats and
-text are Python's own.
+ISO 8601 text (timestamptz in UTC, ``+00:00``); uuid, time and interval as text; bytea as
+its hex text (``\\x00ff``, ``\\x`` when empty: its input form, so it goes through a CSV
+and back unchanged); jsonb and json as JSON values (dict, list, ...); arrays as lists.
+Integers, booleans, floats and text are Python's own.
 
 Write: records go to PostgreSQL as a JSON document that ``json_populate_recordset`` turns
 into rows of the table (:mod:`recsync.connectors.pgwrite`): a value goes into the column as
@@ -58,13 +59,13 @@ _AS_TEXT = ("numeric", "date", "time", "uuid", "interval", "money")
 
 def configure(conn: psycopg.Connection[Any]) -> None:
     """Session settings and loaders that make values come out as described above."""
-    for name in ("numeric", "date", "time", "timetz", "uuid", "interval", "money"):
+    for name in ("numeric", "date", "time", "timetz", "uuid", "interval", "money", "bytea"):
         conn.adapters.register_loader(name, _AsText)
     for name in ("timestamp", "timestamptz"):
         conn.adapters.register_loader(name, _IsoTimestamp)
     # one round trip, not three
     conn.execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; "
-                 "SET IntervalStyle = 'iso_8601'")
+                 "SET IntervalStyle = 'iso_8601'; SET bytea_output = 'hex'")
 
 
 def select_expr(column: str, type_name: str) -> sql.Composable:

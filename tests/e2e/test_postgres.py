@@ -378,3 +378,42 @@ def test_a_mapped_name_equal_to_a_column_only_ignoring_case_is_refused_naming_it
     assert "a->b 1 synced" in out and "0 conflicts" in out, out
     assert pg.run(f"SELECT * FROM {pg.table('ck')} ORDER BY 1") == [(1, "a2"), (2, "b")]
     assert pg.run(f"SELECT * FROM {pg.table('ckb')} ORDER BY 1") == [(1, "a2"), (2, "b")]
+
+
+def test_bytea_goes_to_a_csv_as_hex_text_and_back_unchanged(
+        tmp_path: Path, pg: PgSchema) -> None:  # noqa: F811
+    """bytea was read as bytes: the CSV got their raw text (CSV -> PostgreSQL then failed,
+    `unsupported Unicode escape sequence`) and an empty value became NULL."""
+    for name in ("src", "dst"):
+        pg.run(f"CREATE TABLE {pg.table(name)} (id int PRIMARY KEY, blob bytea)")
+    pg.run(f"INSERT INTO {pg.table('src')} VALUES (1, '\\x00ff41'), (2, ''), (3, NULL), "
+           "(4, 'plain text')")
+
+    def side(name: str) -> str:
+        return (f'{{ connector = "postgres", dsn = "{pg.dsn}", table = "{pg.table(name)}", '
+                'key = "id" }')
+
+    csv_side = '{ connector = "file", path = "middle.csv", key = "id" }'
+    (tmp_path / "customer_settings.toml").write_text(f"""
+[defaults]
+flush_interval = 0.05
+poll_interval = 0.1
+[customers.t.pipelines.out]
+rules = "copy"
+a = {side("src")}
+b = {csv_side}
+[customers.t.pipelines.back]
+rules = "copy"
+a = {csv_side}
+b = {side("dst")}
+""")
+    (tmp_path / "rules.toml").write_text(PG_PG.replace('name = "name"', 'blob = "blob"'))
+    ok(run_once(tmp_path))
+    out = ok(run_once(tmp_path))  # the CSV written by the first pipeline is read by the second
+    assert "0 failed" in out and "1 failed" not in out, out
+    assert "\\x00ff41" in (tmp_path / "middle.csv").read_text()
+    src = pg.run(f"SELECT id, blob FROM {pg.table('src')} ORDER BY id")
+    assert pg.run(f"SELECT id, blob FROM {pg.table('dst')} ORDER BY id") == src
+    assert src[1] == (2, b"") and src[2] == (3, None)
+    out = ok(run_once(tmp_path))  # nothing written again: no value drifted on the way
+    assert out.count("a->b 0 synced") == 2, out
