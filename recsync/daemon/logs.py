@@ -24,6 +24,7 @@ from typing import Any, TextIO
 import msgspec
 
 from recsync.dsn import mask_urls
+from recsync.errors import RecsyncError
 
 __all__ = [
     "LOG_FILE_NAME",
@@ -174,12 +175,26 @@ def setup_logging(
             old.close()
     root.handlers[:] = handlers
     root.setLevel(level.upper() if isinstance(level, str) else level)
-    logging.getLogger("pykka").setLevel(logging.WARNING)
+    pykka_log = logging.getLogger("pykka")
+    pykka_log.setLevel(logging.WARNING)
+    if not any(isinstance(f, _ReportedFailures) for f in pykka_log.filters):
+        pykka_log.addFilter(_ReportedFailures())
     if file_error is not None:
         logging.getLogger(__name__).warning(
             "cannot write the log file; logging to the stream only",
             extra={"error": file_error},
         )
+
+
+class _ReportedFailures(logging.Filter):
+    """Drops pykka's "Unhandled exception in <actor>" traceback of a RecsyncError (a path
+    typo, a table missing, a side unreachable): the actor logs it with its pipeline, in
+    words ("actor failed"), and the traceback only looked like a crash. Any other
+    exception, a bug, keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, RecsyncError)
 
 
 # ---- where the log is (for `recsync logs`) -----------------------------------------------

@@ -22,6 +22,7 @@ from recsync.daemon.logs import (
     setup_logging,
 )
 from recsync.dsn import mask_dsn
+from recsync.errors import ConnectorConfigError
 
 SECRETS = ("hunter2", "abc123tok", "s3cr3tpw", "sk_live_42", "pgpass9", "00D5g000004XyZaEAI")
 
@@ -177,6 +178,25 @@ def test_malformed_dsns_keep_their_password_out_of_logs_and_messages(text: str) 
     """The log formatter's redaction and mask_dsn (errors, `config show`) alike."""
     for masked in (redact_text(text), mask_dsn(text)):
         assert "S3cretQ" not in masked and "***" in masked, masked
+
+
+def test_an_actor_failing_on_a_reported_error_logs_no_traceback(
+    restore_logging: None,
+) -> None:
+    """pykka's "Unhandled exception" of a ConnectorConfigError (logged by the actor in
+    words, with its pipeline) is dropped; a bug's keeps its traceback."""
+    stream = io.StringIO()
+    setup_logging("info", stream)
+    pykka_log = logging.getLogger("pykka")
+    for exc in (ConnectorConfigError("SQLite database x does not exist"),
+                RuntimeError("a bug in a connector")):
+        try:
+            raise exc
+        except Exception:
+            pykka_log.error("Unhandled exception in ConnectorActor (urn:uuid:1):",
+                            exc_info=True)
+    (line,) = stream.getvalue().splitlines()
+    assert "a bug in a connector" in json.loads(line)["exc"]
 
 
 def test_redact_keeps_harmless_text() -> None:
