@@ -151,6 +151,10 @@ class Store:
         # held then: apply labels their history create or update without a query per batch
         # (links by key: 2.9 ms per 1,000, on the queue actor's thread)
         self._leased: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+        # meta pass_deletes_<side> as committed (read once): most pages have no delete and
+        # end no pass with any, and need no state read for the guard
+        self._passes: dict[str, int] | None = None
+        self._passes_next: dict[str, int] | None = None  # as it will be once committed
 
     def _opening(self, read: Callable[[], R]) -> R:
         try:
@@ -244,6 +248,7 @@ class Store:
                 record the other side never got cancels its queued create (deletes
                 nothing there).
         """
+        self._passes_next = None
         try:
             with self.backend.transaction():
                 stats = self._enqueue(
@@ -252,6 +257,8 @@ class Store:
                     direct_only, unreadable, unreadable_all, more)
         except _Declined:
             return EnqueueStats(declined=True)
+        if self._passes_next is not None:
+            self._passes = self._passes_next
         return stats
 
     def _enqueue(
@@ -309,7 +316,11 @@ class Store:
         """The mass-delete guard over the pass this page belongs to (see ``enqueue``)."""
         db = self.backend
         direction = direction_from(side)
-        passed = int(db.meta(f"pass_deletes_{side}", 0) or 0)
+        if self._passes is None:
+            self._passes = {s: int(db.meta(f"pass_deletes_{s}", 0) or 0) for s in ("a", "b")}
+        passed = self._passes[side]
+        if not stats.linked_deletes and not passed:
+            return  # nothing to count, nothing held
         counted = passed + stats.linked_deletes
         allowed = int(db.meta(f"allow_deletes_{side}", 0) or 0)
         if share > 0 and stats.linked_deletes and counted >= least and not allowed:
@@ -321,10 +332,12 @@ class Store:
                 db.hold_deletes(direction, [c.key for c in work if c.content is None])
             if stats.linked_deletes:
                 db.set_meta(f"pass_deletes_{side}", counted)
+                self._passes_next = {**self._passes, side: counted}
             return
         if passed:
             db.release_deletes(direction, self.clock.time())
             db.set_meta(f"pass_deletes_{side}", 0)
+            self._passes_next = {**self._passes, side: 0}
         if allowed and counted >= least:
             db.set_meta(f"allow_deletes_{side}", 0)
 
