@@ -136,6 +136,10 @@ class ConfigWatcher:
             self._note_missing(current)
             self._candidate = None  # start settling again once the file is back
             return False
+        if self._missing_since is not None:
+            # back after missing, maybe as the very same file (moved away and back): a
+            # reload, to replace the error a reload meanwhile reported (file not found)
+            self._baseline = ()
         self._note_present()
         if current == self._baseline:
             self._candidate = None

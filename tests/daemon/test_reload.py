@@ -188,6 +188,22 @@ def test_missing_file_waits_until_it_is_back(config_dir: Path) -> None:
     assert rec.calls == 1
 
 
+def test_a_file_moved_away_and_back_unchanged_is_reloaded(config_dir: Path) -> None:
+    """`mv rules.toml /tmp/x; recsync reload` reports the file missing; `mv /tmp/x
+    rules.toml` brings back the very same file (inode, mtime, size): reloaded all the same,
+    so that error does not stay."""
+    rec = Recorder()
+    w = ConfigWatcher(config_dir, rec)
+    path = config_dir / RULES_FILE
+    away = config_dir.parent / "away.toml"
+    os.rename(path, away)
+    assert not any(w.poll() for _ in range(3))
+    os.rename(away, path)
+    assert [w.poll(), w.poll()] == [False, True]
+    assert rec.calls == 1
+    assert not any(w.poll() for _ in range(3))
+
+
 def test_file_missing_at_start_fires_when_it_appears(tmp_path: Path) -> None:
     write(tmp_path / RULES_FILE, RULES)
     rec = Recorder()
