@@ -162,7 +162,7 @@ class FileConnector(Connector):
             return "jsonl"
         raise ConnectorConfigError(
             f"Cannot tell the format of {self.path} from its suffix; name it .csv, .jsonl or "
-            'ndjson, or set format = "csv" or "jsonl".'
+            '.ndjson, or set format = "csv" or "jsonl".'
         )
 
     @property

@@ -469,8 +469,10 @@ class SalesforceConnector(Connector):
     def _content(exc: Any) -> str:
         content = getattr(exc, "content", None)
         if isinstance(content, list) and content and isinstance(content[0], dict):
-            return "; ".join(f"{e.get('errorCode')}: {e.get('message')}" for e in content)
-        return str(content)[:300]
+            text = "; ".join(f"{e.get('errorCode')}: {e.get('message')}" for e in content)
+        else:
+            text = str(content)[:300]
+        return text.rstrip(".")  # the messages end in the sentence's own full stop
 
     # ------------------------------------------------------------------ reading
 

@@ -41,9 +41,11 @@ def other_side_plan(
         return f"{target} will delete its copy of the record at the next flush"
     explained = rules_mod.explain(ruleset, side, record or {})
     if not explained["matches"]:
-        failed = ", ".join(str(f) for f in explained["failed_filters"])
-        return (f"{target} will not change: the record does not pass rule set "
-                f"{ruleset.name!r}'s filters ({failed})")
+        failed = "; ".join(
+            f"{f['field']} {f['operator']} {f['expected']!r}, but it is {f['value']!r}"
+            for f in explained["failed_filters"])
+        return (f"{target} will not change: the record does not pass the filters of rule "
+                f"set {ruleset.name!r} ({failed})")
     verb = "update its copy of the record" if linked else "create the record"
     return f"{target} will {verb} at the next flush"
 
