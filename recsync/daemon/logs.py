@@ -82,8 +82,8 @@ def redact(value: Any, key: str = "") -> Any:
     Returns JSON-ready data: msgspec Structs become dicts first (so their secret fields are
     masked by name), and any other object becomes its redacted ``str()``.
     """
-    if key and _SECRET_KEY.search(key):
-        return MASK
+    if key and _SECRET_KEY.search(key) and not (key == "token" and type(value) is int):
+        return MASK  # (a lease's fencing token is a number, shown by `recsync cluster` too)
     if value is None or isinstance(value, bool | int | float):
         return value
     if isinstance(value, str):

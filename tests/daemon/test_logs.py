@@ -208,5 +208,9 @@ def test_redact_keeps_harmless_text() -> None:
         "none": None,
     }
     assert redact({"password": {"nested": "x"}}) == {"password": "***"}
+    # a lease's fencing token is a number, shown (`recsync cluster` prints it too)
+    assert redact({"node": "n1", "token": 7}) == {"node": "n1", "token": 7}
+    assert redact({"token": "abc123tok", "password": 123456}) == {"token": "***",
+                                                                   "password": "***"}
     assert redact("Authorization: Bearer abc") == "Authorization: Bearer ***"
     assert redact(Path("/etc/recsync")) == "/etc/recsync"
