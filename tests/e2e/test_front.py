@@ -186,6 +186,15 @@ def test_a_front_that_keeps_dying_ends_recsyncd_with_status_1(daemon: Daemon) ->
                and e["level"] == "critical" for e in entries)
 
 
+def _stopped(pid: int) -> bool:
+    """Every thread of process ``pid`` is stopped (state T in /proc)."""
+    try:
+        return all((task / "stat").read_text().rsplit(")", 1)[1].split()[0] in ("T", "t")
+                   for task in Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:  # a thread ended meanwhile: look again
+        return False
+
+
 def test_a_stalled_daemon_gets_clients_a_busy_reply_not_a_stuck_front(daemon: Daemon) -> None:
     import zmq
 
@@ -197,6 +206,9 @@ def test_a_stalled_daemon_gets_clients_a_busy_reply_not_a_stuck_front(daemon: Da
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.connect(daemon.endpoint)
         os.kill(daemon.proc.pid, signal.SIGSTOP)  # recsyncd reads nothing; its front runs
+        # (every thread of it stopped before the first request: a thread still running on
+        # the other core could answer it on a loaded machine)
+        wait_for(lambda: _stopped(daemon.proc.pid), what="recsyncd to be stopped")
         try:
             for _ in range(count):
                 sock.send_multipart([b"", request])
