@@ -183,12 +183,16 @@ class Daemon:
             store.close()
 
     def metric_figures(self) -> dict[str, dict[str, int]]:
-        """Per pipeline: the totals and queue figures the stats thread last took."""
+        """Per pipeline: the totals and queue figures the stats thread last took; ``here``
+        0 for a pipeline another node of the cluster runs (its totals are the cluster's,
+        which that node exports: summed over the nodes, each counts once)."""
         out = {}
+        owned = None if self.coordinator is None else set(self.coordinator.leases.tokens)
         for pid in list(self.config.pipelines):
             counts = self._counts_cache.get(pid) or {}
             out[pid] = {**{k: int(v) for k, v in counts.items()},
-                        "in_flight": int(self.states.get(pid, {}).get("in_flight", 0) or 0)}
+                        "in_flight": int(self.states.get(pid, {}).get("in_flight", 0) or 0),
+                        "here": int(owned is None or pid in owned)}
         return out
 
     def metric_systems(self) -> dict[str, tuple[Any, Any]]:

@@ -74,7 +74,8 @@ class NodeCollector:
     prometheus_client ``Collector``).
 
     ``pipelines``: pipeline -> its figures (``synced_a_to_b``, ``synced_b_to_a``, ``failed``,
-    ``conflicts``, ``queued``, ``in_flight``); ``systems``: system id -> (limiter or None,
+    ``conflicts``, ``queued``, ``in_flight``; ``here`` 0: another node exports them);
+    ``systems``: system id -> (limiter or None,
     breaker); ``leases``: the lease figures.
     """
 
@@ -120,12 +121,13 @@ class NodeCollector:
                                      "Changes of the pipeline's fencing token seen here",
                                      labels=["pipeline"])
         for pid, f in sorted(figures.items()):
-            synced.add_metric([pid, "a_to_b"], f.get("synced_a_to_b", 0))
-            synced.add_metric([pid, "b_to_a"], f.get("synced_b_to_a", 0))
-            failed.add_metric([pid], f.get("failed", 0))
-            conflicts.add_metric([pid], f.get("conflicts", 0))
-            queued.add_metric([pid], f.get("queued", 0))
-            in_flight.add_metric([pid], f.get("in_flight", 0))
+            if f.get("here", 1):  # (another node of the cluster runs it: its figures)
+                synced.add_metric([pid, "a_to_b"], f.get("synced_a_to_b", 0))
+                synced.add_metric([pid, "b_to_a"], f.get("synced_b_to_a", 0))
+                failed.add_metric([pid], f.get("failed", 0))
+                conflicts.add_metric([pid], f.get("conflicts", 0))
+                queued.add_metric([pid], f.get("queued", 0))
+                in_flight.add_metric([pid], f.get("in_flight", 0))
             owner.add_metric([pid, self.node], self.leases.owned(pid))
             tokens.add_metric([pid], self.leases.token_changes(pid))
         return [synced, failed, conflicts, queued, in_flight, owner, tokens]

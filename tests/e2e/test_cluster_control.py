@@ -430,3 +430,8 @@ def test_the_metrics_of_a_node_are_labelled_with_its_node_name(nodes: Cluster) -
             if metric == "recsync_lease_owned" and v == 1}, timeout=30,
             what=f"the lease metrics of {name}")
         assert owned == dict.fromkeys(c.owned_by(name), c.node(name))
+        # the pipeline figures (cluster-wide totals) come from the owner only: summed over
+        # the nodes, each pipeline counts once
+        exported = {dict(labels)["pipeline"] for (metric, labels), _v in scrape(port).items()
+                    if metric == "recsync_records_synced_total"}
+        assert exported == set(c.owned_by(name))
