@@ -49,7 +49,9 @@ class PollerActor(PipelineActor):
         # few, for status, each {"side", "at" (epoch seconds), "text"}
         self.warnings: list[dict[str, Any]] = []
         self.woken = False  # a wake-up came during a cycle: run another one after it
-        self.mid_pass = False  # the last page committed said the side had more at once
+        # the last page committed said the side had more at once; True at start: a pass a
+        # crash cut may have left deletes held, released by the queue at the pass's end
+        self.mid_pass = True
         self.handles(Poll, self._poll)
         self.handles(PageRead, self._page_read)
         self.handles(Committed, self._committed)

@@ -184,7 +184,7 @@ class QueueActor(PipelineActor):
                 mass_delete_share=s.mass_delete_threshold, mass_delete_min=s.mass_delete_min,
                 save_cursor=not msg.event, direct_limit=direct_limit, direct_only=direct_only,
                 unreadable=msg.unreadable, unreadable_all=msg.unreadable_all,
-                more=msg.more and not msg.event,
+                more=msg.more and not msg.event, event=msg.event,
             )
         except MassDeleteBlocked as exc:
             text = (f"side {exc.side} would delete {exc.count} of {exc.total} linked records in "

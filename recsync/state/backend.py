@@ -600,9 +600,10 @@ class SqlBackend:
                 self._run(sql, [direction, *(k for k, _g in part), *chain.from_iterable(part)])
 
     def unqueue_older(self, direction: str, keys: Sequence[str], before: float) -> None:
-        """Drop the ready items of ``keys`` observed before ``before``."""
+        """Drop the ready (or held) items of ``keys`` observed before ``before``."""
         for _ in self._in("DELETE FROM queue WHERE {W}direction = ? AND key IN {IN} "
-                          "AND observed < ? AND state = 'ready'", keys, (direction,), (before,)):
+                          "AND observed < ? AND state IN ('ready', 'held')", keys, (direction,),
+                          (before,)):
             pass  # one statement per chunk (see unqueue_done)
 
     def unqueue_rekeys(self, direction: str, keys: Sequence[str]) -> None:
@@ -685,11 +686,13 @@ class SqlBackend:
         return bool(pending), a, b
 
     def pending_count(self) -> int:
-        return int(self.x("SELECT COUNT(*) FROM queue WHERE {W}state = 'ready'")
+        """Work queued, held deletes included (what status shows as pending)."""
+        return int(self.x("SELECT COUNT(*) FROM queue WHERE {W}state != 'failed'")
                    .fetchone()[0])
 
     def pending_keys(self) -> set[str]:
-        return {r[0] for r in self.x("SELECT key FROM queue WHERE {W}state = 'ready'")}
+        """Keys with work queued, held deletes included (verify leaves them alone)."""
+        return {r[0] for r in self.x("SELECT key FROM queue WHERE {W}state != 'failed'")}
 
     def failed(self, limit: int) -> list[FailedRow]:
         return [FailedRow(*r) for r in self.x(

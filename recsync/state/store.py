@@ -217,6 +217,7 @@ class Store:
         unreadable: Sequence[Unreadable] = (),
         unreadable_all: bool = False,
         more: bool = False,
+        event: bool = False,
     ) -> EnqueueStats:
         """Record a page of changes from ``side`` and the cursor after it, atomically.
 
@@ -238,7 +239,9 @@ class Store:
         ``more``: the side has more to read at once (the page is not the last of a
         pass). The mass-delete guard counts the deletes of a whole pass: those of a page
         with ``more`` wait in the queue (``held``) until the pass ends within the
-        threshold (a TRUNCATE read as ten pages is ten times 10%, not 10%).
+        threshold (a TRUNCATE read as ten pages is ten times 10%, not 10%). An ``event``
+        (`recsync sync event`) is no page of a pass: it neither ends one nor, outside one,
+        holds its deletes; during one, its deletes count and wait with the pass's.
 
         Raises:
             MassDeleteBlocked: the pass so far (or the end of a listing) would delete more
@@ -254,7 +257,7 @@ class Store:
                 stats = self._enqueue(
                     side, changes, cursor, observed, ruleset, listing_start, listing_done,
                     in_flight, mass_delete_share, mass_delete_min, save_cursor, direct_limit,
-                    direct_only, unreadable, unreadable_all, more)
+                    direct_only, unreadable, unreadable_all, more, event)
         except _Declined:
             return EnqueueStats(declined=True)
         if self._passes_next is not None:
@@ -266,7 +269,7 @@ class Store:
         ruleset: RuleSet, listing_start: bool, listing_done: bool,
         in_flight: dict[str, frozenset[str]] | None, mass_delete_share: float,
         mass_delete_min: int, save_cursor: bool, direct_limit: int, direct_only: bool,
-        unreadable: Sequence[Unreadable], unreadable_all: bool, more: bool,
+        unreadable: Sequence[Unreadable], unreadable_all: bool, more: bool, event: bool,
     ) -> EnqueueStats:
         stats = EnqueueStats()
         db = self.backend
@@ -304,14 +307,15 @@ class Store:
             flying.get(direction_from(other(side)), frozenset()), direct_limit)
         if direct_only and stats.direct is None:
             raise _Declined
-        self._guard_deletes(side, work, stats, mass_delete_share, mass_delete_min, more)
+        self._guard_deletes(side, work, stats, mass_delete_share, mass_delete_min, more,
+                            event)
         if save_cursor and stats.direct is None:
             db.set_cursor(side, cursor)
         return stats
 
     def _guard_deletes(
         self, side: Side, work: Sequence[Prepared], stats: EnqueueStats, share: float,
-        least: int, more: bool,
+        least: int, more: bool, event: bool,
     ) -> None:
         """The mass-delete guard over the pass this page belongs to (see ``enqueue``)."""
         db = self.backend
@@ -319,8 +323,10 @@ class Store:
         if self._passes is None:
             self._passes = {s: int(db.meta(f"pass_deletes_{s}", 0) or 0) for s in ("a", "b")}
         passed = self._passes[side]
-        if not stats.linked_deletes and not passed:
-            return  # nothing to count, nothing held
+        if not stats.linked_deletes and (not passed or event):
+            return  # nothing to count, nothing held (or nothing to end: an event)
+        if event:
+            more = passed > 0  # inside a pass: counted and held with it
         counted = passed + stats.linked_deletes
         allowed = int(db.meta(f"allow_deletes_{side}", 0) or 0)
         if share > 0 and stats.linked_deletes and counted >= least and not allowed:
@@ -398,8 +404,12 @@ class Store:
                     continue
                 if link and c.hash == other_hash:
                     link_rows.append((c.key, side, c.hash, c.modified))
-                    stats.unchanged += 1
-                    continue
+                    if same is None or c.key not in in_flight_same:
+                        stats.unchanged += 1
+                        if same is not None:  # (a delete, say: the row is back as it was)
+                            drop.append((direction, c.key))
+                        continue
+                    # its queued work is being written: this content goes after it
                 op = "update" if other_hash is not None else "create"
             else:
                 if link is not None and own_hash is not None:
@@ -423,7 +433,8 @@ class Store:
                 continue
             content, chash, src_hash = c.content, c.hash, c.hash
             pend = pending.get((back, c.key))
-            if pend is not None and pend.state == "ready" and c.key not in in_flight_opposite:
+            if (pend is not None and pend.state in ("ready", "held")
+                    and c.key not in in_flight_opposite):
                 stats.conflicts += 1
                 their = _decode(pend.content) if pend.content is not None else None
                 mine = (side, content, c.modified), (o, their, pend.modified)

@@ -203,6 +203,67 @@ def test_a_mass_delete_read_as_many_pages_is_held_whole(
     assert sorted(users(tmp_path / "b.sqlite"), key=int) == [str(k) for k in range(1, 11)]
 
 
+FULL_PAGES = '''
+"""SQLite whose change pages say "more" when full (as many APIs do: a full page may have a
+next one), and which dies (as by kill -9) reading the page after a full page of deletes
+while a file `crash` exists."""
+import os
+from pathlib import Path
+import msgspec
+from recsync.connectors.sqlite import SqliteConnector
+
+
+class FullPagesConnector(SqliteConnector):
+    after_deletes = False
+
+    def read_changes(self, cursor, limit):
+        page = super().read_changes(cursor, limit)
+        crash = Path(self.path).parent / "crash"
+        if self.after_deletes and crash.exists() and not page.changes:
+            crash.unlink()
+            os._exit(9)
+        full = len(page.changes) == limit
+        self.after_deletes = full and all(c.op == "delete" for c in page.changes)
+        if full and not page.more:
+            page = msgspec.structs.replace(page, more=True)
+        return page
+'''
+
+
+def test_deletes_held_when_a_crash_cut_their_pass_go_out_after_the_restart(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """recsyncd dies between a full page of deletes (which said "more") and the empty page
+    that ends the pass: the next run ends the pass and writes them."""
+    plugin = tmp_path / "plugin"
+    info = plugin / "fullpages-1.0.dist-info"
+    info.mkdir(parents=True)
+    (plugin / "fullpages_connector.py").write_text(FULL_PAGES)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fullpages\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[recsync.connectors]\nfullpages = fullpages_connector:FullPagesConnector\n")
+    make_users(tmp_path / "a.sqlite", [(i, f"U{i}", f"u{i}@x", "active") for i in range(1, 41)])
+    make_users(tmp_path / "b.sqlite", [])
+    write_config(tmp_path, SQLITE_A.format("a.sqlite").replace('"sqlite"', '"fullpages"'),
+                 SQLITE_A.format("b.sqlite"), rules=PLAIN_RULES, settings="page_size = 4")
+    daemon = start(tmp_path, pythonpath=plugin)
+    daemons.append(daemon)
+    wait_for(lambda: len(users(tmp_path / "b.sqlite")) == 40, what="the first sync")
+    (tmp_path / "crash").touch()
+    sql(tmp_path / "a.sqlite", "DELETE FROM users WHERE record_id > 36")  # one full page
+    wait_for(lambda: daemon.proc.poll() is not None, what="recsyncd to die mid-pass")
+    assert len(users(tmp_path / "b.sqlite")) == 40  # the page's deletes were held
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(plugin),
+                                                       os.environ.get("PYTHONPATH", "")]),
+               RUNTIME_DIRECTORY=str(tmp_path / "run2"))
+    env.pop("NOTIFY_SOCKET", None)
+    done = subprocess.run(recsyncd_cmd(tmp_path, tmp_path / "state", "--once", "--timeout",
+                                       "60"), capture_output=True, text=True, env=env,
+                          timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(users(tmp_path / "b.sqlite"), key=int) == [str(k) for k in range(1, 37)]
+
+
 CRASHY = '''
 """A plug-in connector with a bug: SQLite whose write crashes while a file `crash` exists."""
 from pathlib import Path

@@ -240,7 +240,7 @@ def test_mass_delete_guard_counts_the_whole_pass_across_pages(
                               RULES, more=True, **guard)
         assert stats.linked_deletes == len(keys)
         assert store.lease("a_to_b", 100, frozenset()) == []  # held, not written
-    assert store.pending() == 0  # held deletes are not pending work
+    assert store.pending() == 10  # held: pending work, not leased
     with pytest.raises(MassDeleteBlocked) as err:
         store.enqueue("a", [change(str(k), None) for k in range(10, 14)], "c4", clock.time(),
                       RULES, more=True, **guard)
@@ -277,6 +277,69 @@ def test_a_pass_within_the_threshold_releases_its_held_deletes_at_its_end(
     store.enqueue("a", [change("3", None)], "c4", clock.time(), RULES, **guard)
     items = {(i.key, i.op) for i in store.lease("a_to_b", 100, frozenset())}
     assert items == {("0", "delete"), ("1", "upsert"), ("2", "delete"), ("3", "delete")}
+
+
+BOTH_WAYS = RuleSet(name="t", a_to_b=["create", "update", "delete"],
+                    b_to_a=["create", "update", "delete"], mappings={"id": "id", "name": "name"})
+
+
+def test_an_event_during_a_pass_neither_ends_it_nor_lets_its_deletes_out(
+    store: Store, clock: FakeClock
+) -> None:
+    """A `sync event` while a pass is held back: the pass goes on counting (and blocks at
+    14 of 20), its held deletes stay held."""
+    store.enqueue("a", [change(str(k), f"n{k}") for k in range(20)], "c1", clock.time(), RULES)
+    sync_all(store, "a_to_b", clock)
+    clock.advance(1)
+    guard = {"mass_delete_share": 0.5, "mass_delete_min": 5}
+    store.enqueue("a", [change(str(k), None) for k in range(0, 6)], "c2", clock.time(),
+                  RULES, more=True, **guard)
+    store.enqueue("a", [change("19", "renamed")], "c2", clock.time(), RULES,
+                  save_cursor=False, event=True, **guard)
+    assert [(i.key, i.op) for i in store.lease("a_to_b", 100, frozenset())] == [
+        ("19", "upsert")]
+    store.enqueue("a", [change(str(k), None) for k in range(6, 10)], "c3", clock.time(),
+                  RULES, more=True, **guard)
+    with pytest.raises(MassDeleteBlocked) as err:
+        store.enqueue("a", [change(str(k), None) for k in range(10, 14)], "c4", clock.time(),
+                      RULES, more=True, **guard)
+    assert err.value.count == 14
+    assert {i.op for i in store.lease("a_to_b", 100, frozenset())} == {"upsert"}
+
+
+def test_a_held_delete_meets_the_other_sides_newer_change_as_a_conflict(
+    store: Store, clock: FakeClock
+) -> None:
+    store.enqueue("a", [change(str(k), f"n{k}") for k in range(20)], "c1", clock.time(),
+                  BOTH_WAYS)
+    sync_all(store, "a_to_b", clock)
+    clock.advance(1)
+    guard = {"mass_delete_share": 0.5, "mass_delete_min": 5}
+    store.enqueue("a", [change("1", None, modified=2000.0)], "c2", clock.time(), BOTH_WAYS,
+                  more=True, **guard)
+    stats = store.enqueue("b", [change("1", "From B", modified=3000.0)], "b1", clock.time(),
+                          BOTH_WAYS, **guard)
+    store.enqueue("a", [], "c3", clock.time(), BOTH_WAYS, **guard)  # the pass ends
+    assert stats.conflicts == 1  # B's change is newer: it wins, the delete goes
+    assert store.lease("a_to_b", 100, frozenset()) == []
+    assert [(i.key, i.op) for i in store.lease("b_to_a", 100, frozenset())] == [
+        ("1", "upsert")]
+
+
+@pytest.mark.parametrize("held", [True, False])
+def test_a_row_deleted_then_back_as_it_was_is_not_deleted_on_the_other_side(
+    store: Store, clock: FakeClock, held: bool
+) -> None:
+    """DELETE and re-INSERT of the same row (a reload, or rows restored while a pass is
+    held) read in two pages: side B keeps the record."""
+    store.enqueue("a", [change(str(k), f"n{k}") for k in range(20)], "c1", clock.time(), RULES)
+    sync_all(store, "a_to_b", clock)
+    clock.advance(1)
+    guard = {"mass_delete_share": 0.5, "mass_delete_min": 5}
+    store.enqueue("a", [change("1", None)], "c2", clock.time(), RULES, more=held, **guard)
+    clock.advance(1)
+    store.enqueue("a", [change("1", "n1")], "c3", clock.time(), RULES, **guard)
+    assert store.lease("a_to_b", 100, frozenset()) == []
 
 
 def test_conflict_found_at_write_time_sends_the_target_content_back(
