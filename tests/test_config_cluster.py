@@ -77,3 +77,23 @@ def test_an_unreachable_state_server_is_transient_and_masked(tmp_path: object) -
     assert "hunter2" not in str(err.value) and "c/p" in str(err.value)
     with pytest.raises(StateUnavailable):
         access.reader("c/p")
+
+
+def test_recsync_cluster_against_an_unreachable_state_says_so_in_cli_terms(
+    tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pathlib import Path
+
+    from recsync.cli import main
+
+    folder = Path(str(tmp_path))
+    (folder / "customer_settings.toml").write_text(
+        '[cluster]\nstate = "postgresql://recsync:hunter2@127.0.0.1:1/recsync"\n\n'
+        '[customers.c.pipelines.p]\nrules = "r"\n'
+        'a = { connector = "sqlite", path = "a.sqlite", table = "t", key = "id" }\n'
+        'b = { connector = "sqlite", path = "b.sqlite", table = "t", key = "id" }\n')
+    (folder / "rules.toml").write_text('[r]\na_to_b = ["create"]\n[r.mappings]\nid = "id"\n')
+    assert main(["cluster", "--config-dir", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read the cluster from its state database" in err
+    assert "the pipeline waits" not in err and "hunter2" not in err

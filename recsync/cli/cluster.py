@@ -12,6 +12,7 @@ from recsync.cli.commands import UsageError
 from recsync.cluster.confighash import cluster_hash
 from recsync.cluster.node import open_leases
 from recsync.config import load_config
+from recsync.errors import StateUnavailable
 
 
 def add_cluster_parser(parser: argparse.ArgumentParser) -> None:
@@ -24,11 +25,16 @@ def show_cluster(args: argparse.Namespace, out: TextIO) -> int:
     if config.cluster is None:
         raise UsageError(f"{args.config_dir / 'customer_settings.toml'} has no [cluster] "
                          "section: this recsyncd runs alone")
-    leases = open_leases(config.cluster, "recsync-cli", config.cluster.schema)
     try:
-        nodes, rows = leases.nodes(), leases.leases()
-    finally:
-        leases.close()
+        leases = open_leases(config.cluster, "recsync-cli", config.cluster.schema)
+        try:
+            nodes, rows = leases.nodes(), leases.leases()
+        finally:
+            leases.close()
+    except StateUnavailable as exc:  # (its words are for a pipeline, which waits)
+        reason = str(exc).split("; the pipeline waits")[0]
+        raise StateUnavailable(f"cannot read the cluster from its state database: {reason}; "
+                               "try again once the PostgreSQL server can be reached") from None
     owned: dict[str, list[str]] = {}
     for r in rows:
         if r.live:
