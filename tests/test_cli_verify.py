@@ -53,14 +53,17 @@ def test_progress_off_a_tty_is_a_line_per_phase() -> None:
     now = [100.0]
     bar = VerifyProgress(stream, width=10, clock=lambda: now[0])
     bar(event("listing a", 0, 200))
-    bar(event("listing a", 100, 200))  # within a second of the last line: not shown
-    bar(event("comparing", 300, None))  # a new phase: shown
+    bar(event("listing a", 100, 200))  # within a second of the last line: held back...
+    bar(event("comparing", 300, None))  # ...until the next phase, shown after it
     now[0] += 1.0
     bar(event("comparing", 400, None))  # a second later: shown
+    bar(event("comparing", 450, None))  # the last figures: shown at the end
     bar.end()
     assert stream.getvalue().splitlines() == [
-        "acme/main: listing a [----------]   0%  0/200", "acme/main: comparing  300 records",
-        "acme/main: comparing  400 records"]
+        "acme/main: listing a [----------]   0%  0/200",
+        "acme/main: listing a [#####-----]  50%  100/200",
+        "acme/main: comparing  300 records", "acme/main: comparing  400 records",
+        "acme/main: comparing  450 records"]
 
 
 def category(count: int, keys: list[str]) -> dict[str, Any]:

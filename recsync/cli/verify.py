@@ -32,7 +32,8 @@ def build(a: argparse.Namespace) -> p.VerifyRun:
 
 class VerifyProgress:
     """``verify_progress`` events on ``stream``: a bar redrawn in place on a TTY (a count
-    when the total is unknown), else a line per phase and at most one a second."""
+    when the total is unknown), else a line per phase and at most one a second, and the
+    phase's last figures when it ends."""
 
     def __init__(self, stream: TextIO, width: int = 30,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -43,6 +44,7 @@ class VerifyProgress:
         self.shown = 0
         self.phase: tuple[str, str] | None = None
         self.last_at = 0.0
+        self.held_back: str | None = None  # off a TTY: the phase's last line not shown yet
 
     def __call__(self, event: p.Event) -> None:
         d = event.data
@@ -64,9 +66,12 @@ class VerifyProgress:
             self.stream.write("\r" + line.ljust(self.shown))
             self.shown = len(line)
         elif new_phase or now - self.last_at >= 1.0:
+            if new_phase and self.held_back is not None:  # where the last phase ended
+                self.stream.write(self.held_back + "\n")
             self.stream.write(line + "\n")
-            self.last_at = now
+            self.last_at, self.held_back = now, None
         else:
+            self.held_back = line
             return
         self.phase = (pid, phase)
         self.stream.flush()
@@ -75,6 +80,10 @@ class VerifyProgress:
         if self.tty and self.shown:
             self.stream.write("\n")
             self.stream.flush()
+        elif self.held_back is not None:
+            self.stream.write(self.held_back + "\n")
+            self.stream.flush()
+            self.held_back = None
 
 
 def run(client: ControlClient, cmd: p.VerifyRun, as_json: bool, out: TextIO,
