@@ -147,10 +147,13 @@ class ConfigWatcher:
         if current != self._candidate:
             self._candidate = current  # changed since the last poll: wait one more interval
             return False
+        changed = [p.name for p, now, before in zip(self.paths, current, self._baseline or
+                                                   (None,) * len(self.paths), strict=True)
+                   if now != before]
         self._baseline = current
         self._candidate = None
         self.changes += 1
-        log.info("config files changed", extra={"files": [p.name for p in self.paths]})
+        log.info("config files changed", extra={"files": changed})
         try:
             self._on_change()
         except Exception:

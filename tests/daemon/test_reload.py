@@ -129,6 +129,17 @@ def test_a_write_of_the_daemons_own_is_accepted_not_reloaded(config_dir: Path) -
     assert rec.calls == 1
 
 
+def test_the_change_is_logged_with_the_file_that_changed(
+    config_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    w = ConfigWatcher(config_dir, Recorder())
+    write(config_dir / RULES_FILE, RULES + "\n")
+    with caplog.at_level(logging.INFO, logger="recsync.daemon.reload"):
+        assert [w.poll(), w.poll()] == [False, True]
+    (record,) = [r for r in caplog.records if r.getMessage() == "config files changed"]
+    assert record.files == [RULES_FILE]  # type: ignore[attr-defined]
+
+
 def test_half_written_file_is_not_loaded(config_dir: Path) -> None:
     seen: list[str] = []
     rec = Recorder(lambda _n: seen.append((config_dir / RULES_FILE).read_text()))
