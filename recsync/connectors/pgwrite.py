@@ -72,17 +72,23 @@ def _integer_form(key: str) -> str | None:
     return str(int(key)) if int_text(key) else None
 
 
+def _char_form(key: str) -> str | None:
+    return key.rstrip(" ")  # char(n) pads; its text (what the key is read as) does not
+
+
 def _any_form(key: str) -> str | None:
     return key
 
 
 def _holder(c: PostgresConnector) -> Callable[[str], str | None]:
-    """The text the key column would read a key back as (None: it cannot hold it; integer
-    and uuid columns are checked, in Python; other types as they are)."""
+    """The text the key column would read a key back as (None: it cannot hold it; integer,
+    uuid and char(n) columns are checked, in Python; other types as they are)."""
     if c._key_type in _INTEGERS:
         return _integer_form
     if c._key_type == "uuid":
         return _uuid_form
+    if c._key_type in ("character", "bpchar") or c._key_type.startswith("character("):
+        return _char_form
     return _any_form
 
 
@@ -112,7 +118,10 @@ def write_batch(c: PostgresConnector, ops: list[WriteOp]) -> list[WriteResult]:
     for key, i in last.items():
         op = ops[i]
         if op.kind == "delete":
-            deletes.append((i, op))
+            if holds(key) == key:
+                deletes.append((i, op))
+            else:  # no row can have this key: its normal form is another record's key
+                results[i] = WriteResult(key)
             continue
         fields = tuple(op.fields or {})
         shape = shapes.get(fields) or _shape(c, fields)

@@ -1077,6 +1077,7 @@ U = "5f0c6f3e-8d7b-4c1a-9a57-0e2b9d1c4a11"
     ("serial", ["007", "-0"], ["7", "0"], "10"),  # a default makes keys: not for these
     ("uuid", [U.upper(), U.replace("-", ""), "{" + U + "}"], [U] * 3,
      "0e9b1c2d-3f4a-4b5c-8d6e-7f8091a2b3c4"),
+    ("char(5)", ["ab ", "cd  "], ["ab", "cd"], "ef"),  # char pads; its text does not
 ])
 def test_a_key_the_column_would_store_in_another_form_fails_that_record_alone(
         pg: PgSchema, column: str, keys: list[str], stored: list[str], good: str  # noqa: F811
@@ -1092,11 +1093,33 @@ def test_a_key_the_column_would_store_in_another_form_fails_that_record_alone(
         for r, k, form in zip(res[:-1], keys, stored, strict=True):
             assert r.error and not r.retryable and r.new_key is None, r
             assert f"{k!r}" in r.error and f"as {form!r}" in r.error, r.error
-            assert "'record_id'" in r.error and column.replace("serial", "integer") in r.error
+            assert "'record_id'" in r.error and column.replace("serial", "integer").replace(
+                "char(", "character(") in r.error
         assert res[-1].error is None
         assert pg.run(f"SELECT record_id::text FROM {pg.table()}") == [(good,)]
     finally:
         conn.close()
+
+
+def test_a_delete_by_a_key_in_another_form_deletes_no_other_record(
+        pg: PgSchema) -> None:  # noqa: F811
+    """The delete of "007" (a record refused, never written) must not delete row 7, the
+    record "7"; nor "ab " the record "ab" of a char(5) key."""
+    for column, normal, other in (("integer", "7", "007"), ("char(5)", "ab", "ab ")):
+        table = pg.table(f"d_{column[:4]}")
+        pg.run(f"CREATE TABLE {table} (record_id {column} PRIMARY KEY, full_name text)")
+        pg.run(f"INSERT INTO {table} VALUES ('{normal}', 'kept')")
+        conn = make(pg, table=table)
+        conn.open()
+        try:
+            (res,) = conn.write([WriteOp(other, "delete", None)])
+            assert res.error is None
+            assert pg.run(f"SELECT record_id::text, full_name FROM {table}") == [
+                (normal, "kept")]
+            (res,) = conn.write([WriteOp(normal, "delete", None)])  # its own key: deleted
+            assert res.error is None and pg.run(f"SELECT 1 FROM {table}") == []
+        finally:
+            conn.close()
 
 
 def test_a_change_held_back_by_another_transaction_is_read_when_it_ends_without_a_notify(

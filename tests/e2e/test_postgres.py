@@ -417,3 +417,34 @@ b = {side("dst")}
     assert src[1] == (2, b"") and src[2] == (3, None)
     out = ok(run_once(tmp_path))  # nothing written again: no value drifted on the way
     assert out.count("a->b 0 synced") == 2, out
+
+
+PG_TO_PG_RULES = """
+[contacts]
+a_to_b = ["create", "update", "delete"]
+b_to_a = []
+[contacts.mappings]
+id = "id"
+name = "name"
+"""
+
+
+def test_the_delete_of_a_record_refused_for_its_key_form_deletes_no_other_record(
+        tmp_path: Path, pg: PgSchema) -> None:  # noqa: F811
+    """Text keys '7' and '007' on side A, an integer key on side B: '007' is refused (it
+    would be stored as 7), and its delete later must leave B's row 7, record '7', alone."""
+    def side(name: str) -> str:
+        return (f'{{ connector = "postgres", dsn = "{pg.dsn}", table = "{pg.table(name)}", '
+                'key = "id" }')
+
+    pg.run(f"CREATE TABLE {pg.table('t')} (id text PRIMARY KEY, name text)")
+    pg.run(f"CREATE TABLE {pg.table('u')} (id integer PRIMARY KEY, name text)")
+    pg.run(f"INSERT INTO {pg.table('t')} VALUES ('7', 'seven'), ('8', 'eight'), "
+           "('007', 'zero-zero-seven')")
+    write_config(tmp_path, side("t"), side("u"), rules=PG_TO_PG_RULES)
+    first = run_once(tmp_path)
+    assert "2 synced" in first.stdout and "1 failed" in first.stdout, first.stdout
+    pg.run(f"DELETE FROM {pg.table('t')} WHERE id = '007'")
+    run_once(tmp_path)
+    assert pg.run(f"SELECT id, name FROM {pg.table('u')} ORDER BY id") == [
+        (7, "seven"), (8, "eight")]
