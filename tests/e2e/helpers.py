@@ -81,6 +81,20 @@ def write_config(
     return folder
 
 
+def install_connector(folder: Path, name: str, source: str, class_name: str) -> Path:
+    """A real plug-in connector: module ``<name>_connector`` (``source``) and its
+    dist-info with a `recsync.connectors` entry point ``name``; the folder to put on
+    PYTHONPATH."""
+    plugin = folder / "plugin"
+    info = plugin / f"{name}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (plugin / f"{name}_connector.py").write_text(source)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        f"[recsync.connectors]\n{name} = {name}_connector:{class_name}\n")
+    return plugin
+
+
 def recsyncd_cmd(config_dir: Path, state_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "recsync", "--config-dir", str(config_dir),
             "--state-dir", str(state_dir), *extra]

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.helpers import recsyncd_cmd, wait_for
+from tests.e2e.helpers import install_connector, recsyncd_cmd, wait_for
 
 PIPELINES = 40
 RULES = """
@@ -76,13 +76,7 @@ def folder(tmp_path: Path) -> Path:
              f"a = {side('slow', 'slow/a.sqlite')}\nb = {side('file', 'slow/b.csv')}\n")
     (tmp_path / "customer_settings.toml").write_text(text)
     (tmp_path / "rules.toml").write_text(RULES)
-    plugin = tmp_path / "plugin"
-    info = plugin / "slow-1.0.dist-info"
-    info.mkdir(parents=True)
-    (plugin / "slow_connector.py").write_text(SLOW)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: slow\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(
-        "[recsync.connectors]\nslow = slow_connector:SlowConnector\n")
+    install_connector(tmp_path, "slow", SLOW, "SlowConnector")
     return tmp_path
 
 

@@ -46,9 +46,10 @@ status = { in = ["active", "pending"] }
 """
 
 
-def pg_side(pg: PgSchema) -> str:  # noqa: F811
-    return (f'{{ connector = "postgres", dsn = "{pg.dsn}", table = "{pg.table()}", '
-            'key = "id" }')
+def pg_side(pg: PgSchema, name: str = "users", key: str = "id",  # noqa: F811
+            install: str = "true") -> str:
+    return (f'{{ connector = "postgres", dsn = "{pg.dsn}", table = "{pg.table(name)}", '
+            f'key = "{key}", install = {install} }}')
 
 
 def pg_rows(pg: PgSchema) -> dict[str, tuple[str, str, str]]:  # noqa: F811
@@ -251,29 +252,30 @@ label = "label"
 """
 
 
-def test_postgres_to_csv_to_postgres_changes_no_value(tmp_path: Path, pg: PgSchema) -> None:  # noqa: F811
-    for name in ("src", "dst"):
-        pg.run(TYPED.format(t=pg.table(name)))
-    pg.run(TYPED_ROWS.format(t=pg.table("src")))
-
-    def side(name: str) -> str:
-        return (f'{{ connector = "postgres", dsn = "{pg.dsn}", table = "{pg.table(name)}", '
-                'key = "id" }')
-
+def write_round_trip(folder: Path, pg: PgSchema) -> None:  # noqa: F811
+    """Two pipelines, rule set "copy": table src -> middle.csv, then middle.csv -> dst."""
     csv_side = '{ connector = "file", path = "middle.csv", key = "id" }'
-    (tmp_path / "customer_settings.toml").write_text(f"""
+    (folder / "customer_settings.toml").write_text(f"""
 [defaults]
 flush_interval = 0.05
 poll_interval = 0.1
 [customers.t.pipelines.out]
 rules = "copy"
-a = {side("src")}
+a = {pg_side(pg, "src")}
 b = {csv_side}
 [customers.t.pipelines.back]
 rules = "copy"
 a = {csv_side}
-b = {side("dst")}
+b = {pg_side(pg, "dst")}
 """)
+
+
+def test_postgres_to_csv_to_postgres_changes_no_value(tmp_path: Path, pg: PgSchema) -> None:  # noqa: F811
+    for name in ("src", "dst"):
+        pg.run(TYPED.format(t=pg.table(name)))
+    pg.run(TYPED_ROWS.format(t=pg.table("src")))
+
+    write_round_trip(tmp_path, pg)
     (tmp_path / "rules.toml").write_text(ROUND_TRIP)
     ok(run_once(tmp_path))
     ok(run_once(tmp_path))  # the CSV written by the first pipeline is read by the second
@@ -313,11 +315,8 @@ def test_capture_lost_while_recsyncd_was_not_running_lists_the_table_again(
     if lost == "dba reinstalled":
         _setup_cli(pg)
 
-    def side(name: str, install: str = "true") -> str:
-        return (f'{{ connector = "postgres", dsn = "{pg.dsn}", table = "{pg.table(name)}", '
-                f'key = "id", install = {install} }}')
-
-    write_config(tmp_path, side("t", install), side("u"), rules=PG_PG.replace("copy", "contacts"))
+    write_config(tmp_path, pg_side(pg, "t", install=install), pg_side(pg, "u"),
+                 rules=PG_PG.replace("copy", "contacts"))
     assert "a->b 2 synced" in ok(run_once(tmp_path))
     if lost == "trigger dropped":
         pg.run(f"DROP TRIGGER recsync_t_capture_upd ON {pg.table('t')}")
@@ -343,10 +342,7 @@ def test_capture_lost_while_recsyncd_was_not_running_lists_the_table_again(
 
 
 def _pg_pair(pg: PgSchema, a: str, b: str, key: str = "id") -> tuple[str, str]:  # noqa: F811
-    def side(name: str) -> str:
-        return (f'{{ connector = "postgres", dsn = "{pg.dsn}", table = "{pg.table(name)}", '
-                f'key = "{key}" }}')
-    return side(a), side(b)
+    return pg_side(pg, a, key), pg_side(pg, b, key)
 
 
 def test_a_mapped_name_equal_to_a_column_only_ignoring_case_is_refused_naming_it(
@@ -389,24 +385,7 @@ def test_bytea_goes_to_a_csv_as_hex_text_and_back_unchanged(
     pg.run(f"INSERT INTO {pg.table('src')} VALUES (1, '\\x00ff41'), (2, ''), (3, NULL), "
            "(4, 'plain text')")
 
-    def side(name: str) -> str:
-        return (f'{{ connector = "postgres", dsn = "{pg.dsn}", table = "{pg.table(name)}", '
-                'key = "id" }')
-
-    csv_side = '{ connector = "file", path = "middle.csv", key = "id" }'
-    (tmp_path / "customer_settings.toml").write_text(f"""
-[defaults]
-flush_interval = 0.05
-poll_interval = 0.1
-[customers.t.pipelines.out]
-rules = "copy"
-a = {side("src")}
-b = {csv_side}
-[customers.t.pipelines.back]
-rules = "copy"
-a = {csv_side}
-b = {side("dst")}
-""")
+    write_round_trip(tmp_path, pg)
     (tmp_path / "rules.toml").write_text(PG_PG.replace('name = "name"', 'blob = "blob"'))
     ok(run_once(tmp_path))
     out = ok(run_once(tmp_path))  # the CSV written by the first pipeline is read by the second
@@ -419,29 +398,16 @@ b = {side("dst")}
     assert out.count("a->b 0 synced") == 2, out
 
 
-PG_TO_PG_RULES = """
-[contacts]
-a_to_b = ["create", "update", "delete"]
-b_to_a = []
-[contacts.mappings]
-id = "id"
-name = "name"
-"""
-
-
 def test_the_delete_of_a_record_refused_for_its_key_form_deletes_no_other_record(
         tmp_path: Path, pg: PgSchema) -> None:  # noqa: F811
     """Text keys '7' and '007' on side A, an integer key on side B: '007' is refused (it
     would be stored as 7), and its delete later must leave B's row 7, record '7', alone."""
-    def side(name: str) -> str:
-        return (f'{{ connector = "postgres", dsn = "{pg.dsn}", table = "{pg.table(name)}", '
-                'key = "id" }')
-
     pg.run(f"CREATE TABLE {pg.table('t')} (id text PRIMARY KEY, name text)")
     pg.run(f"CREATE TABLE {pg.table('u')} (id integer PRIMARY KEY, name text)")
     pg.run(f"INSERT INTO {pg.table('t')} VALUES ('7', 'seven'), ('8', 'eight'), "
            "('007', 'zero-zero-seven')")
-    write_config(tmp_path, side("t"), side("u"), rules=PG_TO_PG_RULES)
+    write_config(tmp_path, pg_side(pg, "t"), pg_side(pg, "u"),
+                 rules=PG_PG.replace("copy", "contacts"))
     first = run_once(tmp_path)
     assert "2 synced" in first.stdout and "1 failed" in first.stdout, first.stdout
     pg.run(f"DELETE FROM {pg.table('t')} WHERE id = '007'")

@@ -18,7 +18,15 @@ from typing import Any
 import pytest
 
 from recsync.mock.salesforce import SalesforceMock
-from tests.e2e.helpers import make_users, recsyncd_cmd, sql, users, wait_for, write_config
+from tests.e2e.helpers import (
+    install_connector,
+    make_users,
+    recsyncd_cmd,
+    sql,
+    users,
+    wait_for,
+    write_config,
+)
 
 SQLITE_A = '{{ connector = "sqlite", path = "{}", table = "users", key = "record_id" }}'
 SF_RULES = """
@@ -235,13 +243,7 @@ def test_deletes_held_when_a_crash_cut_their_pass_go_out_after_the_restart(
 ) -> None:
     """recsyncd dies between a full page of deletes (which said "more") and the empty page
     that ends the pass: the next run ends the pass and writes them."""
-    plugin = tmp_path / "plugin"
-    info = plugin / "fullpages-1.0.dist-info"
-    info.mkdir(parents=True)
-    (plugin / "fullpages_connector.py").write_text(FULL_PAGES)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fullpages\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(
-        "[recsync.connectors]\nfullpages = fullpages_connector:FullPagesConnector\n")
+    plugin = install_connector(tmp_path, "fullpages", FULL_PAGES, "FullPagesConnector")
     make_users(tmp_path / "a.sqlite", [(i, f"U{i}", f"u{i}@x", "active") for i in range(1, 41)])
     make_users(tmp_path / "b.sqlite", [])
     write_config(tmp_path, SQLITE_A.format("a.sqlite").replace('"sqlite"', '"fullpages"'),
@@ -280,18 +282,6 @@ class CrashyConnector(SqliteConnector):
 '''
 
 
-def install_crashy(folder: Path) -> Path:
-    """A real plug-in: a module and its dist-info with a `recsync.connectors` entry point."""
-    plugin = folder / "plugin"
-    info = plugin / "crashy-1.0.dist-info"
-    info.mkdir(parents=True)
-    (plugin / "crashy_connector.py").write_text(CRASHY)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: crashy\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(
-        "[recsync.connectors]\ncrashy = crashy_connector:CrashyConnector\n")
-    return plugin
-
-
 def test_a_crashing_target_shows_its_pending_records(
     tmp_path: Path, daemons: list[Daemon]
 ) -> None:
@@ -300,7 +290,8 @@ def test_a_crashing_target_shows_its_pending_records(
     crashy = '{ connector = "crashy", path = "b.sqlite", table = "users", key = "record_id" }'
     write_config(tmp_path, SQLITE_A.format("a.sqlite"), crashy, rules=PLAIN_RULES)
     (tmp_path / "crash").touch()
-    daemon = start(tmp_path, pythonpath=install_crashy(tmp_path))
+    daemon = start(tmp_path, pythonpath=install_connector(
+        tmp_path, "crashy", CRASHY, "CrashyConnector"))
     daemons.append(daemon)
     st = wait_for(lambda: (s := daemon.status()["test/p"])["queued"] == 30
                   and s["sides"]["b"]["last_error"] and s,
