@@ -63,4 +63,10 @@ class StateError(RecsyncError):
 
 class StateUnavailable(StateError):
     """The state storage cannot take writes for now (disk full, I/O error, read-only or
-    unreachable folder): the pipeline waits and resumes by itself once it can."""
+    unreachable folder): the pipeline waits and resumes by itself once it can.
+    ``problem``: what failed, without what a pipeline does about it (for a caller that is
+    no pipeline, such as a command)."""
+
+    def __init__(self, message: str, problem: str | None = None) -> None:
+        super().__init__(message)
+        self.problem = problem or message

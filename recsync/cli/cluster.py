@@ -31,10 +31,10 @@ def show_cluster(args: argparse.Namespace, out: TextIO) -> int:
             nodes, rows = leases.nodes(), leases.leases()
         finally:
             leases.close()
-    except StateUnavailable as exc:  # (its words are for a pipeline, which waits)
-        reason = str(exc).split("; the pipeline waits")[0]
-        raise StateUnavailable(f"cannot read the cluster from its state database: {reason}; "
-                               "try again once the PostgreSQL server can be reached") from None
+    except StateUnavailable as exc:  # (its message is for a pipeline, which waits)
+        raise StateUnavailable(f"cannot read the cluster from its state database: "
+                               f"{exc.problem}; try again once the PostgreSQL server can be "
+                               "reached") from None
     owned: dict[str, list[str]] = {}
     for r in rows:
         if r.live:

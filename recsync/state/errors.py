@@ -90,7 +90,8 @@ def backend_error(path: Path | str, exc: BaseException) -> StateError | None:
     if isinstance(exc, (psycopg.OperationalError, psycopg.errors.DiskFull,
                         psycopg.errors.InsufficientResources)):
         return StateUnavailable(f"{path}: {reason}; the pipeline waits and resumes by itself "
-                                "once the PostgreSQL server can be reached and written")
+                                "once the PostgreSQL server can be reached and written",
+                                problem=f"{path}: {reason}")
     return StateError(f"{path}: {reason}")
 
 
